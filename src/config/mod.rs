@@ -1,0 +1,485 @@
+//! The configuration file: schema, defaults, units and validation, in one place.
+//!
+//! Keys are top-level and use Odoo's option names, so each field below is named exactly as
+//! it is written in the TOML file and documented in README.md. A config that fails to parse
+//! or to validate is reported with the file, line, key, bad value and what is accepted, and
+//! nothing is bound or forked.
+
+mod units;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_path_to_error::Segment;
+
+pub use units::{ByteSize, CronTimeLimit, TimeSpan};
+
+/// Everything forkwarden reads from its config file, with Odoo's defaults filled in.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP socket binds to (`0.0.0.0` or `::` for every interface).
+    #[serde(deserialize_with = "ip_address")]
+    pub http_interface: IpAddr,
+    /// Port the HTTP socket binds to; 0 picks a free port (logged at start).
+    pub http_port: u16,
+    /// Number of HTTP worker processes (0: no HTTP, cron workers only).
+    pub workers: u32,
+    /// Number of cron worker processes.
+    pub max_cron_threads: u32,
+    /// Requests a worker serves before it is recycled (0: no limit).
+    pub limit_request: u64,
+    /// Resident memory past which a worker finishes its request and is recycled (0: off).
+    pub limit_memory_soft: ByteSize,
+    /// Memory past which a worker is killed at once (0: off).
+    pub limit_memory_hard: ByteSize,
+    /// CPU time a single request may use (whole seconds; 0: off).
+    pub limit_time_cpu: TimeSpan,
+    /// Wall-clock time a single request may take (0: off).
+    pub limit_time_real: TimeSpan,
+    /// Wall-clock time a cron job may take (-1: same as `limit_time_real`; 0: off).
+    pub limit_time_real_cron: CronTimeLimit,
+    /// Age past which a cron worker finishes its job and is replaced (0: never).
+    pub limit_time_worker_cron: TimeSpan,
+    /// Length of the kernel's queue of connections not yet accepted.
+    pub listen_backlog: u32,
+    /// Limit on each read and write of a client connection (0: none). The request line and
+    /// headers must also arrive within it, so a slow client cannot hold a worker.
+    pub http_socket_timeout: TimeSpan,
+    /// Largest request body accepted; larger ones get 413 (0: no limit).
+    pub http_max_body_size: ByteSize,
+    /// How long workers may take to finish their current request when told to stop.
+    pub graceful_timeout: TimeSpan,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    pub log_level: LogLevel,
+    /// Log file (relative to the config file's directory); unset: standard error.
+    pub logfile: Option<PathBuf>,
+    /// File the master writes its pid to (relative to the config file's directory).
+    pub pidfile: Option<PathBuf>,
+    /// Serve the built-in app's fault endpoints (`/sleep`, `/burn`, `/alloc`, `/crash`).
+    pub demo_fault_endpoints: bool,
+    /// Make every built-in app worker fail during boot (to see crash-loop protection).
+    pub demo_crash_at_boot: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http_interface: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            http_port: 8069,
+            workers: 2,
+            max_cron_threads: 1,
+            limit_request: 65536,
+            limit_memory_soft: ByteSize::mib(2048),
+            limit_memory_hard: ByteSize::mib(2560),
+            limit_time_cpu: TimeSpan::secs(60),
+            limit_time_real: TimeSpan::secs(120),
+            limit_time_real_cron: CronTimeLimit::SameAsHttp,
+            limit_time_worker_cron: TimeSpan::secs(0),
+            listen_backlog: 1024,
+            http_socket_timeout: TimeSpan::secs(2),
+            http_max_body_size: ByteSize::mib(64),
+            graceful_timeout: TimeSpan::secs(30),
+            log_format: LogFormat::Text,
+            log_level: LogLevel::Info,
+            logfile: None,
+            pidfile: None,
+            demo_fault_endpoints: false,
+            demo_crash_at_boot: false,
+        }
+    }
+}
+
+/// Keys whose new value a SIGHUP cannot apply to a running server.
+pub const RESTART_ONLY_KEYS: &[&str] = &[
+    "http_interface",
+    "http_port",
+    "listen_backlog",
+    "log_format",
+    "pidfile",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// A config file that cannot be used; the server does not start (exit status 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", describe_invalid(path, *line, key, message, excerpt))]
+    Invalid {
+        path: PathBuf,
+        /// 1-based line of the offending key or value.
+        line: usize,
+        /// The offending key's path, e.g. `limit_memory_soft` (empty for syntax errors).
+        key: String,
+        message: String,
+        /// The offending line as written.
+        excerpt: String,
+    },
+}
+
+fn describe_invalid(path: &Path, line: usize, key: &str, message: &str, excerpt: &str) -> String {
+    let location = format!("{}:{line}", path.display());
+    let head = if key.is_empty() {
+        format!("{location}: {message}")
+    } else {
+        format!("{location}: {key}: {message}")
+    };
+    format!("{head}\n  {line:>4} | {excerpt}")
+}
+
+impl Config {
+    /// Reads, parses and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&source, path)
+    }
+
+    /// Parses and validates `source`, read from `path` (used in messages and to resolve
+    /// relative file names).
+    pub fn parse(source: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |span: Option<std::ops::Range<usize>>, key: String, message: String| {
+            let line = span.map_or(1, |span| line_of(source, span.start));
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                key,
+                message,
+                excerpt: source
+                    .lines()
+                    .nth(line - 1)
+                    .unwrap_or("")
+                    .trim_end()
+                    .to_string(),
+            }
+        };
+        let document = toml::Deserializer::parse(source)
+            .map_err(|error| invalid(error.span(), String::new(), error.message().to_string()))?;
+        let mut config: Config = serde_path_to_error::deserialize(document).map_err(|error| {
+            let key = key_path(error.path());
+            let inner = error.into_inner();
+            invalid(inner.span(), key, friendly(inner.message()))
+        })?;
+        if let Err((key, message)) = config.validate() {
+            return Err(invalid(span_of_key(source, key), key.to_string(), message));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        for file in [&mut config.logfile, &mut config.pidfile]
+            .into_iter()
+            .flatten()
+        {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Checks what each value alone cannot: combinations and the meaning of values.
+    /// Returns the key to blame and what is wrong with it.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.workers == 0 && self.max_cron_threads == 0 {
+            return Err((
+                "workers",
+                "workers = 0 with max_cron_threads = 0 leaves nothing to run; \
+                 set workers to 1 or more (or run cron workers with max_cron_threads)"
+                    .into(),
+            ));
+        }
+        let (soft, hard) = (self.limit_memory_soft, self.limit_memory_hard);
+        if !soft.is_zero() && !hard.is_zero() && soft > hard {
+            return Err((
+                "limit_memory_soft",
+                format!(
+                    "limit_memory_soft = \"{soft}\" is larger than limit_memory_hard = \"{hard}\"; \
+                     the soft limit must not exceed the hard one (0 turns a limit off)"
+                ),
+            ));
+        }
+        if self.limit_time_cpu.duration().subsec_nanos() != 0 {
+            return Err((
+                "limit_time_cpu",
+                format!(
+                    "\"{}\" is not a whole number of seconds; RLIMIT_CPU counts whole seconds",
+                    self.limit_time_cpu
+                ),
+            ));
+        }
+        if self.listen_backlog == 0 {
+            return Err((
+                "listen_backlog",
+                "0 is not allowed; expected a queue length of 1 or more (e.g. 1024)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The settings as TOML, every default filled in: what `forkwarden check` prints.
+    pub fn effective_toml(&self) -> String {
+        let mut text = toml::to_string(self).unwrap_or_else(|error| format!("# {error}\n"));
+        if self.logfile.is_none() {
+            text.push_str("# logfile is not set: logs go to standard error\n");
+        }
+        if self.pidfile.is_none() {
+            text.push_str("# pidfile is not set: no pid file is written\n");
+        }
+        text
+    }
+
+    /// The keys whose value differs between `self` and `newer`, with both values as TOML.
+    pub fn changes(&self, newer: &Config) -> Vec<Change> {
+        let (Ok(old), Ok(new)) = (toml::Table::try_from(self), toml::Table::try_from(newer)) else {
+            return Vec::new();
+        };
+        let show =
+            |value: Option<&toml::Value>| value.map_or("(unset)".to_string(), |v| v.to_string());
+        let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter(|key| old.get(*key) != new.get(*key))
+            .map(|key| Change {
+                key: key.clone(),
+                old: show(old.get(key)),
+                new: show(new.get(key)),
+            })
+            .collect()
+    }
+
+    /// Takes over from `running` the values of [`RESTART_ONLY_KEYS`], which a reload cannot
+    /// apply, so that `self` describes the server as it will really run.
+    pub fn keep_restart_only_values(&mut self, running: &Config) {
+        self.http_interface = running.http_interface;
+        self.http_port = running.http_port;
+        self.listen_backlog = running.listen_backlog;
+        self.log_format = running.log_format;
+        self.pidfile.clone_from(&running.pidfile);
+    }
+
+    /// The wall-clock limit of one cron job (zero: none).
+    pub fn cron_time_limit(&self) -> Duration {
+        match self.limit_time_real_cron {
+            CronTimeLimit::SameAsHttp => self.limit_time_real.duration(),
+            CronTimeLimit::Limit(limit) => limit.duration(),
+        }
+    }
+}
+
+/// One key changed by a reload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub key: String,
+    pub old: String,
+    pub new: String,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} -> {}", self.key, self.old, self.new)
+    }
+}
+
+/// `limit_memory_soft`, `cron[2].schedule`: the path serde was at, without the private
+/// segments that span tracking adds.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    let mut key = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Map { key: name } if name.starts_with("$__") => {}
+            Segment::Map { key: name } | Segment::Enum { variant: name } => {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(name);
+            }
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Unknown => {}
+        }
+    }
+    key
+}
+
+/// serde's messages name Rust types ("expected u32"); say what an admin may write instead.
+fn friendly(message: &str) -> String {
+    message
+        .replace("expected u16", "expected a port number from 0 to 65535")
+        .replace("expected u32", "expected a whole number, 0 or more")
+        .replace("expected u64", "expected a whole number, 0 or more")
+}
+
+/// An IP address, with an error that shows the value and what is accepted.
+fn ip_address<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<IpAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an IP address; expected one such as \"127.0.0.1\", \"0.0.0.0\" or \"::\""
+        ))
+    })
+}
+
+/// 1-based line number of byte `offset` in `source`.
+fn line_of(source: &str, offset: usize) -> usize {
+    source[..offset.min(source.len())].matches('\n').count() + 1
+}
+
+/// Where top-level `key` is written in `source`, if it is.
+fn span_of_key(source: &str, key: &str) -> Option<std::ops::Range<usize>> {
+    let table = toml::de::DeTable::parse(source).ok()?;
+    table
+        .get_ref()
+        .iter()
+        .find(|(name, _)| name.get_ref() == key)
+        .map(|(name, _)| name.span())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(source: &str) -> Result<Config, ConfigError> {
+        Config::parse(source, Path::new("/etc/fw/test.toml"))
+    }
+
+    fn error_text(source: &str) -> String {
+        parse(source)
+            .expect_err("config should be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn empty_file_gives_odoo_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.limit_memory_hard, ByteSize(2560 << 20));
+        assert_eq!(config.cron_time_limit(), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn units_and_relative_paths_are_resolved() {
+        let config = parse(
+            "workers = 4\nlimit_memory_soft = \"512MiB\"\nlimit_memory_hard = 1073741824\n\
+             limit_time_real = \"2m\"\nlimit_time_real_cron = 0\nlogfile = \"fw.log\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.workers, 4);
+        assert_eq!(config.limit_memory_soft, ByteSize(512 << 20));
+        assert_eq!(config.limit_memory_hard, ByteSize(1 << 30));
+        assert_eq!(config.limit_time_real, TimeSpan::secs(120));
+        assert_eq!(config.cron_time_limit(), Duration::ZERO);
+        assert_eq!(config.logfile, Some(PathBuf::from("/etc/fw/fw.log")));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = error_text("workers = 2\nwrkers = 3\n");
+        assert!(
+            text.starts_with("/etc/fw/test.toml:2: wrkers: unknown field `wrkers`"),
+            "{text}"
+        );
+        assert!(text.contains("`workers`"), "{text}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_value_and_what_is_accepted() {
+        let text = error_text("\nworkers = \"four\"\n");
+        assert!(text.starts_with("/etc/fw/test.toml:2: workers:"), "{text}");
+        assert!(text.contains("\"four\""), "{text}");
+        assert!(text.contains("expected a whole number"), "{text}");
+    }
+
+    #[test]
+    fn bad_unit_and_negative_size_are_rejected() {
+        let text = error_text("limit_memory_hard = \"2 lots\"\n");
+        assert!(text.contains("limit_memory_hard:"), "{text}");
+        assert!(text.contains("\"512MiB\""), "{text}");
+        let text = error_text("limit_memory_soft = -5\n");
+        assert!(
+            text.contains("limit_memory_soft: negative size -5"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn impossible_combinations_blame_the_right_line() {
+        let text =
+            error_text("workers = 1\nlimit_memory_hard = \"1GiB\"\nlimit_memory_soft = \"2GiB\"\n");
+        assert!(
+            text.starts_with("/etc/fw/test.toml:3: limit_memory_soft:"),
+            "{text}"
+        );
+        let text = error_text("max_cron_threads = 0\nworkers = 0\n");
+        assert!(text.starts_with("/etc/fw/test.toml:2: workers:"), "{text}");
+        assert!(text.contains("nothing to run"), "{text}");
+    }
+
+    #[test]
+    fn syntax_error_gives_the_line() {
+        let text = error_text("workers = 2\nhttp_port = \n");
+        assert!(text.starts_with("/etc/fw/test.toml:2:"), "{text}");
+    }
+
+    #[test]
+    fn effective_toml_round_trips() {
+        let config = parse("workers = 3\nlimit_time_cpu = \"90s\"\n").unwrap();
+        let again = parse(&config.effective_toml()).unwrap();
+        assert_eq!(config, again);
+    }
+
+    #[test]
+    fn restart_only_keys_are_all_kept_from_the_running_config() {
+        let running = parse("").unwrap();
+        let mut new = parse(
+            "http_interface = \"::1\"\nhttp_port = 1\nlisten_backlog = 7\n\
+             log_format = \"json\"\npidfile = \"x.pid\"\nworkers = 5\n",
+        )
+        .unwrap();
+        let changed: Vec<String> = running.changes(&new).into_iter().map(|c| c.key).collect();
+        for key in RESTART_ONLY_KEYS {
+            assert!(
+                changed.contains(&key.to_string()),
+                "test does not change {key}"
+            );
+        }
+        new.keep_restart_only_values(&running);
+        let left: Vec<String> = running.changes(&new).into_iter().map(|c| c.key).collect();
+        assert_eq!(left, ["workers"]);
+    }
+
+    #[test]
+    fn changes_list_only_differing_keys() {
+        let old = parse("workers = 2\n").unwrap();
+        let new = parse("workers = 4\nlimit_time_real = 60\n").unwrap();
+        let changes: Vec<String> = old.changes(&new).iter().map(ToString::to_string).collect();
+        assert_eq!(
+            changes,
+            ["limit_time_real: \"2m\" -> \"1m\"", "workers: 2 -> 4"]
+        );
+    }
+}

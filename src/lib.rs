@@ -1,0 +1,74 @@
+//! forkwarden: a pre-fork multi-process worker supervisor with Odoo-style limits.
+//!
+//! One small master process binds the listening socket and forks N HTTP workers and M cron
+//! workers, keeps that population alive, and replaces any worker that dies or crosses a
+//! limit, saying why in one log line. The master is single-threaded (one `mio` loop), never
+//! runs application code and never touches a client connection.
+//!
+//! Serve your own [`App`] with forkwarden's supervision:
+//!
+//! ```no_run
+//! use forkwarden::{App, Config, Request, Response, WorkerInfo};
+//!
+//! struct Hello;
+//! impl App for Hello {
+//!     fn handle(&mut self, _request: &Request) -> Response {
+//!         Response::text(200, "hello\n")
+//!     }
+//! }
+//!
+//! let path = std::path::Path::new("forkwarden.toml");
+//! let config = Config::load(path).expect("valid config");
+//! let factory = |_: &WorkerInfo<'_>| -> anyhow::Result<Box<dyn App>> { Ok(Box::new(Hello)) };
+//! let status = forkwarden::serve(config, path, Box::new(factory)).expect("server ran");
+//! std::process::exit(i32::from(status));
+//! ```
+//!
+//! Layout: [`config`] (schema, defaults, units, validation); `master` (the loop, the pool,
+//! death reports); `worker` (what a forked process runs); `http` (the protocol);
+//! `scoreboard` (per-worker shared memory); `notify` (worker-to-master messages); `sys`
+//! (every `unsafe` call); `log`; [`demo`] (the built-in app).
+
+pub mod app;
+pub mod config;
+pub mod demo;
+mod http;
+mod log;
+mod master;
+mod notify;
+mod scoreboard;
+mod sys;
+mod worker;
+
+use std::path::Path;
+
+pub use app::{App, AppFactory, Header, Request, Response, WorkerInfo};
+pub use config::{Config, ConfigError};
+pub use master::{EXIT_STATUS_CRITICAL, EXIT_STATUS_FAILURE, MasterError};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Log(#[from] log::LogError),
+    #[error(transparent)]
+    Master(#[from] MasterError),
+}
+
+/// Runs the server described by `config` (read from `config_path`, which SIGHUP re-reads)
+/// in the foreground until it is stopped, serving the application `app` builds in each HTTP
+/// worker. Returns the exit status for the process: 0 after a normal stop,
+/// [`EXIT_STATUS_CRITICAL`] when a worker reported a critical error.
+///
+/// Call it from a single-threaded process, before starting any thread: it forks.
+pub fn serve(config: Config, config_path: &Path, app: Box<AppFactory>) -> Result<u8, ServeError> {
+    // Before anything else reads the environment: the title may reuse its memory.
+    let title_error = sys::init_process_title().err();
+    let logging = log::init(&config)?;
+    if let Some(error) = title_error {
+        tracing::warn!("process titles will not be set: {error}");
+    }
+    let master = master::Master::new(config, config_path.to_path_buf(), app, logging)
+        .inspect_err(|error| tracing::error!("{error}"))?;
+    Ok(master.run())
+}

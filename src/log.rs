@@ -1,0 +1,150 @@
+//! Log output: text or JSON lines on standard error or in a file, reopened on SIGUSR1.
+//!
+//! Master and workers share the destination. Each event is formatted in memory and written
+//! with one `write` on an `O_APPEND` file (or on stderr), so lines from different processes
+//! never interleave mid-line.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Registry, reload};
+
+use crate::config::{Config, LogFormat, LogLevel};
+
+/// Where log lines go. A process-wide static so that the subscriber's writer, the master's
+/// SIGUSR1 handling and the workers' reopen all reach the same place. The master is
+/// single-threaded and never forks while holding the lock, so a worker never inherits it held.
+static SINK: Mutex<Sink> = Mutex::new(Sink::Stderr);
+
+enum Sink {
+    Stderr,
+    File { path: PathBuf, file: File },
+}
+
+fn sink() -> MutexGuard<'static, Sink> {
+    SINK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("cannot open logfile {}: {source}", path.display())]
+    Open { path: PathBuf, source: io::Error },
+    #[error("cannot install the log subscriber: {0}")]
+    Subscriber(String),
+}
+
+/// The installed logger; lets the master reopen the file and apply a reloaded config.
+pub struct Logging {
+    level: reload::Handle<LevelFilter, Registry>,
+}
+
+/// Installs the global subscriber for `config`: call once, before the first fork.
+pub fn init(config: &Config) -> Result<Logging, LogError> {
+    point_sink_at(config.logfile.as_deref())?;
+    let (level, handle) = reload::Layer::new(level_filter(config.log_level));
+    let lines = tracing_subscriber::fmt::layer()
+        .with_writer(|| SinkWriter)
+        .with_ansi(false)
+        .with_target(false);
+    let installed = match config.log_format {
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(level)
+            .with(lines)
+            .try_init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(level)
+            .with(lines.json().flatten_event(true))
+            .try_init(),
+    };
+    installed.map_err(|error| LogError::Subscriber(error.to_string()))?;
+    std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
+    Ok(Logging { level: handle })
+}
+
+impl Logging {
+    /// Applies a reloaded config's `log_level` and `logfile`.
+    pub fn apply(&self, config: &Config) -> Result<(), LogError> {
+        let _ = self
+            .level
+            .modify(|filter| *filter = level_filter(config.log_level));
+        let unchanged = match (&*sink(), config.logfile.as_deref()) {
+            (Sink::Stderr, None) => true,
+            (Sink::File { path, .. }, Some(new)) => path == new,
+            _ => false,
+        };
+        if unchanged {
+            Ok(())
+        } else {
+            point_sink_at(config.logfile.as_deref())
+        }
+    }
+}
+
+/// Reopens the log file at its path (after logrotate moved it); no-op for stderr.
+pub fn reopen() -> Result<(), LogError> {
+    let path = match &*sink() {
+        Sink::Stderr => return Ok(()),
+        Sink::File { path, .. } => path.clone(),
+    };
+    point_sink_at(Some(&path))
+}
+
+fn point_sink_at(path: Option<&Path>) -> Result<(), LogError> {
+    let new = match path {
+        None => Sink::Stderr,
+        Some(path) => {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o640)
+                .open(path)
+                .map_err(|source| LogError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            Sink::File {
+                path: path.to_path_buf(),
+                file,
+            }
+        }
+    };
+    *sink() = new;
+    Ok(())
+}
+
+fn level_filter(level: LogLevel) -> LevelFilter {
+    match level {
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Trace => LevelFilter::TRACE,
+    }
+}
+
+/// The subscriber's writer: one formatted event per `write_all`, under the sink's lock.
+struct SinkWriter;
+
+impl Write for SinkWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match &mut *sink() {
+            Sink::Stderr => io::stderr().lock().write_all(buf),
+            Sink::File { file, .. } => file.write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

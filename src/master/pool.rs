@@ -1,0 +1,388 @@
+//! The worker population: who is running, which slots want a worker, and crash-loop backoff.
+//!
+//! Pure bookkeeping, no system calls: the master asks the pool what to do (which slots to
+//! fill, which workers to retire, when the next deadline is) and does it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use nix::unistd::Pid;
+
+use crate::scoreboard::WorkerRow;
+
+/// A worker that dies this soon after it was started counts as a failed start.
+pub const FAST_FAILURE: Duration = Duration::from_secs(1);
+/// Delay before the second consecutive failed start is retried; doubled at each further one.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+/// Longest delay between two starts of a slot that keeps failing.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    Http,
+    Cron,
+}
+
+/// A worker's place in the population: role and stable slot number. A replacement takes
+/// the slot of the worker it replaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerId {
+    pub role: Role,
+    pub slot: u32,
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let role = match self.role {
+            Role::Http => "http",
+            Role::Cron => "cron",
+        };
+        write!(f, "{role} worker {}", self.slot)
+    }
+}
+
+/// Why the master told a worker to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetireReason {
+    /// The server is stopping.
+    Shutdown,
+    /// A worker of the new config generation is ready in its slot.
+    Replaced,
+    /// Its slot is no longer wanted (SIGTTOU, or fewer workers after a reload).
+    ScaledDown,
+}
+
+impl fmt::Display for RetireReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Shutdown => "server stopping",
+            Self::Replaced => "replaced after reload",
+            Self::ScaledDown => "scaled down",
+        })
+    }
+}
+
+/// A worker the master told to stop, and when it will be killed if it has not.
+#[derive(Clone, Copy, Debug)]
+pub struct Retiring {
+    pub reason: RetireReason,
+    pub deadline: Instant,
+}
+
+/// A live worker process.
+pub struct Worker {
+    pub pid: Pid,
+    pub id: WorkerId,
+    pub generation: u64,
+    pub started: Instant,
+    /// It reported `READY=1`.
+    pub ready: bool,
+    pub row: WorkerRow,
+    pub retiring: Option<Retiring>,
+    /// Set when the master SIGKILLs it: the reason, for the exit log line.
+    pub kill_reason: Option<String>,
+}
+
+/// What the pool remembers about a slot across its workers.
+#[derive(Default)]
+struct SlotHistory {
+    /// Failed starts in a row (deaths within [`FAST_FAILURE`] or before ready).
+    failures_in_a_row: u32,
+    /// Not before this instant is the slot started again.
+    respawn_at: Option<Instant>,
+    /// The death line of the worker being replaced, logged once the new pid is known.
+    pending_report: Option<PendingReport>,
+}
+
+/// A death report waiting for the replacement's pid.
+pub struct PendingReport {
+    pub line: String,
+    pub unexpected: bool,
+}
+
+pub struct Pool {
+    workers: Vec<Worker>,
+    slots: HashMap<WorkerId, SlotHistory>,
+    wanted_http: u32,
+    wanted_cron: u32,
+    generation: u64,
+}
+
+impl Pool {
+    pub fn new(wanted_http: u32, wanted_cron: u32) -> Self {
+        Self {
+            workers: Vec::new(),
+            slots: HashMap::new(),
+            wanted_http,
+            wanted_cron,
+            generation: 1,
+        }
+    }
+
+    pub fn wanted(&self, role: Role) -> u32 {
+        match role {
+            Role::Http => self.wanted_http,
+            Role::Cron => self.wanted_cron,
+        }
+    }
+
+    pub fn set_wanted(&mut self, role: Role, count: u32) {
+        match role {
+            Role::Http => self.wanted_http = count,
+            Role::Cron => self.wanted_cron = count,
+        }
+    }
+
+    pub fn is_wanted(&self, id: WorkerId) -> bool {
+        id.slot < self.wanted(id.role)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Starts a new config generation: every slot is to be filled by a new worker.
+    pub fn next_generation(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.iter()
+    }
+
+    pub fn workers_mut(&mut self) -> impl Iterator<Item = &mut Worker> {
+        self.workers.iter_mut()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    pub fn count(&self, role: Role) -> usize {
+        self.workers.iter().filter(|w| w.id.role == role).count()
+    }
+
+    pub fn add(&mut self, worker: Worker) {
+        self.workers.push(worker);
+    }
+
+    pub fn get_mut(&mut self, pid: Pid) -> Option<&mut Worker> {
+        self.workers.iter_mut().find(|worker| worker.pid == pid)
+    }
+
+    /// Removes and returns the worker with `pid` (after it was reaped).
+    pub fn take(&mut self, pid: Pid) -> Option<Worker> {
+        let index = self.workers.iter().position(|worker| worker.pid == pid)?;
+        Some(self.workers.swap_remove(index))
+    }
+
+    /// The running worker of the current generation in slot `id`, if any.
+    pub fn current(&self, id: WorkerId) -> Option<&Worker> {
+        self.workers.iter().find(|worker| {
+            worker.id == id && worker.generation == self.generation && worker.retiring.is_none()
+        })
+    }
+
+    /// Slots that want a worker of the current generation and may get one now.
+    pub fn slots_to_fill(&self, now: Instant) -> Vec<WorkerId> {
+        let mut ids = Vec::new();
+        for role in [Role::Http, Role::Cron] {
+            for slot in 0..self.wanted(role) {
+                let id = WorkerId { role, slot };
+                let backing_off = self
+                    .slots
+                    .get(&id)
+                    .and_then(|history| history.respawn_at)
+                    .is_some_and(|at| at > now);
+                if !backing_off && self.current(id).is_none() {
+                    ids.push(id);
+                }
+            }
+        }
+        ids
+    }
+
+    /// Workers to stop now: those whose slot is no longer wanted, and those of an older
+    /// generation whose replacement is ready (a slot is never left without a ready worker).
+    pub fn to_retire(&self) -> Vec<(Pid, RetireReason)> {
+        self.workers
+            .iter()
+            .filter(|worker| worker.retiring.is_none())
+            .filter_map(|worker| {
+                if !self.is_wanted(worker.id) {
+                    Some((worker.pid, RetireReason::ScaledDown))
+                } else if worker.generation < self.generation
+                    && self.current(worker.id).is_some_and(|new| new.ready)
+                {
+                    Some((worker.pid, RetireReason::Replaced))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Records how a worker of slot `id` ended and returns how long to wait before starting
+    /// the slot again: at once, unless it keeps failing right after start (crash loop).
+    pub fn record_exit(&mut self, id: WorkerId, failed_start: bool, now: Instant) -> Duration {
+        let history = self.slots.entry(id).or_default();
+        if !failed_start {
+            history.failures_in_a_row = 0;
+            history.respawn_at = None;
+            return Duration::ZERO;
+        }
+        history.failures_in_a_row += 1;
+        let delay = backoff(history.failures_in_a_row);
+        history.respawn_at = Some(now + delay);
+        delay
+    }
+
+    pub fn failures_in_a_row(&self, id: WorkerId) -> u32 {
+        self.slots
+            .get(&id)
+            .map_or(0, |history| history.failures_in_a_row)
+    }
+
+    /// Keeps slot `id` from being started before `at` (e.g. after fork failed).
+    pub fn delay_slot(&mut self, id: WorkerId, at: Instant) {
+        self.slots.entry(id).or_default().respawn_at = Some(at);
+    }
+
+    pub fn set_pending_report(&mut self, id: WorkerId, report: PendingReport) {
+        self.slots.entry(id).or_default().pending_report = Some(report);
+    }
+
+    pub fn take_pending_report(&mut self, id: WorkerId) -> Option<PendingReport> {
+        self.slots.get_mut(&id)?.pending_report.take()
+    }
+
+    /// The earliest instant at which the pool has something to do: a retiring worker to
+    /// kill, or (with `include_respawns`; not while stopping) a backed-off slot to start.
+    pub fn next_deadline(&self, include_respawns: bool) -> Option<Instant> {
+        let respawns = self
+            .slots
+            .iter()
+            .filter(|(id, _)| {
+                include_respawns && self.is_wanted(**id) && self.current(**id).is_none()
+            })
+            .filter_map(|(_, history)| history.respawn_at);
+        let kills = self
+            .workers
+            .iter()
+            .filter(|worker| worker.kill_reason.is_none())
+            .filter_map(|worker| worker.retiring.map(|retiring| retiring.deadline));
+        respawns.chain(kills).min()
+    }
+}
+
+/// No delay for a first failed start; then 100 ms, doubling up to [`BACKOFF_MAX`].
+fn backoff(failures_in_a_row: u32) -> Duration {
+    if failures_in_a_row <= 1 {
+        return Duration::ZERO;
+    }
+    let doublings = (failures_in_a_row - 2).min(16);
+    (BACKOFF_FIRST * 2u32.pow(doublings)).min(BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(slot: u32) -> WorkerId {
+        WorkerId {
+            role: Role::Http,
+            slot,
+        }
+    }
+
+    fn worker(pool: &Pool, pid: i32, id: WorkerId, ready: bool) -> Worker {
+        Worker {
+            pid: Pid::from_raw(pid),
+            id,
+            generation: pool.generation(),
+            started: Instant::now(),
+            ready,
+            row: WorkerRow::new().unwrap(),
+            retiring: None,
+            kill_reason: None,
+        }
+    }
+
+    #[test]
+    fn backoff_starts_at_once_then_doubles_up_to_the_cap() {
+        let delays: Vec<u128> = (1..=10).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(
+            delays,
+            [0, 100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000]
+        );
+    }
+
+    #[test]
+    fn a_failing_slot_backs_off_and_a_healthy_exit_resets_it() {
+        let mut pool = Pool::new(1, 0);
+        let now = Instant::now();
+        assert_eq!(pool.record_exit(http(0), true, now), Duration::ZERO);
+        assert_eq!(
+            pool.record_exit(http(0), true, now),
+            Duration::from_millis(100)
+        );
+        assert!(pool.slots_to_fill(now).is_empty());
+        assert_eq!(
+            pool.next_deadline(true),
+            Some(now + Duration::from_millis(100))
+        );
+        assert_eq!(
+            pool.next_deadline(false),
+            None,
+            "no respawn deadline while stopping"
+        );
+        assert_eq!(
+            pool.slots_to_fill(now + Duration::from_millis(100)),
+            [http(0)]
+        );
+        assert_eq!(pool.record_exit(http(0), false, now), Duration::ZERO);
+        assert_eq!(pool.failures_in_a_row(http(0)), 0);
+        assert_eq!(pool.slots_to_fill(now), [http(0)]);
+    }
+
+    #[test]
+    fn old_generation_is_retired_only_once_its_replacement_is_ready() {
+        let mut pool = Pool::new(2, 0);
+        let old = worker(&pool, 10, http(0), true);
+        pool.add(old);
+        let old1 = worker(&pool, 11, http(1), true);
+        pool.add(old1);
+        assert!(pool.to_retire().is_empty());
+        pool.next_generation();
+        assert_eq!(pool.slots_to_fill(Instant::now()), [http(0), http(1)]);
+        let new = worker(&pool, 20, http(0), false);
+        pool.add(new);
+        assert!(pool.to_retire().is_empty(), "replacement not ready yet");
+        pool.get_mut(Pid::from_raw(20)).unwrap().ready = true;
+        assert_eq!(
+            pool.to_retire(),
+            [(Pid::from_raw(10), RetireReason::Replaced)]
+        );
+    }
+
+    #[test]
+    fn scaling_down_retires_the_highest_slots() {
+        let mut pool = Pool::new(3, 0);
+        for slot in 0..3 {
+            let added = worker(&pool, 10 + slot as i32, http(slot), true);
+            pool.add(added);
+        }
+        pool.set_wanted(Role::Http, 1);
+        let mut retired = pool.to_retire();
+        retired.sort_by_key(|(pid, _)| pid.as_raw());
+        assert_eq!(
+            retired,
+            [
+                (Pid::from_raw(11), RetireReason::ScaledDown),
+                (Pid::from_raw(12), RetireReason::ScaledDown)
+            ]
+        );
+    }
+}

@@ -1,0 +1,124 @@
+//! Workers tell the master about themselves over a datagram socket, in the sd_notify text
+//! format (`READY=1`), and the kernel stamps every datagram with the sender's pid
+//! (SO_PASSCRED), so a worker cannot be mistaken for another.
+//!
+//! This is systemd's notification protocol, which lets programs that already speak it report
+//! readiness the same way when forkwarden runs them.
+
+use std::io::{self, IoSliceMut};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+
+use nix::errno::Errno;
+use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, sockopt};
+use nix::unistd::Pid;
+
+/// Largest notification read; sd_notify messages are a few short `KEY=VALUE` lines.
+const MAX_MESSAGE: usize = 4096;
+
+/// The sending end, inherited by every worker.
+pub struct Notifier {
+    socket: UnixDatagram,
+}
+
+/// The master's receiving end, registered in its poll loop.
+pub struct NotifyReceiver {
+    socket: mio::net::UnixDatagram,
+}
+
+/// One message from one worker.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Notification {
+    pub pid: Pid,
+    pub text: String,
+}
+
+impl Notification {
+    /// The value of `key` in the message, as in `READY=1`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.text.lines().find_map(|line| {
+            line.split_once('=')
+                .filter(|(name, _)| *name == key)
+                .map(|(_, value)| value)
+        })
+    }
+}
+
+/// A connected pair: the master keeps both ends and hands the [`Notifier`] to each worker.
+pub fn channel() -> io::Result<(Notifier, NotifyReceiver)> {
+    let (sender, receiver) = UnixDatagram::pair()?;
+    socket::setsockopt(&receiver, sockopt::PassCred, &true).map_err(io::Error::from)?;
+    // A worker must never block on a full queue; losing a notification is better.
+    sender.set_nonblocking(true)?;
+    receiver.set_nonblocking(true)?;
+    Ok((
+        Notifier { socket: sender },
+        NotifyReceiver {
+            socket: mio::net::UnixDatagram::from_std(receiver),
+        },
+    ))
+}
+
+impl Notifier {
+    /// Sends `message` (e.g. `READY=1`).
+    pub fn send(&self, message: &str) -> io::Result<()> {
+        self.socket.send(message.as_bytes()).map(drop)
+    }
+}
+
+impl NotifyReceiver {
+    /// The socket to register with the poll loop.
+    pub fn source(&mut self) -> &mut mio::net::UnixDatagram {
+        &mut self.socket
+    }
+
+    /// The next pending notification, if any (never blocks).
+    pub fn recv(&self) -> io::Result<Option<Notification>> {
+        let mut buffer = [0u8; MAX_MESSAGE];
+        let mut control = nix::cmsg_space!(socket::UnixCredentials);
+        let (length, pid) = {
+            let mut iov = [IoSliceMut::new(&mut buffer)];
+            let message = match socket::recvmsg::<()>(
+                self.socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut control),
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(message) => message,
+                Err(Errno::EAGAIN) => return Ok(None),
+                Err(errno) => return Err(errno.into()),
+            };
+            let pid = message.cmsgs().ok().and_then(|mut messages| {
+                messages.find_map(|control| match control {
+                    ControlMessageOwned::ScmCredentials(credentials) => {
+                        Some(Pid::from_raw(credentials.pid()))
+                    }
+                    _ => None,
+                })
+            });
+            (message.bytes, pid)
+        };
+        let text = String::from_utf8_lossy(&buffer[..length]).into_owned();
+        // Without credentials (never expected with SO_PASSCRED) the sender is unknown:
+        // pid 0 matches no worker, so the message is ignored.
+        let pid = pid.unwrap_or(Pid::from_raw(0));
+        Ok(Some(Notification { pid, text }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_receiver_learns_the_senders_pid() {
+        let (sender, receiver) = channel().unwrap();
+        assert_eq!(receiver.recv().unwrap(), None);
+        sender.send("READY=1\nSTATUS=serving").unwrap();
+        let message = receiver.recv().unwrap().unwrap();
+        assert_eq!(message.pid, nix::unistd::getpid());
+        assert_eq!(message.get("READY"), Some("1"));
+        assert_eq!(message.get("STATUS"), Some("serving"));
+        assert_eq!(message.get("WATCHDOG"), None);
+    }
+}

@@ -1,0 +1,244 @@
+//! The scoreboard: one row of shared memory per worker (Apache httpd's prefork model).
+//!
+//! The master maps a row just before forking a worker. The worker writes its state into it
+//! on every request with plain atomic stores (no system call on the hot path); the master
+//! reads it whenever it needs to know what the worker is doing: for the status snapshot,
+//! for the death report (requests served, why it exited) and for the per-request limits.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use nix::time::{ClockId, clock_gettime};
+
+use crate::sys::SharedWords;
+
+// Word offsets of the fields in a row.
+const STATE: usize = 0;
+const EXIT_REASON: usize = 1;
+const REQUESTS: usize = 2;
+/// CLOCK_MONOTONIC nanoseconds at which the current request started; 0 when idle.
+const REQUEST_STARTED_NS: usize = 3;
+const REQUEST_LINE_LEN: usize = 4;
+const REQUEST_LINE: usize = 5;
+const REQUEST_LINE_WORDS: usize = 16;
+const ROW_WORDS: usize = REQUEST_LINE + REQUEST_LINE_WORDS;
+/// Longest `METHOD /target` kept for logs; longer ones are cut.
+const REQUEST_LINE_MAX: usize = REQUEST_LINE_WORDS * 8;
+
+/// What a worker is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Forked, not yet ready to serve.
+    Booting,
+    /// Waiting for a connection or a job.
+    Idle,
+    /// Serving a request or running a job.
+    Busy,
+}
+
+impl WorkerState {
+    fn from_word(word: u64) -> Self {
+        match word {
+            1 => Self::Idle,
+            2 => Self::Busy,
+            _ => Self::Booting,
+        }
+    }
+
+    fn word(self) -> u64 {
+        match self {
+            Self::Booting => 0,
+            Self::Idle => 1,
+            Self::Busy => 2,
+        }
+    }
+}
+
+/// Why a worker left on its own (exit status 0); the master puts it in the exit log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// Not recorded: the worker died without saying why.
+    Unknown,
+    /// It was told to stop (SIGTERM) and did.
+    Stopped,
+    /// It served `limit_request` requests.
+    LimitRequest,
+    /// The application panicked; the worker answered 500 and left to start afresh.
+    AppPanicked,
+    /// Its master is gone.
+    MasterGone,
+}
+
+impl ExitReason {
+    fn from_word(word: u64) -> Self {
+        match word {
+            1 => Self::Stopped,
+            2 => Self::LimitRequest,
+            3 => Self::AppPanicked,
+            4 => Self::MasterGone,
+            _ => Self::Unknown,
+        }
+    }
+
+    fn word(self) -> u64 {
+        match self {
+            Self::Unknown => 0,
+            Self::Stopped => 1,
+            Self::LimitRequest => 2,
+            Self::AppPanicked => 3,
+            Self::MasterGone => 4,
+        }
+    }
+}
+
+/// One worker's row. Created by the master before the fork; both processes then hold it.
+pub struct WorkerRow {
+    shared: SharedWords,
+}
+
+/// A consistent-enough copy of a row, read by the master.
+#[derive(Clone, Debug)]
+pub struct RowSnapshot {
+    pub state: WorkerState,
+    pub exit_reason: ExitReason,
+    pub requests: u64,
+    /// How long the current request has been running, if one is.
+    pub busy_for: Option<Duration>,
+    /// `METHOD /target` of the current (or last) request.
+    pub request: String,
+}
+
+impl WorkerRow {
+    pub fn new() -> io::Result<Self> {
+        Ok(Self {
+            shared: SharedWords::new(ROW_WORDS)?,
+        })
+    }
+
+    fn word(&self, index: usize) -> &AtomicU64 {
+        &self.shared.words()[index]
+    }
+
+    // ---- written by the worker ----
+
+    pub fn set_state(&self, state: WorkerState) {
+        self.word(STATE).store(state.word(), Ordering::Release);
+    }
+
+    pub fn set_exit_reason(&self, reason: ExitReason) {
+        self.word(EXIT_REASON)
+            .store(reason.word(), Ordering::Release);
+    }
+
+    /// Marks the worker busy with `method target` from now on.
+    pub fn begin_request(&self, method: &str, target: &str) {
+        let mut line = [0u8; REQUEST_LINE_MAX];
+        let mut length = 0;
+        for part in [method.as_bytes(), b" ", target.as_bytes()] {
+            let take = part.len().min(REQUEST_LINE_MAX - length);
+            line[length..length + take].copy_from_slice(&part[..take]);
+            length += take;
+        }
+        for (index, chunk) in line.chunks_exact(8).enumerate() {
+            let word = u64::from_ne_bytes(chunk.try_into().unwrap_or([0; 8]));
+            self.word(REQUEST_LINE + index)
+                .store(word, Ordering::Relaxed);
+        }
+        self.word(REQUEST_LINE_LEN)
+            .store(length as u64, Ordering::Relaxed);
+        // Release: a master that sees the start time also sees the line written before it.
+        self.word(REQUEST_STARTED_NS)
+            .store(monotonic_now_ns().max(1), Ordering::Release);
+        self.set_state(WorkerState::Busy);
+    }
+
+    /// Marks the current request served.
+    pub fn end_request(&self) {
+        self.word(REQUESTS).fetch_add(1, Ordering::AcqRel);
+        self.word(REQUEST_STARTED_NS).store(0, Ordering::Release);
+        self.set_state(WorkerState::Idle);
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.word(REQUESTS).load(Ordering::Acquire)
+    }
+
+    // ---- read by the master ----
+
+    pub fn snapshot(&self) -> RowSnapshot {
+        let started = self.word(REQUEST_STARTED_NS).load(Ordering::Acquire);
+        let length = usize::try_from(self.word(REQUEST_LINE_LEN).load(Ordering::Relaxed))
+            .unwrap_or(0)
+            .min(REQUEST_LINE_MAX);
+        let mut line = Vec::with_capacity(REQUEST_LINE_MAX);
+        for index in 0..REQUEST_LINE_WORDS {
+            line.extend_from_slice(
+                &self
+                    .word(REQUEST_LINE + index)
+                    .load(Ordering::Relaxed)
+                    .to_ne_bytes(),
+            );
+        }
+        line.truncate(length);
+        RowSnapshot {
+            state: WorkerState::from_word(self.word(STATE).load(Ordering::Acquire)),
+            exit_reason: ExitReason::from_word(self.word(EXIT_REASON).load(Ordering::Acquire)),
+            requests: self.requests(),
+            busy_for: (started != 0)
+                .then(|| Duration::from_nanos(monotonic_now_ns().saturating_sub(started))),
+            request: String::from_utf8_lossy(&line).into_owned(),
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for all processes of the machine, read through
+/// the vDSO (no system call).
+fn monotonic_now_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |now| {
+        u64::try_from(now.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(now.tv_nsec()).unwrap_or(0)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_shows_as_busy_then_counts_as_served() {
+        let row = WorkerRow::new().unwrap();
+        assert_eq!(row.snapshot().state, WorkerState::Booting);
+        row.begin_request("GET", "/sleep?ms=10");
+        let busy = row.snapshot();
+        assert_eq!(busy.state, WorkerState::Busy);
+        assert_eq!(busy.request, "GET /sleep?ms=10");
+        assert!(busy.busy_for.is_some());
+        row.end_request();
+        let idle = row.snapshot();
+        assert_eq!(
+            (idle.state, idle.requests, idle.busy_for),
+            (WorkerState::Idle, 1, None)
+        );
+    }
+
+    #[test]
+    fn long_request_lines_are_cut_not_overflowed() {
+        let row = WorkerRow::new().unwrap();
+        row.begin_request("GET", &"/x".repeat(500));
+        assert_eq!(row.snapshot().request.len(), REQUEST_LINE_MAX);
+    }
+
+    #[test]
+    fn a_forked_child_writes_what_the_parent_reads() {
+        let row = WorkerRow::new().unwrap();
+        row.set_exit_reason(ExitReason::Unknown);
+        let child = crate::sys::fork_process(|| {
+            row.set_exit_reason(ExitReason::LimitRequest);
+            0
+        })
+        .unwrap();
+        nix::sys::wait::waitpid(child, None).unwrap();
+        assert_eq!(row.snapshot().exit_reason, ExitReason::LimitRequest);
+    }
+}

@@ -1,0 +1,21 @@
+//! The one place where forkwarden talks to the kernel through `unsafe` code.
+//!
+//! Every other module is compiled with `unsafe_code = "deny"`; what they need from the
+//! system that neither `std` nor a safe `nix` call offers lives here, behind a safe API,
+//! with a `SAFETY:` comment on every `unsafe` block saying why it is sound.
+//!
+//! - [`process`]: fork (with signals blocked across it), immediate exit, single-thread check.
+//! - [`signals`]: the worker's signal handlers and the signal-mask-aware waits built on them.
+//! - [`shm`]: anonymous shared memory that the master and one worker both see.
+//! - [`title`]: the process title shown by `ps`.
+#![allow(unsafe_code)]
+
+mod process;
+mod shm;
+mod signals;
+mod title;
+
+pub use process::{fork_process, thread_count};
+pub use shm::SharedWords;
+pub use signals::{MASTER_SIGNALS, WorkerSignals};
+pub use title::{init_process_title, set_process_title};

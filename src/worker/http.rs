@@ -1,0 +1,247 @@
+//! The HTTP worker's loop: accept a connection on the shared socket, serve its requests one
+//! at a time with the application, repeat until told to stop or a limit says to leave.
+
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::panic::{self, AssertUnwindSafe};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use tracing::{debug, error, warn};
+
+use super::{Outcome, PARENT_CHECK_INTERVAL, WorkerSpec, reopen_log_if_asked, stop_reason};
+use crate::app::{App, Request, Response, WorkerInfo};
+use crate::http::{Connection, ReadError, is_disconnect};
+use crate::scoreboard::{ExitReason, WorkerState};
+use crate::sys::WorkerSignals;
+
+/// How long a worker pauses accepting after the process or system ran out of descriptors or
+/// memory for a new connection, instead of spinning on a listener that stays readable.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+pub(super) fn run(spec: &WorkerSpec<'_>, signals: &WorkerSignals) -> Outcome {
+    let Some(listener) = spec.listener else {
+        error!("{}: no listening socket", spec.name());
+        return Outcome::BootFailed;
+    };
+    let Some(app) = build_app(spec) else {
+        return Outcome::BootFailed;
+    };
+    let epoll = match watch_listener(listener) {
+        Ok(epoll) => epoll,
+        Err(errno) => {
+            error!(
+                "{}: cannot watch the listening socket: {errno}",
+                spec.name()
+            );
+            return Outcome::BootFailed;
+        }
+    };
+    let mut worker = HttpWorker {
+        spec,
+        signals,
+        listener,
+        app,
+        panicked: false,
+    };
+    spec.row.set_state(WorkerState::Idle);
+    if let Err(error) = spec.notifier.send("READY=1") {
+        warn!(
+            "{}: cannot report ready to the master: {error}",
+            spec.name()
+        );
+    }
+    Outcome::Left(worker.serve(&epoll))
+}
+
+/// Builds the application; logs why not when it cannot.
+fn build_app(spec: &WorkerSpec<'_>) -> Option<Box<dyn App>> {
+    let info = WorkerInfo {
+        slot: spec.id.slot,
+        generation: spec.generation,
+        config: spec.config,
+    };
+    match panic::catch_unwind(AssertUnwindSafe(|| (spec.app)(&info))) {
+        Ok(Ok(app)) => Some(app),
+        Ok(Err(why)) => {
+            error!("{}: the application failed to start: {why:#}", spec.name());
+            None
+        }
+        Err(_) => {
+            error!("{}: the application panicked while starting", spec.name());
+            None
+        }
+    }
+}
+
+/// An epoll set in which this worker waits for connections. EPOLLEXCLUSIVE makes the kernel
+/// wake one idle worker per incoming connection, not all of them (no thundering herd).
+fn watch_listener(listener: &TcpListener) -> nix::Result<Epoll> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    epoll.add(
+        listener.as_fd(),
+        EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, 0),
+    )?;
+    Ok(epoll)
+}
+
+struct HttpWorker<'a> {
+    spec: &'a WorkerSpec<'a>,
+    signals: &'a WorkerSignals,
+    listener: &'a TcpListener,
+    app: Box<dyn App>,
+    /// The application panicked: answer, then leave, since its state may be broken.
+    panicked: bool,
+}
+
+impl HttpWorker<'_> {
+    /// Serves connections until it is time to leave; returns why.
+    fn serve(&mut self, epoll: &Epoll) -> ExitReason {
+        let mut events = [EpollEvent::empty()];
+        loop {
+            if let Some(reason) = self.exit_reason() {
+                return reason;
+            }
+            reopen_log_if_asked(self.spec, self.signals);
+            match self
+                .signals
+                .epoll_wait(epoll, &mut events, PARENT_CHECK_INTERVAL)
+            {
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(errno) => {
+                    error!(
+                        "{}: waiting for connections failed: {errno}",
+                        self.spec.name()
+                    );
+                    return ExitReason::Unknown;
+                }
+            }
+            match self.listener.accept() {
+                Ok((stream, _)) => self.serve_connection(stream),
+                // Another worker took it, or the client gave up before we got to it.
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(error) if is_disconnect(&error) => {}
+                Err(error) => {
+                    warn!("{}: accept failed: {error}", self.spec.name());
+                    let _ = self.signals.poll(&mut [], Some(ACCEPT_ERROR_PAUSE));
+                }
+            }
+        }
+    }
+
+    /// Why this worker must leave now, if it must.
+    fn exit_reason(&self) -> Option<ExitReason> {
+        if self.panicked {
+            return Some(ExitReason::AppPanicked);
+        }
+        let limit = self.spec.config.limit_request;
+        if limit > 0 && self.spec.row.requests() >= limit {
+            return Some(ExitReason::LimitRequest);
+        }
+        stop_reason(self.spec, self.signals)
+    }
+
+    fn serve_connection(&mut self, stream: TcpStream) {
+        let config = self.spec.config;
+        let timeout = Some(config.http_socket_timeout.duration()).filter(|t| !t.is_zero());
+        let max_body = Some(config.http_max_body_size.bytes()).filter(|max| *max > 0);
+        let mut connection = match Connection::new(stream, timeout, max_body) {
+            Ok(connection) => connection,
+            Err(error) => {
+                debug!("{}: cannot set up a connection: {error}", self.spec.name());
+                return;
+            }
+        };
+        loop {
+            let request = match connection.read_request() {
+                Ok(request) => request,
+                Err(ReadError::Closed) => return,
+                Err(ReadError::Reject(status, reason)) => {
+                    debug!(
+                        "{}: rejected a request with {status}: {reason}",
+                        self.spec.name()
+                    );
+                    let _ = connection.write_error(status, reason);
+                    return;
+                }
+                Err(ReadError::Io(error)) => {
+                    debug!(
+                        "{}: connection broke mid-request: {error}",
+                        self.spec.name()
+                    );
+                    return;
+                }
+            };
+            self.spec
+                .row
+                .begin_request(request.method(), request.target());
+            let response = self.call_app(&request);
+            let keep_alive = request.wants_keep_alive() && self.will_serve_another();
+            let written = connection.write_response(&request, &response, keep_alive);
+            self.spec.row.end_request();
+            if let Err(error) = written {
+                if !is_disconnect(&error) && !crate::http::is_timeout(&error) {
+                    debug!("{}: writing a response failed: {error}", self.spec.name());
+                }
+                return;
+            }
+            if !keep_alive || !self.await_next_request(&connection) {
+                return;
+            }
+        }
+    }
+
+    /// Whether this worker will serve another request after the current one.
+    fn will_serve_another(&self) -> bool {
+        let limit = self.spec.config.limit_request;
+        let last = limit > 0 && self.spec.row.requests() + 1 >= limit;
+        !last && self.exit_reason().is_none()
+    }
+
+    fn call_app(&mut self, request: &Request) -> Response {
+        match panic::catch_unwind(AssertUnwindSafe(|| self.app.handle(request))) {
+            Ok(response) => response,
+            Err(_) => {
+                error!(
+                    "{}: the application panicked serving {} {}; this worker will be replaced",
+                    self.spec.name(),
+                    request.method(),
+                    request.target()
+                );
+                self.panicked = true;
+                Response::text(500, "internal server error\n")
+            }
+        }
+    }
+
+    /// Waits for the next request on a kept-alive connection. Gives up (closing it) when the
+    /// client stays silent for the socket timeout, when a stop is requested, or when a new
+    /// connection is waiting: an idle keep-alive client must not starve other clients.
+    fn await_next_request(&self, connection: &Connection) -> bool {
+        if connection.has_buffered_input() {
+            return true;
+        }
+        let timeout = self.spec.config.http_socket_timeout.duration();
+        let mut fds = [
+            PollFd::new(connection.stream().as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+        ];
+        match self
+            .signals
+            .poll(&mut fds, Some(timeout).filter(|t| !t.is_zero()))
+        {
+            Ok(0) | Err(Errno::EINTR) => false,
+            Ok(_) => fds[0].any().unwrap_or(false),
+            Err(errno) => {
+                debug!(
+                    "{}: waiting on a kept-alive connection failed: {errno}",
+                    self.spec.name()
+                );
+                false
+            }
+        }
+    }
+}

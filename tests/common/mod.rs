@@ -1,0 +1,414 @@
+//! Shared harness for the integration tests: start the real binary on 127.0.0.1:0 with a
+//! temporary config, talk HTTP to it over loopback, send it signals, and read its log.
+//!
+//! Every wait is a bounded poll of a condition; every process killed is one the test
+//! started (the master) or one the master reported as its worker.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_forkwarden");
+
+/// Generous bound for things that normally take milliseconds (CI machines can be slow).
+pub const SOON: Duration = Duration::from_secs(10);
+
+/// Settings every test server starts from; a test overrides any of them by key.
+const BASE_CONFIG: &[(&str, &str)] = &[
+    ("http_port", "0"),
+    ("workers", "2"),
+    ("max_cron_threads", "0"),
+    ("demo_fault_endpoints", "true"),
+    ("graceful_timeout", "\"10s\""),
+];
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Builds a config file text from the base settings overridden by `overrides` (`key = value`
+/// lines; other TOML, such as tables, is appended as is).
+pub fn config_text(overrides: &str) -> String {
+    let mut keys: BTreeMap<String, String> = BASE_CONFIG
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect();
+    let mut tail = String::new();
+    for line in overrides.lines() {
+        match line.split_once('=') {
+            Some((key, value)) if !line.trim_start().starts_with('[') && tail.is_empty() => {
+                keys.insert(key.trim().to_string(), value.trim().to_string());
+            }
+            _ => {
+                tail.push_str(line);
+                tail.push('\n');
+            }
+        }
+    }
+    let mut text: String = keys
+        .iter()
+        .map(|(key, value)| format!("{key} = {value}\n"))
+        .collect();
+    text.push_str(&tail);
+    text
+}
+
+/// A running forkwarden master started by a test.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    exit: Option<ExitStatus>,
+}
+
+impl Server {
+    /// Starts a server with the base config and `overrides`; waits until it listens.
+    pub fn start(overrides: &str) -> Server {
+        let server = Self::spawn(overrides);
+        server.wait_for_log("listening on http://");
+        server
+    }
+
+    /// Starts a server without waiting for anything (for cron-only or failing configs).
+    pub fn spawn(overrides: &str) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("forkwarden.toml");
+        std::fs::write(&config_path, config_text(overrides)).expect("write config");
+        let mut child = Command::new(BINARY)
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start forkwarden");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr pipe");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut server = Server {
+            child,
+            port: 0,
+            log,
+            dir,
+            config_path,
+            exit: None,
+        };
+        if let Some(line) = server.find_log_within("listening on http://", Duration::from_secs(5)) {
+            let port = line
+                .rsplit(':')
+                .next()
+                .and_then(|port| port.trim().parse().ok());
+            server.port = port.expect("port in the listening line");
+        }
+        server
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Rewrites the config file (for SIGHUP tests).
+    pub fn rewrite_config(&self, overrides: &str) {
+        std::fs::write(&self.config_path, config_text(overrides)).expect("rewrite config");
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid()), signal).expect("signal the master");
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log_lines().join("\n")
+    }
+
+    /// Lines containing `needle`.
+    pub fn log_matching(&self, needle: &str) -> Vec<String> {
+        self.log_lines()
+            .into_iter()
+            .filter(|line| line.contains(needle))
+            .collect()
+    }
+
+    fn find_log_within(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let mut found = None;
+        wait_until(timeout, || {
+            found = self.log_matching(needle).into_iter().next();
+            found.is_some()
+        });
+        found
+    }
+
+    /// Waits for a log line containing `needle` and returns it; panics (showing the log)
+    /// when none comes.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        self.find_log_within(needle, SOON).unwrap_or_else(|| {
+            panic!(
+                "no log line containing {needle:?} within {SOON:?}; log:\n{}",
+                self.log_text()
+            )
+        })
+    }
+
+    /// Waits for a log line containing every one of `needles`.
+    pub fn wait_for_log_all(&self, needles: &[&str]) -> String {
+        let mut found = None;
+        wait_until(SOON, || {
+            found = self
+                .log_lines()
+                .into_iter()
+                .find(|line| needles.iter().all(|needle| line.contains(needle)));
+            found.is_some()
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "no log line containing all of {needles:?}; log:\n{}",
+                self.log_text()
+            )
+        })
+    }
+
+    /// Live (non-zombie) children of the master whose title contains `role`
+    /// (`"http worker"`, `"cron worker"`).
+    pub fn workers(&self, role: &str) -> Vec<i32> {
+        children_of(self.pid())
+            .into_iter()
+            .filter(|pid| process_title(*pid).is_some_and(|title| title.contains(role)))
+            .collect()
+    }
+
+    /// Waits until exactly `count` workers of `role` run; returns their pids.
+    pub fn wait_for_workers(&self, role: &str, count: usize) -> Vec<i32> {
+        let mut pids = Vec::new();
+        let reached = wait_until(SOON, || {
+            pids = self.workers(role);
+            pids.len() == count
+        });
+        assert!(
+            reached,
+            "expected {count} {role}s, have {pids:?}; log:\n{}",
+            self.log_text()
+        );
+        pids
+    }
+
+    /// Waits for the master to exit; returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            let child = &mut self.child;
+            let mut status = None;
+            wait_until(timeout, || {
+                status = child.try_wait().ok().flatten();
+                status.is_some()
+            });
+            self.exit = status;
+        }
+        self.exit
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        http_get(self.port, path)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.exit.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- forkwarden log ----\n{}", self.log_text());
+        }
+    }
+}
+
+/// Time between two log lines, by the server's own timestamps (across midnight too).
+pub fn log_interval(earlier: &str, later: &str) -> Duration {
+    const DAY: Duration = Duration::from_secs(86_400);
+    let (start, end) = (time_of_day(earlier), time_of_day(later));
+    end.checked_sub(start).unwrap_or(end + DAY - start)
+}
+
+/// The time of day a log line was written (`2026-11-25T19:20:29.830323Z INFO ...`), as a
+/// duration since midnight UTC.
+fn time_of_day(line: &str) -> Duration {
+    let time = line
+        .split_whitespace()
+        .next()
+        .and_then(|stamp| stamp.split_once('T'))
+        .map(|(_, time)| time.trim_end_matches('Z'))
+        .unwrap_or_else(|| panic!("no timestamp in {line:?}"));
+    let parts: Vec<f64> = time.split(':').map(|part| part.parse().unwrap()).collect();
+    Duration::from_secs_f64(parts[0] * 3600.0 + parts[1] * 60.0 + parts[2])
+}
+
+/// An HTTP response as the test client saw it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// Sends raw bytes, reads until the server closes, returns what came back.
+pub fn send_raw(port: u16, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(SOON)).unwrap();
+    stream.write_all(request).expect("send");
+    let mut text = Vec::new();
+    let _ = stream.read_to_end(&mut text);
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+pub fn parse_reply(text: &str) -> Reply {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    Reply {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+pub fn http_get(port: u16, path: &str) -> Reply {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    parse_reply(&send_raw(port, request.as_bytes()))
+}
+
+/// A keep-alive connection for sending several requests in a row.
+pub struct KeepAlive {
+    stream: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    pub fn connect(port: u16) -> KeepAlive {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_read_timeout(Some(SOON)).unwrap();
+        KeepAlive {
+            stream: BufReader::new(stream),
+        }
+    }
+
+    /// Sends `GET path` and reads the response (framed by Content-Length).
+    pub fn get(&mut self, path: &str) -> Reply {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+        self.stream
+            .get_mut()
+            .write_all(request.as_bytes())
+            .expect("send");
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            let read = self.stream.read_line(&mut line).expect("read head");
+            if read == 0 || line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("Content-Length: "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).expect("read body");
+        let mut reply = parse_reply(&head);
+        reply.body = String::from_utf8_lossy(&body).into_owned();
+        reply
+    }
+}
+
+/// Pids of the live children of `parent`, from /proc.
+pub fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| stat_fields(*pid).is_some_and(|(state, ppid)| ppid == parent && state != 'Z'))
+        .collect()
+}
+
+/// Whether `pid` names a live process (not gone, not a zombie).
+pub fn is_alive(pid: i32) -> bool {
+    stat_fields(pid).is_some_and(|(state, _)| state != 'Z')
+}
+
+/// (state, parent pid) of `pid`.
+fn stat_fields(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// The title `ps` shows for `pid` (its /proc cmdline, NULs as spaces, trimmed).
+pub fn process_title(pid: i32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let text = String::from_utf8_lossy(&raw).replace('\0', " ");
+    Some(text.trim().to_string())
+}
+
+/// Runs the binary with `args` and `config` as its config file, for at most [`SOON`] (it is
+/// killed after that); returns (exit status, stderr, stdout).
+pub fn run_binary(dir: &Path, config: &str, args: &[&str]) -> (ExitStatus, String, String) {
+    let path = dir.join("forkwarden.toml");
+    std::fs::write(&path, config).expect("write config");
+    let (stdout_path, stderr_path) = (dir.join("stdout"), dir.join("stderr"));
+    let mut child = Command::new(BINARY)
+        .args(args)
+        .arg("--config")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+        .spawn()
+        .expect("run forkwarden");
+    let mut status = None;
+    if !wait_until(SOON, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    }) {
+        let _ = child.kill();
+        status = child.wait().ok();
+    }
+    (
+        status.expect("exit status"),
+        std::fs::read_to_string(stderr_path).unwrap_or_default(),
+        std::fs::read_to_string(stdout_path).unwrap_or_default(),
+    )
+}

@@ -1,0 +1,167 @@
+//! A bad config never starts a half-working server: it is rejected, with exit status 2 and
+//! a message naming the key and line, before anything is bound or forked.
+
+mod common;
+
+use common::{config_text, run_binary};
+
+/// Runs the server on `config` and asserts it refused to start, naming `key` and `line`.
+fn assert_rejected(config: &str, key: &str, line: usize, also: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, stderr, _) = run_binary(dir.path(), config, &[]);
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "config:\n{config}\nstderr:\n{stderr}"
+    );
+    let location = format!("forkwarden.toml:{line}: {key}:");
+    assert!(
+        stderr.contains(&location),
+        "expected {location:?} in:\n{stderr}"
+    );
+    assert!(stderr.contains(also), "expected {also:?} in:\n{stderr}");
+    assert!(
+        !stderr.contains("listening on"),
+        "nothing may be bound:\n{stderr}"
+    );
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_what_is_accepted() {
+    assert_rejected("workers = 2\nwrkers = 3\n", "wrkers", 2, "expected one of");
+}
+
+#[test]
+fn wrong_types_are_rejected_with_the_value() {
+    assert_rejected(
+        "http_port = 0\nworkers = \"four\"\n",
+        "workers",
+        2,
+        "\"four\"",
+    );
+    assert_rejected(
+        "demo_fault_endpoints = 1\n",
+        "demo_fault_endpoints",
+        1,
+        "expected a boolean",
+    );
+    assert_rejected(
+        "http_interface = \"localhost\"\n",
+        "http_interface",
+        1,
+        "127.0.0.1",
+    );
+}
+
+#[test]
+fn nothing_to_run_is_rejected() {
+    assert_rejected(
+        "workers = 0\nmax_cron_threads = 0\n",
+        "workers",
+        1,
+        "nothing to run",
+    );
+}
+
+#[test]
+fn a_soft_memory_limit_above_the_hard_one_is_rejected() {
+    assert_rejected(
+        "limit_memory_hard = \"1GiB\"\nlimit_memory_soft = \"2GiB\"\n",
+        "limit_memory_soft",
+        2,
+        "larger than limit_memory_hard",
+    );
+}
+
+#[test]
+fn negative_sizes_and_unknown_units_are_rejected() {
+    assert_rejected(
+        "limit_memory_hard = -1\n",
+        "limit_memory_hard",
+        1,
+        "negative size -1",
+    );
+    assert_rejected(
+        "limit_memory_soft = \"12 parsecs\"\n",
+        "limit_memory_soft",
+        1,
+        "\"512MiB\"",
+    );
+    assert_rejected(
+        "limit_memory_soft = \"512M\"\n",
+        "limit_memory_soft",
+        1,
+        "512MiB",
+    );
+    assert_rejected(
+        "limit_time_real = \"soon\"\n",
+        "limit_time_real",
+        1,
+        "\"90s\"",
+    );
+}
+
+#[test]
+fn a_syntax_error_is_reported_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, stderr, _) = run_binary(dir.path(), "workers = 2\nhttp_port = = 3\n", &[]);
+    assert_eq!(status.code(), Some(2));
+    assert!(stderr.contains("forkwarden.toml:2:"), "{stderr}");
+}
+
+#[test]
+fn a_missing_config_file_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(common::BINARY)
+        .arg("--config")
+        .arg(dir.path().join("absent.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read config file"));
+}
+
+#[test]
+fn check_prints_the_effective_settings_with_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, _, stdout) = run_binary(dir.path(), "workers = 5\n", &["check"]);
+    assert!(status.success());
+    assert!(stdout.contains("workers = 5\n"), "{stdout}");
+    assert!(
+        stdout.contains("limit_memory_hard = \"2560MiB\"\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("limit_time_real_cron = -1\n"), "{stdout}");
+    let (status, stderr, _) = run_binary(dir.path(), "workers = -5\n", &["check"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+}
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/forkwarden.toml");
+    let output = std::process::Command::new(common::BINARY)
+        .args(["check", "--config"])
+        .arg(example)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn a_port_in_use_is_reported_and_nothing_is_forked() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_text(&format!("http_port = {port}"));
+    let (status, stderr, _) = run_binary(dir.path(), &config, &[]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("started as pid"), "{stderr}");
+}

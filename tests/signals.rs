@@ -1,0 +1,181 @@
+//! The master's signals: graceful stop, reload, scaling, log reopening, status.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{SOON, Server, http_get, is_alive, wait_until};
+use nix::sys::signal::Signal;
+
+/// Asks for status snapshots until one shows `request` in flight.
+fn wait_until_busy_with(server: &Server, request: &str) {
+    let busy = wait_until(SOON, || {
+        server.signal(Signal::SIGQUIT);
+        wait_until(Duration::from_millis(200), || {
+            !server.log_matching(&format!("on {request}")).is_empty()
+        })
+    });
+    assert!(
+        busy,
+        "{request} never showed as in flight; log:\n{}",
+        server.log_text()
+    );
+}
+
+#[test]
+fn sigterm_lets_the_request_in_flight_finish_and_leaves_nothing_behind() {
+    let mut server = Server::start("workers = 2\nmax_cron_threads = 1");
+    let mut workers = server.wait_for_workers("http worker", 2);
+    workers.extend(server.wait_for_workers("cron worker", 1));
+    let port = server.port;
+    let in_flight = std::thread::spawn(move || http_get(port, "/sleep?ms=1500"));
+    wait_until_busy_with(&server, "GET /sleep?ms=1500");
+    server.signal(Signal::SIGTERM);
+    let reply = in_flight.join().unwrap();
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "slept 1500 ms\n")
+    );
+    let status = server.wait_exit(SOON).expect("master exits");
+    assert!(status.success(), "{status:?}");
+    server.wait_for_log("SIGTERM received: stopping gracefully");
+    server.wait_for_log("all workers have stopped; master exiting");
+    assert!(
+        workers.iter().all(|pid| !is_alive(*pid)),
+        "workers left: {workers:?}"
+    );
+}
+
+#[test]
+fn a_second_sigterm_stops_at_once() {
+    let mut server = Server::start("workers = 1\ngraceful_timeout = \"60s\"");
+    server.wait_for_workers("http worker", 1);
+    let port = server.port;
+    let in_flight = std::thread::spawn(move || http_get(port, "/sleep?ms=30000"));
+    wait_until_busy_with(&server, "GET /sleep?ms=30000");
+    server.signal(Signal::SIGTERM);
+    server.wait_for_log("stopping gracefully");
+    server.signal(Signal::SIGTERM);
+    server
+        .wait_exit(SOON)
+        .expect("master exits long before the request would end");
+    server.wait_for_log("killed: the server was told to stop at once");
+    assert_eq!(
+        in_flight.join().unwrap().status,
+        0,
+        "the killed request got no response"
+    );
+}
+
+#[test]
+fn sigttin_and_sigttou_change_the_population_but_never_below_one() {
+    let server = Server::start("workers = 2");
+    server.wait_for_workers("http worker", 2);
+    server.signal(Signal::SIGTTIN);
+    server.wait_for_log("SIGTTIN: http workers 2 -> 3");
+    server.wait_for_workers("http worker", 3);
+    for expected in ["3 -> 2", "2 -> 1"] {
+        server.signal(Signal::SIGTTOU);
+        server.wait_for_log(&format!("SIGTTOU: http workers {expected}"));
+    }
+    server.wait_for_workers("http worker", 1);
+    server.wait_for_log("stopped (scaled down)");
+    server.signal(Signal::SIGTTOU);
+    server.wait_for_log("SIGTTOU ignored: already at 1 http worker");
+    assert_eq!(server.workers("http worker").len(), 1);
+    assert_eq!(server.get("/health").status, 200);
+}
+
+#[test]
+fn sighup_applies_a_new_worker_count_and_replaces_every_worker() {
+    let server = Server::start("workers = 2");
+    let old: BTreeSet<i32> = server
+        .wait_for_workers("http worker", 2)
+        .into_iter()
+        .collect();
+    server.rewrite_config("workers = 3");
+    server.signal(Signal::SIGHUP);
+    server.wait_for_log("SIGHUP: workers: 2 -> 3");
+    server.wait_for_log("starting generation 2");
+    let converged = wait_until(SOON, || {
+        let now: BTreeSet<i32> = server.workers("http worker").into_iter().collect();
+        now.len() == 3 && now.is_disjoint(&old)
+    });
+    assert!(converged, "not 3 new workers; log:\n{}", server.log_text());
+    assert_eq!(
+        server.log_matching("stopped (replaced after reload)").len(),
+        2
+    );
+    assert_eq!(server.get("/health").status, 200);
+}
+
+#[test]
+fn sighup_does_not_cut_a_request_in_flight() {
+    let server = Server::start("workers = 1");
+    server.wait_for_workers("http worker", 1);
+    let port = server.port;
+    let in_flight = std::thread::spawn(move || http_get(port, "/sleep?ms=1000"));
+    wait_until_busy_with(&server, "GET /sleep?ms=1000");
+    server.signal(Signal::SIGHUP);
+    server.wait_for_log("starting generation 2");
+    let reply = in_flight.join().unwrap();
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "slept 1000 ms\n")
+    );
+    server.wait_for_log("stopped (replaced after reload)");
+}
+
+#[test]
+fn sighup_with_an_invalid_config_keeps_the_running_one() {
+    let server = Server::start("workers = 2");
+    let workers: BTreeSet<i32> = server
+        .wait_for_workers("http worker", 2)
+        .into_iter()
+        .collect();
+    server.rewrite_config("workers = \"many\"");
+    server.signal(Signal::SIGHUP);
+    let line = server.wait_for_log("SIGHUP: the config was not reloaded");
+    assert!(line.contains("workers"), "{line}");
+    server.signal(Signal::SIGQUIT);
+    server.wait_for_log("status: master pid");
+    let now: BTreeSet<i32> = server.workers("http worker").into_iter().collect();
+    assert_eq!(now, workers, "workers untouched");
+    assert_eq!(server.get("/health").status, 200);
+}
+
+#[test]
+fn sigusr1_reopens_the_log_file() {
+    let server = Server::spawn("logfile = \"forkwarden.log\"\nlog_format = \"json\"");
+    let log = server.dir.path().join("forkwarden.log");
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(SOON, || read().contains("listening on http://")),
+        "{}",
+        read()
+    );
+    let first_line = read().lines().next().unwrap_or_default().to_string();
+    assert!(
+        first_line.starts_with('{') && first_line.contains("\"message\""),
+        "{first_line}"
+    );
+    std::fs::rename(&log, server.dir.path().join("forkwarden.log.1")).unwrap();
+    server.signal(Signal::SIGUSR1);
+    assert!(
+        wait_until(SOON, || read().contains("SIGUSR1: log file reopened")),
+        "{}",
+        read()
+    );
+}
+
+#[test]
+fn the_pidfile_lives_as_long_as_the_master() {
+    let mut server = Server::start("pidfile = \"forkwarden.pid\"");
+    let pidfile = server.dir.path().join("forkwarden.pid");
+    let written = std::fs::read_to_string(&pidfile).unwrap();
+    assert_eq!(written.trim(), server.pid().to_string());
+    server.signal(Signal::SIGTERM);
+    assert!(server.wait_exit(SOON).unwrap().success());
+    assert!(!pidfile.exists());
+}

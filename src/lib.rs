@@ -24,8 +24,8 @@
 //! std::process::exit(i32::from(status));
 //! ```
 //!
-//! Layout: [`config`] (schema, defaults, units, validation); `master` (the loop, the pool,
-//! death reports); `worker` (what a forked process runs); `http` (the protocol);
+//! Layout: [`config`] (schema, defaults, units, validation); `limits` (every per-worker
+//! limit); `master` (the loop, the pool, death reports); `worker` (what a forked process runs); `http` (the protocol);
 //! `scoreboard` (per-worker shared memory); `notify` (worker-to-master messages); `sys`
 //! (every `unsafe` call); `log`; [`demo`] (the built-in app).
 
@@ -33,6 +33,7 @@ pub mod app;
 pub mod config;
 pub mod demo;
 mod http;
+mod limits;
 mod log;
 mod master;
 mod notify;

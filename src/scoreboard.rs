@@ -20,7 +20,11 @@ const REQUESTS: usize = 2;
 /// CLOCK_MONOTONIC nanoseconds at which the current request started; 0 when idle.
 const REQUEST_STARTED_NS: usize = 3;
 const REQUEST_LINE_LEN: usize = 4;
-const REQUEST_LINE: usize = 5;
+/// Process CPU time (ns) when the current request started, for limit_time_cpu reports.
+const REQUEST_CPU_NS: usize = 5;
+/// Set by the master: finish the current request, keep no connection open, leave.
+const STOP_REQUESTED: usize = 6;
+const REQUEST_LINE: usize = 7;
 const REQUEST_LINE_WORDS: usize = 16;
 const ROW_WORDS: usize = REQUEST_LINE + REQUEST_LINE_WORDS;
 /// Longest `METHOD /target` kept for logs; longer ones are cut.
@@ -68,6 +72,11 @@ pub enum ExitReason {
     AppPanicked,
     /// Its master is gone.
     MasterGone,
+    /// A request used more than `limit_time_cpu` (SIGXCPU); the client got 503.
+    LimitTimeCpu,
+    /// A request ran past `limit_time_real` and the master said so (SIGUSR2); the client
+    /// got 504.
+    LimitTimeReal,
 }
 
 impl ExitReason {
@@ -77,6 +86,8 @@ impl ExitReason {
             2 => Self::LimitRequest,
             3 => Self::AppPanicked,
             4 => Self::MasterGone,
+            5 => Self::LimitTimeCpu,
+            6 => Self::LimitTimeReal,
             _ => Self::Unknown,
         }
     }
@@ -88,7 +99,14 @@ impl ExitReason {
             Self::LimitRequest => 2,
             Self::AppPanicked => 3,
             Self::MasterGone => 4,
+            Self::LimitTimeCpu => 5,
+            Self::LimitTimeReal => 6,
         }
+    }
+
+    /// The word a signal handler stores to record this reason (see [`WorkerRow::exit_reason_word`]).
+    pub fn as_word(self) -> u64 {
+        self.word()
     }
 }
 
@@ -107,6 +125,8 @@ pub struct RowSnapshot {
     pub busy_for: Option<Duration>,
     /// `METHOD /target` of the current (or last) request.
     pub request: String,
+    /// Process CPU time when the current (or last) request started.
+    pub request_cpu: Duration,
 }
 
 impl WorkerRow {
@@ -129,6 +149,22 @@ impl WorkerRow {
     pub fn set_exit_reason(&self, reason: ExitReason) {
         self.word(EXIT_REASON)
             .store(reason.word(), Ordering::Release);
+    }
+
+    /// The exit-reason word itself, for a signal handler to store an [`ExitReason::as_word`].
+    pub fn exit_reason_word(&self) -> &AtomicU64 {
+        self.word(EXIT_REASON)
+    }
+
+    /// Records the process CPU time at which the current request started.
+    pub fn set_request_cpu(&self, cpu: Duration) {
+        let nanos = u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX);
+        self.word(REQUEST_CPU_NS).store(nanos, Ordering::Relaxed);
+    }
+
+    /// Whether the master asked this worker to leave after its current request.
+    pub fn stop_requested(&self) -> bool {
+        self.word(STOP_REQUESTED).load(Ordering::Acquire) != 0
     }
 
     /// Marks the worker busy with `method target` from now on.
@@ -164,7 +200,13 @@ impl WorkerRow {
         self.word(REQUESTS).load(Ordering::Acquire)
     }
 
-    // ---- read by the master ----
+    // ---- written and read by the master ----
+
+    /// Asks the worker to leave after its current request (it then keeps no connection
+    /// open); the master also sends SIGTERM, which ends a wait.
+    pub fn request_stop(&self) {
+        self.word(STOP_REQUESTED).store(1, Ordering::Release);
+    }
 
     pub fn snapshot(&self) -> RowSnapshot {
         let started = self.word(REQUEST_STARTED_NS).load(Ordering::Acquire);
@@ -188,6 +230,7 @@ impl WorkerRow {
             busy_for: (started != 0)
                 .then(|| Duration::from_nanos(monotonic_now_ns().saturating_sub(started))),
             request: String::from_utf8_lossy(&line).into_owned(),
+            request_cpu: Duration::from_nanos(self.word(REQUEST_CPU_NS).load(Ordering::Relaxed)),
         }
     }
 }

@@ -3,25 +3,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use common::{SOON, Server, http_get, is_alive, wait_until};
 use nix::sys::signal::Signal;
-
-/// Asks for status snapshots until one shows `request` in flight.
-fn wait_until_busy_with(server: &Server, request: &str) {
-    let busy = wait_until(SOON, || {
-        server.signal(Signal::SIGQUIT);
-        wait_until(Duration::from_millis(200), || {
-            !server.log_matching(&format!("on {request}")).is_empty()
-        })
-    });
-    assert!(
-        busy,
-        "{request} never showed as in flight; log:\n{}",
-        server.log_text()
-    );
-}
 
 #[test]
 fn sigterm_lets_the_request_in_flight_finish_and_leaves_nothing_behind() {
@@ -30,7 +14,7 @@ fn sigterm_lets_the_request_in_flight_finish_and_leaves_nothing_behind() {
     workers.extend(server.wait_for_workers("cron worker", 1));
     let port = server.port;
     let in_flight = std::thread::spawn(move || http_get(port, "/sleep?ms=1500"));
-    wait_until_busy_with(&server, "GET /sleep?ms=1500");
+    server.wait_until_busy_with("GET /sleep?ms=1500");
     server.signal(Signal::SIGTERM);
     let reply = in_flight.join().unwrap();
     assert_eq!(
@@ -53,7 +37,7 @@ fn a_second_sigterm_stops_at_once() {
     server.wait_for_workers("http worker", 1);
     let port = server.port;
     let in_flight = std::thread::spawn(move || http_get(port, "/sleep?ms=30000"));
-    wait_until_busy_with(&server, "GET /sleep?ms=30000");
+    server.wait_until_busy_with("GET /sleep?ms=30000");
     server.signal(Signal::SIGTERM);
     server.wait_for_log("stopping gracefully");
     server.signal(Signal::SIGTERM);
@@ -116,7 +100,7 @@ fn sighup_does_not_cut_a_request_in_flight() {
     server.wait_for_workers("http worker", 1);
     let port = server.port;
     let in_flight = std::thread::spawn(move || http_get(port, "/sleep?ms=1000"));
-    wait_until_busy_with(&server, "GET /sleep?ms=1000");
+    server.wait_until_busy_with("GET /sleep?ms=1000");
     server.signal(Signal::SIGHUP);
     server.wait_for_log("starting generation 2");
     let reply = in_flight.join().unwrap();

@@ -32,10 +32,19 @@ pub struct Config {
     pub max_cron_threads: u32,
     /// Requests a worker serves before it is recycled (0: no limit).
     pub limit_request: u64,
+    /// A random 0..=N added to each worker's `limit_request`, so that workers started
+    /// together are not all recycled at the same moment.
+    pub limit_request_jitter: u64,
     /// Resident memory past which a worker finishes its request and is recycled (0: off).
     pub limit_memory_soft: ByteSize,
     /// Memory past which a worker is killed at once (0: off).
     pub limit_memory_hard: ByteSize,
+    /// Also cap each worker's address space at `limit_memory_hard` (RLIMIT_AS, as Odoo does).
+    /// Turn off for runtimes that reserve much more virtual memory than they use; the master's
+    /// RSS polling still enforces the limit.
+    pub limit_memory_hard_rlimit: bool,
+    /// How often the master reads each worker's RSS and checks the time limits.
+    pub memory_poll_interval: TimeSpan,
     /// CPU time a single request may use (whole seconds; 0: off).
     pub limit_time_cpu: TimeSpan,
     /// Wall-clock time a single request may take (0: off).
@@ -75,8 +84,11 @@ impl Default for Config {
             workers: 2,
             max_cron_threads: 1,
             limit_request: 65536,
+            limit_request_jitter: 0,
             limit_memory_soft: ByteSize::mib(2048),
             limit_memory_hard: ByteSize::mib(2560),
+            limit_memory_hard_rlimit: true,
+            memory_poll_interval: TimeSpan(Duration::from_millis(100)),
             limit_time_cpu: TimeSpan::secs(60),
             limit_time_real: TimeSpan::secs(120),
             limit_time_real_cron: CronTimeLimit::SameAsHttp,
@@ -230,6 +242,14 @@ impl Config {
                     "\"{}\" is not a whole number of seconds; RLIMIT_CPU counts whole seconds",
                     self.limit_time_cpu
                 ),
+            ));
+        }
+        if self.memory_poll_interval.is_zero() {
+            return Err((
+                "memory_poll_interval",
+                "0 would stop the master from checking memory and time limits; expected a \
+                 duration such as \"100ms\" (turn a limit off by setting that limit to 0)"
+                    .into(),
             ));
         }
         if self.listen_backlog == 0 {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 use signal_hook_mio::v1_0::Signals;
 use tracing::{debug, error, info, warn};
@@ -29,14 +29,15 @@ pub use pool::{Role, WorkerId};
 
 use crate::app::AppFactory;
 use crate::config::{Config, RESTART_ONLY_KEYS};
+use crate::limits::{self, EXPIRY_GRACE, Enforcement, MasterLimits, Observation};
 use crate::log::Logging;
 use crate::notify::{self, Notification, Notifier, NotifyReceiver};
 use crate::scoreboard::{WorkerRow, WorkerState};
 use crate::sys::{self, MASTER_SIGNALS};
 use crate::worker::{self, WorkerSpec};
 use pidfile::Pidfile;
-use pool::{PendingReport, Pool, RetireReason, Retiring, Worker};
-use report::{Ending, Verdict, format_uptime};
+use pool::{Kill, PendingReport, Pool, RetireReason, Retiring, Worker};
+use report::{Ending, Exit, Verdict, format_uptime};
 
 const SIGNALS: Token = Token(0);
 const NOTIFICATIONS: Token = Token(1);
@@ -84,6 +85,11 @@ pub struct Master {
     notifications: NotifyReceiver,
     listener: Option<TcpListener>,
     pool: Pool,
+    limits: MasterLimits,
+    /// When the workers' RSS and scoreboard rows are next looked at.
+    next_limit_scan: Option<Instant>,
+    /// The earliest moment a request in flight crosses its wall-clock limit.
+    next_request_deadline: Option<Instant>,
     stopping: Option<Stopping>,
     /// Dropped (and so removed) when the master returns from [`Master::run`].
     _pidfile: Option<Pidfile>,
@@ -118,6 +124,9 @@ impl Master {
         sys::set_process_title(&format!("forkwarden: master ({})", config_path.display()));
         Ok(Self {
             pool: Pool::new(config.workers, config.max_cron_threads),
+            limits: MasterLimits::from_config(&config),
+            next_limit_scan: None,
+            next_request_deadline: None,
             config,
             config_path,
             pid: nix::unistd::getpid(),
@@ -148,6 +157,7 @@ impl Master {
             self.handle_signals();
             self.reap_children();
             self.enforce_deadlines();
+            self.enforce_limits();
             if let Some(stopping) = &self.stopping
                 && self.pool.is_empty()
             {
@@ -218,7 +228,11 @@ impl Master {
                     self.pool.workers().count()
                 );
                 for worker in self.pool.workers_mut() {
-                    worker.kill_reason = Some("the server was told to stop at once".into());
+                    worker.kill = Some(Kill {
+                        reason: "the server was told to stop at once".into(),
+                        sigkill_at: None,
+                    });
+                    worker.reported = false;
                     send_signal(worker.pid, Signal::SIGKILL);
                 }
             }
@@ -255,6 +269,7 @@ impl Master {
             new.logfile.clone_from(&self.config.logfile);
         }
         self.config = new;
+        self.limits = MasterLimits::from_config(&self.config);
         let generation = self.pool.next_generation();
         self.pool.set_wanted(Role::Http, self.config.workers);
         self.pool
@@ -320,12 +335,17 @@ impl Master {
                 (WorkerState::Booting, _) => "booting".to_string(),
                 _ => "idle".to_string(),
             };
-            let retiring = worker
-                .retiring
-                .map(|retiring| format!(", stopping ({})", retiring.reason))
+            let leaving = match (&worker.kill, &worker.retiring) {
+                (Some(kill), _) => format!(", being killed ({})", kill.reason),
+                (None, Some(retiring)) => format!(", stopping ({})", retiring.reason),
+                (None, None) => String::new(),
+            };
+            let rss = worker
+                .last_rss
+                .map(|rss| format!(", rss {} MiB", rss >> 20))
                 .unwrap_or_default();
             info!(
-                "status: {} (pid {}, generation {}): {state}{retiring}, up {}, {} served",
+                "status: {} (pid {}, generation {}): {state}{leaving}, up {}, {} served{rss}",
                 worker.id,
                 worker.pid,
                 worker.generation,
@@ -340,74 +360,88 @@ impl Master {
     /// Collects every child that has exited and decides what its end means.
     fn reap_children(&mut self) {
         loop {
-            let (pid, ending) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, status)) => (pid, Ending::Exited(status)),
-                Ok(WaitStatus::Signaled(pid, signal, core_dumped)) => (
+            let reaped = match sys::reap_child() {
+                Ok(Some(reaped)) => reaped,
+                Ok(None) => return,
+                Err(Errno::EINTR) => continue,
+                Err(errno) => {
+                    error!("waitpid failed: {errno}");
+                    return;
+                }
+            };
+            let (pid, ending) = match reaped.status {
+                WaitStatus::Exited(pid, status) => (pid, Ending::Exited(status)),
+                WaitStatus::Signaled(pid, signal, core_dumped) => (
                     pid,
                     Ending::Signaled {
                         signal,
                         core_dumped,
                     },
                 ),
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
-                Ok(_) | Err(Errno::EINTR) => continue,
-                Err(errno) => {
-                    error!("waitpid failed: {errno}");
-                    return;
-                }
+                _ => continue,
             };
-            self.on_worker_exit(pid, ending);
+            let exit = Exit {
+                ending,
+                cpu: Some(reaped.cpu),
+            };
+            self.on_worker_exit(pid, exit);
         }
     }
 
-    fn on_worker_exit(&mut self, pid: Pid, ending: Ending) {
+    fn on_worker_exit(&mut self, pid: Pid, exit: Exit) {
         let Some(mut worker) = self.pool.take(pid) else {
-            debug!("reaped pid {pid}, which is not a worker: {ending}");
+            debug!("reaped pid {pid}, which is not a worker: {}", exit.ending);
             return;
         };
         let now = Instant::now();
         let row = worker.row.snapshot();
         // A worker that left Booting had reported ready, even if the datagram was not read.
         worker.ready |= row.state != WorkerState::Booting;
-        let report = report::report(&worker, ending, &row, now);
-        let id = worker.id;
+        let report = report::report(&worker, exit, &row, &self.limits, now);
         let unexpected = report.verdict.is_unexpected();
-        let log = |line: String| {
-            if unexpected {
-                warn!("{line}");
-            } else {
-                info!("{line}");
-            }
-        };
         if report.verdict == Verdict::Critical && self.stopping.is_none() {
             error!("{}; stopping the server", report.line);
             self.begin_stop("critical error in a worker", EXIT_STATUS_CRITICAL);
+        } else if worker.reported {
+            debug!("{} (reported when the limit was enforced)", report.line);
         } else if self.stopping.is_some() || worker.retiring.is_some() {
-            log(report.line);
-        } else if !self.pool.is_wanted(id) {
-            log(format!(
-                "{}; not replaced: its slot is no longer wanted",
-                report.line
-            ));
-        } else if let Some(current) = self.pool.current(id) {
-            log(format!(
-                "{}; its slot is served by pid {}",
-                report.line, current.pid
-            ));
+            log_end(&report.line, unexpected);
         } else {
-            let delay = self.pool.record_exit(id, report.failed_start, now);
+            self.replace(worker.id, report.line, unexpected, report.failed_start, now);
+        }
+    }
+
+    /// Decides what follows the end of a worker in slot `id` (reported by `line`): a
+    /// replacement at once, one after a crash-loop backoff, or none. The line is logged
+    /// with the outcome; the replacement's pid is added when it is forked.
+    fn replace(
+        &mut self,
+        id: WorkerId,
+        line: String,
+        unexpected: bool,
+        failed_start: bool,
+        now: Instant,
+    ) {
+        if self.stopping.is_some() {
+            log_end(&line, unexpected);
+        } else if !self.pool.is_wanted(id) {
+            log_end(
+                &format!("{line}; not replaced: its slot is no longer wanted"),
+                unexpected,
+            );
+        } else if let Some(current) = self.pool.current(id) {
+            log_end(
+                &format!("{line}; its slot is served by pid {}", current.pid),
+                unexpected,
+            );
+        } else {
+            let delay = self.pool.record_exit(id, failed_start, now);
             if delay.is_zero() {
-                self.pool.set_pending_report(
-                    id,
-                    PendingReport {
-                        line: report.line,
-                        unexpected,
-                    },
-                );
+                self.pool
+                    .set_pending_report(id, PendingReport { line, unexpected });
             } else {
                 warn!(
-                    "{}; restarting in {} ({} failed starts in a row)",
-                    report.line,
+                    "{line}; restarting in {} ({} failed starts in a row)",
                     format_uptime(delay),
                     self.pool.failures_in_a_row(id)
                 );
@@ -417,22 +451,122 @@ impl Master {
 
     // ---- step 3: deadlines ----
 
-    /// Kills workers that were told to stop and have not within `graceful_timeout`.
+    /// Sends the SIGKILLs that are due: to workers told to stop that have not within
+    /// `graceful_timeout`, and to expired workers that did not leave within their grace.
     fn enforce_deadlines(&mut self) {
         let now = Instant::now();
         let timeout = self.config.graceful_timeout;
         for worker in self.pool.workers_mut() {
-            let Some(retiring) = worker.retiring else {
-                continue;
-            };
-            if worker.kill_reason.is_none() && retiring.deadline <= now {
-                worker.kill_reason = Some(format!(
-                    "did not stop within graceful_timeout ({timeout}) after being told to ({})",
-                    retiring.reason
-                ));
-                send_signal(worker.pid, Signal::SIGKILL);
+            match (&mut worker.kill, &worker.retiring) {
+                (Some(kill), _) if kill.sigkill_at.is_some_and(|at| at <= now) => {
+                    kill.sigkill_at = None;
+                    send_signal(worker.pid, Signal::SIGKILL);
+                }
+                (None, Some(retiring)) if retiring.deadline <= now => {
+                    worker.kill = Some(Kill {
+                        reason: format!(
+                            "did not stop within graceful_timeout ({timeout}) after being told to ({})",
+                            retiring.reason
+                        ),
+                        sigkill_at: None,
+                    });
+                    worker.reported = false;
+                    send_signal(worker.pid, Signal::SIGKILL);
+                }
+                _ => {}
             }
         }
+    }
+
+    /// Checks every worker against its limits (see [`crate::limits`]): RSS every
+    /// `memory_poll_interval`, wall-clock time on every turn, and acts on what is crossed.
+    fn enforce_limits(&mut self) {
+        if !self.limits.needs_polling() {
+            self.next_limit_scan = None;
+            self.next_request_deadline = None;
+            return;
+        }
+        let now = Instant::now();
+        let poll_memory =
+            self.limits.watches_memory() && self.next_limit_scan.is_none_or(|at| at <= now);
+        if self.next_limit_scan.is_none_or(|at| at <= now) {
+            self.next_limit_scan = Some(now + self.limits.poll_interval);
+        }
+        let mut crossed = Vec::new();
+        let mut earliest: Option<Instant> = None;
+        for worker in self.pool.workers_mut() {
+            if worker.kill.is_some() {
+                continue;
+            }
+            if poll_memory {
+                worker.last_rss = worker.memory.as_ref().and_then(|probe| probe.rss().ok());
+            }
+            let observation = Observation {
+                role: Some(worker.id.role),
+                age: now.saturating_duration_since(worker.started),
+                busy_for: worker.row.snapshot().busy_for,
+                rss: worker.last_rss.filter(|_| poll_memory),
+                leaving: worker.retiring.is_some(),
+            };
+            match limits::check(&self.limits, &observation) {
+                Some(enforcement) => crossed.push((worker.pid, enforcement)),
+                None => {
+                    if let Some(left) = limits::time_to_deadline(&self.limits, &observation) {
+                        let deadline = now + left;
+                        earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
+                    }
+                }
+            }
+        }
+        self.next_request_deadline = earliest;
+        for (pid, enforcement) in crossed {
+            self.enforce(pid, enforcement, now);
+        }
+    }
+
+    /// Acts on a crossed limit and logs it in one line, with the replacement's pid (the
+    /// replacement is started at once, in this same turn of the loop).
+    fn enforce(&mut self, pid: Pid, enforcement: Enforcement, now: Instant) {
+        let graceful = self.config.graceful_timeout.duration();
+        let Some(worker) = self.pool.get_mut(pid) else {
+            return;
+        };
+        let row = worker.row.snapshot();
+        let (what, unexpected) = match enforcement {
+            Enforcement::Kill(detail) => {
+                send_signal(pid, Signal::SIGKILL);
+                let what = format!("killed: {detail}");
+                worker.kill = Some(Kill {
+                    reason: detail,
+                    sigkill_at: None,
+                });
+                (what, true)
+            }
+            Enforcement::Expire(detail) => {
+                // The worker answers 504 and leaves; SIGKILL follows if it cannot.
+                send_signal(pid, Signal::SIGUSR2);
+                let what = format!("killed: {detail}");
+                worker.kill = Some(Kill {
+                    reason: detail,
+                    sigkill_at: Some(now + EXPIRY_GRACE),
+                });
+                (what, true)
+            }
+            Enforcement::Recycle(detail) => {
+                worker.row.request_stop();
+                send_signal(pid, Signal::SIGTERM);
+                let what = format!("recycled: {detail}");
+                worker.retiring = Some(Retiring {
+                    reason: RetireReason::Limit(detail),
+                    deadline: now + graceful,
+                });
+                (what, false)
+            }
+        };
+        worker.reported = true;
+        let (line, failed_start) = report::describe(worker, &what, true, &row, now);
+        let id = worker.id;
+        self.replace(id, line, unexpected, failed_start, now);
     }
 
     // ---- step 4: spawn and retire ----
@@ -485,16 +619,8 @@ impl Master {
         };
         let started = Instant::now();
         let pid = sys::fork_process(|| worker::run(spec))?;
-        self.pool.add(Worker {
-            pid,
-            id,
-            generation,
-            started,
-            ready: false,
-            row,
-            retiring: None,
-            kill_reason: None,
-        });
+        self.pool
+            .add(Worker::new(pid, id, generation, started, row));
         Ok(pid)
     }
 
@@ -511,6 +637,7 @@ impl Master {
         let deadline = Instant::now() + self.config.graceful_timeout.duration();
         if let Some(worker) = self.pool.get_mut(pid) {
             debug!("stopping {} (pid {pid}): {reason}", worker.id);
+            worker.row.request_stop();
             worker.retiring = Some(Retiring { reason, deadline });
             send_signal(pid, Signal::SIGTERM);
         }
@@ -521,9 +648,16 @@ impl Master {
     /// Sleeps until a signal, a worker notification or the earliest deadline.
     fn wait(&mut self, events: &mut Events) -> io::Result<()> {
         let include_respawns = self.stopping.is_none();
+        let limit_checks = [self.next_limit_scan, self.next_request_deadline]
+            .into_iter()
+            .flatten()
+            .filter(|_| !self.pool.is_empty());
         let timeout = self
             .pool
             .next_deadline(include_respawns)
+            .into_iter()
+            .chain(limit_checks)
+            .min()
             .map(|deadline| deadline.saturating_duration_since(Instant::now()));
         match self.poll.poll(events, timeout) {
             Ok(()) => {}
@@ -582,6 +716,15 @@ fn bind_http(config: &Config) -> Result<TcpListener, MasterError> {
     let bound = listener.local_addr()?;
     info!("listening on http://{bound}");
     Ok(listener)
+}
+
+/// Logs the end of a worker: a warning when nobody planned it.
+fn log_end(line: &str, unexpected: bool) {
+    if unexpected {
+        warn!("{line}");
+    } else {
+        info!("{line}");
+    }
 }
 
 /// Sends `signal` to a worker; a worker that is already gone will be reaped anyway.

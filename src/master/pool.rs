@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
+use crate::limits::MemoryProbe;
 use crate::scoreboard::WorkerRow;
 
 /// A worker that dies this soon after it was started counts as a failed start.
@@ -43,7 +44,7 @@ impl fmt::Display for WorkerId {
 }
 
 /// Why the master told a worker to stop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RetireReason {
     /// The server is stopping.
     Shutdown,
@@ -51,6 +52,9 @@ pub enum RetireReason {
     Replaced,
     /// Its slot is no longer wanted (SIGTTOU, or fewer workers after a reload).
     ScaledDown,
+    /// It crossed a graceful limit (`limit_memory_soft`, `limit_time_worker_cron`): what
+    /// and by how much.
+    Limit(String),
 }
 
 impl fmt::Display for RetireReason {
@@ -59,15 +63,25 @@ impl fmt::Display for RetireReason {
             Self::Shutdown => "server stopping",
             Self::Replaced => "replaced after reload",
             Self::ScaledDown => "scaled down",
+            Self::Limit(detail) => detail,
         })
     }
 }
 
 /// A worker the master told to stop, and when it will be killed if it has not.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Retiring {
     pub reason: RetireReason,
     pub deadline: Instant,
+}
+
+/// A worker the master decided to kill.
+#[derive(Clone, Debug)]
+pub struct Kill {
+    /// Why, for the log line.
+    pub reason: String,
+    /// When SIGKILL is to follow the gentler signal already sent (None: it was sent).
+    pub sigkill_at: Option<Instant>,
 }
 
 /// A live worker process.
@@ -80,8 +94,38 @@ pub struct Worker {
     pub ready: bool,
     pub row: WorkerRow,
     pub retiring: Option<Retiring>,
-    /// Set when the master SIGKILLs it: the reason, for the exit log line.
-    pub kill_reason: Option<String>,
+    /// Set when the master decides to kill it.
+    pub kill: Option<Kill>,
+    /// Its end was already logged (when the master enforced a limit on it).
+    pub reported: bool,
+    /// Reads its RSS (None when /proc could not be opened).
+    pub memory: Option<MemoryProbe>,
+    /// Its RSS at the last poll.
+    pub last_rss: Option<u64>,
+}
+
+impl Worker {
+    /// A worker just forked in slot `id`.
+    pub fn new(pid: Pid, id: WorkerId, generation: u64, started: Instant, row: WorkerRow) -> Self {
+        Self {
+            pid,
+            id,
+            generation,
+            started,
+            ready: false,
+            row,
+            retiring: None,
+            kill: None,
+            reported: false,
+            memory: MemoryProbe::open(pid).ok(),
+            last_rss: None,
+        }
+    }
+
+    /// Still meant to serve: neither told to stop nor being killed.
+    pub fn is_serving(&self) -> bool {
+        self.retiring.is_none() && self.kill.is_none()
+    }
 }
 
 /// What the pool remembers about a slot across its workers.
@@ -181,7 +225,7 @@ impl Pool {
     /// The running worker of the current generation in slot `id`, if any.
     pub fn current(&self, id: WorkerId) -> Option<&Worker> {
         self.workers.iter().find(|worker| {
-            worker.id == id && worker.generation == self.generation && worker.retiring.is_none()
+            worker.id == id && worker.generation == self.generation && worker.is_serving()
         })
     }
 
@@ -209,7 +253,7 @@ impl Pool {
     pub fn to_retire(&self) -> Vec<(Pid, RetireReason)> {
         self.workers
             .iter()
-            .filter(|worker| worker.retiring.is_none())
+            .filter(|worker| worker.is_serving())
             .filter_map(|worker| {
                 if !self.is_wanted(worker.id) {
                     Some((worker.pid, RetireReason::ScaledDown))
@@ -258,8 +302,9 @@ impl Pool {
         self.slots.get_mut(&id)?.pending_report.take()
     }
 
-    /// The earliest instant at which the pool has something to do: a retiring worker to
-    /// kill, or (with `include_respawns`; not while stopping) a backed-off slot to start.
+    /// The earliest instant at which the pool has something to do: a worker to SIGKILL (a
+    /// retiring one past its deadline, an expired one past its grace), or (with
+    /// `include_respawns`; not while stopping) a backed-off slot to start.
     pub fn next_deadline(&self, include_respawns: bool) -> Option<Instant> {
         let respawns = self
             .slots
@@ -268,11 +313,10 @@ impl Pool {
                 include_respawns && self.is_wanted(**id) && self.current(**id).is_none()
             })
             .filter_map(|(_, history)| history.respawn_at);
-        let kills = self
-            .workers
-            .iter()
-            .filter(|worker| worker.kill_reason.is_none())
-            .filter_map(|worker| worker.retiring.map(|retiring| retiring.deadline));
+        let kills = self.workers.iter().filter_map(|worker| match &worker.kill {
+            None => worker.retiring.as_ref().map(|retiring| retiring.deadline),
+            Some(kill) => kill.sigkill_at,
+        });
         respawns.chain(kills).min()
     }
 }
@@ -298,16 +342,15 @@ mod tests {
     }
 
     fn worker(pool: &Pool, pid: i32, id: WorkerId, ready: bool) -> Worker {
-        Worker {
-            pid: Pid::from_raw(pid),
+        let mut worker = Worker::new(
+            Pid::from_raw(pid),
             id,
-            generation: pool.generation(),
-            started: Instant::now(),
-            ready,
-            row: WorkerRow::new().unwrap(),
-            retiring: None,
-            kill_reason: None,
-        }
+            pool.generation(),
+            Instant::now(),
+            WorkerRow::new().unwrap(),
+        );
+        worker.ready = ready;
+        worker
     }
 
     #[test]

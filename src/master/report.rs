@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use super::pool::{FAST_FAILURE, RetireReason, Role, Worker};
+use crate::limits::{self, MasterLimits};
 use crate::scoreboard::{ExitReason, RowSnapshot};
 use crate::worker::{EXIT_CRITICAL, EXIT_OK};
 
@@ -44,6 +45,8 @@ pub enum Verdict {
     Recycled(ExitReason),
     /// The master killed it; why.
     KilledByMaster(String),
+    /// It ended itself on crossing a limit (`limit_time_cpu`); which, and by how much.
+    LimitExceeded(String),
     /// It exited with status 3: a critical error, the server stops.
     Critical,
     /// It died before it was ready.
@@ -57,7 +60,7 @@ impl Verdict {
     pub fn is_unexpected(&self) -> bool {
         matches!(
             self,
-            Self::KilledByMaster(_) | Self::BootFailed | Self::Died
+            Self::KilledByMaster(_) | Self::LimitExceeded(_) | Self::BootFailed | Self::Died
         )
     }
 }
@@ -71,24 +74,52 @@ pub struct Report {
     pub failed_start: bool,
 }
 
-pub fn report(worker: &Worker, ending: Ending, row: &RowSnapshot, now: Instant) -> Report {
-    let uptime = now.saturating_duration_since(worker.started);
-    let verdict = verdict(worker, ending, row);
+/// How a worker ended: its status, and the CPU time it used over its life.
+#[derive(Clone, Copy, Debug)]
+pub struct Exit {
+    pub ending: Ending,
+    pub cpu: Option<Duration>,
+}
+
+pub fn report(
+    worker: &Worker,
+    exit: Exit,
+    row: &RowSnapshot,
+    limits: &MasterLimits,
+    now: Instant,
+) -> Report {
+    let verdict = verdict(worker, exit, row, limits);
     let what = match &verdict {
         Verdict::Retired(reason) => format!("stopped ({reason})"),
-        Verdict::Recycled(reason) => format!("exited: {}", recycle_reason(*reason, ending)),
-        Verdict::KilledByMaster(reason) => format!("killed: {reason}"),
-        Verdict::Critical => format!("{ending} (critical error)"),
-        Verdict::BootFailed => format!("failed to start: {ending}"),
-        Verdict::Died => format!("died: {ending}"),
+        Verdict::Recycled(reason) => format!("exited: {}", recycle_reason(*reason, exit.ending)),
+        Verdict::KilledByMaster(reason) | Verdict::LimitExceeded(reason) => {
+            format!("killed: {reason}")
+        }
+        Verdict::Critical => format!("{} (critical error)", exit.ending),
+        Verdict::BootFailed => format!("failed to start: {}", exit.ending),
+        Verdict::Died => format!("died: {}", exit.ending),
     };
+    let (line, failed_start) = describe(worker, &what, verdict.is_unexpected(), row, now);
+    Report {
+        verdict,
+        line,
+        failed_start,
+    }
+}
+
+/// `http worker 1 (pid 4312) {what} while serving GET /x after 12.3s, 57 requests served`,
+/// and whether this end, if unexpected, counts as a failed start (see [`FAST_FAILURE`]).
+pub fn describe(
+    worker: &Worker,
+    what: &str,
+    unexpected: bool,
+    row: &RowSnapshot,
+    now: Instant,
+) -> (String, bool) {
+    let uptime = now.saturating_duration_since(worker.started);
     let during = match (row.busy_for, worker.id.role) {
-        (Some(_), Role::Http) if verdict.is_unexpected() => {
-            format!(" while serving {}", row.request)
-        }
-        (Some(_), Role::Cron) if verdict.is_unexpected() => {
-            format!(" while running {}", row.request)
-        }
+        (Some(_), Role::Http) if unexpected => format!(" while serving {}", row.request),
+        (Some(_), Role::Cron) if unexpected => format!(" while running {}", row.request),
         _ => String::new(),
     };
     let work = match (worker.id.role, row.requests) {
@@ -103,28 +134,31 @@ pub fn report(worker: &Worker, ending: Ending, row: &RowSnapshot, now: Instant) 
         worker.pid,
         format_uptime(uptime)
     );
-    let failed_start = verdict.is_unexpected() && (uptime < FAST_FAILURE || !worker.ready);
-    Report {
-        verdict,
-        line,
-        failed_start,
-    }
+    (line, unexpected && (uptime < FAST_FAILURE || !worker.ready))
 }
 
-fn verdict(worker: &Worker, ending: Ending, row: &RowSnapshot) -> Verdict {
-    if let Some(reason) = &worker.kill_reason {
-        return Verdict::KilledByMaster(reason.clone());
+fn verdict(worker: &Worker, exit: Exit, row: &RowSnapshot, limits: &MasterLimits) -> Verdict {
+    let ending = exit.ending;
+    if let Some(kill) = &worker.kill {
+        return Verdict::KilledByMaster(kill.reason.clone());
     }
     if ending == Ending::Exited(EXIT_CRITICAL) {
         return Verdict::Critical;
     }
-    if let Some(retiring) = worker.retiring {
-        return Verdict::Retired(retiring.reason);
+    if let Some(retiring) = &worker.retiring {
+        return Verdict::Retired(retiring.reason.clone());
     }
     if !worker.ready {
         return Verdict::BootFailed;
     }
     match (ending, row.exit_reason) {
+        (Ending::Exited(EXIT_OK), ExitReason::LimitTimeCpu) => {
+            let request_cpu = exit.cpu.map(|total| total.saturating_sub(row.request_cpu));
+            Verdict::LimitExceeded(limits::describe_cpu_exceeded(limits, request_cpu))
+        }
+        (Ending::Exited(EXIT_OK), ExitReason::LimitTimeReal) => {
+            Verdict::LimitExceeded("limit_time_real exceeded".to_string())
+        }
         (Ending::Exited(EXIT_OK), reason) if reason != ExitReason::Unknown => {
             Verdict::Recycled(reason)
         }
@@ -138,7 +172,9 @@ fn recycle_reason(reason: ExitReason, ending: Ending) -> String {
         ExitReason::AppPanicked => "the application panicked; replaced to start clean".to_string(),
         ExitReason::Stopped => "stopped by a signal not sent by the master".to_string(),
         ExitReason::MasterGone => "its master is gone".to_string(),
-        ExitReason::Unknown => ending.to_string(),
+        ExitReason::LimitTimeCpu | ExitReason::LimitTimeReal | ExitReason::Unknown => {
+            ending.to_string()
+        }
     }
 }
 
@@ -157,26 +193,31 @@ pub fn format_uptime(uptime: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::master::pool::{Retiring, WorkerId};
+    use crate::config::Config;
+    use crate::master::pool::{Kill, Retiring, WorkerId};
     use crate::scoreboard::{WorkerRow, WorkerState};
     use nix::unistd::Pid;
 
     fn worker(ready: bool, age: Duration) -> (Worker, Instant) {
         let now = Instant::now();
-        let worker = Worker {
-            pid: Pid::from_raw(4312),
-            id: WorkerId {
-                role: Role::Http,
-                slot: 1,
-            },
-            generation: 1,
-            started: now - age,
-            ready,
-            row: WorkerRow::new().unwrap(),
-            retiring: None,
-            kill_reason: None,
+        let id = WorkerId {
+            role: Role::Http,
+            slot: 1,
         };
+        let mut worker = Worker::new(
+            Pid::from_raw(4312),
+            id,
+            1,
+            now - age,
+            WorkerRow::new().unwrap(),
+        );
+        worker.ready = ready;
         (worker, now)
+    }
+
+    fn report(worker: &Worker, ending: Ending, row: &RowSnapshot, now: Instant) -> Report {
+        let limits = MasterLimits::from_config(&Config::default());
+        super::report(worker, Exit { ending, cpu: None }, row, &limits, now)
     }
 
     fn row(requests: u64, exit_reason: ExitReason) -> RowSnapshot {
@@ -186,6 +227,7 @@ mod tests {
             requests,
             busy_for: None,
             request: String::new(),
+            request_cpu: Duration::ZERO,
         }
     }
 
@@ -260,12 +302,38 @@ mod tests {
         );
         assert_eq!(retired.verdict, Verdict::Retired(RetireReason::Replaced));
 
-        worker.kill_reason = Some("did not stop within graceful_timeout (30s)".into());
+        worker.kill = Some(Kill {
+            reason: "did not stop within graceful_timeout (30s)".into(),
+            sigkill_at: None,
+        });
         let killed = report(&worker, SIGKILL, &row(9, ExitReason::Unknown), now);
         assert!(
             killed
                 .line
                 .contains("killed: did not stop within graceful_timeout (30s)")
+        );
+    }
+
+    #[test]
+    fn a_cpu_limit_exit_reports_the_requests_cpu_time() {
+        let (worker, now) = worker(true, Duration::from_secs(80));
+        let mut snapshot = row(4, ExitReason::LimitTimeCpu);
+        snapshot.busy_for = Some(Duration::from_secs(61));
+        snapshot.request = "GET /burn?ms=90000".into();
+        snapshot.request_cpu = Duration::from_secs(2);
+        let limits = MasterLimits::from_config(&Config::default());
+        let exit = Exit {
+            ending: Ending::Exited(0),
+            cpu: Some(Duration::from_millis(62_300)),
+        };
+        let report = super::report(&worker, exit, &snapshot, &limits, now);
+        assert!(report.verdict.is_unexpected());
+        assert!(
+            report.line.contains(
+                "killed: limit_time_cpu exceeded (cpu 60.30s > 60s) while serving GET /burn?ms=90000"
+            ),
+            "{}",
+            report.line
         );
     }
 

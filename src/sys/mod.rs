@@ -4,8 +4,10 @@
 //! system that neither `std` nor a safe `nix` call offers lives here, behind a safe API,
 //! with a `SAFETY:` comment on every `unsafe` block saying why it is sound.
 //!
-//! - [`process`]: fork (with signals blocked across it), immediate exit, single-thread check.
-//! - [`signals`]: the worker's signal handlers and the signal-mask-aware waits built on them.
+//! - [`process`]: fork (with signals blocked across it), immediate exit, reaping with CPU
+//!   usage, single-thread check.
+//! - [`signals`]: the worker's signal handlers (stop, log reopen, request limits) and the
+//!   signal-mask-aware waits built on them.
 //! - [`shm`]: anonymous shared memory that the master and one worker both see.
 //! - [`title`]: the process title shown by `ps`.
 #![allow(unsafe_code)]
@@ -15,7 +17,7 @@ mod shm;
 mod signals;
 mod title;
 
-pub use process::{fork_process, thread_count};
+pub use process::{fork_process, reap_child, thread_count};
 pub use shm::SharedWords;
-pub use signals::{MASTER_SIGNALS, WorkerSignals};
+pub use signals::{MASTER_SIGNALS, RequestLimitSignals, WorkerSignals};
 pub use title::{init_process_title, set_process_title};

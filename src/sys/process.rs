@@ -82,3 +82,38 @@ pub fn thread_count() -> io::Result<usize> {
         .and_then(|count| count.trim().parse().ok())
         .ok_or_else(|| io::Error::other("no Threads: line in /proc/self/status"))
 }
+
+/// A child that has exited: its status as waitpid(2) gives it, and the CPU it used.
+pub struct Reaped {
+    pub status: nix::sys::wait::WaitStatus,
+    /// User plus system CPU time of the child over its life.
+    pub cpu: std::time::Duration,
+}
+
+/// Reaps one exited child without blocking, with its CPU usage (`wait4(2)`, which nix does
+/// not offer). `Ok(None)`: no child has exited (or there are no children).
+pub fn reap_child() -> nix::Result<Option<Reaped>> {
+    let mut status: libc::c_int = 0;
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `status` and `usage` are live, writable locals of the types wait4 expects; it
+    // writes them only when it returns a pid.
+    let pid = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, usage.as_mut_ptr()) };
+    match nix::errno::Errno::result(pid) {
+        Ok(0) | Err(nix::errno::Errno::ECHILD) => Ok(None),
+        Ok(pid) => {
+            // SAFETY: rusage is plain integers, valid when zeroed, and wait4 filled it in.
+            let usage = unsafe { usage.assume_init() };
+            let time = |value: libc::timeval| {
+                std::time::Duration::new(
+                    value.tv_sec.max(0) as u64,
+                    value.tv_usec.max(0) as u32 * 1000,
+                )
+            };
+            Ok(Some(Reaped {
+                status: nix::sys::wait::WaitStatus::from_raw(Pid::from_raw(pid), status)?,
+                cpu: time(usage.ru_utime) + time(usage.ru_stime),
+            }))
+        }
+        Err(errno) => Err(errno),
+    }
+}

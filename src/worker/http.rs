@@ -14,17 +14,29 @@ use tracing::{debug, error, warn};
 use super::{Outcome, PARENT_CHECK_INTERVAL, WorkerSpec, reopen_log_if_asked, stop_reason};
 use crate::app::{App, Request, Response, WorkerInfo};
 use crate::http::{Connection, ReadError, is_disconnect};
+use crate::limits::{self, CpuBudget};
 use crate::scoreboard::{ExitReason, WorkerState};
-use crate::sys::WorkerSignals;
+use crate::sys::{RequestLimitSignals, WorkerSignals};
 
 /// How long a worker pauses accepting after the process or system ran out of descriptors or
 /// memory for a new connection, instead of spinning on a listener that stays readable.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-pub(super) fn run(spec: &WorkerSpec<'_>, signals: &WorkerSignals) -> Outcome {
+pub(super) fn run(
+    spec: &WorkerSpec<'_>,
+    signals: &WorkerSignals,
+    limit_signals: &RequestLimitSignals<'_>,
+) -> Outcome {
     let Some(listener) = spec.listener else {
         error!("{}: no listening socket", spec.name());
         return Outcome::BootFailed;
+    };
+    let cpu_budget = match CpuBudget::new(spec.config) {
+        Ok(budget) => budget,
+        Err(errno) => {
+            error!("{}: cannot read RLIMIT_CPU: {errno}", spec.name());
+            return Outcome::BootFailed;
+        }
     };
     let Some(app) = build_app(spec) else {
         return Outcome::BootFailed;
@@ -42,8 +54,11 @@ pub(super) fn run(spec: &WorkerSpec<'_>, signals: &WorkerSignals) -> Outcome {
     let mut worker = HttpWorker {
         spec,
         signals,
+        limit_signals,
         listener,
         app,
+        cpu_budget,
+        limit_request: limits::request_limit_for_worker(spec.config),
         panicked: false,
     };
     spec.row.set_state(WorkerState::Idle);
@@ -90,8 +105,13 @@ fn watch_listener(listener: &TcpListener) -> nix::Result<Epoll> {
 struct HttpWorker<'a> {
     spec: &'a WorkerSpec<'a>,
     signals: &'a WorkerSignals,
+    limit_signals: &'a RequestLimitSignals<'a>,
     listener: &'a TcpListener,
     app: Box<dyn App>,
+    /// `limit_time_cpu`, re-armed before each request (None: off).
+    cpu_budget: Option<CpuBudget>,
+    /// This worker's `limit_request`, jitter included (0: none).
+    limit_request: u64,
     /// The application panicked: answer, then leave, since its state may be broken.
     panicked: bool,
 }
@@ -137,8 +157,7 @@ impl HttpWorker<'_> {
         if self.panicked {
             return Some(ExitReason::AppPanicked);
         }
-        let limit = self.spec.config.limit_request;
-        if limit > 0 && self.spec.row.requests() >= limit {
+        if self.limit_request > 0 && self.spec.row.requests() >= self.limit_request {
             return Some(ExitReason::LimitRequest);
         }
         stop_reason(self.spec, self.signals)
@@ -178,7 +197,11 @@ impl HttpWorker<'_> {
             self.spec
                 .row
                 .begin_request(request.method(), request.target());
+            self.arm_cpu_limit();
+            self.limit_signals
+                .answer_to(Some(connection.stream().as_fd()));
             let response = self.call_app(&request);
+            self.limit_signals.answer_to(None);
             let keep_alive = request.wants_keep_alive() && self.will_serve_another();
             let written = connection.write_response(&request, &response, keep_alive);
             self.spec.row.end_request();
@@ -196,9 +219,19 @@ impl HttpWorker<'_> {
 
     /// Whether this worker will serve another request after the current one.
     fn will_serve_another(&self) -> bool {
-        let limit = self.spec.config.limit_request;
-        let last = limit > 0 && self.spec.row.requests() + 1 >= limit;
+        let last = self.limit_request > 0 && self.spec.row.requests() + 1 >= self.limit_request;
         !last && self.exit_reason().is_none()
+    }
+
+    /// Gives the request about to run its `limit_time_cpu` budget.
+    fn arm_cpu_limit(&mut self) {
+        let Some(budget) = &mut self.cpu_budget else {
+            return;
+        };
+        match budget.arm() {
+            Ok(used) => self.spec.row.set_request_cpu(used),
+            Err(errno) => warn!("{}: cannot arm limit_time_cpu: {errno}", self.spec.name()),
+        }
     }
 
     fn call_app(&mut self, request: &Request) -> Response {

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::master::WorkerId;
 use crate::notify::Notifier;
 use crate::scoreboard::{ExitReason, WorkerRow};
-use crate::sys::{self, WorkerSignals};
+use crate::sys::{self, RequestLimitSignals, WorkerSignals};
 
 /// Exit status of a worker that left normally (the reason is in its scoreboard row).
 pub const EXIT_OK: i32 = 0;
@@ -87,8 +87,29 @@ pub fn run(spec: WorkerSpec<'_>) -> i32 {
             return EXIT_BOOT_FAILED;
         }
     };
+    if let Err(errno) = crate::limits::apply_at_worker_start(spec.config) {
+        error!(
+            "{}: cannot apply limit_memory_hard as RLIMIT_AS: {errno}",
+            spec.name()
+        );
+        return EXIT_BOOT_FAILED;
+    }
+    let limit_signals = match RequestLimitSignals::install(
+        spec.row.exit_reason_word(),
+        ExitReason::LimitTimeCpu.as_word(),
+        ExitReason::LimitTimeReal.as_word(),
+    ) {
+        Ok(limit_signals) => limit_signals,
+        Err(errno) => {
+            error!(
+                "{}: cannot install limit signal handlers: {errno}",
+                spec.name()
+            );
+            return EXIT_BOOT_FAILED;
+        }
+    };
     let outcome = match spec.id.role {
-        crate::master::Role::Http => http::run(&spec, &signals),
+        crate::master::Role::Http => http::run(&spec, &signals, &limit_signals),
         crate::master::Role::Cron => cron::run(&spec, &signals),
     };
     match outcome {
@@ -102,7 +123,7 @@ pub fn run(spec: WorkerSpec<'_>) -> i32 {
 
 /// Common checks between two units of work: should this worker leave now, and why?
 fn stop_reason(spec: &WorkerSpec<'_>, signals: &WorkerSignals) -> Option<ExitReason> {
-    if signals.stop_requested() {
+    if signals.stop_requested() || spec.row.stop_requested() {
         Some(ExitReason::Stopped)
     } else if spec.orphaned() {
         Some(ExitReason::MasterGone)

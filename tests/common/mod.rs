@@ -220,6 +220,24 @@ impl Server {
         pids
     }
 
+    /// Asks for status snapshots (SIGQUIT) until one shows `request` (`GET /path`) in
+    /// flight: the way to know a request has reached a worker.
+    pub fn wait_until_busy_with(&self, request: &str) {
+        let needle = format!("on {request}");
+        let before = self.log_matching(&needle).len();
+        let busy = wait_until(SOON, || {
+            self.signal(Signal::SIGQUIT);
+            wait_until(Duration::from_millis(200), || {
+                self.log_matching(&needle).len() > before
+            })
+        });
+        assert!(
+            busy,
+            "{request} never showed as in flight; log:\n{}",
+            self.log_text()
+        );
+    }
+
     /// Waits for the master to exit; returns its status.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         if self.exit.is_none() {

@@ -1,0 +1,146 @@
+//! Per-worker limits: the worker crossing one is replaced, the log line names the limit by
+//! its config key, and requests running on other workers at that moment complete normally.
+
+mod common;
+
+use std::thread;
+
+use common::{Reply, SOON, Server, http_get, is_alive, wait_until};
+
+/// Starts `path` on one worker and returns the thread that will hold its reply, once the
+/// request is known to be in flight.
+fn in_flight(server: &Server, path: &'static str) -> thread::JoinHandle<Reply> {
+    let port = server.port;
+    let handle = thread::spawn(move || http_get(port, path));
+    server.wait_until_busy_with(&format!("GET {path}"));
+    handle
+}
+
+/// The pid in a log line's `respawned as pid N` ending.
+fn respawned_pid(line: &str) -> i32 {
+    line.rsplit("respawned as pid ")
+        .next()
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no replacement pid in {line:?}"))
+}
+
+#[test]
+fn rss_past_limit_memory_hard_is_killed_while_others_finish() {
+    let server = Server::start(
+        "workers = 2\nlimit_memory_soft = 0\nlimit_memory_hard = \"64MiB\"\n\
+         limit_memory_hard_rlimit = false",
+    );
+    server.wait_for_workers("http worker", 2);
+    let other = in_flight(&server, "/sleep?ms=1500");
+    let _ = server.get("/alloc?mb=100");
+    let line = server.wait_for_log("killed: limit_memory_hard exceeded (rss ");
+    assert!(
+        line.contains(" WARN ") && line.contains(" > 64 MiB)"),
+        "{line}"
+    );
+    let replacement = respawned_pid(&line);
+    assert!(wait_until(SOON, || is_alive(replacement)), "{line}");
+    let reply = other.join().unwrap();
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "slept 1500 ms\n")
+    );
+}
+
+#[test]
+fn rlimit_as_makes_allocations_past_limit_memory_hard_fail_inside_the_worker() {
+    let server = Server::start("workers = 1\nlimit_memory_soft = 0\nlimit_memory_hard = \"96MiB\"");
+    let pid = server.get("/pid").body;
+    let reply = server.get("/alloc?mb=200");
+    assert_eq!(reply.status, 500, "{reply:?}");
+    assert!(
+        reply.body.contains("could not allocate 200 MiB"),
+        "{reply:?}"
+    );
+    assert_eq!(server.get("/pid").body, pid, "the worker lives on");
+}
+
+#[test]
+fn past_limit_memory_soft_the_request_succeeds_then_the_worker_recycles() {
+    let server = Server::start("workers = 1\nlimit_memory_soft = \"48MiB\"\nlimit_memory_hard = 0");
+    let first = server.get("/pid").body;
+    let reply = server.get("/alloc?mb=64");
+    assert_eq!(
+        reply.status, 200,
+        "the request over the soft limit still succeeds"
+    );
+    let line = server.wait_for_log("recycled: limit_memory_soft exceeded (rss ");
+    assert!(
+        line.contains(" INFO ") && line.contains(" > 48 MiB)"),
+        "{line}"
+    );
+    let replacement = respawned_pid(&line);
+    assert!(wait_until(SOON, || server.get("/pid").body.trim()
+        == replacement.to_string()));
+    assert_ne!(server.get("/pid").body, first);
+}
+
+#[test]
+fn a_request_past_limit_time_cpu_gets_503_and_its_worker_is_replaced() {
+    let server = Server::start("workers = 2\nlimit_time_cpu = 1\nlimit_time_real = 30");
+    server.wait_for_workers("http worker", 2);
+    let other = in_flight(&server, "/sleep?ms=2500");
+    let reply = server.get("/burn?ms=10000");
+    assert!(
+        reply.status == 503 || reply.status == 0,
+        "503, or the connection closed: {reply:?}"
+    );
+    let line = server.wait_for_log("killed: limit_time_cpu exceeded (cpu ");
+    assert!(
+        line.contains("> 1s) while serving GET /burn?ms=10000"),
+        "{line}"
+    );
+    assert!(line.contains("respawned as pid"), "{line}");
+    let reply = other.join().unwrap();
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "slept 2500 ms\n")
+    );
+}
+
+#[test]
+fn a_request_past_limit_time_real_gets_504_and_idle_workers_are_left_alone() {
+    let server = Server::start("workers = 3\nlimit_time_real = 2");
+    let before = server.wait_for_workers("http worker", 3);
+    let hung = in_flight(&server, "/sleep?ms=8000");
+    let short = in_flight(&server, "/sleep?ms=1200");
+    let reply = hung.join().unwrap();
+    assert_eq!(reply.status, 504, "{reply:?}");
+    let line = server.wait_for_log("killed: limit_time_real exceeded (running ");
+    assert!(
+        line.contains("> 2s) while serving GET /sleep?ms=8000"),
+        "{line}"
+    );
+    assert!(line.contains("respawned as pid"), "{line}");
+    let reply = short.join().unwrap();
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "slept 1200 ms\n")
+    );
+    // Exactly one worker was killed: the idle one and the one that served in time remain.
+    let killed = server.log_matching("killed: ").len();
+    assert_eq!(killed, 1, "{}", server.log_text());
+    let survivors = before.iter().filter(|pid| is_alive(**pid)).count();
+    assert_eq!(survivors, 2, "idle workers are never killed for being idle");
+}
+
+#[test]
+fn a_cron_worker_older_than_limit_time_worker_cron_is_replaced() {
+    let server =
+        Server::spawn("workers = 1\nmax_cron_threads = 1\nlimit_time_worker_cron = \"1s\"");
+    let first = server.wait_for_workers("cron worker", 1)[0];
+    let line = server.wait_for_log(&format!(
+        "(pid {first}) recycled: limit_time_worker_cron reached"
+    ));
+    assert!(
+        line.contains(" INFO ") && line.contains("respawned as pid"),
+        "{line}"
+    );
+    let replacement = respawned_pid(&line);
+    assert!(wait_until(SOON, || !is_alive(first) && is_alive(replacement)));
+}

@@ -31,7 +31,9 @@
 
 pub mod app;
 pub mod config;
+pub mod cron;
 pub mod demo;
+mod format;
 mod http;
 mod limits;
 mod log;

@@ -6,7 +6,8 @@
 //! | `limit_memory_hard` | RLIMIT_AS in the worker ([`apply_at_worker_start`], unless `limit_memory_hard_rlimit = false`), and the master's RSS polling: SIGKILL at once |
 //! | `limit_memory_soft` | the master's RSS polling: the worker finishes its request and leaves; its replacement starts at once |
 //! | `limit_time_cpu` | a per-request CPU-time timer, with RLIMIT_CPU re-armed before each request as the kernel's backstop ([`CpuBudget`]); SIGXCPU answers 503 and ends the worker |
-//! | `limit_time_real`, `limit_time_real_cron` | the master, from the scoreboard's request start: SIGUSR2 (the worker answers 504 and leaves), SIGKILL after at most [`EXPIRY_GRACE`] |
+//! | `limit_time_real` | the master, from the scoreboard's request start: SIGUSR2 (the worker answers 504 and leaves), SIGKILL after at most [`EXPIRY_GRACE`] |
+//! | `limit_time_real_cron`, a job's `timeout` | the cron worker kills the job's process group at the limit; the master steps in [`CRON_BACKSTOP`] later if it has not |
 //! | `limit_request`, `limit_request_jitter` | the worker counts its requests and leaves ([`request_limit_for_worker`]) |
 //! | `limit_time_worker_cron` | the master: a cron worker older than this finishes its job and is replaced |
 //!
@@ -28,10 +29,15 @@ use nix::time::{ClockId, clock_gettime};
 use nix::unistd::Pid;
 
 use crate::config::Config;
+use crate::format::{measured, mib, seconds};
 use crate::master::Role;
 
 /// How long a worker past `limit_time_real` may take to answer 504 and leave before SIGKILL.
 pub const EXPIRY_GRACE: Duration = Duration::from_secs(1);
+
+/// How long after a cron job's own time limit the master ends its cron worker (and the job's
+/// process group), should the cron worker not have stopped the job itself.
+pub const CRON_BACKSTOP: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------------------
 // In the worker
@@ -132,7 +138,8 @@ pub struct MasterLimits {
     pub memory_soft: Option<u64>,
     pub memory_hard: Option<u64>,
     pub time_real: Option<Duration>,
-    pub time_real_cron: Option<Duration>,
+    /// There are `[[cron]]` jobs, whose time limits the master backs up.
+    pub cron_jobs: bool,
     pub worker_cron_age: Option<Duration>,
     pub time_cpu: Duration,
     pub poll_interval: Duration,
@@ -146,7 +153,7 @@ impl MasterLimits {
             memory_soft: bytes(config.limit_memory_soft),
             memory_hard: bytes(config.limit_memory_hard),
             time_real: span(config.limit_time_real.duration()),
-            time_real_cron: span(config.cron_time_limit()),
+            cron_jobs: !config.cron.is_empty(),
             worker_cron_age: span(config.limit_time_worker_cron.duration()),
             time_cpu: config.limit_time_cpu.duration(),
             poll_interval: config.memory_poll_interval.duration(),
@@ -162,14 +169,15 @@ impl MasterLimits {
     pub fn needs_polling(&self) -> bool {
         self.watches_memory()
             || self.time_real.is_some()
-            || self.time_real_cron.is_some()
+            || self.cron_jobs
             || self.worker_cron_age.is_some()
     }
 
-    fn time_real_for(&self, role: Role) -> Option<Duration> {
-        match role {
+    /// The wall-clock limit of what `worker` is busy with.
+    fn time_real_for(&self, worker: &Observation) -> Option<Duration> {
+        match worker.role.unwrap_or(Role::Http) {
             Role::Http => self.time_real,
-            Role::Cron => self.time_real_cron,
+            Role::Cron => worker.work_limit.map(|limit| limit + CRON_BACKSTOP),
         }
     }
 }
@@ -182,6 +190,8 @@ pub struct Observation {
     pub age: Duration,
     /// How long its current request (or job) has run, if it is busy.
     pub busy_for: Option<Duration>,
+    /// The limit of its current unit of work, when it has its own (a cron job's).
+    pub work_limit: Option<Duration>,
     /// Resident memory, when it was read this time.
     pub rss: Option<u64>,
     /// The worker is already leaving gracefully (no point recycling it again).
@@ -212,18 +222,22 @@ pub fn check(limits: &MasterLimits, worker: &Observation) -> Option<Enforcement>
             mib(hard)
         )));
     }
-    if let (Some(busy), Some(limit)) = (worker.busy_for, limits.time_real_for(role))
+    if let (Some(busy), Some(limit)) = (worker.busy_for, limits.time_real_for(worker))
         && busy >= limit
     {
-        let key = match role {
-            Role::Http => "limit_time_real",
-            Role::Cron => "limit_time_real_cron",
-        };
-        return Some(Enforcement::Expire(format!(
-            "{key} exceeded (running {} > {})",
-            measured(busy),
-            seconds(limit)
-        )));
+        return Some(Enforcement::Expire(match role {
+            Role::Http => format!(
+                "limit_time_real exceeded (running {} > {})",
+                measured(busy),
+                seconds(limit)
+            ),
+            Role::Cron => format!(
+                "its job ran past its time limit and was not stopped (running {} > {} + {})",
+                measured(busy),
+                seconds(limit - CRON_BACKSTOP),
+                seconds(CRON_BACKSTOP)
+            ),
+        }));
     }
     if worker.leaving {
         return None;
@@ -252,7 +266,7 @@ pub fn check(limits: &MasterLimits, worker: &Observation) -> Option<Enforcement>
 /// When the worker's current request (or job) will cross its wall-clock limit, counted from
 /// now; None if it is idle or the limit is off.
 pub fn time_to_deadline(limits: &MasterLimits, worker: &Observation) -> Option<Duration> {
-    let limit = limits.time_real_for(worker.role.unwrap_or(Role::Http))?;
+    let limit = limits.time_real_for(worker)?;
     Some(limit.saturating_sub(worker.busy_for?))
 }
 
@@ -269,6 +283,40 @@ pub fn describe_cpu_exceeded(limits: &MasterLimits, request_cpu: Option<Duration
     }
 }
 
+/// Resident memory of every process in process group `group` (a cron job and its
+/// children), from /proc. A full scan of /proc: done only while a job runs.
+pub fn process_group_rss(group: i32) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let page_size = page_size();
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // Fields after the command name: state, ppid, pgrp, ...
+                let fields = stat.rsplit(')').next().unwrap_or("");
+                fields
+                    .split_whitespace()
+                    .nth(2)
+                    .and_then(|pgrp| pgrp.parse::<i32>().ok())
+                    == Some(group)
+            })
+        })
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/statm")).ok())
+        .filter_map(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|pages| pages * page_size)
+        .sum()
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|size| u64::try_from(size).ok())
+        .unwrap_or(4096)
+}
+
 /// Reads a worker's resident memory from `/proc/PID/statm`, through a descriptor opened
 /// once, so each poll is a single `pread` (and can never read a recycled pid's process).
 pub struct MemoryProbe {
@@ -278,14 +326,9 @@ pub struct MemoryProbe {
 
 impl MemoryProbe {
     pub fn open(pid: Pid) -> io::Result<Self> {
-        let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-            .ok()
-            .flatten()
-            .and_then(|size| u64::try_from(size).ok())
-            .unwrap_or(4096);
         Ok(Self {
             statm: File::open(format!("/proc/{pid}/statm"))?,
-            page_size,
+            page_size: page_size(),
         })
     }
 
@@ -300,25 +343,6 @@ impl MemoryProbe {
             .and_then(|field| field.parse().ok())
             .ok_or_else(|| io::Error::other(format!("unexpected statm: {text:?}")))?;
         Ok(pages * self.page_size)
-    }
-}
-
-/// `612 MiB`.
-fn mib(bytes: u64) -> String {
-    format!("{} MiB", (bytes + (1 << 19)) >> 20)
-}
-
-/// A measured time, to the hundredth: `120.07s`.
-fn measured(time: Duration) -> String {
-    format!("{:.2}s", time.as_secs_f64())
-}
-
-/// A configured time: `60s`, `0.5s`.
-fn seconds(time: Duration) -> String {
-    if time.subsec_millis() == 0 {
-        format!("{}s", time.as_secs())
-    } else {
-        format!("{:.1}s", time.as_secs_f64())
     }
 }
 
@@ -341,6 +365,7 @@ mod tests {
             role: Some(Role::Http),
             age: Duration::from_secs(10),
             busy_for: busy_secs.map(Duration::from_secs),
+            work_limit: None,
             rss: rss_mib.map(|m| m << 20),
             leaving: false,
         }
@@ -401,11 +426,23 @@ mod tests {
         );
         let long_job = Observation {
             role: Some(Role::Cron),
-            busy_for: Some(Duration::from_secs(121)),
+            busy_for: Some(Duration::from_secs(66)),
+            work_limit: Some(Duration::from_secs(60)),
             ..Default::default()
         };
+        let expired = check(&limits(), &long_job);
         assert!(
-            matches!(check(&limits(), &long_job), Some(Enforcement::Expire(d)) if d.starts_with("limit_time_real_cron"))
+            matches!(&expired, Some(Enforcement::Expire(d)) if d.contains("(running 66.00s > 60s + 5s)")),
+            "{expired:?}"
+        );
+        let within_backstop = Observation {
+            busy_for: Some(Duration::from_secs(64)),
+            ..long_job
+        };
+        assert_eq!(
+            check(&limits(), &within_backstop),
+            None,
+            "the cron worker acts first"
         );
     }
 
@@ -432,6 +469,32 @@ mod tests {
         for _ in 0..50 {
             assert!((100..=110).contains(&request_limit_for_worker(&config)));
         }
+    }
+
+    #[test]
+    fn a_process_groups_rss_counts_every_member() {
+        use std::os::unix::process::CommandExt;
+        let mut leader = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let group = i32::try_from(leader.id()).unwrap();
+        let one = MemoryProbe::open(Pid::from_raw(group))
+            .unwrap()
+            .rss()
+            .unwrap();
+        let mut all = 0;
+        for _ in 0..100 {
+            all = process_group_rss(group);
+            if all > one {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10)); // the background sleep is starting
+        }
+        let _ = nix::sys::signal::killpg(Pid::from_raw(group), nix::sys::signal::Signal::SIGKILL);
+        let _ = leader.wait();
+        assert!(all > one, "group {all} vs leader {one}");
     }
 
     #[test]

@@ -36,6 +36,17 @@ enum Command {
     /// Validate the config and print the effective settings, defaults filled in
     /// (exit status 0 when valid, 2 when not).
     Check,
+    /// Scheduled jobs.
+    Cron {
+        #[command(subcommand)]
+        command: CronCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CronCommand {
+    /// Print every job with its schedule, next run and last result.
+    List,
 }
 
 fn main() -> ExitCode {
@@ -43,6 +54,9 @@ fn main() -> ExitCode {
     match cli.command {
         None => run(&cli.config),
         Some(Command::Check) => check(&cli.config),
+        Some(Command::Cron {
+            command: CronCommand::List,
+        }) => cron_list(&cli.config),
     }
 }
 
@@ -76,4 +90,80 @@ fn check(path: &Path) -> ExitCode {
         }
         Err(status) => status,
     }
+}
+
+fn cron_list(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(status) => return status,
+    };
+    let scheduler = match forkwarden::cron::Scheduler::new(&config, std::time::SystemTime::now()) {
+        Ok(scheduler) => scheduler,
+        Err(error) => {
+            eprintln!(
+                "forkwarden: cannot read cron state in {}: {error}",
+                config.data_dir.display()
+            );
+            return ExitCode::from(EXIT_START);
+        }
+    };
+    let rows: Vec<[String; 6]> = scheduler
+        .states()
+        .into_iter()
+        .map(|(job, state)| {
+            let schedule = match (&job.schedule, job.interval) {
+                (Some(expression), _) => expression.clone(),
+                (None, Some(interval)) => format!("every {interval}"),
+                (None, None) => String::new(),
+            };
+            [
+                job.name.clone(),
+                schedule,
+                forkwarden::cron::describe_time(state.next_run_ms),
+                forkwarden::cron::describe_time(state.last_start_ms),
+                if scheduler.is_running(job) {
+                    "running now".to_string()
+                } else if state.interrupted() {
+                    "interrupted: its cron worker died".to_string()
+                } else {
+                    state
+                        .last_result
+                        .clone()
+                        .unwrap_or_else(|| "never run".into())
+                },
+                state.consecutive_failures.to_string(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no [[cron]] jobs in {}", path.display());
+        return ExitCode::SUCCESS;
+    }
+    let header = [
+        "NAME",
+        "SCHEDULE",
+        "NEXT RUN",
+        "LAST START",
+        "LAST RESULT",
+        "FAILURES IN A ROW",
+    ];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let print = |cells: &[&str]| {
+        let line: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    };
+    print(&header);
+    for row in &rows {
+        print(&row.each_ref().map(String::as_str));
+    }
+    ExitCode::SUCCESS
 }

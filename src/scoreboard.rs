@@ -24,7 +24,12 @@ const REQUEST_LINE_LEN: usize = 4;
 const REQUEST_CPU_NS: usize = 5;
 /// Set by the master: finish the current request, keep no connection open, leave.
 const STOP_REQUESTED: usize = 6;
-const REQUEST_LINE: usize = 7;
+/// Process group of the cron job being run (0: none), for the master to kill or measure.
+const JOB_GROUP: usize = 7;
+/// Wall-clock limit (ms) of the current unit of work when it is not the role's default
+/// (a cron job's `timeout`); 0: none.
+const WORK_LIMIT_MS: usize = 8;
+const REQUEST_LINE: usize = 9;
 const REQUEST_LINE_WORDS: usize = 16;
 const ROW_WORDS: usize = REQUEST_LINE + REQUEST_LINE_WORDS;
 /// Longest `METHOD /target` kept for logs; longer ones are cut.
@@ -127,6 +132,10 @@ pub struct RowSnapshot {
     pub request: String,
     /// Process CPU time when the current (or last) request started.
     pub request_cpu: Duration,
+    /// Process group of the cron job being run.
+    pub job_group: Option<i32>,
+    /// Wall-clock limit of the current unit of work, when it has its own.
+    pub work_limit: Option<Duration>,
 }
 
 impl WorkerRow {
@@ -160,6 +169,21 @@ impl WorkerRow {
     pub fn set_request_cpu(&self, cpu: Duration) {
         let nanos = u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX);
         self.word(REQUEST_CPU_NS).store(nanos, Ordering::Relaxed);
+    }
+
+    /// Records the process group of the cron job now running (None: it ended).
+    pub fn set_job_group(&self, group: Option<i32>) {
+        let word = group.and_then(|pgid| u64::try_from(pgid).ok()).unwrap_or(0);
+        self.word(JOB_GROUP).store(word, Ordering::Release);
+    }
+
+    /// Records the wall-clock limit of the current unit of work (None: none).
+    pub fn set_work_limit(&self, limit: Option<Duration>) {
+        // 0 means "none", so a limit under a millisecond is stored as 1 ms.
+        let ms = limit.map_or(0, |limit| {
+            u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
+        self.word(WORK_LIMIT_MS).store(ms, Ordering::Release);
     }
 
     /// Whether the master asked this worker to leave after its current request.
@@ -231,6 +255,12 @@ impl WorkerRow {
                 .then(|| Duration::from_nanos(monotonic_now_ns().saturating_sub(started))),
             request: String::from_utf8_lossy(&line).into_owned(),
             request_cpu: Duration::from_nanos(self.word(REQUEST_CPU_NS).load(Ordering::Relaxed)),
+            job_group: i32::try_from(self.word(JOB_GROUP).load(Ordering::Acquire))
+                .ok()
+                .filter(|pgid| *pgid > 0),
+            work_limit: Some(self.word(WORK_LIMIT_MS).load(Ordering::Acquire))
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis),
         }
     }
 }

@@ -165,3 +165,73 @@ fn a_port_in_use_is_reported_and_nothing_is_forked() {
     );
     assert!(!stderr.contains("started as pid"), "{stderr}");
 }
+
+/// Asserts a config with `job` (a `[[cron]]` table) is rejected naming the job and `key`.
+fn assert_job_rejected(job: &str, key: &str, also: &str) {
+    let config = format!("workers = 1\n\n[[cron]]\n{job}");
+    let dir = tempfile::tempdir().unwrap();
+    let (status, stderr, _) = run_binary(dir.path(), &config, &[]);
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "config:\n{config}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(": {key}: ")),
+        "expected key {key} in:\n{stderr}"
+    );
+    assert!(stderr.contains(also), "expected {also:?} in:\n{stderr}");
+}
+
+#[test]
+fn each_bad_cron_job_is_rejected_with_its_name() {
+    assert_job_rejected(
+        "name = \"empty\"\ninterval = \"1m\"\ncommand = []\n",
+        "cron[0].command",
+        "cron job \"empty\": command is empty",
+    );
+    assert_job_rejected(
+        "name = \"typo\"\ninterval = \"1m\"\ncomand = [\"true\"]\n",
+        "cron[0].comand",
+        "cron job \"typo\": unknown field `comand`",
+    );
+    assert_job_rejected(
+        "name = \"bad-schedule\"\nschedule = \"61 * * * *\"\ncommand = [\"true\"]\n",
+        "cron[0].schedule",
+        "cron job \"bad-schedule\": cannot parse \"61 * * * *\"",
+    );
+    assert_job_rejected(
+        "name = \"both\"\nschedule = \"* * * * *\"\ninterval = \"1m\"\ncommand = [\"true\"]\n",
+        "cron[0].schedule",
+        "cron job \"both\": give exactly one of schedule",
+    );
+    assert_job_rejected(
+        "name = \"neither\"\ncommand = [\"true\"]\n",
+        "cron[0].name",
+        "cron job \"neither\": give exactly one of schedule",
+    );
+    assert_job_rejected(
+        "name = \"twice\"\ninterval = \"1m\"\ncommand = [\"true\"]\n\n\
+         [[cron]]\nname = \"twice\"\ninterval = \"2m\"\ncommand = [\"true\"]\n",
+        "cron[1].name",
+        "cron job \"twice\" is declared twice",
+    );
+    assert_job_rejected(
+        "name = \"../escape\"\ninterval = \"1m\"\ncommand = [\"true\"]\n",
+        "cron[0].name",
+        "cron job name \"../escape\" is not usable",
+    );
+}
+
+#[test]
+fn a_bad_job_is_located_at_its_own_line() {
+    let config = "workers = 1\n\n[[cron]]\nname = \"ok\"\ninterval = \"1m\"\ncommand = [\"true\"]\n\n\
+                  [[cron]]\nname = \"broken\"\nschedule = \"nope\"\ncommand = [\"true\"]\n";
+    let dir = tempfile::tempdir().unwrap();
+    let (status, stderr, _) = run_binary(dir.path(), config, &[]);
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        stderr.contains("forkwarden.toml:10: cron[1].schedule: cron job \"broken\""),
+        "{stderr}"
+    );
+}

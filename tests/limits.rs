@@ -125,6 +125,17 @@ fn a_request_past_limit_time_real_gets_504_and_idle_workers_are_left_alone() {
     // Exactly one worker was killed: the idle one and the one that served in time remain.
     let killed = server.log_matching("killed: ").len();
     assert_eq!(killed, 1, "{}", server.log_text());
+    let victim: i32 = line
+        .split("(pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|pid| pid.parse().ok())
+        .expect("the killed worker's pid");
+    assert!(before.contains(&victim));
+    assert!(
+        wait_until(SOON, || !is_alive(victim)),
+        "the hung worker is gone"
+    );
     let survivors = before.iter().filter(|pid| is_alive(**pid)).count();
     assert_eq!(survivors, 2, "idle workers are never killed for being idle");
 }

@@ -157,3 +157,28 @@ fn killing_the_master_takes_every_worker_with_it() {
         "workers still alive 2 s after the master died: {workers:?}"
     );
 }
+
+#[test]
+fn cron_workers_run_at_a_lower_priority_than_http_workers() {
+    let server = Server::start("workers = 1\nmax_cron_threads = 1");
+    let http = server.wait_for_workers("http worker", 1)[0];
+    let cron = server.wait_for_workers("cron worker", 1)[0];
+    let nice = |pid: i32| -> i32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Field 19 is the nice value; fields after the command name start at 3.
+        stat.rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(16)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        wait_until(SOON, || nice(cron) == nice(http) + 10),
+        "http {} cron {}",
+        nice(http),
+        nice(cron)
+    );
+}

@@ -7,6 +7,7 @@
 
 mod units;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -74,6 +75,43 @@ pub struct Config {
     pub demo_fault_endpoints: bool,
     /// Make every built-in app worker fail during boot (to see crash-loop protection).
     pub demo_crash_at_boot: bool,
+    /// Where cron job state and locks are kept (relative to the config file's directory).
+    pub data_dir: PathBuf,
+    /// Scheduled jobs, run by the cron workers (`[[cron]]` tables).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cron: Vec<CronJob>,
+}
+
+/// One `[[cron]]` job.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CronJob {
+    /// Unique; names the job in logs and its files under `data_dir`.
+    pub name: String,
+    /// A 5-field cron expression (`"0 2 * * *"`), in the server's local time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Or: run every this long, counted from the start of the previous run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<TimeSpan>,
+    /// Program and arguments; run directly, never through a shell.
+    pub command: Vec<String>,
+    /// Working directory (relative to the config file's directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
+    /// Variables added to the job's environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Wall-clock limit of one run; overrides `limit_time_real_cron` (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<TimeSpan>,
+    /// Run once at start a run that fell due while the server was down (Odoo's behaviour).
+    #[serde(default = "catch_up_default")]
+    pub catch_up: bool,
+}
+
+fn catch_up_default() -> bool {
+    true
 }
 
 impl Default for Config {
@@ -103,6 +141,8 @@ impl Default for Config {
             pidfile: None,
             demo_fault_endpoints: false,
             demo_crash_at_boot: false,
+            data_dir: PathBuf::from("forkwarden-data"),
+            cron: Vec::new(),
         }
     }
 }
@@ -197,16 +237,22 @@ impl Config {
         let mut config: Config = serde_path_to_error::deserialize(document).map_err(|error| {
             let key = key_path(error.path());
             let inner = error.into_inner();
-            invalid(inner.span(), key, friendly(inner.message()))
+            let message = match job_name_in(source, &key) {
+                Some(name) => format!("cron job {name:?}: {}", friendly(inner.message())),
+                None => friendly(inner.message()),
+            };
+            invalid(inner.span(), key, message)
         })?;
         if let Err((key, message)) = config.validate() {
-            return Err(invalid(span_of_key(source, key), key.to_string(), message));
+            return Err(invalid(span_of_path(source, &key), key, message));
         }
         let base = path.parent().unwrap_or(Path::new("."));
-        for file in [&mut config.logfile, &mut config.pidfile]
+        let relative_paths = [&mut config.logfile, &mut config.pidfile]
             .into_iter()
             .flatten()
-        {
+            .chain([&mut config.data_dir])
+            .chain(config.cron.iter_mut().filter_map(|job| job.cwd.as_mut()));
+        for file in relative_paths {
             if file.is_relative() {
                 *file = base.join(&*file);
             }
@@ -216,15 +262,21 @@ impl Config {
 
     /// Checks what each value alone cannot: combinations and the meaning of values.
     /// Returns the key to blame and what is wrong with it.
-    fn validate(&self) -> Result<(), (&'static str, String)> {
-        if self.workers == 0 && self.max_cron_threads == 0 {
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.workers == 0 && (self.max_cron_threads == 0 || self.cron.is_empty()) {
             return Err((
-                "workers",
-                "workers = 0 with max_cron_threads = 0 leaves nothing to run; \
-                 set workers to 1 or more (or run cron workers with max_cron_threads)"
+                "workers".into(),
+                "workers = 0 leaves nothing to run without cron workers and [[cron]] jobs; \
+                 set workers to 1 or more (or declare jobs and set max_cron_threads)"
                     .into(),
             ));
         }
+        self.validate_limits()
+            .map_err(|(key, message)| (key.to_string(), message))?;
+        self.validate_cron()
+    }
+
+    fn validate_limits(&self) -> Result<(), (&'static str, String)> {
         let (soft, hard) = (self.limit_memory_soft, self.limit_memory_hard);
         if !soft.is_zero() && !hard.is_zero() && soft > hard {
             return Err((
@@ -261,15 +313,78 @@ impl Config {
         Ok(())
     }
 
+    /// Each `[[cron]]` job: a usable name, a command, exactly one of schedule and interval.
+    fn validate_cron(&self) -> Result<(), (String, String)> {
+        let mut names = BTreeSet::new();
+        for (index, job) in self.cron.iter().enumerate() {
+            let at = |key: &str| format!("cron[{index}].{key}");
+            let name = &job.name;
+            let valid_name = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                && !name.starts_with('.');
+            if !valid_name {
+                return Err((
+                    at("name"),
+                    format!(
+                        "cron job name {name:?} is not usable: expected letters, digits, '.', '_' \
+                         or '-' (it names the job's files), not starting with '.'"
+                    ),
+                ));
+            }
+            if !names.insert(name.as_str()) {
+                return Err((at("name"), format!("cron job {name:?} is declared twice")));
+            }
+            if job.command.first().is_none_or(|program| program.is_empty()) {
+                return Err((
+                    at("command"),
+                    format!(
+                        "cron job {name:?}: command is empty; expected the program and its \
+                         arguments, e.g. [\"/usr/local/bin/report\", \"--yesterday\"]"
+                    ),
+                ));
+            }
+            match (&job.schedule, &job.interval) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err((
+                        at(if job.schedule.is_some() {
+                            "schedule"
+                        } else {
+                            "name"
+                        }),
+                        format!(
+                            "cron job {name:?}: give exactly one of schedule (e.g. \"0 2 * * *\") \
+                             and interval (e.g. \"15m\")"
+                        ),
+                    ));
+                }
+                (Some(expression), None) => {
+                    crate::cron::Schedule::cron(expression)
+                        .map_err(|why| (at("schedule"), format!("cron job {name:?}: {why}")))?;
+                }
+                (None, Some(interval)) if interval.is_zero() => {
+                    return Err((
+                        at("interval"),
+                        format!("cron job {name:?}: interval must be longer than 0"),
+                    ));
+                }
+                (None, Some(_)) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// The settings as TOML, every default filled in: what `forkwarden check` prints.
     pub fn effective_toml(&self) -> String {
-        let mut text = toml::to_string(self).unwrap_or_else(|error| format!("# {error}\n"));
+        let mut text = String::new();
         if self.logfile.is_none() {
             text.push_str("# logfile is not set: logs go to standard error\n");
         }
         if self.pidfile.is_none() {
             text.push_str("# pidfile is not set: no pid file is written\n");
         }
+        text.push_str(&toml::to_string(self).unwrap_or_else(|error| format!("# {error}\n")));
         text
     }
 
@@ -369,14 +484,55 @@ fn line_of(source: &str, offset: usize) -> usize {
     source[..offset.min(source.len())].matches('\n').count() + 1
 }
 
-/// Where top-level `key` is written in `source`, if it is.
-fn span_of_key(source: &str, key: &str) -> Option<std::ops::Range<usize>> {
-    let table = toml::de::DeTable::parse(source).ok()?;
-    table
+/// Where the key at `path` (`workers`, `cron[2].schedule`) is written in `source`, if it
+/// is; for a missing key inside a table, where that table starts.
+fn span_of_path(source: &str, path: &str) -> Option<std::ops::Range<usize>> {
+    fn find<'t, 'i>(
+        table: &'t toml::de::DeTable<'i>,
+        key: &str,
+    ) -> Option<(
+        std::ops::Range<usize>,
+        &'t toml::Spanned<toml::de::DeValue<'i>>,
+    )> {
+        table
+            .iter()
+            .find(|(name, _)| name.get_ref() == key)
+            .map(|(name, value)| (name.span(), value))
+    }
+    let document = toml::de::DeTable::parse(source).ok()?;
+    let (top, rest) = path
+        .split_once('[')
+        .map_or((path, None), |(top, rest)| (top, Some(rest)));
+    let (span, value) = find(document.get_ref(), top)?;
+    let Some(rest) = rest else {
+        return Some(span);
+    };
+    let (index, key) = rest.split_once("].")?;
+    let item = value
+        .get_ref()
+        .as_array()?
+        .get(index.parse::<usize>().ok()?)?;
+    let table = item.get_ref().as_table()?;
+    Some(find(table, key).map_or(item.span(), |(span, _)| span))
+}
+
+/// The name of the `[[cron]]` job a key path such as `cron[2].comand` points into.
+fn job_name_in(source: &str, key: &str) -> Option<String> {
+    let index: usize = key.strip_prefix("cron[")?.split(']').next()?.parse().ok()?;
+    let document = toml::de::DeTable::parse(source).ok()?;
+    let jobs = document
         .get_ref()
         .iter()
-        .find(|(name, _)| name.get_ref() == key)
-        .map(|(name, _)| name.span())
+        .find(|(name, _)| name.get_ref() == "cron")?
+        .1;
+    let job = jobs.get_ref().as_array()?.get(index)?;
+    let name = job
+        .get_ref()
+        .as_table()?
+        .iter()
+        .find(|(key, _)| key.get_ref() == "name")?
+        .1;
+    name.get_ref().as_str().map(str::to_string)
 }
 
 #[cfg(test)]
@@ -396,7 +552,11 @@ mod tests {
     #[test]
     fn empty_file_gives_odoo_defaults() {
         let config = parse("").unwrap();
-        assert_eq!(config, Config::default());
+        let expected = Config {
+            data_dir: PathBuf::from("/etc/fw/forkwarden-data"),
+            ..Config::default()
+        };
+        assert_eq!(config, expected);
         assert_eq!(config.limit_memory_hard, ByteSize(2560 << 20));
         assert_eq!(config.cron_time_limit(), Duration::from_secs(120));
     }

@@ -29,6 +29,7 @@ pub use pool::{Role, WorkerId};
 
 use crate::app::AppFactory;
 use crate::config::{Config, RESTART_ONLY_KEYS};
+use crate::format::elapsed;
 use crate::limits::{self, EXPIRY_GRACE, Enforcement, MasterLimits, Observation};
 use crate::log::Logging;
 use crate::notify::{self, Notification, Notifier, NotifyReceiver};
@@ -37,7 +38,7 @@ use crate::sys::{self, MASTER_SIGNALS};
 use crate::worker::{self, WorkerSpec};
 use pidfile::Pidfile;
 use pool::{Kill, PendingReport, Pool, RetireReason, Retiring, Worker};
-use report::{Ending, Exit, Verdict, format_uptime};
+use report::{Ending, Exit, Verdict};
 
 const SIGNALS: Token = Token(0);
 const NOTIFICATIONS: Token = Token(1);
@@ -60,6 +61,8 @@ pub enum MasterError {
     },
     #[error(transparent)]
     Pidfile(#[from] PidfileError),
+    #[error("cannot use data_dir {} for cron state: {source}", path.display())]
+    DataDir { path: PathBuf, source: io::Error },
     #[error("the master must be single-threaded to fork safely, but it has {0} threads")]
     Threaded(usize),
     #[error("cannot set up the event loop: {0}")]
@@ -85,6 +88,8 @@ pub struct Master {
     notifications: NotifyReceiver,
     listener: Option<TcpListener>,
     pool: Pool,
+    /// When this server started: cron runs due before it fell while the server was down.
+    started_at: std::time::SystemTime,
     limits: MasterLimits,
     /// When the workers' RSS and scoreboard rows are next looked at.
     next_limit_scan: Option<Instant>,
@@ -120,11 +125,20 @@ impl Master {
         } else {
             None
         };
+        if !config.cron.is_empty() {
+            crate::cron::JobStore::open(&config.data_dir).map_err(|source| {
+                MasterError::DataDir {
+                    path: config.data_dir.clone(),
+                    source,
+                }
+            })?;
+        }
         let pidfile = config.pidfile.as_deref().map(Pidfile::create).transpose()?;
         sys::set_process_title(&format!("forkwarden: master ({})", config_path.display()));
         Ok(Self {
             pool: Pool::new(config.workers, config.max_cron_threads),
             limits: MasterLimits::from_config(&config),
+            started_at: std::time::SystemTime::now(),
             next_limit_scan: None,
             next_request_deadline: None,
             config,
@@ -330,7 +344,7 @@ impl Master {
             let row = worker.row.snapshot();
             let state = match (row.state, row.busy_for) {
                 (WorkerState::Busy, Some(busy)) => {
-                    format!("busy for {} on {}", format_uptime(busy), row.request)
+                    format!("busy for {} on {}", elapsed(busy), row.request)
                 }
                 (WorkerState::Booting, _) => "booting".to_string(),
                 _ => "idle".to_string(),
@@ -349,7 +363,7 @@ impl Master {
                 worker.id,
                 worker.pid,
                 worker.generation,
-                format_uptime(now.saturating_duration_since(worker.started)),
+                elapsed(now.saturating_duration_since(worker.started)),
                 row.requests
             );
         }
@@ -397,7 +411,14 @@ impl Master {
         let row = worker.row.snapshot();
         // A worker that left Booting had reported ready, even if the datagram was not read.
         worker.ready |= row.state != WorkerState::Booting;
-        let report = report::report(&worker, exit, &row, &self.limits, now);
+        let mut report = report::report(&worker, exit, &row, &self.limits, now);
+        if let Some(group) = row.job_group {
+            // The cron worker died during a job: the job must not run on unsupervised.
+            let _ = nix::sys::signal::killpg(Pid::from_raw(group), Signal::SIGKILL);
+            report
+                .line
+                .push_str(&format!("; its job's process group {group} was killed"));
+        }
         let unexpected = report.verdict.is_unexpected();
         if report.verdict == Verdict::Critical && self.stopping.is_none() {
             error!("{}; stopping the server", report.line);
@@ -442,7 +463,7 @@ impl Master {
             } else {
                 warn!(
                     "{line}; restarting in {} ({} failed starts in a row)",
-                    format_uptime(delay),
+                    elapsed(delay),
                     self.pool.failures_in_a_row(id)
                 );
             }
@@ -498,13 +519,18 @@ impl Master {
             if worker.kill.is_some() {
                 continue;
             }
+            let row = worker.row.snapshot();
             if poll_memory {
-                worker.last_rss = worker.memory.as_ref().and_then(|probe| probe.rss().ok());
+                // A cron job's processes count towards its cron worker's memory.
+                let job = row.job_group.map_or(0, limits::process_group_rss);
+                let own = worker.memory.as_ref().and_then(|probe| probe.rss().ok());
+                worker.last_rss = own.map(|rss| rss + job);
             }
             let observation = Observation {
                 role: Some(worker.id.role),
                 age: now.saturating_duration_since(worker.started),
-                busy_for: worker.row.snapshot().busy_for,
+                busy_for: row.busy_for,
+                work_limit: row.work_limit,
                 rss: worker.last_rss.filter(|_| poll_memory),
                 leaving: worker.retiring.is_some(),
             };
@@ -591,7 +617,7 @@ impl Master {
                     }
                     error!(
                         "cannot start {id}: {error}; trying again in {}",
-                        format_uptime(SPAWN_RETRY)
+                        elapsed(SPAWN_RETRY)
                     );
                     self.pool.delay_slot(id, now + SPAWN_RETRY);
                 }
@@ -616,6 +642,7 @@ impl Master {
             notifier: &self.notifier,
             row: &row,
             app: &*self.app,
+            server_started: self.started_at,
         };
         let started = Instant::now();
         let pid = sys::fork_process(|| worker::run(spec))?;
@@ -693,7 +720,7 @@ impl Master {
                 "{} (pid {}) ready after {}",
                 worker.id,
                 worker.pid,
-                format_uptime(worker.started.elapsed())
+                elapsed(worker.started.elapsed())
             );
         }
     }

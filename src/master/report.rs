@@ -132,7 +132,7 @@ pub fn describe(
         "{} (pid {}) {what}{during} after {}, {work}",
         worker.id,
         worker.pid,
-        format_uptime(uptime)
+        crate::format::elapsed(uptime)
     );
     (line, unexpected && (uptime < FAST_FAILURE || !worker.ready))
 }
@@ -178,18 +178,6 @@ fn recycle_reason(reason: ExitReason, ending: Ending) -> String {
     }
 }
 
-/// `0.04s`, `12.3s`, `5m12s`, `2h3m`, `3d4h`.
-pub fn format_uptime(uptime: Duration) -> String {
-    let seconds = uptime.as_secs();
-    match seconds {
-        0 => format!("{:.2}s", uptime.as_secs_f64()),
-        1..60 => format!("{:.1}s", uptime.as_secs_f64()),
-        60..3600 => format!("{}m{}s", seconds / 60, seconds % 60),
-        3600..86400 => format!("{}h{}m", seconds / 3600, seconds % 3600 / 60),
-        _ => format!("{}d{}h", seconds / 86400, seconds % 86400 / 3600),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +216,8 @@ mod tests {
             busy_for: None,
             request: String::new(),
             request_cpu: Duration::ZERO,
+            job_group: None,
+            work_limit: None,
         }
     }
 
@@ -352,18 +342,6 @@ mod tests {
             report
                 .line
                 .contains("failed to start: exited with status 1")
-        );
-    }
-
-    #[test]
-    fn uptimes_read_naturally() {
-        assert_eq!(format_uptime(Duration::from_millis(40)), "0.04s");
-        assert_eq!(format_uptime(Duration::from_millis(12_340)), "12.3s");
-        assert_eq!(format_uptime(Duration::from_secs(312)), "5m12s");
-        assert_eq!(format_uptime(Duration::from_secs(7380)), "2h3m");
-        assert_eq!(
-            format_uptime(Duration::from_secs(3 * 86400 + 4 * 3600)),
-            "3d4h"
         );
     }
 }

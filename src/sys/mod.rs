@@ -5,7 +5,7 @@
 //! with a `SAFETY:` comment on every `unsafe` block saying why it is sound.
 //!
 //! - [`process`]: fork (with signals blocked across it), immediate exit, reaping with CPU
-//!   usage, single-thread check.
+//!   usage, pidfds, preparing a job for exec, single-thread check.
 //! - [`signals`]: the worker's signal handlers (stop, log reopen, request limits) and the
 //!   signal-mask-aware waits built on them.
 //! - [`shm`]: anonymous shared memory that the master and one worker both see.
@@ -17,7 +17,9 @@ mod shm;
 mod signals;
 mod title;
 
-pub use process::{fork_process, reap_child, thread_count};
+pub use process::{
+    fork_process, lower_priority, pidfd_open, reap_child, supervise_job, thread_count,
+};
 pub use shm::SharedWords;
 pub use signals::{MASTER_SIGNALS, RequestLimitSignals, WorkerSignals};
 pub use title::{init_process_title, set_process_title};

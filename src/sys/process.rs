@@ -117,3 +117,72 @@ pub fn reap_child() -> nix::Result<Option<Reaped>> {
         Err(errno) => Err(errno),
     }
 }
+
+/// A descriptor that becomes readable when process `pid` exits (`pidfd_open(2)`, Linux
+/// 5.3+), so a wait for a child can sit in `poll` with a timeout, beside other descriptors.
+pub fn pidfd_open(pid: Pid) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no
+    // memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::other("pidfd out of range"))?;
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Signals a forked worker may have set to "ignore", which exec would otherwise pass on.
+const IGNORED_IN_WORKERS: [libc::c_int; 6] = [
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGUSR2,
+    libc::SIGPIPE,
+];
+
+/// Prepares `command` to run as a supervised job: between fork and exec the child sets its
+/// parent-death signal to SIGKILL (it must not outlive the cron worker that waits for it),
+/// checks that the cron worker is still there, and puts every signal back to its default
+/// action (std resets only the mask and SIGPIPE). Use it with `process_group(0)`, so that a
+/// kill of the group reaches the job's children too.
+pub fn supervise_job(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = nix::unistd::getpid().as_raw();
+    let hook = move || -> std::io::Result<()> {
+        // SAFETY: only async-signal-safe calls (prctl, getppid, signal), as required
+        // between fork and exec; no allocation, no lock.
+        unsafe {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("the cron worker is gone"));
+            }
+            for signal in IGNORED_IN_WORKERS {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook above only makes async-signal-safe calls.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
+/// Lowers this process's scheduling priority by `increment` (`nice(2)`); its future
+/// children inherit the new value.
+pub fn lower_priority(increment: i32) -> nix::Result<()> {
+    nix::errno::Errno::clear();
+    // SAFETY: nice(2) takes an integer and returns one; -1 is a valid result, so errno
+    // (cleared just before) tells a failure apart.
+    let result = unsafe { libc::nice(increment) };
+    match nix::errno::Errno::last() {
+        nix::errno::Errno::UnknownErrno => Ok(()),
+        errno if result == -1 => Err(errno),
+        _ => Ok(()),
+    }
+}

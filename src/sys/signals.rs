@@ -90,6 +90,14 @@ impl WorkerSignals {
         })
     }
 
+    /// Waits that do not touch the signal mask, for unit tests (no handlers installed).
+    #[cfg(test)]
+    pub fn for_tests() -> Self {
+        Self {
+            wait_mask: SigSet::thread_get_mask().unwrap_or_else(|_| SigSet::empty()),
+        }
+    }
+
     /// True once SIGTERM or SIGINT has arrived: finish the current request, then exit.
     pub fn stop_requested(&self) -> bool {
         STOP_REQUESTED.load(Ordering::SeqCst)

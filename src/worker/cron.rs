@@ -1,17 +1,55 @@
-//! The cron worker's loop.
+//! The cron worker's loop: run every due job (claiming each run, see [`crate::cron`]),
+//! then sleep until the next due time, a signal, or a change of the wall clock.
 //!
-//! Cron workers are forked, supervised, limited and replaced exactly like HTTP workers.
-//! Running scheduled jobs in them is the cron issue's work; until then a cron worker reports
-//! ready and waits to be stopped, which keeps the population, signals and respawn logic
-//! identical for both roles.
+//! There is no polling interval: the sleep is an absolute CLOCK_REALTIME timer that the
+//! kernel also ends when the clock is set, so a clock change cannot make a job late.
 
-use tracing::warn;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{Outcome, PARENT_CHECK_INTERVAL, WorkerSpec, reopen_log_if_asked, stop_reason};
-use crate::scoreboard::WorkerState;
+use nix::poll::{PollFd, PollFlags};
+use nix::sys::time::TimeSpec;
+use nix::sys::timer::{Expiration, TimerSetTimeFlags};
+use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
+use tracing::{debug, error, info, warn};
+
+use super::{Outcome, WorkerSpec, reopen_log_if_asked, stop_reason};
+use crate::cron::{self, Claim, Scheduler, Turn, describe_time, to_ms};
+use crate::scoreboard::{ExitReason, WorkerState};
 use crate::sys::WorkerSignals;
 
+/// How long to wait before looking again at a job whose state could not be read or written.
+const STORE_ERROR_RETRY: Duration = Duration::from_secs(60);
+
+/// How much lower a cron worker's priority is than an HTTP worker's (Odoo's +10), so that
+/// scheduled work yields the CPU to requests; its jobs inherit it.
+const CRON_NICENESS: i32 = 10;
+
 pub(super) fn run(spec: &WorkerSpec<'_>, signals: &WorkerSignals) -> Outcome {
+    if let Err(errno) = crate::sys::lower_priority(CRON_NICENESS) {
+        warn!("{}: cannot lower its priority: {errno}", spec.name());
+    }
+    let scheduler = match Scheduler::new(spec.config, spec.server_started) {
+        Ok(scheduler) => scheduler,
+        Err(error) => {
+            error!(
+                "{}: cannot use data_dir {}: {error}",
+                spec.name(),
+                spec.config.data_dir.display()
+            );
+            return Outcome::BootFailed;
+        }
+    };
+    let alarm = match TimerFd::new(
+        ClockId::CLOCK_REALTIME,
+        TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK,
+    ) {
+        Ok(alarm) => alarm,
+        Err(errno) => {
+            error!("{}: cannot create its timer: {errno}", spec.name());
+            return Outcome::BootFailed;
+        }
+    };
     spec.row.set_state(WorkerState::Idle);
     if let Err(error) = spec.notifier.send("READY=1") {
         warn!(
@@ -19,11 +57,128 @@ pub(super) fn run(spec: &WorkerSpec<'_>, signals: &WorkerSignals) -> Outcome {
             spec.name()
         );
     }
-    loop {
-        if let Some(reason) = stop_reason(spec, signals) {
-            return Outcome::Left(reason);
+    if spec.config.cron.is_empty() {
+        debug!("{}: no [[cron]] jobs are configured", spec.name());
+    }
+    let worker = CronWorker {
+        spec,
+        signals,
+        scheduler,
+        alarm,
+    };
+    Outcome::Left(worker.serve())
+}
+
+struct CronWorker<'a> {
+    spec: &'a WorkerSpec<'a>,
+    signals: &'a WorkerSignals,
+    scheduler: Scheduler<'a>,
+    alarm: TimerFd,
+}
+
+impl CronWorker<'_> {
+    fn serve(&self) -> ExitReason {
+        loop {
+            if let Some(reason) = stop_reason(self.spec, self.signals) {
+                return reason;
+            }
+            reopen_log_if_asked(self.spec, self.signals);
+            let next = self.run_due_jobs();
+            if stop_reason(self.spec, self.signals).is_none() {
+                self.sleep_until(next);
+            }
         }
-        reopen_log_if_asked(spec, signals);
-        let _ = signals.poll(&mut [], Some(PARENT_CHECK_INTERVAL));
+    }
+
+    /// Runs each job that is due, one after the other; returns when the next one is due.
+    fn run_due_jobs(&self) -> Option<SystemTime> {
+        let mut earliest: Option<SystemTime> = None;
+        for index in 0..self.spec.config.cron.len() {
+            if stop_reason(self.spec, self.signals).is_some() {
+                break;
+            }
+            let now = SystemTime::now();
+            let next = match self.scheduler.turn(index, now) {
+                Ok(Turn::Wait(at)) => Some(at),
+                Ok(Turn::Run(claim)) => self.run_claimed(claim),
+                Err(error) => {
+                    let name = &self.spec.config.cron[index].name;
+                    warn!(
+                        "cron job {name}: its state cannot be used ({error}); trying again later"
+                    );
+                    Some(now + STORE_ERROR_RETRY)
+                }
+            };
+            earliest = match (earliest, next) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        earliest
+    }
+
+    fn run_claimed(&self, claim: Claim<'_>) -> Option<SystemTime> {
+        let job = claim.job;
+        let row = self.spec.row;
+        let limit = self.scheduler.limit_of(job);
+        row.begin_request("job", &job.name);
+        row.set_work_limit(limit.map(|(limit, _)| limit));
+        let started = Instant::now();
+        let mut job_pid = None;
+        let ending = cron::run(job, limit, self.signals, |pid| {
+            row.set_job_group(Some(pid.as_raw()));
+            job_pid = Some(pid);
+            info!(
+                "cron job {} started as pid {pid} by {} (run {})",
+                job.name,
+                self.spec.name(),
+                claim.runs()
+            );
+        });
+        row.set_job_group(None);
+        row.set_work_limit(None);
+        row.end_request();
+        let took = crate::format::elapsed(started.elapsed());
+        let next = self.scheduler.finish(claim, &ending, SystemTime::now());
+        let who = job_pid.map_or(String::new(), |pid| format!(" (pid {pid})"));
+        let next_text = describe_time(next.map(to_ms));
+        if ending.succeeded() {
+            info!(
+                "cron job {}{who} {ending} after {took}; next run {next_text}",
+                job.name
+            );
+        } else {
+            warn!(
+                "cron job {}{who} failed: {ending} after {took}; next run {next_text}",
+                job.name
+            );
+        }
+        next
+    }
+
+    /// Sleeps until `at` (wall clock), a signal, or a change of the clock; without `at`,
+    /// until a signal.
+    fn sleep_until(&self, at: Option<SystemTime>) {
+        let armed = at.map(|at| {
+            let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+            // A zero expiration would disarm the timer; a due time is never at the epoch.
+            let when = TimeSpec::from(since_epoch.max(Duration::from_nanos(1)));
+            self.alarm.set(
+                Expiration::OneShot(when),
+                TimerSetTimeFlags::TFD_TIMER_ABSTIME | TimerSetTimeFlags::TFD_TIMER_CANCEL_ON_SET,
+            )
+        });
+        if let Some(Err(errno)) = armed {
+            warn!(
+                "{}: cannot set its timer ({errno}); checking again in a second",
+                self.spec.name()
+            );
+            let _ = self.signals.poll(&mut [], Some(Duration::from_secs(1)));
+            return;
+        }
+        let mut fds = [PollFd::new(self.alarm.as_fd(), PollFlags::POLLIN)];
+        let _ = self.signals.poll(&mut fds, None);
+        // Consume the expiry (ECANCELED when the clock was set; EAGAIN when a signal woke us).
+        let _ = self.alarm.wait();
     }
 }

@@ -43,6 +43,8 @@ pub struct WorkerSpec<'a> {
     pub notifier: &'a Notifier,
     pub row: &'a WorkerRow,
     pub app: &'a AppFactory,
+    /// When the server started (cron runs due before it were missed while it was down).
+    pub server_started: std::time::SystemTime,
 }
 
 impl WorkerSpec<'_> {

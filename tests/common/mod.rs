@@ -90,10 +90,28 @@ impl Server {
     }
 
     /// Starts a server without waiting for anything (for cron-only or failing configs).
+    /// `{dir}` in `overrides` stands for the server's own temporary directory.
     pub fn spawn(overrides: &str) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("forkwarden.toml");
-        std::fs::write(&config_path, config_text(overrides)).expect("write config");
+        let text = config_text(overrides).replace("{dir}", &dir.path().display().to_string());
+        std::fs::write(&config_path, text).expect("write config");
+        Self::spawn_in(dir, config_path)
+    }
+
+    /// Stops this server (SIGTERM, waiting for it) and starts a new one on the same
+    /// directory and config: what a restart leaves on disk is what the new one finds.
+    pub fn restart(mut self) -> Server {
+        self.signal(Signal::SIGTERM);
+        assert!(self.wait_exit(SOON).is_some_and(|status| status.success()));
+        let placeholder = tempfile::tempdir().expect("temp dir");
+        let dir = std::mem::replace(&mut self.dir, placeholder);
+        let config_path = self.config_path.clone();
+        drop(self);
+        Self::spawn_in(dir, config_path)
+    }
+
+    fn spawn_in(dir: tempfile::TempDir, config_path: PathBuf) -> Server {
         let mut child = Command::new(BINARY)
             .arg("--config")
             .arg(&config_path)
@@ -236,6 +254,21 @@ impl Server {
             "{request} never showed as in flight; log:\n{}",
             self.log_text()
         );
+    }
+
+    /// Asks for status snapshots until one shows every worker of `role` idle.
+    pub fn wait_until_idle(&self, role: &str) {
+        let prefix = format!("status: {role} ");
+        let idle = wait_until(SOON, || {
+            let before = self.log_matching(&prefix).len();
+            self.signal(Signal::SIGQUIT);
+            let mut fresh = Vec::new();
+            wait_until(Duration::from_millis(200), || {
+                fresh = self.log_matching(&prefix).split_off(before);
+                !fresh.is_empty()
+            }) && fresh.iter().all(|line| line.contains("): idle"))
+        });
+        assert!(idle, "{role}s never all idle; log:\n{}", self.log_text());
     }
 
     /// Waits for the master to exit; returns its status.
@@ -428,5 +461,18 @@ pub fn run_binary(dir: &Path, config: &str, args: &[&str]) -> (ExitStatus, Strin
         status.expect("exit status"),
         std::fs::read_to_string(stderr_path).unwrap_or_default(),
         std::fs::read_to_string(stdout_path).unwrap_or_default(),
+    )
+}
+
+/// Runs `forkwarden cron list` on `config`; returns (exit status, stdout).
+pub fn cron_list(config: &Path) -> (ExitStatus, String) {
+    let output = Command::new(BINARY)
+        .args(["cron", "list", "--config"])
+        .arg(config)
+        .output()
+        .expect("run forkwarden cron list");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
     )
 }

@@ -1,0 +1,324 @@
+//! Cron: scheduled jobs run by the cron workers, each due run exactly once.
+//!
+//! A job is due at its `next_run` (persisted under `data_dir`). A cron worker claims a due
+//! run by taking the job's lock ([`store::JobStore::try_lock`]) and, under it, re-reading
+//! the state and writing the claim: the start time and the *following* due time. Only then
+//! does it run the job. So:
+//! - two cron workers (or hosts sharing `data_dir`) never run a job at the same time;
+//! - a worker killed mid-run loses the lock with its life, and the run is not repeated at
+//!   once (the claim already moved `next_run`): the job runs again at its next due time,
+//!   and the interrupted run is recorded as a failure by whoever claims it next;
+//! - a run that fell due while the server was down runs once at start with
+//!   `catch_up = true` (the default, Odoo's behaviour), and is skipped (logged) otherwise.
+
+mod runner;
+mod schedule;
+mod store;
+
+use std::io;
+use std::time::{Duration, SystemTime};
+
+use tracing::{info, warn};
+
+pub use runner::{RunEnding, run};
+pub use schedule::Schedule;
+pub use store::{JobLock, JobState, JobStore, from_ms, to_ms};
+
+use crate::config::{Config, CronJob};
+
+/// How soon to look again at a due job whose lock is held but whose claim is not yet
+/// written (the holder is between taking the lock and writing the claim: microseconds).
+const CLAIM_RACE_RETRY: Duration = Duration::from_millis(50);
+
+/// The jobs of a config, with their schedules.
+pub struct Scheduler<'a> {
+    jobs: Vec<(&'a CronJob, Schedule)>,
+    store: JobStore,
+    default_limit: Duration,
+    /// Runs due before this instant fell due while the server was down.
+    server_started: SystemTime,
+}
+
+/// What a cron worker should do about one job now.
+pub enum Turn<'a> {
+    /// Nothing until this time.
+    Wait(SystemTime),
+    /// Run it: the claim is written and the lock is held until [`Claim`] is finished.
+    Run(Claim<'a>),
+}
+
+/// A claimed run of a job.
+pub struct Claim<'a> {
+    pub job: &'a CronJob,
+    state: JobState,
+    _lock: JobLock,
+}
+
+impl Claim<'_> {
+    pub fn runs(&self) -> u64 {
+        self.state.runs
+    }
+}
+
+impl<'a> Scheduler<'a> {
+    /// The jobs of `config`, stored under its `data_dir`.
+    pub fn new(config: &'a Config, server_started: SystemTime) -> io::Result<Self> {
+        let mut jobs = Vec::with_capacity(config.cron.len());
+        for job in &config.cron {
+            let schedule = match (&job.schedule, job.interval) {
+                (Some(expression), _) => Schedule::cron(expression).map_err(io::Error::other)?,
+                (None, Some(interval)) => Schedule::Every(interval.duration()),
+                (None, None) => return Err(io::Error::other("job without a schedule")),
+            };
+            jobs.push((job, schedule));
+        }
+        Ok(Self {
+            jobs,
+            store: JobStore::open(&config.data_dir)?,
+            default_limit: config.cron_time_limit(),
+            server_started,
+        })
+    }
+
+    pub fn jobs(&self) -> impl Iterator<Item = &'a CronJob> + '_ {
+        self.jobs.iter().map(|(job, _)| *job)
+    }
+
+    /// The wall-clock limit of one run of `job`, and the key that sets it.
+    pub fn limit_of(&self, job: &CronJob) -> Option<(Duration, &'static str)> {
+        let (limit, key) = match job.timeout {
+            Some(timeout) => (timeout.duration(), "timeout"),
+            None => (self.default_limit, "limit_time_real_cron"),
+        };
+        Some((limit, key)).filter(|(limit, _)| !limit.is_zero())
+    }
+
+    /// Decides about job number `index` at `now`: wait (until when), or run (claimed).
+    pub fn turn(&self, index: usize, now: SystemTime) -> io::Result<Turn<'a>> {
+        let (job, schedule) = &self.jobs[index];
+        let due = self.load(job).next_run();
+        if let Some(due) = due
+            && due > now
+        {
+            return Ok(Turn::Wait(due));
+        }
+        let Some(lock) = self.store.try_lock(&job.name)? else {
+            // Another worker holds it: it is writing its claim, or running the job.
+            return Ok(Turn::Wait(now + CLAIM_RACE_RETRY));
+        };
+        let mut state = self.load(job);
+        let never_scheduled = state.next_run().is_none();
+        match state.next_run() {
+            Some(due) if due > now => return Ok(Turn::Wait(due)),
+            None => {
+                // First sight of this job: schedule its first run.
+                let first = schedule.first_due(now).unwrap_or(now);
+                state.next_run_ms = Some(to_ms(first));
+                if first > now {
+                    self.store.save(&job.name, &state)?;
+                    return Ok(Turn::Wait(first));
+                }
+            }
+            Some(_) => {}
+        }
+        if state.interrupted() {
+            warn!(
+                "cron job {}: its previous run (started {}) never finished: its cron worker \
+                 died; counted as failed",
+                job.name,
+                describe_time(state.last_start_ms)
+            );
+            state.last_end_ms = state.last_start_ms;
+            state.last_result = Some("interrupted: its cron worker died".into());
+            state.last_succeeded = Some(false);
+            state.consecutive_failures += 1;
+        }
+        let following = schedule.next_after(now);
+        let missed = !never_scheduled && due.is_some_and(|due| due < self.server_started);
+        if missed && !job.catch_up {
+            info!(
+                "cron job {}: the run due {} fell while the server was down; skipped \
+                 (catch_up = false); next run {}",
+                job.name,
+                describe_time(state.next_run_ms),
+                describe_time(following.map(to_ms))
+            );
+            state.next_run_ms = following.map(to_ms);
+            self.store.save(&job.name, &state)?;
+            return Ok(Turn::Wait(
+                following.unwrap_or(now + Duration::from_secs(86_400)),
+            ));
+        }
+        if missed {
+            info!(
+                "cron job {}: the run due {} fell while the server was down; running it now \
+                 (catch_up = true)",
+                job.name,
+                describe_time(state.next_run_ms)
+            );
+        }
+        state.last_start_ms = Some(to_ms(now));
+        state.next_run_ms = following.map(to_ms);
+        state.runs += 1;
+        self.store.save(&job.name, &state)?;
+        Ok(Turn::Run(Claim {
+            job,
+            state,
+            _lock: lock,
+        }))
+    }
+
+    /// Records how a claimed run ended, and releases the job; returns when it is next due.
+    pub fn finish(
+        &self,
+        mut claim: Claim<'a>,
+        ending: &RunEnding,
+        now: SystemTime,
+    ) -> Option<SystemTime> {
+        let state = &mut claim.state;
+        state.last_end_ms = Some(to_ms(now).max(state.last_start_ms.unwrap_or(i64::MIN)));
+        state.last_result = Some(ending.to_string());
+        state.last_succeeded = Some(ending.succeeded());
+        state.consecutive_failures = if ending.succeeded() {
+            0
+        } else {
+            state.consecutive_failures + 1
+        };
+        if let Err(error) = self.store.save(&claim.job.name, state) {
+            warn!(
+                "cron job {}: cannot record its result: {error}",
+                claim.job.name
+            );
+        }
+        state.next_run()
+    }
+
+    /// The state of `job`; a corrupt state file is logged and the job starts afresh.
+    fn load(&self, job: &CronJob) -> JobState {
+        self.store.load(&job.name).unwrap_or_else(|error| {
+            warn!(
+                "cron job {}: its state file is unreadable ({error}); starting afresh",
+                job.name
+            );
+            JobState::default()
+        })
+    }
+
+    /// Every job with its state, for `forkwarden cron list`.
+    pub fn states(&self) -> Vec<(&'a CronJob, JobState)> {
+        self.jobs
+            .iter()
+            .map(|(job, _)| (*job, self.load(job)))
+            .collect()
+    }
+
+    /// Whether some process holds `job`'s lock now: it is running.
+    pub fn is_running(&self, job: &CronJob) -> bool {
+        matches!(self.store.try_lock(&job.name), Ok(None))
+    }
+}
+
+/// A stored time in local time, as `2026-11-25 19:00:00 +00:00`; `never` when absent.
+pub fn describe_time(ms: Option<i64>) -> String {
+    match ms {
+        None => "never".to_string(),
+        Some(ms) => {
+            let local: chrono::DateTime<chrono::Local> = from_ms(ms).into();
+            local.format("%Y-%m-%d %H:%M:%S %:z").to_string()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TimeSpan;
+
+    fn config(dir: &std::path::Path, catch_up: bool) -> Config {
+        Config {
+            data_dir: dir.to_path_buf(),
+            cron: vec![CronJob {
+                name: "tick".into(),
+                schedule: None,
+                interval: Some(TimeSpan::secs(60)),
+                command: vec!["true".into()],
+                cwd: None,
+                env: Default::default(),
+                timeout: None,
+                catch_up,
+            }],
+            ..Config::default()
+        }
+    }
+
+    fn expect_run<'a>(turn: Turn<'a>) -> Claim<'a> {
+        match turn {
+            Turn::Run(claim) => claim,
+            Turn::Wait(at) => panic!("expected a run, got a wait until {at:?}"),
+        }
+    }
+
+    #[test]
+    fn an_interval_job_runs_at_once_then_after_its_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), true);
+        let now = SystemTime::now();
+        let scheduler = Scheduler::new(&config, now).unwrap();
+        let claim = expect_run(scheduler.turn(0, now).unwrap());
+        // While claimed, no one else may run it.
+        assert!(matches!(scheduler.turn(0, now).unwrap(), Turn::Wait(_)));
+        let next = scheduler.finish(claim, &RunEnding::Exited(0), now).unwrap();
+        assert_eq!(to_ms(next), to_ms(now + Duration::from_secs(60)));
+        assert!(matches!(scheduler.turn(0, now).unwrap(), Turn::Wait(at) if at == next));
+        let state = &scheduler.states()[0].1;
+        assert_eq!((state.runs, state.last_succeeded), (1, Some(true)));
+    }
+
+    #[test]
+    fn a_run_interrupted_by_a_dead_worker_is_not_repeated_at_once_and_counts_as_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), true);
+        let now = SystemTime::now();
+        let scheduler = Scheduler::new(&config, now).unwrap();
+        let claim = expect_run(scheduler.turn(0, now).unwrap());
+        drop(claim); // the worker died: lock released, no result recorded
+        let later = now + Duration::from_secs(5);
+        assert!(
+            matches!(scheduler.turn(0, later).unwrap(), Turn::Wait(_)),
+            "not doubled"
+        );
+        let next_due = now + Duration::from_secs(60);
+        let claim = expect_run(scheduler.turn(0, next_due).unwrap());
+        scheduler.finish(claim, &RunEnding::Exited(0), next_due);
+        let state = &scheduler.states()[0].1;
+        assert_eq!(state.runs, 2, "retried at its next due time");
+    }
+
+    #[test]
+    fn a_missed_run_is_caught_up_once_or_skipped() {
+        for catch_up in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = config(dir.path(), catch_up);
+            let store = JobStore::open(dir.path()).unwrap();
+            let now = SystemTime::now();
+            let missed = JobState {
+                next_run_ms: Some(to_ms(now - Duration::from_secs(3600))),
+                ..JobState::default()
+            };
+            store.save("tick", &missed).unwrap();
+            let scheduler = Scheduler::new(&config, now).unwrap();
+            match scheduler.turn(0, now).unwrap() {
+                Turn::Run(claim) => {
+                    assert!(catch_up);
+                    scheduler.finish(claim, &RunEnding::Exited(0), now);
+                }
+                Turn::Wait(at) => {
+                    assert!(!catch_up);
+                    assert!(at > now);
+                }
+            }
+            // Either way, once: nothing more is due now.
+            assert!(matches!(scheduler.turn(0, now).unwrap(), Turn::Wait(_)));
+        }
+    }
+}

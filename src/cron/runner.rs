@@ -1,0 +1,328 @@
+//! Running one job: its own process group, its output logged line by line, and a
+//! wall-clock limit that kills the whole group, children included.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tracing::{info, warn};
+
+use crate::config::CronJob;
+use crate::sys::{self, WorkerSignals};
+
+/// Longest output line logged as one; longer ones are split.
+const MAX_LINE: usize = 8 * 1024;
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum RunEnding {
+    Exited(i32),
+    Signaled(i32),
+    /// Past its wall-clock limit: the whole process group was killed.
+    TimedOut {
+        ran: Duration,
+        limit: Duration,
+        key: &'static str,
+    },
+    CouldNotStart(io::Error),
+}
+
+impl RunEnding {
+    pub fn succeeded(&self) -> bool {
+        matches!(self, Self::Exited(0))
+    }
+}
+
+impl fmt::Display for RunEnding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exited(status) => write!(f, "exited with status {status}"),
+            Self::Signaled(signal) => {
+                let name = Signal::try_from(*signal).map_or("a signal", Signal::as_str);
+                write!(f, "killed by {name}")
+            }
+            Self::TimedOut { ran, limit, key } => write!(
+                f,
+                "killed with its process group: {key} exceeded (running {:.2}s > {}s)",
+                ran.as_secs_f64(),
+                limit.as_secs_f64()
+            ),
+            Self::CouldNotStart(error) => write!(f, "could not start: {error}"),
+        }
+    }
+}
+
+/// Runs `job` to its end. `limit` is its wall-clock limit (`timeout`, or
+/// `limit_time_real_cron`; `key` names which); `started` learns the job's pid (which is also
+/// its process group) as soon as it runs.
+pub fn run(
+    job: &CronJob,
+    limit: Option<(Duration, &'static str)>,
+    signals: &WorkerSignals,
+    started: impl FnOnce(Pid),
+) -> RunEnding {
+    let mut command = Command::new(&job.command[0]);
+    command
+        .args(&job.command[1..])
+        .envs(&job.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if let Some(cwd) = &job.cwd {
+        command.current_dir(cwd);
+    }
+    sys::supervise_job(&mut command);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(error) => return RunEnding::CouldNotStart(error),
+    };
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    started(pid);
+    match Watch::new(job, &mut child) {
+        Ok(mut watch) => watch.until_exit(&mut child, pid, limit, signals),
+        Err(error) => {
+            let _ = killpg(pid, Signal::SIGKILL);
+            let _ = child.wait();
+            RunEnding::CouldNotStart(error)
+        }
+    }
+}
+
+/// A running job: the descriptor that tells when it exits, and its two output pipes.
+struct Watch<'a> {
+    exited: OwnedFd,
+    output: [Output<'a>; 2],
+}
+
+impl<'a> Watch<'a> {
+    fn new(job: &'a CronJob, child: &mut Child) -> io::Result<Self> {
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+        let stdout = child.stdout.take().map(OwnedFd::from);
+        let stderr = child.stderr.take().map(OwnedFd::from);
+        let (Some(stdout), Some(stderr)) = (stdout, stderr) else {
+            return Err(io::Error::other("the job's output pipes are missing"));
+        };
+        Ok(Self {
+            exited: sys::pidfd_open(pid)?,
+            output: [
+                Output::new(&job.name, "", stdout)?,
+                Output::new(&job.name, " [stderr]", stderr)?,
+            ],
+        })
+    }
+
+    fn until_exit(
+        &mut self,
+        child: &mut Child,
+        pid: Pid,
+        limit: Option<(Duration, &'static str)>,
+        signals: &WorkerSignals,
+    ) -> RunEnding {
+        let start = Instant::now();
+        loop {
+            let ran = start.elapsed();
+            if let Some((limit, key)) = limit
+                && ran >= limit
+            {
+                let _ = killpg(pid, Signal::SIGKILL);
+                let _ = child.wait();
+                self.drain();
+                return RunEnding::TimedOut { ran, limit, key };
+            }
+            let mut fds = vec![PollFd::new(self.exited.as_fd(), PollFlags::POLLIN)];
+            fds.extend(
+                self.output
+                    .iter()
+                    .filter_map(|output| output.pipe.as_ref())
+                    .map(|pipe| PollFd::new(pipe.as_fd(), PollFlags::POLLIN)),
+            );
+            let wait = limit.map(|(limit, _)| limit.saturating_sub(ran));
+            // A stop request (SIGTERM) only ends this wait: the job is let finish, and the
+            // master kills what is left after graceful_timeout.
+            let _ = signals.poll(&mut fds, wait);
+            let has_exited = fds[0].any().unwrap_or(false);
+            drop(fds);
+            self.drain();
+            if has_exited {
+                return match child.wait() {
+                    Ok(status) => match (status.code(), status.signal()) {
+                        (Some(code), _) => RunEnding::Exited(code),
+                        (None, Some(signal)) => RunEnding::Signaled(signal),
+                        (None, None) => RunEnding::Exited(-1),
+                    },
+                    Err(error) => RunEnding::CouldNotStart(error),
+                };
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        for output in &mut self.output {
+            output.read_available();
+        }
+    }
+}
+
+/// One output pipe of a job, logged line by line as it arrives.
+struct Output<'a> {
+    job: &'a str,
+    tag: &'static str,
+    /// None once the job closed it.
+    pipe: Option<File>,
+    partial: Vec<u8>,
+}
+
+impl<'a> Output<'a> {
+    fn new(job: &'a str, tag: &'static str, pipe: OwnedFd) -> io::Result<Self> {
+        fcntl(&pipe, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        Ok(Self {
+            job,
+            tag,
+            pipe: Some(File::from(pipe)),
+            partial: Vec::new(),
+        })
+    }
+
+    /// Reads what the job wrote so far and logs each complete line; never blocks.
+    fn read_available(&mut self) {
+        let mut chunk = [0u8; 8192];
+        loop {
+            let Some(pipe) = self.pipe.as_mut() else {
+                return;
+            };
+            match pipe.read(&mut chunk) {
+                Ok(0) => {
+                    self.pipe = None;
+                    self.flush();
+                    return;
+                }
+                Ok(read) => self.partial.extend_from_slice(&chunk[..read]),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => {
+                    warn!("cron job {}: reading its output failed: {error}", self.job);
+                    self.pipe = None;
+                    break;
+                }
+            }
+            while let Some(end) = self.partial.iter().position(|byte| *byte == b'\n') {
+                let line: Vec<u8> = self.partial.drain(..=end).collect();
+                self.log(&line[..line.len() - 1]);
+            }
+            if self.partial.len() >= MAX_LINE {
+                let line = std::mem::take(&mut self.partial);
+                self.log(&line);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.log(&line);
+        }
+    }
+
+    fn log(&self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        info!(
+            "cron job {}{}: {}",
+            self.job,
+            self.tag,
+            text.trim_end_matches('\r')
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(command: &[&str]) -> CronJob {
+        CronJob {
+            name: "test".into(),
+            schedule: None,
+            interval: None,
+            command: command.iter().map(|part| part.to_string()).collect(),
+            cwd: None,
+            env: [("FW_TEST".to_string(), "yes".to_string())].into(),
+            timeout: None,
+            catch_up: true,
+        }
+    }
+
+    #[test]
+    fn endings_read_naturally() {
+        assert_eq!(RunEnding::Exited(0).to_string(), "exited with status 0");
+        assert!(RunEnding::Exited(0).succeeded());
+        assert_eq!(RunEnding::Signaled(9).to_string(), "killed by SIGKILL");
+        let timed_out = RunEnding::TimedOut {
+            ran: Duration::from_millis(1004),
+            limit: Duration::from_secs(1),
+            key: "timeout",
+        };
+        assert_eq!(
+            timed_out.to_string(),
+            "killed with its process group: timeout exceeded (running 1.00s > 1s)"
+        );
+    }
+
+    #[test]
+    fn a_missing_program_cannot_start() {
+        let signals = WorkerSignals::for_tests();
+        let ending = run(&job(&["/nonexistent/program"]), None, &signals, |_| {});
+        assert!(matches!(ending, RunEnding::CouldNotStart(_)), "{ending:?}");
+    }
+
+    #[test]
+    fn the_exit_status_and_environment_reach_the_caller() {
+        let signals = WorkerSignals::for_tests();
+        let mut pid = None;
+        let ending = run(
+            &job(&["sh", "-c", "test \"$FW_TEST\" = yes && exit 7"]),
+            None,
+            &signals,
+            |started| pid = Some(started),
+        );
+        assert!(matches!(ending, RunEnding::Exited(7)), "{ending:?}");
+        assert!(pid.is_some());
+    }
+
+    #[test]
+    fn past_its_limit_the_whole_group_is_killed() {
+        let signals = WorkerSignals::for_tests();
+        let dir = tempfile::tempdir().unwrap();
+        let child_pid = dir.path().join("child.pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", child_pid.display());
+        let limit = Some((Duration::from_millis(300), "timeout"));
+        let ending = run(&job(&["sh", "-c", &script]), limit, &signals, |_| {});
+        assert!(matches!(ending, RunEnding::TimedOut { .. }), "{ending:?}");
+        let sleeper: i32 = std::fs::read_to_string(&child_pid)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The background child was in the job's group: SIGKILL reaches it too. Delivery is
+        // asynchronous, so poll (bounded) until it is gone or a zombie awaiting its reaper.
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{sleeper}/stat")).is_ok_and(|stat| {
+                let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+                !state.starts_with('Z')
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while alive() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!alive(), "the job's child survived the timeout");
+    }
+}

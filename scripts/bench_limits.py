@@ -20,8 +20,8 @@ import argparse
 import threading
 import time
 
-from fwbench import (Server, build, http_get, is_gone, machine, rss_bytes, summary, wait_for,
-                     write_docs_section)
+from fwbench import (Server, build, http_get, is_gone, machine, publish, rss_bytes, summary,
+                     wait_for)
 
 MIB = 1 << 20
 FAST_FAILURE_S = 1.1
@@ -101,10 +101,7 @@ def main():
     ]
     for name, (to_gone, to_serving) in rows:
         lines.append(f"| {name} | {summary(to_gone)} | {summary(to_serving)} |")
-    table = "\n".join(lines)
-    print(table)
-    if args.write_docs:
-        write_docs_section("bench_limits", "## Limit enforcement\n\n" + table)
+    publish("bench_limits", "Limit enforcement", lines, args.write_docs)
 
 
 if __name__ == "__main__":

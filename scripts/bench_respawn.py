@@ -19,7 +19,7 @@ import signal
 import statistics
 import time
 
-from fwbench import Server, build, http_get, machine, summary, write_docs_section
+from fwbench import Server, build, http_get, machine, publish, summary
 
 TICKS = os.sysconf("SC_CLK_TCK")
 # A worker younger than this that dies is a failed start to the master (crash-loop backoff).
@@ -93,10 +93,7 @@ def main():
         f"| {cpu:.2f} s |",
         f"| worker RSS (median) | {statistics.median(worker_rss):.0f} KiB |",
     ]
-    table = "\n".join(lines)
-    print(table)
-    if args.write_docs:
-        write_docs_section("bench_respawn", "## Respawn and master cost\n\n" + table)
+    publish("bench_respawn", "Respawn and master cost", lines, args.write_docs)
 
 
 if __name__ == "__main__":

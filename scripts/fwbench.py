@@ -158,6 +158,14 @@ def write_docs_section(name, markdown):
         f.write(text)
 
 
+def publish(section, title, lines, write_docs):
+    """Prints a result table; with write_docs, also puts it in docs/benchmarks.md."""
+    table = "\n".join(lines)
+    print(table)
+    if write_docs:
+        write_docs_section(section, f"## {title}\n\n{table}")
+
+
 def summary(samples_ms):
     """`median / max` of a list of milliseconds."""
     return f"{statistics.median(samples_ms):.1f} / {max(samples_ms):.1f} ms"

@@ -220,6 +220,9 @@ impl Connection {
         // The whole head must arrive within the socket timeout, not each piece of it:
         // otherwise a client sending a byte now and then could hold the worker forever.
         let deadline = self.socket_timeout.map(|timeout| Instant::now() + timeout);
+        // The first read may use the socket's standing timeout, which is the whole budget at
+        // that moment: most heads arrive in one read, which then costs no setsockopt.
+        let mut first_read = true;
         loop {
             if !self.buffer.is_empty()
                 && let Some(parsed) = self.parse_head()?
@@ -230,7 +233,9 @@ impl Connection {
                 return Err(ReadError::Reject(431, "request header fields too large"));
             }
             let nothing_yet = self.buffer.is_empty();
-            match self.fill(deadline) {
+            let read = self.fill(if first_read { None } else { deadline });
+            first_read = false;
+            match read {
                 Ok(0) if nothing_yet => return Err(ReadError::Closed),
                 Ok(0) => {
                     return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{SOON, Server, cron_list, is_alive, wait_until};
+use common::{SOON, Server, cron_list, is_alive, pid_after, wait_until};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -143,12 +143,7 @@ fn a_sigkilled_cron_worker_takes_its_job_down_and_the_run_is_not_doubled() {
          command = [\"sh\", \"-c\", \"echo run >> {dir}/runs; sleep 60\"]\n",
     );
     let started = server.wait_for_log("cron job long started as pid ");
-    let job: i32 = started
-        .split("as pid ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|pid| pid.parse().ok())
-        .expect("job pid");
+    let job = pid_after(&started, "as pid ");
     let runs = server.dir.path().join("runs");
     assert!(
         wait_until(SOON, || lines_of(&runs).len() == 1),

@@ -5,7 +5,7 @@ mod common;
 
 use std::thread;
 
-use common::{Reply, SOON, Server, http_get, is_alive, wait_until};
+use common::{Reply, SOON, Server, http_get, is_alive, pid_after, wait_until};
 
 /// Starts `path` on one worker and returns the thread that will hold its reply, once the
 /// request is known to be in flight.
@@ -14,14 +14,6 @@ fn in_flight(server: &Server, path: &'static str) -> thread::JoinHandle<Reply> {
     let handle = thread::spawn(move || http_get(port, path));
     server.wait_until_busy_with(&format!("GET {path}"));
     handle
-}
-
-/// The pid in a log line's `respawned as pid N` ending.
-fn respawned_pid(line: &str) -> i32 {
-    line.rsplit("respawned as pid ")
-        .next()
-        .and_then(|pid| pid.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no replacement pid in {line:?}"))
 }
 
 #[test]
@@ -38,7 +30,7 @@ fn rss_past_limit_memory_hard_is_killed_while_others_finish() {
         line.contains(" WARN ") && line.contains(" > 64 MiB)"),
         "{line}"
     );
-    let replacement = respawned_pid(&line);
+    let replacement = pid_after(&line, "respawned as pid ");
     assert!(wait_until(SOON, || is_alive(replacement)), "{line}");
     let reply = other.join().unwrap();
     assert_eq!(
@@ -74,7 +66,7 @@ fn past_limit_memory_soft_the_request_succeeds_then_the_worker_recycles() {
         line.contains(" INFO ") && line.contains(" > 48 MiB)"),
         "{line}"
     );
-    let replacement = respawned_pid(&line);
+    let replacement = pid_after(&line, "respawned as pid ");
     assert!(wait_until(SOON, || server.get("/pid").body.trim()
         == replacement.to_string()));
     assert_ne!(server.get("/pid").body, first);
@@ -125,12 +117,7 @@ fn a_request_past_limit_time_real_gets_504_and_idle_workers_are_left_alone() {
     // Exactly one worker was killed: the idle one and the one that served in time remain.
     let killed = server.log_matching("killed: ").len();
     assert_eq!(killed, 1, "{}", server.log_text());
-    let victim: i32 = line
-        .split("(pid ")
-        .nth(1)
-        .and_then(|rest| rest.split(')').next())
-        .and_then(|pid| pid.parse().ok())
-        .expect("the killed worker's pid");
+    let victim = pid_after(&line, "(pid ");
     assert!(before.contains(&victim));
     assert!(
         wait_until(SOON, || !is_alive(victim)),
@@ -152,6 +139,6 @@ fn a_cron_worker_older_than_limit_time_worker_cron_is_replaced() {
         line.contains(" INFO ") && line.contains("respawned as pid"),
         "{line}"
     );
-    let replacement = respawned_pid(&line);
+    let replacement = pid_after(&line, "respawned as pid ");
     assert!(wait_until(SOON, || !is_alive(first) && is_alive(replacement)));
 }

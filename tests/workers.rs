@@ -6,7 +6,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{KeepAlive, SOON, Server, is_alive, log_interval, process_title, wait_until};
+use common::{
+    KeepAlive, SOON, Server, is_alive, log_interval, pid_after, process_title, wait_until,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -80,7 +82,7 @@ fn a_killed_worker_is_replaced_and_the_log_says_how() {
         line.contains("requests served; respawned as pid "),
         "{line}"
     );
-    let new_pid: i32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let new_pid = pid_after(&line, "respawned as pid ");
     let after = server.wait_for_workers("http worker", 2);
     assert!(
         after.contains(&new_pid) && !after.contains(&victim),

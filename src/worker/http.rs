@@ -11,7 +11,9 @@ use nix::poll::{PollFd, PollFlags};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use tracing::{debug, error, warn};
 
-use super::{Outcome, PARENT_CHECK_INTERVAL, WorkerSpec, reopen_log_if_asked, stop_reason};
+use super::{
+    Outcome, PARENT_CHECK_INTERVAL, WorkerSpec, reopen_log_if_asked, stop_reason, told_to_stop,
+};
 use crate::app::{App, Request, Response, WorkerInfo};
 use crate::http::{Connection, ReadError, is_disconnect};
 use crate::limits::{self, CpuBudget};
@@ -218,9 +220,10 @@ impl HttpWorker<'_> {
     }
 
     /// Whether this worker will serve another request after the current one.
+    /// No system call: this runs on every request.
     fn will_serve_another(&self) -> bool {
         let last = self.limit_request > 0 && self.spec.row.requests() + 1 >= self.limit_request;
-        !last && self.exit_reason().is_none()
+        !last && !self.panicked && !told_to_stop(self.spec, self.signals)
     }
 
     /// Gives the request about to run its `limit_time_cpu` budget.

@@ -125,13 +125,19 @@ pub fn run(spec: WorkerSpec<'_>) -> i32 {
 
 /// Common checks between two units of work: should this worker leave now, and why?
 fn stop_reason(spec: &WorkerSpec<'_>, signals: &WorkerSignals) -> Option<ExitReason> {
-    if signals.stop_requested() || spec.row.stop_requested() {
+    if told_to_stop(spec, signals) {
         Some(ExitReason::Stopped)
     } else if spec.orphaned() {
         Some(ExitReason::MasterGone)
     } else {
         None
     }
+}
+
+/// Whether the master told this worker to leave (SIGTERM, or its scoreboard flag). Only
+/// memory reads: cheap enough for the per-request path, unlike the parent check.
+fn told_to_stop(spec: &WorkerSpec<'_>, signals: &WorkerSignals) -> bool {
+    signals.stop_requested() || spec.row.stop_requested()
 }
 
 /// Reopens the log file if the master asked (SIGUSR1).

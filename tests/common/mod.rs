@@ -302,6 +302,20 @@ impl Drop for Server {
     }
 }
 
+/// The pid written right after `marker` in a log line (`respawned as pid 4390`,
+/// `(pid 4312)`); panics, showing the line, when there is none.
+pub fn pid_after(line: &str, marker: &str) -> i32 {
+    line.split(marker)
+        .nth(1)
+        .map(|rest| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or_else(|| panic!("no pid after {marker:?} in {line:?}"))
+}
+
 /// Time between two log lines, by the server's own timestamps (across midnight too).
 pub fn log_interval(earlier: &str, later: &str) -> Duration {
     const DAY: Duration = Duration::from_secs(86_400);

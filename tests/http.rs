@@ -73,3 +73,73 @@ fn a_worker_is_recycled_after_limit_request_requests() {
     let fourth = server.get("/pid").body;
     assert_ne!(fourth, first, "a new worker serves the fourth request");
 }
+
+/// Runs `clients` keep-alive clients, each sending `/` until `requests` are done or `stop`
+/// is set; returns every status they got (0: a request that got no response).
+fn keep_alive_load(
+    port: u16,
+    clients: usize,
+    requests: usize,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<u16> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut connection = KeepAlive::connect(port);
+                    let mut statuses = Vec::new();
+                    while statuses.len() < requests
+                        && !stop.load(std::sync::atomic::Ordering::SeqCst)
+                    {
+                        statuses.push(connection.get("/").status);
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| handle.join().unwrap())
+            .collect()
+    })
+}
+
+#[test]
+fn more_keep_alive_clients_than_workers_all_get_answers() {
+    let server = Server::start("workers = 1");
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let statuses = keep_alive_load(server.port, 4, 300, &never);
+    assert_eq!(statuses.len(), 1200);
+    let failed = statuses.iter().filter(|status| **status != 200).count();
+    assert_eq!(failed, 0, "requests lost on kept-alive connections");
+}
+
+#[test]
+fn reloads_and_scaling_under_keep_alive_load_lose_no_request() {
+    use nix::sys::signal::Signal;
+    let server = Server::start("workers = 2");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let statuses = std::thread::scope(|scope| {
+        let load = scope.spawn(|| keep_alive_load(server.port, 4, 100_000, &stop));
+        for round in 1..=3 {
+            for signal in [Signal::SIGHUP, Signal::SIGTTIN, Signal::SIGTTOU] {
+                server.signal(signal);
+            }
+            server.wait_for_log(&format!("starting generation {}", round + 1));
+            server.wait_for_workers("http worker", 2);
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        load.join().unwrap()
+    });
+    assert!(
+        statuses.len() > 100,
+        "the load ran: {} requests",
+        statuses.len()
+    );
+    let failed = statuses.iter().filter(|status| **status != 200).count();
+    assert_eq!(failed, 0, "{failed} of {} requests lost", statuses.len());
+    assert_eq!(
+        server.log_matching("stopped (replaced after reload)").len(),
+        6
+    );
+}

@@ -4,9 +4,8 @@
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::panic::{self, AssertUnwindSafe};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use tracing::{debug, error, warn};
@@ -23,6 +22,25 @@ use crate::sys::{RequestLimitSignals, WorkerSignals};
 /// How long a worker pauses accepting after the process or system ran out of descriptors or
 /// memory for a new connection, instead of spinning on a listener that stays readable.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// How long a kept-alive client may take to send its next request when other connections
+/// are waiting for this worker: an active client sends at once; past this it is idle.
+const KEEP_ALIVE_YIELD_GRACE: Duration = Duration::from_millis(50);
+
+/// What came of waiting on a kept-alive connection.
+enum NextRequest {
+    /// The client sent another request; `last`: answer it with `Connection: close`.
+    Arrived { last: bool },
+    /// Nothing to serve: close the connection.
+    None,
+}
+
+/// A poll(2) timeout: `None` waits for ever; longer waits are capped (poll takes an i32 of ms).
+fn poll_timeout(wait: Option<Duration>) -> nix::poll::PollTimeout {
+    wait.map_or(nix::poll::PollTimeout::NONE, |wait| {
+        nix::poll::PollTimeout::try_from(wait).unwrap_or(nix::poll::PollTimeout::MAX)
+    })
+}
 
 pub(super) fn run(
     spec: &WorkerSpec<'_>,
@@ -176,6 +194,8 @@ impl HttpWorker<'_> {
                 return;
             }
         };
+        // Set when the next request on this connection must be its last (see below).
+        let mut last_on_connection = false;
         loop {
             let request = match connection.read_request() {
                 Ok(request) => request,
@@ -204,7 +224,8 @@ impl HttpWorker<'_> {
                 .answer_to(Some(connection.stream().as_fd()));
             let response = self.call_app(&request);
             self.limit_signals.answer_to(None);
-            let keep_alive = request.wants_keep_alive() && self.will_serve_another();
+            let keep_alive =
+                request.wants_keep_alive() && !last_on_connection && self.will_serve_another();
             let written = connection.write_response(&request, &response, keep_alive);
             self.spec.row.end_request();
             if let Err(error) = written {
@@ -213,8 +234,12 @@ impl HttpWorker<'_> {
                 }
                 return;
             }
-            if !keep_alive || !self.await_next_request(&connection) {
+            if !keep_alive {
                 return;
+            }
+            match self.await_next_request(&connection) {
+                NextRequest::Arrived { last } => last_on_connection = last,
+                NextRequest::None => return,
             }
         }
     }
@@ -253,31 +278,57 @@ impl HttpWorker<'_> {
         }
     }
 
-    /// Waits for the next request on a kept-alive connection. Gives up (closing it) when the
-    /// client stays silent for the socket timeout, when a stop is requested, or when a new
-    /// connection is waiting: an idle keep-alive client must not starve other clients.
-    fn await_next_request(&self, connection: &Connection) -> bool {
+    /// Waits for the next request on a kept-alive connection.
+    ///
+    /// The client was told the connection stays open, so closing it while it may be sending
+    /// would fail that request. Instead, when this worker is needed elsewhere (connections
+    /// wait on the listener) or must leave (it was told to stop), the client's next request
+    /// is still served, as the connection's last (`Connection: close`): an active client
+    /// sends it at once; one silent past [`KEEP_ALIVE_YIELD_GRACE`] (or the socket timeout,
+    /// when stopping) is idle, and an idle connection may be closed (RFC 9112, 9.3.1).
+    fn await_next_request(&self, connection: &Connection) -> NextRequest {
         if connection.has_buffered_input() {
-            return true;
+            return NextRequest::Arrived { last: false };
         }
-        let timeout = self.spec.config.http_socket_timeout.duration();
+        let timeout =
+            Some(self.spec.config.http_socket_timeout.duration()).filter(|t| !t.is_zero());
+        let started = Instant::now();
         let mut fds = [
             PollFd::new(connection.stream().as_fd(), PollFlags::POLLIN),
             PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
         ];
-        match self
-            .signals
-            .poll(&mut fds, Some(timeout).filter(|t| !t.is_zero()))
-        {
-            Ok(0) | Err(Errno::EINTR) => false,
-            Ok(_) => fds[0].any().unwrap_or(false),
-            Err(errno) => {
-                debug!(
-                    "{}: waiting on a kept-alive connection failed: {errno}",
-                    self.spec.name()
-                );
-                false
+        let ready = self.signals.poll(&mut fds, timeout);
+        let client_sent = fds[0].any().unwrap_or(false);
+        let others_waiting = fds[1].any().unwrap_or(false);
+        if told_to_stop(self.spec, self.signals) {
+            let left = timeout.map(|timeout| timeout.saturating_sub(started.elapsed()));
+            return self.last_request_within(connection, client_sent, left);
+        }
+        match ready {
+            Ok(ready) if ready > 0 && others_waiting => {
+                self.last_request_within(connection, client_sent, Some(KEEP_ALIVE_YIELD_GRACE))
             }
+            Ok(_) if client_sent => NextRequest::Arrived { last: false },
+            // The client stayed silent for the socket timeout, or polling failed.
+            _ => NextRequest::None,
+        }
+    }
+
+    /// The connection's last request, if the client sends it within `wait` (None: forever).
+    fn last_request_within(
+        &self,
+        connection: &Connection,
+        already_sent: bool,
+        wait: Option<Duration>,
+    ) -> NextRequest {
+        if already_sent {
+            return NextRequest::Arrived { last: true };
+        }
+        let mut fds = [PollFd::new(connection.stream().as_fd(), PollFlags::POLLIN)];
+        // Deferred signals are already noted; a plain poll keeps them from cutting this wait.
+        match nix::poll::poll(&mut fds, poll_timeout(wait)) {
+            Ok(ready) if ready > 0 => NextRequest::Arrived { last: true },
+            _ => NextRequest::None,
         }
     }
 }

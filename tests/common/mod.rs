@@ -373,9 +373,12 @@ pub fn http_get(port: u16, path: &str) -> Reply {
     parse_reply(&send_raw(port, request.as_bytes()))
 }
 
-/// A keep-alive connection for sending several requests in a row.
+/// A keep-alive connection for sending several requests in a row. Like any correct HTTP/1.1
+/// client, it opens a new connection after a response that said `Connection: close`.
 pub struct KeepAlive {
+    port: u16,
     stream: BufReader<TcpStream>,
+    closed_by_server: bool,
 }
 
 impl KeepAlive {
@@ -383,21 +386,26 @@ impl KeepAlive {
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         stream.set_read_timeout(Some(SOON)).unwrap();
         KeepAlive {
+            port,
             stream: BufReader::new(stream),
+            closed_by_server: false,
         }
     }
 
-    /// Sends `GET path` and reads the response (framed by Content-Length).
+    /// Sends `GET path` and reads the response (framed by Content-Length); status 0 when
+    /// the server closed the connection without answering.
     pub fn get(&mut self, path: &str) -> Reply {
+        if self.closed_by_server {
+            *self = KeepAlive::connect(self.port);
+        }
         let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
-        self.stream
-            .get_mut()
-            .write_all(request.as_bytes())
-            .expect("send");
+        if self.stream.get_mut().write_all(request.as_bytes()).is_err() {
+            return parse_reply("");
+        }
         let mut head = String::new();
         loop {
             let mut line = String::new();
-            let read = self.stream.read_line(&mut line).expect("read head");
+            let read = self.stream.read_line(&mut line).unwrap_or(0);
             if read == 0 || line == "\r\n" {
                 break;
             }
@@ -409,7 +417,10 @@ impl KeepAlive {
             .and_then(|value| value.trim().parse().ok())
             .unwrap_or(0);
         let mut body = vec![0; length];
-        self.stream.read_exact(&mut body).expect("read body");
+        if self.stream.read_exact(&mut body).is_err() {
+            return parse_reply("");
+        }
+        self.closed_by_server = head.contains("Connection: close");
         let mut reply = parse_reply(&head);
         reply.body = String::from_utf8_lossy(&body).into_owned();
         reply

@@ -374,7 +374,8 @@ pub fn http_get(port: u16, path: &str) -> Reply {
 }
 
 /// A keep-alive connection for sending several requests in a row. Like any correct HTTP/1.1
-/// client, it opens a new connection after a response that said `Connection: close`.
+/// client, it opens a new connection after a response that said `Connection: close`, and
+/// after a request that failed (it does not retry the failed request itself).
 pub struct KeepAlive {
     port: u16,
     stream: BufReader<TcpStream>,
@@ -400,6 +401,7 @@ impl KeepAlive {
         }
         let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
         if self.stream.get_mut().write_all(request.as_bytes()).is_err() {
+            self.closed_by_server = true;
             return parse_reply("");
         }
         let mut head = String::new();
@@ -417,7 +419,9 @@ impl KeepAlive {
             .and_then(|value| value.trim().parse().ok())
             .unwrap_or(0);
         let mut body = vec![0; length];
-        if self.stream.read_exact(&mut body).is_err() {
+        if head.is_empty() || self.stream.read_exact(&mut body).is_err() {
+            // No (whole) response: the connection is dead; the next request reconnects.
+            self.closed_by_server = true;
             return parse_reply("");
         }
         self.closed_by_server = head.contains("Connection: close");

@@ -25,18 +25,27 @@ def build():
 
 
 def http_get(port, path, timeout=30.0):
-    """GET path over a fresh connection; returns (status, body). Status 0: no response."""
+    """GET path over a fresh connection; returns (status, body). Status 0: no response.
+    Reads until the body announced by Content-Length is complete, or the server closes:
+    not every server closes when asked to."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
         conn.sendall(f"GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n".encode())
         data = b""
         try:
-            while chunk := conn.recv(65536):
+            while not _complete(data) and (chunk := conn.recv(65536)):
                 data += chunk
         except ConnectionResetError:
             pass
     head, _, body = data.partition(b"\r\n\r\n")
     match = re.match(rb"HTTP/1\.1 (\d+)", head)
     return (int(match.group(1)) if match else 0), body.decode(errors="replace")
+
+
+def _complete(data):
+    """Whether `data` holds a whole response framed by Content-Length."""
+    head, separator, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    return bool(separator) and length is not None and len(body) >= int(length.group(1))
 
 
 def proc_state(pid):

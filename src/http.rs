@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Largest request line plus headers.
@@ -161,24 +161,31 @@ pub struct Connection {
     read_timeout: Option<Duration>,
 }
 
+/// Sets on a listening socket the options every connection accepted from it needs: no
+/// Nagle delay, and `socket_timeout` on each read and write. Linux copies them to every
+/// socket accepted from it, so no connection pays a system call for them.
+pub fn configure_listener(
+    listener: &TcpListener,
+    socket_timeout: Option<Duration>,
+) -> io::Result<()> {
+    let socket = socket2::SockRef::from(listener);
+    socket.set_tcp_nodelay(true)?;
+    socket.set_read_timeout(socket_timeout)?;
+    socket.set_write_timeout(socket_timeout)
+}
+
 impl Connection {
-    /// Wraps an accepted stream. `socket_timeout` bounds each read and write and the time to
-    /// receive a request head; `max_body` bounds request bodies (None: unlimited).
-    pub fn new(
-        stream: TcpStream,
-        socket_timeout: Option<Duration>,
-        max_body: Option<u64>,
-    ) -> io::Result<Self> {
-        stream.set_nodelay(true)?;
-        stream.set_write_timeout(socket_timeout)?;
-        stream.set_read_timeout(socket_timeout)?;
-        Ok(Self {
+    /// Wraps a stream accepted from a listener set up by [`configure_listener`] with the same
+    /// `socket_timeout`, which bounds each read and write and the time to receive a request
+    /// head; `max_body` bounds request bodies (None: unlimited).
+    pub fn new(stream: TcpStream, socket_timeout: Option<Duration>, max_body: Option<u64>) -> Self {
+        Self {
             stream,
             buffer: Vec::with_capacity(READ_CHUNK),
             socket_timeout,
             max_body,
             read_timeout: socket_timeout,
-        })
+        }
     }
 
     pub fn stream(&self) -> &TcpStream {
@@ -583,7 +590,6 @@ fn reason_phrase(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
 
     /// A connection whose client side has sent `input` (and then, if `close`, closed).
     fn connection_with(
@@ -591,16 +597,16 @@ mod tests {
         close: bool,
         max_body: Option<u64>,
     ) -> (Connection, TcpStream) {
+        let timeout = Some(Duration::from_millis(300));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        configure_listener(&listener, timeout).unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
         client.write_all(input).unwrap();
         if close {
             client.shutdown(std::net::Shutdown::Write).unwrap();
         }
-        let connection =
-            Connection::new(server, Some(Duration::from_millis(300)), max_body).unwrap();
-        (connection, client)
+        (Connection::new(server, timeout, max_body), client)
     }
 
     fn status_of(result: Result<Request, ReadError>) -> u16 {

@@ -418,6 +418,11 @@ impl Config {
         self.pidfile.clone_from(&running.pidfile);
     }
 
+    /// `http_socket_timeout`, None when it is 0 (no timeout).
+    pub fn socket_timeout(&self) -> Option<Duration> {
+        Some(self.http_socket_timeout.duration()).filter(|timeout| !timeout.is_zero())
+    }
+
     /// The wall-clock limit of one cron job (zero: none).
     pub fn cron_time_limit(&self) -> Duration {
         match self.limit_time_real_cron {

@@ -284,6 +284,12 @@ impl Master {
         }
         self.config = new;
         self.limits = MasterLimits::from_config(&self.config);
+        if let Some(listener) = &self.listener
+            && let Err(error) =
+                crate::http::configure_listener(listener, self.config.socket_timeout())
+        {
+            error!("SIGHUP: cannot apply http_socket_timeout to the listening socket: {error}");
+        }
         let generation = self.pool.next_generation();
         self.pool.set_wanted(Role::Http, self.config.workers);
         self.pool
@@ -739,6 +745,10 @@ impl Master {
 fn bind_http(config: &Config) -> Result<TcpListener, MasterError> {
     let address = SocketAddr::new(config.http_interface, config.http_port);
     let listener = listener::bind(address, config.listen_backlog)
+        .and_then(|listener| {
+            crate::http::configure_listener(&listener, config.socket_timeout())?;
+            Ok(listener)
+        })
         .map_err(|source| MasterError::Bind { address, source })?;
     let bound = listener.local_addr()?;
     info!("listening on http://{bound}");

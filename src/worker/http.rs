@@ -10,9 +10,7 @@ use nix::poll::{PollFd, PollFlags};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use tracing::{debug, error, warn};
 
-use super::{
-    Outcome, PARENT_CHECK_INTERVAL, WorkerSpec, reopen_log_if_asked, stop_reason, told_to_stop,
-};
+use super::{Outcome, PARENT_CHECK_INTERVAL, WorkerSpec, reopen_log_if_asked, told_to_stop};
 use crate::app::{App, Request, Response, WorkerInfo};
 use crate::http::{Connection, ReadError, is_disconnect};
 use crate::limits::{self, CpuBudget};
@@ -149,6 +147,8 @@ impl HttpWorker<'_> {
                 .signals
                 .epoll_wait(epoll, &mut events, PARENT_CHECK_INTERVAL)
             {
+                // Idle: the time to check that the master is still there.
+                Ok(0) if self.spec.orphaned() => return ExitReason::MasterGone,
                 Ok(0) => continue,
                 Ok(_) => {}
                 Err(errno) => {
@@ -180,20 +180,14 @@ impl HttpWorker<'_> {
         if self.limit_request > 0 && self.spec.row.requests() >= self.limit_request {
             return Some(ExitReason::LimitRequest);
         }
-        stop_reason(self.spec, self.signals)
+        // The parent check (a system call) is left to idle wake-ups, see `serve`.
+        told_to_stop(self.spec, self.signals).then_some(ExitReason::Stopped)
     }
 
     fn serve_connection(&mut self, stream: TcpStream) {
         let config = self.spec.config;
-        let timeout = Some(config.http_socket_timeout.duration()).filter(|t| !t.is_zero());
         let max_body = Some(config.http_max_body_size.bytes()).filter(|max| *max > 0);
-        let mut connection = match Connection::new(stream, timeout, max_body) {
-            Ok(connection) => connection,
-            Err(error) => {
-                debug!("{}: cannot set up a connection: {error}", self.spec.name());
-                return;
-            }
-        };
+        let mut connection = Connection::new(stream, config.socket_timeout(), max_body);
         // Set when the next request on this connection must be its last (see below).
         let mut last_on_connection = false;
         loop {
@@ -290,8 +284,7 @@ impl HttpWorker<'_> {
         if connection.has_buffered_input() {
             return NextRequest::Arrived { last: false };
         }
-        let timeout =
-            Some(self.spec.config.http_socket_timeout.duration()).filter(|t| !t.is_zero());
+        let timeout = self.spec.config.socket_timeout();
         let started = Instant::now();
         let mut fds = [
             PollFd::new(connection.stream().as_fd(), PollFlags::POLLIN),

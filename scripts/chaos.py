@@ -6,7 +6,8 @@ while, concurrently:
   * a random HTTP worker is SIGKILLed every --kill-every milliseconds;
   * every --fault-every seconds a worker is pushed over a limit through the demo app's
     fault endpoints (in turn: limit_memory_hard, limit_time_cpu, limit_time_real,
-    limit_memory_soft);
+    limit_memory_soft); random kills pause while a time-limit fault runs, or they would
+    end it before its limit does;
   * every --signal-every seconds the master gets SIGHUP, then SIGTTIN, then SIGTTOU.
 Then prints requests sent / succeeded / failed, workers killed, respawns and limit
 enforcements seen in the log, the worst time the pool stayed below its wanted size, the
@@ -76,6 +77,8 @@ class Chaos:
         self.server = server
         self.args = args
         self.stop = threading.Event()
+        # Set while a time-limit fault runs: a random kill would end it before its limit.
+        self.quiet = threading.Event()
         self.kills = 0
         self.faults = 0
         self.signals = 0
@@ -84,6 +87,8 @@ class Chaos:
 
     def killer(self):
         while not self.stop.wait(self.args.kill_every / 1000):
+            if self.quiet.is_set():
+                continue
             workers = http_workers(self.server)
             if workers:
                 try:
@@ -100,10 +105,15 @@ class Chaos:
             threading.Thread(target=self._fault, args=(path,), daemon=True).start()
 
     def _fault(self, path):
+        slow = not path.startswith("/alloc")
+        if slow:
+            self.quiet.set()
         try:
             http_get(self.server.port, path, timeout=15)
         except OSError:
             pass
+        finally:
+            self.quiet.clear()
         self.faults += 1
 
     def signaller(self):
@@ -150,7 +160,7 @@ def main():
     build()
     settings = (f"workers = {args.workers}\nlimit_memory_soft = \"64MiB\"\n"
                 f"limit_memory_hard = \"160MiB\"\nlimit_memory_hard_rlimit = false\n"
-                f"limit_time_cpu = 1\nlimit_time_real = 2\ngraceful_timeout = 5\n")
+                f"limit_time_cpu = 1\nlimit_time_real = 3\ngraceful_timeout = 5\n")
     with Server(settings) as server:
         server.wait_for_workers(args.workers)
         http_get(server.port, "/health")

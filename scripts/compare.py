@@ -10,6 +10,7 @@ equivalent limits everywhere (gunicorn --timeout; uWSGI --harakiri, --reload-on-
 gunicorn; a chain reload through the master FIFO for uWSGI, whose SIGHUP re-executes the
 master). Measured, each on a fresh server:
   * throughput on / with and without keep-alive (wrk, 4 workers, 8 connections);
+  * CPU per request in a worker (1 worker, 1 keep-alive client);
   * respawn latency after SIGKILL: death to the new worker answering (1 worker, --kills);
   * time to end a hung request past a 2 s limit (1 worker);
   * reaction to a worker leaking past a 128 MiB memory limit (1 worker);
@@ -118,7 +119,7 @@ def start_forkwarden(workers, limit_time=0, limit_memory=0, crash_at_boot=False)
     port = free_port()
     config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
     config.write(
-        f"http_port = {port}\nworkers = {workers}\nmax_cron_threads = 0\n"
+        f"http_port = {port}\nworkers = {workers}\nmax_cron_threads = 0\nlimit_request = 0\n"
         f"demo_fault_endpoints = true\nlimit_time_real = {limit_time}\n"
         f"limit_memory_soft = 0\nlimit_memory_hard = {limit_memory << 20}\n"
         f"limit_memory_hard_rlimit = false\ndemo_crash_at_boot = {str(crash_at_boot).lower()}\n")
@@ -187,9 +188,34 @@ def throughput(start):
             report = wrk(server.port, 5, close)
             result[label] = report["requests"] / (report["duration_us"] / 1e6)
             result[label + " errors"] = failures(report)
+            result[label + " latency"] = (report["latency_p99_us"] / 1000,
+                                          report["latency_max_us"] / 1000)
         finally:
             server.stop()
     return result
+
+
+def cpu_per_request(start, seconds=4):
+    """User and system CPU microseconds per request in the only worker, one keep-alive
+    client: what serving a request costs, without scheduling effects."""
+    server = start(1).ready()
+    try:
+        worker = current_pid(server)
+
+        def cpu():
+            with open(f"/proc/{worker}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return int(fields[11]), int(fields[12])
+        (user0, system0) = cpu()
+        command = ["wrk", "-t1", "-c1", f"-d{seconds}s", "-s", WRK_REPORT,
+                   f"http://127.0.0.1:{server.port}/"]
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        requests = int(re.search(r"^requests (\d+)$", output, re.M).group(1))
+        (user1, system1) = cpu()
+        per = lambda ticks: ticks / TICKS / requests * 1e6
+        return per(user1 - user0), per(system1 - system0)
+    finally:
+        server.stop()
 
 
 def current_pid(server):
@@ -327,6 +353,7 @@ def main():
         print(f"measuring {name} ...", file=sys.stderr)
         rows[name] = {
             "throughput": throughput(start),
+            "cpu": cpu_per_request(start),
             "respawn": respawn(start, args.kills),
             "hung": hung_request(start),
             "leak": leak(start),
@@ -366,10 +393,12 @@ def main():
         "",
         "| measure | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
-        row("requests/s on `/`, keep-alive (4 workers, wrk 8 connections)",
-            lambda r: f"{r['throughput']['keep-alive']:.0f} ({r['throughput']['keep-alive errors']} errors)"),
-        row("requests/s on `/`, no keep-alive",
-            lambda r: f"{r['throughput']['no keep-alive']:.0f} ({r['throughput']['no keep-alive errors']} errors)"),
+        row("requests/s on `/`, keep-alive (4 workers, wrk 8 connections); p99 / max latency",
+            lambda r: throughput_cell(r, "keep-alive")),
+        row("requests/s on `/`, client asks `Connection: close`; p99 / max latency",
+            lambda r: throughput_cell(r, "no keep-alive")),
+        row("worker CPU per request on `/`, 1 worker, 1 keep-alive client: user + system",
+            lambda r: f"{r['cpu'][0]:.1f} + {r['cpu'][1]:.1f} us"),
         row(f"SIGKILL of a worker -> replacement answering ({args.kills} kills)",
             lambda r: ms(r["respawn"])),
         row(f"hung request, limit {LIMIT_S} s: ended after",
@@ -386,6 +415,13 @@ def main():
         f"respawn {ratio('respawn', True)}, master RSS {ratio_master_rss(rows)}.",
     ]
     publish("compare", "forkwarden, gunicorn and uWSGI side by side", lines, args.write_docs)
+
+
+def throughput_cell(result, label):
+    throughput = result["throughput"]
+    p99, worst = throughput[label + " latency"]
+    return (f"{throughput[label]:.0f}; {p99:.1f} / {worst:.0f} ms; "
+            f"{throughput[label + ' errors']} errors")
 
 
 def ratio_throughput(rows, label):

@@ -34,7 +34,8 @@ import tempfile
 import threading
 import time
 
-from fwbench import BINARY, ROOT, build, http_get, is_gone, machine, publish, wait_for
+from fwbench import (BINARY, ROOT, build, children_of, http_get, is_gone, machine, publish,
+                     wait_for)
 
 VENV = os.path.join(ROOT, "target", "compare-venv")
 APP_DIR = os.path.join(ROOT, "scripts")
@@ -92,17 +93,7 @@ class Running:
         return len(re.findall(self.spawned, self.log.read()))
 
     def workers(self):
-        children = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as f:
-                        fields = f.read().rsplit(")", 1)[1].split()
-                    if int(fields[1]) == self.proc.pid and fields[0] != "Z":
-                        children.append(int(entry))
-                except (OSError, IndexError):
-                    pass
-        return children
+        return children_of(self.proc.pid)
 
     def stop(self):
         if self.proc.poll() is None:

@@ -69,6 +69,21 @@ def rss_bytes(pid):
         return None
 
 
+def children_of(parent):
+    """Pids of the live (non-zombie) children of `parent`, from /proc."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == parent and fields[0] != "Z":
+                    pids.append(int(entry))
+            except (OSError, IndexError):
+                pass
+    return pids
+
+
 def wait_for(condition, timeout, interval=0.001):
     """Polls condition until true or timeout seconds pass; returns the time it became true."""
     deadline = time.monotonic() + timeout
@@ -105,17 +120,7 @@ class Server:
         return self.log.read()
 
     def workers(self):
-        pids = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as f:
-                        fields = f.read().rsplit(")", 1)[1].split()
-                    if int(fields[1]) == self.proc.pid and fields[0] != "Z":
-                        pids.append(int(entry))
-                except (OSError, IndexError):
-                    pass
-        return pids
+        return children_of(self.proc.pid)
 
     def wait_for_workers(self, count, timeout=10):
         wait_for(lambda: len(self.workers()) == count, timeout, 0.01)

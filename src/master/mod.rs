@@ -1,15 +1,18 @@
 //! The master: one single-threaded poll loop that keeps the worker population alive.
 //!
 //! Each turn is a few short steps, in the manner of Odoo's and gunicorn's masters:
-//! [`Master::handle_signals`], [`Master::reap_children`], [`Master::enforce_deadlines`],
-//! [`Master::spawn_missing`], [`Master::retire_replaced`], then [`Master::wait`] for the next
-//! event: a signal, a worker's notification, or the earliest deadline. The master never
-//! busy-polls, never runs application code and never touches a client connection.
+//! handle signals (`signals.rs`), reap children (here), enforce deadlines and limits
+//! (`enforce.rs`), spawn missing workers and retire replaced ones (here), then wait for the
+//! next event: a signal, a worker's notification, or the earliest deadline. The population
+//! and its backoff live in `pool.rs`, the one-line exit reports in `report.rs`. The master
+//! never busy-polls, never runs application code and never touches a client connection.
 
+mod enforce;
 mod listener;
 mod pidfile;
 mod pool;
 mod report;
+mod signals;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -28,16 +31,16 @@ pub use pidfile::PidfileError;
 pub use pool::{Role, WorkerId};
 
 use crate::app::AppFactory;
-use crate::config::{Config, RESTART_ONLY_KEYS};
+use crate::config::Config;
 use crate::format::elapsed;
-use crate::limits::{self, EXPIRY_GRACE, Enforcement, MasterLimits, Observation};
+use crate::limits::MasterLimits;
 use crate::log::Logging;
 use crate::notify::{self, Notification, Notifier, NotifyReceiver};
 use crate::scoreboard::{WorkerRow, WorkerState};
 use crate::sys::{self, MASTER_SIGNALS};
 use crate::worker::{self, WorkerSpec};
 use pidfile::Pidfile;
-use pool::{Kill, PendingReport, Pool, RetireReason, Retiring, Worker};
+use pool::{PendingReport, Pool, RetireReason, Retiring, Worker};
 use report::{Ending, Exit, Verdict};
 
 const SIGNALS: Token = Token(0);
@@ -188,193 +191,6 @@ impl Master {
         }
     }
 
-    // ---- step 1: signals ----
-
-    fn handle_signals(&mut self) {
-        let pending: Vec<i32> = self.signals.pending().collect();
-        for signal in pending {
-            match Signal::try_from(signal) {
-                Ok(Signal::SIGTERM | Signal::SIGINT) => {
-                    let name = signal_name(signal);
-                    self.begin_stop(&format!("{name} received"), 0);
-                }
-                Ok(Signal::SIGHUP) => self.reload(),
-                Ok(Signal::SIGTTIN) => self.scale_http(1),
-                Ok(Signal::SIGTTOU) => self.scale_http(-1),
-                Ok(Signal::SIGUSR1) => self.reopen_logs(),
-                Ok(Signal::SIGQUIT) => self.log_status(),
-                // SIGCHLD: children are reaped on every turn.
-                _ => {}
-            }
-        }
-    }
-
-    /// SIGTERM/SIGINT: stop accepting, let workers finish, kill what remains after
-    /// `graceful_timeout`. A second stop signal kills every worker at once.
-    fn begin_stop(&mut self, why: &str, exit_status: u8) {
-        match &mut self.stopping {
-            None => {
-                info!(
-                    "{why}: stopping gracefully; {} workers finish their current work (graceful_timeout {})",
-                    self.pool.workers().count(),
-                    self.config.graceful_timeout
-                );
-                self.stopping = Some(Stopping {
-                    exit_status,
-                    forced: false,
-                });
-                // Close the master's copy of the socket; each worker closes its own on exit.
-                self.listener = None;
-                let running: Vec<Pid> = self
-                    .pool
-                    .workers()
-                    .filter(|worker| worker.retiring.is_none())
-                    .map(|worker| worker.pid)
-                    .collect();
-                for pid in running {
-                    self.retire(pid, RetireReason::Shutdown);
-                }
-            }
-            Some(stopping) if !stopping.forced => {
-                stopping.forced = true;
-                warn!(
-                    "{why} while stopping: killing the {} remaining workers now",
-                    self.pool.workers().count()
-                );
-                for worker in self.pool.workers_mut() {
-                    worker.kill = Some(Kill {
-                        reason: "the server was told to stop at once".into(),
-                        sigkill_at: None,
-                    });
-                    worker.reported = false;
-                    send_signal(worker.pid, Signal::SIGKILL);
-                }
-            }
-            Some(_) => {}
-        }
-    }
-
-    /// SIGHUP: re-read the config; if it is valid, replace every worker by one of a new
-    /// generation, gracefully; if not, say why and keep running as before.
-    fn reload(&mut self) {
-        if self.stopping.is_some() {
-            info!("SIGHUP ignored: the server is stopping");
-            return;
-        }
-        let mut new = match Config::load(&self.config_path) {
-            Ok(config) => config,
-            Err(error) => {
-                error!(
-                    "SIGHUP: the config was not reloaded; the running config stays in force: {error}"
-                );
-                return;
-            }
-        };
-        for change in self.config.changes(&new) {
-            if RESTART_ONLY_KEYS.contains(&change.key.as_str()) {
-                warn!("SIGHUP: {change}: takes effect only after a restart");
-            } else {
-                info!("SIGHUP: {change}");
-            }
-        }
-        new.keep_restart_only_values(&self.config);
-        if let Err(error) = self.logging.apply(&new) {
-            error!("SIGHUP: {error}; logging goes on as before");
-            new.logfile.clone_from(&self.config.logfile);
-        }
-        self.config = new;
-        self.limits = MasterLimits::from_config(&self.config);
-        if let Some(listener) = &self.listener
-            && let Err(error) =
-                crate::http::configure_listener(listener, self.config.socket_timeout())
-        {
-            error!("SIGHUP: cannot apply http_socket_timeout to the listening socket: {error}");
-        }
-        let generation = self.pool.next_generation();
-        self.pool.set_wanted(Role::Http, self.config.workers);
-        self.pool
-            .set_wanted(Role::Cron, self.config.max_cron_threads);
-        info!(
-            "SIGHUP: config reloaded; starting generation {generation} ({} http, {} cron workers) to replace the running workers",
-            self.config.workers, self.config.max_cron_threads
-        );
-    }
-
-    /// SIGTTIN/SIGTTOU: one HTTP worker more or fewer, never fewer than one.
-    fn scale_http(&mut self, delta: i32) {
-        let signal = if delta > 0 { "SIGTTIN" } else { "SIGTTOU" };
-        if self.stopping.is_some() {
-            info!("{signal} ignored: the server is stopping");
-            return;
-        }
-        let old = self.pool.wanted(Role::Http);
-        let new = old.saturating_add_signed(delta).max(1);
-        if new == old {
-            info!("{signal} ignored: already at {old} http worker, the minimum");
-            return;
-        }
-        self.pool.set_wanted(Role::Http, new);
-        info!("{signal}: http workers {old} -> {new}");
-    }
-
-    /// SIGUSR1: reopen the log file, and have every worker reopen it too.
-    fn reopen_logs(&mut self) {
-        match crate::log::reopen() {
-            Ok(()) => info!("SIGUSR1: log file reopened"),
-            Err(error) => error!("SIGUSR1: {error}"),
-        }
-        for worker in self.pool.workers() {
-            send_signal(worker.pid, Signal::SIGUSR1);
-        }
-    }
-
-    /// SIGQUIT: one line for the server, one per worker.
-    fn log_status(&self) {
-        let role_line = |role| format!("{}/{}", self.pool.count(role), self.pool.wanted(role));
-        info!(
-            "status: master pid {}, config generation {}, http workers {} wanted, cron workers {} wanted{}",
-            self.pid,
-            self.pool.generation(),
-            role_line(Role::Http),
-            role_line(Role::Cron),
-            if self.stopping.is_some() {
-                ", stopping"
-            } else {
-                ""
-            }
-        );
-        let mut workers: Vec<&Worker> = self.pool.workers().collect();
-        workers.sort_by_key(|worker| (worker.id, worker.generation));
-        let now = Instant::now();
-        for worker in workers {
-            let row = worker.row.snapshot();
-            let state = match (row.state, row.busy_for) {
-                (WorkerState::Busy, Some(busy)) => {
-                    format!("busy for {} on {}", elapsed(busy), row.request)
-                }
-                (WorkerState::Booting, _) => "booting".to_string(),
-                _ => "idle".to_string(),
-            };
-            let leaving = match (&worker.kill, &worker.retiring) {
-                (Some(kill), _) => format!(", being killed ({})", kill.reason),
-                (None, Some(retiring)) => format!(", stopping ({})", retiring.reason),
-                (None, None) => String::new(),
-            };
-            let rss = worker
-                .last_rss
-                .map(|rss| format!(", rss {} MiB", rss >> 20))
-                .unwrap_or_default();
-            info!(
-                "status: {} (pid {}, generation {}): {state}{leaving}, up {}, {} served{rss}",
-                worker.id,
-                worker.pid,
-                worker.generation,
-                elapsed(now.saturating_duration_since(worker.started)),
-                row.requests
-            );
-        }
-    }
-
     // ---- step 2: reap ----
 
     /// Collects every child that has exited and decides what its end means.
@@ -474,131 +290,6 @@ impl Master {
                 );
             }
         }
-    }
-
-    // ---- step 3: deadlines ----
-
-    /// Sends the SIGKILLs that are due: to workers told to stop that have not within
-    /// `graceful_timeout`, and to expired workers that did not leave within their grace.
-    fn enforce_deadlines(&mut self) {
-        let now = Instant::now();
-        let timeout = self.config.graceful_timeout;
-        for worker in self.pool.workers_mut() {
-            match (&mut worker.kill, &worker.retiring) {
-                (Some(kill), _) if kill.sigkill_at.is_some_and(|at| at <= now) => {
-                    kill.sigkill_at = None;
-                    send_signal(worker.pid, Signal::SIGKILL);
-                }
-                (None, Some(retiring)) if retiring.deadline <= now => {
-                    worker.kill = Some(Kill {
-                        reason: format!(
-                            "did not stop within graceful_timeout ({timeout}) after being told to ({})",
-                            retiring.reason
-                        ),
-                        sigkill_at: None,
-                    });
-                    worker.reported = false;
-                    send_signal(worker.pid, Signal::SIGKILL);
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Checks every worker against its limits (see [`crate::limits`]): RSS every
-    /// `memory_poll_interval`, wall-clock time on every turn, and acts on what is crossed.
-    fn enforce_limits(&mut self) {
-        if !self.limits.needs_polling() {
-            self.next_limit_scan = None;
-            self.next_request_deadline = None;
-            return;
-        }
-        let now = Instant::now();
-        let poll_memory =
-            self.limits.watches_memory() && self.next_limit_scan.is_none_or(|at| at <= now);
-        if self.next_limit_scan.is_none_or(|at| at <= now) {
-            self.next_limit_scan = Some(now + self.limits.poll_interval);
-        }
-        let mut crossed = Vec::new();
-        let mut earliest: Option<Instant> = None;
-        for worker in self.pool.workers_mut() {
-            if worker.kill.is_some() {
-                continue;
-            }
-            let row = worker.row.snapshot();
-            if poll_memory {
-                // A cron job's processes count towards its cron worker's memory.
-                let job = row.job_group.map_or(0, limits::process_group_rss);
-                let own = worker.memory.as_ref().and_then(|probe| probe.rss().ok());
-                worker.last_rss = own.map(|rss| rss + job);
-            }
-            let observation = Observation {
-                role: Some(worker.id.role),
-                age: now.saturating_duration_since(worker.started),
-                busy_for: row.busy_for,
-                work_limit: row.work_limit,
-                rss: worker.last_rss.filter(|_| poll_memory),
-                leaving: worker.retiring.is_some(),
-            };
-            match limits::check(&self.limits, &observation) {
-                Some(enforcement) => crossed.push((worker.pid, enforcement)),
-                None => {
-                    if let Some(left) = limits::time_to_deadline(&self.limits, &observation) {
-                        let deadline = now + left;
-                        earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
-                    }
-                }
-            }
-        }
-        self.next_request_deadline = earliest;
-        for (pid, enforcement) in crossed {
-            self.enforce(pid, enforcement, now);
-        }
-    }
-
-    /// Acts on a crossed limit and logs it in one line, with the replacement's pid (the
-    /// replacement is started at once, in this same turn of the loop).
-    fn enforce(&mut self, pid: Pid, enforcement: Enforcement, now: Instant) {
-        let graceful = self.config.graceful_timeout.duration();
-        let Some(worker) = self.pool.get_mut(pid) else {
-            return;
-        };
-        let row = worker.row.snapshot();
-        let (what, unexpected) = match enforcement {
-            Enforcement::Kill(detail) => {
-                send_signal(pid, Signal::SIGKILL);
-                let what = format!("killed: {detail}");
-                worker.kill = Some(Kill {
-                    reason: detail,
-                    sigkill_at: None,
-                });
-                (what, true)
-            }
-            Enforcement::Expire(detail) => {
-                // The worker answers 504 and leaves; SIGKILL follows if it cannot.
-                send_signal(pid, Signal::SIGUSR2);
-                let what = format!("killed: {detail}");
-                worker.kill = Some(Kill {
-                    reason: detail,
-                    sigkill_at: Some(now + EXPIRY_GRACE),
-                });
-                (what, true)
-            }
-            Enforcement::Recycle(detail) => {
-                worker.row.request_stop();
-                send_signal(pid, Signal::SIGTERM);
-                let what = format!("recycled: {detail}");
-                worker.retiring = Some(Retiring {
-                    reason: RetireReason::Limit(detail),
-                    deadline: now + graceful,
-                });
-                (what, false)
-            }
-        };
-        worker.reported = true;
-        let (line, failed_start) = report::describe(worker, &what, true, &row, now);
-        let id = worker.id;
-        self.replace(id, line, unexpected, failed_start, now);
     }
 
     // ---- step 4: spawn and retire ----

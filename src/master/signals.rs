@@ -1,0 +1,201 @@
+//! Step 1 of the master's loop: what each signal does (see the table in README.md).
+
+use std::time::Instant;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tracing::{error, info, warn};
+
+use super::pool::{Kill, RetireReason, Role, Worker};
+use super::{Master, Stopping, send_signal, signal_name};
+use crate::config::{Config, RESTART_ONLY_KEYS};
+use crate::format::elapsed;
+use crate::limits::MasterLimits;
+use crate::scoreboard::WorkerState;
+
+impl Master {
+    pub(super) fn handle_signals(&mut self) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for signal in pending {
+            match Signal::try_from(signal) {
+                Ok(Signal::SIGTERM | Signal::SIGINT) => {
+                    let name = signal_name(signal);
+                    self.begin_stop(&format!("{name} received"), 0);
+                }
+                Ok(Signal::SIGHUP) => self.reload(),
+                Ok(Signal::SIGTTIN) => self.scale_http(1),
+                Ok(Signal::SIGTTOU) => self.scale_http(-1),
+                Ok(Signal::SIGUSR1) => self.reopen_logs(),
+                Ok(Signal::SIGQUIT) => self.log_status(),
+                // SIGCHLD: children are reaped on every turn.
+                _ => {}
+            }
+        }
+    }
+
+    /// SIGTERM/SIGINT: stop accepting, let workers finish, kill what remains after
+    /// `graceful_timeout`. A second stop signal kills every worker at once.
+    pub(super) fn begin_stop(&mut self, why: &str, exit_status: u8) {
+        match &mut self.stopping {
+            None => {
+                info!(
+                    "{why}: stopping gracefully; {} workers finish their current work (graceful_timeout {})",
+                    self.pool.workers().count(),
+                    self.config.graceful_timeout
+                );
+                self.stopping = Some(Stopping {
+                    exit_status,
+                    forced: false,
+                });
+                // Close the master's copy of the socket; each worker closes its own on exit.
+                self.listener = None;
+                let running: Vec<Pid> = self
+                    .pool
+                    .workers()
+                    .filter(|worker| worker.retiring.is_none())
+                    .map(|worker| worker.pid)
+                    .collect();
+                for pid in running {
+                    self.retire(pid, RetireReason::Shutdown);
+                }
+            }
+            Some(stopping) if !stopping.forced => {
+                stopping.forced = true;
+                warn!(
+                    "{why} while stopping: killing the {} remaining workers now",
+                    self.pool.workers().count()
+                );
+                for worker in self.pool.workers_mut() {
+                    worker.kill = Some(Kill {
+                        reason: "the server was told to stop at once".into(),
+                        sigkill_at: None,
+                    });
+                    worker.reported = false;
+                    send_signal(worker.pid, Signal::SIGKILL);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// SIGHUP: re-read the config; if it is valid, replace every worker by one of a new
+    /// generation, gracefully; if not, say why and keep running as before.
+    fn reload(&mut self) {
+        if self.stopping.is_some() {
+            info!("SIGHUP ignored: the server is stopping");
+            return;
+        }
+        let mut new = match Config::load(&self.config_path) {
+            Ok(config) => config,
+            Err(error) => {
+                error!(
+                    "SIGHUP: the config was not reloaded; the running config stays in force: {error}"
+                );
+                return;
+            }
+        };
+        for change in self.config.changes(&new) {
+            if RESTART_ONLY_KEYS.contains(&change.key.as_str()) {
+                warn!("SIGHUP: {change}: takes effect only after a restart");
+            } else {
+                info!("SIGHUP: {change}");
+            }
+        }
+        new.keep_restart_only_values(&self.config);
+        if let Err(error) = self.logging.apply(&new) {
+            error!("SIGHUP: {error}; logging goes on as before");
+            new.logfile.clone_from(&self.config.logfile);
+        }
+        self.config = new;
+        self.limits = MasterLimits::from_config(&self.config);
+        if let Some(listener) = &self.listener
+            && let Err(error) =
+                crate::http::configure_listener(listener, self.config.socket_timeout())
+        {
+            error!("SIGHUP: cannot apply http_socket_timeout to the listening socket: {error}");
+        }
+        let generation = self.pool.next_generation();
+        self.pool.set_wanted(Role::Http, self.config.workers);
+        self.pool
+            .set_wanted(Role::Cron, self.config.max_cron_threads);
+        info!(
+            "SIGHUP: config reloaded; starting generation {generation} ({} http, {} cron workers) to replace the running workers",
+            self.config.workers, self.config.max_cron_threads
+        );
+    }
+
+    /// SIGTTIN/SIGTTOU: one HTTP worker more or fewer, never fewer than one.
+    fn scale_http(&mut self, delta: i32) {
+        let signal = if delta > 0 { "SIGTTIN" } else { "SIGTTOU" };
+        if self.stopping.is_some() {
+            info!("{signal} ignored: the server is stopping");
+            return;
+        }
+        let old = self.pool.wanted(Role::Http);
+        let new = old.saturating_add_signed(delta).max(1);
+        if new == old {
+            info!("{signal} ignored: already at {old} http worker, the minimum");
+            return;
+        }
+        self.pool.set_wanted(Role::Http, new);
+        info!("{signal}: http workers {old} -> {new}");
+    }
+
+    /// SIGUSR1: reopen the log file, and have every worker reopen it too.
+    fn reopen_logs(&mut self) {
+        match crate::log::reopen() {
+            Ok(()) => info!("SIGUSR1: log file reopened"),
+            Err(error) => error!("SIGUSR1: {error}"),
+        }
+        for worker in self.pool.workers() {
+            send_signal(worker.pid, Signal::SIGUSR1);
+        }
+    }
+
+    /// SIGQUIT: one line for the server, one per worker.
+    fn log_status(&self) {
+        let role_line = |role| format!("{}/{}", self.pool.count(role), self.pool.wanted(role));
+        info!(
+            "status: master pid {}, config generation {}, http workers {} wanted, cron workers {} wanted{}",
+            self.pid,
+            self.pool.generation(),
+            role_line(Role::Http),
+            role_line(Role::Cron),
+            if self.stopping.is_some() {
+                ", stopping"
+            } else {
+                ""
+            }
+        );
+        let mut workers: Vec<&Worker> = self.pool.workers().collect();
+        workers.sort_by_key(|worker| (worker.id, worker.generation));
+        let now = Instant::now();
+        for worker in workers {
+            let row = worker.row.snapshot();
+            let state = match (row.state, row.busy_for) {
+                (WorkerState::Busy, Some(busy)) => {
+                    format!("busy for {} on {}", elapsed(busy), row.request)
+                }
+                (WorkerState::Booting, _) => "booting".to_string(),
+                _ => "idle".to_string(),
+            };
+            let leaving = match (&worker.kill, &worker.retiring) {
+                (Some(kill), _) => format!(", being killed ({})", kill.reason),
+                (None, Some(retiring)) => format!(", stopping ({})", retiring.reason),
+                (None, None) => String::new(),
+            };
+            let rss = worker
+                .last_rss
+                .map(|rss| format!(", rss {} MiB", rss >> 20))
+                .unwrap_or_default();
+            info!(
+                "status: {} (pid {}, generation {}): {state}{leaving}, up {}, {} served{rss}",
+                worker.id,
+                worker.pid,
+                worker.generation,
+                elapsed(now.saturating_duration_since(worker.started)),
+                row.requests
+            );
+        }
+    }
+}

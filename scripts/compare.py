@@ -2,9 +2,9 @@
 """Compare forkwarden with gunicorn (sync workers) and uWSGI (master + processes).
 
 gunicorn and uWSGI (the `pyuwsgi` wheel) are installed into a throw-away virtualenv under
-target/ and serve scripts/compare_app.py; forkwarden serves its built-in demo app, which
-has the same endpoints (until its WSGI runner lands, forkwarden's app is native code, so
-throughput is not like for like; the supervision figures are). Same worker counts and
+target/ and serve scripts/compare_app.py; so does forkwarden through its WSGI runner
+(python/forkwarden_wsgi.py, the like-for-like column), and, in a column of its own,
+forkwarden's built-in demo app (native code, same endpoints). Same worker counts and
 equivalent limits everywhere (gunicorn --timeout; uWSGI --harakiri, --reload-on-rss,
 --evil-reload-on-rss), each reloaded its own zero-downtime way (SIGHUP for forkwarden and
 gunicorn; a chain reload through the master FIFO for uWSGI, whose SIGHUP re-executes the
@@ -121,6 +121,23 @@ def start_forkwarden(workers, limit_time=0, limit_memory=0, crash_at_boot=False)
     return server
 
 
+def start_forkwarden_wsgi(workers, limit_time=0, limit_memory=0, crash_at_boot=False):
+    port = free_port()
+    config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    config.write(
+        f"http_port = {port}\nworkers = {workers}\nmax_cron_threads = 0\nlimit_request = 0\n"
+        f"limit_time_real = {limit_time}\nlimit_memory_soft = 0\n"
+        f"limit_memory_hard = {limit_memory << 20}\nlimit_memory_hard_rlimit = false\n"
+        f"[app]\ncommand = [\"{sys.executable}\", \"{ROOT}/python/forkwarden_wsgi.py\", "
+        f"\"compare_app:app\"]\ncwd = \"{APP_DIR}\"\n"
+        f"env = {{ COMPARE_APP_CRASH_AT_BOOT = \"{1 if crash_at_boot else 0}\" }}\n")
+    config.close()
+    server = Running([BINARY, "--config", config.name], port,
+                     spawned=r"(started|respawned) as pid")
+    server.name = "forkwarden + WSGI runner"
+    return server
+
+
 def start_gunicorn(workers, limit_time=0, limit_memory=0, crash_at_boot=False):
     port = free_port()
     command = [os.path.join(VENV, "bin", "gunicorn"), "-w", str(workers), "-b",
@@ -155,7 +172,8 @@ def start_uwsgi(workers, limit_time=0, limit_memory=0, crash_at_boot=False):
     return server
 
 
-SERVERS = [("forkwarden", start_forkwarden), ("gunicorn", start_gunicorn), ("uWSGI", start_uwsgi)]
+SERVERS = [("forkwarden + WSGI runner", start_forkwarden_wsgi), ("gunicorn", start_gunicorn),
+           ("uWSGI", start_uwsgi), ("forkwarden, native app", start_forkwarden)]
 
 
 def wrk(port, seconds, close=False):
@@ -364,8 +382,8 @@ def main():
         return f"killed {ms(done)} after the answer"
 
     def ratio(key, lower_is_better):
-        ours = rows["forkwarden"]
-        others = [rows[name] for name in names[1:]]
+        ours = rows[names[0]]
+        others = [rows[name] for name in ("gunicorn", "uWSGI")]
         value = lambda r: statistics.median(r[key]) if isinstance(r[key], list) else r[key]
         return " / ".join(
             f"{(value(other) / value(ours) if lower_is_better else value(ours) / value(other)):.1f}x"
@@ -401,8 +419,8 @@ def main():
         row("worker crashing at boot: forks per second (server still up after 5 s)",
             lambda r: f"{r['crash'][0]:.1f} ({'yes' if r['crash'][1] else 'no: it exits'})"),
         "",
-        "forkwarden vs gunicorn / vs uWSGI (above 1.0x: forkwarden does better): "
-        f"keep-alive throughput {ratio_throughput(rows, 'keep-alive')}, "
+        "forkwarden (same WSGI app, through the runner) vs gunicorn / vs uWSGI (above 1.0x: "
+        f"forkwarden does better): keep-alive throughput {ratio_throughput(rows, 'keep-alive')}, "
         f"respawn {ratio('respawn', True)}, master RSS {ratio_master_rss(rows)}.",
     ]
     publish("compare", "forkwarden, gunicorn and uWSGI side by side", lines, args.write_docs)
@@ -416,12 +434,12 @@ def throughput_cell(result, label):
 
 
 def ratio_throughput(rows, label):
-    ours = rows["forkwarden"]["throughput"][label]
+    ours = rows[SERVERS[0][0]]["throughput"][label]
     return " / ".join(f"{ours / rows[name]['throughput'][label]:.1f}x" for name in ("gunicorn", "uWSGI"))
 
 
 def ratio_master_rss(rows):
-    ours = rows["forkwarden"]["master"][0]
+    ours = rows[SERVERS[0][0]]["master"][0]
     return " / ".join(f"{rows[name]['master'][0] / ours:.1f}x" for name in ("gunicorn", "uWSGI"))
 
 

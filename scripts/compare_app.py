@@ -1,6 +1,6 @@
 """The WSGI app scripts/compare.sh serves with gunicorn and uWSGI: the same endpoints as
 forkwarden's built-in demo app (/, /health, /pid, /sleep?ms=N, /burn?ms=N, /alloc?mb=N,
-/crash). Standard library only.
+/crash, /crash?exit=N). Standard library only.
 
 With COMPARE_APP_CRASH_AT_BOOT=1 in the environment, importing it fails, as an app with a
 broken deployment would (to compare crash-at-boot behaviour).
@@ -33,7 +33,7 @@ def app(environ, start_response):
     elif path == "/sleep":
         ms = _number(environ, "ms")
         time.sleep(ms / 1000)
-        body = f"slept {ms} ms\n".encode()
+        body = f"slept {ms} ms in pid {os.getpid()}\n".encode()
     elif path == "/burn":
         ms = _number(environ, "ms")
         until = time.monotonic() + ms / 1000
@@ -46,6 +46,9 @@ def app(environ, start_response):
         LEAKED.append(bytearray(b"\x01") * (mb << 20))
         body = f"allocated {mb} MiB\n".encode()
     elif path == "/crash":
+        code = parse_qs(environ.get("QUERY_STRING", "")).get("exit")
+        if code:
+            os._exit(int(code[0]))
         os.abort()
     else:
         status, body = "404 Not Found", b"no such path\n"

@@ -37,7 +37,7 @@ def http_get(port, path, timeout=30.0):
         except ConnectionResetError:
             pass
     head, _, body = data.partition(b"\r\n\r\n")
-    match = re.match(rb"HTTP/1\.1 (\d+)", head)
+    match = re.match(rb"HTTP/1\.[01] (\d+)", head)
     return (int(match.group(1)) if match else 0), body.decode(errors="replace")
 
 

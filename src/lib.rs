@@ -39,6 +39,7 @@ mod limits;
 mod log;
 mod master;
 mod notify;
+mod output;
 mod scoreboard;
 mod sys;
 mod worker;
@@ -67,6 +68,9 @@ pub enum ServeError {
 pub fn serve(config: Config, config_path: &Path, app: Box<AppFactory>) -> Result<u8, ServeError> {
     // Before anything else reads the environment: the title may reuse its memory.
     let title_error = sys::init_process_title().err();
+    // A master started with its standard streams closed must not hand a socket out as one.
+    sys::ensure_standard_fds()
+        .map_err(|error| ServeError::Master(MasterError::EventLoop(error)))?;
     let logging = log::init(&config)?;
     if let Some(error) = title_error {
         tracing::warn!("process titles will not be set: {error}");

@@ -283,30 +283,40 @@ pub fn describe_cpu_exceeded(limits: &MasterLimits, request_cpu: Option<Duration
     }
 }
 
-/// Resident memory of every process in process group `group` (a cron job and its
-/// children), from /proc. A full scan of /proc: done only while a job runs.
-pub fn process_group_rss(group: i32) -> u64 {
+/// Resident memory of every process in each of the process groups `groups`, in one scan
+/// of /proc (which is why it is done only when there are groups to measure).
+pub fn process_groups_rss(groups: &[i32]) -> std::collections::HashMap<i32, u64> {
+    let mut totals = std::collections::HashMap::new();
+    if groups.is_empty() {
+        return totals;
+    }
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
+        return totals;
     };
     let page_size = page_size();
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                // Fields after the command name: state, ppid, pgrp, ...
-                let fields = stat.rsplit(')').next().unwrap_or("");
-                fields
-                    .split_whitespace()
-                    .nth(2)
-                    .and_then(|pgrp| pgrp.parse::<i32>().ok())
-                    == Some(group)
-            })
-        })
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/statm")).ok())
-        .filter_map(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map(|pages| pages * page_size)
-        .sum()
+    for pid in entries.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command name: state, ppid, pgrp, ...
+        let fields = stat.rsplit(')').next().unwrap_or("");
+        let Some(group) = fields
+            .split_whitespace()
+            .nth(2)
+            .and_then(|g| g.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !groups.contains(&group) {
+            continue;
+        }
+        let pages = std::fs::read_to_string(format!("/proc/{pid}/statm"))
+            .ok()
+            .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0);
+        *totals.entry(group).or_insert(0) += pages * page_size;
+    }
+    totals
 }
 
 fn page_size() -> u64 {
@@ -486,7 +496,10 @@ mod tests {
             .unwrap();
         let mut all = 0;
         for _ in 0..100 {
-            all = process_group_rss(group);
+            all = process_groups_rss(&[group])
+                .get(&group)
+                .copied()
+                .unwrap_or(0);
             if all > one {
                 break;
             }

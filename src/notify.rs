@@ -2,12 +2,15 @@
 //! format (`READY=1`), and the kernel stamps every datagram with the sender's pid
 //! (SO_PASSCRED), so a worker cannot be mistaken for another.
 //!
-//! This is systemd's notification protocol, which lets programs that already speak it report
-//! readiness the same way when forkwarden runs them.
+//! This is systemd's notification protocol: the socket has an abstract address, given to
+//! programs the master runs as `NOTIFY_SOCKET=@...`, so those that already speak it need no
+//! change. Anyone on the host can send to an abstract address; the master only acts on
+//! messages whose sender pid (set by the kernel, not by the sender) is one of its workers.
 
 use std::io::{self, IoSliceMut};
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixDatagram;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
 
 use nix::errno::Errno;
 use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, sockopt};
@@ -24,6 +27,8 @@ pub struct Notifier {
 /// The master's receiving end, registered in its poll loop.
 pub struct NotifyReceiver {
     socket: mio::net::UnixDatagram,
+    /// `@forkwarden/...`: the `NOTIFY_SOCKET` value for programs.
+    address: String,
 }
 
 /// One message from one worker.
@@ -44,10 +49,18 @@ impl Notification {
     }
 }
 
-/// A connected pair: the master keeps both ends and hands the [`Notifier`] to each worker.
+/// The master's socket, bound to a fresh abstract address, and a sender connected to it that
+/// forked workers inherit. Programs the master executes open their own sender.
 pub fn channel() -> io::Result<(Notifier, NotifyReceiver)> {
-    let (sender, receiver) = UnixDatagram::pair()?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.subsec_nanos());
+    let name = format!("forkwarden/{}/{nanos}", std::process::id());
+    let address = SocketAddr::from_abstract_name(name.as_bytes())?;
+    let receiver = UnixDatagram::bind_addr(&address)?;
     socket::setsockopt(&receiver, sockopt::PassCred, &true).map_err(io::Error::from)?;
+    let sender = UnixDatagram::unbound()?;
+    sender.connect_addr(&address)?;
     // A worker must never block on a full queue; losing a notification is better.
     sender.set_nonblocking(true)?;
     receiver.set_nonblocking(true)?;
@@ -55,6 +68,7 @@ pub fn channel() -> io::Result<(Notifier, NotifyReceiver)> {
         Notifier { socket: sender },
         NotifyReceiver {
             socket: mio::net::UnixDatagram::from_std(receiver),
+            address: format!("@{name}"),
         },
     ))
 }
@@ -67,6 +81,11 @@ impl Notifier {
 }
 
 impl NotifyReceiver {
+    /// The socket's address for `NOTIFY_SOCKET` (`@` marks the abstract namespace).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
     /// The socket to register with the poll loop.
     pub fn source(&mut self) -> &mut mio::net::UnixDatagram {
         &mut self.socket
@@ -109,6 +128,20 @@ impl NotifyReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_program_reaches_the_receiver_through_its_address() {
+        let (_, receiver) = channel().unwrap();
+        let name = receiver.address().strip_prefix('@').unwrap();
+        let own = UnixDatagram::unbound().unwrap();
+        let address = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        own.send_to_addr(b"READY=1", &address).unwrap();
+        let message = receiver.recv().unwrap().unwrap();
+        assert_eq!(
+            (message.pid, message.get("READY")),
+            (nix::unistd::getpid(), Some("1"))
+        );
+    }
 
     #[test]
     fn the_receiver_learns_the_senders_pid() {

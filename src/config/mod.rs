@@ -77,9 +77,36 @@ pub struct Config {
     pub demo_crash_at_boot: bool,
     /// Where cron job state and locks are kept (relative to the config file's directory).
     pub data_dir: PathBuf,
+    /// A program each HTTP worker slot runs instead of the built-in app (`[app]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<ExecApp>,
     /// Scheduled jobs, run by the cron workers (`[[cron]]` tables).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cron: Vec<CronJob>,
+}
+
+/// `[app]`: the program every HTTP worker slot runs. It gets the listening socket by
+/// systemd's socket-activation convention (fd 3, `LISTEN_FDS=1`) and reports through
+/// `NOTIFY_SOCKET` (sd_notify).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecApp {
+    /// Program and arguments; run directly, never through a shell.
+    pub command: Vec<String>,
+    /// Working directory (relative to the config file's directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
+    /// Variables added to the program's environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// How long a new worker may take to send `READY=1`; 0: the program does not speak
+    /// sd_notify and counts as ready as soon as it runs.
+    #[serde(default = "ready_timeout_default")]
+    pub ready_timeout: TimeSpan,
+}
+
+fn ready_timeout_default() -> TimeSpan {
+    TimeSpan::secs(30)
 }
 
 /// One `[[cron]]` job.
@@ -142,6 +169,7 @@ impl Default for Config {
             demo_fault_endpoints: false,
             demo_crash_at_boot: false,
             data_dir: PathBuf::from("forkwarden-data"),
+            app: None,
             cron: Vec::new(),
         }
     }
@@ -251,6 +279,7 @@ impl Config {
             .into_iter()
             .flatten()
             .chain([&mut config.data_dir])
+            .chain(config.app.iter_mut().filter_map(|app| app.cwd.as_mut()))
             .chain(config.cron.iter_mut().filter_map(|job| job.cwd.as_mut()));
         for file in relative_paths {
             if file.is_relative() {
@@ -273,6 +302,16 @@ impl Config {
         }
         self.validate_limits()
             .map_err(|(key, message)| (key.to_string(), message))?;
+        if let Some(app) = &self.app
+            && app.command.first().is_none_or(|program| program.is_empty())
+        {
+            return Err((
+                "app.command".into(),
+                "command is empty; expected the program and its arguments, e.g. \
+                 [\"python3\", \"-m\", \"forkwarden_wsgi\", \"myproject.wsgi:application\"]"
+                    .into(),
+            ));
+        }
         self.validate_cron()
     }
 
@@ -489,36 +528,37 @@ fn line_of(source: &str, offset: usize) -> usize {
     source[..offset.min(source.len())].matches('\n').count() + 1
 }
 
-/// Where the key at `path` (`workers`, `cron[2].schedule`) is written in `source`, if it
-/// is; for a missing key inside a table, where that table starts.
+/// Where the key at `path` (`workers`, `app.command`, `cron[2].schedule`) is written in
+/// `source`, if it is; for a missing key inside a table, where that table starts.
 fn span_of_path(source: &str, path: &str) -> Option<std::ops::Range<usize>> {
-    fn find<'t, 'i>(
-        table: &'t toml::de::DeTable<'i>,
-        key: &str,
-    ) -> Option<(
-        std::ops::Range<usize>,
-        &'t toml::Spanned<toml::de::DeValue<'i>>,
-    )> {
-        table
-            .iter()
-            .find(|(name, _)| name.get_ref() == key)
-            .map(|(name, value)| (name.span(), value))
-    }
     let document = toml::de::DeTable::parse(source).ok()?;
-    let (top, rest) = path
-        .split_once('[')
-        .map_or((path, None), |(top, rest)| (top, Some(rest)));
-    let (span, value) = find(document.get_ref(), top)?;
-    let Some(rest) = rest else {
-        return Some(span);
-    };
-    let (index, key) = rest.split_once("].")?;
-    let item = value
-        .get_ref()
-        .as_array()?
-        .get(index.parse::<usize>().ok()?)?;
-    let table = item.get_ref().as_table()?;
-    Some(find(table, key).map_or(item.span(), |(span, _)| span))
+    let mut table = document.get_ref();
+    let mut found = None;
+    for segment in path.split('.') {
+        let table_here = table;
+        let (key, index) = match segment.split_once('[') {
+            Some((key, rest)) => (key, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let Some((name, value)) = table_here.iter().find(|(name, _)| name.get_ref() == key) else {
+            // The key is missing (e.g. a required one): point at the enclosing table.
+            return found;
+        };
+        found = Some(name.span());
+        let value = match index {
+            Some(index) => {
+                let item = value.get_ref().as_array()?.get(index)?;
+                found = Some(item.span());
+                item
+            }
+            None => value,
+        };
+        match value.get_ref().as_table() {
+            Some(inner) => table = inner,
+            None => break,
+        }
+    }
+    found
 }
 
 /// The name of the `[[cron]]` job a key path such as `cron[2].comand` points into.

@@ -16,10 +16,8 @@ use nix::unistd::Pid;
 use tracing::{info, warn};
 
 use crate::config::CronJob;
+use crate::output::LineSplitter;
 use crate::sys::{self, WorkerSignals};
-
-/// Longest output line logged as one; longer ones are split.
-const MAX_LINE: usize = 8 * 1024;
 
 /// How a run ended.
 #[derive(Debug)]
@@ -178,7 +176,7 @@ struct Output<'a> {
     tag: &'static str,
     /// None once the job closed it.
     pipe: Option<File>,
-    partial: Vec<u8>,
+    lines: LineSplitter,
 }
 
 impl<'a> Output<'a> {
@@ -188,58 +186,38 @@ impl<'a> Output<'a> {
             job,
             tag,
             pipe: Some(File::from(pipe)),
-            partial: Vec::new(),
+            lines: LineSplitter::default(),
         })
     }
 
     /// Reads what the job wrote so far and logs each complete line; never blocks.
     fn read_available(&mut self) {
         let mut chunk = [0u8; 8192];
-        loop {
-            let Some(pipe) = self.pipe.as_mut() else {
-                return;
-            };
+        while let Some(pipe) = self.pipe.as_mut() {
             match pipe.read(&mut chunk) {
                 Ok(0) => {
                     self.pipe = None;
-                    self.flush();
-                    return;
+                    if let Some(line) = self.lines.finish() {
+                        self.log(&line);
+                    }
                 }
-                Ok(read) => self.partial.extend_from_slice(&chunk[..read]),
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Ok(read) => {
+                    for line in self.lines.push(&chunk[..read]) {
+                        self.log(&line);
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) => {
                     warn!("cron job {}: reading its output failed: {error}", self.job);
                     self.pipe = None;
-                    break;
                 }
             }
-            while let Some(end) = self.partial.iter().position(|byte| *byte == b'\n') {
-                let line: Vec<u8> = self.partial.drain(..=end).collect();
-                self.log(&line[..line.len() - 1]);
-            }
-            if self.partial.len() >= MAX_LINE {
-                let line = std::mem::take(&mut self.partial);
-                self.log(&line);
-            }
         }
     }
 
-    fn flush(&mut self) {
-        if !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
-            self.log(&line);
-        }
-    }
-
-    fn log(&self, line: &[u8]) {
-        let text = String::from_utf8_lossy(line);
-        info!(
-            "cron job {}{}: {}",
-            self.job,
-            self.tag,
-            text.trim_end_matches('\r')
-        );
+    fn log(&self, line: &str) {
+        info!("cron job {}{}: {line}", self.job, self.tag);
     }
 }
 

@@ -7,7 +7,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use super::pool::{Kill, RetireReason, Retiring};
-use super::{Master, report, send_signal};
+use super::{Master, report};
 use crate::limits::{self, EXPIRY_GRACE, Enforcement, Observation};
 
 impl Master {
@@ -20,7 +20,7 @@ impl Master {
             match (&mut worker.kill, &worker.retiring) {
                 (Some(kill), _) if kill.sigkill_at.is_some_and(|at| at <= now) => {
                     kill.sigkill_at = None;
-                    send_signal(worker.pid, Signal::SIGKILL);
+                    worker.signal(Signal::SIGKILL);
                 }
                 (None, Some(retiring)) if retiring.deadline <= now => {
                     worker.kill = Some(Kill {
@@ -31,10 +31,39 @@ impl Master {
                         sigkill_at: None,
                     });
                     worker.reported = false;
-                    send_signal(worker.pid, Signal::SIGKILL);
+                    worker.signal(Signal::SIGKILL);
                 }
                 _ => {}
             }
+        }
+        self.enforce_exec_deadlines(now);
+    }
+
+    /// Kills exec workers that did not report `READY=1` within `ready_timeout`, or went
+    /// silent past the watchdog period they declared.
+    fn enforce_exec_deadlines(&mut self, now: Instant) {
+        let ready_timeout = self.config.app.as_ref().map(|app| app.ready_timeout);
+        let mut due = Vec::new();
+        for worker in self.pool.workers() {
+            let Some(exec) = &worker.exec else { continue };
+            if worker.kill.is_some() || exec.deadline(worker.ready).is_none_or(|at| at > now) {
+                continue;
+            }
+            let detail = match (worker.ready, exec.watchdog, ready_timeout) {
+                (false, _, Some(timeout)) => {
+                    format!("did not report READY=1 within ready_timeout ({timeout})")
+                }
+                (_, Some(period), _) => format!(
+                    "watchdog: no WATCHDOG=1 for {} (WATCHDOG_USEC={})",
+                    crate::format::measured(now.saturating_duration_since(exec.last_alive)),
+                    period.as_micros()
+                ),
+                _ => continue,
+            };
+            due.push((worker.pid, detail));
+        }
+        for (pid, detail) in due {
+            self.enforce(pid, Enforcement::Kill(detail), now);
         }
     }
 
@@ -52,6 +81,22 @@ impl Master {
         if self.next_limit_scan.is_none_or(|at| at <= now) {
             self.next_limit_scan = Some(now + self.limits.poll_interval);
         }
+        // Process groups whose whole memory counts: an exec worker's (its program and the
+        // helpers it starts) and a running cron job's (added to its cron worker's). One scan
+        // of /proc serves them all, and none is made when there are none.
+        let group_rss = if poll_memory {
+            let groups: Vec<i32> = self
+                .pool
+                .workers()
+                .filter_map(|worker| match &worker.exec {
+                    Some(_) => Some(worker.pid.as_raw()),
+                    None => worker.row.snapshot().job_group,
+                })
+                .collect();
+            limits::process_groups_rss(&groups)
+        } else {
+            Default::default()
+        };
         let mut crossed = Vec::new();
         let mut earliest: Option<Instant> = None;
         for worker in self.pool.workers_mut() {
@@ -60,10 +105,14 @@ impl Master {
             }
             let row = worker.row.snapshot();
             if poll_memory {
-                // A cron job's processes count towards its cron worker's memory.
-                let job = row.job_group.map_or(0, limits::process_group_rss);
                 let own = worker.memory.as_ref().and_then(|probe| probe.rss().ok());
-                worker.last_rss = own.map(|rss| rss + job);
+                worker.last_rss = match (&worker.exec, row.job_group) {
+                    (Some(_), _) => group_rss.get(&worker.pid.as_raw()).copied().or(own),
+                    (None, Some(job)) => {
+                        own.map(|rss| rss + group_rss.get(&job).copied().unwrap_or(0))
+                    }
+                    (None, None) => own,
+                };
             }
             let observation = Observation {
                 role: Some(worker.id.role),
@@ -91,15 +140,21 @@ impl Master {
 
     /// Acts on a crossed limit and logs it in one line, with the replacement's pid (the
     /// replacement is started at once, in this same turn of the loop).
-    fn enforce(&mut self, pid: Pid, enforcement: Enforcement, now: Instant) {
+    pub(super) fn enforce(&mut self, pid: Pid, enforcement: Enforcement, now: Instant) {
         let graceful = self.config.graceful_timeout.duration();
         let Some(worker) = self.pool.get_mut(pid) else {
             return;
         };
         let row = worker.row.snapshot();
+        // A program cannot be asked to answer 504 from inside: it is killed, and the
+        // request it was serving named in the log.
+        let enforcement = match enforcement {
+            Enforcement::Expire(detail) if worker.exec.is_some() => Enforcement::Kill(detail),
+            other => other,
+        };
         let (what, unexpected) = match enforcement {
             Enforcement::Kill(detail) => {
-                send_signal(pid, Signal::SIGKILL);
+                worker.signal(Signal::SIGKILL);
                 let what = format!("killed: {detail}");
                 worker.kill = Some(Kill {
                     reason: detail,
@@ -109,7 +164,7 @@ impl Master {
             }
             Enforcement::Expire(detail) => {
                 // The worker answers 504 and leaves; SIGKILL follows if it cannot.
-                send_signal(pid, Signal::SIGUSR2);
+                worker.signal(Signal::SIGUSR2);
                 let what = format!("killed: {detail}");
                 worker.kill = Some(Kill {
                     reason: detail,
@@ -119,7 +174,13 @@ impl Master {
             }
             Enforcement::Recycle(detail) => {
                 worker.row.request_stop();
-                send_signal(pid, Signal::SIGTERM);
+                match &mut worker.exec {
+                    // A program in the middle of a request gets SIGTERM once it is idle.
+                    Some(exec) if exec.sends_markers && row.busy_for.is_some() => {
+                        exec.stop_deferred = true;
+                    }
+                    _ => worker.signal(Signal::SIGTERM),
+                }
                 let what = format!("recycled: {detail}");
                 worker.retiring = Some(Retiring {
                     reason: RetireReason::Limit(detail),

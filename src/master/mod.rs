@@ -8,6 +8,7 @@
 //! never busy-polls, never runs application code and never touches a client connection.
 
 mod enforce;
+mod exec;
 mod listener;
 mod pidfile;
 mod pool;
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 use signal_hook_mio::v1_0::Signals;
@@ -45,6 +46,8 @@ use report::{Ending, Exit, Verdict};
 
 const SIGNALS: Token = Token(0);
 const NOTIFICATIONS: Token = Token(1);
+/// Exec workers' output pipes get tokens from here on.
+const FIRST_OUTPUT_TOKEN: usize = 2;
 
 /// How long a slot waits before another attempt when fork() itself failed.
 const SPAWN_RETRY: Duration = Duration::from_secs(1);
@@ -93,6 +96,10 @@ pub struct Master {
     pool: Pool,
     /// When this server started: cron runs due before it fell while the server was down.
     started_at: std::time::SystemTime,
+    /// The next poll token for an exec worker's output pipe.
+    next_token: usize,
+    /// RLIMIT_CPU's hard limit, which workers inherit; exec workers' soft limit stays below.
+    cpu_hard_limit: u64,
     limits: MasterLimits,
     /// When the workers' RSS and scoreboard rows are next looked at.
     next_limit_scan: Option<Instant>,
@@ -142,6 +149,9 @@ impl Master {
             pool: Pool::new(config.workers, config.max_cron_threads),
             limits: MasterLimits::from_config(&config),
             started_at: std::time::SystemTime::now(),
+            next_token: FIRST_OUTPUT_TOKEN,
+            cpu_hard_limit: nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_CPU)
+                .map_or(libc::RLIM_INFINITY, |(_, hard)| hard),
             next_limit_scan: None,
             next_request_deadline: None,
             config,
@@ -169,6 +179,17 @@ impl Master {
             self.config.max_cron_threads,
             self.config_path.display()
         );
+        if let Some(app) = &self.config.app {
+            info!(
+                "[app] {:?}: each http worker runs it with the socket as fd 3 and \
+                 NOTIFY_SOCKET={}; memory limits, ready_timeout, the watchdog and respawn apply \
+                 to any program; limit_time_real, limit_time_cpu, limit_request and a graceful \
+                 limit_memory_soft recycle need the program to send BUSY=1/IDLE=1 around each \
+                 request (forkwarden_wsgi does)",
+                app.command,
+                self.notifications.address()
+            );
+        }
         let mut events = Events::with_capacity(64);
         loop {
             self.handle_signals();
@@ -233,6 +254,10 @@ impl Master {
         let row = worker.row.snapshot();
         // A worker that left Booting had reported ready, even if the datagram was not read.
         worker.ready |= row.state != WorkerState::Booting;
+        if let Some(exec) = &mut worker.exec {
+            // The program's last words come before the line about its end.
+            exec.close(&format!("{} (pid {pid})", worker.id), self.poll.registry());
+        }
         let mut report = report::report(&worker, exit, &row, &self.limits, now);
         if let Some(group) = row.job_group {
             // The cron worker died during a job: the job must not run on unsupervised.
@@ -330,6 +355,8 @@ impl Master {
         }
         let row = WorkerRow::new()?;
         let generation = self.pool.generation();
+        let exec_app = self.config.app.as_ref().filter(|_| id.role == Role::Http);
+        let pipes = exec_app.map(|_| exec::ExecPipes::new()).transpose()?;
         let spec = WorkerSpec {
             id,
             generation,
@@ -339,12 +366,33 @@ impl Master {
             notifier: &self.notifier,
             row: &row,
             app: &*self.app,
+            notify_address: self.notifications.address(),
+            exec_output: pipes.as_ref().map(exec::ExecPipes::for_child),
             server_started: self.started_at,
         };
         let started = Instant::now();
         let pid = sys::fork_process(|| worker::run(spec))?;
-        self.pool
-            .add(Worker::new(pid, id, generation, started, row));
+        let mut worker = Worker::new(pid, id, generation, started, row);
+        if let (Some(app), Some(pipes)) = (exec_app, pipes) {
+            let tokens = [Token(self.next_token), Token(self.next_token + 1)];
+            self.next_token += 2;
+            let ready_timeout = app.ready_timeout.duration();
+            let limit_request = crate::limits::request_limit_for_worker(&self.config);
+            let state = exec::ExecState::new(
+                pipes,
+                tokens,
+                self.poll.registry(),
+                ready_timeout,
+                limit_request,
+            )?;
+            // A program that does not speak sd_notify (ready_timeout = 0) serves at once.
+            worker.ready = ready_timeout.is_zero();
+            if worker.ready {
+                worker.row.set_state(crate::scoreboard::WorkerState::Idle);
+            }
+            worker.exec = Some(state);
+        }
+        self.pool.add(worker);
         Ok(pid)
     }
 
@@ -363,7 +411,7 @@ impl Master {
             debug!("stopping {} (pid {pid}): {reason}", worker.id);
             worker.row.request_stop();
             worker.retiring = Some(Retiring { reason, deadline });
-            send_signal(pid, Signal::SIGTERM);
+            worker.signal(Signal::SIGTERM);
         }
     }
 
@@ -383,11 +431,23 @@ impl Master {
             .chain(limit_checks)
             .min()
             .map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        // Output left unread by its budget last turn: look again without sleeping.
+        let timeout = if self.exec_output_pending() {
+            Some(Duration::ZERO)
+        } else {
+            timeout
+        };
         match self.poll.poll(events, timeout) {
             Ok(()) => {}
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => return Err(error),
         }
+        let output: Vec<Token> = events
+            .iter()
+            .map(|event| event.token())
+            .filter(|token| token.0 >= FIRST_OUTPUT_TOKEN)
+            .collect();
+        self.read_exec_output(&output);
         // Read notifications whatever woke us: a worker's READY=1 is queued before its exit,
         // so reading it here, before the next reap, keeps the two in order.
         self.read_notifications();
@@ -413,6 +473,10 @@ impl Master {
         };
         if notification.get("READY") == Some("1") && !worker.ready {
             worker.ready = true;
+            if worker.exec.is_some() {
+                // The master keeps an exec worker's scoreboard row: the program cannot.
+                worker.row.set_state(crate::scoreboard::WorkerState::Idle);
+            }
             debug!(
                 "{} (pid {}) ready after {}",
                 worker.id,
@@ -420,14 +484,14 @@ impl Master {
                 elapsed(worker.started.elapsed())
             );
         }
+        self.on_exec_notification(notification);
     }
 
     /// Last resort when the loop itself fails: no worker may outlive the master.
     fn kill_all_and_reap(&mut self) {
-        let pids: Vec<Pid> = self.pool.workers().map(|worker| worker.pid).collect();
-        for pid in pids {
-            send_signal(pid, Signal::SIGKILL);
-            let _ = waitpid(pid, None);
+        for worker in self.pool.workers() {
+            worker.signal(Signal::SIGKILL);
+            let _ = waitpid(worker.pid, None);
         }
     }
 }
@@ -452,15 +516,6 @@ fn log_end(line: &str, unexpected: bool) {
         warn!("{line}");
     } else {
         info!("{line}");
-    }
-}
-
-/// Sends `signal` to a worker; a worker that is already gone will be reaped anyway.
-fn send_signal(pid: Pid, signal: Signal) {
-    if let Err(errno) = kill(pid, signal)
-        && errno != Errno::ESRCH
-    {
-        warn!("cannot send {} to pid {pid}: {errno}", signal.as_str());
     }
 }
 

@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill, killpg};
+use tracing::warn;
+
+use super::exec::ExecState;
 use crate::limits::MemoryProbe;
 use crate::scoreboard::WorkerRow;
 
@@ -102,6 +107,8 @@ pub struct Worker {
     pub memory: Option<MemoryProbe>,
     /// Its RSS at the last poll.
     pub last_rss: Option<u64>,
+    /// Set for an exec worker (`[app]`): its output pipes and sd_notify state.
+    pub exec: Option<ExecState>,
 }
 
 impl Worker {
@@ -119,6 +126,26 @@ impl Worker {
             reported: false,
             memory: MemoryProbe::open(pid).ok(),
             last_rss: None,
+            exec: None,
+        }
+    }
+
+    /// Sends `signal` to the worker: to its whole process group for an exec worker, whose
+    /// program may have children of its own. One that is already gone will be reaped anyway.
+    pub fn signal(&self, signal: Signal) {
+        let sent = if self.exec.is_some() {
+            killpg(self.pid, signal)
+        } else {
+            kill(self.pid, signal)
+        };
+        if let Err(errno) = sent
+            && errno != Errno::ESRCH
+        {
+            warn!(
+                "cannot send {} to pid {}: {errno}",
+                signal.as_str(),
+                self.pid
+            );
         }
     }
 
@@ -317,7 +344,14 @@ impl Pool {
             None => worker.retiring.as_ref().map(|retiring| retiring.deadline),
             Some(kill) => kill.sigkill_at,
         });
-        respawns.chain(kills).min()
+        let exec = self
+            .workers
+            .iter()
+            .filter_map(|worker| match (&worker.kill, &worker.exec) {
+                (None, Some(exec)) => exec.deadline(worker.ready),
+                _ => None,
+            });
+        respawns.chain(kills).chain(exec).min()
     }
 }
 

@@ -151,11 +151,16 @@ fn verdict(worker: &Worker, exit: Exit, row: &RowSnapshot, limits: &MasterLimits
     if !worker.ready {
         return Verdict::BootFailed;
     }
+    let request_cpu = exit.cpu.map(|total| total.saturating_sub(row.request_cpu));
     match (ending, row.exit_reason) {
-        (Ending::Exited(EXIT_OK), ExitReason::LimitTimeCpu) => {
-            let request_cpu = exit.cpu.map(|total| total.saturating_sub(row.request_cpu));
-            Verdict::LimitExceeded(limits::describe_cpu_exceeded(limits, request_cpu))
-        }
+        (Ending::Exited(EXIT_OK), ExitReason::LimitTimeCpu)
+        | (
+            Ending::Signaled {
+                signal: Signal::SIGXCPU,
+                ..
+            },
+            _,
+        ) => Verdict::LimitExceeded(limits::describe_cpu_exceeded(limits, request_cpu)),
         (Ending::Exited(EXIT_OK), ExitReason::LimitTimeReal) => {
             Verdict::LimitExceeded("limit_time_real exceeded".to_string())
         }

@@ -7,7 +7,7 @@ use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
 use super::pool::{Kill, RetireReason, Role, Worker};
-use super::{Master, Stopping, send_signal, signal_name};
+use super::{Master, Stopping, signal_name};
 use crate::config::{Config, RESTART_ONLY_KEYS};
 use crate::format::elapsed;
 use crate::limits::MasterLimits;
@@ -71,7 +71,7 @@ impl Master {
                         sigkill_at: None,
                     });
                     worker.reported = false;
-                    send_signal(worker.pid, Signal::SIGKILL);
+                    worker.signal(Signal::SIGKILL);
                 }
             }
             Some(_) => {}
@@ -147,8 +147,10 @@ impl Master {
             Ok(()) => info!("SIGUSR1: log file reopened"),
             Err(error) => error!("SIGUSR1: {error}"),
         }
-        for worker in self.pool.workers() {
-            send_signal(worker.pid, Signal::SIGUSR1);
+        // Exec workers write to the master's pipes, and SIGUSR1 would kill a program that
+        // does not expect it.
+        for worker in self.pool.workers().filter(|worker| worker.exec.is_none()) {
+            worker.signal(Signal::SIGUSR1);
         }
     }
 
@@ -188,8 +190,14 @@ impl Master {
                 .last_rss
                 .map(|rss| format!(", rss {} MiB", rss >> 20))
                 .unwrap_or_default();
+            let status = worker
+                .exec
+                .as_ref()
+                .and_then(|exec| exec.status.as_deref())
+                .map(|status| format!(", status {status:?}"))
+                .unwrap_or_default();
             info!(
-                "status: {} (pid {}, generation {}): {state}{leaving}, up {}, {} served{rss}",
+                "status: {} (pid {}, generation {}): {state}{leaving}, up {}, {} served{rss}{status}",
                 worker.id,
                 worker.pid,
                 worker.generation,

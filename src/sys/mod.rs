@@ -18,7 +18,8 @@ mod signals;
 mod title;
 
 pub use process::{
-    fork_process, lower_priority, pidfd_open, reap_child, supervise_job, thread_count,
+    ensure_standard_fds, exec_socket_activated, fork_process, lower_priority, pidfd_open,
+    reap_child, set_cpu_limit_of, supervise_job, thread_count,
 };
 pub use shm::SharedWords;
 pub use signals::{MASTER_SIGNALS, RequestLimitSignals, WorkerSignals};

@@ -186,3 +186,85 @@ pub fn lower_priority(increment: i32) -> nix::Result<()> {
         _ => Ok(()),
     }
 }
+
+/// Makes sure descriptors 0, 1 and 2 are open (on /dev/null when they were closed), so that
+/// no socket or pipe of ours can land on them and be clobbered when a program's standard
+/// streams are set up.
+pub fn ensure_standard_fds() -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only reads the flags of a descriptor number; no memory is passed.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags == -1 && nix::errno::Errno::last() == nix::errno::Errno::EBADF {
+            // open(2) returns the lowest free descriptor: this one. It stays open for good.
+            let null = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")?;
+            let _ = null.into_raw_fd();
+        }
+    }
+    Ok(())
+}
+
+/// Replaces this (forked) process with `program`, the way systemd starts a socket-activated
+/// service: `listener` on descriptor 3 (and, like stdout/stderr, kept across exec), the
+/// output pipes on 1 and 2, no signal blocked and none ignored. Returns only on failure.
+pub fn exec_socket_activated(
+    program: &std::ffi::CStr,
+    args: &[std::ffi::CString],
+    env: &[std::ffi::CString],
+    listener: std::os::fd::BorrowedFd<'_>,
+    stdout: std::os::fd::BorrowedFd<'_>,
+    stderr: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Error {
+    use std::os::fd::AsRawFd;
+    const LISTEN_FD: i32 = 3;
+    let prepared = (|| -> nix::Result<()> {
+        nix::unistd::dup2_stdout(stdout)?;
+        nix::unistd::dup2_stderr(stderr)?;
+        if listener.as_raw_fd() == LISTEN_FD {
+            nix::fcntl::fcntl(
+                listener,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )?;
+        } else {
+            // SAFETY: dup2 takes two descriptor numbers; whatever descriptor 3 held is closed
+            // by it, which is intended: every descriptor of ours is close-on-exec anyway, and
+            // this process is about to become the program.
+            nix::errno::Errno::result(unsafe { libc::dup2(listener.as_raw_fd(), LISTEN_FD) })?;
+        }
+        nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&nix::sys::signal::SigSet::empty()),
+            None,
+        )?;
+        // SAFETY: SIG_DFL runs no code of ours in signal context. (Rust ignores SIGPIPE; a
+        // program expects the default, as exec would give it had we not ignored it.)
+        unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, SigHandler::SigDfl) }?;
+        Ok(())
+    })();
+    if let Err(errno) = prepared {
+        return errno.into();
+    }
+    match nix::unistd::execvpe(program, args, env) {
+        Ok(never) => match never {},
+        Err(errno) => errno.into(),
+    }
+}
+
+/// Sets the soft RLIMIT_CPU of another process to `soft` seconds of CPU, with `hard` as its
+/// hard limit (`prlimit(2)`): how `limit_time_cpu` reaches a program we exec.
+pub fn set_cpu_limit_of(pid: Pid, soft: u64, hard: u64) -> std::io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard.max(soft),
+    };
+    // SAFETY: `limit` is a live, initialised rlimit; the old-value pointer is null, which
+    // prlimit accepts.
+    let result =
+        unsafe { libc::prlimit(pid.as_raw(), libc::RLIMIT_CPU, &limit, std::ptr::null_mut()) };
+    nix::errno::Errno::result(result)
+        .map(drop)
+        .map_err(Into::into)
+}

@@ -5,6 +5,7 @@
 //! It returns the exit status; the process then ends at once, without running the master's exit code (see [`crate::sys::fork_process`]).
 
 mod cron;
+mod exec;
 mod http;
 
 use std::net::TcpListener;
@@ -43,6 +44,10 @@ pub struct WorkerSpec<'a> {
     pub notifier: &'a Notifier,
     pub row: &'a WorkerRow,
     pub app: &'a AppFactory,
+    /// `NOTIFY_SOCKET` for programs: the master's notification socket.
+    pub notify_address: &'a str,
+    /// The output pipes of an exec worker (write ends), read by the master.
+    pub exec_output: Option<ExecOutput<'a>>,
     /// When the server started (cron runs due before it were missed while it was down).
     pub server_started: std::time::SystemTime,
 }
@@ -57,6 +62,12 @@ impl WorkerSpec<'_> {
     fn orphaned(&self) -> bool {
         getppid() != self.master_pid
     }
+}
+
+/// Where an exec worker's program writes: pipes whose other ends the master reads.
+pub struct ExecOutput<'a> {
+    pub stdout: std::os::fd::BorrowedFd<'a>,
+    pub stderr: std::os::fd::BorrowedFd<'a>,
 }
 
 /// How a worker's loop ended.
@@ -81,6 +92,9 @@ pub fn run(spec: WorkerSpec<'_>) -> i32 {
     }
     if spec.orphaned() {
         return EXIT_OK;
+    }
+    if let (crate::master::Role::Http, Some(app)) = (spec.id.role, &spec.config.app) {
+        return exec::run(&spec, app);
     }
     let signals = match WorkerSignals::install() {
         Ok(signals) => signals,

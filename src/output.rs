@@ -1,0 +1,57 @@
+//! Turning a child's output stream into log lines.
+
+/// Longest line logged as one; longer ones are split (a program without newlines must not
+/// make us buffer without end).
+const MAX_LINE: usize = 8 * 1024;
+
+/// Collects bytes and hands back complete lines.
+#[derive(Default)]
+pub struct LineSplitter {
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// Adds `bytes`; returns the lines they complete, without their newline.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.partial.extend_from_slice(bytes);
+        let mut lines = Vec::new();
+        while let Some(end) = self.partial.iter().position(|byte| *byte == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            lines.push(text(&line[..line.len() - 1]));
+        }
+        while self.partial.len() >= MAX_LINE {
+            let line: Vec<u8> = self.partial.drain(..MAX_LINE).collect();
+            lines.push(text(&line));
+        }
+        lines
+    }
+
+    /// The unfinished last line, once the stream has ended.
+    pub fn finish(&mut self) -> Option<String> {
+        (!self.partial.is_empty()).then(|| text(&std::mem::take(&mut self.partial)))
+    }
+}
+
+fn text(line: &[u8]) -> String {
+    String::from_utf8_lossy(line)
+        .trim_end_matches('\r')
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_split_across_chunks_and_long_ones_cut() {
+        let mut splitter = LineSplitter::default();
+        assert_eq!(splitter.push(b"one\r\ntw"), ["one"]);
+        assert_eq!(splitter.push(b"o\nthree"), ["two"]);
+        assert_eq!(splitter.finish().as_deref(), Some("three"));
+        assert_eq!(splitter.finish(), None);
+        let long = vec![b'x'; MAX_LINE + 10];
+        let lines = splitter.push(&long);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].len(), MAX_LINE);
+    }
+}

@@ -1,0 +1,105 @@
+//! An exec worker: the forked child becomes the `[app]` program, started the way systemd
+//! starts a socket-activated service (descriptor 3, `LISTEN_FDS`, `NOTIFY_SOCKET`).
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsString};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStringExt;
+
+use nix::unistd::{Pid, setpgid};
+
+use super::{EXIT_BOOT_FAILED, WorkerSpec};
+use crate::config::ExecApp;
+use crate::sys;
+
+/// Environment variables that belong to whoever started forkwarden, not to the program.
+const NOT_INHERITED: [&str; 6] = [
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
+];
+
+/// Becomes the program; returns (an exit status) only if it could not be started.
+pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
+    let (Some(listener), Some(output)) = (spec.listener, spec.exec_output.as_ref()) else {
+        eprintln!(
+            "forkwarden: {}: no listening socket or output pipes",
+            spec.name()
+        );
+        return EXIT_BOOT_FAILED;
+    };
+    let program = &app.command[0];
+    // Its own process group, so that a kill reaches the program's children too.
+    let prepared = setpgid(Pid::from_raw(0), Pid::from_raw(0))
+        .map_err(|errno| format!("cannot make a process group: {errno}"))
+        .and_then(|()| {
+            crate::limits::apply_at_worker_start(spec.config)
+                .map_err(|errno| format!("cannot apply limit_memory_hard as RLIMIT_AS: {errno}"))
+        })
+        .and_then(|()| match &app.cwd {
+            Some(cwd) => std::env::set_current_dir(cwd)
+                .map_err(|error| format!("cannot enter cwd {}: {error}", cwd.display())),
+            None => Ok(()),
+        })
+        .and_then(|()| {
+            let strings = |parts: &[String]| -> Result<Vec<CString>, String> {
+                parts
+                    .iter()
+                    .map(|part| CString::new(part.as_bytes()).map_err(|e| e.to_string()))
+                    .collect()
+            };
+            let args = strings(&app.command)?;
+            Ok((args, environment(spec, app)?))
+        });
+    let (args, env) = match prepared {
+        Ok(prepared) => prepared,
+        Err(why) => {
+            eprintln!("forkwarden: {}: {why}", spec.name());
+            return EXIT_BOOT_FAILED;
+        }
+    };
+    let error = sys::exec_socket_activated(
+        &args[0],
+        &args,
+        &env,
+        listener.as_fd(),
+        output.stdout,
+        output.stderr,
+    );
+    // Standard error is the output pipe by now: the master logs this line.
+    eprintln!("forkwarden: cannot run {program}: {error}");
+    EXIT_BOOT_FAILED
+}
+
+/// The program's environment: forkwarden's own, the `[app]` additions, and the
+/// socket-activation and notification variables.
+fn environment(spec: &WorkerSpec<'_>, app: &ExecApp) -> Result<Vec<CString>, String> {
+    let mut vars: BTreeMap<OsString, OsString> = std::env::vars_os()
+        .filter(|(key, _)| !NOT_INHERITED.iter().any(|name| key == name))
+        .collect();
+    for (key, value) in &app.env {
+        vars.insert(key.into(), value.into());
+    }
+    let own = [
+        ("LISTEN_FDS", "1".to_string()),
+        ("LISTEN_PID", std::process::id().to_string()),
+        ("LISTEN_FDNAMES", "http".to_string()),
+        ("NOTIFY_SOCKET", spec.notify_address.to_string()),
+        ("FORKWARDEN_SLOT", spec.id.slot.to_string()),
+        ("FORKWARDEN_GENERATION", spec.generation.to_string()),
+    ];
+    for (key, value) in own {
+        vars.insert(key.into(), value.into());
+    }
+    vars.into_iter()
+        .map(|(key, value)| {
+            let mut entry = key.into_vec();
+            entry.push(b'=');
+            entry.extend(value.into_vec());
+            CString::new(entry).map_err(|error| format!("bad environment variable: {error}"))
+        })
+        .collect()
+}

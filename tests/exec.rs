@@ -1,0 +1,187 @@
+//! Exec workers (`[app]`): any program under the same supervision, here a Python WSGI app
+//! under python/forkwarden_wsgi.py (standard library only) and a few plain programs.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{SOON, Server, children_of, http_get, is_alive, pid_after, wait_until};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// `[app]` running scripts/compare_app.py under the WSGI runner, with `extra` app settings.
+fn wsgi_app(extra: &str) -> String {
+    format!(
+        "[app]\ncommand = [\"python3\", \"{REPO}/python/forkwarden_wsgi.py\", \"compare_app:app\"]\n\
+         cwd = \"{REPO}/scripts\"\nready_timeout = \"20s\"\n{extra}"
+    )
+}
+
+/// A server running the WSGI app; waits until `workers` programs are ready.
+fn wsgi_server(settings: &str, workers: usize) -> Server {
+    let server = Server::start(&format!(
+        "workers = {workers}\n{settings}\n{}",
+        wsgi_app("")
+    ));
+    assert!(
+        wait_until(SOON, || server.get("/health").status == 200),
+        "{}",
+        server.log_text()
+    );
+    server.wait_for_workers("", workers);
+    server
+}
+
+#[test]
+fn each_program_answers_with_its_own_pid() {
+    let server = wsgi_server("", 3);
+    let programs: BTreeSet<i32> = children_of(server.pid()).into_iter().collect();
+    assert_eq!(programs.len(), 3);
+    // Three slow requests at once must be served by three different programs.
+    let answers: BTreeSet<i32> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| http_get(server.port, "/sleep?ms=700").body))
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| pid_after(&handle.join().unwrap(), "in pid "))
+            .collect()
+    });
+    assert_eq!(answers, programs);
+    server.wait_for_log("NOTIFY_SOCKET=@forkwarden/");
+}
+
+#[test]
+fn a_killed_program_is_replaced_and_logged() {
+    let server = wsgi_server("", 1);
+    let victim: i32 = server.get("/pid").body.trim().parse().unwrap();
+    kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    let line = server.wait_for_log(&format!("(pid {victim}) died: killed by SIGKILL"));
+    let replacement = pid_after(&line, "respawned as pid ");
+    assert!(wait_until(SOON, || server.get("/pid").body.trim()
+        == replacement.to_string()));
+}
+
+#[test]
+fn a_request_past_limit_time_real_is_killed_and_logged_with_its_path() {
+    let server = wsgi_server("limit_time_real = 1", 2);
+    let reply = server.get("/sleep?ms=8000");
+    assert_eq!(
+        reply.status, 0,
+        "no 504 from outside the program: the connection ends"
+    );
+    let line = server.wait_for_log("killed: limit_time_real exceeded (running ");
+    assert!(line.contains("while serving GET /sleep?ms=8000"), "{line}");
+    assert!(line.contains("respawned as pid"), "{line}");
+}
+
+#[test]
+fn a_request_past_limit_time_cpu_is_stopped_by_rlimit_cpu() {
+    let server = wsgi_server("limit_time_cpu = 1\nlimit_time_real = 30", 1);
+    let _ = server.get("/burn?ms=20000");
+    let line = server.wait_for_log("killed: limit_time_cpu exceeded (cpu ");
+    assert!(line.contains("while serving GET /burn?ms=20000"), "{line}");
+}
+
+#[test]
+fn a_leak_past_limit_memory_hard_is_killed() {
+    let server = wsgi_server(
+        "limit_memory_soft = 0\nlimit_memory_hard = \"100MiB\"\nlimit_memory_hard_rlimit = false",
+        1,
+    );
+    let _ = server.get("/alloc?mb=200");
+    let line = server.wait_for_log("killed: limit_memory_hard exceeded (rss ");
+    assert!(line.contains("> 100 MiB)"), "{line}");
+}
+
+#[test]
+fn limit_request_counts_idle_markers() {
+    // Ready without a request (a readiness probe would count towards the limit).
+    let server = Server::start(&format!("workers = 1\nlimit_request = 3\n{}", wsgi_app("")));
+    server.wait_until_idle("http worker");
+    let first = server.get("/pid").body;
+    assert_eq!(server.get("/pid").body, first);
+    assert_eq!(server.get("/pid").body, first);
+    let line = server.wait_for_log("recycled: limit_request reached (3 requests)");
+    let replacement = pid_after(&line, "respawned as pid ");
+    assert!(wait_until(SOON, || server.get("/pid").body.trim()
+        == replacement.to_string()));
+}
+
+#[test]
+fn a_program_crashing_at_import_is_backed_off() {
+    let server = Server::spawn(&format!(
+        "workers = 1\n{}",
+        wsgi_app("env = { COMPARE_APP_CRASH_AT_BOOT = \"1\" }\n")
+    ));
+    server.wait_for_log("[stderr]: RuntimeError: COMPARE_APP_CRASH_AT_BOOT=1");
+    server.wait_for_log("failed to start: exited with status 1");
+    server.wait_for_log("restarting in 0.10s (2 failed starts in a row)");
+    assert!(is_alive(server.pid()));
+}
+
+#[test]
+fn a_program_exiting_with_status_3_stops_the_server() {
+    let mut server = wsgi_server("", 2);
+    let _ = server.get("/crash?exit=3");
+    server.wait_for_log("exited with status 3 (critical error)");
+    assert_eq!(
+        server.wait_exit(SOON).and_then(|status| status.code()),
+        Some(3)
+    );
+}
+
+#[test]
+fn a_program_that_never_reports_ready_is_killed_after_ready_timeout() {
+    let server = Server::spawn(
+        "workers = 1\n[app]\ncommand = [\"sleep\", \"60\"]\nready_timeout = \"1s\"\n",
+    );
+    let line = server.wait_for_log("killed: did not report READY=1 within ready_timeout (1s)");
+    assert!(line.contains(" WARN "), "{line}");
+    // Its replacement is killed the same way: a failed start each time, so backed off.
+    let twice = wait_until(SOON, || {
+        server.log_matching("killed: did not report READY=1").len() >= 2
+    });
+    assert!(twice, "{}", server.log_text());
+    server.wait_for_log("failed starts in a row");
+}
+
+#[test]
+fn a_program_without_notify_still_gets_respawn_memory_limits_and_its_output_logged() {
+    let program = "import sys, time; print('hello from the program', flush=True); \
+                   print('and its stderr', file=sys.stderr, flush=True); \
+                   block = bytearray(200 << 20); time.sleep(60)";
+    let server = Server::spawn(&format!(
+        "workers = 1\nlimit_memory_soft = 0\nlimit_memory_hard = \"100MiB\"\n\
+         limit_memory_hard_rlimit = false\n\
+         [app]\ncommand = [\"python3\", \"-c\", \"{program}\"]\nready_timeout = 0\n"
+    ));
+    server.wait_for_log_all(&["http worker 0 (pid ", "): hello from the program"]);
+    server.wait_for_log("[stderr]: and its stderr");
+    let line = server.wait_for_log("killed: limit_memory_hard exceeded (rss ");
+    assert!(line.contains("respawned as pid"), "{line}");
+    let shell = Server::spawn(
+        "workers = 1\n[app]\ncommand = [\"sh\", \"-c\", \"while :; do sleep 1; done\"]\n\
+         ready_timeout = 0\n",
+    );
+    let program = shell.wait_for_workers("", 1)[0];
+    kill(Pid::from_raw(program), Signal::SIGKILL).unwrap();
+    shell.wait_for_log(&format!("(pid {program}) died: killed by SIGKILL"));
+    shell.wait_for_workers("", 1);
+}
+
+#[test]
+fn killing_forkwarden_leaves_no_program_behind() {
+    let mut server = wsgi_server("", 2);
+    let programs = children_of(server.pid());
+    assert_eq!(programs.len(), 2);
+    server.signal(Signal::SIGKILL);
+    server.wait_exit(SOON);
+    let gone = wait_until(Duration::from_secs(2), || {
+        programs.iter().all(|pid| !is_alive(*pid))
+    });
+    assert!(gone, "programs alive after the master died: {programs:?}");
+}

@@ -239,3 +239,14 @@ fn a_run_missed_while_down_is_caught_up_once_or_skipped() {
         "caught up once, and only with catch_up = true"
     );
 }
+
+#[test]
+fn a_job_inherits_only_its_standard_streams() {
+    let server = Server::spawn(
+        "workers = 1\nmax_cron_threads = 1\n[[cron]]\nname = \"fds\"\ninterval = \"1h\"\n\
+         command = [\"sh\", \"-c\", \"ls /proc/self/fd | sort -n | tr '\\\\n' ' '\"]\n",
+    );
+    // `ls` itself opens one descriptor (3) to read the directory; nothing may follow it.
+    let line = server.wait_for_log("cron job fds: ");
+    assert!(line.trim_end().ends_with("cron job fds: 0 1 2 3"), "{line}");
+}

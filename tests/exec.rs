@@ -185,3 +185,61 @@ fn killing_forkwarden_leaves_no_program_behind() {
     });
     assert!(gone, "programs alive after the master died: {programs:?}");
 }
+
+/// A Python program, run with `ready_timeout` and the given source (one line per entry).
+fn python_program(source: &[&str], ready_timeout: &str) -> String {
+    // `\\\\n` here is `\\n` in the TOML text and `\n` in the Python source: a newline
+    // once `exec` runs it.
+    let program = source.join("\\\\n");
+    format!(
+        "workers = 1\n[app]\ncommand = [\"python3\", \"-c\", \"exec(\\\"{program}\\\")\"]\n\
+         ready_timeout = {ready_timeout}\n"
+    )
+}
+
+#[test]
+fn the_program_inherits_only_its_standard_streams_and_the_socket() {
+    let server = Server::spawn(&python_program(
+        &[
+            "import os, time",
+            "def is_open(fd):",
+            "  try:",
+            "    os.fstat(fd)",
+            "    return True",
+            "  except OSError:",
+            "    return False",
+            "print('descriptors', [fd for fd in range(1024) if is_open(fd)], flush=True)",
+            "print('LISTEN_FDS', os.environ['LISTEN_FDS'], os.environ['LISTEN_PID'] == str(os.getpid()), flush=True)",
+            "time.sleep(60)",
+        ],
+        "0",
+    ));
+    server.wait_for_log("): descriptors [0, 1, 2, 3]");
+    server.wait_for_log("): LISTEN_FDS 1 True");
+}
+
+#[test]
+fn a_program_silent_past_its_watchdog_is_killed_and_its_status_shown() {
+    let server = Server::spawn(&python_program(
+        &[
+            "import os, socket, time",
+            "address = os.environ['NOTIFY_SOCKET'].replace('@', chr(0), 1)",
+            "notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)",
+            "send = lambda message: notify.sendto(message.encode(), address)",
+            "send('READY=1')",
+            "send('STATUS=warming caches')",
+            "send('WATCHDOG_USEC=500000')",
+            "for _ in range(4):",
+            "  time.sleep(0.2)",
+            "  send('WATCHDOG=1')",
+            "time.sleep(60)",
+        ],
+        "\"5s\"",
+    ));
+    server.wait_until_idle("http worker");
+    server.signal(Signal::SIGQUIT);
+    server.wait_for_log("status \"warming caches\"");
+    let line = server.wait_for_log("killed: watchdog: no WATCHDOG=1 for ");
+    assert!(line.contains("(WATCHDOG_USEC=500000)"), "{line}");
+    assert!(line.contains("respawned as pid"), "{line}");
+}

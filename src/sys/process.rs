@@ -146,8 +146,8 @@ const IGNORED_IN_WORKERS: [libc::c_int; 6] = [
 /// Prepares `command` to run as a supervised job: between fork and exec the child sets its
 /// parent-death signal to SIGKILL (it must not outlive the cron worker that waits for it),
 /// checks that the cron worker is still there, and puts every signal back to its default
-/// action (std resets only the mask and SIGPIPE). Use it with `process_group(0)`, so that a
-/// kill of the group reaches the job's children too.
+/// action (std resets only the mask and SIGPIPE), and lets no descriptor beyond 0-2 through.
+/// Use it with `process_group(0)`, so that a kill of the group reaches the job's children too.
 pub fn supervise_job(command: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     let parent = nix::unistd::getpid().as_raw();
@@ -165,6 +165,9 @@ pub fn supervise_job(command: &mut std::process::Command) {
                 libc::signal(signal, libc::SIG_DFL);
             }
         }
+        // Nothing beyond stdin, stdout and stderr (the job's pipes) reaches the job, not even
+        // what forkwarden inherited without close-on-exec.
+        mark_close_on_exec_from(3)?;
         Ok(())
     };
     // SAFETY: the hook above only makes async-signal-safe calls.
@@ -209,7 +212,9 @@ pub fn ensure_standard_fds() -> std::io::Result<()> {
 
 /// Replaces this (forked) process with `program`, the way systemd starts a socket-activated
 /// service: `listener` on descriptor 3 (and, like stdout/stderr, kept across exec), the
-/// output pipes on 1 and 2, no signal blocked and none ignored. Returns only on failure.
+/// output pipes on 1 and 2, no other descriptor (not even one forkwarden inherited without
+/// close-on-exec from whoever started it), no signal blocked and none ignored. Returns only
+/// on failure.
 pub fn exec_socket_activated(
     program: &std::ffi::CStr,
     args: &[std::ffi::CString],
@@ -234,6 +239,7 @@ pub fn exec_socket_activated(
             // this process is about to become the program.
             nix::errno::Errno::result(unsafe { libc::dup2(listener.as_raw_fd(), LISTEN_FD) })?;
         }
+        mark_close_on_exec_from(LISTEN_FD + 1)?;
         nix::sys::signal::pthread_sigmask(
             nix::sys::signal::SigmaskHow::SIG_SETMASK,
             Some(&nix::sys::signal::SigSet::empty()),
@@ -251,6 +257,28 @@ pub fn exec_socket_activated(
         Ok(never) => match never {},
         Err(errno) => errno.into(),
     }
+}
+
+/// Marks every descriptor from `first` up close-on-exec, so that exec leaves none of them to
+/// the program. Nothing is closed in this process, so nothing it holds becomes invalid.
+/// Only system calls, no allocation: usable between fork and exec.
+fn mark_close_on_exec_from(first: i32) -> nix::Result<()> {
+    let first = u32::try_from(first).unwrap_or(u32::MAX);
+    // SAFETY: with CLOSE_RANGE_CLOEXEC, close_range only sets the close-on-exec flag of
+    // descriptors; it takes no pointer and closes nothing.
+    let marked = unsafe { libc::close_range(first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) };
+    if marked == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.11: every descriptor number this process may have open.
+    let (open_max, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+    let last = i32::try_from(open_max.min(1 << 20)).unwrap_or(1 << 20);
+    for fd in i32::try_from(first).unwrap_or(i32::MAX)..last {
+        // SAFETY: F_SETFD only changes the flags of a descriptor number; no memory is passed.
+        // Numbers that are not open give EBADF, which is ignored.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
 }
 
 /// Sets the soft RLIMIT_CPU of another process to `soft` seconds of CPU, with `hard` as its

@@ -106,36 +106,34 @@ class Running:
         self.log.close()
 
 
-def start_forkwarden(workers, limit_time=0, limit_memory=0, crash_at_boot=False):
-    port = free_port()
-    config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-    config.write(
-        f"http_port = {port}\nworkers = {workers}\nmax_cron_threads = 0\nlimit_request = 0\n"
-        f"demo_fault_endpoints = true\nlimit_time_real = {limit_time}\n"
-        f"limit_memory_soft = 0\nlimit_memory_hard = {limit_memory << 20}\n"
-        f"limit_memory_hard_rlimit = false\ndemo_crash_at_boot = {str(crash_at_boot).lower()}\n")
-    config.close()
-    server = Running([BINARY, "--config", config.name], port,
-                     spawned=r"(started|respawned) as pid")
-    server.name = "forkwarden"
-    return server
-
-
-def start_forkwarden_wsgi(workers, limit_time=0, limit_memory=0, crash_at_boot=False):
+def run_forkwarden(name, workers, limit_time, limit_memory, settings):
+    """forkwarden with the shared settings (no recycling, the given limits) and `settings`."""
     port = free_port()
     config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
     config.write(
         f"http_port = {port}\nworkers = {workers}\nmax_cron_threads = 0\nlimit_request = 0\n"
         f"limit_time_real = {limit_time}\nlimit_memory_soft = 0\n"
         f"limit_memory_hard = {limit_memory << 20}\nlimit_memory_hard_rlimit = false\n"
-        f"[app]\ncommand = [\"{sys.executable}\", \"{ROOT}/python/forkwarden_wsgi.py\", "
-        f"\"compare_app:app\"]\ncwd = \"{APP_DIR}\"\n"
-        f"env = {{ COMPARE_APP_CRASH_AT_BOOT = \"{1 if crash_at_boot else 0}\" }}\n")
+        + settings)
     config.close()
     server = Running([BINARY, "--config", config.name], port,
                      spawned=r"(started|respawned) as pid")
-    server.name = "forkwarden + WSGI runner"
+    server.name = name
     return server
+
+
+def start_forkwarden(workers, limit_time=0, limit_memory=0, crash_at_boot=False):
+    return run_forkwarden(
+        "forkwarden", workers, limit_time, limit_memory,
+        f"demo_fault_endpoints = true\ndemo_crash_at_boot = {str(crash_at_boot).lower()}\n")
+
+
+def start_forkwarden_wsgi(workers, limit_time=0, limit_memory=0, crash_at_boot=False):
+    return run_forkwarden(
+        "forkwarden + WSGI runner", workers, limit_time, limit_memory,
+        f"[app]\ncommand = [\"{sys.executable}\", \"{ROOT}/python/forkwarden_wsgi.py\", "
+        f"\"compare_app:app\"]\ncwd = \"{APP_DIR}\"\n"
+        f"env = {{ COMPARE_APP_CRASH_AT_BOOT = \"{1 if crash_at_boot else 0}\" }}\n")
 
 
 def start_gunicorn(workers, limit_time=0, limit_memory=0, crash_at_boot=False):

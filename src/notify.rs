@@ -19,6 +19,45 @@ use nix::unistd::Pid;
 /// Largest notification read; sd_notify messages are a few short `KEY=VALUE` lines.
 const MAX_MESSAGE: usize = 4096;
 
+/// Variables by which a service manager (systemd) talks to the process it started. They are
+/// meant for the master; no worker, program or cron job inherits them.
+pub const SERVICE_MANAGER_VARIABLES: [&str; 6] = [
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
+];
+
+/// The service manager that started the master (systemd with `Type=notify`), told when the
+/// server is ready and when it stops.
+pub struct ServiceManager {
+    socket: UnixDatagram,
+    address: SocketAddr,
+}
+
+impl ServiceManager {
+    /// The one named by `NOTIFY_SOCKET`, if any (a leading `@` is the abstract namespace).
+    pub fn from_environment() -> Option<Self> {
+        let target = std::env::var("NOTIFY_SOCKET").ok()?;
+        let address = match target.strip_prefix('@') {
+            Some(name) => SocketAddr::from_abstract_name(name.as_bytes()).ok()?,
+            None => SocketAddr::from_pathname(&target).ok()?,
+        };
+        let socket = UnixDatagram::unbound().ok()?;
+        socket.set_nonblocking(true).ok()?;
+        Some(Self { socket, address })
+    }
+
+    /// Sends `message` (`READY=1`, `STOPPING=1`, ...); a lost message only costs a log line.
+    pub fn send(&self, message: &str) {
+        if let Err(error) = self.socket.send_to_addr(message.as_bytes(), &self.address) {
+            tracing::warn!("cannot notify the service manager ({message:?}): {error}");
+        }
+    }
+}
+
 /// The sending end, inherited by every worker.
 pub struct Notifier {
     socket: UnixDatagram,

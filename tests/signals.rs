@@ -163,3 +163,36 @@ fn the_pidfile_lives_as_long_as_the_master() {
     assert!(server.wait_exit(SOON).unwrap().success());
     assert!(!pidfile.exists());
 }
+
+#[test]
+fn systemd_is_told_ready_once_workers_are_and_stopping_on_stop() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify");
+    let systemd = UnixDatagram::bind(&socket_path).unwrap();
+    systemd.set_read_timeout(Some(SOON)).unwrap();
+    let mut server = Server::spawn_with_env(
+        "workers = 2\nmax_cron_threads = 1\n[[cron]]\nname = \"env\"\ninterval = \"1h\"\n\
+         command = [\"sh\", \"-c\", \"echo NOTIFY_SOCKET=${NOTIFY_SOCKET:-unset}\"]\n",
+        &[("NOTIFY_SOCKET", socket_path.display().to_string())],
+    );
+    let mut buffer = [0u8; 512];
+    let length = systemd.recv(&mut buffer).expect("READY=1 from the master");
+    let message = String::from_utf8_lossy(&buffer[..length]).into_owned();
+    assert!(message.starts_with("READY=1\n"), "{message}");
+    assert!(
+        message.contains("STATUS=2 http and 1 cron workers ready"),
+        "{message}"
+    );
+    // Ready means ready: every worker answers by now.
+    assert_eq!(server.workers("http worker").len(), 2);
+    assert_eq!(server.get("/health").status, 200);
+    // The master's NOTIFY_SOCKET is its own: a cron job does not see it.
+    server.wait_for_log("cron job env: NOTIFY_SOCKET=unset");
+    server.signal(Signal::SIGTERM);
+    let length = systemd
+        .recv(&mut buffer)
+        .expect("STOPPING=1 from the master");
+    assert_eq!(&buffer[..length], b"STOPPING=1");
+    assert!(server.wait_exit(SOON).unwrap().success());
+}

@@ -68,6 +68,9 @@ pub fn run(
     started: impl FnOnce(Pid),
 ) -> RunEnding {
     let mut command = Command::new(&job.command[0]);
+    for variable in crate::notify::SERVICE_MANAGER_VARIABLES {
+        command.env_remove(variable);
+    }
     command
         .args(&job.command[1..])
         .envs(&job.env)

@@ -106,6 +106,9 @@ pub struct Master {
     /// The earliest moment a request in flight crosses its wall-clock limit.
     next_request_deadline: Option<Instant>,
     stopping: Option<Stopping>,
+    /// systemd (`Type=notify`), told `READY=1` once the first population is ready.
+    service_manager: Option<crate::notify::ServiceManager>,
+    announced_ready: bool,
     /// Dropped (and so removed) when the master returns from [`Master::run`].
     _pidfile: Option<Pidfile>,
 }
@@ -165,6 +168,8 @@ impl Master {
             notifications,
             listener,
             stopping: None,
+            service_manager: crate::notify::ServiceManager::from_environment(),
+            announced_ready: false,
             _pidfile: pidfile,
         })
     }
@@ -204,6 +209,7 @@ impl Master {
             }
             self.spawn_missing();
             self.retire_replaced();
+            self.announce_readiness();
             if let Err(error) = self.wait(&mut events) {
                 error!("the event loop failed: {error}; killing all workers");
                 self.kill_all_and_reap();
@@ -344,6 +350,23 @@ impl Master {
                     self.pool.delay_slot(id, now + SPAWN_RETRY);
                 }
             }
+        }
+    }
+
+    /// Tells the service manager, once, that the server is ready: every wanted worker of the
+    /// first population has reported ready (so `systemctl start` returns when it can serve).
+    fn announce_readiness(&mut self) {
+        if self.announced_ready || self.stopping.is_some() || !self.pool.all_ready() {
+            return;
+        }
+        self.announced_ready = true;
+        if let Some(manager) = &self.service_manager {
+            manager.send(&format!(
+                "READY=1\nSTATUS={} http and {} cron workers ready\nMAINPID={}",
+                self.pool.wanted(Role::Http),
+                self.pool.wanted(Role::Cron),
+                self.pid
+            ));
         }
     }
 

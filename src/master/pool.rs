@@ -256,6 +256,16 @@ impl Pool {
         })
     }
 
+    /// Whether every wanted slot has a ready worker of the current generation.
+    pub fn all_ready(&self) -> bool {
+        [Role::Http, Role::Cron].into_iter().all(|role| {
+            (0..self.wanted(role)).all(|slot| {
+                self.current(WorkerId { role, slot })
+                    .is_some_and(|worker| worker.ready)
+            })
+        })
+    }
+
     /// Slots that want a worker of the current generation and may get one now.
     pub fn slots_to_fill(&self, now: Instant) -> Vec<WorkerId> {
         let mut ids = Vec::new();

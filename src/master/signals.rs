@@ -47,6 +47,9 @@ impl Master {
                     exit_status,
                     forced: false,
                 });
+                if let Some(manager) = &self.service_manager {
+                    manager.send("STOPPING=1");
+                }
                 // Close the master's copy of the socket; each worker closes its own on exit.
                 self.listener = None;
                 let running: Vec<Pid> = self

@@ -10,17 +10,8 @@ use nix::unistd::{Pid, setpgid};
 
 use super::{EXIT_BOOT_FAILED, WorkerSpec};
 use crate::config::ExecApp;
+use crate::notify::SERVICE_MANAGER_VARIABLES;
 use crate::sys;
-
-/// Environment variables that belong to whoever started forkwarden, not to the program.
-const NOT_INHERITED: [&str; 6] = [
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_PID",
-    "WATCHDOG_USEC",
-];
 
 /// Becomes the program; returns (an exit status) only if it could not be started.
 pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
@@ -78,7 +69,7 @@ pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
 /// socket-activation and notification variables.
 fn environment(spec: &WorkerSpec<'_>, app: &ExecApp) -> Result<Vec<CString>, String> {
     let mut vars: BTreeMap<OsString, OsString> = std::env::vars_os()
-        .filter(|(key, _)| !NOT_INHERITED.iter().any(|name| key == name))
+        .filter(|(key, _)| !SERVICE_MANAGER_VARIABLES.iter().any(|name| key == name))
         .collect();
     for (key, value) in &app.env {
         vars.insert(key.into(), value.into());

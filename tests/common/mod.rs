@@ -92,11 +92,16 @@ impl Server {
     /// Starts a server without waiting for anything (for cron-only or failing configs).
     /// `{dir}` in `overrides` stands for the server's own temporary directory.
     pub fn spawn(overrides: &str) -> Server {
+        Self::spawn_with_env(overrides, &[])
+    }
+
+    /// [`Server::spawn`], with extra environment variables for the master.
+    pub fn spawn_with_env(overrides: &str, env: &[(&str, String)]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("forkwarden.toml");
         let text = config_text(overrides).replace("{dir}", &dir.path().display().to_string());
         std::fs::write(&config_path, text).expect("write config");
-        Self::spawn_in(dir, config_path)
+        Self::spawn_in(dir, config_path, env)
     }
 
     /// Stops this server (SIGTERM, waiting for it) and starts a new one on the same
@@ -108,11 +113,12 @@ impl Server {
         let dir = std::mem::replace(&mut self.dir, placeholder);
         let config_path = self.config_path.clone();
         drop(self);
-        Self::spawn_in(dir, config_path)
+        Self::spawn_in(dir, config_path, &[])
     }
 
-    fn spawn_in(dir: tempfile::TempDir, config_path: PathBuf) -> Server {
+    fn spawn_in(dir: tempfile::TempDir, config_path: PathBuf, env: &[(&str, String)]) -> Server {
         let mut child = Command::new(BINARY)
+            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
             .arg("--config")
             .arg(&config_path)
             .stdin(Stdio::null())

@@ -30,7 +30,7 @@ import subprocess
 import threading
 import time
 
-from fwbench import ROOT, Server, build, http_get, machine, proc_state, publish
+from fwbench import ROOT, Server, build, http_get, machine, publish, wait_for
 
 WRK_REPORT = os.path.join(ROOT, "scripts", "wrk_report.lua")
 FAULTS = [
@@ -175,7 +175,12 @@ def main():
         for thread in threads:
             thread.join()
         server.wait_for_workers(args.workers, timeout=30)
-        time.sleep(0.5)  # let the last exits be reaped before counting zombies and fds
+        # The last exits may still be on their way to being reaped: give them a bounded time.
+        try:
+            wait_for(lambda: zombies_of(server.proc.pid) == 0
+                     and master_stats(server.proc.pid)[1] <= fds_before, 5, 0.01)
+        except TimeoutError:
+            pass  # what is left is reported below
         rss_after, fds_after = master_stats(server.proc.pid)
         zombies = zombies_of(server.proc.pid)
         log = server.log_text()

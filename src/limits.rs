@@ -113,13 +113,34 @@ impl CpuBudget {
             Expiration::OneShot(TimeSpec::from(self.limit)),
             TimerSetTimeFlags::empty(),
         )?;
-        let soft = used.as_secs() + 1 + self.limit.as_secs();
+        let soft = cpu_soft_limit(used, self.limit);
         if self.armed != Some(soft) {
             setrlimit(Resource::RLIMIT_CPU, soft, self.hard.max(soft))?;
             self.armed = Some(soft);
         }
         Ok(used)
     }
+}
+
+/// RLIMIT_CPU's soft limit for a request that starts after `used` of CPU and may use `limit`
+/// more: the sum, rounded up to the whole seconds RLIMIT_CPU counts in.
+fn cpu_soft_limit(used: Duration, limit: Duration) -> u64 {
+    let budget = used + limit;
+    budget.as_secs() + u64::from(budget.subsec_nanos() > 0)
+}
+
+/// `limit_time_cpu` for an exec worker's program, from outside it, at each `BUSY=1`: its
+/// RLIMIT_CPU is moved to the CPU it has used plus `limit` (`prlimit(2)`), and the request's
+/// start recorded in its scoreboard row. `hard` is the hard limit it inherited.
+pub fn arm_program_cpu_limit(
+    pid: Pid,
+    row: &crate::scoreboard::WorkerRow,
+    limit: Duration,
+    hard: u64,
+) -> io::Result<()> {
+    let used = Duration::from(clock_gettime(ClockId::pid_cpu_clock_id(pid)?)?);
+    row.set_request_cpu(used);
+    crate::sys::set_cpu_limit_of(pid, cpu_soft_limit(used, limit), hard)
 }
 
 /// CPU time this process has used.
@@ -312,11 +333,16 @@ pub fn process_groups_rss(groups: &[i32]) -> std::collections::HashMap<i32, u64>
         }
         let pages = std::fs::read_to_string(format!("/proc/{pid}/statm"))
             .ok()
-            .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .and_then(|statm| resident_pages(&statm))
             .unwrap_or(0);
         *totals.entry(group).or_insert(0) += pages * page_size;
     }
     totals
+}
+
+/// The resident pages in a `/proc/PID/statm` text (its second field).
+fn resident_pages(statm: &str) -> Option<u64> {
+    statm.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn page_size() -> u64 {
@@ -347,10 +373,7 @@ impl MemoryProbe {
         let mut buffer = [0u8; 128];
         let length = self.statm.read_at(&mut buffer, 0)?;
         let text = std::str::from_utf8(&buffer[..length]).map_err(io::Error::other)?;
-        let pages: u64 = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|field| field.parse().ok())
+        let pages = resident_pages(text)
             .ok_or_else(|| io::Error::other(format!("unexpected statm: {text:?}")))?;
         Ok(pages * self.page_size)
     }

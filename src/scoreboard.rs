@@ -186,6 +186,13 @@ impl WorkerRow {
         self.word(WORK_LIMIT_MS).store(ms, Ordering::Release);
     }
 
+    /// The process group of the cron job now running, if one is.
+    pub fn job_group(&self) -> Option<i32> {
+        i32::try_from(self.word(JOB_GROUP).load(Ordering::Acquire))
+            .ok()
+            .filter(|pgid| *pgid > 0)
+    }
+
     /// Whether the master asked this worker to leave after its current request.
     pub fn stop_requested(&self) -> bool {
         self.word(STOP_REQUESTED).load(Ordering::Acquire) != 0
@@ -255,9 +262,7 @@ impl WorkerRow {
                 .then(|| Duration::from_nanos(monotonic_now_ns().saturating_sub(started))),
             request: String::from_utf8_lossy(&line).into_owned(),
             request_cpu: Duration::from_nanos(self.word(REQUEST_CPU_NS).load(Ordering::Relaxed)),
-            job_group: i32::try_from(self.word(JOB_GROUP).load(Ordering::Acquire))
-                .ok()
-                .filter(|pgid| *pgid > 0),
+            job_group: self.job_group(),
             work_limit: Some(self.word(WORK_LIMIT_MS).load(Ordering::Acquire))
                 .filter(|ms| *ms > 0)
                 .map(Duration::from_millis),

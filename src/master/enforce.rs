@@ -90,7 +90,7 @@ impl Master {
                 .workers()
                 .filter_map(|worker| match &worker.exec {
                     Some(_) => Some(worker.pid.as_raw()),
-                    None => worker.row.snapshot().job_group,
+                    None => worker.row.job_group(),
                 })
                 .collect();
             limits::process_groups_rss(&groups)

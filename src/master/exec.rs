@@ -17,12 +17,11 @@ use std::time::{Duration, Instant};
 
 use mio::unix::pipe::{Receiver, Sender};
 use mio::{Interest, Registry, Token};
-use nix::time::{ClockId, clock_gettime};
 use nix::unistd::Pid;
 use tracing::{debug, info, warn};
 
 use super::Master;
-use super::pool::Worker;
+use super::pool::worker_name;
 use crate::notify::Notification;
 use crate::output::LineSplitter;
 use crate::worker::ExecOutput;
@@ -125,16 +124,13 @@ impl ExecState {
         })
     }
 
-    /// Marks the pipe behind `token` as having output to read; false if it is not ours.
-    pub fn wake(&mut self, token: Token) -> bool {
-        let mut ours = false;
+    /// Marks the pipe behind `token`, if it is one of ours, as having output to read.
+    pub fn wake(&mut self, token: Token) {
         for output in &mut self.outputs {
             if output.token == token {
                 output.pending = true;
-                ours = true;
             }
         }
-        ours
     }
 
     /// Whether output is waiting that the budget did not let us read yet.
@@ -214,12 +210,15 @@ impl Master {
     /// each pipe's budget.
     pub(super) fn read_exec_output(&mut self, tokens: &[Token]) {
         for worker in self.pool.workers_mut() {
-            let name = format!("{} (pid {})", worker.id, worker.pid);
-            if let Some(exec) = &mut worker.exec {
-                for token in tokens {
-                    exec.wake(*token);
-                }
-                exec.read_output(&name);
+            let (id, pid) = (worker.id, worker.pid);
+            let Some(exec) = &mut worker.exec else {
+                continue;
+            };
+            for token in tokens {
+                exec.wake(*token);
+            }
+            if exec.has_pending_output() {
+                exec.read_output(&worker_name(id, pid));
             }
         }
     }
@@ -239,7 +238,7 @@ impl Master {
         let Some(worker) = self.pool.get_mut(notification.pid) else {
             return;
         };
-        let name = format!("{} (pid {})", worker.id, worker.pid);
+        let name = || worker_name(worker.id, worker.pid);
         let Some(exec) = &mut worker.exec else {
             return;
         };
@@ -257,20 +256,28 @@ impl Master {
             exec.last_alive = Instant::now();
         }
         if notification.get("STOPPING") == Some("1") {
-            debug!("{name} says it is stopping");
+            debug!("{} says it is stopping", name());
         }
         if notification.get("BUSY") == Some("1") {
             if !exec.sends_markers {
-                debug!("{name} sends request markers: per-request limits apply to it");
+                debug!(
+                    "{} sends request markers: per-request limits apply to it",
+                    name()
+                );
                 exec.sends_markers = true;
             }
             let request = notification.get("REQUEST").unwrap_or("(request)");
             let (method, target) = request.split_once(' ').unwrap_or((request, ""));
             worker.row.begin_request(method, target);
             if !time_cpu.is_zero()
-                && let Err(error) = arm_cpu_limit(worker, time_cpu, cpu_hard_limit)
+                && let Err(error) = crate::limits::arm_program_cpu_limit(
+                    worker.pid,
+                    &worker.row,
+                    time_cpu,
+                    cpu_hard_limit,
+                )
             {
-                warn!("{name}: cannot apply limit_time_cpu: {error}");
+                warn!("{}: cannot apply limit_time_cpu: {error}", worker.name());
             }
         }
         if notification.get("IDLE") == Some("1") {
@@ -303,15 +310,4 @@ impl Master {
             );
         }
     }
-}
-
-/// Moves an exec worker's RLIMIT_CPU to the CPU it has used so far plus `limit`, rounded up
-/// to the second RLIMIT_CPU counts in, and records where the request started.
-fn arm_cpu_limit(worker: &Worker, limit: Duration, hard: u64) -> io::Result<()> {
-    let clock = ClockId::pid_cpu_clock_id(worker.pid)?;
-    let used = Duration::from(clock_gettime(clock)?);
-    worker.row.set_request_cpu(used);
-    let budget = used + limit;
-    let soft = budget.as_secs() + u64::from(budget.subsec_nanos() > 0);
-    crate::sys::set_cpu_limit_of(worker.pid, soft, hard)
 }

@@ -260,9 +260,10 @@ impl Master {
         let row = worker.row.snapshot();
         // A worker that left Booting had reported ready, even if the datagram was not read.
         worker.ready |= row.state != WorkerState::Booting;
+        let name = worker.name();
         if let Some(exec) = &mut worker.exec {
             // The program's last words come before the line about its end.
-            exec.close(&format!("{} (pid {pid})", worker.id), self.poll.registry());
+            exec.close(&name, self.poll.registry());
         }
         let mut report = report::report(&worker, exit, &row, &self.limits, now);
         if let Some(group) = row.job_group {

@@ -48,6 +48,11 @@ impl fmt::Display for WorkerId {
     }
 }
 
+/// `http worker 2 (pid 4312)`.
+pub fn worker_name(id: WorkerId, pid: Pid) -> String {
+    format!("{id} (pid {pid})")
+}
+
 /// Why the master told a worker to stop.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RetireReason {
@@ -128,6 +133,11 @@ impl Worker {
             last_rss: None,
             exec: None,
         }
+    }
+
+    /// `http worker 2 (pid 4312)`, the worker's name in log lines.
+    pub fn name(&self) -> String {
+        worker_name(self.id, self.pid)
     }
 
     /// Sends `signal` to the worker: to its whole process group for an exec worker, whose

@@ -129,9 +129,8 @@ pub fn describe(
         (Role::Cron, n) => format!("{n} jobs run"),
     };
     let line = format!(
-        "{} (pid {}) {what}{during} after {}, {work}",
-        worker.id,
-        worker.pid,
+        "{} {what}{during} after {}, {work}",
+        worker.name(),
         crate::format::elapsed(uptime)
     );
     (line, unexpected && (uptime < FAST_FAILURE || !worker.ready))

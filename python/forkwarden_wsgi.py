@@ -8,7 +8,12 @@ like Odoo's workers, and tells forkwarden what it is doing in the sd_notify form
     READY=1                       once it listens
     BUSY=1 + REQUEST=GET /path    when a request starts (limit_time_real counts from here)
     IDLE=1                        when it ends (limit_request counts these)
+    WATCHDOG=1                    each second while idle, when WATCHDOG_USEC asks for it
     STOPPING=1                    on the way out
+
+An application that runs out of memory (MemoryError: limit_memory_hard caps the address
+space with RLIMIT_AS) gets its request answered 500, the log says so, and the worker leaves
+to be replaced.
 
 SIGTERM or SIGINT: finish the current request, then exit. Standard library only, so it
 works in any virtualenv. Usage:
@@ -20,6 +25,7 @@ The current directory is put on sys.path, as gunicorn does.
 
 import importlib
 import os
+import resource
 import signal
 import socket
 import sys
@@ -48,6 +54,18 @@ class Notifier:
                 self.socket.sendto(message.encode(), self.address)
             except OSError:
                 pass  # the master is gone or its queue is full: nothing to do about it
+
+
+def watchdog_enabled():
+    """systemd's convention: WATCHDOG_USEC set, and WATCHDOG_PID (if set) naming us."""
+    pid = os.environ.get("WATCHDOG_PID")
+    return bool(os.environ.get("WATCHDOG_USEC")) and (pid is None or pid == str(os.getpid()))
+
+
+def address_space_limit():
+    """RLIMIT_AS as a readable size, or None when unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return None if soft == resource.RLIM_INFINITY else f"{soft >> 20} MiB"
 
 
 def load(target):
@@ -82,12 +100,35 @@ class Server(WSGIServer):
         self.set_app(app)
         self.notifier = notifier
         self.timeout = IDLE_CHECK
+        self.watchdog = watchdog_enabled()
+        # Set when the application ran out of memory: the worker leaves after the request.
+        self.out_of_memory = False
+
+    def handle_timeout(self):
+        # Idle for IDLE_CHECK: show the master this worker is alive.
+        if self.watchdog:
+            self.notifier.send("WATCHDOG=1")
 
     def get_request(self):
         connection, address = self.socket.accept()
         connection.setblocking(True)
         connection.settimeout(CONNECTION_TIMEOUT)
         return connection, address
+
+
+class AppHandler(ServerHandler):
+    """wsgiref's handler, noting a MemoryError so the worker can say why and leave."""
+
+    def log_exception(self, exc_info):
+        if issubclass(exc_info[0], MemoryError):
+            self.request_handler.server.out_of_memory = True
+            limit = address_space_limit()
+            cap = (f"limit_memory_hard caps the address space at {limit} (RLIMIT_AS)"
+                   if limit else "the system is out of memory")
+            print(f"forkwarden_wsgi: MemoryError serving {self.request_handler.command} "
+                  f"{self.request_handler.path}: an allocation was refused: {cap}; this "
+                  "worker leaves to be replaced", file=sys.stderr, flush=True)
+        super().log_exception(exc_info)
 
 
 class Handler(WSGIRequestHandler):
@@ -102,8 +143,8 @@ class Handler(WSGIRequestHandler):
         notifier = self.server.notifier
         notifier.send(f"BUSY=1\nREQUEST={self.command} {self.path}")
         try:
-            handler = ServerHandler(self.rfile, self.wfile, self.get_stderr(), self.get_environ(),
-                                    multithread=False)
+            handler = AppHandler(self.rfile, self.wfile, self.get_stderr(), self.get_environ(),
+                                 multithread=False)
             handler.request_handler = self
             handler.run(self.server.get_app())
         finally:
@@ -124,8 +165,10 @@ def main(argv=None):
     notifier = Notifier()
     app = load(argv[0])
     server = Server(inherited_socket(), app, notifier)
-    notifier.send(f"READY=1\nSTATUS=serving {argv[0]}")
-    while not stopping:
+    # WATCHDOG=1 with READY=1: the master watches this worker's liveness from now on.
+    watchdog = "\nWATCHDOG=1" if server.watchdog else ""
+    notifier.send(f"READY=1\nSTATUS=serving {argv[0]}{watchdog}")
+    while not stopping and not server.out_of_memory:
         server.handle_request()
     notifier.send("STOPPING=1")
 

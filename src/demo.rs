@@ -19,6 +19,10 @@ pub struct DemoApp {
     faults_enabled: bool,
     /// Memory kept by `/alloc`: the simulated leak.
     leaked: Vec<Vec<u8>>,
+    /// The address space RLIMIT_AS gives this worker (`limit_memory_hard`), if it caps it.
+    address_space_cap: Option<u64>,
+    /// `http worker 2`, for log lines.
+    name: String,
 }
 
 /// The [`crate::AppFactory`] of the demo app.
@@ -26,9 +30,14 @@ pub fn factory(worker: &WorkerInfo<'_>) -> anyhow::Result<Box<dyn App>> {
     if worker.config.demo_crash_at_boot {
         bail!("demo_crash_at_boot = true: failing on purpose during boot");
     }
+    std::thread::sleep(worker.config.demo_boot_delay.duration());
+    let config = worker.config;
     Ok(Box::new(DemoApp {
-        faults_enabled: worker.config.demo_fault_endpoints,
+        faults_enabled: config.demo_fault_endpoints,
         leaked: Vec::new(),
+        address_space_cap: Some(config.limit_memory_hard.bytes())
+            .filter(|cap| *cap > 0 && config.limit_memory_hard_rlimit),
+        name: format!("http worker {}", worker.slot),
     }))
 }
 
@@ -88,7 +97,7 @@ impl DemoApp {
                 };
                 let mut block: Vec<u8> = Vec::new();
                 if block.try_reserve_exact(bytes).is_err() {
-                    return Response::text(500, format!("could not allocate {mb} MiB\n"));
+                    return self.allocation_refused(mb);
                 }
                 // Touch every page so the memory is resident, as a real leak would be.
                 block.resize(bytes, 1);
@@ -101,6 +110,33 @@ impl DemoApp {
             }
             Err(response) => response,
         }
+    }
+}
+
+impl DemoApp {
+    /// An allocation failed: most likely RLIMIT_AS, which `limit_memory_hard` sets. Says so,
+    /// and has this worker replaced: it is at its limit.
+    fn allocation_refused(&self, mb: u64) -> Response {
+        let pid = std::process::id();
+        match self.address_space_cap {
+            Some(cap) => tracing::warn!(
+                pid,
+                limit = "limit_memory_hard",
+                requested_mib = mb,
+                "{} (pid {pid}): an allocation of {mb} MiB was refused: limit_memory_hard caps \
+                 its address space at {} (RLIMIT_AS); it is replaced after this response",
+                self.name,
+                crate::format::mib(cap)
+            ),
+            None => tracing::warn!(
+                pid,
+                requested_mib = mb,
+                "{} (pid {pid}): an allocation of {mb} MiB was refused: the system is out of \
+                 memory; it is replaced after this response",
+                self.name
+            ),
+        }
+        Response::text(500, format!("could not allocate {mb} MiB\n")).and_replace_worker()
     }
 }
 

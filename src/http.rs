@@ -102,6 +102,8 @@ pub struct Response {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    /// The worker leaves after sending it, and a fresh one takes its place.
+    replace_worker: bool,
 }
 
 impl Response {
@@ -110,7 +112,21 @@ impl Response {
             status,
             headers: Vec::new(),
             body: body.into(),
+            replace_worker: false,
         }
+    }
+
+    /// Asks for the worker to leave once this response is sent, and a fresh one to take its
+    /// place: the application's state is no longer to be trusted (it could not get memory,
+    /// a cache is corrupt...). Log why: the master's line only says it was asked.
+    pub fn and_replace_worker(mut self) -> Self {
+        self.replace_worker = true;
+        self
+    }
+
+    /// Whether the worker is to be replaced after this response.
+    pub fn replaces_worker(&self) -> bool {
+        self.replace_worker
     }
 
     /// A `text/plain` response.
@@ -152,39 +168,59 @@ enum Framing {
     Chunked,
 }
 
+/// Longest single wait for a client's bytes: a worker waiting longer (a slow client, a
+/// kept-alive connection) shows it is alive between two waits (see [`Connection::new`]).
+pub const WAIT_SLICE: Duration = Duration::from_secs(1);
+
 /// A client connection and the bytes read from it but not yet used.
-pub struct Connection {
+pub struct Connection<'a> {
     stream: TcpStream,
     buffer: Vec<u8>,
     socket_timeout: Option<Duration>,
     max_body: Option<u64>,
     read_timeout: Option<Duration>,
+    /// Called between two slices of a long wait.
+    alive: &'a dyn Fn(),
 }
 
 /// Sets on a listening socket the options every connection accepted from it needs: no
-/// Nagle delay, and `socket_timeout` on each read and write. Linux copies them to every
-/// socket accepted from it, so no connection pays a system call for them.
+/// Nagle delay, `socket_timeout` on each write, and the first slice of a read's wait (see
+/// [`WAIT_SLICE`]). Linux copies them to every socket accepted from it, so no connection
+/// pays a system call for them.
 pub fn configure_listener(
     listener: &TcpListener,
     socket_timeout: Option<Duration>,
 ) -> io::Result<()> {
     let socket = socket2::SockRef::from(listener);
     socket.set_tcp_nodelay(true)?;
-    socket.set_read_timeout(socket_timeout)?;
+    socket.set_read_timeout(Some(read_slice(socket_timeout)))?;
     socket.set_write_timeout(socket_timeout)
 }
 
-impl Connection {
+/// The standing read timeout of a connection: one slice, or less when the whole socket
+/// timeout is shorter.
+fn read_slice(socket_timeout: Option<Duration>) -> Duration {
+    socket_timeout.map_or(WAIT_SLICE, |timeout| timeout.min(WAIT_SLICE))
+}
+
+impl<'a> Connection<'a> {
     /// Wraps a stream accepted from a listener set up by [`configure_listener`] with the same
     /// `socket_timeout`, which bounds each read and write and the time to receive a request
-    /// head; `max_body` bounds request bodies (None: unlimited).
-    pub fn new(stream: TcpStream, socket_timeout: Option<Duration>, max_body: Option<u64>) -> Self {
+    /// head; `max_body` bounds request bodies (None: unlimited). `alive` is called between
+    /// the slices of a long wait for the client.
+    pub fn new(
+        stream: TcpStream,
+        socket_timeout: Option<Duration>,
+        max_body: Option<u64>,
+        alive: &'a dyn Fn(),
+    ) -> Self {
         Self {
             stream,
             buffer: Vec::with_capacity(READ_CHUNK),
             socket_timeout,
             max_body,
-            read_timeout: socket_timeout,
+            read_timeout: Some(read_slice(socket_timeout)),
+            alive,
         }
     }
 
@@ -227,9 +263,6 @@ impl Connection {
         // The whole head must arrive within the socket timeout, not each piece of it:
         // otherwise a client sending a byte now and then could hold the worker forever.
         let deadline = self.socket_timeout.map(|timeout| Instant::now() + timeout);
-        // The first read may use the socket's standing timeout, which is the whole budget at
-        // that moment: most heads arrive in one read, which then costs no setsockopt.
-        let mut first_read = true;
         loop {
             if !self.buffer.is_empty()
                 && let Some(parsed) = self.parse_head()?
@@ -240,9 +273,7 @@ impl Connection {
                 return Err(ReadError::Reject(431, "request header fields too large"));
             }
             let nothing_yet = self.buffer.is_empty();
-            let read = self.fill(if first_read { None } else { deadline });
-            first_read = false;
-            match read {
+            match self.fill(deadline) {
                 Ok(0) if nothing_yet => return Err(ReadError::Closed),
                 Ok(0) => {
                     return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));
@@ -369,30 +400,32 @@ impl Connection {
     }
 
     /// Reads once from the socket into the buffer, giving up at `deadline` (or after the
-    /// socket timeout when there is none).
+    /// socket timeout when there is none). The wait is cut into slices of at most
+    /// [`WAIT_SLICE`], with `alive` called between two.
     fn fill(&mut self, deadline: Option<Instant>) -> io::Result<usize> {
-        let timeout = match deadline {
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(io::ErrorKind::TimedOut.into());
-                }
-                Some(left)
-            }
-            None => self.socket_timeout,
-        };
-        if timeout != self.read_timeout {
-            self.stream.set_read_timeout(timeout)?;
-            self.read_timeout = timeout;
-        }
+        let deadline =
+            deadline.or_else(|| self.socket_timeout.map(|timeout| Instant::now() + timeout));
         let mut chunk = [0u8; READ_CHUNK];
         loop {
+            let left = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|left| left.is_zero()) {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            // Most reads keep the standing slice (inherited from the listener): no system
+            // call to set it; only the last slice before the deadline is shorter.
+            let standing = read_slice(self.socket_timeout);
+            let slice = Some(left.map_or(standing, |left| left.min(standing)));
+            if slice != self.read_timeout {
+                self.stream.set_read_timeout(slice)?;
+                self.read_timeout = slice;
+            }
             match self.stream.read(&mut chunk) {
                 Ok(read) => {
                     self.buffer.extend_from_slice(&chunk[..read]);
                     return Ok(read);
                 }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) if is_timeout(&error) => (self.alive)(),
                 Err(error) => return Err(error),
             }
         }
@@ -596,7 +629,7 @@ mod tests {
         input: &[u8],
         close: bool,
         max_body: Option<u64>,
-    ) -> (Connection, TcpStream) {
+    ) -> (Connection<'static>, TcpStream) {
         let timeout = Some(Duration::from_millis(300));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         configure_listener(&listener, timeout).unwrap();
@@ -606,7 +639,7 @@ mod tests {
         if close {
             client.shutdown(std::net::Shutdown::Write).unwrap();
         }
-        (Connection::new(server, timeout, max_body), client)
+        (Connection::new(server, timeout, max_body, &|| {}), client)
     }
 
     fn status_of(result: Result<Request, ReadError>) -> u16 {

@@ -25,9 +25,10 @@
 //! ```
 //!
 //! Layout: [`config`] (schema, defaults, units, validation); `limits` (every per-worker
-//! limit); `master` (the loop, the pool, death reports); `worker` (what a forked process runs); `http` (the protocol);
-//! `scoreboard` (per-worker shared memory); `notify` (worker-to-master messages); `sys`
-//! (every `unsafe` call); `log`; [`demo`] (the built-in app).
+//! limit); `master` (the loop, the pool, death reports); `worker` (what a forked process
+//! runs); `http` (the protocol); `scoreboard` (per-worker shared memory); `notify`
+//! (worker-to-master messages); `id` (who a worker is); `proctree` (what /proc says about a
+//! process tree); `sys` (every `unsafe` call); `log`; [`demo`] (the built-in app).
 
 pub mod app;
 pub mod config;
@@ -35,11 +36,13 @@ pub mod cron;
 pub mod demo;
 mod format;
 mod http;
+mod id;
 mod limits;
 mod log;
 mod master;
 mod notify;
 mod output;
+mod proctree;
 mod scoreboard;
 mod sys;
 mod worker;

@@ -3,22 +3,26 @@
 //!
 //! | key | how it is enforced |
 //! |---|---|
-//! | `limit_memory_hard` | RLIMIT_AS in the worker ([`apply_at_worker_start`], unless `limit_memory_hard_rlimit = false`), and the master's RSS polling: SIGKILL at once |
+//! | `limit_memory_hard` | RLIMIT_AS in the worker ([`apply_at_worker_start`], unless `limit_memory_hard_rlimit = false`), and the master's RSS polling ([`memory_due`]): SIGKILL at once |
 //! | `limit_memory_soft` | the master's RSS polling: the worker finishes its request and leaves; its replacement starts at once |
 //! | `limit_time_cpu` | a per-request CPU-time timer, with RLIMIT_CPU re-armed before each request as the kernel's backstop ([`CpuBudget`]); SIGXCPU answers 503 and ends the worker |
 //! | `limit_time_real` | the master, from the scoreboard's request start: SIGUSR2 (the worker answers 504 and leaves), SIGKILL after at most [`EXPIRY_GRACE`] |
 //! | `limit_time_real_cron`, a job's `timeout` | the cron worker kills the job's process group at the limit; the master steps in [`CRON_BACKSTOP`] later if it has not |
 //! | `limit_request`, `limit_request_jitter` | the worker counts its requests and leaves ([`request_limit_for_worker`]) |
 //! | `limit_time_worker_cron` | the master: a cron worker older than this finishes its job and is replaced |
+//! | `heartbeat_timeout` | the master: a worker not serving a request that shows no sign of life (scoreboard heartbeat; a program's `WATCHDOG=1`; a program seen stopped) is killed |
+//! | `ready_timeout` | the master: a worker not ready in time is killed as a failed start |
 //!
 //! The master's checks ([`check`]) are pure: given what it observed of a worker, they say
-//! what to do and how to log it. The master runs them every `memory_poll_interval`, and
-//! sleeps exactly until the earliest request deadline in between.
+//! what to do and how to log it. The master looks at its workers' scoreboard rows on every
+//! turn of its loop (memory reads, no system call) and sleeps exactly until the earliest
+//! request deadline. It reads memory from /proc only where it can have changed: every
+//! `memory_poll_interval` while a worker is busy or has served since the last reading (or
+//! is a program that does not say when it is busy), otherwise once a second (see
+//! [`memory_due`] and [`IDLE_SCAN`]), so that an idle server costs next to nothing.
 
-use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -30,7 +34,7 @@ use nix::unistd::Pid;
 
 use crate::config::Config;
 use crate::format::{measured, mib, seconds};
-use crate::master::Role;
+use crate::id::Role;
 
 /// How long a worker past `limit_time_real` may take to answer 504 and leave before SIGKILL.
 pub const EXPIRY_GRACE: Duration = Duration::from_secs(1);
@@ -38,6 +42,10 @@ pub const EXPIRY_GRACE: Duration = Duration::from_secs(1);
 /// How long after a cron job's own time limit the master ends its cron worker (and the job's
 /// process group), should the cron worker not have stopped the job itself.
 pub const CRON_BACKSTOP: Duration = Duration::from_secs(5);
+
+/// How often the master looks at its workers when none is busy (heartbeats; memory of
+/// programs that do not say when they are busy... see [`memory_due`]).
+pub const IDLE_SCAN: Duration = Duration::from_secs(1);
 
 // ---------------------------------------------------------------------------------------
 // In the worker
@@ -164,6 +172,11 @@ pub struct MasterLimits {
     pub worker_cron_age: Option<Duration>,
     pub time_cpu: Duration,
     pub poll_interval: Duration,
+    /// `heartbeat_timeout`.
+    pub heartbeat: Option<Duration>,
+    /// The address space RLIMIT_AS gives each worker (`limit_memory_hard`, unless
+    /// `limit_memory_hard_rlimit = false`).
+    pub address_space_cap: Option<u64>,
 }
 
 impl MasterLimits {
@@ -178,6 +191,9 @@ impl MasterLimits {
             worker_cron_age: span(config.limit_time_worker_cron.duration()),
             time_cpu: config.limit_time_cpu.duration(),
             poll_interval: config.memory_poll_interval.duration(),
+            heartbeat: span(config.heartbeat_timeout.duration()),
+            address_space_cap: bytes(config.limit_memory_hard)
+                .filter(|_| config.limit_memory_hard_rlimit),
         }
     }
 
@@ -192,6 +208,7 @@ impl MasterLimits {
             || self.time_real.is_some()
             || self.cron_jobs
             || self.worker_cron_age.is_some()
+            || self.heartbeat.is_some()
     }
 
     /// The wall-clock limit of what `worker` is busy with.
@@ -201,6 +218,42 @@ impl MasterLimits {
             Role::Cron => worker.work_limit.map(|limit| limit + CRON_BACKSTOP),
         }
     }
+}
+
+/// What tells the master whether a worker's memory may have changed since its last reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryActivity {
+    /// A built-in worker: its memory only changes while it serves (or runs a cron job);
+    /// `requests` is its count of requests (or jobs) now.
+    BuiltIn { busy: bool, requests: u64 },
+    /// A program: busy per its request markers (None: it sends none, so it may be).
+    Program { busy: Option<bool> },
+}
+
+/// Whether the master should read a worker's memory now, given its `activity` and the last
+/// reading (`since` ago, at `read_requests` requests): always the first time; every
+/// `poll_interval` while it starts, is busy, or served since the last reading; an idle
+/// program (which may have background work) every [`IDLE_SCAN`]; an idle built-in worker
+/// that served nothing since, never.
+pub fn memory_due(
+    activity: MemoryActivity,
+    starting: bool,
+    last: Option<(Duration, u64)>,
+    poll_interval: Duration,
+) -> bool {
+    let Some((since, read_requests)) = last else {
+        return true;
+    };
+    let every = match activity {
+        _ if starting => Some(poll_interval),
+        MemoryActivity::BuiltIn { busy: true, .. } => Some(poll_interval),
+        MemoryActivity::BuiltIn { requests, .. } => {
+            (requests != read_requests).then_some(poll_interval)
+        }
+        MemoryActivity::Program { busy: Some(false) } => Some(IDLE_SCAN),
+        MemoryActivity::Program { .. } => Some(poll_interval),
+    };
+    every.is_some_and(|every| since >= every)
 }
 
 /// What the master saw of one worker.
@@ -284,6 +337,19 @@ pub fn check(limits: &MasterLimits, worker: &Observation) -> Option<Enforcement>
     None
 }
 
+/// Whether a worker that serves no request has been silent (no heartbeat, or seen stopped)
+/// for `silent` past `heartbeat_timeout`: the start of the line that says so.
+pub fn silence_exceeded(limits: &MasterLimits, silent: Duration) -> Option<String> {
+    let limit = limits.heartbeat?;
+    (silent >= limit).then(|| {
+        format!(
+            "no sign of life for {} while not serving a request (heartbeat_timeout {})",
+            measured(silent),
+            seconds(limit)
+        )
+    })
+}
+
 /// When the worker's current request (or job) will cross its wall-clock limit, counted from
 /// now; None if it is idle or the limit is off.
 pub fn time_to_deadline(limits: &MasterLimits, worker: &Observation) -> Option<Duration> {
@@ -301,81 +367,6 @@ pub fn describe_cpu_exceeded(limits: &MasterLimits, request_cpu: Option<Duration
             seconds(limits.time_cpu)
         ),
         None => format!("limit_time_cpu exceeded (> {})", seconds(limits.time_cpu)),
-    }
-}
-
-/// Resident memory of every process in each of the process groups `groups`, in one scan
-/// of /proc (which is why it is done only when there are groups to measure).
-pub fn process_groups_rss(groups: &[i32]) -> std::collections::HashMap<i32, u64> {
-    let mut totals = std::collections::HashMap::new();
-    if groups.is_empty() {
-        return totals;
-    }
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return totals;
-    };
-    let page_size = page_size();
-    for pid in entries.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the command name: state, ppid, pgrp, ...
-        let fields = stat.rsplit(')').next().unwrap_or("");
-        let Some(group) = fields
-            .split_whitespace()
-            .nth(2)
-            .and_then(|g| g.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if !groups.contains(&group) {
-            continue;
-        }
-        let pages = std::fs::read_to_string(format!("/proc/{pid}/statm"))
-            .ok()
-            .and_then(|statm| resident_pages(&statm))
-            .unwrap_or(0);
-        *totals.entry(group).or_insert(0) += pages * page_size;
-    }
-    totals
-}
-
-/// The resident pages in a `/proc/PID/statm` text (its second field).
-fn resident_pages(statm: &str) -> Option<u64> {
-    statm.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn page_size() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .and_then(|size| u64::try_from(size).ok())
-        .unwrap_or(4096)
-}
-
-/// Reads a worker's resident memory from `/proc/PID/statm`, through a descriptor opened
-/// once, so each poll is a single `pread` (and can never read a recycled pid's process).
-pub struct MemoryProbe {
-    statm: File,
-    page_size: u64,
-}
-
-impl MemoryProbe {
-    pub fn open(pid: Pid) -> io::Result<Self> {
-        Ok(Self {
-            statm: File::open(format!("/proc/{pid}/statm"))?,
-            page_size: page_size(),
-        })
-    }
-
-    /// Resident set size in bytes.
-    pub fn rss(&self) -> io::Result<u64> {
-        let mut buffer = [0u8; 128];
-        let length = self.statm.read_at(&mut buffer, 0)?;
-        let text = std::str::from_utf8(&buffer[..length]).map_err(io::Error::other)?;
-        let pages = resident_pages(text)
-            .ok_or_else(|| io::Error::other(format!("unexpected statm: {text:?}")))?;
-        Ok(pages * self.page_size)
     }
 }
 
@@ -480,12 +471,26 @@ mod tests {
     }
 
     #[test]
+    fn a_silent_worker_past_heartbeat_timeout_is_killed() {
+        let limits = MasterLimits::from_config(&Config {
+            heartbeat_timeout: crate::config::TimeSpan::secs(10),
+            ..Config::default()
+        });
+        assert_eq!(
+            silence_exceeded(&limits, Duration::from_millis(10_500)).as_deref(),
+            Some("no sign of life for 10.50s while not serving a request (heartbeat_timeout 10s)")
+        );
+        assert_eq!(silence_exceeded(&limits, Duration::from_secs(2)), None);
+    }
+
+    #[test]
     fn zero_turns_limits_off() {
         let off = MasterLimits::from_config(&Config {
             limit_memory_soft: crate::config::ByteSize(0),
             limit_memory_hard: crate::config::ByteSize(0),
             limit_time_real: crate::config::TimeSpan::secs(0),
             limit_time_real_cron: crate::config::CronTimeLimit::SameAsHttp,
+            heartbeat_timeout: crate::config::TimeSpan::secs(0),
             ..Config::default()
         });
         assert!(!off.needs_polling());
@@ -505,42 +510,36 @@ mod tests {
     }
 
     #[test]
-    fn a_process_groups_rss_counts_every_member() {
-        use std::os::unix::process::CommandExt;
-        let mut leader = std::process::Command::new("sh")
-            .args(["-c", "sleep 30 & sleep 30"])
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let group = i32::try_from(leader.id()).unwrap();
-        let one = MemoryProbe::open(Pid::from_raw(group))
-            .unwrap()
-            .rss()
-            .unwrap();
-        let mut all = 0;
-        for _ in 0..100 {
-            all = process_groups_rss(&[group])
-                .get(&group)
-                .copied()
-                .unwrap_or(0);
-            if all > one {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10)); // the background sleep is starting
-        }
-        let _ = nix::sys::signal::killpg(Pid::from_raw(group), nix::sys::signal::Signal::SIGKILL);
-        let _ = leader.wait();
-        assert!(all > one, "group {all} vs leader {one}");
-    }
-
-    #[test]
-    fn the_probe_reads_this_process_rss() {
-        let probe = MemoryProbe::open(nix::unistd::getpid()).unwrap();
-        let rss = probe.rss().unwrap();
-        assert!(rss > 100 << 10, "rss {rss}");
-        // Re-reads give fresh values through the same descriptor.
-        let block = std::hint::black_box(vec![1u8; 64 << 20]);
-        assert!(probe.rss().unwrap() >= rss + (60 << 20));
-        drop(block);
+    fn memory_is_read_only_where_it_can_have_changed() {
+        let poll = Duration::from_millis(100);
+        let idle = MemoryActivity::BuiltIn {
+            busy: false,
+            requests: 5,
+        };
+        let long_ago = Some((Duration::from_secs(60), 5));
+        assert!(memory_due(idle, false, None, poll), "first reading");
+        assert!(
+            !memory_due(idle, false, long_ago, poll),
+            "idle, served nothing"
+        );
+        assert!(
+            memory_due(idle, false, Some((poll, 4)), poll),
+            "served since"
+        );
+        assert!(
+            !memory_due(idle, false, Some((poll / 2, 4)), poll),
+            "not yet"
+        );
+        let busy = MemoryActivity::BuiltIn {
+            busy: true,
+            requests: 5,
+        };
+        assert!(memory_due(busy, false, Some((poll, 5)), poll));
+        assert!(memory_due(idle, true, Some((poll, 5)), poll), "starting");
+        let opaque = MemoryActivity::Program { busy: None };
+        assert!(memory_due(opaque, false, Some((poll, 0)), poll));
+        let idle_program = MemoryActivity::Program { busy: Some(false) };
+        assert!(!memory_due(idle_program, false, Some((poll, 0)), poll));
+        assert!(memory_due(idle_program, false, Some((IDLE_SCAN, 0)), poll));
     }
 }

@@ -6,14 +6,20 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use tracing::field::{Field, Visit};
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::{FormatFields, format};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Registry, reload};
+
+use nix::unistd::{Gid, Uid};
 
 use crate::config::{Config, LogFormat, LogLevel};
 
@@ -21,6 +27,10 @@ use crate::config::{Config, LogFormat, LogLevel};
 /// SIGUSR1 handling and the workers' reopen all reach the same place. The master is
 /// single-threaded and never forks while holding the lock, so a worker never inherits it held.
 static SINK: Mutex<Sink> = Mutex::new(Sink::Stderr);
+
+/// Who owns the log files the master opens: the workers' user (`user`), so that workers can
+/// reopen the file too after a rotation.
+static OWNER: Mutex<Option<(Uid, Gid)>> = Mutex::new(None);
 
 enum Sink {
     Stderr,
@@ -46,6 +56,7 @@ pub struct Logging {
 
 /// Installs the global subscriber for `config`: call once, before the first fork.
 pub fn init(config: &Config) -> Result<Logging, LogError> {
+    set_owner(config);
     point_sink_at(config.logfile.as_deref())?;
     let (level, handle) = reload::Layer::new(level_filter(config.log_level));
     let lines = tracing_subscriber::fmt::layer()
@@ -53,9 +64,10 @@ pub fn init(config: &Config) -> Result<Logging, LogError> {
         .with_ansi(false)
         .with_target(false);
     let installed = match config.log_format {
+        // A line of text says everything in its sentence; the fields are for JSON.
         LogFormat::Text => tracing_subscriber::registry()
             .with(level)
-            .with(lines)
+            .with(lines.fmt_fields(MessageOnly))
             .try_init(),
         LogFormat::Json => tracing_subscriber::registry()
             .with(level)
@@ -70,6 +82,7 @@ pub fn init(config: &Config) -> Result<Logging, LogError> {
 impl Logging {
     /// Applies a reloaded config's `log_level` and `logfile`.
     pub fn apply(&self, config: &Config) -> Result<(), LogError> {
+        set_owner(config);
         let _ = self
             .level
             .modify(|filter| *filter = level_filter(config.log_level));
@@ -95,6 +108,24 @@ pub fn reopen() -> Result<(), LogError> {
     point_sink_at(Some(&path))
 }
 
+/// The log file's descriptor, if the log goes to a file: a forked worker keeps it.
+pub fn descriptor() -> Option<RawFd> {
+    match &*sink() {
+        Sink::Stderr => None,
+        Sink::File { file, .. } => Some(file.as_raw_fd()),
+    }
+}
+
+fn set_owner(config: &Config) {
+    let owner = config
+        .run_as
+        .as_ref()
+        .map(|run_as| (run_as.uid, run_as.gid));
+    *OWNER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = owner;
+}
+
 fn point_sink_at(path: Option<&Path>) -> Result<(), LogError> {
     let new = match path {
         None => Sink::Stderr,
@@ -108,6 +139,18 @@ fn point_sink_at(path: Option<&Path>) -> Result<(), LogError> {
                     path: path.to_path_buf(),
                     source,
                 })?;
+            let owner = *OWNER
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Only root can give a file away; a worker reopening the file already is the owner.
+            if let Some((uid, gid)) = owner.filter(|_| nix::unistd::geteuid().is_root()) {
+                nix::unistd::fchown(&file, Some(uid), Some(gid)).map_err(|errno| {
+                    LogError::Open {
+                        path: path.to_path_buf(),
+                        source: errno.into(),
+                    }
+                })?;
+            }
             Sink::File {
                 path: path.to_path_buf(),
                 file,
@@ -125,6 +168,47 @@ fn level_filter(level: LogLevel) -> LevelFilter {
         LogLevel::Info => LevelFilter::INFO,
         LogLevel::Debug => LevelFilter::DEBUG,
         LogLevel::Trace => LevelFilter::TRACE,
+    }
+}
+
+/// Text lines show an event's message only: its facts are in the sentence already, and
+/// stay available as fields in JSON. Control characters are written as `\xNN`, so that no
+/// message (a program's output, a client's request line) can forge or hide part of a line.
+struct MessageOnly;
+
+impl<'writer> FormatFields<'writer> for MessageOnly {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: format::Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = MessageVisitor {
+            writer: &mut writer,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct MessageVisitor<'a, 'writer> {
+    writer: &'a mut format::Writer<'writer>,
+    result: std::fmt::Result,
+}
+
+impl Visit for MessageVisitor<'_, '_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() != "message" || self.result.is_err() {
+            return;
+        }
+        let text = format!("{value:?}");
+        self.result = text.chars().try_for_each(|character| {
+            if character.is_control() && character != '\t' {
+                write!(self.writer, "\\x{:02x}", u32::from(character))
+            } else {
+                std::fmt::Write::write_char(self.writer, character)
+            }
+        });
     }
 }
 

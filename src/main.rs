@@ -33,8 +33,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate the config and print the effective settings, defaults filled in
-    /// (exit status 0 when valid, 2 when not).
+    /// Validate the config, and that this machine can run it (programs found, places
+    /// writable, the workers' user usable); print the effective settings, defaults filled in
+    /// (exit status 0 when the server would start, 2 when not).
     Check,
     /// Scheduled jobs.
     Cron {
@@ -60,15 +61,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|error| {
+/// The config at `path`; `checked`: also what it needs from this machine (programs, writable
+/// places, the workers' user), as a start would find it.
+fn load(path: &Path, checked: bool) -> Result<Config, ExitCode> {
+    let loaded = if checked {
+        Config::load_checked(path)
+    } else {
+        Config::load(path)
+    };
+    loaded.map_err(|error| {
         eprintln!("forkwarden: invalid configuration: {error}");
         ExitCode::from(EXIT_CONFIG)
     })
 }
 
 fn run(path: &Path) -> ExitCode {
-    let config = match load(path) {
+    let config = match load(path, true) {
         Ok(config) => config,
         Err(status) => return status,
     };
@@ -82,7 +90,7 @@ fn run(path: &Path) -> ExitCode {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match load(path) {
+    match load(path, true) {
         Ok(config) => {
             println!("# {}: valid; effective settings:", path.display());
             print!("{}", config.effective_toml());
@@ -93,7 +101,7 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn cron_list(path: &Path) -> ExitCode {
-    let config = match load(path) {
+    let config = match load(path, false) {
         Ok(config) => config,
         Err(status) => return status,
     };

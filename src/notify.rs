@@ -1,18 +1,24 @@
-//! Workers tell the master about themselves over a datagram socket, in the sd_notify text
-//! format (`READY=1`), and the kernel stamps every datagram with the sender's pid
-//! (SO_PASSCRED), so a worker cannot be mistaken for another.
+//! How workers tell the master about themselves.
 //!
-//! This is systemd's notification protocol: the socket has an abstract address, given to
-//! programs the master runs as `NOTIFY_SOCKET=@...`, so those that already speak it need no
-//! change. Anyone on the host can send to an abstract address; the master only acts on
-//! messages whose sender pid (set by the kernel, not by the sender) is one of its workers.
+//! A built-in worker writes its state into its scoreboard row and rings the master's
+//! [`Doorbell`] (an eventfd): the row is the truth, the bell only wakes the master up to read
+//! it. A ring cannot be lost, whatever the number of workers ringing at once (an eventfd is
+//! a counter, not a queue).
+//!
+//! A program run under `[app]` speaks systemd's notification protocol instead (`READY=1`,
+//! sd_notify) on a datagram socket whose address it gets as `NOTIFY_SOCKET`. The kernel stamps
+//! every datagram with the sender's pid (SO_PASSCRED), so a worker cannot be mistaken for
+//! another. The socket is a file in a private directory (mode 0700, owned by whoever the
+//! programs run as), not an abstract address that any local user could fill up.
 
 use std::io::{self, IoSliceMut};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, sockopt};
 use nix::unistd::Pid;
 
@@ -58,16 +64,41 @@ impl ServiceManager {
     }
 }
 
-/// The sending end, inherited by every worker.
-pub struct Notifier {
-    socket: UnixDatagram,
+/// Rung by built-in workers when their scoreboard row has news for the master (they are
+/// ready); the master reads the rows when it hears it.
+pub struct Doorbell {
+    bell: EventFd,
 }
 
-/// The master's receiving end, registered in its poll loop.
+impl Doorbell {
+    pub fn new() -> io::Result<Self> {
+        let bell = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        Ok(Self { bell })
+    }
+
+    /// Wakes the master. Never blocks and cannot be lost: the count saturates only after
+    /// 2^64 - 2 rings that the master has not read.
+    pub fn ring(&self) {
+        let _ = self.bell.write(1);
+    }
+
+    /// Resets the bell (the master, before it reads the rows).
+    pub fn silence(&self) {
+        let _ = self.bell.read();
+    }
+}
+
+impl AsFd for Doorbell {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.bell.as_fd()
+    }
+}
+
+/// The master's receiving end for programs' sd_notify messages, registered in its poll loop.
 pub struct NotifyReceiver {
     socket: mio::net::UnixDatagram,
-    /// `@forkwarden/...`: the `NOTIFY_SOCKET` value for programs.
-    address: String,
+    /// The socket file: the `NOTIFY_SOCKET` value for programs.
+    path: PathBuf,
 }
 
 /// One message from one worker.
@@ -88,41 +119,23 @@ impl Notification {
     }
 }
 
-/// The master's socket, bound to a fresh abstract address, and a sender connected to it that
-/// forked workers inherit. Programs the master executes open their own sender.
-pub fn channel() -> io::Result<(Notifier, NotifyReceiver)> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.subsec_nanos());
-    let name = format!("forkwarden/{}/{nanos}", std::process::id());
-    let address = SocketAddr::from_abstract_name(name.as_bytes())?;
-    let receiver = UnixDatagram::bind_addr(&address)?;
-    socket::setsockopt(&receiver, sockopt::PassCred, &true).map_err(io::Error::from)?;
-    let sender = UnixDatagram::unbound()?;
-    sender.connect_addr(&address)?;
-    // A worker must never block on a full queue; losing a notification is better.
-    sender.set_nonblocking(true)?;
-    receiver.set_nonblocking(true)?;
-    Ok((
-        Notifier { socket: sender },
-        NotifyReceiver {
-            socket: mio::net::UnixDatagram::from_std(receiver),
-            address: format!("@{name}"),
-        },
-    ))
-}
-
-impl Notifier {
-    /// Sends `message` (e.g. `READY=1`).
-    pub fn send(&self, message: &str) -> io::Result<()> {
-        self.socket.send(message.as_bytes()).map(drop)
-    }
-}
-
 impl NotifyReceiver {
-    /// The socket's address for `NOTIFY_SOCKET` (`@` marks the abstract namespace).
-    pub fn address(&self) -> &str {
-        &self.address
+    /// Binds the socket as the file `notify` in `dir`, which must be private to the master
+    /// (and the user its programs run as).
+    pub fn bind(dir: &Path) -> io::Result<Self> {
+        let path = dir.join("notify");
+        let receiver = UnixDatagram::bind(&path)?;
+        socket::setsockopt(&receiver, sockopt::PassCred, &true).map_err(io::Error::from)?;
+        receiver.set_nonblocking(true)?;
+        Ok(Self {
+            socket: mio::net::UnixDatagram::from_std(receiver),
+            path,
+        })
+    }
+
+    /// The socket's path, for `NOTIFY_SOCKET`.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The socket to register with the poll loop.
@@ -169,28 +182,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_program_reaches_the_receiver_through_its_address() {
-        let (_, receiver) = channel().unwrap();
-        let name = receiver.address().strip_prefix('@').unwrap();
-        let own = UnixDatagram::unbound().unwrap();
-        let address = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
-        own.send_to_addr(b"READY=1", &address).unwrap();
-        let message = receiver.recv().unwrap().unwrap();
-        assert_eq!(
-            (message.pid, message.get("READY")),
-            (nix::unistd::getpid(), Some("1"))
-        );
-    }
-
-    #[test]
-    fn the_receiver_learns_the_senders_pid() {
-        let (sender, receiver) = channel().unwrap();
+    fn a_program_reaches_the_receiver_through_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let receiver = NotifyReceiver::bind(dir.path()).unwrap();
         assert_eq!(receiver.recv().unwrap(), None);
-        sender.send("READY=1\nSTATUS=serving").unwrap();
+        let program = UnixDatagram::unbound().unwrap();
+        program
+            .send_to(b"READY=1\nSTATUS=serving", receiver.path())
+            .unwrap();
         let message = receiver.recv().unwrap().unwrap();
         assert_eq!(message.pid, nix::unistd::getpid());
         assert_eq!(message.get("READY"), Some("1"));
         assert_eq!(message.get("STATUS"), Some("serving"));
         assert_eq!(message.get("WATCHDOG"), None);
+    }
+
+    #[test]
+    fn rings_add_up_until_the_bell_is_silenced() {
+        let bell = Doorbell::new().unwrap();
+        for _ in 0..1000 {
+            bell.ring();
+        }
+        assert_eq!(bell.bell.read().unwrap(), 1000);
+        assert!(bell.bell.read().is_err(), "silent after a read");
     }
 }

@@ -32,10 +32,21 @@ impl LineSplitter {
     }
 }
 
+/// A line as it may be logged: without its CRLF's CR, and with every other control
+/// character written as `\xNN` (as the log formatter writes ESC), so that a CR or a
+/// backspace in a program's output cannot forge or hide part of a log line.
 fn text(line: &[u8]) -> String {
-    String::from_utf8_lossy(line)
-        .trim_end_matches('\r')
-        .to_string()
+    let line = String::from_utf8_lossy(line);
+    let line = line.strip_suffix('\r').unwrap_or(&line);
+    let mut escaped = String::with_capacity(line.len());
+    for character in line.chars() {
+        if character.is_ascii_control() && character != '\t' {
+            escaped.push_str(&format!("\\x{:02x}", u32::from(character)));
+        } else {
+            escaped.push(character);
+        }
+    }
+    escaped
 }
 
 #[cfg(test)]
@@ -49,6 +60,10 @@ mod tests {
         assert_eq!(splitter.push(b"o\nthree"), ["two"]);
         assert_eq!(splitter.finish().as_deref(), Some("three"));
         assert_eq!(splitter.finish(), None);
+        assert_eq!(
+            splitter.push(b"ok\rERROR forged\x08\x1b[2J\ttab\r\n"),
+            ["ok\\x0dERROR forged\\x08\\x1b[2J\ttab"]
+        );
         let long = vec![b'x'; MAX_LINE + 10];
         let lines = splitter.push(&long);
         assert_eq!(lines.len(), 1);

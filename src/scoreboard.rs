@@ -29,7 +29,10 @@ const JOB_GROUP: usize = 7;
 /// Wall-clock limit (ms) of the current unit of work when it is not the role's default
 /// (a cron job's `timeout`); 0: none.
 const WORK_LIMIT_MS: usize = 8;
-const REQUEST_LINE: usize = 9;
+/// CLOCK_MONOTONIC nanoseconds at which the worker last showed life: each turn of its loop,
+/// each request start and end. The master's `heartbeat_timeout` reads it.
+const HEARTBEAT_NS: usize = 9;
+const REQUEST_LINE: usize = 10;
 const REQUEST_LINE_WORDS: usize = 16;
 const ROW_WORDS: usize = REQUEST_LINE + REQUEST_LINE_WORDS;
 /// Longest `METHOD /target` kept for logs; longer ones are cut.
@@ -82,6 +85,8 @@ pub enum ExitReason {
     /// A request ran past `limit_time_real` and the master said so (SIGUSR2); the client
     /// got 504.
     LimitTimeReal,
+    /// The application asked to be replaced after its response (it logged why).
+    AppAsked,
 }
 
 impl ExitReason {
@@ -93,6 +98,7 @@ impl ExitReason {
             4 => Self::MasterGone,
             5 => Self::LimitTimeCpu,
             6 => Self::LimitTimeReal,
+            7 => Self::AppAsked,
             _ => Self::Unknown,
         }
     }
@@ -106,6 +112,7 @@ impl ExitReason {
             Self::MasterGone => 4,
             Self::LimitTimeCpu => 5,
             Self::LimitTimeReal => 6,
+            Self::AppAsked => 7,
         }
     }
 
@@ -134,8 +141,6 @@ pub struct RowSnapshot {
     pub request_cpu: Duration,
     /// Process group of the cron job being run.
     pub job_group: Option<i32>,
-    /// Wall-clock limit of the current unit of work, when it has its own.
-    pub work_limit: Option<Duration>,
 }
 
 impl WorkerRow {
@@ -152,7 +157,14 @@ impl WorkerRow {
     // ---- written by the worker ----
 
     pub fn set_state(&self, state: WorkerState) {
+        self.beat();
         self.word(STATE).store(state.word(), Ordering::Release);
+    }
+
+    /// Records that the worker is alive now (a clock read through the vDSO and a store).
+    pub fn beat(&self) {
+        self.word(HEARTBEAT_NS)
+            .store(monotonic_now_ns(), Ordering::Release);
     }
 
     pub fn set_exit_reason(&self, reason: ExitReason) {
@@ -231,6 +243,41 @@ impl WorkerRow {
         self.word(REQUESTS).load(Ordering::Acquire)
     }
 
+    /// How long ago the worker last showed life (None: it never has).
+    pub fn silent_for(&self) -> Option<Duration> {
+        let beat = self.word(HEARTBEAT_NS).load(Ordering::Acquire);
+        (beat != 0).then(|| Duration::from_nanos(monotonic_now_ns().saturating_sub(beat)))
+    }
+
+    /// The worker's state alone: what the master reads on every turn, without copying
+    /// the request line.
+    pub fn state(&self) -> WorkerState {
+        WorkerState::from_word(self.word(STATE).load(Ordering::Acquire))
+    }
+
+    /// Whether a request (or job) is running now.
+    pub fn is_busy(&self) -> bool {
+        self.word(REQUEST_STARTED_NS).load(Ordering::Acquire) != 0
+    }
+
+    /// How long the current request (or job) has been running, if one is.
+    pub fn busy_for(&self) -> Option<Duration> {
+        let started = self.word(REQUEST_STARTED_NS).load(Ordering::Acquire);
+        (started != 0).then(|| Duration::from_nanos(monotonic_now_ns().saturating_sub(started)))
+    }
+
+    /// The wall-clock limit of the current unit of work, when it has its own.
+    pub fn work_limit(&self) -> Option<Duration> {
+        Some(self.word(WORK_LIMIT_MS).load(Ordering::Acquire))
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis)
+    }
+
+    /// Keeps workers forked from now on from inheriting this row: it is this worker's alone.
+    pub fn keep_from_later_workers(&self) -> io::Result<()> {
+        self.shared.exclude_from_future_forks()
+    }
+
     // ---- written and read by the master ----
 
     /// Asks the worker to leave after its current request (it then keeps no connection
@@ -240,7 +287,6 @@ impl WorkerRow {
     }
 
     pub fn snapshot(&self) -> RowSnapshot {
-        let started = self.word(REQUEST_STARTED_NS).load(Ordering::Acquire);
         let length = usize::try_from(self.word(REQUEST_LINE_LEN).load(Ordering::Relaxed))
             .unwrap_or(0)
             .min(REQUEST_LINE_MAX);
@@ -258,14 +304,10 @@ impl WorkerRow {
             state: WorkerState::from_word(self.word(STATE).load(Ordering::Acquire)),
             exit_reason: ExitReason::from_word(self.word(EXIT_REASON).load(Ordering::Acquire)),
             requests: self.requests(),
-            busy_for: (started != 0)
-                .then(|| Duration::from_nanos(monotonic_now_ns().saturating_sub(started))),
+            busy_for: self.busy_for(),
             request: String::from_utf8_lossy(&line).into_owned(),
             request_cpu: Duration::from_nanos(self.word(REQUEST_CPU_NS).load(Ordering::Relaxed)),
             job_group: self.job_group(),
-            work_limit: Some(self.word(WORK_LIMIT_MS).load(Ordering::Acquire))
-                .filter(|ms| *ms > 0)
-                .map(Duration::from_millis),
         }
     }
 }
@@ -308,15 +350,14 @@ mod tests {
     }
 
     #[test]
-    fn a_forked_child_writes_what_the_parent_reads() {
+    fn a_heartbeat_is_recorded_with_each_state_change() {
         let row = WorkerRow::new().unwrap();
-        row.set_exit_reason(ExitReason::Unknown);
-        let child = crate::sys::fork_process(|| {
-            row.set_exit_reason(ExitReason::LimitRequest);
-            0
-        })
-        .unwrap();
-        nix::sys::wait::waitpid(child, None).unwrap();
-        assert_eq!(row.snapshot().exit_reason, ExitReason::LimitRequest);
+        assert_eq!(row.silent_for(), None);
+        row.set_state(WorkerState::Idle);
+        assert!(row.silent_for().unwrap() < Duration::from_secs(1));
+        assert!(!row.is_busy());
+        row.begin_request("GET", "/");
+        assert!(row.is_busy());
+        assert_eq!(row.state(), WorkerState::Busy);
     }
 }

@@ -164,6 +164,7 @@ fn a_port_in_use_is_reported_and_nothing_is_forked() {
         "{stderr}"
     );
     assert!(!stderr.contains("started as pid"), "{stderr}");
+    assert!(!stderr.contains("listening on"), "{stderr}");
 }
 
 /// Asserts a config with `job` (a `[[cron]]` table) is rejected naming the job and `key`.
@@ -234,4 +235,73 @@ fn a_bad_job_is_located_at_its_own_line() {
         stderr.contains("forkwarden.toml:10: cron[1].schedule: cron job \"broken\""),
         "{stderr}"
     );
+}
+
+#[test]
+fn check_refuses_what_would_not_start() {
+    assert_rejected(
+        "workers = 1\n[app]\ncommand = [\"pyhton3\", \"-m\", \"app\"]\n",
+        "app.command",
+        3,
+        "program \"pyhton3\" was not found in PATH",
+    );
+    assert_rejected(
+        "workers = 1\n[[cron]]\nname = \"report\"\ninterval = \"1h\"\n\
+         command = [\"/no/such/report\"]\n",
+        "cron[0].command",
+        5,
+        "program \"/no/such/report\" does not exist",
+    );
+    assert_rejected(
+        "data_dir = \"/proc/version/data\"\n[[cron]]\nname = \"report\"\n\
+         interval = \"1h\"\ncommand = [\"true\"]\n",
+        "data_dir",
+        1,
+        "/proc/version is not a directory",
+    );
+    assert_rejected(
+        "pidfile = \"/no/such/dir/fw.pid\"\n",
+        "pidfile",
+        1,
+        "its directory does not exist",
+    );
+    assert_rejected(
+        "user = \"no-such-user-forkwarden\"\n",
+        "user",
+        1,
+        "no user \"no-such-user-forkwarden\" on this system",
+    );
+    // `check` says the same, before anything runs.
+    let dir = tempfile::tempdir().unwrap();
+    let (status, stderr, _) =
+        run_binary(dir.path(), "[app]\ncommand = [\"pyhton3\"]\n", &["check"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("app.command"), "{stderr}");
+}
+
+#[test]
+fn a_job_name_too_long_for_a_file_name_is_rejected() {
+    assert_job_rejected(
+        &format!(
+            "name = \"{}\"\ninterval = \"1m\"\ncommand = [\"true\"]\n",
+            "j".repeat(101)
+        ),
+        "cron[0].name",
+        "expected 1 to 100 letters",
+    );
+}
+
+#[test]
+fn a_server_that_cannot_start_never_says_it_listens() {
+    // pid 1 is always alive: the pid file says another server runs.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("fw.pid"), "1\n").unwrap();
+    let config = config_text("pidfile = \"fw.pid\"");
+    let (status, stderr, _) = run_binary(dir.path(), &config, &[]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is forkwarden already running?"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening on"), "{stderr}");
 }

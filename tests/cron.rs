@@ -250,3 +250,16 @@ fn a_job_inherits_only_its_standard_streams() {
     let line = server.wait_for_log("cron job fds: ");
     assert!(line.trim_end().ends_with("cron job fds: 0 1 2 3"), "{line}");
 }
+
+#[test]
+fn a_carriage_return_in_a_jobs_output_cannot_forge_a_log_line() {
+    let server = Server::spawn(
+        "workers = 1\nmax_cron_threads = 1\n[[cron]]\nname = \"forger\"\ninterval = \"1h\"\n\
+         command = [\"printf\", \"done\\\\rERROR everything is on fire\\\\033[2K\\\\n\"]\n",
+    );
+    let line = server.wait_for_log("cron job forger: ");
+    assert!(
+        line.ends_with("cron job forger: done\\x0dERROR everything is on fire\\x1b[2K"),
+        "{line:?}"
+    );
+}

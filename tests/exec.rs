@@ -51,7 +51,7 @@ fn each_program_answers_with_its_own_pid() {
             .collect()
     });
     assert_eq!(answers, programs);
-    server.wait_for_log("NOTIFY_SOCKET=@forkwarden/");
+    server.wait_for_log_all(&["NOTIFY_SOCKET=/", "/forkwarden-", "/notify;"]);
 }
 
 #[test]
@@ -242,4 +242,38 @@ fn a_program_silent_past_its_watchdog_is_killed_and_its_status_shown() {
     let line = server.wait_for_log("killed: watchdog: no WATCHDOG=1 for ");
     assert!(line.contains("(WATCHDOG_USEC=500000)"), "{line}");
     assert!(line.contains("respawned as pid"), "{line}");
+}
+
+#[test]
+fn a_stopped_runner_is_caught_by_its_watchdog() {
+    // The runner sends WATCHDOG=1 each idle second, as WATCHDOG_USEC (heartbeat_timeout) asks.
+    let server = wsgi_server("heartbeat_timeout = \"2s\"", 1);
+    let program: i32 = server.get("/pid").body.trim().parse().unwrap();
+    kill(Pid::from_raw(program), Signal::SIGSTOP).unwrap();
+    let line = server.wait_for_log(&format!("(pid {program}) killed: watchdog: no WATCHDOG=1"));
+    assert!(line.contains("(WATCHDOG_USEC=2000000)"), "{line}");
+    assert!(wait_until(SOON, || server.get("/health").status == 200));
+}
+
+#[test]
+fn a_program_that_cannot_get_memory_at_start_is_told_about_rlimit_as() {
+    if std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: node is not installed");
+        return;
+    }
+    // Node reserves far more virtual memory than it uses: RLIMIT_AS at 256 MiB stops it.
+    let server = Server::spawn(
+        "workers = 1\nlimit_memory_soft = 0\nlimit_memory_hard = \"256MiB\"\n\
+         [app]\ncommand = [\"node\", \"-e\", \"setTimeout(() => {}, 60000)\"]\nready_timeout = 0\n",
+    );
+    let line = server.wait_for_log("it could not get memory: ");
+    assert!(
+        line.contains("limit_memory_hard = 256 MiB caps its address space (RLIMIT_AS)")
+            && line.contains("limit_memory_hard_rlimit = false"),
+        "{line}"
+    );
 }

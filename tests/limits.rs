@@ -40,7 +40,7 @@ fn rss_past_limit_memory_hard_is_killed_while_others_finish() {
 }
 
 #[test]
-fn rlimit_as_makes_allocations_past_limit_memory_hard_fail_inside_the_worker() {
+fn an_allocation_refused_by_rlimit_as_is_logged_as_limit_memory_hard_and_recycles() {
     let server = Server::start("workers = 1\nlimit_memory_soft = 0\nlimit_memory_hard = \"96MiB\"");
     let pid = server.get("/pid").body;
     let reply = server.get("/alloc?mb=200");
@@ -49,7 +49,21 @@ fn rlimit_as_makes_allocations_past_limit_memory_hard_fail_inside_the_worker() {
         reply.body.contains("could not allocate 200 MiB"),
         "{reply:?}"
     );
-    assert_eq!(server.get("/pid").body, pid, "the worker lives on");
+    let refused = server.wait_for_log("an allocation of 200 MiB was refused");
+    assert!(
+        refused.contains("limit_memory_hard caps its address space at 96 MiB (RLIMIT_AS)"),
+        "{refused}"
+    );
+    let line = server.wait_for_log(&format!(
+        "(pid {}) exited: the application asked to be replaced",
+        pid.trim()
+    ));
+    let replacement = pid_after(&line, "respawned as pid ");
+    assert!(
+        wait_until(SOON, || server.get("/pid").body.trim()
+            == replacement.to_string()),
+        "{line}"
+    );
 }
 
 #[test]

@@ -196,3 +196,12 @@ fn systemd_is_told_ready_once_workers_are_and_stopping_on_stop() {
     assert_eq!(&buffer[..length], b"STOPPING=1");
     assert!(server.wait_exit(SOON).unwrap().success());
 }
+
+#[test]
+fn the_process_title_leaves_the_arguments_intact() {
+    let server = Server::start("log_level = \"debug\"");
+    let line = server.wait_for_log("command line: ");
+    assert!(line.contains("\"--config\""), "{line}");
+    let title = common::process_title(server.pid()).unwrap();
+    assert!(title.starts_with("forkwarden: master"), "{title}");
+}

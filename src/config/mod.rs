@@ -5,6 +5,8 @@
 //! or to validate is reported with the file, line, key, bad value and what is accepted, and
 //! nothing is bound or forked.
 
+mod account;
+mod environment;
 mod units;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,6 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_path_to_error::Segment;
 
+pub use account::RunAs;
 pub use units::{ByteSize, CronTimeLimit, TimeSpan};
 
 /// Everything forkwarden reads from its config file, with Odoo's defaults filled in.
@@ -63,6 +66,21 @@ pub struct Config {
     pub http_max_body_size: ByteSize,
     /// How long workers may take to finish their current request when told to stop.
     pub graceful_timeout: TimeSpan,
+    /// How long a new worker may take to be ready (its application built, or a program's
+    /// `READY=1`); past it, it is killed as a failed start (0: no bound).
+    pub ready_timeout: TimeSpan,
+    /// How long a worker that is not serving a request may show no sign of life (a stopped
+    /// or hung worker) before it is killed and replaced (0: never).
+    pub heartbeat_timeout: TimeSpan,
+    /// Run every worker, program and cron job as this user (the master binds as root first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Their group (default: the user's primary group); needs `user`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// `user` and `group` as the system knows them, resolved when the config is read.
+    #[serde(skip)]
+    pub run_as: Option<RunAs>,
     /// `text` or `json`.
     pub log_format: LogFormat,
     /// `error`, `warn`, `info`, `debug` or `trace`.
@@ -75,6 +93,8 @@ pub struct Config {
     pub demo_fault_endpoints: bool,
     /// Make every built-in app worker fail during boot (to see crash-loop protection).
     pub demo_crash_at_boot: bool,
+    /// Make every built-in app worker take this long to boot (to see `ready_timeout`).
+    pub demo_boot_delay: TimeSpan,
     /// Where cron job state and locks are kept (relative to the config file's directory).
     pub data_dir: PathBuf,
     /// A program each HTTP worker slot runs instead of the built-in app (`[app]`).
@@ -99,14 +119,18 @@ pub struct ExecApp {
     /// Variables added to the program's environment.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
-    /// How long a new worker may take to send `READY=1`; 0: the program does not speak
-    /// sd_notify and counts as ready as soon as it runs.
-    #[serde(default = "ready_timeout_default")]
-    pub ready_timeout: TimeSpan,
+    /// How long a new program may take to send `READY=1` (default: the top-level
+    /// `ready_timeout`); 0: the program does not speak sd_notify and counts as ready as
+    /// soon as it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_timeout: Option<TimeSpan>,
 }
 
-fn ready_timeout_default() -> TimeSpan {
-    TimeSpan::secs(30)
+impl ExecApp {
+    /// Whether the program reports `READY=1` (`ready_timeout` is not set to 0).
+    pub fn notifies(&self) -> bool {
+        self.ready_timeout.is_none_or(|timeout| !timeout.is_zero())
+    }
 }
 
 /// One `[[cron]]` job.
@@ -162,18 +186,31 @@ impl Default for Config {
             http_socket_timeout: TimeSpan::secs(2),
             http_max_body_size: ByteSize::mib(64),
             graceful_timeout: TimeSpan::secs(30),
+            ready_timeout: TimeSpan::secs(60),
+            heartbeat_timeout: TimeSpan::secs(10),
+            user: None,
+            group: None,
+            run_as: None,
             log_format: LogFormat::Text,
             log_level: LogLevel::Info,
             logfile: None,
             pidfile: None,
             demo_fault_endpoints: false,
             demo_crash_at_boot: false,
+            demo_boot_delay: TimeSpan::secs(0),
             data_dir: PathBuf::from("forkwarden-data"),
             app: None,
             cron: Vec::new(),
         }
     }
 }
+
+/// Longest cron job name: it names files (`NAME.state.toml`, and a temporary file beside it
+/// with a random suffix) that must fit the 255 bytes a file name may have.
+const MAX_JOB_NAME: usize = 100;
+
+/// Shortest `heartbeat_timeout`: idle workers show life once a second.
+const MIN_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Keys whose new value a SIGHUP cannot apply to a running server.
 pub const RESTART_ONLY_KEYS: &[&str] = &[
@@ -182,6 +219,8 @@ pub const RESTART_ONLY_KEYS: &[&str] = &[
     "listen_backlog",
     "log_format",
     "pidfile",
+    "user",
+    "group",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -242,23 +281,26 @@ impl Config {
         Self::parse(&source, path)
     }
 
+    /// [`Config::load`], then checks that the server can start with it on this machine: the
+    /// programs exist and can be run, the directories and files it writes are writable, the
+    /// workers' user can be switched to. What `check`, a start and a reload all do.
+    pub fn load_checked(path: &Path) -> Result<Self, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Self::parse(&source, path)?;
+        config
+            .check_environment()
+            .map_err(|(key, message)| invalid_at(&source, path, &key, message))?;
+        Ok(config)
+    }
+
     /// Parses and validates `source`, read from `path` (used in messages and to resolve
     /// relative file names).
     pub fn parse(source: &str, path: &Path) -> Result<Self, ConfigError> {
         let invalid = |span: Option<std::ops::Range<usize>>, key: String, message: String| {
-            let line = span.map_or(1, |span| line_of(source, span.start));
-            ConfigError::Invalid {
-                path: path.to_path_buf(),
-                line,
-                key,
-                message,
-                excerpt: source
-                    .lines()
-                    .nth(line - 1)
-                    .unwrap_or("")
-                    .trim_end()
-                    .to_string(),
-            }
+            error_at(source, path, span, key, message)
         };
         let document = toml::Deserializer::parse(source)
             .map_err(|error| invalid(error.span(), String::new(), error.message().to_string()))?;
@@ -274,6 +316,8 @@ impl Config {
         if let Err((key, message)) = config.validate() {
             return Err(invalid(span_of_path(source, &key), key, message));
         }
+        config.run_as = RunAs::resolve(config.user.as_deref(), config.group.as_deref())
+            .map_err(|(key, message)| invalid(span_of_path(source, key), key.into(), message))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let relative_paths = [&mut config.logfile, &mut config.pidfile]
             .into_iter()
@@ -343,6 +387,17 @@ impl Config {
                     .into(),
             ));
         }
+        let heartbeat = self.heartbeat_timeout.duration();
+        if !heartbeat.is_zero() && heartbeat < MIN_HEARTBEAT_TIMEOUT {
+            return Err((
+                "heartbeat_timeout",
+                format!(
+                    "\"{}\" is too short: an idle worker shows life once a second; expected at \
+                     least \"2s\" (0 turns the check off)",
+                    self.heartbeat_timeout
+                ),
+            ));
+        }
         if self.listen_backlog == 0 {
             return Err((
                 "listen_backlog",
@@ -359,6 +414,7 @@ impl Config {
             let at = |key: &str| format!("cron[{index}].{key}");
             let name = &job.name;
             let valid_name = !name.is_empty()
+                && name.len() <= MAX_JOB_NAME
                 && name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
@@ -367,8 +423,9 @@ impl Config {
                 return Err((
                     at("name"),
                     format!(
-                        "cron job name {name:?} is not usable: expected letters, digits, '.', '_' \
-                         or '-' (it names the job's files), not starting with '.'"
+                        "cron job name {name:?} is not usable: expected 1 to {MAX_JOB_NAME} \
+                         letters, digits, '.', '_' or '-' (it names the job's files), not \
+                         starting with '.'"
                     ),
                 ));
             }
@@ -455,11 +512,20 @@ impl Config {
         self.listen_backlog = running.listen_backlog;
         self.log_format = running.log_format;
         self.pidfile.clone_from(&running.pidfile);
+        self.user.clone_from(&running.user);
+        self.group.clone_from(&running.group);
+        self.run_as.clone_from(&running.run_as);
     }
 
     /// `http_socket_timeout`, None when it is 0 (no timeout).
     pub fn socket_timeout(&self) -> Option<Duration> {
         Some(self.http_socket_timeout.duration()).filter(|timeout| !timeout.is_zero())
+    }
+
+    /// How long a new program may take to send `READY=1` (zero: no bound, or it does not
+    /// notify: see [`ExecApp::notifies`]).
+    pub fn program_ready_timeout(&self, app: &ExecApp) -> Duration {
+        app.ready_timeout.unwrap_or(self.ready_timeout).duration()
     }
 
     /// The wall-clock limit of one cron job (zero: none).
@@ -521,6 +587,40 @@ fn ip_address<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<IpAdd
             "{text:?} is not an IP address; expected one such as \"127.0.0.1\", \"0.0.0.0\" or \"::\""
         ))
     })
+}
+
+/// The error for `key` with `message`, pointing at the line of `source` where the key is.
+fn invalid_at(source: &str, path: &Path, key: &str, message: String) -> ConfigError {
+    error_at(
+        source,
+        path,
+        span_of_path(source, key),
+        key.to_string(),
+        message,
+    )
+}
+
+/// The error for `key` with `message`, pointing at the line of `source` that `span` is on.
+fn error_at(
+    source: &str,
+    path: &Path,
+    span: Option<std::ops::Range<usize>>,
+    key: String,
+    message: String,
+) -> ConfigError {
+    let line = span.map_or(1, |span| line_of(source, span.start));
+    ConfigError::Invalid {
+        path: path.to_path_buf(),
+        line,
+        key,
+        message,
+        excerpt: source
+            .lines()
+            .nth(line - 1)
+            .unwrap_or("")
+            .trim_end()
+            .to_string(),
+    }
 }
 
 /// 1-based line number of byte `offset` in `source`.
@@ -682,7 +782,8 @@ mod tests {
         let running = parse("").unwrap();
         let mut new = parse(
             "http_interface = \"::1\"\nhttp_port = 1\nlisten_backlog = 7\n\
-             log_format = \"json\"\npidfile = \"x.pid\"\nworkers = 5\n",
+             log_format = \"json\"\npidfile = \"x.pid\"\nworkers = 5\n\
+             user = \"nobody\"\ngroup = \"nogroup\"\n",
         )
         .unwrap();
         let changed: Vec<String> = running.changes(&new).into_iter().map(|c| c.key).collect();

@@ -26,9 +26,20 @@ pub use store::{JobLock, JobState, JobStore, from_ms, to_ms};
 
 use crate::config::{Config, CronJob};
 
-/// How soon to look again at a due job whose lock is held but whose claim is not yet
-/// written (the holder is between taking the lock and writing the claim: microseconds).
+/// How soon to look again at a due job whose lock is held: the holder is most likely between
+/// taking the lock and writing its claim (microseconds). Doubled while it stays held, up to
+/// [`HELD_LOCK_RETRY_MAX`]: a run longer than the job's schedule, or a stuck holder.
 const CLAIM_RACE_RETRY: Duration = Duration::from_millis(50);
+const HELD_LOCK_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long a due job's lock may stay held before the cron worker says the job is stalled.
+const STALL_WARNING: Duration = Duration::from_secs(5);
+
+/// A due job whose lock someone else holds.
+struct Stall {
+    since: SystemTime,
+    retry: Duration,
+    warned: bool,
+}
 
 /// The jobs of a config, with their schedules.
 pub struct Scheduler<'a> {
@@ -37,6 +48,8 @@ pub struct Scheduler<'a> {
     default_limit: Duration,
     /// Runs due before this instant fell due while the server was down.
     server_started: SystemTime,
+    /// Due jobs whose lock is held by someone else, by name.
+    stalls: std::cell::RefCell<std::collections::HashMap<String, Stall>>,
 }
 
 /// What a cron worker should do about one job now.
@@ -77,6 +90,7 @@ impl<'a> Scheduler<'a> {
             store: JobStore::open(&config.data_dir)?,
             default_limit: config.cron_time_limit(),
             server_started,
+            stalls: Default::default(),
         })
     }
 
@@ -103,9 +117,9 @@ impl<'a> Scheduler<'a> {
             return Ok(Turn::Wait(due));
         }
         let Some(lock) = self.store.try_lock(&job.name)? else {
-            // Another worker holds it: it is writing its claim, or running the job.
-            return Ok(Turn::Wait(now + CLAIM_RACE_RETRY));
+            return Ok(Turn::Wait(now + self.held_lock(job, now)));
         };
+        self.stalls.borrow_mut().remove(&job.name);
         let mut state = self.load(job);
         let never_scheduled = state.next_run().is_none();
         match state.next_run() {
@@ -166,6 +180,41 @@ impl<'a> Scheduler<'a> {
             state,
             _lock: lock,
         }))
+    }
+
+    /// Someone else holds the lock of due `job`: another cron worker writing its claim, or
+    /// running it past its next due time, or a stuck (or hostile) holder. Says so once it
+    /// has lasted [`STALL_WARNING`]; returns how soon to look again.
+    fn held_lock(&self, job: &CronJob, now: SystemTime) -> Duration {
+        let mut stalls = self.stalls.borrow_mut();
+        let stall = stalls.entry(job.name.clone()).or_insert(Stall {
+            since: now,
+            retry: CLAIM_RACE_RETRY,
+            warned: false,
+        });
+        let held_for = now.duration_since(stall.since).unwrap_or_default();
+        if !stall.warned && held_for >= STALL_WARNING {
+            stall.warned = true;
+            let holder = match self.store.lock_holder(&job.name) {
+                Some(pid) => {
+                    let command = crate::proctree::command_name(nix::unistd::Pid::from_raw(pid))
+                        .unwrap_or_else(|| "not on this host".into());
+                    format!("pid {pid} ({command})")
+                }
+                None => "an unknown process".to_string(),
+            };
+            warn!(
+                job = job.name.as_str(),
+                holder = holder.as_str(),
+                "cron job {} is due but its lock has been held by {holder} for {}: a run \
+                 longer than its schedule, or a stuck holder; it runs once the lock is free",
+                job.name,
+                crate::format::elapsed(held_for)
+            );
+        }
+        let retry = stall.retry;
+        stall.retry = (retry * 2).min(HELD_LOCK_RETRY_MAX);
+        retry
     }
 
     /// Records how a claimed run ended, and releases the job; returns when it is next due.

@@ -1,6 +1,9 @@
-//! Running one job: its own process group, its output logged line by line, and a
-//! wall-clock limit that kills the whole group, children included.
+//! Running one job: its own process group, its output logged line by line, a wall-clock
+//! limit that kills the whole group, and at the end of the run, whatever it ended or not,
+//! every process it left behind killed and reaped (the cron worker is their subreaper), so
+//! that no part of a run outlives it and the next run starts alone.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
@@ -59,11 +62,13 @@ impl fmt::Display for RunEnding {
 }
 
 /// Runs `job` to its end. `limit` is its wall-clock limit (`timeout`, or
-/// `limit_time_real_cron`; `key` names which); `started` learns the job's pid (which is also
-/// its process group) as soon as it runs.
+/// `limit_time_real_cron`; `key` names which); `account` are the variables of the user it
+/// runs as (`USER`, `HOME`...; the job's own `env` wins); `started` learns the job's pid
+/// (which is also its process group) as soon as it runs.
 pub fn run(
     job: &CronJob,
     limit: Option<(Duration, &'static str)>,
+    account: &[(OsString, OsString)],
     signals: &WorkerSignals,
     started: impl FnOnce(Pid),
 ) -> RunEnding {
@@ -73,6 +78,7 @@ pub fn run(
     }
     command
         .args(&job.command[1..])
+        .envs(account.iter().map(|(key, value)| (key, value)))
         .envs(&job.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -88,14 +94,77 @@ pub fn run(
     };
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     started(pid);
-    match Watch::new(job, &mut child) {
+    let ending = match Watch::new(job, &mut child) {
         Ok(mut watch) => watch.until_exit(&mut child, pid, limit, signals),
         Err(error) => {
             let _ = killpg(pid, Signal::SIGKILL);
             let _ = child.wait();
             RunEnding::CouldNotStart(error)
         }
+    };
+    let left_behind = end_of_run(pid);
+    if !left_behind.is_empty() {
+        warn!(
+            job = job.name.as_str(),
+            count = left_behind.len(),
+            "cron job {}: {} process(es) it left behind were killed: {}",
+            job.name,
+            left_behind.len(),
+            left_behind.join(", ")
+        );
     }
+    ending
+}
+
+/// How long the end of a run waits for the processes it killed to be gone.
+const LEFT_BEHIND_WAIT: Duration = Duration::from_secs(5);
+
+/// Kills what is left of a run whose main process `job` has been reaped: its process group,
+/// and every process that came to the cron worker (its subreaper) when its parent ended,
+/// however it detached itself; reaps them all. Returns them as `pid (command)`.
+fn end_of_run(job: Pid) -> Vec<String> {
+    let _ = killpg(job, Signal::SIGKILL);
+    // Only the process the run's orphans come to (the cron worker) may take its children
+    // for the run's: any other caller may have children of its own.
+    if !nix::sys::prctl::get_child_subreaper().unwrap_or(false) {
+        return Vec::new();
+    }
+    let me = nix::unistd::getpid();
+    let deadline = Instant::now() + LEFT_BEHIND_WAIT;
+    let mut killed: Vec<(Pid, String)> = Vec::new();
+    loop {
+        let children = crate::proctree::children(me);
+        if children.is_empty() {
+            break;
+        }
+        for child in &children {
+            if !killed.iter().any(|(pid, _)| pid == child) {
+                let name = crate::proctree::command_name(*child).unwrap_or_else(|| "?".into());
+                killed.push((*child, name));
+            }
+            let _ = nix::sys::signal::kill(*child, Signal::SIGKILL);
+        }
+        // Reap each; those below it come to the cron worker meanwhile, for the next round.
+        for child in children {
+            if let Ok(exited) = sys::pidfd_open(child) {
+                let mut fds = [PollFd::new(exited.as_fd(), PollFlags::POLLIN)];
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = nix::poll::poll(
+                    &mut fds,
+                    nix::poll::PollTimeout::try_from(left).unwrap_or(nix::poll::PollTimeout::MAX),
+                );
+            }
+            let _ = nix::sys::wait::waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        }
+        if Instant::now() >= deadline {
+            warn!("left-behind processes did not die within {LEFT_BEHIND_WAIT:?}");
+            break;
+        }
+    }
+    killed
+        .into_iter()
+        .map(|(pid, name)| format!("{pid} ({name})"))
+        .collect()
 }
 
 /// A running job: the descriptor that tells when it exits, and its two output pipes.
@@ -260,7 +329,7 @@ mod tests {
     #[test]
     fn a_missing_program_cannot_start() {
         let signals = WorkerSignals::for_tests();
-        let ending = run(&job(&["/nonexistent/program"]), None, &signals, |_| {});
+        let ending = run(&job(&["/nonexistent/program"]), None, &[], &signals, |_| {});
         assert!(matches!(ending, RunEnding::CouldNotStart(_)), "{ending:?}");
     }
 
@@ -271,6 +340,7 @@ mod tests {
         let ending = run(
             &job(&["sh", "-c", "test \"$FW_TEST\" = yes && exit 7"]),
             None,
+            &[],
             &signals,
             |started| pid = Some(started),
         );
@@ -285,7 +355,7 @@ mod tests {
         let child_pid = dir.path().join("child.pid");
         let script = format!("sleep 30 & echo $! > {}; wait", child_pid.display());
         let limit = Some((Duration::from_millis(300), "timeout"));
-        let ending = run(&job(&["sh", "-c", &script]), limit, &signals, |_| {});
+        let ending = run(&job(&["sh", "-c", &script]), limit, &[], &signals, |_| {});
         assert!(matches!(ending, RunEnding::TimedOut { .. }), "{ending:?}");
         let sleeper: i32 = std::fs::read_to_string(&child_pid)
             .unwrap()

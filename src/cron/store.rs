@@ -6,15 +6,26 @@
 //! never half of one. `NAME.lock` is held with `flock(2)` by the cron worker running the
 //! job; the kernel releases it when that process dies, so a crash never leaves a job stuck
 //! as running, and two cron workers (or hosts sharing the directory) never run it at once.
+//!
+//! Nothing here can be turned against the server, whatever the umask: the directories are
+//! 0700 and the files 0600, owned by the workers' user; temporary files have unpredictable
+//! names and are created exclusively, and no file is opened through a symbolic link.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
+use nix::unistd::{Gid, Uid};
 use serde::{Deserialize, Serialize};
+
+/// Mode of data_dir and its `cron` directory: the server's alone.
+const PRIVATE_DIR: u32 = 0o700;
+/// Mode of state and lock files: no other user may read, replace or lock them.
+const PRIVATE_FILE: u32 = 0o600;
 
 /// A job's persisted state. Times are milliseconds since the Unix epoch. Every field has a
 /// default, so state files written by older versions still load.
@@ -63,10 +74,46 @@ pub struct JobLock {
 }
 
 impl JobStore {
+    /// Makes `data_dir` and its `cron` directory private (created if needed, 0700 whatever
+    /// the umask, an existing one narrowed to 0700) and gives them, and the files in them, to
+    /// `owner` (the workers' user, when the master runs as root). The master, at start.
+    pub fn prepare(data_dir: &Path, owner: Option<(Uid, Gid)>) -> io::Result<()> {
+        let dir = data_dir.join("cron");
+        DirBuilder::new()
+            .recursive(true)
+            .mode(PRIVATE_DIR)
+            .create(&dir)?;
+        for private in [data_dir, dir.as_path()] {
+            let mode = fs::symlink_metadata(private)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    "{} was open to other users (mode {:o}); made 0700",
+                    private.display(),
+                    mode & 0o777
+                );
+                fs::set_permissions(private, fs::Permissions::from_mode(PRIVATE_DIR))?;
+            }
+        }
+        let Some((uid, gid)) = owner.filter(|_| nix::unistd::geteuid().is_root()) else {
+            return Ok(());
+        };
+        let chown =
+            |path: &Path| std::os::unix::fs::lchown(path, Some(uid.as_raw()), Some(gid.as_raw()));
+        chown(data_dir)?;
+        chown(&dir)?;
+        for entry in fs::read_dir(&dir)? {
+            chown(&entry?.path())?;
+        }
+        Ok(())
+    }
+
     /// The store under `data_dir`, created if needed.
     pub fn open(data_dir: &Path) -> io::Result<Self> {
         let dir = data_dir.join("cron");
-        fs::create_dir_all(&dir)?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(PRIVATE_DIR)
+            .create(&dir)?;
         Ok(Self { dir })
     }
 
@@ -77,32 +124,41 @@ impl JobStore {
     /// The job's state; a job never seen has the default state. An unreadable or corrupt
     /// state file is an error, which the caller logs (and then starts the job afresh).
     pub fn load(&self, name: &str) -> io::Result<JobState> {
-        match fs::read_to_string(self.state_path(name)) {
-            Ok(text) => toml::from_str(&text).map_err(io::Error::other),
+        let opened = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.state_path(name));
+        match opened {
+            Ok(mut file) => {
+                let mut text = String::new();
+                io::Read::read_to_string(&mut file, &mut text)?;
+                toml::from_str(&text).map_err(io::Error::other)
+            }
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(JobState::default()),
             Err(error) => Err(error),
         }
     }
 
-    /// Writes the job's state atomically.
+    /// Writes the job's state atomically, through a temporary file with an unpredictable
+    /// name, created exclusively with mode 0600 (nothing planted in its place can be written
+    /// through), renamed over the state file.
     pub fn save(&self, name: &str, state: &JobState) -> io::Result<()> {
-        let path = self.state_path(name);
-        let temporary = self
-            .dir
-            .join(format!(".{name}.state.{}.tmp", std::process::id()));
         let text = toml::to_string(state).map_err(io::Error::other)?;
-        let written = (|| {
-            let mut file = File::create(&temporary)?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&temporary, &path)?;
-            // The rename itself must reach the disk too.
-            File::open(&self.dir)?.sync_all()
-        })();
-        if written.is_err() {
-            let _ = fs::remove_file(&temporary);
-        }
-        written
+        let mut file = tempfile::Builder::new()
+            .prefix(&format!(".{name}.state."))
+            .suffix(".tmp")
+            .permissions(fs::Permissions::from_mode(PRIVATE_FILE))
+            .tempfile_in(&self.dir)?;
+        file.write_all(text.as_bytes())?;
+        file.as_file().sync_all()?;
+        file.persist(self.state_path(name))
+            .map_err(|error| error.error)?;
+        // The rename itself must reach the disk too.
+        File::open(&self.dir)?.sync_all()
+    }
+
+    fn lock_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.lock"))
     }
 
     /// Takes the job's lock if no one holds it; None when another process runs the job.
@@ -111,12 +167,28 @@ impl JobStore {
             .create(true)
             .truncate(false)
             .write(true)
-            .open(self.dir.join(format!("{name}.lock")))?;
+            .mode(PRIVATE_FILE)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.lock_path(name))?;
+        // One created by an older version, or under another umask, is narrowed.
+        if file.metadata()?.mode() & 0o077 != 0 {
+            file.set_permissions(fs::Permissions::from_mode(PRIVATE_FILE))?;
+        }
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(Some(JobLock { _lock: lock })),
             Err((_, Errno::EWOULDBLOCK)) => Ok(None),
             Err((_, errno)) => Err(errno.into()),
         }
+    }
+
+    /// The pid holding the job's lock, as /proc/locks tells (None: unknown or not held).
+    pub fn lock_holder(&self, name: &str) -> Option<i32> {
+        let inode = fs::symlink_metadata(self.lock_path(name)).ok()?.ino();
+        procfs::locks()
+            .ok()?
+            .into_iter()
+            .find(|lock| lock.inode == inode)
+            .and_then(|lock| lock.pid)
     }
 }
 
@@ -184,6 +256,43 @@ mod tests {
         );
         drop(held);
         assert!(store.try_lock("report").unwrap().is_some());
+    }
+
+    #[test]
+    fn files_are_private_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let made = JobStore::prepare(&data_dir, None).and_then(|()| {
+            let store = JobStore::open(&data_dir)?;
+            store.save("report", &JobState::default())?;
+            let lock = store.try_lock("report")?;
+            assert!(lock.is_some());
+            assert_eq!(store.lock_holder("report"), Some(std::process::id() as i32));
+            Ok(store)
+        });
+        nix::sys::stat::umask(old);
+        let store = made.unwrap();
+        let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data_dir), 0o700);
+        assert_eq!(mode(&store.dir), 0o700);
+        assert_eq!(mode(&store.state_path("report")), 0o600);
+        assert_eq!(mode(&store.lock_path("report")), 0o600);
+    }
+
+    #[test]
+    fn a_planted_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JobStore::open(dir.path()).unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, store.lock_path("report")).unwrap();
+        assert!(store.try_lock("report").is_err());
+        std::os::unix::fs::symlink(&victim, store.state_path("other")).unwrap();
+        assert!(store.load("other").is_err());
+        // Saving replaces the link itself, never writes through it.
+        store.save("other", &JobState::default()).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
     }
 
     #[test]

@@ -1,136 +1,148 @@
-//! Step 3 of the master's loop: the deadlines it keeps (graceful stops, 504 grace) and the
-//! per-worker limits it checks (decided in [`crate::limits`], acted on here).
+//! Step 4 of the master's loop: the deadlines it keeps (readiness, graceful stops, 504
+//! grace, programs' watchdogs) and the per-worker limits and liveness it checks (decided in
+//! [`crate::limits`], acted on here).
 
 use std::time::Instant;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::pool::{Kill, RetireReason, Retiring};
+use super::pool::{Departure, Lifecycle, RetireReason, Worker};
 use super::{Master, report};
-use crate::limits::{self, EXPIRY_GRACE, Enforcement, Observation};
+use crate::limits::{self, EXPIRY_GRACE, Enforcement, IDLE_SCAN, MemoryActivity, Observation};
+use crate::proctree;
 
 impl Master {
-    /// Sends the SIGKILLs that are due: to workers told to stop that have not within
-    /// `graceful_timeout`, and to expired workers that did not leave within their grace.
+    /// Acts on the deadlines that are due: workers not ready in time, programs silent past
+    /// their watchdog, workers that did not stop within `graceful_timeout`, and SIGKILLs due
+    /// after a gentler signal.
     pub(super) fn enforce_deadlines(&mut self) {
         let now = Instant::now();
         let timeout = self.config.graceful_timeout;
-        for worker in self.pool.workers_mut() {
-            match (&mut worker.kill, &worker.retiring) {
-                (Some(kill), _) if kill.sigkill_at.is_some_and(|at| at <= now) => {
-                    kill.sigkill_at = None;
-                    worker.signal(Signal::SIGKILL);
-                }
-                (None, Some(retiring)) if retiring.deadline <= now => {
-                    worker.kill = Some(Kill {
-                        reason: format!(
-                            "did not stop within graceful_timeout ({timeout}) after being told to ({})",
-                            retiring.reason
-                        ),
-                        sigkill_at: None,
-                    });
-                    worker.reported = false;
-                    worker.signal(Signal::SIGKILL);
-                }
-                _ => {}
-            }
-        }
-        self.enforce_exec_deadlines(now);
-    }
-
-    /// Kills exec workers that did not report `READY=1` within `ready_timeout`, or went
-    /// silent past the watchdog period they declared.
-    fn enforce_exec_deadlines(&mut self, now: Instant) {
-        let ready_timeout = self.config.app.as_ref().map(|app| app.ready_timeout);
         let mut due = Vec::new();
-        for worker in self.pool.workers() {
-            let Some(exec) = &worker.exec else { continue };
-            if worker.kill.is_some() || exec.deadline(worker.ready).is_none_or(|at| at > now) {
+        for worker in self.pool.workers_mut() {
+            if worker.deadline().is_none_or(|at| at > now) {
                 continue;
             }
-            let detail = match (worker.ready, exec.watchdog, ready_timeout) {
-                (false, _, Some(timeout)) => {
-                    format!("did not report READY=1 within ready_timeout ({timeout})")
+            match &mut worker.lifecycle {
+                Lifecycle::Starting { .. } => {
+                    let waited = crate::format::seconds(worker.started.elapsed());
+                    let detail = if worker.exec.is_some() {
+                        format!("did not report READY=1 within ready_timeout ({waited})")
+                    } else {
+                        format!("did not become ready within ready_timeout ({waited})")
+                    };
+                    due.push((worker.pid, detail));
                 }
-                (_, Some(period), _) => format!(
-                    "watchdog: no WATCHDOG=1 for {} (WATCHDOG_USEC={})",
-                    crate::format::measured(now.saturating_duration_since(exec.last_alive)),
-                    period.as_micros()
-                ),
-                _ => continue,
-            };
-            due.push((worker.pid, detail));
+                Lifecycle::Serving => {
+                    if let Some(exec) = &worker.exec
+                        && let Some(period) = exec.watchdog
+                        && !worker.row.is_busy()
+                    {
+                        due.push((
+                            worker.pid,
+                            format!(
+                                "watchdog: no WATCHDOG=1 for {} (WATCHDOG_USEC={})",
+                                crate::format::measured(
+                                    now.saturating_duration_since(exec.last_alive)
+                                ),
+                                period.as_micros()
+                            ),
+                        ));
+                    }
+                }
+                Lifecycle::Leaving(leaving) => match &mut leaving.departure {
+                    Departure::Kill { sigkill_at, .. } => {
+                        *sigkill_at = None;
+                        worker.signal(Signal::SIGKILL);
+                    }
+                    Departure::Retire { reason, .. } => {
+                        let reason = format!(
+                            "did not stop within graceful_timeout ({timeout}) after being told to ({reason})"
+                        );
+                        worker.depart(
+                            Departure::Kill {
+                                reason,
+                                sigkill_at: None,
+                            },
+                            false,
+                        );
+                        worker.signal(Signal::SIGKILL);
+                    }
+                },
+            }
         }
         for (pid, detail) in due {
             self.enforce(pid, Enforcement::Kill(detail), now);
         }
     }
 
-    /// Checks every worker against its limits (see [`crate::limits`]): RSS every
-    /// `memory_poll_interval`, wall-clock time on every turn, and acts on what is crossed.
+    /// Checks every worker against its limits (see [`crate::limits`]) and its liveness, and
+    /// acts on what is crossed. Scoreboard rows are read on every turn (no system call);
+    /// /proc only on a scan, and only for the workers whose memory may have changed.
     pub(super) fn enforce_limits(&mut self) {
         if !self.limits.needs_polling() {
-            self.next_limit_scan = None;
+            self.next_scan = None;
             self.next_request_deadline = None;
             return;
         }
         let now = Instant::now();
-        let poll_memory =
-            self.limits.watches_memory() && self.next_limit_scan.is_none_or(|at| at <= now);
-        if self.next_limit_scan.is_none_or(|at| at <= now) {
-            self.next_limit_scan = Some(now + self.limits.poll_interval);
-        }
-        // Process groups whose whole memory counts: an exec worker's (its program and the
-        // helpers it starts) and a running cron job's (added to its cron worker's). One scan
-        // of /proc serves them all, and none is made when there are none.
-        let group_rss = if poll_memory {
-            let groups: Vec<i32> = self
-                .pool
-                .workers()
-                .filter_map(|worker| match &worker.exec {
-                    Some(_) => Some(worker.pid.as_raw()),
-                    None => worker.row.job_group(),
-                })
-                .collect();
-            limits::process_groups_rss(&groups)
-        } else {
-            Default::default()
-        };
+        let scan = self.next_scan.is_none_or(|at| at <= now);
+        let limits = &self.limits;
         let mut crossed = Vec::new();
         let mut earliest: Option<Instant> = None;
+        // Whether some worker's memory must be read again at the short interval.
+        let mut active = false;
         for worker in self.pool.workers_mut() {
-            if worker.kill.is_some() {
+            if matches!(
+                worker.leaving().map(|leaving| &leaving.departure),
+                Some(Departure::Kill { .. })
+            ) {
                 continue;
             }
-            let row = worker.row.snapshot();
-            if poll_memory {
-                let own = worker.memory.as_ref().and_then(|probe| probe.rss().ok());
-                worker.last_rss = match (&worker.exec, row.job_group) {
-                    (Some(_), _) => group_rss.get(&worker.pid.as_raw()).copied().or(own),
-                    (None, Some(job)) => {
-                        own.map(|rss| rss + group_rss.get(&job).copied().unwrap_or(0))
-                    }
-                    (None, None) => own,
-                };
+            let busy = worker.row.is_busy();
+            let activity = memory_activity(worker, busy);
+            active |= busy || matches!(worker.lifecycle, Lifecycle::Starting { .. });
+            if scan && limits.watches_memory() {
+                let last = worker
+                    .memory
+                    .at
+                    .map(|at| (now.saturating_duration_since(at), worker.memory.requests));
+                let starting = matches!(worker.lifecycle, Lifecycle::Starting { .. });
+                if limits::memory_due(activity, starting, last, limits.poll_interval) {
+                    read_memory(worker, now);
+                }
+                active |= matches!(activity, MemoryActivity::Program { busy: None });
+            }
+            if let Some(detail) = silence(worker, limits, scan, now) {
+                crossed.push((worker.pid, Enforcement::Kill(detail)));
+                continue;
             }
             let observation = Observation {
                 role: Some(worker.id.role),
                 age: now.saturating_duration_since(worker.started),
-                busy_for: row.busy_for,
-                work_limit: row.work_limit,
-                rss: worker.last_rss.filter(|_| poll_memory),
-                leaving: worker.retiring.is_some(),
+                busy_for: if busy { worker.row.busy_for() } else { None },
+                work_limit: worker.row.work_limit(),
+                rss: worker.memory.rss.filter(|_| worker.memory.at == Some(now)),
+                leaving: !worker.is_serving(),
             };
-            match limits::check(&self.limits, &observation) {
+            match limits::check(limits, &observation) {
                 Some(enforcement) => crossed.push((worker.pid, enforcement)),
                 None => {
-                    if let Some(left) = limits::time_to_deadline(&self.limits, &observation) {
+                    if let Some(left) = limits::time_to_deadline(limits, &observation) {
                         let deadline = now + left;
                         earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
                     }
                 }
             }
+        }
+        if scan {
+            let every = if active {
+                self.limits.poll_interval
+            } else {
+                IDLE_SCAN.max(self.limits.poll_interval)
+            };
+            self.next_scan = Some(now + every);
         }
         self.next_request_deadline = earliest;
         for (pid, enforcement) in crossed {
@@ -156,42 +168,127 @@ impl Master {
             Enforcement::Kill(detail) => {
                 worker.signal(Signal::SIGKILL);
                 let what = format!("killed: {detail}");
-                worker.kill = Some(Kill {
-                    reason: detail,
-                    sigkill_at: None,
-                });
+                worker.depart(
+                    Departure::Kill {
+                        reason: detail,
+                        sigkill_at: None,
+                    },
+                    true,
+                );
                 (what, true)
             }
             Enforcement::Expire(detail) => {
                 // The worker answers 504 and leaves; SIGKILL follows if it cannot.
                 worker.signal(Signal::SIGUSR2);
                 let what = format!("killed: {detail}");
-                worker.kill = Some(Kill {
-                    reason: detail,
-                    sigkill_at: Some(now + EXPIRY_GRACE),
-                });
+                worker.depart(
+                    Departure::Kill {
+                        reason: detail,
+                        sigkill_at: Some(now + EXPIRY_GRACE),
+                    },
+                    true,
+                );
                 (what, true)
             }
             Enforcement::Recycle(detail) => {
                 worker.row.request_stop();
-                match &mut worker.exec {
-                    // A program in the middle of a request gets SIGTERM once it is idle.
-                    Some(exec) if exec.sends_markers && row.busy_for.is_some() => {
-                        exec.stop_deferred = true;
-                    }
-                    _ => worker.signal(Signal::SIGTERM),
+                // A program in the middle of a request gets SIGTERM once it is idle.
+                let signal_now = !(worker.exec.as_ref().is_some_and(|exec| exec.sends_markers)
+                    && row.busy_for.is_some());
+                if signal_now {
+                    worker.signal(Signal::SIGTERM);
                 }
                 let what = format!("recycled: {detail}");
-                worker.retiring = Some(Retiring {
-                    reason: RetireReason::Limit(detail),
-                    deadline: now + graceful,
-                });
+                worker.depart(
+                    Departure::Retire {
+                        reason: RetireReason::Limit(detail),
+                        deadline: now + graceful,
+                        signalled: signal_now,
+                    },
+                    true,
+                );
                 (what, false)
             }
         };
-        worker.reported = true;
-        let (line, failed_start) = report::describe(worker, &what, true, &row, now);
+        let line = report::describe(worker, &what, true, &row, now);
+        let failed_start = unexpected && report::failed_start(worker, None, &row, now);
         let id = worker.id;
         self.replace(id, line, unexpected, failed_start, now);
+    }
+}
+
+/// What tells whether `worker`'s memory may have changed (see [`limits::memory_due`]).
+fn memory_activity(worker: &Worker, busy: bool) -> MemoryActivity {
+    match &worker.exec {
+        None => MemoryActivity::BuiltIn {
+            busy,
+            requests: worker.row.requests(),
+        },
+        Some(exec) => MemoryActivity::Program {
+            busy: exec.sends_markers.then_some(busy),
+        },
+    }
+}
+
+/// Reads the memory of `worker`: a built-in worker's own, plus its cron job's processes; a
+/// program's whole process tree.
+fn read_memory(worker: &mut Worker, now: Instant) {
+    let tree = worker.exec.is_some();
+    let Some(own) = proctree::memory(worker.pid, tree) else {
+        return;
+    };
+    let job = worker
+        .row
+        .job_group()
+        .and_then(|job| proctree::memory(Pid::from_raw(job), true));
+    worker.memory.rss = Some(own.rss.saturating_add(job.map_or(0, |job| job.rss)));
+    worker.memory.address_space = Some(own.address_space);
+    worker.memory.at = Some(now);
+    worker.memory.requests = worker.row.requests();
+}
+
+/// The line that kills a ready worker that serves no request and has shown no sign of life
+/// for `heartbeat_timeout`: no heartbeat in its row (a built-in worker), or seen stopped (a
+/// program whose watchdog is not armed; checked on a scan).
+fn silence(
+    worker: &mut Worker,
+    limits: &limits::MasterLimits,
+    scan: bool,
+    now: Instant,
+) -> Option<String> {
+    limits.heartbeat?;
+    if !matches!(worker.lifecycle, Lifecycle::Serving) {
+        return None;
+    }
+    let silent_for = match &mut worker.exec {
+        None if worker.row.is_busy() => return None,
+        None => worker.row.silent_for()?,
+        Some(exec) if exec.watchdog.is_some() || !scan => return None,
+        Some(exec) => {
+            let stopped = proctree::state(worker.pid).is_some_and(proctree::is_stopped);
+            if !stopped {
+                exec.stopped_since = None;
+                return None;
+            }
+            now.saturating_duration_since(*exec.stopped_since.get_or_insert(now))
+        }
+    };
+    let detail = limits::silence_exceeded(limits, silent_for)?;
+    let seen = proctree::state(worker.pid).map_or_else(
+        || "gone".to_string(),
+        |state| describe_state(state).to_string(),
+    );
+    Some(format!("{detail}; its state: {seen}"))
+}
+
+fn describe_state(state: char) -> &'static str {
+    match state {
+        'T' => "stopped (T: SIGSTOP or a job-control signal)",
+        't' => "stopped by a debugger (t)",
+        'D' => "in uninterruptible sleep (D)",
+        'S' => "sleeping (S)",
+        'R' => "running (R)",
+        'Z' => "exited, not yet reaped (Z)",
+        _ => "unusual",
     }
 }

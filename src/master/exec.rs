@@ -7,7 +7,7 @@
 //! | `READY=1` | the worker serves (a reload waits for it); until then `ready_timeout` runs |
 //! | `BUSY=1`, `REQUEST=GET /path` | a request started: `limit_time_real` counts from now, RLIMIT_CPU is moved to the CPU used plus `limit_time_cpu` (`prlimit`) |
 //! | `IDLE=1` | it ended: counts towards `limit_request`; a deferred recycle happens now |
-//! | `WATCHDOG_USEC=N`, `WATCHDOG=1` | liveness: past N µs without `WATCHDOG=1`, the worker is killed |
+//! | `WATCHDOG_USEC=N`, `WATCHDOG=1` | liveness: the program is given `WATCHDOG_USEC=heartbeat_timeout` in its environment; once it sends `WATCHDOG=1` (or declares its own period), silence past the period outside a request kills it |
 //! | `STATUS=...` | shown in the SIGQUIT snapshot |
 //! | `STOPPING=1` | logged |
 
@@ -17,11 +17,13 @@ use std::time::{Duration, Instant};
 
 use mio::unix::pipe::{Receiver, Sender};
 use mio::{Interest, Registry, Token};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tracing::{debug, info, warn};
 
 use super::Master;
-use super::pool::worker_name;
+use super::pool::{Departure, Leaving, Lifecycle};
+use crate::id::worker_name;
 use crate::notify::Notification;
 use crate::output::LineSplitter;
 use crate::worker::ExecOutput;
@@ -29,6 +31,9 @@ use crate::worker::ExecOutput;
 /// How much of one output pipe the master reads per turn of its loop: a program flooding
 /// its output gets its share of the master's time, not all of it.
 const OUTPUT_BUDGET: usize = 64 * 1024;
+/// How much of an ended program's output is still logged: what its pipes hold (a full pipe
+/// is 64 KiB), not what a process it left behind goes on writing.
+const CLOSING_BUDGET: usize = 256 * 1024;
 
 /// The write ends of a new exec worker's output pipes, handed to the child.
 pub struct ExecPipes {
@@ -65,19 +70,33 @@ pub struct ExecState {
     outputs: [OutputPipe; 2],
     /// The last `STATUS=`.
     pub status: Option<String>,
-    /// Liveness period declared with `WATCHDOG_USEC`.
+    /// Liveness period: declared with `WATCHDOG_USEC`, or the `heartbeat_timeout` given to
+    /// the program in its environment once it sends `WATCHDOG=1`. None: not armed.
     pub watchdog: Option<Duration>,
-    /// The last `WATCHDOG=1` (or the start).
+    /// The program's last message (any message shows it is alive), or its start.
     pub last_alive: Instant,
-    /// When an unready worker is killed (`ready_timeout`).
-    pub ready_deadline: Option<Instant>,
-    /// A graceful stop was decided while a request ran: SIGTERM waits for `IDLE=1`.
-    pub stop_deferred: bool,
+    /// The period it was offered in `WATCHDOG_USEC` (`heartbeat_timeout`; None: off).
+    offered_watchdog: Option<Duration>,
+    /// Since when the program has been seen stopped (SIGSTOP, a debugger), for programs
+    /// whose liveness the watchdog does not cover.
+    pub stopped_since: Option<Instant>,
     /// This worker's `limit_request` (with jitter; 0: none).
     pub limit_request: u64,
     /// It has sent request markers, so the per-request limits reach it.
     pub sends_markers: bool,
+    /// Its output spoke of memory it could not get (for the hint on a failed start).
+    pub memory_error_seen: bool,
 }
+
+/// What programs print when an allocation is refused (RLIMIT_AS, or no memory at all).
+const MEMORY_ERROR_SIGNS: [&str; 6] = [
+    "cannot allocate memory",
+    "out of memory",
+    "failed to reserve virtual memory",
+    "memoryerror",
+    "memory allocation of",
+    "bad_alloc",
+];
 
 struct OutputPipe {
     pipe: Receiver,
@@ -91,19 +110,19 @@ struct OutputPipe {
 
 impl ExecState {
     /// Takes the read ends of `pipes` (dropping the write ends: the child has its copies)
-    /// and registers them in the poll loop under `tokens`.
+    /// and registers them in the poll loop under `tokens`. `offered_watchdog` is the period
+    /// the program was given as `WATCHDOG_USEC`.
     pub fn new(
         pipes: ExecPipes,
         tokens: [Token; 2],
         registry: &Registry,
-        ready_timeout: Duration,
         limit_request: u64,
+        offered_watchdog: Option<Duration>,
     ) -> io::Result<Self> {
         let ExecPipes { receivers, .. } = pipes;
         let [mut out, mut err] = receivers;
         registry.register(&mut out, tokens[0], Interest::READABLE)?;
         registry.register(&mut err, tokens[1], Interest::READABLE)?;
-        let now = Instant::now();
         let pipe = |pipe, token, tag| OutputPipe {
             pipe,
             token,
@@ -116,11 +135,12 @@ impl ExecState {
             outputs: [pipe(out, tokens[0], ""), pipe(err, tokens[1], " [stderr]")],
             status: None,
             watchdog: None,
-            last_alive: now,
-            ready_deadline: Some(now + ready_timeout).filter(|_| !ready_timeout.is_zero()),
-            stop_deferred: false,
+            last_alive: Instant::now(),
+            offered_watchdog,
+            stopped_since: None,
             limit_request,
             sends_markers: false,
+            memory_error_seen: false,
         })
     }
 
@@ -142,66 +162,96 @@ impl ExecState {
 
     /// Logs what the program wrote, up to the budget per pipe, tagged with `name`.
     pub fn read_output(&mut self, name: &str) {
+        let mut memory_error = false;
         for output in &mut self.outputs {
             if output.open && output.pending {
-                output.read(name, OUTPUT_BUDGET);
+                memory_error |= output.read(name, OUTPUT_BUDGET);
             }
         }
+        self.memory_error_seen |= memory_error;
     }
 
-    /// After the program's exit: logs the rest of its output and deregisters the pipes.
+    /// After the program's exit: logs what is left in its pipes now, without waiting for
+    /// more (a process it left behind may hold them open for ever), and lets go of them.
     pub fn close(&mut self, name: &str, registry: &Registry) {
         for output in &mut self.outputs {
-            while output.open {
-                output.read(name, usize::MAX);
+            if output.open {
+                self.memory_error_seen |= output.read(name, CLOSING_BUDGET);
+                if let Some(line) = output.lines.finish() {
+                    info!("{name}{}: {line}", output.tag);
+                }
+                output.open = false;
+                output.pending = false;
             }
             let _ = registry.deregister(&mut output.pipe);
         }
     }
 
-    /// The earliest moment this worker is to be killed: unready past `ready_timeout`, or
-    /// silent past its watchdog period.
-    pub fn deadline(&self, ready: bool) -> Option<Instant> {
-        let ready_by = self.ready_deadline.filter(|_| !ready);
-        let alive_by = self.watchdog.map(|period| self.last_alive + period);
-        ready_by.into_iter().chain(alive_by).min()
+    /// When a silent program is to be killed: past its watchdog period since its last
+    /// message, once the watchdog is armed.
+    pub fn watchdog_deadline(&self) -> Option<Instant> {
+        self.watchdog.map(|period| self.last_alive + period)
+    }
+
+    /// Records a message from the program: it is alive; `WATCHDOG_USEC` sets the period,
+    /// `WATCHDOG=1` arms the period it was offered.
+    pub fn heard(&mut self, notification: &Notification) {
+        self.last_alive = Instant::now();
+        if let Some(usec) = notification
+            .get("WATCHDOG_USEC")
+            .and_then(|v| v.parse().ok())
+        {
+            self.watchdog = Some(Duration::from_micros(usec)).filter(|period| !period.is_zero());
+        }
+        if notification.get("WATCHDOG") == Some("1") && self.watchdog.is_none() {
+            self.watchdog = self.offered_watchdog;
+        }
     }
 }
 
 impl OutputPipe {
-    fn read(&mut self, name: &str, budget: usize) {
+    /// Reads and logs up to `budget` bytes; returns whether a line spoke of memory that could
+    /// not be had.
+    fn read(&mut self, name: &str, budget: usize) -> bool {
         let mut chunk = [0u8; 8192];
         let mut read_so_far = 0;
+        let mut memory_error = false;
+        let mut log = |line: &str| {
+            let lower = line.to_ascii_lowercase();
+            memory_error |= MEMORY_ERROR_SIGNS.iter().any(|sign| lower.contains(sign));
+            info!("{name}{}: {line}", self.tag);
+        };
         while read_so_far < budget {
             match self.pipe.read(&mut chunk) {
                 Ok(0) => {
                     self.open = false;
                     self.pending = false;
                     if let Some(line) = self.lines.finish() {
-                        info!("{name}{}: {line}", self.tag);
+                        log(&line);
                     }
-                    return;
+                    return memory_error;
                 }
                 Ok(read) => {
                     read_so_far += read;
                     for line in self.lines.push(&chunk[..read]) {
-                        info!("{name}{}: {line}", self.tag);
+                        log(&line);
                     }
                 }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     self.pending = false;
-                    return;
+                    return memory_error;
                 }
                 Err(error) => {
                     warn!("{name}: reading its output failed: {error}");
                     self.open = false;
-                    return;
+                    return memory_error;
                 }
             }
         }
         // Budget spent with more to read: mio will not tell us again, so remember it.
         self.pending = true;
+        memory_error
     }
 }
 
@@ -238,31 +288,22 @@ impl Master {
         let Some(worker) = self.pool.get_mut(notification.pid) else {
             return;
         };
-        let name = || worker_name(worker.id, worker.pid);
+        let name = worker.name();
         let Some(exec) = &mut worker.exec else {
             return;
         };
+        exec.heard(notification);
         if let Some(status) = notification.get("STATUS") {
             exec.status = Some(status.to_string());
         }
-        if let Some(usec) = notification
-            .get("WATCHDOG_USEC")
-            .and_then(|v| v.parse().ok())
-        {
-            exec.watchdog = Some(Duration::from_micros(usec)).filter(|period| !period.is_zero());
-            exec.last_alive = Instant::now();
-        }
-        if notification.get("WATCHDOG") == Some("1") {
-            exec.last_alive = Instant::now();
-        }
         if notification.get("STOPPING") == Some("1") {
-            debug!("{} says it is stopping", name());
+            debug!(pid = worker.pid.as_raw(), "{name} says it is stopping");
         }
         if notification.get("BUSY") == Some("1") {
             if !exec.sends_markers {
                 debug!(
-                    "{} sends request markers: per-request limits apply to it",
-                    name()
+                    pid = worker.pid.as_raw(),
+                    "{name} sends request markers: per-request limits apply to it"
                 );
                 exec.sends_markers = true;
             }
@@ -277,7 +318,10 @@ impl Master {
                     cpu_hard_limit,
                 )
             {
-                warn!("{}: cannot apply limit_time_cpu: {error}", worker.name());
+                warn!(
+                    pid = worker.pid.as_raw(),
+                    "{name}: cannot apply limit_time_cpu: {error}"
+                );
             }
         }
         if notification.get("IDLE") == Some("1") {
@@ -286,20 +330,26 @@ impl Master {
         }
     }
 
-    /// After a request of an exec worker: a deferred stop happens now, and `limit_request`
-    /// recycles the worker once reached.
+    /// After a request of an exec worker: a stop deferred until now happens, and
+    /// `limit_request` recycles the worker once reached.
     fn on_exec_idle(&mut self, pid: Pid) {
         let Some(worker) = self.pool.get_mut(pid) else {
             return;
         };
-        let Some(exec) = &mut worker.exec else {
-            return;
-        };
-        if exec.stop_deferred {
-            exec.stop_deferred = false;
-            worker.signal(nix::sys::signal::Signal::SIGTERM);
+        if let Lifecycle::Leaving(Leaving {
+            departure: Departure::Retire { signalled, .. },
+            ..
+        }) = &mut worker.lifecycle
+        {
+            if !*signalled {
+                *signalled = true;
+                worker.signal(Signal::SIGTERM);
+            }
             return;
         }
+        let Some(exec) = &worker.exec else {
+            return;
+        };
         let limit = exec.limit_request;
         if limit > 0 && worker.row.requests() >= limit && worker.is_serving() {
             let detail = format!("limit_request reached ({limit} requests)");

@@ -1,11 +1,13 @@
 //! The master: one single-threaded poll loop that keeps the worker population alive.
 //!
 //! Each turn is a few short steps, in the manner of Odoo's and gunicorn's masters:
-//! handle signals (`signals.rs`), reap children (here), enforce deadlines and limits
+//! handle signals (`signals.rs`), reap children and whatever they left behind (here and
+//! `strays.rs`), note the workers that became ready, enforce deadlines and limits
 //! (`enforce.rs`), spawn missing workers and retire replaced ones (here), then wait for the
-//! next event: a signal, a worker's notification, or the earliest deadline. The population
-//! and its backoff live in `pool.rs`, the one-line exit reports in `report.rs`. The master
-//! never busy-polls, never runs application code and never touches a client connection.
+//! next event: a signal, a worker's bell or notification, a program's output, or the
+//! earliest deadline. The population and its backoff live in `pool.rs`, the one-line exit
+//! reports in `report.rs`. The master never busy-polls, never runs application code and
+//! never touches a client connection.
 
 mod enforce;
 mod exec;
@@ -14,12 +16,15 @@ mod pidfile;
 mod pool;
 mod report;
 mod signals;
+mod strays;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
@@ -29,25 +34,27 @@ use signal_hook_mio::v1_0::Signals;
 use tracing::{debug, error, info, warn};
 
 pub use pidfile::PidfileError;
-pub use pool::{Role, WorkerId};
 
 use crate::app::AppFactory;
 use crate::config::Config;
 use crate::format::elapsed;
+use crate::id::{Role, WorkerId};
 use crate::limits::MasterLimits;
 use crate::log::Logging;
-use crate::notify::{self, Notification, Notifier, NotifyReceiver};
+use crate::notify::{Doorbell, Notification, NotifyReceiver};
 use crate::scoreboard::{WorkerRow, WorkerState};
-use crate::sys::{self, MASTER_SIGNALS};
+use crate::sys::{self, MASTER_SIGNALS, Reap};
 use crate::worker::{self, WorkerSpec};
 use pidfile::Pidfile;
-use pool::{PendingReport, Pool, RetireReason, Retiring, Worker};
+use pool::{Departure, PendingReport, Pool, RetireReason, Worker};
 use report::{Ending, Exit, Verdict};
+use strays::Strays;
 
 const SIGNALS: Token = Token(0);
 const NOTIFICATIONS: Token = Token(1);
+const DOORBELL: Token = Token(2);
 /// Exec workers' output pipes get tokens from here on.
-const FIRST_OUTPUT_TOKEN: usize = 2;
+const FIRST_OUTPUT_TOKEN: usize = 3;
 
 /// How long a slot waits before another attempt when fork() itself failed.
 const SPAWN_RETRY: Duration = Duration::from_secs(1);
@@ -69,6 +76,8 @@ pub enum MasterError {
     Pidfile(#[from] PidfileError),
     #[error("cannot use data_dir {} for cron state: {source}", path.display())]
     DataDir { path: PathBuf, source: io::Error },
+    #[error("cannot create the master's private runtime directory in {}: {source}", path.display())]
+    RuntimeDir { path: PathBuf, source: io::Error },
     #[error("the master must be single-threaded to fork safely, but it has {0} threads")]
     Threaded(usize),
     #[error("cannot set up the event loop: {0}")]
@@ -90,10 +99,16 @@ pub struct Master {
     logging: Logging,
     poll: Poll,
     signals: Signals,
-    notifier: Notifier,
+    /// Rung by built-in workers whose row has news (they are ready).
+    doorbell: Doorbell,
+    /// Programs' sd_notify messages.
     notifications: NotifyReceiver,
+    /// The private directory that holds the notification socket; removed on exit.
+    _runtime_dir: tempfile::TempDir,
     listener: Option<TcpListener>,
     pool: Pool,
+    /// Processes that workers left behind, killed and not yet reaped.
+    strays: Strays,
     /// When this server started: cron runs due before it fell while the server was down.
     started_at: std::time::SystemTime,
     /// The next poll token for an exec worker's output pipe.
@@ -101,8 +116,8 @@ pub struct Master {
     /// RLIMIT_CPU's hard limit, which workers inherit; exec workers' soft limit stays below.
     cpu_hard_limit: u64,
     limits: MasterLimits,
-    /// When the workers' RSS and scoreboard rows are next looked at.
-    next_limit_scan: Option<Instant>,
+    /// When the workers' memory and liveness are next looked at.
+    next_scan: Option<Instant>,
     /// The earliest moment a request in flight crosses its wall-clock limit.
     next_request_deadline: Option<Instant>,
     stopping: Option<Stopping>,
@@ -114,32 +129,41 @@ pub struct Master {
 }
 
 impl Master {
-    /// Sets the master up: signal handling, the listening socket (when there are HTTP
-    /// workers) and the pid file. Nothing is forked yet.
+    /// Sets the master up: signal handling, its private directory and notification socket,
+    /// the listening socket (when there are HTTP workers), data_dir and the pid file. Nothing
+    /// is forked yet.
     pub fn new(
         config: Config,
         config_path: PathBuf,
         app: Box<AppFactory>,
         logging: Logging,
     ) -> Result<Self, MasterError> {
-        let threads = sys::thread_count()?;
-        if threads != 1 {
-            return Err(MasterError::Threaded(threads));
-        }
+        // Orphans below the workers come to the master, which kills them (see strays.rs).
+        nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)?;
         let poll = Poll::new()?;
         let mut signals = Signals::new(MASTER_SIGNALS.map(|signal| signal as i32))?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let (notifier, mut notifications) = notify::channel()?;
+        let runtime_dir = runtime_dir(&config)?;
+        let mut notifications = NotifyReceiver::bind(runtime_dir.path())?;
+        give_to_workers_user(&config, notifications.path())?;
         poll.registry()
             .register(notifications.source(), NOTIFICATIONS, Interest::READABLE)?;
+        let doorbell = Doorbell::new()?;
+        let bell = doorbell.as_fd().as_raw_fd();
+        poll.registry()
+            .register(&mut SourceFd(&bell), DOORBELL, Interest::READABLE)?;
         let listener = if config.workers > 0 {
             Some(bind_http(&config)?)
         } else {
             None
         };
         if !config.cron.is_empty() {
-            crate::cron::JobStore::open(&config.data_dir).map_err(|source| {
+            let owner = config
+                .run_as
+                .as_ref()
+                .map(|run_as| (run_as.uid, run_as.gid));
+            crate::cron::JobStore::prepare(&config.data_dir, owner).map_err(|source| {
                 MasterError::DataDir {
                     path: config.data_dir.clone(),
                     source,
@@ -150,12 +174,13 @@ impl Master {
         sys::set_process_title(&format!("forkwarden: master ({})", config_path.display()));
         Ok(Self {
             pool: Pool::new(config.workers, config.max_cron_threads),
+            strays: Strays::default(),
             limits: MasterLimits::from_config(&config),
             started_at: std::time::SystemTime::now(),
             next_token: FIRST_OUTPUT_TOKEN,
             cpu_hard_limit: nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_CPU)
                 .map_or(libc::RLIM_INFINITY, |(_, hard)| hard),
-            next_limit_scan: None,
+            next_scan: None,
             next_request_deadline: None,
             config,
             config_path,
@@ -164,8 +189,9 @@ impl Master {
             logging,
             poll,
             signals,
-            notifier,
+            doorbell,
             notifications,
+            _runtime_dir: runtime_dir,
             listener,
             stopping: None,
             service_manager: crate::notify::ServiceManager::from_environment(),
@@ -177,6 +203,7 @@ impl Master {
     /// Runs until the server is stopped; returns the process exit status.
     pub fn run(mut self) -> u8 {
         info!(
+            pid = self.pid.as_raw(),
             "forkwarden {} master (pid {}) starting {} http and {} cron workers; config {}",
             env!("CARGO_PKG_VERSION"),
             self.pid,
@@ -184,28 +211,47 @@ impl Master {
             self.config.max_cron_threads,
             self.config_path.display()
         );
+        if let Some(run_as) = &self.config.run_as {
+            info!(
+                user = run_as.user.as_str(),
+                uid = run_as.uid.as_raw(),
+                gid = run_as.gid.as_raw(),
+                "workers, programs and cron jobs run as user {} (uid {}, gid {})",
+                run_as.user,
+                run_as.uid,
+                run_as.gid
+            );
+        }
         if let Some(app) = &self.config.app {
             info!(
                 "[app] {:?}: each http worker runs it with the socket as fd 3 and \
-                 NOTIFY_SOCKET={}; memory limits, ready_timeout, the watchdog and respawn apply \
-                 to any program; limit_time_real, limit_time_cpu, limit_request and a graceful \
-                 limit_memory_soft recycle need the program to send BUSY=1/IDLE=1 around each \
-                 request (forkwarden_wsgi does)",
+                 NOTIFY_SOCKET={}; memory limits, ready_timeout, heartbeat_timeout and respawn \
+                 apply to any program; limit_time_real, limit_time_cpu, limit_request and a \
+                 graceful limit_memory_soft recycle need the program to send BUSY=1/IDLE=1 \
+                 around each request (forkwarden_wsgi does)",
                 app.command,
-                self.notifications.address()
+                self.notifications.path().display()
             );
         }
+        debug!(
+            "command line: {:?}",
+            std::env::args_os().collect::<Vec<_>>()
+        );
+        // Only now that everything is in place: the server serves from here on.
+        self.announce_listening();
         let mut events = Events::with_capacity(64);
         loop {
             self.handle_signals();
             self.reap_children();
+            self.note_ready_workers();
             self.enforce_deadlines();
             self.enforce_limits();
-            if let Some(stopping) = &self.stopping
-                && self.pool.is_empty()
-            {
-                info!("all workers have stopped; master exiting");
-                return stopping.exit_status;
+            if self.stopping.is_some() && self.pool.is_empty() {
+                self.kill_strays();
+                if self.strays.all_gone() {
+                    info!("all workers have stopped; master exiting");
+                    return self.stopping.as_ref().map_or(0, |stop| stop.exit_status);
+                }
             }
             self.spawn_missing();
             self.retire_replaced();
@@ -218,18 +264,34 @@ impl Master {
         }
     }
 
+    fn announce_listening(&self) {
+        if let Some(Ok(address)) = self.listener.as_ref().map(TcpListener::local_addr) {
+            info!(address = %address, "listening on http://{address}");
+        }
+    }
+
     // ---- step 2: reap ----
 
-    /// Collects every child that has exited and decides what its end means.
+    /// Collects every child that has exited and decides what its end means; then kills
+    /// what the workers that ended left behind.
     fn reap_children(&mut self) {
+        let mut ended = Vec::new();
+        let mut reaped_any = false;
         loop {
             let reaped = match sys::reap_child() {
-                Ok(Some(reaped)) => reaped,
-                Ok(None) => return,
+                Ok(Reap::Exited(reaped)) => reaped,
+                Ok(Reap::NoneExited) => {
+                    self.strays.children_left(true);
+                    break;
+                }
+                Ok(Reap::NoChildren) => {
+                    self.strays.children_left(false);
+                    break;
+                }
                 Err(Errno::EINTR) => continue,
                 Err(errno) => {
                     error!("waitpid failed: {errno}");
-                    return;
+                    break;
                 }
             };
             let (pid, ending) = match reaped.status {
@@ -247,23 +309,37 @@ impl Master {
                 ending,
                 cpu: Some(reaped.cpu),
             };
-            self.on_worker_exit(pid, exit);
+            reaped_any = true;
+            if let Some(name) = self.on_worker_exit(pid, exit) {
+                ended.push(name);
+            }
+        }
+        // The processes below what ended have just come to the master.
+        if reaped_any {
+            self.strays.ended(ended);
+            self.kill_strays();
         }
     }
 
-    fn on_worker_exit(&mut self, pid: Pid, exit: Exit) {
+    /// Handles the end of process `pid`; returns the worker's name if it was a worker.
+    fn on_worker_exit(&mut self, pid: Pid, exit: Exit) -> Option<String> {
         let Some(mut worker) = self.pool.take(pid) else {
-            debug!("reaped pid {pid}, which is not a worker: {}", exit.ending);
-            return;
+            self.strays.reaped(pid, exit.ending);
+            return None;
         };
         let now = Instant::now();
         let row = worker.row.snapshot();
-        // A worker that left Booting had reported ready, even if the datagram was not read.
-        worker.ready |= row.state != WorkerState::Booting;
+        // A worker whose row left Booting had become ready, even if the master had not
+        // looked at the row yet.
+        if row.state != WorkerState::Booting {
+            worker.mark_ready();
+        }
         let name = worker.name();
         if let Some(exec) = &mut worker.exec {
             // The program's last words come before the line about its end.
             exec.close(&name, self.poll.registry());
+            // What it started in its own process group goes with it.
+            let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
         }
         let mut report = report::report(&worker, exit, &row, &self.limits, now);
         if let Some(group) = row.job_group {
@@ -274,16 +350,24 @@ impl Master {
                 .push_str(&format!("; its job's process group {group} was killed"));
         }
         let unexpected = report.verdict.is_unexpected();
+        let leaving = worker.leaving();
         if report.verdict == Verdict::Critical && self.stopping.is_none() {
-            error!("{}; stopping the server", report.line);
+            error!(
+                pid = pid.as_raw(),
+                role = worker.id.role.as_str(),
+                slot = worker.id.slot,
+                "{}; stopping the server",
+                report.line
+            );
             self.begin_stop("critical error in a worker", EXIT_STATUS_CRITICAL);
-        } else if worker.reported {
+        } else if leaving.is_some_and(|leaving| leaving.reported) {
             debug!("{} (reported when the limit was enforced)", report.line);
-        } else if self.stopping.is_some() || worker.retiring.is_some() {
+        } else if self.stopping.is_some() || leaving.is_some() {
             log_end(&report.line, unexpected);
         } else {
             self.replace(worker.id, report.line, unexpected, report.failed_start, now);
         }
+        Some(name)
     }
 
     /// Decides what follows the end of a worker in slot `id` (reported by `line`): a
@@ -316,6 +400,9 @@ impl Master {
                     .set_pending_report(id, PendingReport { line, unexpected });
             } else {
                 warn!(
+                    role = id.role.as_str(),
+                    slot = id.slot,
+                    failures_in_a_row = self.pool.failures_in_a_row(id),
                     "{line}; restarting in {} ({} failed starts in a row)",
                     elapsed(delay),
                     self.pool.failures_in_a_row(id)
@@ -324,7 +411,27 @@ impl Master {
         }
     }
 
-    // ---- step 4: spawn and retire ----
+    // ---- step 3: readiness ----
+
+    /// Marks ready the built-in workers whose scoreboard row left Booting: the row is the
+    /// truth, the doorbell only woke us up (no message to lose, however many start at once).
+    fn note_ready_workers(&mut self) {
+        for worker in self.pool.workers_mut() {
+            if worker.exec.is_none()
+                && worker.row.state() != WorkerState::Booting
+                && worker.mark_ready()
+            {
+                debug!(
+                    pid = worker.pid.as_raw(),
+                    "{} ready after {}",
+                    worker.name(),
+                    elapsed(worker.started.elapsed())
+                );
+            }
+        }
+    }
+
+    // ---- step 5: spawn and retire ----
 
     /// Starts a worker in every slot that wants one and may have one now.
     fn spawn_missing(&mut self) {
@@ -336,15 +443,34 @@ impl Master {
             let pending = self.pool.take_pending_report(id);
             match (self.spawn(id), pending) {
                 (Ok(pid), Some(report)) if report.unexpected => {
-                    warn!("{}; respawned as pid {pid}", report.line);
+                    warn!(
+                        role = id.role.as_str(),
+                        slot = id.slot,
+                        new_pid = pid.as_raw(),
+                        "{}; respawned as pid {pid}",
+                        report.line
+                    );
                 }
-                (Ok(pid), Some(report)) => info!("{}; respawned as pid {pid}", report.line),
-                (Ok(pid), None) => info!("{id} started as pid {pid}"),
+                (Ok(pid), Some(report)) => info!(
+                    role = id.role.as_str(),
+                    slot = id.slot,
+                    new_pid = pid.as_raw(),
+                    "{}; respawned as pid {pid}",
+                    report.line
+                ),
+                (Ok(pid), None) => info!(
+                    role = id.role.as_str(),
+                    slot = id.slot,
+                    pid = pid.as_raw(),
+                    "{id} started as pid {pid}"
+                ),
                 (Err(error), pending) => {
                     if let Some(report) = pending {
                         warn!("{}", report.line);
                     }
                     error!(
+                        role = id.role.as_str(),
+                        slot = id.slot,
                         "cannot start {id}: {error}; trying again in {}",
                         elapsed(SPAWN_RETRY)
                     );
@@ -376,45 +502,57 @@ impl Master {
         if id.role == Role::Http && self.listener.is_none() {
             let listener = bind_http(&self.config).map_err(io::Error::other)?;
             self.listener = Some(listener);
+            self.announce_listening();
         }
         let row = WorkerRow::new()?;
         let generation = self.pool.generation();
         let exec_app = self.config.app.as_ref().filter(|_| id.role == Role::Http);
         let pipes = exec_app.map(|_| exec::ExecPipes::new()).transpose()?;
+        let watchdog = self.limits.heartbeat;
         let spec = WorkerSpec {
             id,
             generation,
             master_pid: self.pid,
             config: &self.config,
-            listener: self.listener.as_ref(),
-            notifier: &self.notifier,
+            listener: self.listener.as_ref().filter(|_| id.role == Role::Http),
+            doorbell: &self.doorbell,
             row: &row,
             app: &*self.app,
-            notify_address: self.notifications.address(),
+            notify_path: self.notifications.path(),
             exec_output: pipes.as_ref().map(exec::ExecPipes::for_child),
+            watchdog,
             server_started: self.started_at,
         };
+        let keep = spec.inherited_descriptors();
         let started = Instant::now();
-        let pid = sys::fork_process(|| worker::run(spec))?;
-        let mut worker = Worker::new(pid, id, generation, started, row);
+        #[allow(unsafe_code)]
+        // SAFETY: the child runs `worker::run(spec)`, which uses no descriptor but those
+        // `spec` lends it, all listed by `inherited_descriptors` (the listener, the doorbell,
+        // the output pipes, the log file), and those it opens itself. It never touches the
+        // master's own objects (poll, signal pipe, other workers' pipes), whose descriptors
+        // the child closes, and never drops them: it ends in `exit_now`.
+        let pid = unsafe { sys::fork_process(&keep, || worker::run(spec)) }?;
+        if let Err(error) = row.keep_from_later_workers() {
+            warn!("{id}: its scoreboard row will be inherited by later workers: {error}");
+        }
+        let ready_timeout = match exec_app {
+            Some(app) => self.config.program_ready_timeout(app),
+            None => self.config.ready_timeout.duration(),
+        };
+        let ready_by = Some(started + ready_timeout).filter(|_| !ready_timeout.is_zero());
+        let mut worker = Worker::new(pid, id, generation, started, row, ready_by);
         if let (Some(app), Some(pipes)) = (exec_app, pipes) {
             let tokens = [Token(self.next_token), Token(self.next_token + 1)];
             self.next_token += 2;
-            let ready_timeout = app.ready_timeout.duration();
             let limit_request = crate::limits::request_limit_for_worker(&self.config);
-            let state = exec::ExecState::new(
-                pipes,
-                tokens,
-                self.poll.registry(),
-                ready_timeout,
-                limit_request,
-            )?;
-            // A program that does not speak sd_notify (ready_timeout = 0) serves at once.
-            worker.ready = ready_timeout.is_zero();
-            if worker.ready {
-                worker.row.set_state(crate::scoreboard::WorkerState::Idle);
-            }
+            let state =
+                exec::ExecState::new(pipes, tokens, self.poll.registry(), limit_request, watchdog)?;
             worker.exec = Some(state);
+            // A program that does not speak sd_notify (ready_timeout = 0) serves at once.
+            if !app.notifies() {
+                worker.mark_ready();
+                worker.row.set_state(WorkerState::Idle);
+            }
         }
         self.pool.add(worker);
         Ok(pid)
@@ -432,19 +570,27 @@ impl Master {
     fn retire(&mut self, pid: Pid, reason: RetireReason) {
         let deadline = Instant::now() + self.config.graceful_timeout.duration();
         if let Some(worker) = self.pool.get_mut(pid) {
-            debug!("stopping {} (pid {pid}): {reason}", worker.id);
+            debug!(pid = pid.as_raw(), "stopping {}: {reason}", worker.name());
             worker.row.request_stop();
-            worker.retiring = Some(Retiring { reason, deadline });
+            worker.depart(
+                Departure::Retire {
+                    reason,
+                    deadline,
+                    signalled: true,
+                },
+                false,
+            );
             worker.signal(Signal::SIGTERM);
         }
     }
 
-    // ---- step 5: wait ----
+    // ---- step 6: wait ----
 
-    /// Sleeps until a signal, a worker notification or the earliest deadline.
+    /// Sleeps until a signal, a worker's bell or notification, a program's output, or the
+    /// earliest deadline.
     fn wait(&mut self, events: &mut Events) -> io::Result<()> {
         let include_respawns = self.stopping.is_none();
-        let limit_checks = [self.next_limit_scan, self.next_request_deadline]
+        let limit_checks = [self.next_scan, self.next_request_deadline]
             .into_iter()
             .flatten()
             .filter(|_| !self.pool.is_empty());
@@ -453,6 +599,7 @@ impl Master {
             .next_deadline(include_respawns)
             .into_iter()
             .chain(limit_checks)
+            .chain(self.strays.deadline())
             .min()
             .map(|deadline| deadline.saturating_duration_since(Instant::now()));
         // Output left unread by its budget last turn: look again without sleeping.
@@ -466,14 +613,17 @@ impl Master {
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => return Err(error),
         }
-        let output: Vec<Token> = events
-            .iter()
-            .map(|event| event.token())
-            .filter(|token| token.0 >= FIRST_OUTPUT_TOKEN)
-            .collect();
+        let mut output = Vec::new();
+        for event in events.iter() {
+            match event.token() {
+                DOORBELL => self.doorbell.silence(),
+                token if token.0 >= FIRST_OUTPUT_TOKEN => output.push(token),
+                _ => {}
+            }
+        }
         self.read_exec_output(&output);
-        // Read notifications whatever woke us: a worker's READY=1 is queued before its exit,
-        // so reading it here, before the next reap, keeps the two in order.
+        // Read notifications whatever woke us: a program's READY=1 is queued before its
+        // exit, so reading it here, before the next reap, keeps the two in order.
         self.read_notifications();
         Ok(())
     }
@@ -495,16 +645,16 @@ impl Master {
         let Some(worker) = self.pool.get_mut(notification.pid) else {
             return;
         };
-        if notification.get("READY") == Some("1") && !worker.ready {
-            worker.ready = true;
-            if worker.exec.is_some() {
-                // The master keeps an exec worker's scoreboard row: the program cannot.
-                worker.row.set_state(crate::scoreboard::WorkerState::Idle);
-            }
+        if worker.exec.is_none() {
+            return;
+        }
+        if notification.get("READY") == Some("1") && worker.mark_ready() {
+            // The master keeps an exec worker's scoreboard row: the program cannot.
+            worker.row.set_state(WorkerState::Idle);
             debug!(
-                "{} (pid {}) ready after {}",
-                worker.id,
-                worker.pid,
+                pid = worker.pid.as_raw(),
+                "{} ready after {}",
+                worker.name(),
                 elapsed(worker.started.elapsed())
             );
         }
@@ -520,18 +670,44 @@ impl Master {
     }
 }
 
-/// Binds the HTTP socket of `config` and says where it listens.
+/// The master's private directory (mode 0700, owned by the workers' user): under
+/// `$RUNTIME_DIRECTORY` when systemd gives one, else the system's temporary directory.
+fn runtime_dir(config: &Config) -> Result<tempfile::TempDir, MasterError> {
+    let base = std::env::var_os("RUNTIME_DIRECTORY")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::Builder::new()
+        .prefix("forkwarden-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir_in(&base)
+        .map_err(|source| MasterError::RuntimeDir {
+            path: base.clone(),
+            source,
+        })?;
+    give_to_workers_user(config, dir.path())
+        .map_err(|source| MasterError::RuntimeDir { path: base, source })?;
+    Ok(dir)
+}
+
+/// Gives `path` to the user workers run as (`user`), so that programs can reach it.
+fn give_to_workers_user(config: &Config, path: &std::path::Path) -> io::Result<()> {
+    match &config.run_as {
+        Some(run_as) if nix::unistd::geteuid().is_root() => {
+            std::os::unix::fs::chown(path, Some(run_as.uid.as_raw()), Some(run_as.gid.as_raw()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Binds the HTTP socket of `config`.
 fn bind_http(config: &Config) -> Result<TcpListener, MasterError> {
     let address = SocketAddr::new(config.http_interface, config.http_port);
-    let listener = listener::bind(address, config.listen_backlog)
+    listener::bind(address, config.listen_backlog)
         .and_then(|listener| {
             crate::http::configure_listener(&listener, config.socket_timeout())?;
             Ok(listener)
         })
-        .map_err(|source| MasterError::Bind { address, source })?;
-    let bound = listener.local_addr()?;
-    info!("listening on http://{bound}");
-    Ok(listener)
+        .map_err(|source| MasterError::Bind { address, source })
 }
 
 /// Logs the end of a worker: a warning when nobody planned it.

@@ -1,57 +1,30 @@
-//! The worker population: who is running, which slots want a worker, and crash-loop backoff.
+//! The worker population: who is running, where each worker is in its life, which slots
+//! want a worker, and crash-loop backoff.
 //!
-//! Pure bookkeeping, no system calls: the master asks the pool what to do (which slots to
-//! fill, which workers to retire, when the next deadline is) and does it.
+//! Bookkeeping, and no system call but the signals a worker is sent: the master asks the
+//! pool what to do (which slots to fill, which workers to retire, when the next deadline is)
+//! and does it.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use nix::unistd::Pid;
-
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
 use tracing::warn;
 
 use super::exec::ExecState;
-use crate::limits::MemoryProbe;
+use crate::id::{Role, WorkerId, worker_name};
 use crate::scoreboard::WorkerRow;
 
-/// A worker that dies this soon after it was started counts as a failed start.
+/// A program without request markers that ends on its own this soon after it was started
+/// counts as a failed start (for other workers, requests served tell).
 pub const FAST_FAILURE: Duration = Duration::from_secs(1);
 /// Delay before the second consecutive failed start is retried; doubled at each further one.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 /// Longest delay between two starts of a slot that keeps failing.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Role {
-    Http,
-    Cron,
-}
-
-/// A worker's place in the population: role and stable slot number. A replacement takes
-/// the slot of the worker it replaces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WorkerId {
-    pub role: Role,
-    pub slot: u32,
-}
-
-impl fmt::Display for WorkerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let role = match self.role {
-            Role::Http => "http",
-            Role::Cron => "cron",
-        };
-        write!(f, "{role} worker {}", self.slot)
-    }
-}
-
-/// `http worker 2 (pid 4312)`.
-pub fn worker_name(id: WorkerId, pid: Pid) -> String {
-    format!("{id} (pid {pid})")
-}
 
 /// Why the master told a worker to stop.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,8 +35,8 @@ pub enum RetireReason {
     Replaced,
     /// Its slot is no longer wanted (SIGTTOU, or fewer workers after a reload).
     ScaledDown,
-    /// It crossed a graceful limit (`limit_memory_soft`, `limit_time_worker_cron`): what
-    /// and by how much.
+    /// It crossed a graceful limit (`limit_memory_soft`, `limit_time_worker_cron`,
+    /// `limit_request` of a program): what and by how much.
     Limit(String),
 }
 
@@ -78,20 +51,56 @@ impl fmt::Display for RetireReason {
     }
 }
 
-/// A worker the master told to stop, and when it will be killed if it has not.
+/// Where a worker is in its life, as the master sees it.
 #[derive(Clone, Debug)]
-pub struct Retiring {
-    pub reason: RetireReason,
-    pub deadline: Instant,
+pub enum Lifecycle {
+    /// Forked, not ready yet; killed as a failed start if still not ready at `ready_by`.
+    Starting { ready_by: Option<Instant> },
+    /// Ready: it serves.
+    Serving,
+    /// The master decided it is to go.
+    Leaving(Leaving),
 }
 
-/// A worker the master decided to kill.
+/// A worker on its way out.
 #[derive(Clone, Debug)]
-pub struct Kill {
-    /// Why, for the log line.
-    pub reason: String,
-    /// When SIGKILL is to follow the gentler signal already sent (None: it was sent).
-    pub sigkill_at: Option<Instant>,
+pub struct Leaving {
+    pub departure: Departure,
+    /// It had become ready before it was told to go.
+    pub was_ready: bool,
+    /// Its end was logged when the master decided it (a limit enforced, with the
+    /// replacement's pid): its reaping only confirms it.
+    pub reported: bool,
+}
+
+/// How a worker is made to go.
+#[derive(Clone, Debug)]
+pub enum Departure {
+    /// Told to finish its work and exit (SIGTERM; for a program in a request, deferred
+    /// until it says it is idle: `signalled` false); killed at `deadline` if it has not.
+    Retire {
+        reason: RetireReason,
+        deadline: Instant,
+        signalled: bool,
+    },
+    /// Killed: SIGKILL sent, or due at `sigkill_at` after a gentler signal.
+    Kill {
+        reason: String,
+        sigkill_at: Option<Instant>,
+    },
+}
+
+/// What the master last measured of a worker's memory.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemoryReading {
+    /// Resident memory of the worker (with its program's or job's processes).
+    pub rss: Option<u64>,
+    /// Its own address space (VmSize), which RLIMIT_AS caps.
+    pub address_space: Option<u64>,
+    /// When it was read; None: never.
+    pub at: Option<Instant>,
+    /// The worker's request count then: a built-in worker's memory only grows in requests.
+    pub requests: u64,
 }
 
 /// A live worker process.
@@ -100,37 +109,31 @@ pub struct Worker {
     pub id: WorkerId,
     pub generation: u64,
     pub started: Instant,
-    /// It reported `READY=1`.
-    pub ready: bool,
+    pub lifecycle: Lifecycle,
     pub row: WorkerRow,
-    pub retiring: Option<Retiring>,
-    /// Set when the master decides to kill it.
-    pub kill: Option<Kill>,
-    /// Its end was already logged (when the master enforced a limit on it).
-    pub reported: bool,
-    /// Reads its RSS (None when /proc could not be opened).
-    pub memory: Option<MemoryProbe>,
-    /// Its RSS at the last poll.
-    pub last_rss: Option<u64>,
+    pub memory: MemoryReading,
     /// Set for an exec worker (`[app]`): its output pipes and sd_notify state.
     pub exec: Option<ExecState>,
 }
 
 impl Worker {
-    /// A worker just forked in slot `id`.
-    pub fn new(pid: Pid, id: WorkerId, generation: u64, started: Instant, row: WorkerRow) -> Self {
+    /// A worker just forked in slot `id`, to be ready by `ready_by`.
+    pub fn new(
+        pid: Pid,
+        id: WorkerId,
+        generation: u64,
+        started: Instant,
+        row: WorkerRow,
+        ready_by: Option<Instant>,
+    ) -> Self {
         Self {
             pid,
             id,
             generation,
             started,
-            ready: false,
+            lifecycle: Lifecycle::Starting { ready_by },
             row,
-            retiring: None,
-            kill: None,
-            reported: false,
-            memory: MemoryProbe::open(pid).ok(),
-            last_rss: None,
+            memory: MemoryReading::default(),
             exec: None,
         }
     }
@@ -152,6 +155,8 @@ impl Worker {
             && errno != Errno::ESRCH
         {
             warn!(
+                pid = self.pid.as_raw(),
+                signal = signal.as_str(),
                 "cannot send {} to pid {}: {errno}",
                 signal.as_str(),
                 self.pid
@@ -159,16 +164,63 @@ impl Worker {
         }
     }
 
+    /// It has become ready (and serves, or did before it was told to go).
+    pub fn is_ready(&self) -> bool {
+        match &self.lifecycle {
+            Lifecycle::Starting { .. } => false,
+            Lifecycle::Serving => true,
+            Lifecycle::Leaving(leaving) => leaving.was_ready,
+        }
+    }
+
     /// Still meant to serve: neither told to stop nor being killed.
     pub fn is_serving(&self) -> bool {
-        self.retiring.is_none() && self.kill.is_none()
+        !matches!(self.lifecycle, Lifecycle::Leaving(_))
+    }
+
+    pub fn leaving(&self) -> Option<&Leaving> {
+        match &self.lifecycle {
+            Lifecycle::Leaving(leaving) => Some(leaving),
+            _ => None,
+        }
+    }
+
+    /// Records that it is ready; false if it already was (or is leaving).
+    pub fn mark_ready(&mut self) -> bool {
+        if matches!(self.lifecycle, Lifecycle::Starting { .. }) {
+            self.lifecycle = Lifecycle::Serving;
+            return true;
+        }
+        false
+    }
+
+    /// Decides that it is to go; `reported`: the caller logs its end now.
+    pub fn depart(&mut self, departure: Departure, reported: bool) {
+        self.lifecycle = Lifecycle::Leaving(Leaving {
+            departure,
+            was_ready: self.is_ready(),
+            reported,
+        });
+    }
+
+    /// The next moment the master must act on this worker by itself: a ready deadline, a
+    /// graceful deadline, a SIGKILL after a gentler signal, a program's watchdog.
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.lifecycle {
+            Lifecycle::Starting { ready_by } => *ready_by,
+            Lifecycle::Serving => self.exec.as_ref().and_then(ExecState::watchdog_deadline),
+            Lifecycle::Leaving(leaving) => match &leaving.departure {
+                Departure::Retire { deadline, .. } => Some(*deadline),
+                Departure::Kill { sigkill_at, .. } => *sigkill_at,
+            },
+        }
     }
 }
 
 /// What the pool remembers about a slot across its workers.
 #[derive(Default)]
 struct SlotHistory {
-    /// Failed starts in a row (deaths within [`FAST_FAILURE`] or before ready).
+    /// Failed starts in a row (see [`super::report::describe`]).
     failures_in_a_row: u32,
     /// Not before this instant is the slot started again.
     respawn_at: Option<Instant>,
@@ -271,7 +323,7 @@ impl Pool {
         [Role::Http, Role::Cron].into_iter().all(|role| {
             (0..self.wanted(role)).all(|slot| {
                 self.current(WorkerId { role, slot })
-                    .is_some_and(|worker| worker.ready)
+                    .is_some_and(Worker::is_ready)
             })
         })
     }
@@ -305,7 +357,7 @@ impl Pool {
                 if !self.is_wanted(worker.id) {
                     Some((worker.pid, RetireReason::ScaledDown))
                 } else if worker.generation < self.generation
-                    && self.current(worker.id).is_some_and(|new| new.ready)
+                    && self.current(worker.id).is_some_and(Worker::is_ready)
                 {
                     Some((worker.pid, RetireReason::Replaced))
                 } else {
@@ -349,9 +401,9 @@ impl Pool {
         self.slots.get_mut(&id)?.pending_report.take()
     }
 
-    /// The earliest instant at which the pool has something to do: a worker to SIGKILL (a
-    /// retiring one past its deadline, an expired one past its grace), or (with
-    /// `include_respawns`; not while stopping) a backed-off slot to start.
+    /// The earliest instant at which the pool has something to do: a worker's own deadline
+    /// (see [`Worker::deadline`]), or (with `include_respawns`; not while stopping) a
+    /// backed-off slot to start.
     pub fn next_deadline(&self, include_respawns: bool) -> Option<Instant> {
         let respawns = self
             .slots
@@ -360,18 +412,8 @@ impl Pool {
                 include_respawns && self.is_wanted(**id) && self.current(**id).is_none()
             })
             .filter_map(|(_, history)| history.respawn_at);
-        let kills = self.workers.iter().filter_map(|worker| match &worker.kill {
-            None => worker.retiring.as_ref().map(|retiring| retiring.deadline),
-            Some(kill) => kill.sigkill_at,
-        });
-        let exec = self
-            .workers
-            .iter()
-            .filter_map(|worker| match (&worker.kill, &worker.exec) {
-                (None, Some(exec)) => exec.deadline(worker.ready),
-                _ => None,
-            });
-        respawns.chain(kills).chain(exec).min()
+        let workers = self.workers.iter().filter_map(Worker::deadline);
+        respawns.chain(workers).min()
     }
 }
 
@@ -402,8 +444,11 @@ mod tests {
             pool.generation(),
             Instant::now(),
             WorkerRow::new().unwrap(),
+            None,
         );
-        worker.ready = ready;
+        if ready {
+            worker.mark_ready();
+        }
         worker
     }
 
@@ -457,7 +502,7 @@ mod tests {
         let new = worker(&pool, 20, http(0), false);
         pool.add(new);
         assert!(pool.to_retire().is_empty(), "replacement not ready yet");
-        pool.get_mut(Pid::from_raw(20)).unwrap().ready = true;
+        assert!(pool.get_mut(Pid::from_raw(20)).unwrap().mark_ready());
         assert_eq!(
             pool.to_retire(),
             [(Pid::from_raw(10), RetireReason::Replaced)]

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::pool::{FAST_FAILURE, RetireReason, Role, Worker};
+use super::pool::{Departure, FAST_FAILURE, RetireReason, Worker};
+use crate::format::mib;
+use crate::id::Role;
 use crate::limits::{self, MasterLimits};
 use crate::scoreboard::{ExitReason, RowSnapshot};
 use crate::worker::{EXIT_CRITICAL, EXIT_OK};
@@ -69,8 +71,8 @@ impl Verdict {
 pub struct Report {
     pub verdict: Verdict,
     pub line: String,
-    /// It failed within [`FAST_FAILURE`] of starting, or before it was ready: a crash loop
-    /// if it keeps happening.
+    /// It counts as a failed start (see [`failed_start`]): a crash loop if it keeps
+    /// happening.
     pub failed_start: bool,
 }
 
@@ -99,23 +101,26 @@ pub fn report(
         Verdict::BootFailed => format!("failed to start: {}", exit.ending),
         Verdict::Died => format!("died: {}", exit.ending),
     };
-    let (line, failed_start) = describe(worker, &what, verdict.is_unexpected(), row, now);
+    let unexpected = verdict.is_unexpected();
+    let mut line = describe(worker, &what, unexpected, row, now);
+    if matches!(verdict, Verdict::Died | Verdict::BootFailed) {
+        line.push_str(&memory_hint(worker, exit.ending, limits));
+    }
     Report {
+        failed_start: unexpected && failed_start(worker, Some(exit.ending), row, now),
         verdict,
         line,
-        failed_start,
     }
 }
 
-/// `http worker 1 (pid 4312) {what} while serving GET /x after 12.3s, 57 requests served`,
-/// and whether this end, if unexpected, counts as a failed start (see [`FAST_FAILURE`]).
+/// `http worker 1 (pid 4312) {what} while serving GET /x after 12.3s, 57 requests served`.
 pub fn describe(
     worker: &Worker,
     what: &str,
     unexpected: bool,
     row: &RowSnapshot,
     now: Instant,
-) -> (String, bool) {
+) -> String {
     let uptime = now.saturating_duration_since(worker.started);
     let during = match (row.busy_for, worker.id.role) {
         (Some(_), Role::Http) if unexpected => format!(" while serving {}", row.request),
@@ -128,26 +133,105 @@ pub fn describe(
         (Role::Cron, 1) => "1 job run".to_string(),
         (Role::Cron, n) => format!("{n} jobs run"),
     };
-    let line = format!(
+    format!(
         "{} {what}{during} after {}, {work}",
         worker.name(),
         crate::format::elapsed(uptime)
-    );
-    (line, unexpected && (uptime < FAST_FAILURE || !worker.ready))
+    )
+}
+
+/// Whether an unexpected end counts as a failed start, which backs the slot off: the worker
+/// never became ready, or it ended on its own (`ending`; None: the master ended it) before
+/// it completed or even began a single request. A worker killed from outside (an operator,
+/// the OOM killer) or dying in a request is replaced at once: the 1 ms respawn must not
+/// turn into a 10 s outage because something killed workers quickly, nor because one
+/// request kills every worker it reaches.
+pub fn failed_start(
+    worker: &Worker,
+    ending: Option<Ending>,
+    row: &RowSnapshot,
+    now: Instant,
+) -> bool {
+    if !worker.is_ready() {
+        return true;
+    }
+    if !ending.is_some_and(ended_on_its_own) {
+        return false;
+    }
+    let counts_requests = worker.exec.as_ref().is_none_or(|exec| exec.sends_markers);
+    if counts_requests {
+        row.requests == 0 && row.busy_for.is_none()
+    } else {
+        // A program that says nothing of its requests: only its uptime can tell.
+        now.saturating_duration_since(worker.started) < FAST_FAILURE
+    }
+}
+
+/// A process ends on its own by exiting or by a fault of its own (a crash, an abort);
+/// SIGKILL, SIGTERM and the like come from someone else.
+fn ended_on_its_own(ending: Ending) -> bool {
+    match ending {
+        Ending::Exited(_) => true,
+        Ending::Signaled { signal, .. } => matches!(
+            signal,
+            Signal::SIGSEGV
+                | Signal::SIGBUS
+                | Signal::SIGILL
+                | Signal::SIGFPE
+                | Signal::SIGABRT
+                | Signal::SIGSYS
+                | Signal::SIGTRAP
+        ),
+    }
+}
+
+/// What to add to the line of a worker that crashed or failed to start when memory may be
+/// why: RLIMIT_AS (`limit_memory_hard`) refuses allocations silently, and the process that
+/// gets no memory aborts or exits.
+fn memory_hint(worker: &Worker, ending: Ending, limits: &MasterLimits) -> String {
+    let Some(cap) = limits.address_space_cap else {
+        return String::new();
+    };
+    if worker
+        .exec
+        .as_ref()
+        .is_some_and(|exec| exec.memory_error_seen)
+    {
+        return format!(
+            "; it could not get memory: limit_memory_hard = {} caps its address space \
+             (RLIMIT_AS); a runtime that reserves much more virtual memory than it uses \
+             (Node, Java, Go) needs limit_memory_hard_rlimit = false",
+            mib(cap)
+        );
+    }
+    match worker.memory.address_space {
+        Some(used)
+            if ended_on_its_own(ending) && used.saturating_mul(10) >= cap.saturating_mul(9) =>
+        {
+            format!(
+                "; its address space was last seen at {} of limit_memory_hard {} (RLIMIT_AS): \
+             an allocation was probably refused",
+                mib(used),
+                mib(cap)
+            )
+        }
+        _ => String::new(),
+    }
 }
 
 fn verdict(worker: &Worker, exit: Exit, row: &RowSnapshot, limits: &MasterLimits) -> Verdict {
     let ending = exit.ending;
-    if let Some(kill) = &worker.kill {
-        return Verdict::KilledByMaster(kill.reason.clone());
+    let departure = worker.leaving().map(|leaving| &leaving.departure);
+    if let Some(Departure::Kill { reason, .. }) = departure {
+        return Verdict::KilledByMaster(reason.clone());
     }
     if ending == Ending::Exited(EXIT_CRITICAL) {
         return Verdict::Critical;
     }
-    if let Some(retiring) = &worker.retiring {
-        return Verdict::Retired(retiring.reason.clone());
+    if let Some(Departure::Retire { reason, .. }) = departure {
+        return Verdict::Retired(reason.clone());
     }
-    if !worker.ready {
+    if !worker.is_ready() {
         return Verdict::BootFailed;
     }
     let request_cpu = exit.cpu.map(|total| total.saturating_sub(row.request_cpu));
@@ -176,6 +260,7 @@ fn recycle_reason(reason: ExitReason, ending: Ending) -> String {
         ExitReason::AppPanicked => "the application panicked; replaced to start clean".to_string(),
         ExitReason::Stopped => "stopped by a signal not sent by the master".to_string(),
         ExitReason::MasterGone => "its master is gone".to_string(),
+        ExitReason::AppAsked => "the application asked to be replaced".to_string(),
         ExitReason::LimitTimeCpu | ExitReason::LimitTimeReal | ExitReason::Unknown => {
             ending.to_string()
         }
@@ -186,7 +271,7 @@ fn recycle_reason(reason: ExitReason, ending: Ending) -> String {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::master::pool::{Kill, Retiring, WorkerId};
+    use crate::id::WorkerId;
     use crate::scoreboard::{WorkerRow, WorkerState};
     use nix::unistd::Pid;
 
@@ -202,8 +287,11 @@ mod tests {
             1,
             now - age,
             WorkerRow::new().unwrap(),
+            None,
         );
-        worker.ready = ready;
+        if ready {
+            worker.mark_ready();
+        }
         (worker, now)
     }
 
@@ -221,7 +309,6 @@ mod tests {
             request: String::new(),
             request_cpu: Duration::ZERO,
             job_group: None,
-            work_limit: None,
         }
     }
 
@@ -284,10 +371,14 @@ mod tests {
         );
         assert_eq!(critical.verdict, Verdict::Critical);
 
-        worker.retiring = Some(Retiring {
-            reason: RetireReason::Replaced,
-            deadline: now,
-        });
+        worker.depart(
+            Departure::Retire {
+                reason: RetireReason::Replaced,
+                deadline: now,
+                signalled: true,
+            },
+            false,
+        );
         let retired = report(
             &worker,
             Ending::Exited(0),
@@ -296,10 +387,13 @@ mod tests {
         );
         assert_eq!(retired.verdict, Verdict::Retired(RetireReason::Replaced));
 
-        worker.kill = Some(Kill {
-            reason: "did not stop within graceful_timeout (30s)".into(),
-            sigkill_at: None,
-        });
+        worker.depart(
+            Departure::Kill {
+                reason: "did not stop within graceful_timeout (30s)".into(),
+                sigkill_at: None,
+            },
+            false,
+        );
         let killed = report(&worker, SIGKILL, &row(9, ExitReason::Unknown), now);
         assert!(
             killed
@@ -346,6 +440,59 @@ mod tests {
             report
                 .line
                 .contains("failed to start: exited with status 1")
+        );
+    }
+
+    #[test]
+    fn only_starts_that_failed_back_off() {
+        let sigkill = Ending::Signaled {
+            signal: Signal::SIGKILL,
+            core_dumped: false,
+        };
+        let abort = Ending::Signaled {
+            signal: Signal::SIGABRT,
+            core_dumped: true,
+        };
+        // Ready, killed from outside within its first second: replaced at once.
+        let (fresh, now) = worker(true, Duration::from_millis(30));
+        assert!(!report(&fresh, sigkill, &row(0, ExitReason::Unknown), now).failed_start);
+        // Ready, crashing on its own before serving anything: a failed start.
+        assert!(report(&fresh, abort, &row(0, ExitReason::Unknown), now).failed_start);
+        // Dying in its first request: that request's fault, replaced at once.
+        let mut busy = row(0, ExitReason::Unknown);
+        busy.busy_for = Some(Duration::from_millis(5));
+        busy.request = "GET /crash".into();
+        assert!(!report(&fresh, abort, &busy, now).failed_start);
+        // After requests served, even a quick crash is not a failed start.
+        assert!(!report(&fresh, abort, &row(3, ExitReason::Unknown), now).failed_start);
+        // Never ready: always a failed start, whoever killed it.
+        let (unready, now) = worker(false, Duration::from_secs(30));
+        assert!(report(&unready, sigkill, &row(0, ExitReason::Unknown), now).failed_start);
+    }
+
+    #[test]
+    fn a_crash_near_the_address_space_cap_names_limit_memory_hard() {
+        let (mut worker, now) = worker(true, Duration::from_secs(5));
+        worker.memory.address_space = Some(250 << 20);
+        let limits = MasterLimits::from_config(&Config {
+            limit_memory_soft: crate::config::ByteSize::mib(128),
+            limit_memory_hard: crate::config::ByteSize::mib(256),
+            ..Config::default()
+        });
+        let exit = Exit {
+            ending: Ending::Signaled {
+                signal: Signal::SIGABRT,
+                core_dumped: false,
+            },
+            cpu: None,
+        };
+        let line = super::report(&worker, exit, &row(2, ExitReason::Unknown), &limits, now).line;
+        assert!(
+            line.ends_with(
+                "its address space was last seen at 250 MiB of limit_memory_hard 256 MiB \
+                 (RLIMIT_AS): an allocation was probably refused"
+            ),
+            "{line}"
         );
     }
 }

@@ -6,10 +6,11 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
-use super::pool::{Kill, RetireReason, Role, Worker};
+use super::pool::{Departure, Lifecycle, RetireReason, Worker};
 use super::{Master, Stopping, signal_name};
 use crate::config::{Config, RESTART_ONLY_KEYS};
 use crate::format::elapsed;
+use crate::id::Role;
 use crate::limits::MasterLimits;
 use crate::scoreboard::WorkerState;
 
@@ -55,12 +56,14 @@ impl Master {
                 let running: Vec<Pid> = self
                     .pool
                     .workers()
-                    .filter(|worker| worker.retiring.is_none())
+                    .filter(|worker| worker.is_serving())
                     .map(|worker| worker.pid)
                     .collect();
                 for pid in running {
                     self.retire(pid, RetireReason::Shutdown);
                 }
+                // Nothing a worker left behind outlives the server either.
+                self.kill_strays();
             }
             Some(stopping) if !stopping.forced => {
                 stopping.forced = true;
@@ -69,11 +72,13 @@ impl Master {
                     self.pool.workers().count()
                 );
                 for worker in self.pool.workers_mut() {
-                    worker.kill = Some(Kill {
-                        reason: "the server was told to stop at once".into(),
-                        sigkill_at: None,
-                    });
-                    worker.reported = false;
+                    worker.depart(
+                        Departure::Kill {
+                            reason: "the server was told to stop at once".into(),
+                            sigkill_at: None,
+                        },
+                        false,
+                    );
                     worker.signal(Signal::SIGKILL);
                 }
             }
@@ -88,7 +93,7 @@ impl Master {
             info!("SIGHUP ignored: the server is stopping");
             return;
         }
-        let mut new = match Config::load(&self.config_path) {
+        let mut new = match Config::load_checked(&self.config_path) {
             Ok(config) => config,
             Err(error) => {
                 error!(
@@ -184,13 +189,16 @@ impl Master {
                 (WorkerState::Booting, _) => "booting".to_string(),
                 _ => "idle".to_string(),
             };
-            let leaving = match (&worker.kill, &worker.retiring) {
-                (Some(kill), _) => format!(", being killed ({})", kill.reason),
-                (None, Some(retiring)) => format!(", stopping ({})", retiring.reason),
-                (None, None) => String::new(),
+            let leaving = match &worker.lifecycle {
+                Lifecycle::Leaving(leaving) => match &leaving.departure {
+                    Departure::Kill { reason, .. } => format!(", being killed ({reason})"),
+                    Departure::Retire { reason, .. } => format!(", stopping ({reason})"),
+                },
+                Lifecycle::Starting { .. } | Lifecycle::Serving => String::new(),
             };
             let rss = worker
-                .last_rss
+                .memory
+                .rss
                 .map(|rss| format!(", rss {} MiB", rss >> 20))
                 .unwrap_or_default();
             let status = worker

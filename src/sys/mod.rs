@@ -1,14 +1,20 @@
 //! The one place where forkwarden talks to the kernel through `unsafe` code.
 //!
 //! Every other module is compiled with `unsafe_code = "deny"`; what they need from the
-//! system that neither `std` nor a safe `nix` call offers lives here, behind a safe API,
-//! with a `SAFETY:` comment on every `unsafe` block saying why it is sound.
+//! system that neither `std` nor a safe `nix` call offers lives here, with a `SAFETY:`
+//! comment on every `unsafe` block saying why it is sound. Each function is safe to call
+//! from any safe code, except two whose soundness depends on their caller, which are
+//! `unsafe fn` with the contract in their `# Safety` section: [`fork_process`] (the child
+//! closes every descriptor it was not told to keep) and [`RequestLimitSignals::install`]
+//! (the handlers keep a pointer to a scoreboard word).
 //!
-//! - [`process`]: fork (with signals blocked across it), immediate exit, reaping with CPU
-//!   usage, pidfds, preparing a job for exec, single-thread check.
+//! - [`process`]: fork (single-threaded only, signals blocked across it, closing what the
+//!   child must not inherit), immediate exit, reaping with CPU usage, pidfds, preparing a
+//!   job for exec.
 //! - [`signals`]: the worker's signal handlers (stop, log reopen, request limits) and the
 //!   signal-mask-aware waits built on them.
-//! - [`shm`]: anonymous shared memory that the master and one worker both see.
+//! - [`shm`]: anonymous shared memory that the master and one worker both see (and no
+//!   worker forked later).
 //! - [`title`]: the process title shown by `ps`.
 #![allow(unsafe_code)]
 
@@ -18,8 +24,8 @@ mod signals;
 mod title;
 
 pub use process::{
-    ensure_standard_fds, exec_socket_activated, fork_process, lower_priority, pidfd_open,
-    reap_child, set_cpu_limit_of, supervise_job, thread_count,
+    Reap, ensure_standard_fds, exec_socket_activated, fork_process, lower_priority, pidfd_open,
+    reap_child, set_cpu_limit_of, supervise_job,
 };
 pub use shm::SharedWords;
 pub use signals::{MASTER_SIGNALS, RequestLimitSignals, WorkerSignals};

@@ -1,6 +1,9 @@
 //! Forking a worker, and leaving a process without running its parent's exit code.
 
 use std::io;
+use std::os::fd::RawFd;
+#[cfg(test)]
+use std::time::Duration;
 use std::panic::{self, AssertUnwindSafe};
 
 use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow};
@@ -11,11 +14,13 @@ use super::signals::MASTER_SIGNALS;
 /// Exit status of a forked child whose closure panicked instead of returning (EX_SOFTWARE).
 const EXIT_CHILD_PANICKED: i32 = 70;
 
-/// Forks the calling process; the child runs `child` and exits with the status it returns.
+/// Forks the calling process; the child closes every descriptor but 0-2 and `keep`, then
+/// runs `child` and exits with the status it returns.
 ///
-/// The caller must be single-threaded (the master checks [`thread_count`] before its first
-/// fork): the child of a single-threaded process is a complete copy with no lock held by a
-/// vanished thread, so it may run ordinary Rust code, not only async-signal-safe calls.
+/// Refuses (with an error) when the process has more than one thread: the child of a
+/// single-threaded process is a complete copy with no lock held by a vanished thread, so it
+/// may run ordinary Rust code, not only async-signal-safe calls. The count is read at each
+/// call; it cannot change before the fork, since only this thread could start another.
 ///
 /// Every signal is blocked across the fork, so none reaches the child while it still has
 /// the master's handlers. The child resets the master's handlers to their defaults and
@@ -23,15 +28,29 @@ const EXIT_CHILD_PANICKED: i32 = 70;
 /// mask (see [`super::WorkerSignals::install`]). `child` never returns into the caller's
 /// code: the child process ends in [`exit_now`], so none of the master's state is dropped
 /// (or its descriptors closed) a second time from the child.
-pub fn fork_process(child: impl FnOnce() -> i32) -> nix::Result<Pid> {
+///
+/// # Safety
+///
+/// In the child, every descriptor other than 0, 1, 2 and those in `keep` is closed before
+/// `child` runs, whoever owns it. `child` must therefore use no descriptor it can reach
+/// except those in `keep` (and the standard streams); it may open new ones.
+pub unsafe fn fork_process(keep: &[RawFd], child: impl FnOnce() -> i32) -> io::Result<Pid> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "cannot fork safely: this process has {threads} threads"
+        )));
+    }
+    let keep = keep.to_vec();
     let mut previous = SigSet::empty();
     signal::pthread_sigmask(
         SigmaskHow::SIG_SETMASK,
         Some(&SigSet::all()),
         Some(&mut previous),
     )?;
-    // SAFETY: the caller is single-threaded (see above), so the child is a consistent copy
-    // of the only thread and may go on running any code.
+    // SAFETY: the process is single-threaded (checked above, and only this thread could
+    // have started another since), so the child is a consistent copy of the only thread and
+    // may go on running any code.
     let forked = unsafe { nix::unistd::fork() };
     match forked {
         Ok(ForkResult::Parent { child }) => {
@@ -40,13 +59,61 @@ pub fn fork_process(child: impl FnOnce() -> i32) -> nix::Result<Pid> {
         }
         Ok(ForkResult::Child) => {
             reset_master_handlers();
+            close_descriptors_except(keep);
             let status =
                 panic::catch_unwind(AssertUnwindSafe(child)).unwrap_or(EXIT_CHILD_PANICKED);
             exit_now(status)
         }
         Err(errno) => {
             signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None)?;
-            Err(errno)
+            Err(errno.into())
+        }
+    }
+}
+
+/// Closes every descriptor from 3 up except those in `keep`: a forked worker keeps only what
+/// it needs (not the master's sockets, pipes of other workers, or the listener in a cron
+/// worker). Only `fork_process` calls it, in the child, under that function's contract.
+fn close_descriptors_except(keep: Vec<RawFd>) {
+    for (first, last) in ranges_to_close(keep) {
+        close_range(first, last);
+    }
+}
+
+/// The ranges of descriptor numbers from 3 up that are not in `keep`.
+fn ranges_to_close(mut keep: Vec<RawFd>) -> Vec<(u32, u32)> {
+    keep.retain(|fd| *fd > 2);
+    keep.sort_unstable();
+    keep.dedup();
+    let mut ranges = Vec::new();
+    let mut first: u32 = 3;
+    for fd in keep {
+        let Ok(kept) = u32::try_from(fd) else {
+            continue;
+        };
+        if kept > first {
+            ranges.push((first, kept - 1));
+        }
+        first = kept.saturating_add(1);
+    }
+    ranges.push((first, u32::MAX));
+    ranges
+}
+
+/// Closes descriptors `first..=last` (close_range(2); one close(2) per number before 5.9).
+fn close_range(first: u32, last: u32) {
+    // SAFETY: close_range takes numbers, no memory; the descriptors it closes belong to
+    // objects the caller of `fork_process` promised the child never uses.
+    if unsafe { libc::close_range(first, last, 0) } == 0 {
+        return;
+    }
+    let open_max = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1 << 20, |(soft, _)| soft.min(1 << 20));
+    let last = u64::from(last).min(open_max.saturating_sub(1));
+    for fd in u64::from(first)..=last {
+        if let Ok(fd) = i32::try_from(fd) {
+            // SAFETY: as above; numbers that are not open give EBADF, which is ignored.
+            unsafe { libc::close(fd) };
         }
     }
 }
@@ -90,26 +157,38 @@ pub struct Reaped {
     pub cpu: std::time::Duration,
 }
 
+/// What a non-blocking reap found.
+pub enum Reap {
+    Exited(Reaped),
+    /// Children exist, none has exited.
+    NoneExited,
+    /// This process has no children at all.
+    NoChildren,
+}
+
 /// Reaps one exited child without blocking, with its CPU usage (`wait4(2)`, which nix does
-/// not offer). `Ok(None)`: no child has exited (or there are no children).
-pub fn reap_child() -> nix::Result<Option<Reaped>> {
+/// not offer).
+pub fn reap_child() -> nix::Result<Reap> {
     let mut status: libc::c_int = 0;
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: `status` and `usage` are live, writable locals of the types wait4 expects; it
     // writes them only when it returns a pid.
     let pid = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, usage.as_mut_ptr()) };
     match nix::errno::Errno::result(pid) {
-        Ok(0) | Err(nix::errno::Errno::ECHILD) => Ok(None),
+        Ok(0) => Ok(Reap::NoneExited),
+        Err(nix::errno::Errno::ECHILD) => Ok(Reap::NoChildren),
         Ok(pid) => {
             // SAFETY: rusage is plain integers, valid when zeroed, and wait4 filled it in.
             let usage = unsafe { usage.assume_init() };
             let time = |value: libc::timeval| {
                 std::time::Duration::new(
-                    value.tv_sec.max(0) as u64,
-                    value.tv_usec.max(0) as u32 * 1000,
+                    u64::try_from(value.tv_sec).unwrap_or(0),
+                    u32::try_from(value.tv_usec)
+                        .unwrap_or(0)
+                        .saturating_mul(1000),
                 )
             };
-            Ok(Some(Reaped {
+            Ok(Reap::Exited(Reaped {
                 status: nix::sys::wait::WaitStatus::from_raw(Pid::from_raw(pid), status)?,
                 cpu: time(usage.ru_utime) + time(usage.ru_stime),
             }))
@@ -153,13 +232,15 @@ pub fn supervise_job(command: &mut std::process::Command) {
     let parent = nix::unistd::getpid().as_raw();
     let hook = move || -> std::io::Result<()> {
         // SAFETY: only async-signal-safe calls (prctl, getppid, signal), as required
-        // between fork and exec; no allocation, no lock.
+        // between fork and exec; no allocation (io::Error from an errno number allocates
+        // nothing), no lock.
         unsafe {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             if libc::getppid() != parent {
-                return Err(std::io::Error::other("the cron worker is gone"));
+                // The cron worker is gone: as if the job had been killed with it.
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             for signal in IGNORED_IN_WORKERS {
                 libc::signal(signal, libc::SIG_DFL);
@@ -295,4 +376,30 @@ pub fn set_cpu_limit_of(pid: Pid, soft: u64, hard: u64) -> std::io::Result<()> {
     nix::errno::Errno::result(result)
         .map(drop)
         .map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test harness runs tests on threads: the very case `fork_process` must refuse.
+    #[test]
+    fn forking_or_retitling_a_threaded_process_is_refused() {
+        let helper = std::thread::spawn(|| std::thread::park_timeout(Duration::from_secs(5)));
+        // SAFETY: the child would run nothing; the call refuses before it forks.
+        let forked = unsafe { fork_process(&[], || 0) };
+        assert!(forked.is_err_and(|error| error.to_string().contains("threads")));
+        assert!(super::super::init_process_title().is_err());
+        helper.thread().unpark();
+        helper.join().unwrap();
+    }
+
+    #[test]
+    fn everything_between_the_kept_descriptors_is_closed() {
+        assert_eq!(
+            ranges_to_close(vec![9, 4, 4, 2, 12]),
+            [(3, 3), (5, 8), (10, 11), (13, u32::MAX)]
+        );
+        assert_eq!(ranges_to_close(vec![]), [(3, u32::MAX)]);
+    }
 }

@@ -38,6 +38,16 @@ impl SharedWords {
         })
     }
 
+    /// Keeps processes forked from now on from inheriting this mapping (MADV_DONTFORK): a
+    /// worker's row is shared with that worker, not with the workers forked after it.
+    pub fn exclude_from_future_forks(&self) -> io::Result<()> {
+        let bytes = self.len.max(1) * size_of::<AtomicU64>();
+        // SAFETY: this is exactly the mapping created in `new`; MADV_DONTFORK only changes
+        // what a later fork copies, never the contents or validity of the memory here.
+        unsafe { mman::madvise(self.ptr.cast(), bytes, mman::MmapAdvise::MADV_DONTFORK) }
+            .map_err(io::Error::from)
+    }
+
     /// The shared words.
     pub fn words(&self) -> &[AtomicU64] {
         // SAFETY: the mapping is page-aligned (so aligned for AtomicU64), `len` words long,

@@ -177,7 +177,7 @@ extern "C" fn on_request_limit(signal: libc::c_int) {
     };
     let word = REASON_WORD.load(Ordering::SeqCst);
     if !word.is_null() {
-        // SAFETY: a non-null pointer comes from `RequestLimitSignals::install`, whose borrow
+        // SAFETY: a non-null pointer comes from `RequestLimitSignals::install`, whose contract
         // keeps the word alive until `Drop` nulls it (after uninstalling this handler).
         unsafe { (*word).store(reason, Ordering::SeqCst) };
     }
@@ -202,7 +202,18 @@ pub struct RequestLimitSignals<'a> {
 impl<'a> RequestLimitSignals<'a> {
     /// Installs both handlers; `cpu_reason` or `real_reason` is stored into `reason` when
     /// the matching signal arrives. One instance per process at a time.
-    pub fn install(reason: &'a AtomicU64, cpu_reason: u64, real_reason: u64) -> nix::Result<Self> {
+    ///
+    /// # Safety
+    ///
+    /// The handlers keep a pointer to `reason` until the returned value is dropped, which
+    /// uninstalls them. The caller must let it drop normally (never `mem::forget` it, nor
+    /// leak it in a cycle) or ensure `reason` outlives the process, as a forked worker's
+    /// scoreboard row does: it is unmapped only when the worker exits.
+    pub unsafe fn install(
+        reason: &'a AtomicU64,
+        cpu_reason: u64,
+        real_reason: u64,
+    ) -> nix::Result<Self> {
         CPU_REASON.store(cpu_reason, Ordering::SeqCst);
         REAL_REASON.store(real_reason, Ordering::SeqCst);
         REASON_WORD.store(std::ptr::from_ref(reason).cast_mut(), Ordering::SeqCst);

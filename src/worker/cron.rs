@@ -1,8 +1,13 @@
 //! The cron worker's loop: run every due job (claiming each run, see [`crate::cron`]),
 //! then sleep until the next due time, a signal, or a change of the wall clock.
 //!
-//! There is no polling interval: the sleep is an absolute CLOCK_REALTIME timer that the
-//! kernel also ends when the clock is set, so a clock change cannot make a job late.
+//! The sleep is an absolute CLOCK_REALTIME timer that the kernel also ends when the clock is
+//! set, so a clock change cannot make a job late; the worker wakes once a second meanwhile
+//! only to show it is alive (its heartbeat) and that its master is still there.
+//!
+//! The cron worker is a child subreaper: whatever a job starts stays below it, however it
+//! detaches itself, and is killed when the run ends (see [`cron::run`]), before the job's
+//! lock is released. A job never runs twice at once, with all its processes.
 
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,9 +18,9 @@ use nix::sys::timer::{Expiration, TimerSetTimeFlags};
 use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
 use tracing::{debug, error, info, warn};
 
-use super::{Outcome, WorkerSpec, reopen_log_if_asked, stop_reason};
+use super::{BEAT_INTERVAL, Outcome, WorkerSpec, reopen_log_if_asked, stop_reason};
 use crate::cron::{self, Claim, Scheduler, Turn, describe_time, to_ms};
-use crate::scoreboard::{ExitReason, WorkerState};
+use crate::scoreboard::ExitReason;
 use crate::sys::WorkerSignals;
 
 /// How long to wait before looking again at a job whose state could not be read or written.
@@ -26,6 +31,10 @@ const STORE_ERROR_RETRY: Duration = Duration::from_secs(60);
 const CRON_NICENESS: i32 = 10;
 
 pub(super) fn run(spec: &WorkerSpec<'_>, signals: &WorkerSignals) -> Outcome {
+    if let Err(errno) = nix::sys::prctl::set_child_subreaper(true) {
+        error!("{}: cannot become a child subreaper: {errno}", spec.name());
+        return Outcome::BootFailed;
+    }
     if let Err(errno) = crate::sys::lower_priority(CRON_NICENESS) {
         warn!("{}: cannot lower its priority: {errno}", spec.name());
     }
@@ -50,13 +59,7 @@ pub(super) fn run(spec: &WorkerSpec<'_>, signals: &WorkerSignals) -> Outcome {
             return Outcome::BootFailed;
         }
     };
-    spec.row.set_state(WorkerState::Idle);
-    if let Err(error) = spec.notifier.send("READY=1") {
-        warn!(
-            "{}: cannot report ready to the master: {error}",
-            spec.name()
-        );
-    }
+    spec.report_ready();
     if spec.config.cron.is_empty() {
         debug!("{}: no [[cron]] jobs are configured", spec.name());
     }
@@ -125,7 +128,8 @@ impl CronWorker<'_> {
         row.set_work_limit(limit.map(|(limit, _)| limit));
         let started = Instant::now();
         let mut job_pid = None;
-        let ending = cron::run(job, limit, self.signals, |pid| {
+        let account = super::account_variables(self.spec.config);
+        let ending = cron::run(job, limit, &account, self.signals, |pid| {
             row.set_job_group(Some(pid.as_raw()));
             job_pid = Some(pid);
             info!(
@@ -157,7 +161,7 @@ impl CronWorker<'_> {
     }
 
     /// Sleeps until `at` (wall clock), a signal, or a change of the clock; without `at`,
-    /// until a signal.
+    /// until a signal. Wakes once a second meanwhile to beat.
     fn sleep_until(&self, at: Option<SystemTime>) {
         let armed = at.map(|at| {
             let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
@@ -176,8 +180,15 @@ impl CronWorker<'_> {
             let _ = self.signals.poll(&mut [], Some(Duration::from_secs(1)));
             return;
         }
-        let mut fds = [PollFd::new(self.alarm.as_fd(), PollFlags::POLLIN)];
-        let _ = self.signals.poll(&mut fds, None);
+        loop {
+            self.spec.row.beat();
+            let mut fds = [PollFd::new(self.alarm.as_fd(), PollFlags::POLLIN)];
+            let woken = self.signals.poll(&mut fds, Some(BEAT_INTERVAL));
+            if !matches!(woken, Ok(0)) || stop_reason(self.spec, self.signals).is_some() {
+                break;
+            }
+            reopen_log_if_asked(self.spec, self.signals);
+        }
         // Consume the expiry (ECANCELED when the clock was set; EAGAIN when a signal woke us).
         let _ = self.alarm.wait();
     }

@@ -23,9 +23,15 @@ pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
         return EXIT_BOOT_FAILED;
     };
     let program = &app.command[0];
-    // Its own process group, so that a kill reaches the program's children too.
+    // Its own process group, so that a kill reaches the program's children too; and the
+    // reaper of whatever it starts, however that detaches itself, so that it all comes to
+    // the master (and is killed) when the program ends.
     let prepared = setpgid(Pid::from_raw(0), Pid::from_raw(0))
         .map_err(|errno| format!("cannot make a process group: {errno}"))
+        .and_then(|()| {
+            nix::sys::prctl::set_child_subreaper(true)
+                .map_err(|errno| format!("cannot become a child subreaper: {errno}"))
+        })
         .and_then(|()| {
             crate::limits::apply_at_worker_start(spec.config)
                 .map_err(|errno| format!("cannot apply limit_memory_hard as RLIMIT_AS: {errno}"))
@@ -71,19 +77,30 @@ fn environment(spec: &WorkerSpec<'_>, app: &ExecApp) -> Result<Vec<CString>, Str
     let mut vars: BTreeMap<OsString, OsString> = std::env::vars_os()
         .filter(|(key, _)| !SERVICE_MANAGER_VARIABLES.iter().any(|name| key == name))
         .collect();
+    vars.extend(super::account_variables(spec.config));
     for (key, value) in &app.env {
         vars.insert(key.into(), value.into());
     }
+    let pid = std::process::id().to_string();
     let own = [
-        ("LISTEN_FDS", "1".to_string()),
-        ("LISTEN_PID", std::process::id().to_string()),
-        ("LISTEN_FDNAMES", "http".to_string()),
-        ("NOTIFY_SOCKET", spec.notify_address.to_string()),
-        ("FORKWARDEN_SLOT", spec.id.slot.to_string()),
-        ("FORKWARDEN_GENERATION", spec.generation.to_string()),
+        ("LISTEN_FDS", "1".into()),
+        ("LISTEN_PID", pid.clone().into()),
+        ("LISTEN_FDNAMES", "http".into()),
+        ("NOTIFY_SOCKET", spec.notify_path.as_os_str().to_owned()),
+        ("FORKWARDEN_SLOT", spec.id.slot.to_string().into()),
+        ("FORKWARDEN_GENERATION", spec.generation.to_string().into()),
     ];
     for (key, value) in own {
-        vars.insert(key.into(), value.into());
+        vars.insert(key.into(), value);
+    }
+    // systemd's watchdog convention: a program that supports it sends WATCHDOG=1 at least
+    // every half period; the master holds it to the period once it does.
+    if let Some(period) = spec.watchdog {
+        vars.insert(
+            "WATCHDOG_USEC".into(),
+            period.as_micros().to_string().into(),
+        );
+        vars.insert("WATCHDOG_PID".into(), pid.into());
     }
     vars.into_iter()
         .map(|(key, value)| {

@@ -10,11 +10,11 @@ use nix::poll::{PollFd, PollFlags};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use tracing::{debug, error, warn};
 
-use super::{Outcome, PARENT_CHECK_INTERVAL, WorkerSpec, reopen_log_if_asked, told_to_stop};
+use super::{BEAT_INTERVAL, Outcome, WorkerSpec, reopen_log_if_asked, told_to_stop};
 use crate::app::{App, Request, Response, WorkerInfo};
 use crate::http::{Connection, ReadError, is_disconnect};
 use crate::limits::{self, CpuBudget};
-use crate::scoreboard::{ExitReason, WorkerState};
+use crate::scoreboard::ExitReason;
 use crate::sys::{RequestLimitSignals, WorkerSignals};
 
 /// How long a worker pauses accepting after the process or system ran out of descriptors or
@@ -77,15 +77,9 @@ pub(super) fn run(
         app,
         cpu_budget,
         limit_request: limits::request_limit_for_worker(spec.config),
-        panicked: false,
+        leave_after: None,
     };
-    spec.row.set_state(WorkerState::Idle);
-    if let Err(error) = spec.notifier.send("READY=1") {
-        warn!(
-            "{}: cannot report ready to the master: {error}",
-            spec.name()
-        );
-    }
+    spec.report_ready();
     Outcome::Left(worker.serve(&epoll))
 }
 
@@ -130,8 +124,9 @@ struct HttpWorker<'a> {
     cpu_budget: Option<CpuBudget>,
     /// This worker's `limit_request`, jitter included (0: none).
     limit_request: u64,
-    /// The application panicked: answer, then leave, since its state may be broken.
-    panicked: bool,
+    /// Leave after the current response, for this reason: the application panicked (its
+    /// state may be broken) or asked to be replaced.
+    leave_after: Option<ExitReason>,
 }
 
 impl HttpWorker<'_> {
@@ -143,10 +138,8 @@ impl HttpWorker<'_> {
                 return reason;
             }
             reopen_log_if_asked(self.spec, self.signals);
-            match self
-                .signals
-                .epoll_wait(epoll, &mut events, PARENT_CHECK_INTERVAL)
-            {
+            self.spec.row.beat();
+            match self.signals.epoll_wait(epoll, &mut events, BEAT_INTERVAL) {
                 // Idle: the time to check that the master is still there.
                 Ok(0) if self.spec.orphaned() => return ExitReason::MasterGone,
                 Ok(0) => continue,
@@ -174,8 +167,8 @@ impl HttpWorker<'_> {
 
     /// Why this worker must leave now, if it must.
     fn exit_reason(&self) -> Option<ExitReason> {
-        if self.panicked {
-            return Some(ExitReason::AppPanicked);
+        if let Some(reason) = self.leave_after {
+            return Some(reason);
         }
         if self.limit_request > 0 && self.spec.row.requests() >= self.limit_request {
             return Some(ExitReason::LimitRequest);
@@ -187,7 +180,9 @@ impl HttpWorker<'_> {
     fn serve_connection(&mut self, stream: TcpStream) {
         let config = self.spec.config;
         let max_body = Some(config.http_max_body_size.bytes()).filter(|max| *max > 0);
-        let mut connection = Connection::new(stream, config.socket_timeout(), max_body);
+        let row = self.spec.row;
+        let alive = || row.beat();
+        let mut connection = Connection::new(stream, config.socket_timeout(), max_body, &alive);
         // Set when the next request on this connection must be its last (see below).
         let mut last_on_connection = false;
         loop {
@@ -242,7 +237,7 @@ impl HttpWorker<'_> {
     /// No system call: this runs on every request.
     fn will_serve_another(&self) -> bool {
         let last = self.limit_request > 0 && self.spec.row.requests() + 1 >= self.limit_request;
-        !last && !self.panicked && !told_to_stop(self.spec, self.signals)
+        !last && self.leave_after.is_none() && !told_to_stop(self.spec, self.signals)
     }
 
     /// Gives the request about to run its `limit_time_cpu` budget.
@@ -258,7 +253,12 @@ impl HttpWorker<'_> {
 
     fn call_app(&mut self, request: &Request) -> Response {
         match panic::catch_unwind(AssertUnwindSafe(|| self.app.handle(request))) {
-            Ok(response) => response,
+            Ok(response) => {
+                if response.replaces_worker() {
+                    self.leave_after = Some(ExitReason::AppAsked);
+                }
+                response
+            }
             Err(_) => {
                 error!(
                     "{}: the application panicked serving {} {}; this worker will be replaced",
@@ -266,7 +266,7 @@ impl HttpWorker<'_> {
                     request.method(),
                     request.target()
                 );
-                self.panicked = true;
+                self.leave_after = Some(ExitReason::AppPanicked);
                 Response::text(500, "internal server error\n")
             }
         }
@@ -280,48 +280,68 @@ impl HttpWorker<'_> {
     /// is still served, as the connection's last (`Connection: close`): an active client
     /// sends it at once; one silent past [`KEEP_ALIVE_YIELD_GRACE`] (or the socket timeout,
     /// when stopping) is idle, and an idle connection may be closed (RFC 9112, 9.3.1).
-    fn await_next_request(&self, connection: &Connection) -> NextRequest {
+    fn await_next_request(&self, connection: &Connection<'_>) -> NextRequest {
         if connection.has_buffered_input() {
             return NextRequest::Arrived { last: false };
         }
         let timeout = self.spec.config.socket_timeout();
         let started = Instant::now();
-        let mut fds = [
-            PollFd::new(connection.stream().as_fd(), PollFlags::POLLIN),
-            PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
-        ];
-        let ready = self.signals.poll(&mut fds, timeout);
-        let client_sent = fds[0].any().unwrap_or(false);
-        let others_waiting = fds[1].any().unwrap_or(false);
+        let (client_sent, others_waiting) = loop {
+            let left = timeout.map(|timeout| timeout.saturating_sub(started.elapsed()));
+            let slice = left.map_or(BEAT_INTERVAL, |left| left.min(BEAT_INTERVAL));
+            let mut fds = [
+                PollFd::new(connection.stream().as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+            ];
+            let ready = self.signals.poll(&mut fds, Some(slice));
+            let client_sent = fds[0].any().unwrap_or(false);
+            let others_waiting = fds[1].any().unwrap_or(false);
+            self.spec.row.beat();
+            let waited_enough = left.is_some_and(|left| left <= slice);
+            match ready {
+                Ok(0) if !waited_enough && !told_to_stop(self.spec, self.signals) => {}
+                Ok(_) => break (client_sent, others_waiting),
+                // Polling failed: close.
+                Err(_) => return NextRequest::None,
+            }
+        };
         if told_to_stop(self.spec, self.signals) {
             let left = timeout.map(|timeout| timeout.saturating_sub(started.elapsed()));
             return self.last_request_within(connection, client_sent, left);
         }
-        match ready {
-            Ok(ready) if ready > 0 && others_waiting => {
-                self.last_request_within(connection, client_sent, Some(KEEP_ALIVE_YIELD_GRACE))
-            }
-            Ok(_) if client_sent => NextRequest::Arrived { last: false },
-            // The client stayed silent for the socket timeout, or polling failed.
-            _ => NextRequest::None,
+        if others_waiting {
+            self.last_request_within(connection, client_sent, Some(KEEP_ALIVE_YIELD_GRACE))
+        } else if client_sent {
+            NextRequest::Arrived { last: false }
+        } else {
+            // The client stayed silent for the socket timeout.
+            NextRequest::None
         }
     }
 
     /// The connection's last request, if the client sends it within `wait` (None: forever).
     fn last_request_within(
         &self,
-        connection: &Connection,
+        connection: &Connection<'_>,
         already_sent: bool,
         wait: Option<Duration>,
     ) -> NextRequest {
         if already_sent {
             return NextRequest::Arrived { last: true };
         }
-        let mut fds = [PollFd::new(connection.stream().as_fd(), PollFlags::POLLIN)];
-        // Deferred signals are already noted; a plain poll keeps them from cutting this wait.
-        match nix::poll::poll(&mut fds, poll_timeout(wait)) {
-            Ok(ready) if ready > 0 => NextRequest::Arrived { last: true },
-            _ => NextRequest::None,
+        let started = Instant::now();
+        loop {
+            let left = wait.map(|wait| wait.saturating_sub(started.elapsed()));
+            let slice = left.map_or(BEAT_INTERVAL, |left| left.min(BEAT_INTERVAL));
+            let mut fds = [PollFd::new(connection.stream().as_fd(), PollFlags::POLLIN)];
+            // Deferred signals are already noted; a plain poll keeps them from cutting this wait.
+            let ready = nix::poll::poll(&mut fds, poll_timeout(Some(slice)));
+            self.spec.row.beat();
+            match ready {
+                Ok(ready) if ready > 0 => return NextRequest::Arrived { last: true },
+                Ok(_) if left.is_none_or(|left| left > slice) => {}
+                _ => return NextRequest::None,
+            }
         }
     }
 }

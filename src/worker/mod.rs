@@ -8,7 +8,10 @@ mod cron;
 mod exec;
 mod http;
 
+use std::ffi::OsString;
 use std::net::TcpListener;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -16,10 +19,10 @@ use nix::unistd::{Pid, getppid};
 use tracing::error;
 
 use crate::app::AppFactory;
-use crate::config::Config;
-use crate::master::WorkerId;
-use crate::notify::Notifier;
-use crate::scoreboard::{ExitReason, WorkerRow};
+use crate::config::{Config, RunAs};
+use crate::id::{Role, WorkerId};
+use crate::notify::Doorbell;
+use crate::scoreboard::{ExitReason, WorkerRow, WorkerState};
 use crate::sys::{self, RequestLimitSignals, WorkerSignals};
 
 /// Exit status of a worker that left normally (the reason is in its scoreboard row).
@@ -29,9 +32,10 @@ pub const EXIT_BOOT_FAILED: i32 = 1;
 /// Exit status by which a worker reports a critical error: the server stops (Odoo's rule).
 pub const EXIT_CRITICAL: i32 = 3;
 
-/// How often an idle worker wakes to check that its master is still there, in case the
-/// death signal did not arrive (it is cleared, for instance, by a change of credentials).
-const PARENT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often an idle worker wakes to show it is alive (its heartbeat, which
+/// `heartbeat_timeout` watches) and to check that its master is still there, in case the
+/// death signal did not arrive.
+const BEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Everything a new worker gets from the master.
 pub struct WorkerSpec<'a> {
@@ -41,18 +45,39 @@ pub struct WorkerSpec<'a> {
     pub config: &'a Config,
     /// The shared listening socket (HTTP workers only).
     pub listener: Option<&'a TcpListener>,
-    pub notifier: &'a Notifier,
+    /// Rung once the worker's row says it is ready.
+    pub doorbell: &'a Doorbell,
     pub row: &'a WorkerRow,
     pub app: &'a AppFactory,
     /// `NOTIFY_SOCKET` for programs: the master's notification socket.
-    pub notify_address: &'a str,
+    pub notify_path: &'a Path,
     /// The output pipes of an exec worker (write ends), read by the master.
     pub exec_output: Option<ExecOutput<'a>>,
+    /// `WATCHDOG_USEC` for programs (`heartbeat_timeout`; None: off).
+    pub watchdog: Option<Duration>,
     /// When the server started (cron runs due before it were missed while it was down).
     pub server_started: std::time::SystemTime,
 }
 
 impl WorkerSpec<'_> {
+    /// Every descriptor the worker uses from what it inherits (the forked child closes the
+    /// rest): the listener, the doorbell, a program's output pipes, and the log file.
+    pub fn inherited_descriptors(&self) -> Vec<RawFd> {
+        let mut fds = vec![self.doorbell.as_fd().as_raw_fd()];
+        fds.extend(self.listener.map(|listener| listener.as_raw_fd()));
+        if let Some(output) = &self.exec_output {
+            fds.extend([output.stdout.as_raw_fd(), output.stderr.as_raw_fd()]);
+        }
+        fds.extend(crate::log::descriptor());
+        fds
+    }
+
+    /// Marks the worker ready in its row and wakes the master to read it.
+    fn report_ready(&self) {
+        self.row.set_state(WorkerState::Idle);
+        self.doorbell.ring();
+    }
+
     /// `http worker 2 (pid 4312)`, the worker's name in its own log lines.
     fn name(&self) -> String {
         format!("{} (pid {})", self.id, std::process::id())
@@ -81,8 +106,21 @@ enum Outcome {
 /// Runs a worker in the freshly forked child; returns its exit status.
 pub fn run(spec: WorkerSpec<'_>) -> i32 {
     sys::set_process_title(&format!("forkwarden: {}", spec.id));
+    if let Some(run_as) = &spec.config.run_as
+        && let Err(errno) = become_user(run_as)
+    {
+        error!(
+            "{}: cannot switch to user {:?} (uid {}, gid {}): {errno}",
+            spec.name(),
+            run_as.user,
+            run_as.uid,
+            run_as.gid
+        );
+        return EXIT_BOOT_FAILED;
+    }
     // The master's death must take its workers with it: nothing would enforce their limits,
-    // and they would hold the port a restarted master needs.
+    // and they would hold the port a restarted master needs. (Set after the change of user,
+    // which clears it.)
     if let Err(errno) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
         error!(
             "{}: cannot set the parent-death signal: {errno}",
@@ -93,7 +131,7 @@ pub fn run(spec: WorkerSpec<'_>) -> i32 {
     if spec.orphaned() {
         return EXIT_OK;
     }
-    if let (crate::master::Role::Http, Some(app)) = (spec.id.role, &spec.config.app) {
+    if let (Role::Http, Some(app)) = (spec.id.role, &spec.config.app) {
         return exec::run(&spec, app);
     }
     let signals = match WorkerSignals::install() {
@@ -110,11 +148,18 @@ pub fn run(spec: WorkerSpec<'_>) -> i32 {
         );
         return EXIT_BOOT_FAILED;
     }
-    let limit_signals = match RequestLimitSignals::install(
-        spec.row.exit_reason_word(),
-        ExitReason::LimitTimeCpu.as_word(),
-        ExitReason::LimitTimeReal.as_word(),
-    ) {
+    #[allow(unsafe_code)]
+    // SAFETY: the handlers point at this worker's scoreboard row, which stays mapped until
+    // the process exits (a forked worker never unmaps the rows it inherited: it ends in
+    // `exit_now`), and `limit_signals` is dropped normally at the end of this function.
+    let installed = unsafe {
+        RequestLimitSignals::install(
+            spec.row.exit_reason_word(),
+            ExitReason::LimitTimeCpu.as_word(),
+            ExitReason::LimitTimeReal.as_word(),
+        )
+    };
+    let limit_signals = match installed {
         Ok(limit_signals) => limit_signals,
         Err(errno) => {
             error!(
@@ -125,8 +170,8 @@ pub fn run(spec: WorkerSpec<'_>) -> i32 {
         }
     };
     let outcome = match spec.id.role {
-        crate::master::Role::Http => http::run(&spec, &signals, &limit_signals),
-        crate::master::Role::Cron => cron::run(&spec, &signals),
+        Role::Http => http::run(&spec, &signals, &limit_signals),
+        Role::Cron => cron::run(&spec, &signals),
     };
     match outcome {
         Outcome::Left(reason) => {
@@ -135,6 +180,34 @@ pub fn run(spec: WorkerSpec<'_>) -> i32 {
         }
         Outcome::BootFailed => EXIT_BOOT_FAILED,
     }
+}
+
+/// Drops root for `run_as`: supplementary groups, then group, then user (after which none
+/// of the three can be changed back).
+fn become_user(run_as: &RunAs) -> nix::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        // Started as that user already (the config check refuses any other case).
+        return Ok(());
+    }
+    nix::unistd::setgroups(&run_as.groups)?;
+    nix::unistd::setgid(run_as.gid)?;
+    nix::unistd::setuid(run_as.uid)
+}
+
+/// `USER`, `LOGNAME` and `HOME` of the account the workers run as (`user`), as a login or
+/// systemd's `User=` would set them.
+fn account_variables(config: &crate::config::Config) -> Vec<(OsString, OsString)> {
+    config
+        .run_as
+        .iter()
+        .flat_map(|run_as| {
+            [
+                ("USER".into(), run_as.user.clone().into()),
+                ("LOGNAME".into(), run_as.user.clone().into()),
+                ("HOME".into(), run_as.home.clone().into_os_string()),
+            ]
+        })
+        .collect()
 }
 
 /// Common checks between two units of work: should this worker leave now, and why?

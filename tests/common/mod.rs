@@ -97,11 +97,29 @@ impl Server {
 
     /// [`Server::spawn`], with extra environment variables for the master.
     pub fn spawn_with_env(overrides: &str, env: &[(&str, String)]) -> Server {
+        let (dir, config_path) = Self::write_config(overrides);
+        Self::spawn_in(dir, config_path, env)
+    }
+
+    /// [`Server::spawn`] through `sh -c "{shell}; exec forkwarden ..."`, for a master started
+    /// under a umask or a resource limit (`umask 000`, `ulimit -n 64`); the master keeps the
+    /// shell's pid.
+    pub fn spawn_after_shell(overrides: &str, shell: &str) -> Server {
+        let (dir, config_path) = Self::write_config(overrides);
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("{shell}; exec \"$0\" \"$@\""))
+            .arg(BINARY);
+        Self::spawn_command(dir, config_path, command)
+    }
+
+    fn write_config(overrides: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("forkwarden.toml");
         let text = config_text(overrides).replace("{dir}", &dir.path().display().to_string());
         std::fs::write(&config_path, text).expect("write config");
-        Self::spawn_in(dir, config_path, env)
+        (dir, config_path)
     }
 
     /// Stops this server (SIGTERM, waiting for it) and starts a new one on the same
@@ -117,8 +135,13 @@ impl Server {
     }
 
     fn spawn_in(dir: tempfile::TempDir, config_path: PathBuf, env: &[(&str, String)]) -> Server {
-        let mut child = Command::new(BINARY)
-            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
+        let mut command = Command::new(BINARY);
+        command.envs(env.iter().map(|(key, value)| (*key, value.as_str())));
+        Self::spawn_command(dir, config_path, command)
+    }
+
+    fn spawn_command(dir: tempfile::TempDir, config_path: PathBuf, mut command: Command) -> Server {
+        let mut child = command
             .arg("--config")
             .arg(&config_path)
             .stdin(Stdio::null())
@@ -200,6 +223,22 @@ impl Server {
                 self.log_text()
             )
         })
+    }
+
+    /// Waits until `count` log lines contain `needle`; returns them.
+    pub fn wait_for_log_count(&self, needle: &str, count: usize) -> Vec<String> {
+        let mut found = Vec::new();
+        let reached = wait_until(SOON, || {
+            found = self.log_matching(needle);
+            found.len() >= count
+        });
+        assert!(
+            reached,
+            "{} of {count} log lines containing {needle:?}; log:\n{}",
+            found.len(),
+            self.log_text()
+        );
+        found
     }
 
     /// Waits for a log line containing every one of `needles`.
@@ -435,6 +474,20 @@ impl KeepAlive {
         reply.body = String::from_utf8_lossy(&body).into_owned();
         reply
     }
+}
+
+/// How many descriptors process `pid` has open.
+pub fn descriptor_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// A line of /proc/PID/status (`Uid:`, `Gid:`, `Groups:`), without its name.
+pub fn status_field(pid: i32, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .map(|value| value.trim().to_string())
 }
 
 /// Pids of the live children of `parent`, from /proc.

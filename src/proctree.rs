@@ -1,0 +1,122 @@
+//! What /proc says about one process and the processes below it: their memory, their
+//! children, whether a process is stopped. Each question reads only the processes it is
+//! about, never the whole of /proc: the cost follows a worker's own tree, not the host.
+
+use procfs::process::Process;
+
+use nix::unistd::Pid;
+
+/// Memory of a process and the processes below it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TreeMemory {
+    /// Resident memory of the whole tree, in bytes.
+    pub rss: u64,
+    /// The root process's own address space (VmSize), in bytes: what RLIMIT_AS caps.
+    pub address_space: u64,
+}
+
+/// Deepest tree walked: a fork bomb cannot make the master's walk endless.
+const MAX_TREE: usize = 4096;
+
+/// Memory of `root` alone (`with_descendants` false) or of `root` and every process below
+/// it. None when `root` is gone; processes that end during the walk count for nothing.
+pub fn memory(root: Pid, with_descendants: bool) -> Option<TreeMemory> {
+    let page = procfs::page_size();
+    let process = Process::new(root.as_raw()).ok()?;
+    let statm = process.statm().ok()?;
+    let mut total = TreeMemory {
+        rss: statm.resident.saturating_mul(page),
+        address_space: statm.size.saturating_mul(page),
+    };
+    if with_descendants {
+        let mut pending = children_of(&process);
+        let mut seen = 0;
+        while let Some(pid) = pending.pop() {
+            seen += 1;
+            if seen > MAX_TREE {
+                break;
+            }
+            let Ok(process) = Process::new(pid.as_raw()) else {
+                continue;
+            };
+            if let Ok(statm) = process.statm() {
+                total.rss = total
+                    .rss
+                    .saturating_add(statm.resident.saturating_mul(page));
+            }
+            pending.extend(children_of(&process));
+        }
+    }
+    Some(total)
+}
+
+/// The children of `pid` (of each of its threads); empty when it is gone.
+pub fn children(pid: Pid) -> Vec<Pid> {
+    Process::new(pid.as_raw())
+        .map(|process| children_of(&process))
+        .unwrap_or_default()
+}
+
+fn children_of(process: &Process) -> Vec<Pid> {
+    let Ok(tasks) = process.tasks() else {
+        return Vec::new();
+    };
+    let mut children: Vec<Pid> = tasks
+        .flatten()
+        .filter_map(|task| task.children().ok())
+        .flatten()
+        .filter_map(|child| i32::try_from(child).ok().map(Pid::from_raw))
+        .collect();
+    children.sort_unstable();
+    children.dedup();
+    children
+}
+
+/// The state letter of `pid` (`T` stopped, `t` stopped by a debugger, `S`, `R`, `D`, ...);
+/// None when it is gone.
+pub fn state(pid: Pid) -> Option<char> {
+    Process::new(pid.as_raw())
+        .ok()?
+        .stat()
+        .ok()
+        .map(|stat| stat.state)
+}
+
+/// Whether a state letter means the process cannot run until someone resumes it.
+pub fn is_stopped(state: char) -> bool {
+    matches!(state, 'T' | 't')
+}
+
+/// The command name of `pid` (`sleep`), for log lines.
+pub fn command_name(pid: Pid) -> Option<String> {
+    Process::new(pid.as_raw())
+        .ok()?
+        .stat()
+        .ok()
+        .map(|stat| stat.comm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_counts_its_children() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let me = nix::unistd::getpid();
+        let child_pid = Pid::from_raw(child.id() as i32);
+        assert!(children(me).contains(&child_pid));
+        let alone = memory(me, false).unwrap();
+        let tree = memory(me, true).unwrap();
+        assert!(tree.rss > alone.rss, "{tree:?} vs {alone:?}");
+        assert!(alone.address_space >= alone.rss);
+        assert!(!is_stopped(state(child_pid).unwrap()));
+        assert_eq!(command_name(child_pid).as_deref(), Some("sleep"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(memory(child_pid, true), None);
+    }
+}

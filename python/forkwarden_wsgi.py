@@ -5,10 +5,10 @@ listening socket on file descriptor 3 (systemd socket activation: LISTEN_FDS=1,
 LISTEN_PID) and a notification socket (NOTIFY_SOCKET). It serves one request at a time,
 like Odoo's workers, and tells forkwarden what it is doing in the sd_notify format:
 
-    READY=1                       once it listens
+    READY=1 + IDLE=1              once it listens (IDLE=1: requests will be marked)
     BUSY=1 + REQUEST=GET /path    when a request starts (limit_time_real counts from here)
     IDLE=1                        when it ends (limit_request counts these)
-    WATCHDOG=1                    each second while idle, when WATCHDOG_USEC asks for it
+    WATCHDOG=1                    while idle, every third of WATCHDOG_USEC when it is set
     STOPPING=1                    on the way out
 
 An application that runs out of memory (MemoryError: limit_memory_hard caps the address
@@ -29,6 +29,7 @@ import resource
 import signal
 import socket
 import sys
+import time
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 LISTEN_FD = 3
@@ -56,10 +57,17 @@ class Notifier:
                 pass  # the master is gone or its queue is full: nothing to do about it
 
 
-def watchdog_enabled():
-    """systemd's convention: WATCHDOG_USEC set, and WATCHDOG_PID (if set) naming us."""
+def watchdog_interval():
+    """How often to send WATCHDOG=1 (seconds), by systemd's convention: WATCHDOG_USEC set,
+    and WATCHDOG_PID (if set) naming us; a third of the period leaves a margin. None: off."""
     pid = os.environ.get("WATCHDOG_PID")
-    return bool(os.environ.get("WATCHDOG_USEC")) and (pid is None or pid == str(os.getpid()))
+    try:
+        usec = int(os.environ.get("WATCHDOG_USEC", "0"))
+    except ValueError:
+        return None
+    if usec <= 0 or (pid is not None and pid != str(os.getpid())):
+        return None
+    return usec / 3e6
 
 
 def address_space_limit():
@@ -100,14 +108,17 @@ class Server(WSGIServer):
         self.set_app(app)
         self.notifier = notifier
         self.timeout = IDLE_CHECK
-        self.watchdog = watchdog_enabled()
+        self.watchdog = watchdog_interval()
+        self.last_alive = time.monotonic()
         # Set when the application ran out of memory: the worker leaves after the request.
         self.out_of_memory = False
 
     def handle_timeout(self):
-        # Idle for IDLE_CHECK: show the master this worker is alive.
-        if self.watchdog:
+        # Idle: show the master this worker is alive, as often as the watchdog asks.
+        now = time.monotonic()
+        if self.watchdog is not None and now - self.last_alive >= self.watchdog:
             self.notifier.send("WATCHDOG=1")
+            self.last_alive = now
 
     def get_request(self):
         connection, address = self.socket.accept()
@@ -142,6 +153,7 @@ class Handler(WSGIRequestHandler):
             return
         notifier = self.server.notifier
         notifier.send(f"BUSY=1\nREQUEST={self.command} {self.path}")
+        self.server.last_alive = time.monotonic()  # any message shows life
         try:
             handler = AppHandler(self.rfile, self.wfile, self.get_stderr(), self.get_environ(),
                                  multithread=False)
@@ -166,8 +178,8 @@ def main(argv=None):
     app = load(argv[0])
     server = Server(inherited_socket(), app, notifier)
     # WATCHDOG=1 with READY=1: the master watches this worker's liveness from now on.
-    watchdog = "\nWATCHDOG=1" if server.watchdog else ""
-    notifier.send(f"READY=1\nSTATUS=serving {argv[0]}{watchdog}")
+    watchdog = "\nWATCHDOG=1" if server.watchdog is not None else ""
+    notifier.send(f"READY=1\nIDLE=1\nSTATUS=serving {argv[0]}{watchdog}")
     while not stopping and not server.out_of_memory:
         server.handle_request()
     notifier.send("STOPPING=1")

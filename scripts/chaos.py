@@ -207,7 +207,7 @@ def main():
         "| limit enforcements in the log | "
         + ", ".join(f"{name} {count}" for name, count in enforced.items()) + " |",
         f"| worst time below the wanted pool size (5 ms sampling) | {chaos.worst_below_ms:.0f} ms |",
-        f"| crash-loop backoffs (a worker killed again within 1 s of its start) | {backoffs} |",
+        f"| crash-loop backoffs (failed starts; a worker killed from outside is never one) | {backoffs} |",
         f"| master RSS before / after | {rss_before} / {rss_after} KiB |",
         f"| master open descriptors before / after | {fds_before} / {fds_after} |",
         f"| zombies left | {zombies} |",

@@ -235,7 +235,7 @@ def respawn(start, kills):
     samples = []
     try:
         for _ in range(kills):
-            time.sleep(1.1)  # past forkwarden's 1 s fast-failure window, for every server
+            time.sleep(1.1)  # the same pause for every server: none sees kills as a crash loop
             old = current_pid(server)
             os.kill(old, signal.SIGKILL)
             killed = time.monotonic()

@@ -43,9 +43,13 @@ pub const EXPIRY_GRACE: Duration = Duration::from_secs(1);
 /// process group), should the cron worker not have stopped the job itself.
 pub const CRON_BACKSTOP: Duration = Duration::from_secs(5);
 
-/// How often the master looks at its workers when none is busy (heartbeats; memory of
-/// programs that do not say when they are busy... see [`memory_due`]).
+/// How often the master looks at its workers when none is busy (heartbeats, stopped
+/// programs; see [`memory_due`] for memory).
 pub const IDLE_SCAN: Duration = Duration::from_secs(1);
+
+/// How often the master reads the memory of a program that says it is idle: it may grow in
+/// background threads, rarely fast (RLIMIT_AS stays the backstop meanwhile).
+pub const IDLE_PROGRAM_MEMORY: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------
 // In the worker
@@ -233,8 +237,8 @@ pub enum MemoryActivity {
 /// Whether the master should read a worker's memory now, given its `activity` and the last
 /// reading (`since` ago, at `read_requests` requests): always the first time; every
 /// `poll_interval` while it starts, is busy, or served since the last reading; an idle
-/// program (which may have background work) every [`IDLE_SCAN`]; an idle built-in worker
-/// that served nothing since, never.
+/// program (which may have background work) every [`IDLE_PROGRAM_MEMORY`]; an idle
+/// built-in worker that served nothing since, never.
 pub fn memory_due(
     activity: MemoryActivity,
     starting: bool,
@@ -250,7 +254,7 @@ pub fn memory_due(
         MemoryActivity::BuiltIn { requests, .. } => {
             (requests != read_requests).then_some(poll_interval)
         }
-        MemoryActivity::Program { busy: Some(false) } => Some(IDLE_SCAN),
+        MemoryActivity::Program { busy: Some(false) } => Some(IDLE_PROGRAM_MEMORY),
         MemoryActivity::Program { .. } => Some(poll_interval),
     };
     every.is_some_and(|every| since >= every)
@@ -539,7 +543,12 @@ mod tests {
         let opaque = MemoryActivity::Program { busy: None };
         assert!(memory_due(opaque, false, Some((poll, 0)), poll));
         let idle_program = MemoryActivity::Program { busy: Some(false) };
-        assert!(!memory_due(idle_program, false, Some((poll, 0)), poll));
-        assert!(memory_due(idle_program, false, Some((IDLE_SCAN, 0)), poll));
+        assert!(!memory_due(idle_program, false, Some((IDLE_SCAN, 0)), poll));
+        assert!(memory_due(
+            idle_program,
+            false,
+            Some((IDLE_PROGRAM_MEMORY, 0)),
+            poll
+        ));
     }
 }

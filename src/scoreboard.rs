@@ -122,6 +122,37 @@ impl ExitReason {
     }
 }
 
+/// The words every worker shares with the master (one mapping, inherited by all).
+pub struct Board {
+    shared: SharedWords,
+}
+
+/// Set by the master while it looks at its workers only once a second (all idle); the first
+/// worker to start a request clears it and rings the master's doorbell, so that memory and
+/// time limits are watched closely again from that request on.
+const MASTER_RESTING: usize = 0;
+
+impl Board {
+    pub fn new() -> io::Result<Self> {
+        Ok(Self {
+            shared: SharedWords::new(1)?,
+        })
+    }
+
+    /// The master: whether it is resting (see [`MASTER_RESTING`]). Set before it looks at
+    /// the rows, so that a request starting meanwhile is seen either in its row or here.
+    pub fn set_master_resting(&self, resting: bool) {
+        self.shared.words()[MASTER_RESTING].store(u64::from(resting), Ordering::SeqCst);
+    }
+
+    /// A worker that just marked itself busy: whether it must wake the master (it was
+    /// resting; the caller rings the doorbell). Only the first worker to see it does.
+    pub fn take_master_resting(&self) -> bool {
+        let word = &self.shared.words()[MASTER_RESTING];
+        word.load(Ordering::SeqCst) != 0 && word.swap(0, Ordering::SeqCst) != 0
+    }
+}
+
 /// One worker's row. Created by the master before the fork; both processes then hold it.
 pub struct WorkerRow {
     shared: SharedWords,
@@ -210,7 +241,8 @@ impl WorkerRow {
         self.word(STOP_REQUESTED).load(Ordering::Acquire) != 0
     }
 
-    /// Marks the worker busy with `method target` from now on.
+    /// Marks the worker busy with `method target` from now on (the caller then checks
+    /// [`Board::take_master_resting`]).
     pub fn begin_request(&self, method: &str, target: &str) {
         let mut line = [0u8; REQUEST_LINE_MAX];
         let mut length = 0;
@@ -226,9 +258,10 @@ impl WorkerRow {
         }
         self.word(REQUEST_LINE_LEN)
             .store(length as u64, Ordering::Relaxed);
-        // Release: a master that sees the start time also sees the line written before it.
+        // SeqCst: a master that sees the start time also sees the line written before it, and
+        // one that set itself resting either sees this start or is woken (see Board).
         self.word(REQUEST_STARTED_NS)
-            .store(monotonic_now_ns().max(1), Ordering::Release);
+            .store(monotonic_now_ns().max(1), Ordering::SeqCst);
         self.set_state(WorkerState::Busy);
     }
 
@@ -257,7 +290,7 @@ impl WorkerRow {
 
     /// Whether a request (or job) is running now.
     pub fn is_busy(&self) -> bool {
-        self.word(REQUEST_STARTED_NS).load(Ordering::Acquire) != 0
+        self.word(REQUEST_STARTED_NS).load(Ordering::SeqCst) != 0
     }
 
     /// How long the current request (or job) has been running, if one is.

@@ -89,6 +89,11 @@ impl Master {
         let now = Instant::now();
         let scan = self.next_scan.is_none_or(|at| at <= now);
         let limits = &self.limits;
+        if scan && limits.watches_memory() {
+            // Before the rows are read: a request starting meanwhile is seen in its row,
+            // or its worker sees the master resting and wakes it.
+            self.board.set_master_resting(true);
+        }
         let mut crossed = Vec::new();
         let mut earliest: Option<Instant> = None;
         // Whether some worker's memory must be read again at the short interval.
@@ -138,6 +143,7 @@ impl Master {
         }
         if scan {
             let every = if active {
+                self.board.set_master_resting(false);
                 self.limits.poll_interval
             } else {
                 IDLE_SCAN.max(self.limits.poll_interval)

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `READY=1` | the worker serves (a reload waits for it); until then `ready_timeout` runs |
 //! | `BUSY=1`, `REQUEST=GET /path` | a request started: `limit_time_real` counts from now, RLIMIT_CPU is moved to the CPU used plus `limit_time_cpu` (`prlimit`) |
-//! | `IDLE=1` | it ended: counts towards `limit_request`; a deferred recycle happens now |
+//! | `IDLE=1` | it ended: counts towards `limit_request`; a deferred recycle happens now. With `READY=1`: the program will mark its requests, and is idle |
 //! | `WATCHDOG_USEC=N`, `WATCHDOG=1` | liveness: the program is given `WATCHDOG_USEC=heartbeat_timeout` in its environment; once it sends `WATCHDOG=1` (or declares its own period), silence past the period outside a request kills it |
 //! | `STATUS=...` | shown in the SIGQUIT snapshot |
 //! | `STOPPING=1` | logged |
@@ -325,8 +325,13 @@ impl Master {
             }
         }
         if notification.get("IDLE") == Some("1") {
-            worker.row.end_request();
-            self.on_exec_idle(notification.pid);
+            // Also sent with READY=1 by a program that will mark its requests: it is idle
+            // and may be read rarely from now on.
+            exec.sends_markers = true;
+            if worker.row.is_busy() {
+                worker.row.end_request();
+                self.on_exec_idle(notification.pid);
+            }
         }
     }
 

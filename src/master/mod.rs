@@ -42,7 +42,7 @@ use crate::id::{Role, WorkerId};
 use crate::limits::MasterLimits;
 use crate::log::Logging;
 use crate::notify::{Doorbell, Notification, NotifyReceiver};
-use crate::scoreboard::{WorkerRow, WorkerState};
+use crate::scoreboard::{Board, WorkerRow, WorkerState};
 use crate::sys::{self, MASTER_SIGNALS, Reap};
 use crate::worker::{self, WorkerSpec};
 use pidfile::Pidfile;
@@ -99,8 +99,11 @@ pub struct Master {
     logging: Logging,
     poll: Poll,
     signals: Signals,
-    /// Rung by built-in workers whose row has news (they are ready).
+    /// Rung by built-in workers whose row has news (they are ready, or start work while
+    /// the master rests).
     doorbell: Doorbell,
+    /// What every worker shares with the master (whether it rests).
+    board: Board,
     /// Programs' sd_notify messages.
     notifications: NotifyReceiver,
     /// The private directory that holds the notification socket; removed on exit.
@@ -190,6 +193,7 @@ impl Master {
             poll,
             signals,
             doorbell,
+            board: Board::new()?,
             notifications,
             _runtime_dir: runtime_dir,
             listener,
@@ -517,6 +521,7 @@ impl Master {
             listener: self.listener.as_ref().filter(|_| id.role == Role::Http),
             doorbell: &self.doorbell,
             row: &row,
+            board: &self.board,
             app: &*self.app,
             notify_path: self.notifications.path(),
             exec_output: pipes.as_ref().map(exec::ExecPipes::for_child),
@@ -616,7 +621,11 @@ impl Master {
         let mut output = Vec::new();
         for event in events.iter() {
             match event.token() {
-                DOORBELL => self.doorbell.silence(),
+                DOORBELL => {
+                    self.doorbell.silence();
+                    // A worker is ready, or woke the master from rest: look at once.
+                    self.next_scan = Some(Instant::now());
+                }
                 token if token.0 >= FIRST_OUTPUT_TOKEN => output.push(token),
                 _ => {}
             }

@@ -2,9 +2,9 @@
 
 use std::io;
 use std::os::fd::RawFd;
+use std::panic::{self, AssertUnwindSafe};
 #[cfg(test)]
 use std::time::Duration;
-use std::panic::{self, AssertUnwindSafe};
 
 use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow};
 use nix::unistd::{ForkResult, Pid};

@@ -124,7 +124,7 @@ impl CronWorker<'_> {
         let job = claim.job;
         let row = self.spec.row;
         let limit = self.scheduler.limit_of(job);
-        row.begin_request("job", &job.name);
+        self.spec.begin_work("job", &job.name);
         row.set_work_limit(limit.map(|(limit, _)| limit));
         let started = Instant::now();
         let mut job_pid = None;

@@ -205,9 +205,7 @@ impl HttpWorker<'_> {
                     return;
                 }
             };
-            self.spec
-                .row
-                .begin_request(request.method(), request.target());
+            self.spec.begin_work(request.method(), request.target());
             self.arm_cpu_limit();
             self.limit_signals
                 .answer_to(Some(connection.stream().as_fd()));

@@ -22,7 +22,7 @@ use crate::app::AppFactory;
 use crate::config::{Config, RunAs};
 use crate::id::{Role, WorkerId};
 use crate::notify::Doorbell;
-use crate::scoreboard::{ExitReason, WorkerRow, WorkerState};
+use crate::scoreboard::{Board, ExitReason, WorkerRow, WorkerState};
 use crate::sys::{self, RequestLimitSignals, WorkerSignals};
 
 /// Exit status of a worker that left normally (the reason is in its scoreboard row).
@@ -45,9 +45,12 @@ pub struct WorkerSpec<'a> {
     pub config: &'a Config,
     /// The shared listening socket (HTTP workers only).
     pub listener: Option<&'a TcpListener>,
-    /// Rung once the worker's row says it is ready.
+    /// Rung once the worker's row says it is ready, and when it starts work while the
+    /// master rests.
     pub doorbell: &'a Doorbell,
     pub row: &'a WorkerRow,
+    /// What all workers share with the master.
+    pub board: &'a Board,
     pub app: &'a AppFactory,
     /// `NOTIFY_SOCKET` for programs: the master's notification socket.
     pub notify_path: &'a Path,
@@ -76,6 +79,16 @@ impl WorkerSpec<'_> {
     fn report_ready(&self) {
         self.row.set_state(WorkerState::Idle);
         self.doorbell.ring();
+    }
+
+    /// Marks the worker busy with `method target`, waking the master if it rests (one
+    /// atomic load on the per-request path; a system call only for the first request after
+    /// a quiet spell).
+    fn begin_work(&self, method: &str, target: &str) {
+        self.row.begin_request(method, target);
+        if self.board.take_master_resting() {
+            self.doorbell.ring();
+        }
     }
 
     /// `http worker 2 (pid 4312)`, the worker's name in its own log lines.

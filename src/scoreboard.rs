@@ -32,7 +32,9 @@ const WORK_LIMIT_MS: usize = 8;
 /// CLOCK_MONOTONIC nanoseconds at which the worker last showed life: each turn of its loop,
 /// each request start and end. The master's `heartbeat_timeout` reads it.
 const HEARTBEAT_NS: usize = 9;
-const REQUEST_LINE: usize = 10;
+/// The worker counts itself among the idle ones on the board (see [`Board::enter_idle`]).
+const IDLE_COUNTED: usize = 10;
+const REQUEST_LINE: usize = 11;
 const REQUEST_LINE_WORDS: usize = 16;
 const ROW_WORDS: usize = REQUEST_LINE + REQUEST_LINE_WORDS;
 /// Longest `METHOD /target` kept for logs; longer ones are cut.
@@ -87,6 +89,8 @@ pub enum ExitReason {
     LimitTimeReal,
     /// The application asked to be replaced after its response (it logged why).
     AppAsked,
+    /// Reading a request panicked (a bug of forkwarden's): the worker answered 500 and left.
+    HttpPanicked,
 }
 
 impl ExitReason {
@@ -99,6 +103,7 @@ impl ExitReason {
             5 => Self::LimitTimeCpu,
             6 => Self::LimitTimeReal,
             7 => Self::AppAsked,
+            8 => Self::HttpPanicked,
             _ => Self::Unknown,
         }
     }
@@ -113,6 +118,7 @@ impl ExitReason {
             Self::LimitTimeCpu => 5,
             Self::LimitTimeReal => 6,
             Self::AppAsked => 7,
+            Self::HttpPanicked => 8,
         }
     }
 
@@ -131,12 +137,47 @@ pub struct Board {
 /// worker to start a request clears it and rings the master's doorbell, so that memory and
 /// time limits are watched closely again from that request on.
 const MASTER_RESTING: usize = 0;
+/// How many HTTP workers wait for work right now: a worker about to be busy hands the
+/// connections that wait on it to them instead of making them wait.
+const IDLE_HTTP_WORKERS: usize = 1;
+const BOARD_WORDS: usize = 2;
 
 impl Board {
     pub fn new() -> io::Result<Self> {
         Ok(Self {
-            shared: SharedWords::new(1)?,
+            shared: SharedWords::new(BOARD_WORDS)?,
         })
+    }
+
+    /// HTTP workers waiting for work now.
+    pub fn idle_http_workers(&self) -> u64 {
+        self.idle_http_workers_word().load(Ordering::Relaxed)
+    }
+
+    /// The count itself, for the hand-off alarm's signal handler to read.
+    pub fn idle_http_workers_word(&self) -> &AtomicU64 {
+        &self.shared.words()[IDLE_HTTP_WORKERS]
+    }
+
+    /// A worker (`row`) starts waiting for work.
+    pub fn enter_idle(&self, row: &WorkerRow) {
+        row.word(IDLE_COUNTED).store(1, Ordering::Relaxed);
+        self.shared.words()[IDLE_HTTP_WORKERS].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A worker (`row`) stops waiting.
+    pub fn leave_idle(&self, row: &WorkerRow) {
+        self.forget_idle();
+        row.word(IDLE_COUNTED).store(0, Ordering::Relaxed);
+    }
+
+    /// The master, for a worker that died while counted idle (see [`WorkerRow::counted_idle`]).
+    pub fn forget_idle(&self) {
+        let _ = self.shared.words()[IDLE_HTTP_WORKERS].fetch_update(
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+            |count| Some(count.saturating_sub(1)),
+        );
     }
 
     /// The master: whether it is resting (see [`MASTER_RESTING`]). Set before it looks at
@@ -280,6 +321,12 @@ impl WorkerRow {
     pub fn silent_for(&self) -> Option<Duration> {
         let beat = self.word(HEARTBEAT_NS).load(Ordering::Acquire);
         (beat != 0).then(|| Duration::from_nanos(monotonic_now_ns().saturating_sub(beat)))
+    }
+
+    /// Whether the worker counted itself idle on the board: if it dies so, the master
+    /// takes it off the count.
+    pub fn counted_idle(&self) -> bool {
+        self.word(IDLE_COUNTED).load(Ordering::Relaxed) != 0
     }
 
     /// The worker's state alone: what the master reads on every turn, without copying

@@ -12,7 +12,7 @@ fn malformed_requests_get_400_and_the_worker_survives() {
     assert_eq!(reply.status, 400, "{reply:?}");
     let reply = parse_reply(&send_raw(
         server.port,
-        b"GET / HTTP/1.1\r\nContent-Length: ten\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: ten\r\n\r\n",
     ));
     assert_eq!(reply.status, 400, "{reply:?}");
     assert_eq!(server.get("/pid").body, pid, "the same worker still serves");
@@ -25,12 +25,18 @@ fn every_class_of_bad_request_gets_its_status() {
     let huge_header = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(40_000));
     let cases: [(&[u8], u16); 4] = [
         (huge_header.as_bytes(), 431),
-        (b"POST / HTTP/1.1\r\nContent-Length: 17\r\n\r\n", 413),
         (
-            b"GET /no-such-path HTTP/1.1\r\nConnection: close\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 17\r\n\r\n",
+            413,
+        ),
+        (
+            b"GET /no-such-path HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
             404,
         ),
-        (b"DELETE / HTTP/1.1\r\nConnection: close\r\n\r\n", 405),
+        (
+            b"DELETE / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            405,
+        ),
     ];
     for (request, status) in cases {
         let reply = parse_reply(&send_raw(server.port, request));

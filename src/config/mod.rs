@@ -59,9 +59,12 @@ pub struct Config {
     pub limit_time_worker_cron: TimeSpan,
     /// Length of the kernel's queue of connections not yet accepted.
     pub listen_backlog: u32,
-    /// Limit on each read and write of a client connection (0: none). The request line and
-    /// headers must also arrive within it, so a slow client cannot hold a worker.
+    /// How long a client may keep the server waiting (0: for ever): for the whole request
+    /// head, between two pieces of a body, for a write of the response to progress, and
+    /// on an idle kept-alive connection.
     pub http_socket_timeout: TimeSpan,
+    /// How long a whole request, head and body, may take to arrive (0: no bound).
+    pub http_request_timeout: TimeSpan,
     /// Largest request body accepted; larger ones get 413 (0: no limit).
     pub http_max_body_size: ByteSize,
     /// How long workers may take to finish their current request when told to stop.
@@ -184,6 +187,7 @@ impl Default for Config {
             limit_time_worker_cron: TimeSpan::secs(0),
             listen_backlog: 1024,
             http_socket_timeout: TimeSpan::secs(2),
+            http_request_timeout: TimeSpan::secs(60),
             http_max_body_size: ByteSize::mib(64),
             graceful_timeout: TimeSpan::secs(30),
             ready_timeout: TimeSpan::secs(60),
@@ -520,6 +524,11 @@ impl Config {
     /// `http_socket_timeout`, None when it is 0 (no timeout).
     pub fn socket_timeout(&self) -> Option<Duration> {
         Some(self.http_socket_timeout.duration()).filter(|timeout| !timeout.is_zero())
+    }
+
+    /// `http_request_timeout`, None when it is 0 (no bound).
+    pub fn request_timeout(&self) -> Option<Duration> {
+        Some(self.http_request_timeout.duration()).filter(|timeout| !timeout.is_zero())
     }
 
     /// How long a new program may take to send `READY=1` (zero: no bound, or it does not

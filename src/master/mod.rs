@@ -44,7 +44,7 @@ use crate::log::Logging;
 use crate::notify::{Doorbell, Notification, NotifyReceiver};
 use crate::scoreboard::{Board, WorkerRow, WorkerState};
 use crate::sys::{self, MASTER_SIGNALS, Reap};
-use crate::worker::{self, WorkerSpec};
+use crate::worker::{self, HandoffChannel, WorkerSpec};
 use pidfile::Pidfile;
 use pool::{Departure, PendingReport, Pool, RetireReason, Worker};
 use report::{Ending, Exit, Verdict};
@@ -109,6 +109,8 @@ pub struct Master {
     /// The private directory that holds the notification socket; removed on exit.
     _runtime_dir: tempfile::TempDir,
     listener: Option<TcpListener>,
+    /// Where HTTP workers pass client connections to one another; never read here.
+    handoff: HandoffChannel,
     pool: Pool,
     /// Processes that workers left behind, killed and not yet reaped.
     strays: Strays,
@@ -197,6 +199,7 @@ impl Master {
             notifications,
             _runtime_dir: runtime_dir,
             listener,
+            handoff: HandoffChannel::new()?,
             stopping: None,
             service_manager: crate::notify::ServiceManager::from_environment(),
             announced_ready: false,
@@ -339,6 +342,9 @@ impl Master {
             worker.mark_ready();
         }
         let name = worker.name();
+        if worker.row.counted_idle() {
+            self.board.forget_idle();
+        }
         if let Some(exec) = &mut worker.exec {
             // The program's last words come before the line about its end.
             exec.close(&name, self.poll.registry());
@@ -519,6 +525,7 @@ impl Master {
             master_pid: self.pid,
             config: &self.config,
             listener: self.listener.as_ref().filter(|_| id.role == Role::Http),
+            handoff: Some(&self.handoff).filter(|_| id.role == Role::Http && exec_app.is_none()),
             doorbell: &self.doorbell,
             row: &row,
             board: &self.board,

@@ -261,6 +261,9 @@ fn recycle_reason(reason: ExitReason, ending: Ending) -> String {
         ExitReason::Stopped => "stopped by a signal not sent by the master".to_string(),
         ExitReason::MasterGone => "its master is gone".to_string(),
         ExitReason::AppAsked => "the application asked to be replaced".to_string(),
+        ExitReason::HttpPanicked => {
+            "reading a request panicked; replaced to start clean".to_string()
+        }
         ExitReason::LimitTimeCpu | ExitReason::LimitTimeReal | ExitReason::Unknown => {
             ending.to_string()
         }

@@ -3,10 +3,11 @@
 //! Every other module is compiled with `unsafe_code = "deny"`; what they need from the
 //! system that neither `std` nor a safe `nix` call offers lives here, with a `SAFETY:`
 //! comment on every `unsafe` block saying why it is sound. Each function is safe to call
-//! from any safe code, except two whose soundness depends on their caller, which are
+//! from any safe code, except three whose soundness depends on their caller, which are
 //! `unsafe fn` with the contract in their `# Safety` section: [`fork_process`] (the child
 //! closes every descriptor it was not told to keep) and [`RequestLimitSignals::install`]
-//! (the handlers keep a pointer to a scoreboard word).
+//! (the handlers keep a pointer to a scoreboard word), and [`HandoffAlarm::install`] (the
+//! same, for the board's count of idle workers).
 //!
 //! - [`process`]: fork (single-threaded only, signals blocked across it, closing what the
 //!   child must not inherit), immediate exit, reaping with CPU usage, pidfds, preparing a
@@ -16,17 +17,23 @@
 //! - [`shm`]: anonymous shared memory that the master and one worker both see (and no
 //!   worker forked later).
 //! - [`title`]: the process title shown by `ps`.
+//! - [`net`]: accepting straight into non-blocking mode, and handing a client connection
+//!   from one worker to another (SCM_RIGHTS).
 #![allow(unsafe_code)]
 
+mod net;
 mod process;
 mod shm;
 mod signals;
 mod title;
 
+pub use net::{
+    accept_nonblocking, defer_accept, handoff_channel, receive_connection, send_connection,
+};
 pub use process::{
     Reap, ensure_standard_fds, exec_socket_activated, fork_process, lower_priority, pidfd_open,
     reap_child, set_cpu_limit_of, supervise_job,
 };
 pub use shm::SharedWords;
-pub use signals::{MASTER_SIGNALS, RequestLimitSignals, WorkerSignals};
+pub use signals::{HandoffAlarm, MASTER_SIGNALS, RequestLimitSignals, WorkerSignals};
 pub use title::{init_process_title, set_process_title};

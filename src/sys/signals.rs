@@ -4,9 +4,10 @@
 //! (those handlers write to the master's pipe), so [`super::fork_process`] resets them and
 //! the worker installs the tiny handlers below.
 
+use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -251,6 +252,214 @@ impl Drop for RequestLimitSignals<'_> {
         }
         ANSWER_FD.store(-1, Ordering::SeqCst);
         REASON_WORD.store(std::ptr::null_mut(), Ordering::SeqCst);
+    }
+}
+
+/// How long a request may run before the idle kept-alive connections of its worker are
+/// handed to idle workers, so that their next requests do not wait behind it.
+pub const HANDOFF_AFTER: Duration = Duration::from_millis(20);
+
+/// Most idle connections a worker hands over from inside a long request.
+const MAX_ALARM_CONNECTIONS: usize = 256;
+/// A slot of [`IDLE_CONNECTIONS`] whose connection was handed over.
+const HANDED: i32 = -2;
+
+/// The hand-off channel's sending end; -1 while no alarm is installed.
+static HANDOFF_CHANNEL: AtomicI32 = AtomicI32::new(-1);
+/// The board's count of idle HTTP workers; null while no alarm is installed.
+static IDLE_WORKERS: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+/// The alarm's timer (a `timer_t`), for the handler to re-arm.
+static ALARM_TIMER: AtomicPtr<libc::c_void> = AtomicPtr::new(std::ptr::null_mut());
+/// The application runs a request now: the alarm may act.
+static APP_RUNNING: AtomicBool = AtomicBool::new(false);
+static IDLE_CONNECTIONS: [AtomicI32; MAX_ALARM_CONNECTIONS] =
+    [const { AtomicI32::new(-1) }; MAX_ALARM_CONNECTIONS];
+static IDLE_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn on_handoff_alarm(_: libc::c_int) {
+    // SAFETY: errno is thread-local and always valid; it is restored before returning, so
+    // the application code this interrupts sees its own errno.
+    let saved_errno = unsafe { *libc::__errno_location() };
+    if APP_RUNNING.load(Ordering::SeqCst) {
+        hand_over_idle_connections();
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = saved_errno };
+}
+
+/// In the signal handler: sends each registered idle connection to the hand-off channel if
+/// some worker is idle to take it; otherwise looks again after [`HANDOFF_AFTER`]. Only
+/// atomics and async-signal-safe system calls (sendmsg, timer_settime), no allocation.
+fn hand_over_idle_connections() {
+    let idle = IDLE_WORKERS.load(Ordering::SeqCst);
+    // SAFETY: a non-null pointer comes from `HandoffAlarm::install`, whose contract keeps the
+    // word alive while the alarm is installed; the handler is uninstalled before it is nulled.
+    let idle_workers = if idle.is_null() {
+        0
+    } else {
+        unsafe { (*idle).load(Ordering::Relaxed) }
+    };
+    if idle_workers == 0 {
+        arm_timer(ALARM_TIMER.load(Ordering::SeqCst));
+        return;
+    }
+    let channel = HANDOFF_CHANNEL.load(Ordering::SeqCst);
+    let count = IDLE_COUNT.load(Ordering::SeqCst).min(MAX_ALARM_CONNECTIONS);
+    for slot in &IDLE_CONNECTIONS[..count] {
+        let fd = slot.load(Ordering::SeqCst);
+        if fd >= 0 && send_descriptor(channel, fd) {
+            slot.store(HANDED, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Sends `fd` on `channel` with SCM_RIGHTS and one byte of payload, without allocating
+/// (usable in a signal handler); whether it went.
+fn send_descriptor(channel: RawFd, fd: RawFd) -> bool {
+    const SPACE: usize = 64;
+    #[repr(C, align(8))]
+    struct ControlBuffer([u8; SPACE]);
+    let mut control = ControlBuffer([0; SPACE]);
+    let mut byte = *b"c";
+    let mut payload = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE and CMSG_LEN only compute sizes.
+    let (space, length) = unsafe {
+        let int = std::mem::size_of::<libc::c_int>() as u32;
+        (libc::CMSG_SPACE(int) as usize, libc::CMSG_LEN(int) as usize)
+    };
+    if space > SPACE {
+        return false;
+    }
+    // SAFETY: zeroed msghdr is valid; every pointer set below points to a live local
+    // (`payload`, `byte`, `control`) for the duration of the sendmsg call; CMSG_FIRSTHDR on
+    // a buffer of `space` bytes returns a pointer inside it, aligned for cmsghdr (the buffer
+    // is 8-aligned), with room for one descriptor (space >= CMSG_SPACE(sizeof(int))).
+    unsafe {
+        let mut message: libc::msghdr = std::mem::zeroed();
+        message.msg_iov = &mut payload;
+        message.msg_iovlen = 1;
+        message.msg_control = control.0.as_mut_ptr().cast();
+        message.msg_controllen = space;
+        let header = libc::CMSG_FIRSTHDR(&message);
+        if header.is_null() {
+            return false;
+        }
+        (*header).cmsg_level = libc::SOL_SOCKET;
+        (*header).cmsg_type = libc::SCM_RIGHTS;
+        (*header).cmsg_len = length;
+        std::ptr::write_unaligned(libc::CMSG_DATA(header).cast::<libc::c_int>(), fd);
+        libc::sendmsg(channel, &message, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) == 1
+    }
+}
+
+/// Arms `timer` to fire once after [`HANDOFF_AFTER`] (async-signal-safe).
+fn arm_timer(timer: *mut libc::c_void) {
+    if timer.is_null() {
+        return;
+    }
+    let nanos = HANDOFF_AFTER.as_nanos().min(999_999_999) as libc::c_long;
+    let when = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: nanos,
+        },
+    };
+    // SAFETY: `timer` is the live timer created by `HandoffAlarm::install`; `when` is a live
+    // local; timer_settime is async-signal-safe.
+    unsafe { libc::timer_settime(timer, 0, &when, std::ptr::null_mut()) };
+}
+
+/// Keeps a worker's idle kept-alive connections from waiting behind a long request: armed
+/// before the application runs, it hands them to idle workers if the request is still
+/// running after [`HANDOFF_AFTER`] (a signal, SIGALRM, since the worker is busy in the
+/// application meanwhile). One system call per request, and only for a worker that holds
+/// other connections.
+pub struct HandoffAlarm {
+    timer: *mut libc::c_void,
+}
+
+impl HandoffAlarm {
+    /// Installs the alarm for `channel` (the hand-off channel's sending end), counting idle
+    /// workers with `idle_workers`. One instance per process.
+    ///
+    /// # Safety
+    ///
+    /// The handler keeps `idle_workers` and the descriptor `channel` until the returned
+    /// value is dropped: both must stay valid until then, and the value must be dropped
+    /// normally (never leaked), as in a forked worker, whose board and channel live as long
+    /// as the process.
+    pub unsafe fn install(channel: BorrowedFd<'_>, idle_workers: &AtomicU64) -> io::Result<Self> {
+        let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
+        event.sigev_notify = libc::SIGEV_SIGNAL;
+        event.sigev_signo = libc::SIGALRM;
+        let mut timer: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: `event` and `timer` are live locals of the types timer_create expects.
+        if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        HANDOFF_CHANNEL.store(channel.as_raw_fd(), Ordering::SeqCst);
+        IDLE_WORKERS.store(
+            std::ptr::from_ref(idle_workers).cast_mut(),
+            Ordering::SeqCst,
+        );
+        ALARM_TIMER.store(timer, Ordering::SeqCst);
+        let action = SigAction::new(
+            SigHandler::Handler(on_handoff_alarm),
+            SaFlags::SA_RESTART,
+            SigSet::all(),
+        );
+        // SAFETY: the handler only uses atomics and async-signal-safe system calls, saves
+        // and restores errno, and runs with every signal blocked.
+        unsafe { sigaction(Signal::SIGALRM, &action) }?;
+        Ok(Self { timer })
+    }
+
+    /// Before the application runs a request: `idle` (the worker's idle kept-alive
+    /// connections, at most 256 of them) may be handed over if it runs long.
+    pub fn arm(&self, idle: &[RawFd]) {
+        let count = idle.len().min(MAX_ALARM_CONNECTIONS);
+        for (slot, fd) in IDLE_CONNECTIONS.iter().zip(&idle[..count]) {
+            slot.store(*fd, Ordering::SeqCst);
+        }
+        IDLE_COUNT.store(count, Ordering::SeqCst);
+        APP_RUNNING.store(true, Ordering::SeqCst);
+        arm_timer(self.timer);
+    }
+
+    /// After the request: the positions (in the slice given to `arm`) of the connections
+    /// handed over meanwhile, which the worker must now let go of.
+    pub fn disarm(&self) -> Vec<usize> {
+        APP_RUNNING.store(false, Ordering::SeqCst);
+        let count = IDLE_COUNT.swap(0, Ordering::SeqCst);
+        IDLE_CONNECTIONS[..count]
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| {
+                (slot.swap(-1, Ordering::SeqCst) == HANDED).then_some(index)
+            })
+            .collect()
+    }
+}
+
+impl Drop for HandoffAlarm {
+    fn drop(&mut self) {
+        APP_RUNNING.store(false, Ordering::SeqCst);
+        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+        // SAFETY: SIG_IGN runs no code; the timer is ours and deleted once.
+        unsafe {
+            let _ = sigaction(Signal::SIGALRM, &ignore);
+            libc::timer_delete(self.timer);
+        }
+        ALARM_TIMER.store(std::ptr::null_mut(), Ordering::SeqCst);
+        IDLE_WORKERS.store(std::ptr::null_mut(), Ordering::SeqCst);
+        HANDOFF_CHANNEL.store(-1, Ordering::SeqCst);
     }
 }
 

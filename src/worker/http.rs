@@ -1,51 +1,66 @@
-//! The HTTP worker's loop: accept a connection on the shared socket, serve its requests one
-//! at a time with the application, repeat until told to stop or a limit says to leave.
+//! The HTTP worker: one event loop over the client connections it holds.
+//!
+//! A worker waits, in one epoll set, on the shared listening socket, on the hand-off channel
+//! and on each connection it holds. It reads every connection's bytes as they come (a
+//! [`RequestReader`] each: no connection gets the worker's attention before it has sent a
+//! whole request, so idle and slow clients cost a descriptor, not a worker) and runs the
+//! application on whichever request is whole first, one at a time, as Odoo's workers do.
+//!
+//! While it runs one, it is not waiting: new connections go to other workers
+//! (EPOLLEXCLUSIVE). Its own idle kept-alive connections must not wait behind that request
+//! either: if it is still running after 20 ms (`HANDOFF_AFTER`) and another worker is
+//! idle, an alarm hands them to the idle workers through the hand-off channel (see
+//! `sys::HandoffAlarm`); and when it wakes with requests already queued, a kept-alive
+//! connection that has a new one goes to an idle worker the same way. When it leaves (a
+//! reload, a recycle), its idle kept-alive connections go to the other workers too, so that
+//! no client loses its connection with a worker.
+//!
+//! Every connection has a deadline: `http_socket_timeout` for a whole head, between two
+//! pieces of a body, and on an idle kept-alive connection; `http_request_timeout` for a whole
+//! request. Past it, a client in the middle of a request gets 408; a silent one is closed.
 
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use slab::Slab;
 use tracing::{debug, error, warn};
 
-use super::{BEAT_INTERVAL, Outcome, WorkerSpec, reopen_log_if_asked, told_to_stop};
+use super::{
+    BEAT_INTERVAL, HandoffChannel, Outcome, WorkerSpec, reopen_log_if_asked, told_to_stop,
+};
 use crate::app::{App, Request, Response, WorkerInfo};
-use crate::http::{Connection, ReadError, is_disconnect};
+use crate::http::{self, Reject, RequestReader, is_disconnect};
 use crate::limits::{self, CpuBudget};
 use crate::scoreboard::ExitReason;
-use crate::sys::{RequestLimitSignals, WorkerSignals};
+use crate::sys::{self, HandoffAlarm, RequestLimitSignals, WorkerSignals};
 
-/// How long a worker pauses accepting after the process or system ran out of descriptors or
-/// memory for a new connection, instead of spinning on a listener that stays readable.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-
-/// How long a kept-alive client may take to send its next request when other connections
-/// are waiting for this worker: an active client sends at once; past this it is idle.
-const KEEP_ALIVE_YIELD_GRACE: Duration = Duration::from_millis(50);
-
-/// What came of waiting on a kept-alive connection.
-enum NextRequest {
-    /// The client sent another request; `last`: answer it with `Connection: close`.
-    Arrived { last: bool },
-    /// Nothing to serve: close the connection.
-    None,
-}
-
-/// A poll(2) timeout: `None` waits for ever; longer waits are capped (poll takes an i32 of ms).
-fn poll_timeout(wait: Option<Duration>) -> nix::poll::PollTimeout {
-    wait.map_or(nix::poll::PollTimeout::NONE, |wait| {
-        nix::poll::PollTimeout::try_from(wait).unwrap_or(nix::poll::PollTimeout::MAX)
-    })
-}
+/// Epoll keys of the listening socket and the hand-off channel; clients use their slab key.
+const LISTENER: u64 = u64::MAX;
+const HANDOFF: u64 = u64::MAX - 1;
+/// Bytes read from a connection at a time.
+const READ_CHUNK: usize = 16 * 1024;
+/// Connections accepted (or taken from the hand-off channel) per wake-up: one. The kernel
+/// wakes one waiting worker per new connection (EPOLLEXCLUSIVE), and the next connection
+/// goes to the next worker waiting, not behind this one's request.
+const ACCEPT_BATCH: usize = 1;
+/// How long a worker stops accepting when the process or the system is out of descriptors
+/// or memory; it says so once per pause.
+const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+/// Descriptors a worker keeps for itself (log, epoll, timers, the application's files).
+const RESERVED_DESCRIPTORS: u64 = 64;
 
 pub(super) fn run(
     spec: &WorkerSpec<'_>,
     signals: &WorkerSignals,
     limit_signals: &RequestLimitSignals<'_>,
 ) -> Outcome {
-    let Some(listener) = spec.listener else {
+    let (Some(listener), Some(handoff)) = (spec.listener, spec.handoff) else {
         error!("{}: no listening socket", spec.name());
         return Outcome::BootFailed;
     };
@@ -59,13 +74,23 @@ pub(super) fn run(
     let Some(app) = build_app(spec) else {
         return Outcome::BootFailed;
     };
-    let epoll = match watch_listener(listener) {
+    #[allow(unsafe_code)]
+    // SAFETY: the alarm keeps the board's idle count and the hand-off channel's descriptor,
+    // both inherited from the master and kept for this worker's whole life (it never unmaps
+    // or closes them: it ends in `exit_now`); `alarm` is dropped normally when `run` returns.
+    let installed =
+        unsafe { HandoffAlarm::install(handoff.send.as_fd(), spec.board.idle_http_workers_word()) };
+    let alarm = match installed {
+        Ok(alarm) => alarm,
+        Err(error) => {
+            error!("{}: cannot set up its hand-off alarm: {error}", spec.name());
+            return Outcome::BootFailed;
+        }
+    };
+    let epoll = match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) {
         Ok(epoll) => epoll,
         Err(errno) => {
-            error!(
-                "{}: cannot watch the listening socket: {errno}",
-                spec.name()
-            );
+            error!("{}: cannot create its epoll set: {errno}", spec.name());
             return Outcome::BootFailed;
         }
     };
@@ -74,13 +99,31 @@ pub(super) fn run(
         signals,
         limit_signals,
         listener,
+        handoff,
+        alarm,
+        epoll,
         app,
         cpu_budget,
         limit_request: limits::request_limit_for_worker(spec.config),
         leave_after: None,
+        clients: Slab::new(),
+        ready: VecDeque::new(),
+        unread: VecDeque::new(),
+        accepting: Accepting::No,
+        draining: false,
+        max_clients: max_clients(),
+        paused_said: None,
+        spare: 0,
     };
+    if let Err(errno) = worker.watch_shared_sockets() {
+        error!(
+            "{}: cannot watch the listening socket: {errno}",
+            spec.name()
+        );
+        return Outcome::BootFailed;
+    }
     spec.report_ready();
-    Outcome::Left(worker.serve(&epoll))
+    Outcome::Left(worker.serve())
 }
 
 /// Builds the application; logs why not when it cannot.
@@ -103,15 +146,49 @@ fn build_app(spec: &WorkerSpec<'_>) -> Option<Box<dyn App>> {
     }
 }
 
-/// An epoll set in which this worker waits for connections. EPOLLEXCLUSIVE makes the kernel
-/// wake one idle worker per incoming connection, not all of them (no thundering herd).
-fn watch_listener(listener: &TcpListener) -> nix::Result<Epoll> {
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-    epoll.add(
-        listener.as_fd(),
-        EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, 0),
-    )?;
-    Ok(epoll)
+/// How many connections a worker holds at most: what its descriptors allow.
+fn max_clients() -> usize {
+    let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .unwrap_or((1024, 1024));
+    usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS).max(16)).unwrap_or(usize::MAX)
+}
+
+/// A client connection held by the worker.
+struct Client {
+    stream: TcpStream,
+    /// Bytes read and not yet consumed by the reader.
+    buffer: Vec<u8>,
+    reader: RequestReader,
+    /// A whole request, waiting for the application.
+    ready: Option<Request>,
+    /// Past this, the client has taken too long (see the module doc); None: it waits for us.
+    deadline: Option<Instant>,
+    /// When the request being read must be whole (`http_request_timeout`).
+    request_deadline: Option<Instant>,
+}
+
+impl Client {
+    fn expires(&self) -> Option<Instant> {
+        match (self.deadline, self.request_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Idle between requests, nothing read: it can go to another worker as it is.
+    fn is_idle(&self) -> bool {
+        self.ready.is_none() && !self.reader.in_request(&self.buffer)
+    }
+}
+
+/// Whether the worker takes new connections.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Accepting {
+    Yes,
+    /// Paused (out of descriptors or memory) until then; None: until it holds fewer.
+    PausedUntil(Option<Instant>),
+    /// It is leaving, or has not started.
+    No,
 }
 
 struct HttpWorker<'a> {
@@ -119,31 +196,105 @@ struct HttpWorker<'a> {
     signals: &'a WorkerSignals,
     limit_signals: &'a RequestLimitSignals<'a>,
     listener: &'a TcpListener,
+    handoff: &'a HandoffChannel,
+    /// Hands the idle connections over if a request runs long.
+    alarm: HandoffAlarm,
+    epoll: Epoll,
     app: Box<dyn App>,
     /// `limit_time_cpu`, re-armed before each request (None: off).
     cpu_budget: Option<CpuBudget>,
     /// This worker's `limit_request`, jitter included (0: none).
     limit_request: u64,
-    /// Leave after the current response, for this reason: the application panicked (its
-    /// state may be broken) or asked to be replaced.
+    /// Leave once the current work is done, for this reason: the application panicked (its
+    /// state may be broken) or asked to be replaced, or reading a request panicked.
     leave_after: Option<ExitReason>,
+    clients: Slab<Client>,
+    /// Clients with a whole request, in the order their requests became whole.
+    ready: VecDeque<usize>,
+    /// Idle clients that sent something while requests were queued here: left unread, so
+    /// that they can still go to an idle worker; read once the queue is empty.
+    unread: VecDeque<usize>,
+    accepting: Accepting,
+    /// Leaving: no new connection, idle ones handed over, the rest finished.
+    draining: bool,
+    max_clients: usize,
+    /// When the last "not accepting" line was logged.
+    paused_said: Option<Instant>,
+    /// Idle workers that may still take a connection off this one's hands this turn.
+    spare: u64,
 }
 
 impl HttpWorker<'_> {
-    /// Serves connections until it is time to leave; returns why.
-    fn serve(&mut self, epoll: &Epoll) -> ExitReason {
-        let mut events = [EpollEvent::empty()];
+    fn watch_shared_sockets(&mut self) -> nix::Result<()> {
+        self.epoll.add(
+            self.handoff.receive.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, HANDOFF),
+        )?;
+        self.start_accepting()
+    }
+
+    fn start_accepting(&mut self) -> nix::Result<()> {
+        self.epoll.add(
+            self.listener.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, LISTENER),
+        )?;
+        self.accepting = Accepting::Yes;
+        Ok(())
+    }
+
+    fn stop_accepting(&mut self, until: Accepting) {
+        if self.accepting == Accepting::Yes {
+            let _ = self.epoll.delete(self.listener.as_fd());
+        }
+        self.accepting = until;
+    }
+
+    /// Serves until it is time to leave; returns why.
+    fn serve(&mut self) -> ExitReason {
+        let mut events = vec![EpollEvent::empty(); 64];
         loop {
             if let Some(reason) = self.exit_reason() {
-                return reason;
+                if !self.draining {
+                    self.drain();
+                }
+                if self.clients.is_empty() {
+                    return reason;
+                }
             }
             reopen_log_if_asked(self.spec, self.signals);
             self.spec.row.beat();
-            match self.signals.epoll_wait(epoll, &mut events, BEAT_INTERVAL) {
-                // Idle: the time to check that the master is still there.
-                Ok(0) if self.spec.orphaned() => return ExitReason::MasterGone,
-                Ok(0) => continue,
-                Ok(_) => {}
+            if let Some(key) = self.ready.pop_front() {
+                self.serve_request(key);
+                continue;
+            }
+            if let Some(key) = self.unread.pop_front() {
+                self.read_client(key);
+                continue;
+            }
+            let now = Instant::now();
+            self.resume_accepting(now);
+            let wait = self
+                .clients
+                .iter()
+                .filter_map(|(_, client)| client.expires())
+                .chain(match self.accepting {
+                    Accepting::PausedUntil(until) => until,
+                    _ => None,
+                })
+                .min()
+                .map_or(BEAT_INTERVAL, |at| {
+                    at.saturating_duration_since(now).min(BEAT_INTERVAL)
+                });
+            let idle = !self.draining;
+            if idle {
+                self.spec.board.enter_idle(self.spec.row);
+            }
+            let woken = self.signals.epoll_wait(&self.epoll, &mut events, wait);
+            if idle {
+                self.spec.board.leave_idle(self.spec.row);
+            }
+            let count = match woken {
+                Ok(count) => count,
                 Err(errno) => {
                     error!(
                         "{}: waiting for connections failed: {errno}",
@@ -151,21 +302,24 @@ impl HttpWorker<'_> {
                     );
                     return ExitReason::Unknown;
                 }
+            };
+            if count == 0 && self.clients.is_empty() && self.spec.orphaned() {
+                return ExitReason::MasterGone;
             }
-            match self.listener.accept() {
-                Ok((stream, _)) => self.serve_connection(stream),
-                // Another worker took it, or the client gave up before we got to it.
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(error) if is_disconnect(&error) => {}
-                Err(error) => {
-                    warn!("{}: accept failed: {error}", self.spec.name());
-                    let _ = self.signals.poll(&mut [], Some(ACCEPT_ERROR_PAUSE));
+            // Idle workers that may take a new request off this one's hands this turn.
+            self.spare = self.spec.board.idle_http_workers();
+            for event in &events[..count] {
+                match event.data() {
+                    LISTENER => self.accept_clients(),
+                    HANDOFF => self.take_handed_clients(),
+                    key => self.on_readable(usize::try_from(key).unwrap_or(usize::MAX)),
                 }
             }
+            self.expire(Instant::now());
         }
     }
 
-    /// Why this worker must leave now, if it must.
+    /// Why this worker must leave once its connections are done, if it must.
     fn exit_reason(&self) -> Option<ExitReason> {
         if let Some(reason) = self.leave_after {
             return Some(reason);
@@ -177,58 +331,405 @@ impl HttpWorker<'_> {
         told_to_stop(self.spec, self.signals).then_some(ExitReason::Stopped)
     }
 
-    fn serve_connection(&mut self, stream: TcpStream) {
-        let config = self.spec.config;
-        let max_body = Some(config.http_max_body_size.bytes()).filter(|max| *max > 0);
-        let row = self.spec.row;
-        let alive = || row.beat();
-        let mut connection = Connection::new(stream, config.socket_timeout(), max_body, &alive);
-        // Set when the next request on this connection must be its last (see below).
-        let mut last_on_connection = false;
-        loop {
-            let request = match connection.read_request() {
-                Ok(request) => request,
-                Err(ReadError::Closed) => return,
-                Err(ReadError::Reject(status, reason)) => {
-                    debug!(
-                        "{}: rejected a request with {status}: {reason}",
-                        self.spec.name()
+    /// Begins leaving: no new connection; idle kept-alive ones go to the other workers (a
+    /// reload or a recycle costs their clients nothing); the others are finished here.
+    fn drain(&mut self) {
+        self.draining = true;
+        self.stop_accepting(Accepting::No);
+        let _ = self.epoll.delete(self.handoff.receive.as_fd());
+        let idle: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, client)| client.is_idle())
+            .map(|(key, _)| key)
+            .collect();
+        for key in idle {
+            self.hand_off(key);
+        }
+    }
+
+    fn resume_accepting(&mut self, now: Instant) {
+        let resume = match self.accepting {
+            Accepting::PausedUntil(Some(until)) => until <= now,
+            Accepting::PausedUntil(None) => self.clients.len() < self.max_clients,
+            Accepting::Yes | Accepting::No => false,
+        };
+        if resume && let Err(errno) = self.start_accepting() {
+            warn!(
+                "{}: cannot watch the listening socket: {errno}",
+                self.spec.name()
+            );
+            self.accepting = Accepting::PausedUntil(Some(now + ACCEPT_PAUSE));
+        }
+    }
+
+    fn accept_clients(&mut self) {
+        for _ in 0..ACCEPT_BATCH {
+            if self.clients.len() >= self.max_clients {
+                self.say_paused(&format!(
+                    "holds {} connections, all its descriptors allow (RLIMIT_NOFILE); not \
+                     accepting until one closes",
+                    self.clients.len()
+                ));
+                self.stop_accepting(Accepting::PausedUntil(None));
+                return;
+            }
+            match sys::accept_nonblocking(self.listener) {
+                Ok(Some(stream)) => {
+                    if let Some(key) = self.add_client(stream) {
+                        // With TCP_DEFER_ACCEPT its first bytes are usually here already.
+                        self.on_readable(key);
+                    }
+                }
+                Ok(None) => return,
+                Err(error) if is_disconnect(&error) => {}
+                Err(error) => {
+                    warn!(
+                        "{}: accept failed: {error}; not accepting for {}s ({} connections held)",
+                        self.spec.name(),
+                        ACCEPT_PAUSE.as_secs(),
+                        self.clients.len()
                     );
-                    let _ = connection.write_error(status, reason);
+                    self.stop_accepting(Accepting::PausedUntil(Some(
+                        Instant::now() + ACCEPT_PAUSE,
+                    )));
                     return;
                 }
-                Err(ReadError::Io(error)) => {
+            }
+        }
+    }
+
+    /// Logs why accepting paused, at most once per [`ACCEPT_PAUSE`].
+    fn say_paused(&mut self, why: &str) {
+        let now = Instant::now();
+        if self
+            .paused_said
+            .is_none_or(|said| now.saturating_duration_since(said) >= ACCEPT_PAUSE)
+        {
+            self.paused_said = Some(now);
+            warn!(pid = std::process::id(), "{}: {why}", self.spec.name());
+        }
+    }
+
+    fn take_handed_clients(&mut self) {
+        for _ in 0..ACCEPT_BATCH {
+            if self.clients.len() >= self.max_clients {
+                return;
+            }
+            match sys::receive_connection(self.handoff.receive.as_fd()) {
+                Ok(Some(stream)) => {
+                    if let Some(key) = self.add_client(stream) {
+                        self.read_client(key);
+                    }
+                }
+                Ok(None) => return,
+                Err(error) => {
                     debug!(
-                        "{}: connection broke mid-request: {error}",
+                        "{}: taking a handed-over connection failed: {error}",
                         self.spec.name()
                     );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Holds `stream`; returns its key, None if it cannot be watched (it is closed).
+    fn add_client(&mut self, stream: TcpStream) -> Option<usize> {
+        let config = self.spec.config;
+        let max_body = Some(config.http_max_body_size.bytes()).filter(|max| *max > 0);
+        let entry = self.clients.vacant_entry();
+        let key = entry.key();
+        let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET;
+        if let Err(errno) = self
+            .epoll
+            .add(stream.as_fd(), EpollEvent::new(flags, key as u64))
+        {
+            debug!("{}: cannot watch a connection: {errno}", self.spec.name());
+            return None;
+        }
+        entry.insert(Client {
+            stream,
+            buffer: Vec::new(),
+            reader: RequestReader::new(max_body),
+            ready: None,
+            deadline: config
+                .socket_timeout()
+                .map(|timeout| Instant::now() + timeout),
+            request_deadline: None,
+        });
+        Some(key)
+    }
+
+    /// Stops holding client `key` (closing it).
+    fn remove(&mut self, key: usize) -> Option<Client> {
+        let client = self.clients.try_remove(key)?;
+        // Explicitly: a descriptor in flight elsewhere would keep the registration alive.
+        let _ = self.epoll.delete(client.stream.as_fd());
+        Some(client)
+    }
+
+    /// Gives idle client `key` to another worker through the hand-off channel; keeps it if
+    /// the channel is full.
+    fn hand_off(&mut self, key: usize) {
+        let Some(client) = self.remove(key) else {
+            return;
+        };
+        match sys::send_connection(self.handoff.send.as_fd(), client.stream.as_fd()) {
+            Ok(()) => {}
+            Err(error) => {
+                debug!(
+                    "{}: cannot hand a connection over: {error}",
+                    self.spec.name()
+                );
+                if let Some(key) = self.add_client(client.stream) {
+                    self.read_client(key);
+                }
+            }
+        }
+    }
+
+    /// Client `key` has bytes to read. While a request already waits here, a new request on
+    /// an idle connection would wait behind it: it goes to an idle worker if there is one,
+    /// else it is left in the socket, where the alarm may still hand it over.
+    fn on_readable(&mut self, key: usize) {
+        let busy_ahead = !self.ready.is_empty();
+        let idle = self.clients.get(key).is_some_and(Client::is_idle);
+        if !(busy_ahead && idle) {
+            self.read_client(key);
+        } else if self.spare > 0 && !self.draining {
+            self.spare -= 1;
+            self.hand_off(key);
+        } else {
+            self.unread.push_back(key);
+        }
+    }
+
+    /// Reads what client `key` sent, until it has nothing more or a whole request is read.
+    fn read_client(&mut self, key: usize) {
+        let socket_timeout = self.spec.config.socket_timeout();
+        let request_timeout = self.spec.config.request_timeout();
+        let mut chunk = [0u8; READ_CHUNK];
+        // What is buffered first (a pipelined request), then what the socket has.
+        while self.parse(key) {
+            let Some(client) = self.clients.get_mut(key) else {
+                return;
+            };
+            let read = match client.stream.read(&mut chunk) {
+                Ok(0) => {
+                    // The client closed: nothing to answer, whatever was under way.
+                    self.remove(key);
+                    return;
+                }
+                Ok(read) => read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.remove(key);
                     return;
                 }
             };
-            self.spec.begin_work(request.method(), request.target());
-            self.arm_cpu_limit();
-            self.limit_signals
-                .answer_to(Some(connection.stream().as_fd()));
-            let response = self.call_app(&request);
-            self.limit_signals.answer_to(None);
-            let keep_alive =
-                request.wants_keep_alive() && !last_on_connection && self.will_serve_another();
-            let written = connection.write_response(&request, &response, keep_alive);
-            self.spec.row.end_request();
-            if let Err(error) = written {
-                if !is_disconnect(&error) && !crate::http::is_timeout(&error) {
-                    debug!("{}: writing a response failed: {error}", self.spec.name());
-                }
-                return;
+            let now = Instant::now();
+            if !client.reader.in_request(&client.buffer) {
+                // The first bytes of a request: the whole of it is due by then.
+                client.request_deadline = request_timeout.map(|timeout| now + timeout);
             }
-            if !keep_alive {
-                return;
+            client.buffer.extend_from_slice(&chunk[..read]);
+            if client.reader.reading_body() {
+                // A body may take its time, as long as it keeps coming.
+                client.deadline = socket_timeout.map(|timeout| now + timeout);
             }
-            match self.await_next_request(&connection) {
-                NextRequest::Arrived { last } => last_on_connection = last,
-                NextRequest::None => return,
+            if read < chunk.len() {
+                // A short read took all there was: parse it, then wait for the next edge.
+                self.parse(key);
+                return;
             }
         }
+    }
+
+    /// Goes on reading client `key`'s buffered bytes; returns whether it needs more. A whole
+    /// request is queued for the application; an unreadable one is answered and closed.
+    fn parse(&mut self, key: usize) -> bool {
+        let Some(client) = self.clients.get_mut(key) else {
+            return false;
+        };
+        if client.ready.is_some() {
+            return false;
+        }
+        let parsed =
+            panic::catch_unwind(AssertUnwindSafe(|| client.reader.next(&mut client.buffer)));
+        let reject = match parsed {
+            Ok(Ok(Some(request))) => {
+                client.ready = Some(request);
+                client.deadline = None;
+                client.request_deadline = None;
+                self.ready.push_back(key);
+                return false;
+            }
+            Ok(Ok(None)) => {
+                if client.reader.take_continue() {
+                    // Best effort: a client that misses it sends its body after its own wait.
+                    let _ = (&client.stream).write(http::CONTINUE);
+                }
+                return true;
+            }
+            Ok(Err(reject)) => reject,
+            Err(_) => {
+                error!(
+                    "{}: reading a request panicked; this worker will be replaced",
+                    self.spec.name()
+                );
+                self.leave_after = Some(ExitReason::HttpPanicked);
+                Reject {
+                    status: 500,
+                    reason: "internal server error",
+                }
+            }
+        };
+        self.reject(key, reject);
+        false
+    }
+
+    /// Answers client `key`'s unreadable request with `reject`, and closes it.
+    fn reject(&mut self, key: usize, reject: Reject) {
+        let Some(client) = self.remove(key) else {
+            return;
+        };
+        debug!(
+            "{}: rejected a request with {}: {}",
+            self.spec.name(),
+            reject.status,
+            reject.reason
+        );
+        let response = http::rejection(reject);
+        let (head, body) = http::response_bytes(None, &response, false);
+        let _ = self.write_all(&client.stream, &head, body);
+    }
+
+    /// Closes the clients that took too long: 408 to one in the middle of a request. One
+    /// left unread has sent something: it is read, not expired.
+    fn expire(&mut self, now: Instant) {
+        let expired: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(key, client)| {
+                client.expires().is_some_and(|at| at <= now) && !self.unread.contains(key)
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in expired {
+            let in_request = self
+                .clients
+                .get(key)
+                .is_some_and(|client| client.reader.in_request(&client.buffer));
+            if in_request {
+                self.reject(
+                    key,
+                    Reject {
+                        status: 408,
+                        reason: "request not received in time",
+                    },
+                );
+            } else {
+                self.remove(key);
+            }
+        }
+    }
+
+    /// Runs the application on client `key`'s request and answers it.
+    fn serve_request(&mut self, key: usize) {
+        let Some(request) = self
+            .clients
+            .get_mut(key)
+            .and_then(|client| client.ready.take())
+        else {
+            return;
+        };
+        // The other connections this worker holds idle, which the alarm may hand over.
+        let idle: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(other, client)| *other != key && client.is_idle())
+            .map(|(other, _)| other)
+            .collect();
+        if !idle.is_empty() {
+            let fds: Vec<RawFd> = idle
+                .iter()
+                .filter_map(|other| self.clients.get(*other))
+                .map(|client| client.stream.as_raw_fd())
+                .collect();
+            self.alarm.arm(&fds);
+        }
+        self.spec.begin_work(request.method(), request.target());
+        self.arm_cpu_limit();
+        let fd = self.clients.get(key).map(|client| client.stream.as_fd());
+        self.limit_signals.answer_to(fd);
+        let response = self.call_app(&request);
+        self.limit_signals.answer_to(None);
+        if !idle.is_empty() {
+            // Those handed over while the request ran belong to other workers now.
+            for handed in self.alarm.disarm() {
+                self.remove(idle[handed]);
+            }
+        }
+        let keep_alive = request.wants_keep_alive() && self.will_serve_another();
+        let (head, body) = http::response_bytes(Some(&request), &response, keep_alive);
+        let written = match self.clients.get(key) {
+            Some(client) => self.write_all(&client.stream, &head, body),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        };
+        self.spec.row.end_request();
+        if let Err(error) = written {
+            if !is_disconnect(&error) && !http::is_timeout(&error) {
+                debug!("{}: writing a response failed: {error}", self.spec.name());
+            }
+            self.remove(key);
+            return;
+        }
+        if !keep_alive {
+            self.remove(key);
+            return;
+        }
+        if let Some(client) = self.clients.get_mut(key) {
+            client.deadline = self
+                .spec
+                .config
+                .socket_timeout()
+                .map(|timeout| Instant::now() + timeout);
+        }
+        // A pipelined request may be buffered, or waiting in the socket.
+        self.read_client(key);
+    }
+
+    /// Writes `head` then `body` to `stream`, waiting (at most `http_socket_timeout` without
+    /// progress) when the client reads slowly.
+    fn write_all(&self, stream: &TcpStream, head: &[u8], body: &[u8]) -> io::Result<()> {
+        let timeout = self.spec.config.socket_timeout();
+        for mut part in [head, body] {
+            let mut stalled_since = Instant::now();
+            while !part.is_empty() {
+                match (&*stream).write(part) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(written) => {
+                        part = &part[written..];
+                        stalled_since = Instant::now();
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                        let left =
+                            timeout.map(|timeout| timeout.saturating_sub(stalled_since.elapsed()));
+                        if left.is_some_and(|left| left.is_zero()) {
+                            return Err(io::ErrorKind::TimedOut.into());
+                        }
+                        self.spec.row.beat();
+                        let slice = left.map_or(BEAT_INTERVAL, |left| left.min(BEAT_INTERVAL));
+                        wait_writable(stream.as_fd(), slice);
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether this worker will serve another request after the current one.
@@ -269,77 +770,12 @@ impl HttpWorker<'_> {
             }
         }
     }
+}
 
-    /// Waits for the next request on a kept-alive connection.
-    ///
-    /// The client was told the connection stays open, so closing it while it may be sending
-    /// would fail that request. Instead, when this worker is needed elsewhere (connections
-    /// wait on the listener) or must leave (it was told to stop), the client's next request
-    /// is still served, as the connection's last (`Connection: close`): an active client
-    /// sends it at once; one silent past [`KEEP_ALIVE_YIELD_GRACE`] (or the socket timeout,
-    /// when stopping) is idle, and an idle connection may be closed (RFC 9112, 9.3.1).
-    fn await_next_request(&self, connection: &Connection<'_>) -> NextRequest {
-        if connection.has_buffered_input() {
-            return NextRequest::Arrived { last: false };
-        }
-        let timeout = self.spec.config.socket_timeout();
-        let started = Instant::now();
-        let (client_sent, others_waiting) = loop {
-            let left = timeout.map(|timeout| timeout.saturating_sub(started.elapsed()));
-            let slice = left.map_or(BEAT_INTERVAL, |left| left.min(BEAT_INTERVAL));
-            let mut fds = [
-                PollFd::new(connection.stream().as_fd(), PollFlags::POLLIN),
-                PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
-            ];
-            let ready = self.signals.poll(&mut fds, Some(slice));
-            let client_sent = fds[0].any().unwrap_or(false);
-            let others_waiting = fds[1].any().unwrap_or(false);
-            self.spec.row.beat();
-            let waited_enough = left.is_some_and(|left| left <= slice);
-            match ready {
-                Ok(0) if !waited_enough && !told_to_stop(self.spec, self.signals) => {}
-                Ok(_) => break (client_sent, others_waiting),
-                // Polling failed: close.
-                Err(_) => return NextRequest::None,
-            }
-        };
-        if told_to_stop(self.spec, self.signals) {
-            let left = timeout.map(|timeout| timeout.saturating_sub(started.elapsed()));
-            return self.last_request_within(connection, client_sent, left);
-        }
-        if others_waiting {
-            self.last_request_within(connection, client_sent, Some(KEEP_ALIVE_YIELD_GRACE))
-        } else if client_sent {
-            NextRequest::Arrived { last: false }
-        } else {
-            // The client stayed silent for the socket timeout.
-            NextRequest::None
-        }
-    }
-
-    /// The connection's last request, if the client sends it within `wait` (None: forever).
-    fn last_request_within(
-        &self,
-        connection: &Connection<'_>,
-        already_sent: bool,
-        wait: Option<Duration>,
-    ) -> NextRequest {
-        if already_sent {
-            return NextRequest::Arrived { last: true };
-        }
-        let started = Instant::now();
-        loop {
-            let left = wait.map(|wait| wait.saturating_sub(started.elapsed()));
-            let slice = left.map_or(BEAT_INTERVAL, |left| left.min(BEAT_INTERVAL));
-            let mut fds = [PollFd::new(connection.stream().as_fd(), PollFlags::POLLIN)];
-            // Deferred signals are already noted; a plain poll keeps them from cutting this wait.
-            let ready = nix::poll::poll(&mut fds, poll_timeout(Some(slice)));
-            self.spec.row.beat();
-            match ready {
-                Ok(ready) if ready > 0 => return NextRequest::Arrived { last: true },
-                Ok(_) if left.is_none_or(|left| left > slice) => {}
-                _ => return NextRequest::None,
-            }
-        }
-    }
+/// Waits until `fd` can take more bytes, or `wait` passes. Deferred signals stay blocked:
+/// a stop request does not cut a response short.
+fn wait_writable(fd: BorrowedFd<'_>, wait: Duration) {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+    let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+    let _ = nix::poll::poll(&mut fds, timeout);
 }

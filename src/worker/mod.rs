@@ -34,7 +34,7 @@ pub const EXIT_CRITICAL: i32 = 3;
 
 /// How often an idle worker wakes to show it is alive (its heartbeat, which
 /// `heartbeat_timeout` watches) and to check that its master is still there, in case the
-/// death signal did not arrive.
+/// death signal did not arrive; the longest any wait of a worker lasts.
 const BEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Everything a new worker gets from the master.
@@ -45,6 +45,8 @@ pub struct WorkerSpec<'a> {
     pub config: &'a Config,
     /// The shared listening socket (HTTP workers only).
     pub listener: Option<&'a TcpListener>,
+    /// Where HTTP workers pass client connections to one another (built-in HTTP workers).
+    pub handoff: Option<&'a HandoffChannel>,
     /// Rung once the worker's row says it is ready, and when it starts work while the
     /// master rests.
     pub doorbell: &'a Doorbell,
@@ -68,6 +70,9 @@ impl WorkerSpec<'_> {
     pub fn inherited_descriptors(&self) -> Vec<RawFd> {
         let mut fds = vec![self.doorbell.as_fd().as_raw_fd()];
         fds.extend(self.listener.map(|listener| listener.as_raw_fd()));
+        if let Some(handoff) = self.handoff {
+            fds.extend([handoff.send.as_raw_fd(), handoff.receive.as_raw_fd()]);
+        }
         if let Some(output) = &self.exec_output {
             fds.extend([output.stdout.as_raw_fd(), output.stderr.as_raw_fd()]);
         }
@@ -99,6 +104,21 @@ impl WorkerSpec<'_> {
     /// Whether the master that forked this worker is gone.
     fn orphaned(&self) -> bool {
         getppid() != self.master_pid
+    }
+}
+
+/// The channel on which HTTP workers pass client connections to one another: a worker sends
+/// on `send`, an idle one takes from `receive` (see `sys::send_connection`). The master
+/// creates it and keeps both ends for the server's life, reading neither.
+pub struct HandoffChannel {
+    pub send: std::os::fd::OwnedFd,
+    pub receive: std::os::fd::OwnedFd,
+}
+
+impl HandoffChannel {
+    pub fn new() -> std::io::Result<Self> {
+        let (send, receive) = sys::handoff_channel()?;
+        Ok(Self { send, receive })
     }
 }
 

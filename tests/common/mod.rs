@@ -420,11 +420,19 @@ pub fn http_get(port: u16, path: &str) -> Reply {
 
 /// A keep-alive connection for sending several requests in a row. Like any correct HTTP/1.1
 /// client, it opens a new connection after a response that said `Connection: close`, and
-/// after a request that failed (it does not retry the failed request itself).
+/// after a request that failed. By default it never retries a failed request; made with
+/// [`KeepAlive::retrying`], it retries, once, a request that failed on a reused connection
+/// before any byte of response came, as RFC 9112 (9.3.1) has clients do for idempotent
+/// requests, since the server may close an idle connection just as a request is sent.
 pub struct KeepAlive {
     port: u16,
     stream: BufReader<TcpStream>,
     closed_by_server: bool,
+    /// Requests sent on this connection so far.
+    sent: u64,
+    retry: bool,
+    /// Requests retried on a new connection.
+    pub retried: u64,
 }
 
 impl KeepAlive {
@@ -435,19 +443,44 @@ impl KeepAlive {
             port,
             stream: BufReader::new(stream),
             closed_by_server: false,
+            sent: 0,
+            retry: false,
+            retried: 0,
+        }
+    }
+
+    /// A connection whose client retries as RFC 9112 allows (see the type's doc).
+    pub fn retrying(port: u16) -> KeepAlive {
+        KeepAlive {
+            retry: true,
+            ..KeepAlive::connect(port)
         }
     }
 
     /// Sends `GET path` and reads the response (framed by Content-Length); status 0 when
     /// the server closed the connection without answering.
     pub fn get(&mut self, path: &str) -> Reply {
-        if self.closed_by_server {
-            *self = KeepAlive::connect(self.port);
+        let reused = self.sent > 0 && !self.closed_by_server;
+        let (reply, any_byte) = self.send(path);
+        if reply.status == 0 && !any_byte && reused && self.retry {
+            self.retried += 1;
+            return self.send(path).0;
         }
+        reply
+    }
+
+    /// One attempt: the reply, and whether any byte of it came.
+    fn send(&mut self, path: &str) -> (Reply, bool) {
+        if self.closed_by_server {
+            let (retry, retried) = (self.retry, self.retried);
+            *self = KeepAlive::connect(self.port);
+            (self.retry, self.retried) = (retry, retried);
+        }
+        self.sent += 1;
         let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
         if self.stream.get_mut().write_all(request.as_bytes()).is_err() {
             self.closed_by_server = true;
-            return parse_reply("");
+            return (parse_reply(""), false);
         }
         let mut head = String::new();
         loop {
@@ -467,12 +500,12 @@ impl KeepAlive {
         if head.is_empty() || self.stream.read_exact(&mut body).is_err() {
             // No (whole) response: the connection is dead; the next request reconnects.
             self.closed_by_server = true;
-            return parse_reply("");
+            return (parse_reply(""), !head.is_empty());
         }
         self.closed_by_server = head.contains("Connection: close");
         let mut reply = parse_reply(&head);
         reply.body = String::from_utf8_lossy(&body).into_owned();
-        reply
+        (reply, true)
     }
 }
 

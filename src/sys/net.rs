@@ -1,0 +1,168 @@
+//! Sockets beyond what std offers: accepting straight into non-blocking mode, and handing a
+//! client connection from one worker to another.
+//!
+//! The hand-off channel is a SEQPACKET socket pair the master creates and every HTTP worker
+//! inherits: a worker sends a connection's descriptor (SCM_RIGHTS) on one end, and whichever
+//! idle worker reads the other end first takes it over. The master holds both ends and never
+//! reads them, so a connection in the channel outlives any worker.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{
+    self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+};
+
+/// Accepts a connection from `listener` already non-blocking and close-on-exec (accept4(2),
+/// one system call instead of two). `Ok(None)`: none is waiting.
+pub fn accept_nonblocking(listener: &TcpListener) -> io::Result<Option<TcpStream>> {
+    loop {
+        // SAFETY: accept4 with null address pointers only returns a new descriptor (or -1);
+        // no memory of ours is written.
+        let fd = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: the kernel just gave us this descriptor; nothing else owns it.
+            return Ok(Some(TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd) })));
+        }
+        let error = io::Error::last_os_error();
+        match error.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(error),
+        }
+    }
+}
+
+/// Makes `listener` hold back each new connection until its first bytes arrive, for up to
+/// `seconds` (TCP_DEFER_ACCEPT): a client that connects and says nothing never wakes a worker.
+pub fn defer_accept(listener: &TcpListener, seconds: u32) -> io::Result<()> {
+    let value = libc::c_int::try_from(seconds).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `value` is a live c_int and its size is passed with it; setsockopt reads it
+    // only during the call.
+    let result = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    nix::errno::Errno::result(result)
+        .map(drop)
+        .map_err(Into::into)
+}
+
+/// The two ends of the hand-off channel: connections are sent on the first, received on the
+/// second. Both are non-blocking and close-on-exec.
+pub fn handoff_channel() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (send, receive) = socket::socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    )?;
+    // Only one direction is used: the receiving end never sends, the sending end never reads.
+    socket::shutdown(receive.as_raw_fd(), socket::Shutdown::Write)?;
+    socket::shutdown(send.as_raw_fd(), socket::Shutdown::Read)?;
+    Ok((send, receive))
+}
+
+/// Sends `connection` on the hand-off channel `to`. Fails with `WouldBlock` when the channel
+/// is full: the caller keeps the connection.
+pub fn send_connection(to: BorrowedFd<'_>, connection: BorrowedFd<'_>) -> io::Result<()> {
+    let fds = [connection.as_raw_fd()];
+    let rights = [ControlMessage::ScmRights(&fds)];
+    // One byte of payload: a message that carries descriptors must carry data too.
+    let payload = [IoSlice::new(b"c")];
+    socket::sendmsg::<()>(
+        to.as_raw_fd(),
+        &payload,
+        &rights,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    Ok(())
+}
+
+/// Takes a connection from the hand-off channel `from`, if one is waiting.
+pub fn receive_connection(from: BorrowedFd<'_>) -> io::Result<Option<TcpStream>> {
+    let mut byte = [0u8; 1];
+    let mut payload = [IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let received = loop {
+        match socket::recvmsg::<()>(
+            from.as_raw_fd(),
+            &mut payload,
+            Some(&mut space),
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(message) => {
+                let fds: Vec<RawFd> = message
+                    .cmsgs()
+                    .map_err(io::Error::from)?
+                    .filter_map(|cmsg| match cmsg {
+                        ControlMessageOwned::ScmRights(fds) => Some(fds),
+                        _ => None,
+                    })
+                    .flatten()
+                    .collect();
+                break fds;
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+            Err(errno) => return Err(errno.into()),
+        }
+    };
+    // SAFETY: descriptors received with SCM_RIGHTS are new entries in our table, owned by
+    // no one else; each is wrapped exactly once.
+    let mut owned = received
+        .into_iter()
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    let connection = owned.next();
+    // Never more than one is sent; any other is dropped (closed) here.
+    drop(owned);
+    let Some(connection) = connection else {
+        return Ok(None);
+    };
+    let stream = TcpStream::from(connection);
+    stream.set_nonblocking(true)?;
+    Ok(Some(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_connection_crosses_the_channel_and_still_works() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let accepted = loop {
+            if let Some(stream) = accept_nonblocking(&listener).unwrap() {
+                break stream;
+            }
+        };
+        let (send, receive) = handoff_channel().unwrap();
+        assert!(receive_connection(receive.as_fd()).unwrap().is_none());
+        send_connection(send.as_fd(), accepted.as_fd()).unwrap();
+        drop(accepted);
+        let mut taken = receive_connection(receive.as_fd()).unwrap().unwrap();
+        client.write_all(b"ping").unwrap();
+        taken.set_nonblocking(false).unwrap();
+        let mut word = [0u8; 4];
+        taken.read_exact(&mut word).unwrap();
+        assert_eq!(&word, b"ping");
+    }
+}

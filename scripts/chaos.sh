@@ -4,5 +4,5 @@
 # for the options (--duration, --workers, --kill-every, ... --write-docs).
 set -euo pipefail
 cd "$(dirname "$0")"
-./ensure-wrk.sh
+./ensure-package.sh wrk
 exec python3 chaos.py "$@"

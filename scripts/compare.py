@@ -53,10 +53,14 @@ def free_port():
 
 
 def ensure_venv():
-    if not os.path.exists(os.path.join(VENV, "bin", "uwsgi")):
-        print(f"installing gunicorn and pyuwsgi into {VENV} (pip)", file=sys.stderr)
+    """gunicorn, uWSGI (pyuwsgi) and Granian, in a virtualenv of their own under target/."""
+    wanted = {"gunicorn": "gunicorn", "uwsgi": "pyuwsgi", "granian": "granian"}
+    missing = [package for command, package in wanted.items()
+               if not os.path.exists(os.path.join(VENV, "bin", command))]
+    if missing:
+        print(f"installing {', '.join(missing)} into {VENV} (pip)", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
-        subprocess.run([os.path.join(VENV, "bin", "pip"), "install", "-q", "gunicorn", "pyuwsgi"],
+        subprocess.run([os.path.join(VENV, "bin", "pip"), "install", "-q", *missing],
                        check=True)
 
 

@@ -3,5 +3,5 @@
 #   scripts/compare.sh [--kills 20] [--write-docs]
 set -euo pipefail
 cd "$(dirname "$0")"
-./ensure-wrk.sh
+./ensure-package.sh wrk
 exec python3 compare.py "$@"

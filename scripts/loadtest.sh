@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-scripts/ensure-wrk.sh
+scripts/ensure-package.sh wrk
 
 workdir=$(mktemp -d)
 master=""

@@ -374,8 +374,10 @@ fn workers_inherit_nothing_of_the_master_or_of_each_other() {
         1,
         "descriptors differ between workers: {counts:?}"
     );
+    // 0-2, the doorbell, the listener, the hand-off lanes' four ends, epoll: nothing that
+    // grows with the number of workers.
     assert!(
-        counts.iter().all(|count| *count <= 8),
+        counts.iter().all(|count| *count <= 10),
         "{counts:?} descriptors"
     );
     let inode = listening_inode(server.port).expect("the listening socket");

@@ -35,5 +35,7 @@ pub use process::{
     reap_child, set_cpu_limit_of, supervise_job,
 };
 pub use shm::SharedWords;
-pub use signals::{HandoffAlarm, MASTER_SIGNALS, RequestLimitSignals, WorkerSignals};
+pub use signals::{
+    HANDOFF_AFTER, HandoffAlarm, MASTER_SIGNALS, RequestLimitSignals, WorkerSignals,
+};
 pub use title::{init_process_title, set_process_title};

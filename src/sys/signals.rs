@@ -287,30 +287,44 @@ extern "C" fn on_handoff_alarm(_: libc::c_int) {
     unsafe { *libc::__errno_location() = saved_errno };
 }
 
-/// In the signal handler: sends each registered idle connection to the hand-off channel if
-/// some worker is idle to take it; otherwise looks again after [`HANDOFF_AFTER`]. Only
-/// atomics and async-signal-safe system calls (sendmsg, timer_settime), no allocation.
+/// In the signal handler: sends registered idle connections that have a request waiting
+/// (readable) to the hand-off channel, one per idle worker, and looks again after
+/// [`HANDOFF_AFTER`] while the request runs. Only atomics and async-signal-safe system
+/// calls (poll, sendmsg, timer_settime), no allocation.
 fn hand_over_idle_connections() {
     let idle = IDLE_WORKERS.load(Ordering::SeqCst);
     // SAFETY: a non-null pointer comes from `HandoffAlarm::install`, whose contract keeps the
     // word alive while the alarm is installed; the handler is uninstalled before it is nulled.
-    let idle_workers = if idle.is_null() {
+    let mut idle_workers = if idle.is_null() {
         0
     } else {
         unsafe { (*idle).load(Ordering::Relaxed) }
     };
-    if idle_workers == 0 {
-        arm_timer(ALARM_TIMER.load(Ordering::SeqCst));
-        return;
-    }
     let channel = HANDOFF_CHANNEL.load(Ordering::SeqCst);
     let count = IDLE_COUNT.load(Ordering::SeqCst).min(MAX_ALARM_CONNECTIONS);
     for slot in &IDLE_CONNECTIONS[..count] {
+        if idle_workers == 0 {
+            break;
+        }
         let fd = slot.load(Ordering::SeqCst);
-        if fd >= 0 && send_descriptor(channel, fd) {
+        if fd >= 0 && is_readable(fd) && send_descriptor(channel, fd) {
             slot.store(HANDED, Ordering::SeqCst);
+            idle_workers -= 1;
         }
     }
+    arm_timer(ALARM_TIMER.load(Ordering::SeqCst));
+}
+
+/// Whether `fd` has bytes to read now (poll with no wait; async-signal-safe).
+fn is_readable(fd: RawFd) -> bool {
+    let mut entry = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `entry` is a live local pollfd, and the count passed is 1.
+    let ready = unsafe { libc::poll(&mut entry, 1, 0) };
+    ready == 1 && entry.revents & libc::POLLIN != 0
 }
 
 /// Sends `fd` on `channel` with SCM_RIGHTS and one byte of payload, without allocating
@@ -377,8 +391,9 @@ fn arm_timer(timer: *mut libc::c_void) {
 }
 
 /// Keeps a worker's idle kept-alive connections from waiting behind a long request: armed
-/// before the application runs, it hands them to idle workers if the request is still
-/// running after [`HANDOFF_AFTER`] (a signal, SIGALRM, since the worker is busy in the
+/// before the application runs, it hands those that have a request waiting to idle workers
+/// (one each) once the request has run [`HANDOFF_AFTER`], and again every
+/// [`HANDOFF_AFTER`] while it runs (a signal, SIGALRM, since the worker is busy in the
 /// application meanwhile). One system call per request, and only for a worker that holds
 /// other connections.
 pub struct HandoffAlarm {

@@ -40,9 +40,10 @@ use crate::limits::{self, CpuBudget};
 use crate::scoreboard::ExitReason;
 use crate::sys::{self, HandoffAlarm, RequestLimitSignals, WorkerSignals};
 
-/// Epoll keys of the listening socket and the hand-off channel; clients use their slab key.
+/// Epoll keys of the listening socket and the hand-off lanes; clients use their slab key.
 const LISTENER: u64 = u64::MAX;
 const HANDOFF: u64 = u64::MAX - 1;
+const RETURNING: u64 = u64::MAX - 2;
 /// Bytes read from a connection at a time.
 const READ_CHUNK: usize = 16 * 1024;
 /// Connections accepted (or taken from the hand-off channel) per wake-up: one. The kernel
@@ -78,8 +79,12 @@ pub(super) fn run(
     // SAFETY: the alarm keeps the board's idle count and the hand-off channel's descriptor,
     // both inherited from the master and kept for this worker's whole life (it never unmaps
     // or closes them: it ends in `exit_now`); `alarm` is dropped normally when `run` returns.
-    let installed =
-        unsafe { HandoffAlarm::install(handoff.send.as_fd(), spec.board.idle_http_workers_word()) };
+    let installed = unsafe {
+        HandoffAlarm::install(
+            handoff.waiting.send.as_fd(),
+            spec.board.idle_http_workers_word(),
+        )
+    };
     let alarm = match installed {
         Ok(alarm) => alarm,
         Err(error) => {
@@ -181,6 +186,24 @@ impl Client {
     }
 }
 
+/// Which lane of the hand-off channel a connection goes to (see [`HandoffChannel`]).
+#[derive(Clone, Copy)]
+enum Lane {
+    /// It has a request waiting: idle workers take it first.
+    Waiting,
+    /// It is idle, or its last request ran long: it takes its turn behind.
+    Returning,
+}
+
+impl HandoffChannel {
+    fn lane(&self, lane: Lane) -> &super::Lane {
+        match lane {
+            Lane::Waiting => &self.waiting,
+            Lane::Returning => &self.returning,
+        }
+    }
+}
+
 /// Whether the worker takes new connections.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Accepting {
@@ -226,9 +249,14 @@ struct HttpWorker<'a> {
 
 impl HttpWorker<'_> {
     fn watch_shared_sockets(&mut self) -> nix::Result<()> {
+        let shared = EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE;
         self.epoll.add(
-            self.handoff.receive.as_fd(),
-            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, HANDOFF),
+            self.handoff.waiting.receive.as_fd(),
+            EpollEvent::new(shared, HANDOFF),
+        )?;
+        self.epoll.add(
+            self.handoff.returning.receive.as_fd(),
+            EpollEvent::new(shared, RETURNING),
         )?;
         self.start_accepting()
     }
@@ -308,12 +336,26 @@ impl HttpWorker<'_> {
             }
             // Idle workers that may take a new request off this one's hands this turn.
             self.spare = self.spec.board.idle_http_workers();
+            // In order: this worker's own clients, connections with a request waiting, new
+            // connections; and clients back from a long request only when nothing else waits
+            // here (they take their turn behind; the lane stays readable for later).
+            let (mut waiting, mut new, mut returning) = (false, false, false);
             for event in &events[..count] {
                 match event.data() {
-                    LISTENER => self.accept_clients(),
-                    HANDOFF => self.take_handed_clients(),
+                    LISTENER => new = true,
+                    HANDOFF => waiting = true,
+                    RETURNING => returning = true,
                     key => self.on_readable(usize::try_from(key).unwrap_or(usize::MAX)),
                 }
+            }
+            if waiting {
+                self.take_handed_client(Lane::Waiting);
+            }
+            if new {
+                self.accept_clients();
+            }
+            if returning && self.ready.is_empty() && self.unread.is_empty() {
+                self.take_handed_client(Lane::Returning);
             }
             self.expire(Instant::now());
         }
@@ -336,7 +378,8 @@ impl HttpWorker<'_> {
     fn drain(&mut self) {
         self.draining = true;
         self.stop_accepting(Accepting::No);
-        let _ = self.epoll.delete(self.handoff.receive.as_fd());
+        let _ = self.epoll.delete(self.handoff.waiting.receive.as_fd());
+        let _ = self.epoll.delete(self.handoff.returning.receive.as_fd());
         let idle: Vec<usize> = self
             .clients
             .iter()
@@ -344,7 +387,7 @@ impl HttpWorker<'_> {
             .map(|(key, _)| key)
             .collect();
         for key in idle {
-            self.hand_off(key);
+            self.hand_off(key, Lane::Returning);
         }
     }
 
@@ -411,12 +454,14 @@ impl HttpWorker<'_> {
         }
     }
 
-    fn take_handed_clients(&mut self) {
+    /// Takes a connection another worker handed over in `lane`.
+    fn take_handed_client(&mut self, lane: Lane) {
+        let lane = self.handoff.lane(lane);
         for _ in 0..ACCEPT_BATCH {
             if self.clients.len() >= self.max_clients {
                 return;
             }
-            match sys::receive_connection(self.handoff.receive.as_fd()) {
+            match sys::receive_connection(lane.receive.as_fd()) {
                 Ok(Some(stream)) => {
                     if let Some(key) = self.add_client(stream) {
                         self.read_client(key);
@@ -469,13 +514,14 @@ impl HttpWorker<'_> {
         Some(client)
     }
 
-    /// Gives idle client `key` to another worker through the hand-off channel; keeps it if
-    /// the channel is full.
-    fn hand_off(&mut self, key: usize) {
+    /// Gives idle client `key` to another worker through the hand-off `lane`; keeps it if
+    /// the lane is full.
+    fn hand_off(&mut self, key: usize, lane: Lane) {
         let Some(client) = self.remove(key) else {
             return;
         };
-        match sys::send_connection(self.handoff.send.as_fd(), client.stream.as_fd()) {
+        let lane = self.handoff.lane(lane);
+        match sys::send_connection(lane.send.as_fd(), client.stream.as_fd()) {
             Ok(()) => {}
             Err(error) => {
                 debug!(
@@ -499,7 +545,7 @@ impl HttpWorker<'_> {
             self.read_client(key);
         } else if self.spare > 0 && !self.draining {
             self.spare -= 1;
-            self.hand_off(key);
+            self.hand_off(key, Lane::Waiting);
         } else {
             self.unread.push_back(key);
         }
@@ -660,6 +706,7 @@ impl HttpWorker<'_> {
                 .collect();
             self.alarm.arm(&fds);
         }
+        let started = Instant::now();
         self.spec.begin_work(request.method(), request.target());
         self.arm_cpu_limit();
         let fd = self.clients.get(key).map(|client| client.stream.as_fd());
@@ -688,6 +735,15 @@ impl HttpWorker<'_> {
         }
         if !keep_alive {
             self.remove(key);
+            return;
+        }
+        let long = started.elapsed() >= sys::HANDOFF_AFTER;
+        if long && !self.draining && self.clients.get(key).is_some_and(Client::is_idle) {
+            // A long request's client goes back to the shared queue for its next one, as it
+            // would come through the accept queue to a prefork server that does not keep
+            // connections: it does not take this worker again ahead of the clients waiting
+            // on it, nor pile up here with other slow clients.
+            self.hand_off(key, Lane::Returning);
             return;
         }
         if let Some(client) = self.clients.get_mut(key) {

@@ -71,7 +71,7 @@ impl WorkerSpec<'_> {
         let mut fds = vec![self.doorbell.as_fd().as_raw_fd()];
         fds.extend(self.listener.map(|listener| listener.as_raw_fd()));
         if let Some(handoff) = self.handoff {
-            fds.extend([handoff.send.as_raw_fd(), handoff.receive.as_raw_fd()]);
+            fds.extend(handoff.descriptors());
         }
         if let Some(output) = &self.exec_output {
             fds.extend([output.stdout.as_raw_fd(), output.stderr.as_raw_fd()]);
@@ -107,18 +107,41 @@ impl WorkerSpec<'_> {
     }
 }
 
-/// The channel on which HTTP workers pass client connections to one another: a worker sends
-/// on `send`, an idle one takes from `receive` (see `sys::send_connection`). The master
-/// creates it and keeps both ends for the server's life, reading neither.
+/// Where HTTP workers pass client connections to one another (see `sys::send_connection`):
+/// two lanes, each a channel a worker sends on and an idle one takes from. `waiting`:
+/// connections with a request waiting, which idle workers take first; `returning`: idle
+/// ones, and clients whose last request ran long, which take their turn behind. The master
+/// creates them and keeps every end for the server's life, reading none.
 pub struct HandoffChannel {
+    pub waiting: Lane,
+    pub returning: Lane,
+}
+
+/// One lane of the hand-off channel: connections are sent on `send`, taken from `receive`.
+pub struct Lane {
     pub send: std::os::fd::OwnedFd,
     pub receive: std::os::fd::OwnedFd,
 }
 
 impl HandoffChannel {
     pub fn new() -> std::io::Result<Self> {
-        let (send, receive) = sys::handoff_channel()?;
-        Ok(Self { send, receive })
+        let lane = || -> std::io::Result<Lane> {
+            let (send, receive) = sys::handoff_channel()?;
+            Ok(Lane { send, receive })
+        };
+        Ok(Self {
+            waiting: lane()?,
+            returning: lane()?,
+        })
+    }
+
+    fn descriptors(&self) -> [RawFd; 4] {
+        [
+            self.waiting.send.as_raw_fd(),
+            self.waiting.receive.as_raw_fd(),
+            self.returning.send.as_raw_fd(),
+            self.returning.receive.as_raw_fd(),
+        ]
     }
 }
 

@@ -227,18 +227,33 @@ impl MasterLimits {
 /// What tells the master whether a worker's memory may have changed since its last reading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemoryActivity {
-    /// A built-in worker: its memory only changes while it serves (or runs a cron job);
-    /// `requests` is its count of requests (or jobs) now.
-    BuiltIn { busy: bool, requests: u64 },
-    /// A program: busy per its request markers (None: it sends none, so it may be).
-    Program { busy: Option<bool> },
+    /// It says when it serves (a built-in worker; a program that marks its requests): busy
+    /// now, its count of requests (or cron jobs) now, and whether it may also grow while
+    /// idle (a program may have background work; a built-in worker runs nothing then).
+    Marked {
+        busy: bool,
+        requests: u64,
+        grows_when_idle: bool,
+    },
+    /// A program that does not say when it is busy: it may grow at any time.
+    Opaque,
+}
+
+impl MemoryActivity {
+    /// Whether its memory may change before the next look: the master watches closely.
+    pub fn is_active(self, read_requests: u64) -> bool {
+        match self {
+            Self::Marked { busy, requests, .. } => busy || requests != read_requests,
+            Self::Opaque => true,
+        }
+    }
 }
 
 /// Whether the master should read a worker's memory now, given its `activity` and the last
 /// reading (`since` ago, at `read_requests` requests): always the first time; every
-/// `poll_interval` while it starts, is busy, or served since the last reading; an idle
-/// program (which may have background work) every [`IDLE_PROGRAM_MEMORY`]; an idle
-/// built-in worker that served nothing since, never.
+/// `poll_interval` while it starts, is busy, has served since the last reading, or does not
+/// say; an idle program (which may have background work) every [`IDLE_PROGRAM_MEMORY`]; an
+/// idle built-in worker that served nothing since, never.
 pub fn memory_due(
     activity: MemoryActivity,
     starting: bool,
@@ -249,13 +264,12 @@ pub fn memory_due(
         return true;
     };
     let every = match activity {
-        _ if starting => Some(poll_interval),
-        MemoryActivity::BuiltIn { busy: true, .. } => Some(poll_interval),
-        MemoryActivity::BuiltIn { requests, .. } => {
-            (requests != read_requests).then_some(poll_interval)
-        }
-        MemoryActivity::Program { busy: Some(false) } => Some(IDLE_PROGRAM_MEMORY),
-        MemoryActivity::Program { .. } => Some(poll_interval),
+        _ if starting || activity.is_active(read_requests) => Some(poll_interval),
+        MemoryActivity::Marked {
+            grows_when_idle: true,
+            ..
+        } => Some(IDLE_PROGRAM_MEMORY),
+        MemoryActivity::Marked { .. } | MemoryActivity::Opaque => None,
     };
     every.is_some_and(|every| since >= every)
 }
@@ -516,10 +530,12 @@ mod tests {
     #[test]
     fn memory_is_read_only_where_it_can_have_changed() {
         let poll = Duration::from_millis(100);
-        let idle = MemoryActivity::BuiltIn {
-            busy: false,
+        let marked = |busy, grows_when_idle| MemoryActivity::Marked {
+            busy,
             requests: 5,
+            grows_when_idle,
         };
+        let idle = marked(false, false);
         let long_ago = Some((Duration::from_secs(60), 5));
         assert!(memory_due(idle, false, None, poll), "first reading");
         assert!(
@@ -534,21 +550,30 @@ mod tests {
             !memory_due(idle, false, Some((poll / 2, 4)), poll),
             "not yet"
         );
-        let busy = MemoryActivity::BuiltIn {
-            busy: true,
-            requests: 5,
-        };
-        assert!(memory_due(busy, false, Some((poll, 5)), poll));
+        assert!(memory_due(
+            marked(true, false),
+            false,
+            Some((poll, 5)),
+            poll
+        ));
         assert!(memory_due(idle, true, Some((poll, 5)), poll), "starting");
-        let opaque = MemoryActivity::Program { busy: None };
-        assert!(memory_due(opaque, false, Some((poll, 0)), poll));
-        let idle_program = MemoryActivity::Program { busy: Some(false) };
-        assert!(!memory_due(idle_program, false, Some((IDLE_SCAN, 0)), poll));
+        assert!(memory_due(
+            MemoryActivity::Opaque,
+            false,
+            Some((poll, 0)),
+            poll
+        ));
+        let idle_program = marked(false, true);
+        assert!(!memory_due(idle_program, false, Some((IDLE_SCAN, 5)), poll));
         assert!(memory_due(
             idle_program,
             false,
-            Some((IDLE_PROGRAM_MEMORY, 0)),
+            Some((IDLE_PROGRAM_MEMORY, 5)),
             poll
         ));
+        assert!(
+            memory_due(idle_program, false, Some((poll, 4)), poll),
+            "a program that served since its last reading is read at the short interval"
+        );
     }
 }

@@ -93,6 +93,14 @@ fn a_leak_past_limit_memory_hard_is_killed() {
         1,
     );
     let _ = server.get("/alloc?mb=200");
+    // Memory is read at the short interval from the request on (a program that is idle
+    // after it would otherwise be read only every 10 s): far sooner than that.
+    let killed = wait_until(Duration::from_secs(5), || {
+        !server
+            .log_matching("killed: limit_memory_hard exceeded (rss ")
+            .is_empty()
+    });
+    assert!(killed, "not killed within 5 s: {}", server.log_text());
     let line = server.wait_for_log("killed: limit_memory_hard exceeded (rss ");
     assert!(line.contains("> 100 MiB)"), "{line}");
 }

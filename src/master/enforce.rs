@@ -106,18 +106,18 @@ impl Master {
                 continue;
             }
             let busy = worker.row.is_busy();
-            let activity = memory_activity(worker, busy);
-            active |= busy || matches!(worker.lifecycle, Lifecycle::Starting { .. });
             if scan && limits.watches_memory() {
+                let activity = memory_activity(worker, busy);
+                let starting = matches!(worker.lifecycle, Lifecycle::Starting { .. });
+                // Whose memory may change before the next scan: the master watches closely.
+                active |= starting || activity.is_active(worker.memory.requests);
                 let last = worker
                     .memory
                     .at
                     .map(|at| (now.saturating_duration_since(at), worker.memory.requests));
-                let starting = matches!(worker.lifecycle, Lifecycle::Starting { .. });
                 if limits::memory_due(activity, starting, last, limits.poll_interval) {
                     read_memory(worker, now);
                 }
-                active |= matches!(activity, MemoryActivity::Program { busy: None });
             }
             if let Some(detail) = silence(worker, limits, scan, now) {
                 crossed.push((worker.pid, Enforcement::Kill(detail)));
@@ -226,12 +226,11 @@ impl Master {
 /// What tells whether `worker`'s memory may have changed (see [`limits::memory_due`]).
 fn memory_activity(worker: &Worker, busy: bool) -> MemoryActivity {
     match &worker.exec {
-        None => MemoryActivity::BuiltIn {
+        Some(exec) if !exec.sends_markers => MemoryActivity::Opaque,
+        exec => MemoryActivity::Marked {
             busy,
             requests: worker.row.requests(),
-        },
-        Some(exec) => MemoryActivity::Program {
-            busy: exec.sends_markers.then_some(busy),
+            grows_when_idle: exec.is_some(),
         },
     }
 }

@@ -310,6 +310,10 @@ impl Master {
             let request = notification.get("REQUEST").unwrap_or("(request)");
             let (method, target) = request.split_once(' ').unwrap_or((request, ""));
             worker.row.begin_request(method, target);
+            // A request may allocate: memory is watched closely from now on, even if the
+            // master rested (built-in workers wake it through the board instead).
+            let soon = Instant::now() + self.limits.poll_interval;
+            self.next_scan = Some(self.next_scan.map_or(soon, |at| at.min(soon)));
             if !time_cpu.is_zero()
                 && let Err(error) = crate::limits::arm_program_cpu_limit(
                     worker.pid,

@@ -119,6 +119,8 @@ pub(super) fn run(
         max_clients: max_clients(),
         paused_said: None,
         spare: 0,
+        alarm_keys: Vec::new(),
+        alarm_fds: Vec::new(),
     };
     if let Err(errno) = worker.watch_shared_sockets() {
         error!(
@@ -245,6 +247,9 @@ struct HttpWorker<'a> {
     paused_said: Option<Instant>,
     /// Idle workers that may still take a connection off this one's hands this turn.
     spare: u64,
+    /// The idle clients (and their descriptors) given to the alarm for the current request.
+    alarm_keys: Vec<usize>,
+    alarm_fds: Vec<RawFd>,
 }
 
 impl HttpWorker<'_> {
@@ -691,19 +696,19 @@ impl HttpWorker<'_> {
         else {
             return;
         };
-        // The other connections this worker holds idle, which the alarm may hand over.
-        let idle: Vec<usize> = self
-            .clients
-            .iter()
-            .filter(|(other, client)| *other != key && client.is_idle())
-            .map(|(other, _)| other)
-            .collect();
-        if !idle.is_empty() {
-            let fds: Vec<RawFd> = idle
-                .iter()
-                .filter_map(|other| self.clients.get(*other))
-                .map(|client| client.stream.as_raw_fd())
-                .collect();
+        // The other connections this worker holds idle, which the alarm may hand over
+        // (buffers kept across requests: nothing allocated per request).
+        let mut idle = std::mem::take(&mut self.alarm_keys);
+        let mut fds = std::mem::take(&mut self.alarm_fds);
+        idle.clear();
+        fds.clear();
+        for (other, client) in &self.clients {
+            if other != key && client.is_idle() {
+                idle.push(other);
+                fds.push(client.stream.as_raw_fd());
+            }
+        }
+        if !fds.is_empty() {
             self.alarm.arm(&fds);
         }
         let started = Instant::now();
@@ -719,6 +724,7 @@ impl HttpWorker<'_> {
                 self.remove(idle[handed]);
             }
         }
+        (self.alarm_keys, self.alarm_fds) = (idle, fds);
         let keep_alive = request.wants_keep_alive() && self.will_serve_another();
         let (head, body) = http::response_bytes(Some(&request), &response, keep_alive);
         let written = match self.clients.get(key) {

@@ -398,7 +398,7 @@ def main():
         f"Machine: {machine()}. Versions: {versions}.",
         f"Command: `scripts/compare.sh --kills {args.kills}`. gunicorn: sync workers, "
         f"`--timeout {LIMIT_S}` for the hung request. uWSGI: `--master --processes N "
-        f"--http-socket --lazy-apps`, `--harakiri {LIMIT_S}`, `--reload-on-rss {LIMIT_MIB} "
+        f"--http11-socket --lazy-apps`, `--harakiri {LIMIT_S}`, `--reload-on-rss {LIMIT_MIB} "
         f"--evil-reload-on-rss {LIMIT_MIB}`. forkwarden: `limit_time_real = {LIMIT_S}`, "
         f"`limit_memory_hard = {LIMIT_MIB}MiB` (RSS polling). Times are median / max.",
         "",

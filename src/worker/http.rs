@@ -32,7 +32,8 @@ use slab::Slab;
 use tracing::{debug, error, warn};
 
 use super::{
-    BEAT_INTERVAL, HandoffChannel, Outcome, WorkerSpec, reopen_log_if_asked, told_to_stop,
+    BEAT_INTERVAL, HandoffChannel, HandoffLane, Outcome, WorkerSpec, reopen_log_if_asked,
+    told_to_stop,
 };
 use crate::app::{App, Request, Response, WorkerInfo};
 use crate::http::{self, Reject, RequestReader, is_disconnect};
@@ -188,24 +189,6 @@ impl Client {
     }
 }
 
-/// Which lane of the hand-off channel a connection goes to (see [`HandoffChannel`]).
-#[derive(Clone, Copy)]
-enum Lane {
-    /// It has a request waiting: idle workers take it first.
-    Waiting,
-    /// It is idle, or its last request ran long: it takes its turn behind.
-    Returning,
-}
-
-impl HandoffChannel {
-    fn lane(&self, lane: Lane) -> &super::Lane {
-        match lane {
-            Lane::Waiting => &self.waiting,
-            Lane::Returning => &self.returning,
-        }
-    }
-}
-
 /// Whether the worker takes new connections.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Accepting {
@@ -354,13 +337,13 @@ impl HttpWorker<'_> {
                 }
             }
             if waiting {
-                self.take_handed_client(Lane::Waiting);
+                self.take_handed_client(HandoffLane::Waiting);
             }
             if new {
                 self.accept_clients();
             }
             if returning && self.ready.is_empty() && self.unread.is_empty() {
-                self.take_handed_client(Lane::Returning);
+                self.take_handed_client(HandoffLane::Returning);
             }
             self.expire(Instant::now());
         }
@@ -392,7 +375,7 @@ impl HttpWorker<'_> {
             .map(|(key, _)| key)
             .collect();
         for key in idle {
-            self.hand_off(key, Lane::Returning);
+            self.hand_off(key, HandoffLane::Returning);
         }
     }
 
@@ -432,12 +415,12 @@ impl HttpWorker<'_> {
                 Ok(None) => return,
                 Err(error) if is_disconnect(&error) => {}
                 Err(error) => {
-                    warn!(
-                        "{}: accept failed: {error}; not accepting for {}s ({} connections held)",
-                        self.spec.name(),
+                    self.say_paused(&format!(
+                        "accept failed: {error}; not accepting until {}s have passed ({} \
+                         connections held)",
                         ACCEPT_PAUSE.as_secs(),
                         self.clients.len()
-                    );
+                    ));
                     self.stop_accepting(Accepting::PausedUntil(Some(
                         Instant::now() + ACCEPT_PAUSE,
                     )));
@@ -460,7 +443,7 @@ impl HttpWorker<'_> {
     }
 
     /// Takes a connection another worker handed over in `lane`.
-    fn take_handed_client(&mut self, lane: Lane) {
+    fn take_handed_client(&mut self, lane: HandoffLane) {
         let lane = self.handoff.lane(lane);
         for _ in 0..ACCEPT_BATCH {
             if self.clients.len() >= self.max_clients {
@@ -469,7 +452,7 @@ impl HttpWorker<'_> {
             match sys::receive_connection(lane.receive.as_fd()) {
                 Ok(Some(stream)) => {
                     if let Some(key) = self.add_client(stream) {
-                        self.read_client(key);
+                        self.on_readable(key);
                     }
                 }
                 Ok(None) => return,
@@ -521,7 +504,7 @@ impl HttpWorker<'_> {
 
     /// Gives idle client `key` to another worker through the hand-off `lane`; keeps it if
     /// the lane is full.
-    fn hand_off(&mut self, key: usize, lane: Lane) {
+    fn hand_off(&mut self, key: usize, lane: HandoffLane) {
         let Some(client) = self.remove(key) else {
             return;
         };
@@ -550,7 +533,7 @@ impl HttpWorker<'_> {
             self.read_client(key);
         } else if self.spare > 0 && !self.draining {
             self.spare -= 1;
-            self.hand_off(key, Lane::Waiting);
+            self.hand_off(key, HandoffLane::Waiting);
         } else {
             self.unread.push_back(key);
         }
@@ -749,7 +732,7 @@ impl HttpWorker<'_> {
             // would come through the accept queue to a prefork server that does not keep
             // connections: it does not take this worker again ahead of the clients waiting
             // on it, nor pile up here with other slow clients.
-            self.hand_off(key, Lane::Returning);
+            self.hand_off(key, HandoffLane::Returning);
             return;
         }
         if let Some(client) = self.clients.get_mut(key) {

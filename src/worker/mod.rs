@@ -117,6 +117,15 @@ pub struct HandoffChannel {
     pub returning: Lane,
 }
 
+/// Which lane of the hand-off channel a connection goes to.
+#[derive(Clone, Copy)]
+enum HandoffLane {
+    /// It has a request waiting: idle workers take it first.
+    Waiting,
+    /// It is idle, or its last request ran long: it takes its turn behind.
+    Returning,
+}
+
 /// One lane of the hand-off channel: connections are sent on `send`, taken from `receive`.
 pub struct Lane {
     pub send: std::os::fd::OwnedFd,
@@ -133,6 +142,13 @@ impl HandoffChannel {
             waiting: lane()?,
             returning: lane()?,
         })
+    }
+
+    fn lane(&self, lane: HandoffLane) -> &Lane {
+        match lane {
+            HandoffLane::Waiting => &self.waiting,
+            HandoffLane::Returning => &self.returning,
+        }
     }
 
     fn descriptors(&self) -> [RawFd; 4] {

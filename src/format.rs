@@ -30,7 +30,7 @@ pub fn seconds(time: Duration) -> String {
 
 /// A memory size, rounded to the MiB: `612 MiB`.
 pub fn mib(bytes: u64) -> String {
-    format!("{} MiB", (bytes + (1 << 19)) >> 20)
+    format!("{} MiB", bytes.saturating_add(1 << 19) >> 20)
 }
 
 #[cfg(test)]

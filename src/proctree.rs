@@ -2,7 +2,7 @@
 //! children, whether a process is stopped. Each question reads only the processes it is
 //! about, never the whole of /proc: the cost follows a worker's own tree, not the host.
 
-use procfs::process::Process;
+use procfs::process::{Process, Stat};
 
 use nix::unistd::Pid;
 
@@ -15,7 +15,7 @@ pub struct TreeMemory {
     pub address_space: u64,
 }
 
-/// Deepest tree walked: a fork bomb cannot make the master's walk endless.
+/// Most processes walked in one tree: a fork bomb cannot make the master's walk endless.
 const MAX_TREE: usize = 4096;
 
 /// Memory of `root` alone (`with_descendants` false) or of `root` and every process below
@@ -75,11 +75,7 @@ fn children_of(process: &Process) -> Vec<Pid> {
 /// The state letter of `pid` (`T` stopped, `t` stopped by a debugger, `S`, `R`, `D`, ...);
 /// None when it is gone.
 pub fn state(pid: Pid) -> Option<char> {
-    Process::new(pid.as_raw())
-        .ok()?
-        .stat()
-        .ok()
-        .map(|stat| stat.state)
+    stat(pid).map(|stat| stat.state)
 }
 
 /// Whether a state letter means the process cannot run until someone resumes it.
@@ -89,11 +85,11 @@ pub fn is_stopped(state: char) -> bool {
 
 /// The command name of `pid` (`sleep`), for log lines.
 pub fn command_name(pid: Pid) -> Option<String> {
-    Process::new(pid.as_raw())
-        .ok()?
-        .stat()
-        .ok()
-        .map(|stat| stat.comm)
+    stat(pid).map(|stat| stat.comm)
+}
+
+fn stat(pid: Pid) -> Option<Stat> {
+    Process::new(pid.as_raw()).ok()?.stat().ok()
 }
 
 #[cfg(test)]

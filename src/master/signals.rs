@@ -199,7 +199,7 @@ impl Master {
             let rss = worker
                 .memory
                 .rss
-                .map(|rss| format!(", rss {} MiB", rss >> 20))
+                .map(|rss| format!(", rss {}", crate::format::mib(rss)))
                 .unwrap_or_default();
             let status = worker
                 .exec

@@ -7,7 +7,7 @@
 //! was left behind by a worker that ended: the master kills it on sight. A job or a program
 //! never outlives its run, and a stopping server waits for them too.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -85,13 +85,13 @@ impl Strays {
 impl Master {
     /// Kills every child of the master that is not a worker (see the module doc).
     pub(super) fn kill_strays(&mut self) {
-        let workers: HashMap<Pid, ()> = self.pool.workers().map(|w| (w.pid, ())).collect();
+        let workers: HashSet<Pid> = self.pool.workers().map(|w| w.pid).collect();
         let whose = match self.strays.ended.as_slice() {
             [one] => one.clone(),
             _ => "a worker that ended".to_string(),
         };
         for pid in proctree::children(self.pid) {
-            if workers.contains_key(&pid) || self.strays.killed.contains(&pid) {
+            if workers.contains(&pid) || self.strays.killed.contains(&pid) {
                 continue;
             }
             let command = proctree::command_name(pid).unwrap_or_else(|| "?".into());

@@ -411,6 +411,7 @@ impl HandoffAlarm {
     /// normally (never leaked), as in a forked worker, whose board and channel live as long
     /// as the process.
     pub unsafe fn install(channel: BorrowedFd<'_>, idle_workers: &AtomicU64) -> io::Result<Self> {
+        // SAFETY: sigevent is a plain C struct, for which all-zero bytes are a valid value.
         let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
         event.sigev_notify = libc::SIGEV_SIGNAL;
         event.sigev_signo = libc::SIGALRM;

@@ -115,8 +115,7 @@ pub(super) fn run(
         clients: Slab::new(),
         ready: VecDeque::new(),
         unread: VecDeque::new(),
-        accepting: Accepting::No,
-        draining: false,
+        accepting: Accepting::Yes,
         max_clients: max_clients(),
         paused_said: None,
         spare: 0,
@@ -177,10 +176,7 @@ struct Client {
 
 impl Client {
     fn expires(&self) -> Option<Instant> {
-        match (self.deadline, self.request_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.deadline.into_iter().chain(self.request_deadline).min()
     }
 
     /// Idle between requests, nothing read: it can go to another worker as it is.
@@ -192,11 +188,12 @@ impl Client {
 /// Whether the worker takes new connections.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Accepting {
+    /// The listener is in its epoll set.
     Yes,
     /// Paused (out of descriptors or memory) until then; None: until it holds fewer.
     PausedUntil(Option<Instant>),
-    /// It is leaving, or has not started.
-    No,
+    /// Leaving, for good: no new connection, idle ones handed over, the rest finished.
+    Draining,
 }
 
 struct HttpWorker<'a> {
@@ -223,8 +220,6 @@ struct HttpWorker<'a> {
     /// that they can still go to an idle worker; read once the queue is empty.
     unread: VecDeque<usize>,
     accepting: Accepting,
-    /// Leaving: no new connection, idle ones handed over, the rest finished.
-    draining: bool,
     max_clients: usize,
     /// When the last "not accepting" line was logged.
     paused_said: Option<Instant>,
@@ -246,16 +241,18 @@ impl HttpWorker<'_> {
             self.handoff.returning.receive.as_fd(),
             EpollEvent::new(shared, RETURNING),
         )?;
-        self.start_accepting()
+        self.watch_listener()
     }
 
-    fn start_accepting(&mut self) -> nix::Result<()> {
+    fn watch_listener(&self) -> nix::Result<()> {
         self.epoll.add(
             self.listener.as_fd(),
             EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE, LISTENER),
-        )?;
-        self.accepting = Accepting::Yes;
-        Ok(())
+        )
+    }
+
+    fn is_draining(&self) -> bool {
+        self.accepting == Accepting::Draining
     }
 
     fn stop_accepting(&mut self, until: Accepting) {
@@ -270,7 +267,7 @@ impl HttpWorker<'_> {
         let mut events = vec![EpollEvent::empty(); 64];
         loop {
             if let Some(reason) = self.exit_reason() {
-                if !self.draining {
+                if !self.is_draining() {
                     self.drain();
                 }
                 if self.clients.is_empty() {
@@ -301,7 +298,7 @@ impl HttpWorker<'_> {
                 .map_or(BEAT_INTERVAL, |at| {
                     at.saturating_duration_since(now).min(BEAT_INTERVAL)
                 });
-            let idle = !self.draining;
+            let idle = !self.is_draining();
             if idle {
                 self.spec.board.enter_idle(self.spec.row);
             }
@@ -364,8 +361,7 @@ impl HttpWorker<'_> {
     /// Begins leaving: no new connection; idle kept-alive ones go to the other workers (a
     /// reload or a recycle costs their clients nothing); the others are finished here.
     fn drain(&mut self) {
-        self.draining = true;
-        self.stop_accepting(Accepting::No);
+        self.stop_accepting(Accepting::Draining);
         let _ = self.epoll.delete(self.handoff.waiting.receive.as_fd());
         let _ = self.epoll.delete(self.handoff.returning.receive.as_fd());
         let idle: Vec<usize> = self
@@ -383,15 +379,21 @@ impl HttpWorker<'_> {
         let resume = match self.accepting {
             Accepting::PausedUntil(Some(until)) => until <= now,
             Accepting::PausedUntil(None) => self.clients.len() < self.max_clients,
-            Accepting::Yes | Accepting::No => false,
+            Accepting::Yes | Accepting::Draining => false,
         };
-        if resume && let Err(errno) = self.start_accepting() {
-            warn!(
-                "{}: cannot watch the listening socket: {errno}",
-                self.spec.name()
-            );
-            self.accepting = Accepting::PausedUntil(Some(now + ACCEPT_PAUSE));
+        if !resume {
+            return;
         }
+        self.accepting = match self.watch_listener() {
+            Ok(()) => Accepting::Yes,
+            Err(errno) => {
+                warn!(
+                    "{}: cannot watch the listening socket: {errno}",
+                    self.spec.name()
+                );
+                Accepting::PausedUntil(Some(now + ACCEPT_PAUSE))
+            }
+        };
     }
 
     fn accept_clients(&mut self) {
@@ -531,7 +533,7 @@ impl HttpWorker<'_> {
         let idle = self.clients.get(key).is_some_and(Client::is_idle);
         if !(busy_ahead && idle) {
             self.read_client(key);
-        } else if self.spare > 0 && !self.draining {
+        } else if self.spare > 0 && !self.is_draining() {
             self.spare -= 1;
             self.hand_off(key, HandoffLane::Waiting);
         } else {
@@ -727,7 +729,7 @@ impl HttpWorker<'_> {
             return;
         }
         let long = started.elapsed() >= sys::HANDOFF_AFTER;
-        if long && !self.draining && self.clients.get(key).is_some_and(Client::is_idle) {
+        if long && !self.is_draining() && self.clients.get(key).is_some_and(Client::is_idle) {
             // A long request's client goes back to the shared queue for its next one, as it
             // would come through the accept queue to a prefork server that does not keep
             // connections: it does not take this worker again ahead of the clients waiting

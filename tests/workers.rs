@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{
-    KeepAlive, SOON, Server, is_alive, log_interval, pid_after, process_title, wait_until,
+    SOON, Server, is_alive, log_interval, pid_after, process_title, send_raw, wait_until,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -19,20 +19,21 @@ fn each_configured_worker_answers_with_its_own_pid() {
         .wait_for_workers("http worker", 3)
         .into_iter()
         .collect();
-    // Three connections held open at once must be served by three different workers; on
-    // each, /pid after /sleep is answered by the worker that took the connection.
+    // Three requests running at once must be served by three different workers. /pid is
+    // sent with /sleep, pipelined, so the worker that ran the sleep answers it too: an idle
+    // connection after a long request would go back to the shared queue instead.
     let answers: BTreeSet<i32> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..3)
             .map(|_| {
                 scope.spawn(|| {
-                    let mut connection = KeepAlive::connect(server.port);
-                    assert_eq!(connection.get("/sleep?ms=500").status, 200);
-                    connection
-                        .get("/pid")
-                        .body
-                        .trim()
-                        .parse::<i32>()
-                        .expect("a pid")
+                    let replies = send_raw(
+                        server.port,
+                        b"GET /sleep?ms=500 HTTP/1.1\r\nHost: test\r\n\r\n\
+                          GET /pid HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+                    );
+                    assert!(replies.contains("slept 500 ms"), "{replies}");
+                    let last = replies.rsplit("\r\n\r\n").next().unwrap_or_default();
+                    last.trim().parse::<i32>().expect("a pid")
                 })
             })
             .collect();

@@ -18,14 +18,28 @@ to be replaced.
 SIGTERM or SIGINT: finish the current request, then exit. Standard library only, so it
 works in any virtualenv. Usage:
 
-    python3 -m forkwarden_wsgi myproject.wsgi:application
+    python3 -m forkwarden_wsgi [--preload] [--post-fork module:function] myproject.wsgi:application
 
 The current directory is put on sys.path, as gunicorn does.
+
+--preload, with `preload = true` in forkwarden's [app]: this process is the template. It
+imports the application once, freezes what it loaded out of the garbage collector's sight
+(gc.freeze(), so the pages stay shared copy-on-write), says READY=1, and forks a worker each
+time forkwarden asks on FORKWARDEN_CONTROL_FD (the protocol is in forkwarden's README,
+"Preloading"). --post-fork names a function called in each new worker before it serves,
+with no argument: close and reopen there what must not be shared between processes, such as
+a database connection the application opened while loading. Without a template (no
+FORKWARDEN_CONTROL_FD), the function is called once before serving, so an application
+behaves the same either way.
 """
 
+import argparse
+import ctypes
+import gc
 import importlib
 import os
 import resource
+import select
 import signal
 import socket
 import sys
@@ -89,6 +103,12 @@ def inherited_socket():
     if os.environ.get("LISTEN_FDS") != "1" or os.environ.get("LISTEN_PID") != str(os.getpid()):
         sys.exit("forkwarden_wsgi: no listening socket: expected LISTEN_FDS=1 and "
                  "LISTEN_PID=<this pid>, as forkwarden sets them")
+    # Every worker of the server runs this loop, which waits in select() and must not then
+    # block in accept() when another worker took the connection first: O_NONBLOCK, on the
+    # description all of them share (forkwarden hands it over blocking, as systemd does).
+    # Set on the descriptor, not with setblocking(False), which would also make wsgiref's
+    # wait in select() return at once, and so spin.
+    os.set_blocking(LISTEN_FD, False)
     # Family and type are read from the descriptor itself.
     return socket.socket(fileno=LISTEN_FD)
 
@@ -166,23 +186,265 @@ class Handler(WSGIRequestHandler):
         pass  # forkwarden logs what matters; an access log belongs in front of it
 
 
+def serve(target, app, stopping, each_turn=None):
+    """The worker's loop: one request at a time until told to stop. `each_turn` is called
+    before each wait for a request (at least once a second)."""
+    notifier = Notifier()
+    server = Server(inherited_socket(), app, notifier)
+    # WATCHDOG=1 with READY=1: the master watches this worker's liveness from now on.
+    watchdog = "\nWATCHDOG=1" if server.watchdog is not None else ""
+    notifier.send(f"READY=1\nIDLE=1\nSTATUS=serving {target}{watchdog}")
+    while not stopping and not server.out_of_memory:
+        if each_turn is not None:
+            each_turn()
+        server.handle_request()
+    notifier.send("STOPPING=1")
+
+
+# prctl(2) options (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+# The longest a new worker waits to become the master's child (its parent exits at once).
+REPARENT_WAIT = 5.0
+# How long after a hand-over the template forks the next spare (two forks of the loaded
+# application: CPU the new worker would otherwise compete with while it starts).
+SPARE_DELAY = 0.2
+LIBC = None
+
+
+def prctl(option, value):
+    global LIBC
+    if LIBC is None:
+        LIBC = ctypes.CDLL(None, use_errno=True)
+    if LIBC.prctl(option, ctypes.c_ulong(value), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option})")
+
+
+def exit_now(status):
+    """Ends a forked process without running the template's exit code."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+class Template:
+    """The preload template (forkwarden's README, "Preloading"): hands a worker over for each
+    request the master sends on FORKWARDEN_CONTROL_FD.
+
+    A worker must become the master's child, so it is the child of a short-lived middle
+    process, which exits once the worker has told the master who it is. The template keeps
+    one such pair forked in advance (the spare): a request costs no fork, only the hand-over
+    of the request to the spare worker; the next spare is forked after."""
+
+    def __init__(self, control_fd, target, app, post_fork, stopping):
+        self.control = socket.socket(fileno=control_fd)
+        self.target, self.app, self.post_fork, self.stopping = target, app, post_fork, stopping
+        self.master = os.getppid()
+        self.template_pid = os.getpid()
+        self.notifier = Notifier()
+        self.watchdog = watchdog_interval()
+        self.spare = None  # (middle pid, channel to the spare worker)
+
+    def run(self):
+        # What loading created is never collected, so the garbage collector's visits do
+        # not write to (and so unshare) the pages every worker shares with the template.
+        gc.freeze()
+        watchdog = "\nWATCHDOG=1" if self.watchdog is not None else ""
+        self.notifier.send(f"READY=1\nSTATUS=template: {self.target} loaded{watchdog}")
+        last_alive = time.monotonic()
+        spare_due = last_alive
+        while not self.stopping:
+            timeout = IDLE_CHECK
+            if self.spare is None:
+                if time.monotonic() >= spare_due:
+                    self.spare = self.fork_spare()
+                else:
+                    timeout = spare_due - time.monotonic()
+            readable, _, _ = select.select([self.control], [], [], max(timeout, 0))
+            now = time.monotonic()
+            if self.watchdog is not None and now - last_alive >= self.watchdog:
+                self.notifier.send("WATCHDOG=1")
+                last_alive = now
+            if not readable:
+                continue
+            try:
+                message, fds, _, _ = socket.recv_fds(self.control, 4096, 2)
+            except InterruptedError:
+                continue
+            if not message:
+                break  # the master is gone
+            try:
+                if self.spare is None:
+                    self.spare = self.fork_spare()
+                self.hand_over(message, fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            # Not at once: the CPU is the new worker's while it starts.
+            spare_due = time.monotonic() + SPARE_DELAY
+        if self.spare is not None:
+            middle, channel = self.spare
+            channel.close()  # the spare worker exits on the end of its channel, then its parent
+            os.waitpid(middle, 0)
+        self.notifier.send("STOPPING=1")
+
+    def fork_spare(self):
+        """Forks the middle process, which forks the spare worker; the worker waits on the
+        returned channel for its request. Returns (middle pid, channel)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        middle = os.fork()
+        if middle == 0:
+            status = 1
+            try:
+                ours.close()
+                self.control.close()
+                prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # it never outlives the template
+                if os.getppid() != self.template_pid:
+                    exit_now(0)
+                said, told = os.pipe()
+                worker = os.fork()
+                if worker == 0:
+                    os.close(said)
+                    self.wait_for_request(theirs, told, parent=os.getppid())  # never returns
+                os.close(told)
+                theirs.close()
+                # The worker closes its end once the master knows it (or when it leaves).
+                while os.read(said, 1):
+                    pass
+                status = 0
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+            finally:
+                exit_now(status)
+        theirs.close()
+        return middle, ours
+
+    def hand_over(self, message, fds):
+        """Gives the request to the spare worker, and waits for its middle process to exit
+        (it does once the worker has said who it is)."""
+        middle, channel = self.spare
+        self.spare = None
+        try:
+            socket.send_fds(channel, [message], fds)
+        except OSError as error:
+            # The spare died (its middle process with it): the master's request times out.
+            print(f"forkwarden_wsgi: template: the spare worker is gone ({error})",
+                  file=sys.stderr, flush=True)
+        channel.close()
+        os.waitpid(middle, 0)
+
+    def wait_for_request(self, channel, told, parent):
+        """The spare worker: waits for its request (dies with its middle process until
+        then), and becomes the worker it asks for."""
+        status = 1
+        try:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:
+                exit_now(0)
+            while True:
+                try:
+                    message, fds, _, _ = socket.recv_fds(channel, 4096, 2)
+                    break
+                except InterruptedError:
+                    continue
+            channel.close()
+            if not message:
+                exit_now(0)  # the template left without using this spare
+            request = dict(line.split("=", 1) for line in message.decode().splitlines()
+                           if "=" in line)
+            if len(fds) != 2 or "FORKWARDEN_FORK" not in request:
+                raise ValueError(f"malformed fork request {message!r}")
+            # Its middle process exits next, which must not kill it.
+            prctl(PR_SET_PDEATHSIG, 0)
+            self.become_worker(request, fds, told)  # never returns
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        finally:
+            exit_now(status)
+
+    def become_worker(self, request, fds, told):
+        status = 1
+        try:
+            os.setpgid(0, 0)  # its own process group: its signals never reach the template
+            pid = str(os.getpid())
+            os.environ.update(request)
+            os.environ["LISTEN_PID"] = pid
+            if "WATCHDOG_USEC" in request:
+                os.environ["WATCHDOG_PID"] = pid
+            else:
+                os.environ.pop("WATCHDOG_USEC", None)
+                os.environ.pop("WATCHDOG_PID", None)
+            os.environ.pop("FORKWARDEN_CONTROL_FD", None)
+            Notifier().send(f"FORKWARDEN_FORK={request['FORKWARDEN_FORK']}")
+            os.close(told)  # the middle process exits: the master becomes our parent
+            for fd, standard in zip(fds, (1, 2)):
+                os.dup2(fd, standard)
+                if fd > 2:
+                    os.close(fd)
+            prctl(PR_SET_CHILD_SUBREAPER, 1)
+            if self.post_fork is not None:
+                self.post_fork()
+            self.bound_to_master = False
+            self.reparent_by = time.monotonic() + REPARENT_WAIT
+            serve(self.target, self.app, self.stopping, each_turn=self.bind_to_master)
+            status = 0
+        except SystemExit as exit:
+            status = exit.code if isinstance(exit.code, int) else 1
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        finally:
+            exit_now(status)
+
+    def bind_to_master(self):
+        """Once its middle process has exited (it does at once), the master is this worker's
+        parent, and the master's death must take the worker with it. Checked before each
+        wait for a request, without waiting: the worker serves meanwhile."""
+        if self.bound_to_master:
+            return
+        parent = os.getppid()
+        if parent == self.master:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != self.master:
+                exit_now(0)  # the master died in between
+            self.bound_to_master = True
+        elif time.monotonic() > self.reparent_by:
+            # The middle process is gone and the master is not our parent: it died.
+            print("forkwarden_wsgi: the master did not become this worker's parent within "
+                  f"{REPARENT_WAIT:.0f} s (it is pid {parent}); leaving",
+                  file=sys.stderr, flush=True)
+            exit_now(1)
+
+
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        sys.exit("usage: python3 -m forkwarden_wsgi module:callable")
+    parser = argparse.ArgumentParser(prog="python3 -m forkwarden_wsgi",
+                                     description="Serve a WSGI application under forkwarden.")
+    parser.add_argument("--preload", action="store_true",
+                        help="be the template workers are forked from ([app] preload = true)")
+    parser.add_argument("--post-fork", metavar="MODULE:FUNCTION",
+                        help="called in each worker before it serves (reopen connections here)")
+    parser.add_argument("app", metavar="MODULE:CALLABLE")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     stopping = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.append(True))
     sys.path.insert(0, os.getcwd())
-    notifier = Notifier()
-    app = load(argv[0])
-    server = Server(inherited_socket(), app, notifier)
-    # WATCHDOG=1 with READY=1: the master watches this worker's liveness from now on.
-    watchdog = "\nWATCHDOG=1" if server.watchdog is not None else ""
-    notifier.send(f"READY=1\nIDLE=1\nSTATUS=serving {argv[0]}{watchdog}")
-    while not stopping and not server.out_of_memory:
-        server.handle_request()
-    notifier.send("STOPPING=1")
+    app = load(args.app)
+    post_fork = load(args.post_fork) if args.post_fork else None
+    control = os.environ.get("FORKWARDEN_CONTROL_FD")
+    if control is not None:
+        if not args.preload:
+            sys.exit("forkwarden_wsgi: started as a template (preload = true in [app]) "
+                     "without --preload")
+        Template(int(control), args.app, app, post_fork, stopping).run()
+        return
+    if post_fork is not None:
+        post_fork()
+    serve(args.app, app, stopping)
 
 
 if __name__ == "__main__":

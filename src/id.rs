@@ -37,3 +37,6 @@ impl fmt::Display for WorkerId {
 pub fn worker_name(id: WorkerId, pid: impl fmt::Display) -> String {
     format!("{id} (pid {pid})")
 }
+
+/// What the preload template is called in log lines (`app template (pid 4312)`).
+pub const TEMPLATE: &str = "app template";

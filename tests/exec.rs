@@ -285,3 +285,79 @@ fn a_program_that_cannot_get_memory_at_start_is_told_about_rlimit_as() {
         "{line}"
     );
 }
+
+/// A program that answers each connection with how it got descriptor 3 (`blocking` or
+/// `nonblocking`), accepting with a plain `accept()`, as socket-activated services do.
+fn accepting_program(nonblocking: bool) -> String {
+    let mut config = python_program(
+        &[
+            "import fcntl, os, socket, select",
+            "listener = socket.socket(fileno=3)",
+            "mode = 'nonblocking' if fcntl.fcntl(3, fcntl.F_GETFL) & os.O_NONBLOCK else 'blocking'",
+            "while True:",
+            "  if mode == 'nonblocking':",
+            "    select.select([listener], [], [])",
+            "  connection, _ = listener.accept()",
+            "  connection.recv(65536)",
+            "  connection.sendall(('HTTP/1.1 200 OK' + chr(13) + chr(10) + 'Content-Length: %d' % len(mode) + chr(13) + chr(10) + 'Connection: close' + chr(13) + chr(10) + chr(13) + chr(10) + mode).encode())",
+            "  connection.close()",
+        ],
+        "0",
+    );
+    config = config.replace("workers = 1", "workers = 2");
+    if nonblocking {
+        config.push_str("nonblocking = true\n");
+    }
+    config
+}
+
+#[test]
+fn descriptor_3_is_blocking_as_systemd_hands_it_over_unless_nonblocking_is_set() {
+    let server = Server::spawn(&accepting_program(false));
+    for _ in 0..4 {
+        let reply = http_get(server.port, "/");
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (200, "blocking"),
+            "{}",
+            server.log_text()
+        );
+    }
+    assert!(
+        server.log_matching("respawned").is_empty() && server.log_matching("died").is_empty(),
+        "a blocking accept() must not fail: {}",
+        server.log_text()
+    );
+    let server = Server::spawn(&accepting_program(true));
+    assert!(wait_until(SOON, || http_get(server.port, "/").body == "nonblocking"));
+}
+
+#[test]
+fn a_program_line_keeps_its_level_and_loses_its_own_timestamp() {
+    let server = Server::spawn(&python_program(
+        &[
+            "import os, sys, time",
+            "print('2026-11-28 12:00:01,234 %d ERROR prod odoo.http: Exception during request' % os.getpid(), file=sys.stderr, flush=True)",
+            "print('2026-11-28 12:00:01,235 %d INFO prod werkzeug: GET / 200' % os.getpid(), file=sys.stderr, flush=True)",
+            "print('a plain line on stderr', file=sys.stderr, flush=True)",
+            "print('a plain line on stdout', flush=True)",
+            "time.sleep(60)",
+        ],
+        "0",
+    ));
+    let program = server.wait_for_workers("", 1)[0];
+    // The program's own timestamp is dropped; the line keeps the level it states.
+    let error = server.wait_for_log(&format!(
+        "(pid {program}) [stderr]: {program} ERROR prod odoo.http: Exception during request"
+    ));
+    assert!(error.contains(" ERROR "), "{error}");
+    let info = server.wait_for_log(&format!("[stderr]: {program} INFO prod werkzeug"));
+    assert!(
+        info.contains(" INFO ") && !info.contains(" WARN "),
+        "{info}"
+    );
+    let plain = server.wait_for_log("[stderr]: a plain line on stderr");
+    assert!(plain.contains(" WARN "), "{plain}");
+    let stdout = server.wait_for_log("): a plain line on stdout");
+    assert!(stdout.contains(" INFO "), "{stdout}");
+}

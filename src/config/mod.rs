@@ -127,6 +127,14 @@ pub struct ExecApp {
     /// soon as it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_timeout: Option<TimeSpan>,
+    /// Hand descriptor 3 over with O_NONBLOCK set (systemd's `NonBlocking=`). Off, as under
+    /// systemd: a program that does a plain blocking `accept()` must not get EAGAIN.
+    #[serde(default)]
+    pub nonblocking: bool,
+    /// Start the program once as a template that loads the application and forks every
+    /// worker on the master's request (see README, "Preloading").
+    #[serde(default)]
+    pub preload: bool,
 }
 
 impl ExecApp {
@@ -357,6 +365,17 @@ impl Config {
                 "app.command".into(),
                 "command is empty; expected the program and its arguments, e.g. \
                  [\"python3\", \"-m\", \"forkwarden_wsgi\", \"myproject.wsgi:application\"]"
+                    .into(),
+            ));
+        }
+        if let Some(app) = &self.app
+            && app.preload
+            && !app.notifies()
+        {
+            return Err((
+                "app.ready_timeout".into(),
+                "0 cannot be used with preload = true: a template must say READY=1 once it \
+                 has loaded the application, and its workers must say it too"
                     .into(),
             ));
         }

@@ -16,10 +16,10 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::config::CronJob;
-use crate::output::LineSplitter;
+use crate::output::{LineSplitter, Stream, log_program_line};
 use crate::sys::{self, WorkerSignals};
 
 /// How a run ended.
@@ -184,8 +184,8 @@ impl<'a> Watch<'a> {
         Ok(Self {
             exited: sys::pidfd_open(pid)?,
             output: [
-                Output::new(&job.name, "", stdout)?,
-                Output::new(&job.name, " [stderr]", stderr)?,
+                Output::new(&job.name, Stream::Stdout, stdout)?,
+                Output::new(&job.name, Stream::Stderr, stderr)?,
             ],
         })
     }
@@ -245,18 +245,18 @@ impl<'a> Watch<'a> {
 /// One output pipe of a job, logged line by line as it arrives.
 struct Output<'a> {
     job: &'a str,
-    tag: &'static str,
+    stream: Stream,
     /// None once the job closed it.
     pipe: Option<File>,
     lines: LineSplitter,
 }
 
 impl<'a> Output<'a> {
-    fn new(job: &'a str, tag: &'static str, pipe: OwnedFd) -> io::Result<Self> {
+    fn new(job: &'a str, stream: Stream, pipe: OwnedFd) -> io::Result<Self> {
         fcntl(&pipe, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
         Ok(Self {
             job,
-            tag,
+            stream,
             pipe: Some(File::from(pipe)),
             lines: LineSplitter::default(),
         })
@@ -289,7 +289,7 @@ impl<'a> Output<'a> {
     }
 
     fn log(&self, line: &str) {
-        info!("cron job {}{}: {line}", self.job, self.tag);
+        log_program_line(&format!("cron job {}", self.job), self.stream, line);
     }
 }
 

@@ -75,6 +75,7 @@ impl Master {
         for (pid, detail) in due {
             self.enforce(pid, Enforcement::Kill(detail), now);
         }
+        self.enforce_template_deadlines(now);
     }
 
     /// Checks every worker against its limits (see [`crate::limits`]) and its liveness, and

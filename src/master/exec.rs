@@ -19,13 +19,13 @@ use mio::unix::pipe::{Receiver, Sender};
 use mio::{Interest, Registry, Token};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::Master;
 use super::pool::{Departure, Leaving, Lifecycle};
 use crate::id::worker_name;
 use crate::notify::Notification;
-use crate::output::LineSplitter;
+use crate::output::{LineSplitter, Stream, log_program_line};
 use crate::worker::ExecOutput;
 
 /// How much of one output pipe the master reads per turn of its loop: a program flooding
@@ -102,7 +102,7 @@ struct OutputPipe {
     pipe: Receiver,
     token: Token,
     lines: LineSplitter,
-    tag: &'static str,
+    stream: Stream,
     open: bool,
     /// More was waiting when the budget ran out.
     pending: bool,
@@ -123,16 +123,19 @@ impl ExecState {
         let [mut out, mut err] = receivers;
         registry.register(&mut out, tokens[0], Interest::READABLE)?;
         registry.register(&mut err, tokens[1], Interest::READABLE)?;
-        let pipe = |pipe, token, tag| OutputPipe {
+        let pipe = |pipe, token, stream| OutputPipe {
             pipe,
             token,
             lines: LineSplitter::default(),
-            tag,
+            stream,
             open: true,
             pending: true,
         };
         Ok(Self {
-            outputs: [pipe(out, tokens[0], ""), pipe(err, tokens[1], " [stderr]")],
+            outputs: [
+                pipe(out, tokens[0], Stream::Stdout),
+                pipe(err, tokens[1], Stream::Stderr),
+            ],
             status: None,
             watchdog: None,
             last_alive: Instant::now(),
@@ -178,7 +181,7 @@ impl ExecState {
             if output.open {
                 self.memory_error_seen |= output.read(name, CLOSING_BUDGET);
                 if let Some(line) = output.lines.finish() {
-                    info!("{name}{}: {line}", output.tag);
+                    log_program_line(name, output.stream, &line);
                 }
                 output.open = false;
                 output.pending = false;
@@ -219,7 +222,7 @@ impl OutputPipe {
         let mut log = |line: &str| {
             let lower = line.to_ascii_lowercase();
             memory_error |= MEMORY_ERROR_SIGNS.iter().any(|sign| lower.contains(sign));
-            info!("{name}{}: {line}", self.tag);
+            log_program_line(name, self.stream, line);
         };
         while read_so_far < budget {
             match self.pipe.read(&mut chunk) {
@@ -259,6 +262,15 @@ impl Master {
     /// Reads the output of exec workers whose pipes have something (`tokens` woke), within
     /// each pipe's budget.
     pub(super) fn read_exec_output(&mut self, tokens: &[Token]) {
+        for template in self.templates.iter_mut() {
+            for token in tokens {
+                template.exec.wake(*token);
+            }
+            if template.exec.has_pending_output() {
+                let name = template.name();
+                template.exec.read_output(&name);
+            }
+        }
         for worker in self.pool.workers_mut() {
             let (id, pid) = (worker.id, worker.pid);
             let Some(exec) = &mut worker.exec else {
@@ -278,6 +290,7 @@ impl Master {
         self.pool
             .workers()
             .filter_map(|worker| worker.exec.as_ref())
+            .chain(self.templates.iter().map(|template| &template.exec))
             .any(ExecState::has_pending_output)
     }
 

@@ -7,7 +7,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// Binds `address` with SO_REUSEADDR (a restart need not wait for TIME_WAIT to clear) and
 /// starts listening with `backlog`. The socket is close-on-exec and non-blocking: workers
-/// wait for it in epoll and must not block in accept() when another worker won the race.
+/// wait for it in epoll and must not block in accept() when another worker won the race
+/// (a program of `[app]` gets it blocking, as systemd hands sockets over: see `spawn`).
 pub fn bind(address: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     let socket = Socket::new(
         Domain::for_address(address),

@@ -6,7 +6,8 @@
 //! (`enforce.rs`), spawn missing workers and retire replaced ones (here), then wait for the
 //! next event: a signal, a worker's bell or notification, a program's output, or the
 //! earliest deadline. The population and its backoff live in `pool.rs`, the one-line exit
-//! reports in `report.rs`. The master never busy-polls, never runs application code and
+//! reports in `report.rs`, the preload template HTTP workers are forked from (`[app]
+//! preload = true`) in `template.rs`. The master never busy-polls, never runs application code and
 //! never touches a client connection.
 
 mod enforce;
@@ -17,6 +18,7 @@ mod pool;
 mod report;
 mod signals;
 mod strays;
+mod template;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -49,6 +51,7 @@ use pidfile::Pidfile;
 use pool::{Departure, PendingReport, Pool, RetireReason, Worker};
 use report::{Ending, Exit, Verdict};
 use strays::Strays;
+use template::Templates;
 
 const SIGNALS: Token = Token(0);
 const NOTIFICATIONS: Token = Token(1);
@@ -84,6 +87,16 @@ pub enum MasterError {
     EventLoop(#[from] io::Error),
 }
 
+/// What became of a request to start a worker.
+enum Spawned {
+    /// Forked: this is its pid.
+    Started(Pid),
+    /// Asked of the preload template; the worker joins when it says who it is.
+    Requested,
+    /// The preload template is not ready yet; asked once it is.
+    Waiting,
+}
+
 /// The server is on its way down.
 struct Stopping {
     exit_status: u8,
@@ -112,6 +125,8 @@ pub struct Master {
     /// Where HTTP workers pass client connections to one another; never read here.
     handoff: HandoffChannel,
     pool: Pool,
+    /// The preload templates HTTP workers are forked from (`[app] preload = true`).
+    templates: Templates,
     /// Processes that workers left behind, killed and not yet reaped.
     strays: Strays,
     /// When this server started: cron runs due before it fell while the server was down.
@@ -179,6 +194,7 @@ impl Master {
         sys::set_process_title(&format!("forkwarden: master ({})", config_path.display()));
         Ok(Self {
             pool: Pool::new(config.workers, config.max_cron_threads),
+            templates: Templates::default(),
             strays: Strays::default(),
             limits: MasterLimits::from_config(&config),
             started_at: std::time::SystemTime::now(),
@@ -253,7 +269,7 @@ impl Master {
             self.note_ready_workers();
             self.enforce_deadlines();
             self.enforce_limits();
-            if self.stopping.is_some() && self.pool.is_empty() {
+            if self.stopping.is_some() && self.pool.is_empty() && self.templates.is_empty() {
                 self.kill_strays();
                 if self.strays.all_gone() {
                     info!("all workers have stopped; master exiting");
@@ -317,6 +333,10 @@ impl Master {
                 cpu: Some(reaped.cpu),
             };
             reaped_any = true;
+            if self.on_template_exit(pid, &exit) {
+                ended.push(crate::id::TEMPLATE.to_string());
+                continue;
+            }
             if let Some(name) = self.on_worker_exit(pid, exit) {
                 ended.push(name);
             }
@@ -443,39 +463,37 @@ impl Master {
 
     // ---- step 5: spawn and retire ----
 
-    /// Starts a worker in every slot that wants one and may have one now.
+    /// Starts a worker in every slot that wants one and may have one now (with preload:
+    /// asks the template for it, once the template is ready).
     fn spawn_missing(&mut self) {
         if self.stopping.is_some() {
             return;
         }
+        self.ensure_template();
         let now = Instant::now();
         for id in self.pool.slots_to_fill(now) {
-            let pending = self.pool.take_pending_report(id);
-            match (self.spawn(id), pending) {
-                (Ok(pid), Some(report)) if report.unexpected => {
-                    warn!(
-                        role = id.role.as_str(),
-                        slot = id.slot,
-                        new_pid = pid.as_raw(),
-                        "{}; respawned as pid {pid}",
-                        report.line
-                    );
+            if self.templates.requested(id) {
+                continue;
+            }
+            match self.spawn(id) {
+                Ok(Spawned::Started(pid)) => self.log_spawned(id, pid),
+                Ok(Spawned::Requested) => {}
+                Ok(Spawned::Waiting) => {
+                    // The template may take long to load (or fail to): the end of the
+                    // worker being replaced is told now, not when its replacement comes.
+                    if let Some(report) = self.pool.take_pending_report(id) {
+                        log_end(
+                            &format!(
+                                "{}; its replacement waits for the {} to load",
+                                report.line,
+                                crate::id::TEMPLATE
+                            ),
+                            report.unexpected,
+                        );
+                    }
                 }
-                (Ok(pid), Some(report)) => info!(
-                    role = id.role.as_str(),
-                    slot = id.slot,
-                    new_pid = pid.as_raw(),
-                    "{}; respawned as pid {pid}",
-                    report.line
-                ),
-                (Ok(pid), None) => info!(
-                    role = id.role.as_str(),
-                    slot = id.slot,
-                    pid = pid.as_raw(),
-                    "{id} started as pid {pid}"
-                ),
-                (Err(error), pending) => {
-                    if let Some(report) = pending {
+                Err(error) => {
+                    if let Some(report) = self.pool.take_pending_report(id) {
                         warn!("{}", report.line);
                     }
                     error!(
@@ -487,6 +505,32 @@ impl Master {
                     self.pool.delay_slot(id, now + SPAWN_RETRY);
                 }
             }
+        }
+    }
+
+    /// Logs that `pid` now serves slot `id`: with the end of the worker it replaces, if any.
+    fn log_spawned(&mut self, id: WorkerId, pid: Pid) {
+        match self.pool.take_pending_report(id) {
+            Some(report) if report.unexpected => warn!(
+                role = id.role.as_str(),
+                slot = id.slot,
+                new_pid = pid.as_raw(),
+                "{}; respawned as pid {pid}",
+                report.line
+            ),
+            Some(report) => info!(
+                role = id.role.as_str(),
+                slot = id.slot,
+                new_pid = pid.as_raw(),
+                "{}; respawned as pid {pid}",
+                report.line
+            ),
+            None => info!(
+                role = id.role.as_str(),
+                slot = id.slot,
+                pid = pid.as_raw(),
+                "{id} started as pid {pid}"
+            ),
         }
     }
 
@@ -507,16 +551,35 @@ impl Master {
         }
     }
 
-    /// Forks a worker for slot `id`.
-    fn spawn(&mut self, id: WorkerId) -> io::Result<Pid> {
-        if id.role == Role::Http && self.listener.is_none() {
+    /// The listening socket, bound again if a scale-down to no HTTP worker closed it.
+    fn http_listener(&mut self) -> io::Result<&TcpListener> {
+        if self.listener.is_none() {
             let listener = bind_http(&self.config).map_err(io::Error::other)?;
             self.listener = Some(listener);
             self.announce_listening();
         }
+        self.listener
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no listening socket"))
+    }
+
+    /// Forks a worker for slot `id`, or (with preload) asks the template for one.
+    fn spawn(&mut self, id: WorkerId) -> io::Result<Spawned> {
+        if id.role == Role::Http {
+            self.http_listener()?;
+            if self.preloads() {
+                return self.request_fork(id);
+            }
+        }
         let row = WorkerRow::new()?;
         let generation = self.pool.generation();
         let exec_app = self.config.app.as_ref().filter(|_| id.role == Role::Http);
+        if let (Role::Http, Some(listener)) = (id.role, &self.listener) {
+            // O_NONBLOCK belongs to the file description all HTTP workers share. Built-in
+            // workers wait in epoll and must not block in accept() after losing a race;
+            // a program gets what systemd gives (blocking unless `nonblocking = true`).
+            listener.set_nonblocking(exec_app.is_none_or(|app| app.nonblocking))?;
+        }
         let pipes = exec_app.map(|_| exec::ExecPipes::new()).transpose()?;
         let watchdog = self.limits.heartbeat;
         let spec = WorkerSpec {
@@ -532,6 +595,7 @@ impl Master {
             app: &*self.app,
             notify_path: self.notifications.path(),
             exec_output: pipes.as_ref().map(exec::ExecPipes::for_child),
+            template_control: None,
             watchdog,
             server_started: self.started_at,
         };
@@ -567,14 +631,16 @@ impl Master {
             }
         }
         self.pool.add(worker);
-        Ok(pid)
+        Ok(Spawned::Started(pid))
     }
 
-    /// Tells workers to stop whose slot is gone or whose replacement is ready.
+    /// Tells workers to stop whose slot is gone or whose replacement is ready, and
+    /// templates no longer needed.
     fn retire_replaced(&mut self) {
         for (pid, reason) in self.pool.to_retire() {
             self.retire(pid, reason);
         }
+        self.retire_old_templates();
     }
 
     /// Asks a worker to finish its current work and exit (SIGTERM); it is killed if it has
@@ -611,6 +677,7 @@ impl Master {
             .next_deadline(include_respawns)
             .into_iter()
             .chain(limit_checks)
+            .chain(self.templates.next_deadline(include_respawns))
             .chain(self.strays.deadline())
             .min()
             .map(|deadline| deadline.saturating_duration_since(Instant::now()));
@@ -658,6 +725,11 @@ impl Master {
     }
 
     fn on_notification(&mut self, notification: &Notification) {
+        if self.on_template_notification(notification) {
+            return;
+        }
+        // A worker forked by a template says so first (possibly with more in the message).
+        self.adopt_forked(notification);
         let Some(worker) = self.pool.get_mut(notification.pid) else {
             return;
         };
@@ -682,6 +754,10 @@ impl Master {
         for worker in self.pool.workers() {
             worker.signal(Signal::SIGKILL);
             let _ = waitpid(worker.pid, None);
+        }
+        self.kill_templates();
+        for pid in self.templates.pids() {
+            let _ = waitpid(pid, None);
         }
     }
 }

@@ -418,7 +418,7 @@ impl Pool {
 }
 
 /// No delay for a first failed start; then 100 ms, doubling up to [`BACKOFF_MAX`].
-fn backoff(failures_in_a_row: u32) -> Duration {
+pub(super) fn backoff(failures_in_a_row: u32) -> Duration {
     if failures_in_a_row <= 1 {
         return Duration::ZERO;
     }

@@ -7,6 +7,7 @@ use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
 use super::pool::{Departure, Lifecycle, RetireReason, Worker};
+use super::template::TemplateState;
 use super::{Master, Stopping, signal_name};
 use crate::config::{Config, RESTART_ONLY_KEYS};
 use crate::format::elapsed;
@@ -62,6 +63,7 @@ impl Master {
                 for pid in running {
                     self.retire(pid, RetireReason::Shutdown);
                 }
+                self.stop_templates();
                 // Nothing a worker left behind outlives the server either.
                 self.kill_strays();
             }
@@ -81,6 +83,7 @@ impl Master {
                     );
                     worker.signal(Signal::SIGKILL);
                 }
+                self.kill_templates();
             }
             Some(_) => {}
         }
@@ -177,6 +180,19 @@ impl Master {
                 ""
             }
         );
+        for template in self.templates.iter() {
+            let state = match template.state {
+                TemplateState::Loading { .. } => "loading the application",
+                TemplateState::Ready => "ready to fork workers",
+                TemplateState::Leaving { .. } => "leaving",
+            };
+            info!(
+                "status: {} (generation {}): {state}, up {}",
+                template.name(),
+                template.generation,
+                elapsed(template.started.elapsed())
+            );
+        }
         let mut workers: Vec<&Worker> = self.pool.workers().collect();
         workers.sort_by_key(|worker| (worker.id, worker.generation));
         let now = Instant::now();

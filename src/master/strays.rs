@@ -85,13 +85,20 @@ impl Strays {
 impl Master {
     /// Kills every child of the master that is not a worker (see the module doc).
     pub(super) fn kill_strays(&mut self) {
+        // A worker forked by a preload template said who it is before it became our child
+        // (see template.rs): what is queued is read first, so it is known by now.
+        self.read_notifications();
         let workers: HashSet<Pid> = self.pool.workers().map(|w| w.pid).collect();
+        let templates: HashSet<Pid> = self.templates.pids().collect();
         let whose = match self.strays.ended.as_slice() {
             [one] => one.clone(),
             _ => "a worker that ended".to_string(),
         };
         for pid in proctree::children(self.pid) {
-            if workers.contains(&pid) || self.strays.killed.contains(&pid) {
+            if workers.contains(&pid)
+                || templates.contains(&pid)
+                || self.strays.killed.contains(&pid)
+            {
                 continue;
             }
             let command = proctree::command_name(pid).unwrap_or_else(|| "?".into());

@@ -17,8 +17,8 @@
 //! - [`shm`]: anonymous shared memory that the master and one worker both see (and no
 //!   worker forked later).
 //! - [`title`]: the process title shown by `ps`.
-//! - [`net`]: accepting straight into non-blocking mode, and handing a client connection
-//!   from one worker to another (SCM_RIGHTS).
+//! - [`net`]: accepting straight into non-blocking mode, handing a client connection from
+//!   one worker to another (SCM_RIGHTS), and the channel to a preload template.
 #![allow(unsafe_code)]
 
 mod net;
@@ -29,10 +29,11 @@ mod title;
 
 pub use net::{
     accept_nonblocking, defer_accept, handoff_channel, receive_connection, send_connection,
+    send_with_descriptors, template_channel,
 };
 pub use process::{
     Reap, ensure_standard_fds, exec_socket_activated, fork_process, lower_priority, pidfd_open,
-    reap_child, set_cpu_limit_of, supervise_job,
+    reap_child, set_address_space_limit_of, set_cpu_limit_of, supervise_job,
 };
 pub use shm::SharedWords;
 pub use signals::{

@@ -138,6 +138,48 @@ pub fn receive_connection(from: BorrowedFd<'_>) -> io::Result<Option<TcpStream>>
     Ok(Some(stream))
 }
 
+/// The channel between the master and a preload template (`[app] preload = true`): a
+/// SEQPACKET socket pair, one message per fork request, each carrying descriptors. Returns
+/// (the master's end, non-blocking; the template's end, blocking, as a program expects).
+/// Both are close-on-exec; the template's is put on descriptor 4 when it is started.
+pub fn template_channel() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (master, template) = socket::socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(nix::fcntl::fcntl(
+        &master,
+        nix::fcntl::FcntlArg::F_GETFL,
+    )?);
+    nix::fcntl::fcntl(
+        &master,
+        nix::fcntl::FcntlArg::F_SETFL(flags | nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    Ok((master, template))
+}
+
+/// Sends one message `text` with descriptors `fds` on `to` without waiting (`WouldBlock`
+/// when the peer's queue is full, `BrokenPipe` when it is gone).
+pub fn send_with_descriptors(
+    to: BorrowedFd<'_>,
+    text: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let payload = [IoSlice::new(text)];
+    socket::sendmsg::<()>(
+        to.as_raw_fd(),
+        &payload,
+        &rights,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -293,34 +293,43 @@ pub fn ensure_standard_fds() -> std::io::Result<()> {
 
 /// Replaces this (forked) process with `program`, the way systemd starts a socket-activated
 /// service: `listener` on descriptor 3 (and, like stdout/stderr, kept across exec), the
-/// output pipes on 1 and 2, no other descriptor (not even one forkwarden inherited without
-/// close-on-exec from whoever started it), no signal blocked and none ignored. Returns only
-/// on failure.
+/// output pipes on 1 and 2, `control` (a preload template's channel) on 4, no other
+/// descriptor (not even one forkwarden inherited without close-on-exec from whoever started
+/// it), no signal blocked and none ignored. Returns only on failure.
 pub fn exec_socket_activated(
     program: &std::ffi::CStr,
     args: &[std::ffi::CString],
     env: &[std::ffi::CString],
     listener: std::os::fd::BorrowedFd<'_>,
+    control: Option<std::os::fd::BorrowedFd<'_>>,
     stdout: std::os::fd::BorrowedFd<'_>,
     stderr: std::os::fd::BorrowedFd<'_>,
 ) -> std::io::Error {
     use std::os::fd::AsRawFd;
     const LISTEN_FD: i32 = 3;
+    const CONTROL_FD: i32 = 4;
     let prepared = (|| -> nix::Result<()> {
         nix::unistd::dup2_stdout(stdout)?;
         nix::unistd::dup2_stderr(stderr)?;
-        if listener.as_raw_fd() == LISTEN_FD {
-            nix::fcntl::fcntl(
-                listener,
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-            )?;
-        } else {
-            // SAFETY: dup2 takes two descriptor numbers; whatever descriptor 3 held is closed
-            // by it, which is intended: every descriptor of ours is close-on-exec anyway, and
-            // this process is about to become the program.
-            nix::errno::Errno::result(unsafe { libc::dup2(listener.as_raw_fd(), LISTEN_FD) })?;
+        // Out of the way of the listener first, should it sit where the listener goes.
+        let control = match control {
+            Some(fd) if fd.as_raw_fd() == LISTEN_FD => Some(nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(CONTROL_FD + 1),
+            )?),
+            fd => fd.map(|fd| fd.as_raw_fd()),
+        };
+        place_descriptor(listener.as_raw_fd(), LISTEN_FD)?;
+        if let Some(control) = control {
+            place_descriptor(control, CONTROL_FD)?;
         }
-        mark_close_on_exec_from(LISTEN_FD + 1)?;
+        mark_close_on_exec_from(
+            if control.is_some() {
+                CONTROL_FD
+            } else {
+                LISTEN_FD
+            } + 1,
+        )?;
         nix::sys::signal::pthread_sigmask(
             nix::sys::signal::SigmaskHow::SIG_SETMASK,
             Some(&nix::sys::signal::SigSet::empty()),
@@ -338,6 +347,19 @@ pub fn exec_socket_activated(
         Ok(never) => match never {},
         Err(errno) => errno.into(),
     }
+}
+
+/// Makes descriptor `target` a copy of `fd` that exec keeps (between fork and exec: system
+/// calls only).
+fn place_descriptor(fd: i32, target: i32) -> nix::Result<()> {
+    if fd == target {
+        // SAFETY: F_SETFD only changes the flags of a descriptor number; no memory is passed.
+        return nix::errno::Errno::result(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }).map(drop);
+    }
+    // SAFETY: dup2 takes two descriptor numbers; whatever descriptor `target` held is closed
+    // by it, which is intended: every descriptor of ours is close-on-exec anyway, and this
+    // process is about to become the program. The copy dup2 makes has close-on-exec clear.
+    nix::errno::Errno::result(unsafe { libc::dup2(fd, target) }).map(drop)
 }
 
 /// Marks every descriptor from `first` up close-on-exec, so that exec leaves none of them to
@@ -373,6 +395,23 @@ pub fn set_cpu_limit_of(pid: Pid, soft: u64, hard: u64) -> std::io::Result<()> {
     // prlimit accepts.
     let result =
         unsafe { libc::prlimit(pid.as_raw(), libc::RLIMIT_CPU, &limit, std::ptr::null_mut()) };
+    nix::errno::Errno::result(result)
+        .map(drop)
+        .map_err(Into::into)
+}
+
+/// Caps the address space of another process at `bytes` (soft and hard RLIMIT_AS, with
+/// `prlimit(2)`): how `limit_memory_hard` reaches a worker forked by a preload template,
+/// which the master does not start itself.
+pub fn set_address_space_limit_of(pid: Pid, bytes: u64) -> std::io::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    // SAFETY: `limit` is a live, initialised rlimit; the old-value pointer is null, which
+    // prlimit accepts.
+    let result =
+        unsafe { libc::prlimit(pid.as_raw(), libc::RLIMIT_AS, &limit, std::ptr::null_mut()) };
     nix::errno::Errno::result(result)
         .map(drop)
         .map_err(Into::into)

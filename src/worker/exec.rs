@@ -13,6 +13,9 @@ use crate::config::ExecApp;
 use crate::notify::SERVICE_MANAGER_VARIABLES;
 use crate::sys;
 
+/// The descriptor a template finds its channel to the master on (`FORKWARDEN_CONTROL_FD`).
+const TEMPLATE_CONTROL_FD: i32 = 4;
+
 /// Becomes the program; returns (an exit status) only if it could not be started.
 pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
     let (Some(listener), Some(output)) = (spec.listener, spec.exec_output.as_ref()) else {
@@ -25,10 +28,14 @@ pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
     let program = &app.command[0];
     // Its own process group, so that a kill reaches the program's children too; and the
     // reaper of whatever it starts, however that detaches itself, so that it all comes to
-    // the master (and is killed) when the program ends.
+    // the master (and is killed) when the program ends. Not a template: the workers it
+    // forks must come to the master, as its children.
     let prepared = setpgid(Pid::from_raw(0), Pid::from_raw(0))
         .map_err(|errno| format!("cannot make a process group: {errno}"))
         .and_then(|()| {
+            if spec.template_control.is_some() {
+                return Ok(());
+            }
             nix::sys::prctl::set_child_subreaper(true)
                 .map_err(|errno| format!("cannot become a child subreaper: {errno}"))
         })
@@ -63,6 +70,7 @@ pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
         &args,
         &env,
         listener.as_fd(),
+        spec.template_control,
         output.stdout,
         output.stderr,
     );
@@ -87,12 +95,17 @@ fn environment(spec: &WorkerSpec<'_>, app: &ExecApp) -> Result<Vec<CString>, Str
         ("LISTEN_PID", pid.clone().into()),
         ("LISTEN_FDNAMES", "http".into()),
         ("NOTIFY_SOCKET", spec.notify_path.as_os_str().to_owned()),
-        ("FORKWARDEN_SLOT", spec.id.slot.to_string().into()),
         ("FORKWARDEN_GENERATION", spec.generation.to_string().into()),
     ];
     for (key, value) in own {
         vars.insert(key.into(), value);
     }
+    // A worker knows its slot; a template learns each worker's in the fork request.
+    let (key, value) = match spec.template_control {
+        Some(_) => ("FORKWARDEN_CONTROL_FD", TEMPLATE_CONTROL_FD.to_string()),
+        None => ("FORKWARDEN_SLOT", spec.id.slot.to_string()),
+    };
+    vars.insert(key.into(), value.into());
     // systemd's watchdog convention: a program that supports it sends WATCHDOG=1 at least
     // every half period; the master holds it to the period once it does.
     if let Some(period) = spec.watchdog {

@@ -58,6 +58,9 @@ pub struct WorkerSpec<'a> {
     pub notify_path: &'a Path,
     /// The output pipes of an exec worker (write ends), read by the master.
     pub exec_output: Option<ExecOutput<'a>>,
+    /// Set when this process is not a worker but the preload template workers are forked
+    /// from (`[app] preload = true`): its end of the channel the master asks for forks on.
+    pub template_control: Option<std::os::fd::BorrowedFd<'a>>,
     /// `WATCHDOG_USEC` for programs (`heartbeat_timeout`; None: off).
     pub watchdog: Option<Duration>,
     /// When the server started (cron runs due before it were missed while it was down).
@@ -76,6 +79,7 @@ impl WorkerSpec<'_> {
         if let Some(output) = &self.exec_output {
             fds.extend([output.stdout.as_raw_fd(), output.stderr.as_raw_fd()]);
         }
+        fds.extend(self.template_control.map(|control| control.as_raw_fd()));
         fds.extend(crate::log::descriptor());
         fds
     }
@@ -98,7 +102,15 @@ impl WorkerSpec<'_> {
 
     /// `http worker 2 (pid 4312)`, the worker's name in its own log lines.
     fn name(&self) -> String {
-        format!("{} (pid {})", self.id, std::process::id())
+        format!("{} (pid {})", self.what(), std::process::id())
+    }
+
+    /// What this process is: `http worker 2`, or `app template`.
+    fn what(&self) -> String {
+        match self.template_control {
+            Some(_) => crate::id::TEMPLATE.to_string(),
+            None => self.id.to_string(),
+        }
     }
 
     /// Whether the master that forked this worker is gone.
@@ -177,7 +189,7 @@ enum Outcome {
 
 /// Runs a worker in the freshly forked child; returns its exit status.
 pub fn run(spec: WorkerSpec<'_>) -> i32 {
-    sys::set_process_title(&format!("forkwarden: {}", spec.id));
+    sys::set_process_title(&format!("forkwarden: {}", spec.what()));
     if let Some(run_as) = &spec.config.run_as
         && let Err(errno) = become_user(run_as)
     {

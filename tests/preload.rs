@@ -1,0 +1,386 @@
+//! `[app] preload = true`: the WSGI runner as a template that loads tests/apps/preload_app.py
+//! once and forks every HTTP worker when the master asks.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{SOON, Server, children_of, http_get, is_alive, pid_after, wait_until};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A server preloading the test app from `code` (a directory holding its `version.py`).
+fn preload_server(code: &Path, settings: &str, workers: usize) -> Server {
+    let server = Server::start(&format!(
+        "workers = {workers}\n{settings}\n[app]\n\
+         command = [\"python3\", \"{REPO}/python/forkwarden_wsgi.py\", \"--preload\", \
+         \"--post-fork\", \"preload_app:post_fork\", \"preload_app:app\"]\n\
+         cwd = \"{}\"\nenv = {{ PYTHONPATH = \"{REPO}/tests/apps\" }}\n\
+         preload = true\nready_timeout = \"20s\"\n",
+        code.display()
+    ));
+    server.wait_for_log("loaded the application in");
+    assert!(
+        wait_until(SOON, || workers_of(&server).len() == workers),
+        "{}",
+        server.log_text()
+    );
+    server
+}
+
+/// A directory with `version.py` saying `VERSION = version`.
+fn code(version: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_version(dir.path(), version);
+    dir
+}
+
+fn write_version(dir: &Path, version: &str) {
+    std::fs::write(dir.join("version.py"), format!("VERSION = {version:?}\n")).unwrap();
+}
+
+/// The pid of the template now serving, from the latest "started" line.
+fn template_of(server: &Server) -> i32 {
+    let line = server
+        .log_matching("app template started as pid ")
+        .pop()
+        .expect("a template started");
+    pid_after(&line, "started as pid ")
+}
+
+/// The master's live children that are not a template: its HTTP workers.
+fn workers_of(server: &Server) -> Vec<i32> {
+    let templates: BTreeSet<i32> = server
+        .log_matching("app template started as pid ")
+        .iter()
+        .map(|line| pid_after(line, "started as pid "))
+        .collect();
+    children_of(server.pid())
+        .into_iter()
+        .filter(|pid| !templates.contains(pid))
+        .collect()
+}
+
+/// Field `key` of an /info answer (`version=2 loaded_by=...`).
+fn info_field(info: &str, key: &str) -> String {
+    info.split_whitespace()
+        .find_map(|pair| pair.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {info:?}"))
+        .to_string()
+}
+
+/// Process group of `pid`, from /proc.
+fn process_group(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[2].parse().unwrap()
+}
+
+#[test]
+fn workers_are_forked_from_the_loaded_template_as_the_masters_own_children() {
+    let code = code("1");
+    let server = preload_server(code.path(), "limit_memory_hard = \"3GiB\"", 2);
+    let template = template_of(&server);
+    let workers = workers_of(&server);
+    for worker in &workers {
+        assert_eq!(process_group(*worker), *worker, "its own process group");
+        let limits = std::fs::read_to_string(format!("/proc/{worker}/limits")).unwrap();
+        let address_space = limits
+            .lines()
+            .find(|line| line.starts_with("Max address space"))
+            .unwrap();
+        assert!(address_space.contains("3221225472"), "{address_space}");
+    }
+    // Two slow requests at once: both workers answer, each loaded by the template, each
+    // having run the post-fork hook itself, each knowing its slot and socket.
+    let infos: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    let _ = http_get(server.port, "/sleep?ms=500");
+                })
+            })
+            .collect();
+        let infos = (0..20)
+            .map(|_| http_get(server.port, "/info").body)
+            .collect();
+        for handle in handles {
+            handle.join().unwrap();
+        }
+        infos
+    });
+    for info in &infos {
+        assert_eq!(
+            info_field(info, "loaded_by"),
+            template.to_string(),
+            "{info}"
+        );
+        let pid: i32 = info_field(info, "post_fork").parse().unwrap();
+        assert!(
+            workers.contains(&pid),
+            "post-fork ran in {pid}, not a worker: {info}"
+        );
+        assert_eq!(info_field(info, "listen_pid_is_mine"), "True", "{info}");
+        assert_eq!(info_field(info, "generation"), "1", "{info}");
+        assert!(
+            ["0", "1"].contains(&info_field(info, "slot").as_str()),
+            "{info}"
+        );
+    }
+    // A killed worker comes back from the template, not from a cold start.
+    let victim = workers[0];
+    kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    let line = server.wait_for_log(&format!("(pid {victim}) died: killed by SIGKILL"));
+    let replacement = pid_after(&line, "respawned as pid ");
+    assert!(wait_until(SOON, || workers_of(&server).contains(&replacement)));
+    assert_eq!(server.log_matching("app template started as pid ").len(), 1);
+    assert!(is_alive(template));
+}
+
+#[test]
+fn the_templates_death_leaves_the_workers_serving_and_a_new_template_starts() {
+    let code = code("1");
+    let server = preload_server(code.path(), "", 2);
+    let template = template_of(&server);
+    let workers = workers_of(&server);
+    kill(Pid::from_raw(template), Signal::SIGKILL).unwrap();
+    server.wait_for_log(&format!("app template (pid {template}) died after"));
+    assert!(wait_until(SOON, || server
+        .log_matching("app template started as pid ")
+        .len()
+        == 2));
+    server.wait_for_log_count("loaded the application in", 2);
+    for worker in &workers {
+        assert!(is_alive(*worker), "worker {worker} went with the template");
+    }
+    // A worker killed now is forked by the new template.
+    let new_template = template_of(&server);
+    kill(Pid::from_raw(workers[0]), Signal::SIGKILL).unwrap();
+    let line = server.wait_for_log(&format!("(pid {}) died: killed by SIGKILL", workers[0]));
+    let replacement = pid_after(&line, "respawned as pid ");
+    let loaded_by = wait_until(SOON, || {
+        let info = http_get(server.port, "/info").body;
+        info.contains(&format!("post_fork={replacement} "))
+            && info_field(&info, "loaded_by") == new_template.to_string()
+    });
+    assert!(loaded_by, "{}", server.log_text());
+}
+
+#[test]
+fn sighup_loads_the_new_code_in_a_new_template_without_a_failed_request() {
+    let code = code("1");
+    let server = preload_server(code.path(), "", 2);
+    let old_template = template_of(&server);
+    write_version(code.path(), "2");
+    let failures = std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            let mut failures = Vec::new();
+            for _ in 0..400 {
+                let reply = http_get(server.port, "/info");
+                if reply.status != 200 {
+                    failures.push(reply.status);
+                }
+                if reply.body.contains("version=2") {
+                    break;
+                }
+            }
+            failures
+        });
+        server.signal(Signal::SIGHUP);
+        load.join().unwrap()
+    });
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(wait_until(SOON, || {
+        (0..4).all(|_| http_get(server.port, "/info").body.contains("version=2 "))
+    }));
+    server.wait_for_log(&format!(
+        "app template (pid {old_template}) (generation 1) is told to leave"
+    ));
+    server.wait_for_log(&format!("app template (pid {old_template}) left"));
+    assert!(wait_until(SOON, || !is_alive(old_template)));
+    assert!(wait_until(SOON, || workers_of(&server).len() == 2));
+}
+
+#[test]
+fn a_template_that_fails_to_load_keeps_the_old_generation_serving() {
+    let code = code("1");
+    let server = preload_server(code.path(), "", 2);
+    let workers = workers_of(&server);
+    std::fs::write(
+        code.path().join("version.py"),
+        "raise ImportError('a broken deploy')\n",
+    )
+    .unwrap();
+    server.signal(Signal::SIGHUP);
+    let line = server.wait_for_log("failed to load the application: exited with status 1");
+    assert!(line.contains("2 http workers go on serving"), "{line}");
+    server.wait_for_log("[stderr]: ImportError: a broken deploy");
+    for _ in 0..10 {
+        assert!(http_get(server.port, "/info").body.contains("version=1 "));
+    }
+    // It is retried with backoff; once the code is fixed, the reload completes.
+    server.wait_for_log("failed loads in a row");
+    write_version(code.path(), "3");
+    assert!(
+        wait_until(Duration::from_secs(20), || http_get(server.port, "/info")
+            .body
+            .contains("version=3 ")),
+        "{}",
+        server.log_text()
+    );
+    assert!(wait_until(SOON, || workers
+        .iter()
+        .all(|pid| !is_alive(*pid))));
+}
+
+#[test]
+fn limits_reach_forked_workers_and_stopping_leaves_nothing_behind() {
+    let code = code("1");
+    let mut server = preload_server(
+        code.path(),
+        "limit_request = 3\nlimit_memory_soft = 0\nlimit_memory_hard = \"400MiB\"\n\
+         limit_memory_hard_rlimit = false\nlimit_time_real = 3",
+        1,
+    );
+    let first: i32 = server.get("/pid").body.parse().unwrap();
+    let _ = server.get("/pid");
+    let _ = server.get("/pid");
+    let line = server.wait_for_log("recycled: limit_request reached (3 requests)");
+    let second = pid_after(&line, "respawned as pid ");
+    assert_ne!(first, second);
+    assert!(wait_until(SOON, || server.get("/pid").body == second.to_string()));
+    let _ = server.get("/sleep?ms=9000");
+    let line = server.wait_for_log("killed: limit_time_real exceeded");
+    assert!(line.contains("while serving GET /sleep?ms=9000"), "{line}");
+    // (Allocating takes well under limit_time_real, even on a loaded machine.)
+    let _ = server.get("/alloc?mb=500");
+    server.wait_for_log("killed: limit_memory_hard exceeded (rss ");
+    let template = template_of(&server);
+    let everyone: Vec<i32> = children_of(server.pid());
+    assert!(everyone.contains(&template));
+    server.signal(Signal::SIGTERM);
+    assert!(
+        server
+            .wait_exit(SOON)
+            .is_some_and(|status| status.success())
+    );
+    assert!(
+        wait_until(SOON, || everyone.iter().all(|pid| !is_alive(*pid))),
+        "left behind: {everyone:?}"
+    );
+}
+
+#[test]
+fn preload_needs_a_program_that_reports_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, stderr, _) = common::run_binary(
+        dir.path(),
+        "[app]\ncommand = [\"true\"]\npreload = true\nready_timeout = 0\n",
+        &["check"],
+    );
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("app.ready_timeout") && stderr.contains("preload"),
+        "{stderr}"
+    );
+}
+
+/// Whether python3 can reach the test database with pg8000 (scripts/ensure-postgres.sh, which
+/// .ci/run runs, sets both up).
+fn database_available() -> bool {
+    std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import getpass, pg8000.native; pg8000.native.Connection(getpass.getuser(), \
+             database='forkwarden_test', unix_sock='/var/run/postgresql/.s.PGSQL.5432')",
+        ])
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+#[test]
+fn the_post_fork_hook_gives_each_worker_a_database_connection_of_its_own() {
+    if !database_available() {
+        eprintln!(
+            "skipped: no PostgreSQL database forkwarden_test reachable with pg8000 \
+             (scripts/ensure-postgres.sh sets it up; .ci/run runs it)"
+        );
+        return;
+    }
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .unwrap()
+        .name;
+    // The stand-in opens a connection while loading, as Odoo reads its registry.
+    let server = Server::start(&format!(
+        "workers = 3\n[app]\n\
+         command = [\"python3\", \"{REPO}/python/forkwarden_wsgi.py\", \"--preload\", \
+         \"--post-fork\", \"standin_app:post_fork\", \"standin_app:app\"]\n\
+         cwd = \"{REPO}/scripts\"\n\
+         env = {{ STANDIN_DSN = \"{user}@/forkwarden_test\", STANDIN_MB = \"5\", \
+         STANDIN_LOAD_S = \"0\" }}\npreload = true\nready_timeout = \"20s\"\n"
+    ));
+    server.wait_for_log("loaded the application in");
+    let loaded = server.get("/loaded").body;
+    let template_backend: i32 = loaded.rsplit(' ').next().unwrap().parse().unwrap();
+    // Each worker's own connection: one backend per worker, none of them the template's.
+    let mut backends = std::collections::BTreeMap::new();
+    let all_seen = wait_until(SOON, || {
+        let answer = server.get("/db").body;
+        let (pid, backend) = answer.split_once(' ').expect("pid and backend");
+        backends.insert(pid.to_string(), backend.to_string());
+        backends.len() == 3
+    });
+    assert!(all_seen, "{backends:?}; {}", server.log_text());
+    let distinct: BTreeSet<&String> = backends.values().collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "a connection shared by two workers: {backends:?}"
+    );
+    assert!(
+        !distinct.contains(&template_backend.to_string()),
+        "{backends:?}"
+    );
+    // The hook dropped the inherited socket without ending the template's session.
+    let alive = std::process::Command::new("psql")
+        .args(["-d", "forkwarden_test", "-tAc"])
+        .arg(format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = {template_backend}"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&alive.stdout).trim(), "1");
+}
+
+#[test]
+fn a_template_that_never_loads_or_never_forks_is_killed_and_started_again() {
+    let server = Server::spawn(
+        "workers = 1\n[app]\ncommand = [\"sleep\", \"60\"]\npreload = true\nready_timeout = \"1s\"\n",
+    );
+    let line = server.wait_for_log("killed: did not report READY=1 within ready_timeout (1.0");
+    assert!(line.contains("app template (pid "), "{line}");
+    server.wait_for_log("failed to load the application: killed by SIGKILL");
+    assert!(wait_until(SOON, || server
+        .log_matching("app template started as pid ")
+        .len()
+        >= 2));
+    // Ready, but deaf to fork requests: each one times out and the template is replaced.
+    let deaf = "import os, socket, time; \
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); \
+                s.sendto(b'READY=1', os.environ['NOTIFY_SOCKET']); time.sleep(60)";
+    let server = Server::spawn(&format!(
+        "workers = 1\n[app]\ncommand = [\"python3\", \"-c\", \"{deaf}\"]\npreload = true\n\
+         ready_timeout = \"1s\"\n"
+    ));
+    let line = server.wait_for_log("killed: no worker said FORKWARDEN_FORK within ready_timeout");
+    assert!(
+        line.contains("after it was asked for http worker 0"),
+        "{line}"
+    );
+    server.wait_for_log("died after");
+}

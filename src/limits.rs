@@ -218,7 +218,8 @@ impl MasterLimits {
     /// The wall-clock limit of what `worker` is busy with.
     fn time_real_for(&self, worker: &Observation) -> Option<Duration> {
         match worker.role.unwrap_or(Role::Http) {
-            Role::Http => self.time_real,
+            // A companion program is held to limit_time_real if it marks its requests.
+            Role::Http | Role::Program(_) => self.time_real,
             Role::Cron => worker.work_limit.map(|limit| limit + CRON_BACKSTOP),
         }
     }
@@ -318,7 +319,7 @@ pub fn check(limits: &MasterLimits, worker: &Observation) -> Option<Enforcement>
         && busy >= limit
     {
         return Some(Enforcement::Expire(match role {
-            Role::Http => format!(
+            Role::Http | Role::Program(_) => format!(
                 "limit_time_real exceeded (running {} > {})",
                 measured(busy),
                 seconds(limit)

@@ -39,6 +39,16 @@ impl Config {
             directory("app.cwd", app.cwd.as_deref())?;
             program("app.command", &app.command[0], app.cwd.as_deref(), path)?;
         }
+        for (index, companion) in self.program.iter().enumerate() {
+            let path = companion.env.get("PATH").map(OsStr::new);
+            directory(&format!("program[{index}].cwd"), companion.cwd.as_deref())?;
+            program(
+                &format!("program[{index}].command"),
+                &companion.command[0],
+                companion.cwd.as_deref(),
+                path,
+            )?;
+        }
         for (index, job) in self.cron.iter().enumerate() {
             let path = job.env.get("PATH").map(OsStr::new);
             directory(&format!("cron[{index}].cwd"), job.cwd.as_deref())?;

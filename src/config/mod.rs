@@ -103,6 +103,9 @@ pub struct Config {
     /// A program each HTTP worker slot runs instead of the built-in app (`[app]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app: Option<ExecApp>,
+    /// Companion programs supervised beside the HTTP workers (`[[program]]` tables).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub program: Vec<Program>,
     /// Scheduled jobs, run by the cron workers (`[[cron]]` tables).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cron: Vec<CronJob>,
@@ -141,6 +144,52 @@ impl ExecApp {
     /// Whether the program reports `READY=1` (`ready_timeout` is not set to 0).
     pub fn notifies(&self) -> bool {
         self.ready_timeout.is_none_or(|timeout| !timeout.is_zero())
+    }
+}
+
+/// One `[[program]]`: a program run in `count` instances beside the HTTP workers (Odoo's
+/// websocket server, a queue consumer), with the same supervision as `[app]` programs.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Program {
+    /// Names it in log lines (`websocket program 0 (pid 4312)`).
+    pub name: String,
+    /// Program and arguments; run directly, never through a shell.
+    pub command: Vec<String>,
+    /// How many instances run.
+    #[serde(default = "one")]
+    pub count: u32,
+    /// An address to listen on, handed to each instance as descriptor 3 (as `[app]` gets
+    /// the HTTP socket); none: it gets no socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// As in `[app]`: how long it may take to send READY=1; 0: it does not speak sd_notify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_timeout: Option<TimeSpan>,
+    /// As in `[app]`: O_NONBLOCK on its socket.
+    #[serde(default)]
+    pub nonblocking: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Program {
+    /// How it is started: exactly as an `[app]` program with the same settings.
+    pub fn exec_app(&self) -> ExecApp {
+        ExecApp {
+            command: self.command.clone(),
+            cwd: self.cwd.clone(),
+            env: self.env.clone(),
+            ready_timeout: self.ready_timeout,
+            nonblocking: self.nonblocking,
+            preload: false,
+        }
     }
 }
 
@@ -212,6 +261,7 @@ impl Default for Config {
             demo_boot_delay: TimeSpan::secs(0),
             data_dir: PathBuf::from("forkwarden-data"),
             app: None,
+            program: Vec::new(),
             cron: Vec::new(),
         }
     }
@@ -220,6 +270,8 @@ impl Default for Config {
 /// Longest cron job name: it names files (`NAME.state.toml`, and a temporary file beside it
 /// with a random suffix) that must fit the 255 bytes a file name may have.
 const MAX_JOB_NAME: usize = 100;
+/// Most instances of one `[[program]]`.
+const MAX_PROGRAM_COUNT: u32 = 1024;
 
 /// Shortest `heartbeat_timeout`: idle workers show life once a second.
 const MIN_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -336,6 +388,12 @@ impl Config {
             .flatten()
             .chain([&mut config.data_dir])
             .chain(config.app.iter_mut().filter_map(|app| app.cwd.as_mut()))
+            .chain(
+                config
+                    .program
+                    .iter_mut()
+                    .filter_map(|program| program.cwd.as_mut()),
+            )
             .chain(config.cron.iter_mut().filter_map(|job| job.cwd.as_mut()));
         for file in relative_paths {
             if file.is_relative() {
@@ -379,7 +437,69 @@ impl Config {
                     .into(),
             ));
         }
+        self.validate_programs()?;
         self.validate_cron()
+    }
+
+    /// Each `[[program]]`: a usable, unique name, a command, a count, its own address.
+    fn validate_programs(&self) -> Result<(), (String, String)> {
+        let mut names = BTreeSet::new();
+        let mut addresses = BTreeSet::new();
+        for (index, program) in self.program.iter().enumerate() {
+            let at = |key: &str| format!("program[{index}].{key}");
+            let name = &program.name;
+            let valid_name = !name.is_empty()
+                && name.len() <= MAX_JOB_NAME
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c));
+            if !valid_name {
+                return Err((
+                    at("name"),
+                    format!(
+                        "program name {name:?} is not usable: expected 1 to {MAX_JOB_NAME} \
+                         letters, digits, '_' or '-'"
+                    ),
+                ));
+            }
+            if !names.insert(name.as_str()) {
+                return Err((at("name"), format!("program {name:?} is declared twice")));
+            }
+            if program.command.first().is_none_or(|part| part.is_empty()) {
+                return Err((
+                    at("command"),
+                    format!(
+                        "program {name:?}: command is empty; expected the program and its \
+                         arguments, e.g. [\"odoo-bin\", \"gevent\", \"-c\", \"/etc/odoo.conf\"]"
+                    ),
+                ));
+            }
+            if program.count == 0 || program.count > MAX_PROGRAM_COUNT {
+                return Err((
+                    at("count"),
+                    format!(
+                        "program {name:?}: count {} is not usable; expected 1 to \
+                         {MAX_PROGRAM_COUNT} (remove the table to run none)",
+                        program.count
+                    ),
+                ));
+            }
+            if let Some(address) = program.listen {
+                let http = std::net::SocketAddr::new(self.http_interface, self.http_port);
+                let taken = (address.port() != 0 && address == http)
+                    || (address.port() != 0 && !addresses.insert(address));
+                if taken {
+                    return Err((
+                        at("listen"),
+                        format!(
+                            "program {name:?}: {address} is already the address of the HTTP \
+                             workers or of another program"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate_limits(&self) -> Result<(), (&'static str, String)> {

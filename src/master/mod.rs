@@ -122,6 +122,9 @@ pub struct Master {
     /// The private directory that holds the notification socket; removed on exit.
     _runtime_dir: tempfile::TempDir,
     listener: Option<TcpListener>,
+    /// The sockets of companion programs that listen (`[[program]]` with `listen`), with
+    /// the address each was bound for.
+    program_listeners: std::collections::BTreeMap<&'static str, (SocketAddr, TcpListener)>,
     /// Where HTTP workers pass client connections to one another; never read here.
     handoff: HandoffChannel,
     pool: Pool,
@@ -193,7 +196,7 @@ impl Master {
         let pidfile = config.pidfile.as_deref().map(Pidfile::create).transpose()?;
         sys::set_process_title(&format!("forkwarden: master ({})", config_path.display()));
         Ok(Self {
-            pool: Pool::new(config.workers, config.max_cron_threads),
+            pool: Pool::new(config.workers, config.max_cron_threads, &config.program),
             templates: Templates::default(),
             strays: Strays::default(),
             limits: MasterLimits::from_config(&config),
@@ -215,6 +218,7 @@ impl Master {
             notifications,
             _runtime_dir: runtime_dir,
             listener,
+            program_listeners: std::collections::BTreeMap::new(),
             handoff: HandoffChannel::new()?,
             stopping: None,
             service_manager: crate::notify::ServiceManager::from_environment(),
@@ -234,6 +238,20 @@ impl Master {
             self.config.max_cron_threads,
             self.config_path.display()
         );
+        for program in &self.config.program {
+            info!(
+                program = program.name.as_str(),
+                count = program.count,
+                "program {:?}: {} instances of {:?}{}",
+                program.name,
+                program.count,
+                program.command,
+                program
+                    .listen
+                    .map(|address| format!(", each given {address} as fd 3"))
+                    .unwrap_or_default()
+            );
+        }
         if let Some(run_as) = &self.config.run_as {
             info!(
                 user = run_as.user.as_str(),
@@ -563,6 +581,28 @@ impl Master {
             .ok_or_else(|| io::Error::other("no listening socket"))
     }
 
+    /// The socket of companion program `name`, bound on first use (and again when a
+    /// reload gave it another address).
+    fn program_listener(&mut self, name: &'static str, address: SocketAddr) -> io::Result<()> {
+        if self
+            .program_listeners
+            .get(name)
+            .is_some_and(|(bound, _)| *bound == address)
+        {
+            return Ok(());
+        }
+        let listener = listener::bind(address, self.config.listen_backlog)?;
+        if let Ok(actual) = listener.local_addr() {
+            info!(
+                program = name,
+                address = %actual,
+                "{name} programs listen on {actual}"
+            );
+        }
+        self.program_listeners.insert(name, (address, listener));
+        Ok(())
+    }
+
     /// Forks a worker for slot `id`, or (with preload) asks the template for one.
     fn spawn(&mut self, id: WorkerId) -> io::Result<Spawned> {
         if id.role == Role::Http {
@@ -571,13 +611,35 @@ impl Master {
                 return self.request_fork(id);
             }
         }
+        let program = match id.role {
+            Role::Program(name) => {
+                let program = self.config.program.iter().find(|p| p.name == name);
+                let program = program
+                    .ok_or_else(|| io::Error::other(format!("no program {name:?} configured")))?;
+                let (listen, app) = (program.listen, program.exec_app());
+                if let Some(address) = listen {
+                    self.program_listener(name, address)?;
+                }
+                Some(app)
+            }
+            Role::Http | Role::Cron => None,
+        };
         let row = WorkerRow::new()?;
         let generation = self.pool.generation();
-        let exec_app = self.config.app.as_ref().filter(|_| id.role == Role::Http);
-        if let (Role::Http, Some(listener)) = (id.role, &self.listener) {
-            // O_NONBLOCK belongs to the file description all HTTP workers share. Built-in
-            // workers wait in epoll and must not block in accept() after losing a race;
-            // a program gets what systemd gives (blocking unless `nonblocking = true`).
+        let (exec_app, listener) = match id.role {
+            Role::Http => (self.config.app.as_ref(), self.listener.as_ref()),
+            Role::Program(name) => (
+                program.as_ref(),
+                self.program_listeners
+                    .get(name)
+                    .map(|(_, listener)| listener),
+            ),
+            Role::Cron => (None, None),
+        };
+        if let Some(listener) = listener {
+            // O_NONBLOCK belongs to the file description all workers of a role share.
+            // Built-in workers wait in epoll and must not block in accept() after losing a
+            // race; a program gets what systemd gives (blocking unless `nonblocking = true`).
             listener.set_nonblocking(exec_app.is_none_or(|app| app.nonblocking))?;
         }
         let pipes = exec_app.map(|_| exec::ExecPipes::new()).transpose()?;
@@ -587,13 +649,14 @@ impl Master {
             generation,
             master_pid: self.pid,
             config: &self.config,
-            listener: self.listener.as_ref().filter(|_| id.role == Role::Http),
+            listener,
             handoff: Some(&self.handoff).filter(|_| id.role == Role::Http && exec_app.is_none()),
             doorbell: &self.doorbell,
             row: &row,
             board: &self.board,
             app: &*self.app,
             notify_path: self.notifications.path(),
+            exec_app,
             exec_output: pipes.as_ref().map(exec::ExecPipes::for_child),
             template_control: None,
             watchdog,

@@ -5,7 +5,7 @@
 //! pool what to do (which slots to fill, which workers to retire, when the next deadline is)
 //! and does it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 use tracing::warn;
 
 use super::exec::ExecState;
+use crate::config::Program;
 use crate::id::{Role, WorkerId, worker_name};
 use crate::scoreboard::WorkerRow;
 
@@ -237,34 +238,47 @@ pub struct PendingReport {
 pub struct Pool {
     workers: Vec<Worker>,
     slots: HashMap<WorkerId, SlotHistory>,
-    wanted_http: u32,
-    wanted_cron: u32,
+    /// How many workers each role wants (a role absent wants none).
+    wanted: BTreeMap<Role, u32>,
     generation: u64,
 }
 
 impl Pool {
-    pub fn new(wanted_http: u32, wanted_cron: u32) -> Self {
-        Self {
+    pub fn new(wanted_http: u32, wanted_cron: u32, programs: &[Program]) -> Self {
+        let mut pool = Self {
             workers: Vec::new(),
             slots: HashMap::new(),
-            wanted_http,
-            wanted_cron,
+            wanted: BTreeMap::from([(Role::Http, wanted_http), (Role::Cron, wanted_cron)]),
             generation: 1,
+        };
+        pool.set_programs(programs);
+        pool
+    }
+
+    /// Wants `count` instances of each of `programs`, and none of any other program.
+    pub fn set_programs(&mut self, programs: &[Program]) {
+        for (role, count) in &mut self.wanted {
+            if matches!(role, Role::Program(_)) {
+                *count = 0;
+            }
+        }
+        for program in programs {
+            self.wanted
+                .insert(Role::program(&program.name), program.count);
         }
     }
 
     pub fn wanted(&self, role: Role) -> u32 {
-        match role {
-            Role::Http => self.wanted_http,
-            Role::Cron => self.wanted_cron,
-        }
+        self.wanted.get(&role).copied().unwrap_or(0)
     }
 
     pub fn set_wanted(&mut self, role: Role, count: u32) {
-        match role {
-            Role::Http => self.wanted_http = count,
-            Role::Cron => self.wanted_cron = count,
-        }
+        self.wanted.insert(role, count);
+    }
+
+    /// Every role that wants workers, or did.
+    fn roles(&self) -> impl Iterator<Item = Role> + '_ {
+        self.wanted.keys().copied()
     }
 
     pub fn is_wanted(&self, id: WorkerId) -> bool {
@@ -320,7 +334,7 @@ impl Pool {
 
     /// Whether every wanted slot has a ready worker of the current generation.
     pub fn all_ready(&self) -> bool {
-        [Role::Http, Role::Cron].into_iter().all(|role| {
+        self.roles().all(|role| {
             (0..self.wanted(role)).all(|slot| {
                 self.current(WorkerId { role, slot })
                     .is_some_and(Worker::is_ready)
@@ -331,7 +345,7 @@ impl Pool {
     /// Slots that want a worker of the current generation and may get one now.
     pub fn slots_to_fill(&self, now: Instant) -> Vec<WorkerId> {
         let mut ids = Vec::new();
-        for role in [Role::Http, Role::Cron] {
+        for role in self.roles() {
             for slot in 0..self.wanted(role) {
                 let id = WorkerId { role, slot };
                 let backing_off = self
@@ -463,7 +477,7 @@ mod tests {
 
     #[test]
     fn a_failing_slot_backs_off_and_a_healthy_exit_resets_it() {
-        let mut pool = Pool::new(1, 0);
+        let mut pool = Pool::new(1, 0, &[]);
         let now = Instant::now();
         assert_eq!(pool.record_exit(http(0), true, now), Duration::ZERO);
         assert_eq!(
@@ -491,7 +505,7 @@ mod tests {
 
     #[test]
     fn old_generation_is_retired_only_once_its_replacement_is_ready() {
-        let mut pool = Pool::new(2, 0);
+        let mut pool = Pool::new(2, 0, &[]);
         let old = worker(&pool, 10, http(0), true);
         pool.add(old);
         let old1 = worker(&pool, 11, http(1), true);
@@ -511,7 +525,7 @@ mod tests {
 
     #[test]
     fn scaling_down_retires_the_highest_slots() {
-        let mut pool = Pool::new(3, 0);
+        let mut pool = Pool::new(3, 0, &[]);
         for slot in 0..3 {
             let added = worker(&pool, 10 + slot as i32, http(slot), true);
             pool.add(added);

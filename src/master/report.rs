@@ -123,13 +123,15 @@ pub fn describe(
 ) -> String {
     let uptime = now.saturating_duration_since(worker.started);
     let during = match (row.busy_for, worker.id.role) {
-        (Some(_), Role::Http) if unexpected => format!(" while serving {}", row.request),
+        (Some(_), Role::Http | Role::Program(_)) if unexpected => {
+            format!(" while serving {}", row.request)
+        }
         (Some(_), Role::Cron) if unexpected => format!(" while running {}", row.request),
         _ => String::new(),
     };
     let work = match (worker.id.role, row.requests) {
-        (Role::Http, 1) => "1 request served".to_string(),
-        (Role::Http, n) => format!("{n} requests served"),
+        (Role::Http | Role::Program(_), 1) => "1 request served".to_string(),
+        (Role::Http | Role::Program(_), n) => format!("{n} requests served"),
         (Role::Cron, 1) => "1 job run".to_string(),
         (Role::Cron, n) => format!("{n} jobs run"),
     };

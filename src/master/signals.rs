@@ -54,6 +54,7 @@ impl Master {
                 }
                 // Close the master's copy of the socket; each worker closes its own on exit.
                 self.listener = None;
+                self.program_listeners.clear();
                 let running: Vec<Pid> = self
                     .pool
                     .workers()
@@ -129,6 +130,7 @@ impl Master {
         self.pool.set_wanted(Role::Http, self.config.workers);
         self.pool
             .set_wanted(Role::Cron, self.config.max_cron_threads);
+        self.pool.set_programs(&self.config.program);
         info!(
             "SIGHUP: config reloaded; starting generation {generation} ({} http, {} cron workers) to replace the running workers",
             self.config.workers, self.config.max_cron_threads

@@ -239,6 +239,7 @@ impl Master {
             board: &self.board,
             app: &*self.app,
             notify_path: self.notifications.path(),
+            exec_app: Some(app),
             exec_output: Some(pipes.for_child()),
             template_control: Some(template_end.as_fd()),
             watchdog: self.limits.heartbeat,

@@ -292,7 +292,7 @@ pub fn ensure_standard_fds() -> std::io::Result<()> {
 }
 
 /// Replaces this (forked) process with `program`, the way systemd starts a socket-activated
-/// service: `listener` on descriptor 3 (and, like stdout/stderr, kept across exec), the
+/// service: `listener` (if any) on descriptor 3 (and, like stdout/stderr, kept across exec), the
 /// output pipes on 1 and 2, `control` (a preload template's channel) on 4, no other
 /// descriptor (not even one forkwarden inherited without close-on-exec from whoever started
 /// it), no signal blocked and none ignored. Returns only on failure.
@@ -300,7 +300,7 @@ pub fn exec_socket_activated(
     program: &std::ffi::CStr,
     args: &[std::ffi::CString],
     env: &[std::ffi::CString],
-    listener: std::os::fd::BorrowedFd<'_>,
+    listener: Option<std::os::fd::BorrowedFd<'_>>,
     control: Option<std::os::fd::BorrowedFd<'_>>,
     stdout: std::os::fd::BorrowedFd<'_>,
     stderr: std::os::fd::BorrowedFd<'_>,
@@ -319,17 +319,18 @@ pub fn exec_socket_activated(
             )?),
             fd => fd.map(|fd| fd.as_raw_fd()),
         };
-        place_descriptor(listener.as_raw_fd(), LISTEN_FD)?;
+        if let Some(listener) = listener {
+            place_descriptor(listener.as_raw_fd(), LISTEN_FD)?;
+        }
         if let Some(control) = control {
             place_descriptor(control, CONTROL_FD)?;
         }
-        mark_close_on_exec_from(
-            if control.is_some() {
-                CONTROL_FD
-            } else {
-                LISTEN_FD
-            } + 1,
-        )?;
+        let first_closed = match (listener, control) {
+            (_, Some(_)) => CONTROL_FD + 1,
+            (Some(_), None) => LISTEN_FD + 1,
+            (None, None) => LISTEN_FD,
+        };
+        mark_close_on_exec_from(first_closed)?;
         nix::sys::signal::pthread_sigmask(
             nix::sys::signal::SigmaskHow::SIG_SETMASK,
             Some(&nix::sys::signal::SigSet::empty()),

@@ -10,6 +10,7 @@ use nix::unistd::{Pid, setpgid};
 
 use super::{EXIT_BOOT_FAILED, WorkerSpec};
 use crate::config::ExecApp;
+use crate::id::Role;
 use crate::notify::SERVICE_MANAGER_VARIABLES;
 use crate::sys;
 
@@ -18,11 +19,8 @@ const TEMPLATE_CONTROL_FD: i32 = 4;
 
 /// Becomes the program; returns (an exit status) only if it could not be started.
 pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
-    let (Some(listener), Some(output)) = (spec.listener, spec.exec_output.as_ref()) else {
-        eprintln!(
-            "forkwarden: {}: no listening socket or output pipes",
-            spec.name()
-        );
+    let Some(output) = spec.exec_output.as_ref() else {
+        eprintln!("forkwarden: {}: no output pipes", spec.name());
         return EXIT_BOOT_FAILED;
     };
     let program = &app.command[0];
@@ -69,7 +67,7 @@ pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
         &args[0],
         &args,
         &env,
-        listener.as_fd(),
+        spec.listener.map(AsFd::as_fd),
         spec.template_control,
         output.stdout,
         output.stderr,
@@ -91,14 +89,20 @@ fn environment(spec: &WorkerSpec<'_>, app: &ExecApp) -> Result<Vec<CString>, Str
     }
     let pid = std::process::id().to_string();
     let own = [
-        ("LISTEN_FDS", "1".into()),
-        ("LISTEN_PID", pid.clone().into()),
-        ("LISTEN_FDNAMES", "http".into()),
         ("NOTIFY_SOCKET", spec.notify_path.as_os_str().to_owned()),
         ("FORKWARDEN_GENERATION", spec.generation.to_string().into()),
     ];
     for (key, value) in own {
         vars.insert(key.into(), value);
+    }
+    if spec.listener.is_some() {
+        let name = match spec.id.role {
+            Role::Program(name) => name,
+            _ => "http",
+        };
+        vars.insert("LISTEN_FDS".into(), "1".into());
+        vars.insert("LISTEN_PID".into(), pid.clone().into());
+        vars.insert("LISTEN_FDNAMES".into(), name.into());
     }
     // A worker knows its slot; a template learns each worker's in the fork request.
     let (key, value) = match spec.template_control {

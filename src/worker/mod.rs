@@ -56,6 +56,8 @@ pub struct WorkerSpec<'a> {
     pub app: &'a AppFactory,
     /// `NOTIFY_SOCKET` for programs: the master's notification socket.
     pub notify_path: &'a Path,
+    /// The program an exec worker becomes (`[app]`, or a `[[program]]`).
+    pub exec_app: Option<&'a crate::config::ExecApp>,
     /// The output pipes of an exec worker (write ends), read by the master.
     pub exec_output: Option<ExecOutput<'a>>,
     /// Set when this process is not a worker but the preload template workers are forked
@@ -215,7 +217,7 @@ pub fn run(spec: WorkerSpec<'_>) -> i32 {
     if spec.orphaned() {
         return EXIT_OK;
     }
-    if let (Role::Http, Some(app)) = (spec.id.role, &spec.config.app) {
+    if let Some(app) = spec.exec_app {
         return exec::run(&spec, app);
     }
     let signals = match WorkerSignals::install() {
@@ -256,6 +258,10 @@ pub fn run(spec: WorkerSpec<'_>) -> i32 {
     let outcome = match spec.id.role {
         Role::Http => http::run(&spec, &signals, &limit_signals),
         Role::Cron => cron::run(&spec, &signals),
+        Role::Program(name) => {
+            error!("{}: no command given for program {name:?}", spec.name());
+            Outcome::BootFailed
+        }
     };
     match outcome {
         Outcome::Left(reason) => {

@@ -244,6 +244,14 @@ class Template:
         self.notifier = Notifier()
         self.watchdog = watchdog_interval()
         self.spare = None  # (middle pid, channel to the spare worker)
+        calls = os.environ.get("FORKWARDEN_CALLS_FD")
+        if calls:
+            # Shared with the other generation's template during a reload: whichever
+            # accepts first takes a request, and the other must not block in accept().
+            os.set_blocking(int(calls), False)
+        self.calls = socket.socket(fileno=int(calls)) if calls else None
+        self.requests = set()  # cron workers' connections, before their request
+        self.jobs = {}  # pidfd -> (pid, connection) of each running call job
 
     def run(self):
         # What loading created is never collected, so the garbage collector's visits do
@@ -253,40 +261,156 @@ class Template:
         self.notifier.send(f"READY=1\nSTATUS=template: {self.target} loaded{watchdog}")
         last_alive = time.monotonic()
         spare_due = last_alive
-        while not self.stopping:
+        # Told to leave, it lets the cron jobs it runs finish first.
+        while not self.stopping or self.jobs:
             timeout = IDLE_CHECK
-            if self.spare is None:
+            if self.spare is None and not self.stopping:
                 if time.monotonic() >= spare_due:
                     self.spare = self.fork_spare()
                 else:
                     timeout = spare_due - time.monotonic()
-            readable, _, _ = select.select([self.control], [], [], max(timeout, 0))
+            waiting = list(self.jobs)
+            if not self.stopping:
+                waiting += [self.control, *self.requests]
+                if self.calls is not None:
+                    waiting.append(self.calls)
+            readable, _, _ = select.select(waiting, [], [], max(timeout, 0))
             now = time.monotonic()
             if self.watchdog is not None and now - last_alive >= self.watchdog:
                 self.notifier.send("WATCHDOG=1")
                 last_alive = now
-            if not readable:
-                continue
-            try:
-                message, fds, _, _ = socket.recv_fds(self.control, 4096, 2)
-            except InterruptedError:
-                continue
-            if not message:
-                break  # the master is gone
-            try:
-                if self.spare is None:
-                    self.spare = self.fork_spare()
-                self.hand_over(message, fds)
-            finally:
-                for fd in fds:
-                    os.close(fd)
-            # Not at once: the CPU is the new worker's while it starts.
-            spare_due = time.monotonic() + SPARE_DELAY
+            for ready in readable:
+                if ready in self.jobs:
+                    self.end_job(ready)
+                elif ready is self.calls:
+                    self.accept_call()
+                elif ready in self.requests:
+                    self.start_job(ready)
+                elif ready is self.control:
+                    if not self.fork_requested():
+                        return self.leave()  # the master is gone
+                    # Not at once: the CPU is the new worker's while it starts.
+                    spare_due = time.monotonic() + SPARE_DELAY
+        self.leave()
+
+    def fork_requested(self):
+        """Handles one message of the master; False at the end of the channel."""
+        try:
+            message, fds, _, _ = socket.recv_fds(self.control, 4096, 2)
+        except InterruptedError:
+            return True
+        if not message:
+            return False
+        try:
+            if self.spare is None:
+                self.spare = self.fork_spare()
+            self.hand_over(message, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return True
+
+    def leave(self):
         if self.spare is not None:
             middle, channel = self.spare
             channel.close()  # the spare worker exits on the end of its channel, then its parent
             os.waitpid(middle, 0)
+            self.spare = None
         self.notifier.send("STOPPING=1")
+
+    # ---- cron jobs that name a function (`call` in forkwarden's [[cron]]) ----
+
+    def accept_call(self):
+        try:
+            connection, _ = self.calls.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        self.requests.add(connection)
+
+    def start_job(self, connection):
+        """A cron worker's request: `CALL=module:function`, `JOB=name` and environment
+        lines, with the job's stdout and stderr. Forks the process that calls the function
+        (in its own process group, dying with the template), answers `PID=<pid>`, and later
+        how it ended."""
+        self.requests.discard(connection)
+        try:
+            message, fds, _, _ = socket.recv_fds(connection, 65536, 2)
+        except OSError:
+            connection.close()
+            return
+        request = dict(line.split("=", 1) for line in message.decode().splitlines()
+                       if "=" in line)
+        call, job = request.pop("CALL", None), request.pop("JOB", "?")
+        if call is None or len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            connection.send(b"ERROR=malformed call request")
+            connection.close()
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            self.run_job(job, call, request, fds)  # never returns
+        for fd in fds:
+            os.close(fd)
+        connection.send(f"PID={pid}".encode())
+        self.jobs[os.pidfd_open(pid)] = (pid, connection)
+
+    def close_template_descriptors(self):
+        """In a process forked from the template: lets go of the template's own channels
+        (the master's, the cron workers' and their jobs'), so that their ends are seen
+        when the template's are closed."""
+        if self.spare is not None:
+            self.spare[1].close()
+        for own in [self.control, self.calls, *self.requests]:
+            if own is not None:
+                own.close()
+        for pidfd, (_, connection) in self.jobs.items():
+            os.close(pidfd)
+            connection.close()
+
+    def run_job(self, job, call, environment, fds):
+        status = 1
+        try:
+            os.setpgid(0, 0)  # its process group is what a time limit kills
+            self.close_template_descriptors()
+            for fd, standard in zip(fds, (1, 2)):
+                os.dup2(fd, standard)
+                os.close(fd)
+            os.environ.update(environment)
+            os.environ["FORKWARDEN_JOB"] = job
+            prctl(PR_SET_CHILD_SUBREAPER, 1)
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != self.template_pid:
+                exit_now(1)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_DFL)
+            if self.post_fork is not None:
+                self.post_fork()
+            load(call)()
+            status = 0
+        except SystemExit as exit:
+            status = exit.code if isinstance(exit.code, int) else 1
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        finally:
+            exit_now(status)
+
+    def end_job(self, pidfd):
+        pid, connection = self.jobs.pop(pidfd)
+        os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):
+            answer = f"SIGNAL={os.WTERMSIG(status)}"
+        else:
+            answer = f"EXIT={os.waitstatus_to_exitcode(status)}"
+        try:
+            connection.send(answer.encode())
+        except OSError:
+            pass  # the cron worker is gone; the master has seen to its run
+        connection.close()
 
     def fork_spare(self):
         """Forks the middle process, which forks the spare worker; the worker waits on the
@@ -299,7 +423,7 @@ class Template:
             status = 1
             try:
                 ours.close()
-                self.control.close()
+                self.close_template_descriptors()
                 prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # it never outlives the template
                 if os.getppid() != self.template_pid:
                     exit_now(0)

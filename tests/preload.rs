@@ -384,3 +384,69 @@ fn a_template_that_never_loads_or_never_forks_is_killed_and_started_again() {
     );
     server.wait_for_log("died after");
 }
+
+#[test]
+fn a_cron_job_can_call_a_function_of_the_preloaded_application() {
+    let code = code("1");
+    // The [[cron]] tables come last, after [app].
+    let server = Server::start(&format!(
+        "workers = 1\nmax_cron_threads = 1\n[app]\n\
+         command = [\"python3\", \"{REPO}/python/forkwarden_wsgi.py\", \"--preload\", \
+         \"--post-fork\", \"preload_app:post_fork\", \"preload_app:app\"]\n\
+         cwd = \"{}\"\nenv = {{ PYTHONPATH = \"{REPO}/tests/apps\" }}\n\
+         preload = true\nready_timeout = \"20s\"\n\
+         [[cron]]\nname = \"ticker\"\ninterval = \"1s\"\ncall = \"preload_app:tick\"\n\
+         env = {{ TICK_ENV = \"given\" }}\n\
+         [[cron]]\nname = \"failing\"\ninterval = \"1h\"\ncall = \"preload_app:fail\"\n\
+         [[cron]]\nname = \"hanging\"\ninterval = \"1h\"\ncall = \"preload_app:hang\"\n\
+         timeout = \"1s\"\n",
+        code.path().display(),
+    ));
+    server.wait_for_log("loaded the application in");
+    let template = template_of(&server);
+    let line = server.wait_for_log("cron job ticker: tick in ");
+    let job_pid = pid_after(&line, "tick in ");
+    assert!(
+        line.contains(&format!(
+            "parent {template} loaded_by {template} post_fork {job_pid} job ticker env given"
+        )),
+        "forked from the template, post-fork hook run, environment given: {line}"
+    );
+    // It runs again, each time in a new process.
+    let second = server.wait_for_log_count("cron job ticker: tick in ", 2)[1].clone();
+    assert_ne!(pid_after(&second, "tick in "), job_pid);
+    server.wait_for_log("cron job failing [stderr]: RuntimeError: a job that fails");
+    server.wait_for_log("cron job failing (pid ");
+    let failed = server.wait_for_log("failed: exited with status 1");
+    assert!(failed.contains("cron job failing"), "{failed}");
+    let hung = server.wait_for_log("killed with its process group: timeout exceeded");
+    assert!(hung.contains("cron job hanging"), "{hung}");
+}
+
+#[test]
+fn a_call_job_needs_a_preloaded_application_and_no_command() {
+    let dir = tempfile::tempdir().unwrap();
+    for (config, message) in [
+        (
+            "[[cron]]\nname = \"a\"\ninterval = \"1m\"\ncall = \"mymod:run\"\n",
+            "call needs the application preloaded",
+        ),
+        (
+            "[app]\ncommand = [\"true\"]\npreload = true\n\
+             [[cron]]\nname = \"a\"\ninterval = \"1m\"\ncall = \"mymod:run\"\ncommand = [\"true\"]\n",
+            "either command or call, not both",
+        ),
+        (
+            "[app]\ncommand = [\"true\"]\npreload = true\n\
+             [[cron]]\nname = \"a\"\ninterval = \"1m\"\ncall = \"mymod\"\n",
+            "expected module:function",
+        ),
+    ] {
+        let (status, stderr, _) = common::run_binary(dir.path(), config, &["check"]);
+        assert_eq!(status.code(), Some(2), "{config}: {stderr}");
+        assert!(
+            stderr.contains("cron[0].call") && stderr.contains(message),
+            "{config}: {stderr}"
+        );
+    }
+}

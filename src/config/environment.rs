@@ -50,11 +50,14 @@ impl Config {
             )?;
         }
         for (index, job) in self.cron.iter().enumerate() {
+            let Some(first) = job.command.first() else {
+                continue; // a `call` job: it runs in the preloaded application
+            };
             let path = job.env.get("PATH").map(OsStr::new);
             directory(&format!("cron[{index}].cwd"), job.cwd.as_deref())?;
             program(
                 &format!("cron[{index}].command"),
-                &job.command[0],
+                first,
                 job.cwd.as_deref(),
                 path,
             )?;

@@ -206,7 +206,12 @@ pub struct CronJob {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<TimeSpan>,
     /// Program and arguments; run directly, never through a shell.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
+    /// Or: a function of the preloaded application (`module:function`), called in a process
+    /// forked from the template (`[app] preload = true`), without a cold start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<String>,
     /// Working directory (relative to the config file's directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<PathBuf>,
@@ -575,14 +580,58 @@ impl Config {
             if !names.insert(name.as_str()) {
                 return Err((at("name"), format!("cron job {name:?} is declared twice")));
             }
-            if job.command.first().is_none_or(|program| program.is_empty()) {
-                return Err((
-                    at("command"),
-                    format!(
-                        "cron job {name:?}: command is empty; expected the program and its \
-                         arguments, e.g. [\"/usr/local/bin/report\", \"--yesterday\"]"
-                    ),
-                ));
+            match (&job.call, job.command.is_empty()) {
+                (Some(_), false) => {
+                    return Err((
+                        at("call"),
+                        format!("cron job {name:?}: give either command or call, not both"),
+                    ));
+                }
+                (Some(call), true) => {
+                    let usable = call.split_once(':').is_some_and(|(module, function)| {
+                        !module.is_empty() && !function.is_empty()
+                    });
+                    if !usable {
+                        return Err((
+                            at("call"),
+                            format!(
+                                "cron job {name:?}: call {call:?} is not usable; expected \
+                                 module:function, e.g. \"myapp.tasks:nightly\""
+                            ),
+                        ));
+                    }
+                    if job.cwd.is_some() {
+                        return Err((
+                            at("cwd"),
+                            format!(
+                                "cron job {name:?}: cwd cannot be used with call: the function \
+                                 runs in the preloaded application, in its directory"
+                            ),
+                        ));
+                    }
+                    if !self.app.as_ref().is_some_and(|app| app.preload) {
+                        return Err((
+                            at("call"),
+                            format!(
+                                "cron job {name:?}: call needs the application preloaded \
+                                 ([app] with preload = true): the function runs in a process \
+                                 forked from it"
+                            ),
+                        ));
+                    }
+                }
+                (None, _) => {
+                    if job.command.first().is_none_or(|program| program.is_empty()) {
+                        return Err((
+                            at("command"),
+                            format!(
+                                "cron job {name:?}: command is empty; expected the program and \
+                                 its arguments, e.g. [\"/usr/local/bin/report\", \"--yesterday\"], \
+                                 or call = \"module:function\" with a preloaded [app]"
+                            ),
+                        ));
+                    }
+                }
             }
             match (&job.schedule, &job.interval) {
                 (Some(_), Some(_)) | (None, None) => {

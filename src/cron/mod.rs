@@ -291,6 +291,7 @@ mod tests {
                 schedule: None,
                 interval: Some(TimeSpan::secs(60)),
                 command: vec!["true".into()],
+                call: None,
                 cwd: None,
                 env: Default::default(),
                 timeout: None,

@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,8 @@ pub enum RunEnding {
         key: &'static str,
     },
     CouldNotStart(io::Error),
+    /// A `call` job whose template went away before it said how the run ended.
+    Lost,
 }
 
 impl RunEnding {
@@ -57,21 +60,29 @@ impl fmt::Display for RunEnding {
                 limit.as_secs_f64()
             ),
             Self::CouldNotStart(error) => write!(f, "could not start: {error}"),
+            Self::Lost => f.write_str(
+                "ended without a word from the app template, which went away during the run",
+            ),
         }
     }
 }
 
 /// Runs `job` to its end. `limit` is its wall-clock limit (`timeout`, or
 /// `limit_time_real_cron`; `key` names which); `account` are the variables of the user it
-/// runs as (`USER`, `HOME`...; the job's own `env` wins); `started` learns the job's pid
-/// (which is also its process group) as soon as it runs.
+/// runs as (`USER`, `HOME`...; the job's own `env` wins); `calls` is where the preload
+/// template takes `call` jobs; `started` learns the job's pid (which is also its process
+/// group) as soon as it runs.
 pub fn run(
     job: &CronJob,
     limit: Option<(Duration, &'static str)>,
     account: &[(OsString, OsString)],
+    calls: &Path,
     signals: &WorkerSignals,
     started: impl FnOnce(Pid),
 ) -> RunEnding {
+    if let Some(call) = &job.call {
+        return run_call(job, call, limit, account, calls, signals, started);
+    }
     let mut command = Command::new(&job.command[0]);
     for variable in crate::notify::SERVICE_MANAGER_VARIABLES {
         command.env_remove(variable);
@@ -114,6 +125,171 @@ pub fn run(
         );
     }
     ending
+}
+
+/// How long a `call` job waits for the template to say it started the job.
+const CALL_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a killed `call` job's template has to say how it ended.
+const CALL_END_WAIT: Duration = Duration::from_secs(5);
+
+/// Runs a `call` job: asks the preload template (on `calls`) to fork a process that calls
+/// `call`, with the job's output pipes and environment; the template answers the process's
+/// pid (its process group), then how it ended. The time limit kills the process group, as
+/// for a command; what the process leaves behind comes to the master, which kills it.
+fn run_call(
+    job: &CronJob,
+    call: &str,
+    limit: Option<(Duration, &'static str)>,
+    account: &[(OsString, OsString)],
+    calls: &Path,
+    signals: &WorkerSignals,
+    started: impl FnOnce(Pid),
+) -> RunEnding {
+    let prepared = (|| -> io::Result<(OwnedFd, [Output<'_>; 2])> {
+        let connection = sys::connect_calls(calls).map_err(|error| {
+            io::Error::new(
+                error.kind(),
+                format!(
+                    "cannot reach the app template ({}): {error}",
+                    calls.display()
+                ),
+            )
+        })?;
+        let (out_read, out_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let mut text = format!("CALL={call}\nJOB={}\n", job.name);
+        let variables = account
+            .iter()
+            .map(|(key, value)| (key.to_string_lossy(), value.to_string_lossy()))
+            .chain(
+                job.env
+                    .iter()
+                    .map(|(key, value)| (key.into(), value.into())),
+            );
+        for (key, value) in variables {
+            if !key.contains(['=', '\n']) && !value.contains('\n') {
+                text.push_str(&format!("{key}={value}\n"));
+            }
+        }
+        sys::send_with_descriptors(
+            connection.as_fd(),
+            text.as_bytes(),
+            &[out_write.as_fd(), err_write.as_fd()],
+        )?;
+        let output = [
+            Output::new(&job.name, Stream::Stdout, out_read)?,
+            Output::new(&job.name, Stream::Stderr, err_read)?,
+        ];
+        Ok((connection, output))
+    })();
+    let (connection, mut output) = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) => return RunEnding::CouldNotStart(error),
+    };
+    let mut report = TemplateReport::default();
+    let asked = Instant::now();
+    while report.pid.is_none() && report.ending.is_none() {
+        let left = CALL_START_TIMEOUT.saturating_sub(asked.elapsed());
+        if left.is_zero() {
+            return RunEnding::CouldNotStart(io::Error::other(format!(
+                "the app template did not start it within {}s",
+                CALL_START_TIMEOUT.as_secs()
+            )));
+        }
+        let mut fds = [PollFd::new(connection.as_fd(), PollFlags::POLLIN)];
+        let _ = signals.poll(&mut fds, Some(left));
+        report.read(connection.as_fd());
+    }
+    let Some(pid) = report.pid else {
+        return report.ending.unwrap_or(RunEnding::Lost);
+    };
+    started(pid);
+    let start = Instant::now();
+    let ending = loop {
+        if let Some(ending) = report.ending.take() {
+            break ending;
+        }
+        let ran = start.elapsed();
+        if let Some((limit, key)) = limit
+            && ran >= limit
+        {
+            let _ = killpg(pid, Signal::SIGKILL);
+            // The template reaps it and says so; the run is over either way.
+            let waited = Instant::now();
+            while report.ending.is_none() && waited.elapsed() < CALL_END_WAIT {
+                let mut fds = [PollFd::new(connection.as_fd(), PollFlags::POLLIN)];
+                let _ = signals.poll(&mut fds, Some(CALL_END_WAIT));
+                report.read(connection.as_fd());
+            }
+            break RunEnding::TimedOut { ran, limit, key };
+        }
+        let mut fds = vec![PollFd::new(connection.as_fd(), PollFlags::POLLIN)];
+        fds.extend(
+            output
+                .iter()
+                .filter_map(|output| output.pipe.as_ref())
+                .map(|pipe| PollFd::new(pipe.as_fd(), PollFlags::POLLIN)),
+        );
+        let wait = limit.map(|(limit, _)| limit.saturating_sub(ran));
+        let _ = signals.poll(&mut fds, wait);
+        drop(fds);
+        for pipe in &mut output {
+            pipe.read_available();
+        }
+        report.read(connection.as_fd());
+    };
+    let _ = killpg(pid, Signal::SIGKILL);
+    for pipe in &mut output {
+        pipe.read_available();
+    }
+    ending
+}
+
+/// What the template says about a `call` job: `PID=<n>` once forked, then `EXIT=<status>`
+/// or `SIGNAL=<number>`; the end of the connection before that means it went away.
+#[derive(Default)]
+struct TemplateReport {
+    pid: Option<Pid>,
+    ending: Option<RunEnding>,
+}
+
+impl TemplateReport {
+    /// Reads every message waiting on `connection`.
+    fn read(&mut self, connection: std::os::fd::BorrowedFd<'_>) {
+        loop {
+            match sys::receive_message(connection) {
+                Ok(Some(message)) if message.is_empty() => {
+                    self.ending.get_or_insert(RunEnding::Lost);
+                    return;
+                }
+                Ok(Some(message)) => {
+                    for line in message.lines() {
+                        let number = |value: &str| value.trim().parse::<i32>().ok();
+                        match line.split_once('=') {
+                            Some(("PID", value)) => self.pid = number(value).map(Pid::from_raw),
+                            Some(("EXIT", value)) => {
+                                self.ending = number(value).map(RunEnding::Exited);
+                            }
+                            Some(("SIGNAL", value)) => {
+                                self.ending = number(value).map(RunEnding::Signaled);
+                            }
+                            Some(("ERROR", value)) => {
+                                self.ending = Some(RunEnding::CouldNotStart(io::Error::other(
+                                    value.to_string(),
+                                )));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Ok(None) => return,
+                Err(_) => {
+                    self.ending.get_or_insert(RunEnding::Lost);
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// How long the end of a run waits for the processes it killed to be gone.
@@ -303,6 +479,7 @@ mod tests {
             schedule: None,
             interval: None,
             command: command.iter().map(|part| part.to_string()).collect(),
+            call: None,
             cwd: None,
             env: [("FW_TEST".to_string(), "yes".to_string())].into(),
             timeout: None,
@@ -329,7 +506,14 @@ mod tests {
     #[test]
     fn a_missing_program_cannot_start() {
         let signals = WorkerSignals::for_tests();
-        let ending = run(&job(&["/nonexistent/program"]), None, &[], &signals, |_| {});
+        let ending = run(
+            &job(&["/nonexistent/program"]),
+            None,
+            &[],
+            Path::new("/nonexistent"),
+            &signals,
+            |_| {},
+        );
         assert!(matches!(ending, RunEnding::CouldNotStart(_)), "{ending:?}");
     }
 
@@ -341,6 +525,7 @@ mod tests {
             &job(&["sh", "-c", "test \"$FW_TEST\" = yes && exit 7"]),
             None,
             &[],
+            Path::new("/nonexistent"),
             &signals,
             |started| pid = Some(started),
         );
@@ -355,7 +540,14 @@ mod tests {
         let child_pid = dir.path().join("child.pid");
         let script = format!("sleep 30 & echo $! > {}; wait", child_pid.display());
         let limit = Some((Duration::from_millis(300), "timeout"));
-        let ending = run(&job(&["sh", "-c", &script]), limit, &[], &signals, |_| {});
+        let ending = run(
+            &job(&["sh", "-c", &script]),
+            limit,
+            &[],
+            Path::new("/nonexistent"),
+            &signals,
+            |_| {},
+        );
         assert!(matches!(ending, RunEnding::TimedOut { .. }), "{ending:?}");
         let sleeper: i32 = std::fs::read_to_string(&child_pid)
             .unwrap()

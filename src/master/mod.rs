@@ -121,6 +121,9 @@ pub struct Master {
     notifications: NotifyReceiver,
     /// The private directory that holds the notification socket; removed on exit.
     _runtime_dir: tempfile::TempDir,
+    /// Where preload templates take cron workers' `call` jobs (bound with the first one).
+    calls_path: PathBuf,
+    calls: Option<std::os::fd::OwnedFd>,
     listener: Option<TcpListener>,
     /// The sockets of companion programs that listen (`[[program]]` with `listen`), with
     /// the address each was bound for.
@@ -216,6 +219,8 @@ impl Master {
             doorbell,
             board: Board::new()?,
             notifications,
+            calls_path: runtime_dir.path().join("calls"),
+            calls: None,
             _runtime_dir: runtime_dir,
             listener,
             program_listeners: std::collections::BTreeMap::new(),
@@ -658,7 +663,8 @@ impl Master {
             notify_path: self.notifications.path(),
             exec_app,
             exec_output: pipes.as_ref().map(exec::ExecPipes::for_child),
-            template_control: None,
+            template: None,
+            calls_path: &self.calls_path,
             watchdog,
             server_started: self.started_at,
         };

@@ -20,6 +20,11 @@
 //!    parent is the master, and from then on is an exec worker like any other (`READY=1`,
 //!    `BUSY=1`/`IDLE=1`, `WATCHDOG=1`). The master applies RLIMIT_AS to it from outside.
 //!
+//! 5. For cron jobs that `call` a function, the template also gets a listening socket on fd 5
+//!    (`FORKWARDEN_CALLS_FD`), which cron workers connect to (see `cron/runner.rs`): the
+//!    template forks the job's process as its own child and reports its pid and its end.
+//!    The master only binds that socket, in its private directory.
+//!
 //! A worker's death never touches the template; the template's death never touches the
 //! workers (each is in its own process group); a template that dies is started again, with
 //! the same backoff as a worker. On SIGHUP a new template loads the code from disk; workers
@@ -43,7 +48,7 @@ use crate::id::{Role, TEMPLATE, WorkerId};
 use crate::notify::Notification;
 use crate::scoreboard::WorkerRow;
 use crate::sys;
-use crate::worker::WorkerSpec;
+use crate::worker::{TemplateChannels, WorkerSpec};
 
 /// The notification by which a worker forked by a template says which request it answers.
 pub const FORK_KEY: &str = "FORKWARDEN_FORK";
@@ -220,8 +225,16 @@ impl Master {
             return Err(io::Error::other("no listening socket or [app] to preload"));
         };
         listener.set_nonblocking(app.nonblocking)?;
+        if self.calls.is_none() {
+            let calls = sys::calls_listener(&self.calls_path)?;
+            super::give_to_workers_user(&self.config, &self.calls_path)?;
+            self.calls = Some(calls);
+        }
         let pipes = ExecPipes::new()?;
         let (control, template_end) = sys::template_channel()?;
+        let Some(calls) = self.calls.as_ref() else {
+            return Err(io::Error::other("no socket for call jobs"));
+        };
         // Never read: a template has no scoreboard row, but a spec lends one.
         let row = WorkerRow::new()?;
         let spec = WorkerSpec {
@@ -241,7 +254,11 @@ impl Master {
             notify_path: self.notifications.path(),
             exec_app: Some(app),
             exec_output: Some(pipes.for_child()),
-            template_control: Some(template_end.as_fd()),
+            template: Some(TemplateChannels {
+                control: template_end.as_fd(),
+                calls: calls.as_fd(),
+            }),
+            calls_path: &self.calls_path,
             watchdog: self.limits.heartbeat,
             server_started: self.started_at,
         };

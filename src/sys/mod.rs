@@ -28,8 +28,8 @@ mod signals;
 mod title;
 
 pub use net::{
-    accept_nonblocking, defer_accept, handoff_channel, receive_connection, send_connection,
-    send_with_descriptors, template_channel,
+    accept_nonblocking, calls_listener, connect_calls, defer_accept, handoff_channel,
+    receive_connection, receive_message, send_connection, send_with_descriptors, template_channel,
 };
 pub use process::{
     Reap, ensure_standard_fds, exec_socket_activated, fork_process, lower_priority, pidfd_open,

@@ -180,6 +180,44 @@ pub fn send_with_descriptors(
     Ok(())
 }
 
+/// The socket cron workers ask a preload template for `call` jobs on: SEQPACKET, bound at
+/// `path` (in the master's private directory) and listening; close-on-exec, blocking (the
+/// template accepts from it).
+pub fn calls_listener(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let socket = socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::bind(socket.as_raw_fd(), &socket::UnixAddr::new(path)?)?;
+    socket::listen(&socket, socket::Backlog::new(64)?)?;
+    Ok(socket)
+}
+
+/// A connection to the `call` socket at `path` (blocking, close-on-exec).
+pub fn connect_calls(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let socket = socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::connect(socket.as_raw_fd(), &socket::UnixAddr::new(path)?)?;
+    Ok(socket)
+}
+
+/// Reads one message from `from` (SEQPACKET) without waiting: `Ok(None)` when none is
+/// waiting, an empty string at the end of the connection.
+pub fn receive_message(from: BorrowedFd<'_>) -> io::Result<Option<String>> {
+    let mut buffer = [0u8; 1024];
+    match socket::recv(from.as_raw_fd(), &mut buffer, MsgFlags::MSG_DONTWAIT) {
+        Ok(read) => Ok(Some(String::from_utf8_lossy(&buffer[..read]).into_owned())),
+        Err(nix::errno::Errno::EAGAIN) => Ok(None),
+        Err(errno) => Err(errno.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

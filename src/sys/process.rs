@@ -292,8 +292,8 @@ pub fn ensure_standard_fds() -> std::io::Result<()> {
 }
 
 /// Replaces this (forked) process with `program`, the way systemd starts a socket-activated
-/// service: `listener` (if any) on descriptor 3 (and, like stdout/stderr, kept across exec), the
-/// output pipes on 1 and 2, `control` (a preload template's channel) on 4, no other
+/// service: `listener` (if any) on descriptor 3 (and, like stdout/stderr, kept across exec),
+/// the output pipes on 1 and 2, `extra` (a preload template's channels) on 4, 5..., no other
 /// descriptor (not even one forkwarden inherited without close-on-exec from whoever started
 /// it), no signal blocked and none ignored. Returns only on failure.
 pub fn exec_socket_activated(
@@ -301,34 +301,52 @@ pub fn exec_socket_activated(
     args: &[std::ffi::CString],
     env: &[std::ffi::CString],
     listener: Option<std::os::fd::BorrowedFd<'_>>,
-    control: Option<std::os::fd::BorrowedFd<'_>>,
+    extra: &[std::os::fd::BorrowedFd<'_>],
     stdout: std::os::fd::BorrowedFd<'_>,
     stderr: std::os::fd::BorrowedFd<'_>,
 ) -> std::io::Error {
     use std::os::fd::AsRawFd;
     const LISTEN_FD: i32 = 3;
-    const CONTROL_FD: i32 = 4;
+    /// At most this many extra descriptors (no allocation between fork and exec).
+    const MAX_EXTRA: usize = 4;
     let prepared = (|| -> nix::Result<()> {
+        if extra.len() > MAX_EXTRA {
+            return Err(nix::errno::Errno::EINVAL);
+        }
         nix::unistd::dup2_stdout(stdout)?;
         nix::unistd::dup2_stderr(stderr)?;
-        // Out of the way of the listener first, should it sit where the listener goes.
-        let control = match control {
-            Some(fd) if fd.as_raw_fd() == LISTEN_FD => Some(nix::fcntl::fcntl(
-                fd,
-                nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(CONTROL_FD + 1),
-            )?),
-            fd => fd.map(|fd| fd.as_raw_fd()),
-        };
-        if let Some(listener) = listener {
-            place_descriptor(listener.as_raw_fd(), LISTEN_FD)?;
+        // Where each goes: the listener on 3, the extras from 4 on.
+        let first_free = LISTEN_FD + 1 + extra.len() as i32;
+        let mut sources = [-1; 1 + MAX_EXTRA];
+        sources[0] = listener.map_or(-1, |fd| fd.as_raw_fd());
+        for (slot, fd) in sources[1..].iter_mut().zip(extra) {
+            *slot = fd.as_raw_fd();
         }
-        if let Some(control) = control {
-            place_descriptor(control, CONTROL_FD)?;
+        // A source sitting where another one goes is moved out of the way first.
+        for (index, source) in sources.iter_mut().enumerate() {
+            let target = LISTEN_FD + index as i32;
+            if *source >= LISTEN_FD && *source < first_free && *source != target {
+                // SAFETY: the descriptor number is open (it was lent to us), and
+                // F_DUPFD_CLOEXEC only makes a new descriptor for it.
+                *source = nix::errno::Errno::result(unsafe {
+                    libc::fcntl(*source, libc::F_DUPFD_CLOEXEC, first_free)
+                })?;
+            }
         }
-        let first_closed = match (listener, control) {
-            (_, Some(_)) => CONTROL_FD + 1,
-            (Some(_), None) => LISTEN_FD + 1,
-            (None, None) => LISTEN_FD,
+        for (index, source) in sources.iter().enumerate() {
+            if *source >= 0 {
+                place_descriptor(*source, LISTEN_FD + index as i32)?;
+            }
+        }
+        if listener.is_none() && !extra.is_empty() {
+            // SAFETY: F_SETFD only changes the flags of a descriptor number; no memory is
+            // passed. EBADF (nothing on 3) is fine.
+            unsafe { libc::fcntl(LISTEN_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+        let first_closed = if extra.is_empty() && listener.is_none() {
+            LISTEN_FD
+        } else {
+            first_free
         };
         mark_close_on_exec_from(first_closed)?;
         nix::sys::signal::pthread_sigmask(

@@ -129,7 +129,8 @@ impl CronWorker<'_> {
         let started = Instant::now();
         let mut job_pid = None;
         let account = super::account_variables(self.spec.config);
-        let ending = cron::run(job, limit, &account, self.signals, |pid| {
+        let calls = self.spec.calls_path;
+        let ending = cron::run(job, limit, &account, calls, self.signals, |pid| {
             row.set_job_group(Some(pid.as_raw()));
             job_pid = Some(pid);
             info!(

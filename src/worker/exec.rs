@@ -16,6 +16,8 @@ use crate::sys;
 
 /// The descriptor a template finds its channel to the master on (`FORKWARDEN_CONTROL_FD`).
 const TEMPLATE_CONTROL_FD: i32 = 4;
+/// The descriptor a template accepts cron workers' `call` requests on (`FORKWARDEN_CALLS_FD`).
+const TEMPLATE_CALLS_FD: i32 = 5;
 
 /// Becomes the program; returns (an exit status) only if it could not be started.
 pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
@@ -31,7 +33,7 @@ pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
     let prepared = setpgid(Pid::from_raw(0), Pid::from_raw(0))
         .map_err(|errno| format!("cannot make a process group: {errno}"))
         .and_then(|()| {
-            if spec.template_control.is_some() {
+            if spec.template.is_some() {
                 return Ok(());
             }
             nix::sys::prctl::set_child_subreaper(true)
@@ -56,6 +58,11 @@ pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
             let args = strings(&app.command)?;
             Ok((args, environment(spec, app)?))
         });
+    let extra: Vec<std::os::fd::BorrowedFd<'_>> = spec
+        .template
+        .iter()
+        .flat_map(|template| [template.control, template.calls])
+        .collect();
     let (args, env) = match prepared {
         Ok(prepared) => prepared,
         Err(why) => {
@@ -68,7 +75,7 @@ pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
         &args,
         &env,
         spec.listener.map(AsFd::as_fd),
-        spec.template_control,
+        &extra,
         output.stdout,
         output.stderr,
     );
@@ -105,11 +112,18 @@ fn environment(spec: &WorkerSpec<'_>, app: &ExecApp) -> Result<Vec<CString>, Str
         vars.insert("LISTEN_FDNAMES".into(), name.into());
     }
     // A worker knows its slot; a template learns each worker's in the fork request.
-    let (key, value) = match spec.template_control {
-        Some(_) => ("FORKWARDEN_CONTROL_FD", TEMPLATE_CONTROL_FD.to_string()),
-        None => ("FORKWARDEN_SLOT", spec.id.slot.to_string()),
-    };
-    vars.insert(key.into(), value.into());
+    if spec.template.is_some() {
+        vars.insert(
+            "FORKWARDEN_CONTROL_FD".into(),
+            TEMPLATE_CONTROL_FD.to_string().into(),
+        );
+        vars.insert(
+            "FORKWARDEN_CALLS_FD".into(),
+            TEMPLATE_CALLS_FD.to_string().into(),
+        );
+    } else {
+        vars.insert("FORKWARDEN_SLOT".into(), spec.id.slot.to_string().into());
+    }
     // systemd's watchdog convention: a program that supports it sends WATCHDOG=1 at least
     // every half period; the master holds it to the period once it does.
     if let Some(period) = spec.watchdog {

@@ -56,13 +56,15 @@ pub struct WorkerSpec<'a> {
     pub app: &'a AppFactory,
     /// `NOTIFY_SOCKET` for programs: the master's notification socket.
     pub notify_path: &'a Path,
+    /// Where a cron worker asks the preload template to run a `call` job.
+    pub calls_path: &'a Path,
     /// The program an exec worker becomes (`[app]`, or a `[[program]]`).
     pub exec_app: Option<&'a crate::config::ExecApp>,
     /// The output pipes of an exec worker (write ends), read by the master.
     pub exec_output: Option<ExecOutput<'a>>,
     /// Set when this process is not a worker but the preload template workers are forked
-    /// from (`[app] preload = true`): its end of the channel the master asks for forks on.
-    pub template_control: Option<std::os::fd::BorrowedFd<'a>>,
+    /// from (`[app] preload = true`).
+    pub template: Option<TemplateChannels<'a>>,
     /// `WATCHDOG_USEC` for programs (`heartbeat_timeout`; None: off).
     pub watchdog: Option<Duration>,
     /// When the server started (cron runs due before it were missed while it was down).
@@ -81,7 +83,9 @@ impl WorkerSpec<'_> {
         if let Some(output) = &self.exec_output {
             fds.extend([output.stdout.as_raw_fd(), output.stderr.as_raw_fd()]);
         }
-        fds.extend(self.template_control.map(|control| control.as_raw_fd()));
+        if let Some(template) = &self.template {
+            fds.extend([template.control.as_raw_fd(), template.calls.as_raw_fd()]);
+        }
         fds.extend(crate::log::descriptor());
         fds
     }
@@ -109,7 +113,7 @@ impl WorkerSpec<'_> {
 
     /// What this process is: `http worker 2`, or `app template`.
     fn what(&self) -> String {
-        match self.template_control {
+        match self.template {
             Some(_) => crate::id::TEMPLATE.to_string(),
             None => self.id.to_string(),
         }
@@ -173,6 +177,14 @@ impl HandoffChannel {
             self.returning.receive.as_raw_fd(),
         ]
     }
+}
+
+/// What a preload template gets besides what any program gets.
+pub struct TemplateChannels<'a> {
+    /// Its end of the channel the master asks for workers on (descriptor 4).
+    pub control: std::os::fd::BorrowedFd<'a>,
+    /// The listening socket cron workers ask for `call` jobs on (descriptor 5).
+    pub calls: std::os::fd::BorrowedFd<'a>,
 }
 
 /// Where an exec worker's program writes: pipes whose other ends the master reads.

@@ -23,6 +23,21 @@ def post_fork():
     POST_FORK_PID = os.getpid()
 
 
+def tick():
+    """A cron job's function (`call = "preload_app:tick"`): says where it runs."""
+    print(f"tick in {os.getpid()} parent {os.getppid()} loaded_by {LOADED_BY} "
+          f"post_fork {POST_FORK_PID} job {os.environ.get('FORKWARDEN_JOB')} "
+          f"env {os.environ.get('TICK_ENV')}", flush=True)
+
+
+def fail():
+    raise RuntimeError("a job that fails")
+
+
+def hang():
+    time.sleep(60)
+
+
 def app(environ, start_response):
     path = environ.get("PATH_INFO", "/")
     query = parse_qs(environ.get("QUERY_STRING", ""))

@@ -362,7 +362,7 @@ fn a_template_that_never_loads_or_never_forks_is_killed_and_started_again() {
     let server = Server::spawn(
         "workers = 1\n[app]\ncommand = [\"sleep\", \"60\"]\npreload = true\nready_timeout = \"1s\"\n",
     );
-    let line = server.wait_for_log("killed: did not report READY=1 within ready_timeout (1.0");
+    let line = server.wait_for_log("killed: did not report READY=1 within ready_timeout (1s)");
     assert!(line.contains("app template (pid "), "{line}");
     server.wait_for_log("failed to load the application: killed by SIGKILL");
     assert!(wait_until(SOON, || server

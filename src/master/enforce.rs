@@ -25,8 +25,12 @@ impl Master {
                 continue;
             }
             match &mut worker.lifecycle {
-                Lifecycle::Starting { .. } => {
-                    let waited = crate::format::seconds(worker.started.elapsed());
+                Lifecycle::Starting { ready_by } => {
+                    // The limit as configured: the master may look a little after it.
+                    let timeout = ready_by.map_or(worker.started.elapsed(), |at| {
+                        at.saturating_duration_since(worker.started)
+                    });
+                    let waited = crate::format::seconds(timeout);
                     let detail = if worker.exec.is_some() {
                         format!("did not report READY=1 within ready_timeout ({waited})")
                     } else {

@@ -556,9 +556,11 @@ impl Master {
                 continue;
             }
             let why = match template.state {
-                TemplateState::Loading { .. } => format!(
+                TemplateState::Loading { ready_by } => format!(
                     "did not report READY=1 within ready_timeout ({})",
-                    seconds(template.started.elapsed())
+                    seconds(ready_by.map_or(template.started.elapsed(), |at| {
+                        at.saturating_duration_since(template.started)
+                    }))
                 ),
                 TemplateState::Ready => format!(
                     "watchdog: no WATCHDOG=1 for {}",

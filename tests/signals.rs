@@ -87,6 +87,8 @@ fn sighup_applies_a_new_worker_count_and_replaces_every_worker() {
         now.len() == 3 && now.is_disjoint(&old)
     });
     assert!(converged, "not 3 new workers; log:\n{}", server.log_text());
+    // Gone from /proc (a zombie) comes just before the master reaps it and says so.
+    server.wait_for_log_count("stopped (replaced after reload)", 2);
     assert_eq!(
         server.log_matching("stopped (replaced after reload)").len(),
         2

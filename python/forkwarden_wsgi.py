@@ -338,13 +338,18 @@ class Template:
         except OSError:
             connection.close()
             return
+        if not message:
+            for fd in fds:
+                os.close(fd)
+            connection.close()  # the cron worker left before asking
+            return
         request = dict(line.split("=", 1) for line in message.decode().splitlines()
                        if "=" in line)
         call, job = request.pop("CALL", None), request.pop("JOB", "?")
         if call is None or len(fds) != 2:
             for fd in fds:
                 os.close(fd)
-            connection.send(b"ERROR=malformed call request")
+            self.answer(connection, "ERROR=malformed call request")
             connection.close()
             return
         sys.stdout.flush()
@@ -354,8 +359,17 @@ class Template:
             self.run_job(job, call, request, fds)  # never returns
         for fd in fds:
             os.close(fd)
-        connection.send(f"PID={pid}".encode())
+        self.answer(connection, f"PID={pid}")
         self.jobs[os.pidfd_open(pid)] = (pid, connection)
+
+    @staticmethod
+    def answer(connection, message):
+        """Tells the cron worker; False if it is gone (the master has seen to its run)."""
+        try:
+            connection.send(message.encode())
+            return True
+        except OSError:
+            return False
 
     def close_template_descriptors(self):
         """In a process forked from the template: lets go of the template's own channels
@@ -406,10 +420,9 @@ class Template:
             answer = f"SIGNAL={os.WTERMSIG(status)}"
         else:
             answer = f"EXIT={os.waitstatus_to_exitcode(status)}"
-        try:
-            connection.send(answer.encode())
-        except OSError:
-            pass  # the cron worker is gone; the master has seen to its run
+        if not self.answer(connection, answer):
+            print(f"forkwarden_wsgi: template: call job pid {pid} ended ({answer}) after its "
+                  "cron worker was gone", file=sys.stderr, flush=True)
         connection.close()
 
     def fork_spare(self):

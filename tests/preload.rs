@@ -450,3 +450,42 @@ fn a_call_job_needs_a_preloaded_application_and_no_command() {
         );
     }
 }
+
+#[test]
+fn a_cron_worker_killed_during_a_call_job_takes_the_job_and_not_the_template() {
+    let code = code("1");
+    let server = Server::start(&format!(
+        "workers = 1\nmax_cron_threads = 1\n[app]\n\
+         command = [\"python3\", \"{REPO}/python/forkwarden_wsgi.py\", \"--preload\", \
+         \"preload_app:app\"]\n\
+         cwd = \"{}\"\nenv = {{ PYTHONPATH = \"{REPO}/tests/apps\" }}\n\
+         preload = true\nready_timeout = \"20s\"\n\
+         [[cron]]\nname = \"hanging\"\ninterval = \"1h\"\ncall = \"preload_app:hang\"\n",
+        code.path().display(),
+    ));
+    server.wait_for_log("loaded the application in");
+    let template = template_of(&server);
+    let line = server.wait_for_log("cron job hanging started as pid ");
+    let job = pid_after(&line, "started as pid ");
+    let cron_worker = pid_after(&line, "by cron worker 0 (pid ");
+    kill(Pid::from_raw(cron_worker), Signal::SIGKILL).unwrap();
+    server.wait_for_log(&format!("its job's process group {job} was killed"));
+    assert!(
+        wait_until(SOON, || !is_alive(job)),
+        "the job outlived its cron worker"
+    );
+    // The template reaps it and cannot tell the cron worker: it says so and carries on.
+    server.wait_for_log(&format!(
+        "[stderr]: forkwarden_wsgi: template: call job pid {job} ended (SIGNAL=9) after its \
+         cron worker was gone"
+    ));
+    server.wait_for_workers("cron worker", 1);
+    assert_eq!(server.get("/pid").status, 200);
+    assert!(is_alive(template));
+    assert!(
+        server
+            .log_matching("app template (pid")
+            .iter()
+            .all(|line| !line.contains("died"))
+    );
+}

@@ -489,3 +489,26 @@ fn a_cron_worker_killed_during_a_call_job_takes_the_job_and_not_the_template() {
             .all(|line| !line.contains("died"))
     );
 }
+
+#[test]
+fn call_jobs_alone_get_a_template_without_any_port() {
+    let code = code("1");
+    let server = Server::spawn(&format!(
+        "workers = 0\nmax_cron_threads = 1\n[app]\n\
+         command = [\"python3\", \"{REPO}/python/forkwarden_wsgi.py\", \"--preload\", \
+         \"preload_app:app\"]\n\
+         cwd = \"{}\"\nenv = {{ PYTHONPATH = \"{REPO}/tests/apps\" }}\n\
+         preload = true\nready_timeout = \"20s\"\n\
+         [[cron]]\nname = \"ticker\"\ninterval = \"1h\"\ncall = \"preload_app:tick\"\n",
+        code.path().display(),
+    ));
+    server.wait_for_log("loaded the application in");
+    let template = template_of(&server);
+    let line = server.wait_for_log("cron job ticker: tick in ");
+    assert!(line.contains(&format!("parent {template} ")), "{line}");
+    assert!(
+        server.log_matching("listening on").is_empty(),
+        "{}",
+        server.log_text()
+    );
+}

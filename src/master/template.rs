@@ -190,9 +190,12 @@ impl Master {
     /// stopping, and not before the backoff after failed loads allows).
     pub(super) fn ensure_template(&mut self) {
         let generation = self.pool.generation();
+        let needed = self.pool.wanted(Role::Http) > 0
+            || (self.pool.wanted(Role::Cron) > 0
+                && self.config.cron.iter().any(|job| job.call.is_some()));
         if !self.preloads()
+            || !needed
             || self.stopping.is_some()
-            || self.pool.wanted(Role::Http) == 0
             || self.templates.of_generation(generation).is_some()
             || self
                 .templates
@@ -220,11 +223,17 @@ impl Master {
     }
 
     fn start_template(&mut self, generation: u64) -> io::Result<Pid> {
-        self.http_listener()?;
-        let (Some(listener), Some(app)) = (self.listener.as_ref(), self.config.app.as_ref()) else {
-            return Err(io::Error::other("no listening socket or [app] to preload"));
+        // Without HTTP workers (a template for cron jobs only) no port is bound for it.
+        if self.pool.wanted(Role::Http) > 0 {
+            self.http_listener()?;
+        }
+        let Some(app) = self.config.app.as_ref() else {
+            return Err(io::Error::other("no [app] to preload"));
         };
-        listener.set_nonblocking(app.nonblocking)?;
+        let listener = self.listener.as_ref();
+        if let Some(listener) = listener {
+            listener.set_nonblocking(app.nonblocking)?;
+        }
         if self.calls.is_none() {
             let calls = sys::calls_listener(&self.calls_path)?;
             super::give_to_workers_user(&self.config, &self.calls_path)?;
@@ -245,7 +254,7 @@ impl Master {
             generation,
             master_pid: self.pid,
             config: &self.config,
-            listener: Some(listener),
+            listener,
             handoff: None,
             doorbell: &self.doorbell,
             row: &row,

@@ -20,6 +20,7 @@ Usage: scripts/compare.sh (runs this after compare.py) or python3 scripts/compar
 import argparse
 import datetime
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -262,6 +263,43 @@ def reload_under_load(start, setup):
         setup.set_version("v1")
 
 
+def cron_runs(setup, seconds=14):
+    """Seconds from start to end of each run of a scheduled action, as a `call` job (forked
+    from the template) and as a command job (a fresh interpreter that imports the app), from
+    forkwarden's own log lines (`exited with status 0 after X`)."""
+    port = free_port()
+    config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    data = tempfile.mkdtemp()
+    env = ", ".join(f"{key} = \"{value}\"" for key, value in setup.env.items())
+    config.write(
+        f"http_port = {port}\nworkers = 1\nmax_cron_threads = 2\ndata_dir = \"{data}\"\n"
+        "limit_memory_soft = 0\nlimit_memory_hard = 0\n[app]\n"
+        f"command = [\"{PYTHON}\", \"{ROOT}/python/forkwarden_wsgi.py\", \"--preload\", "
+        f"\"--post-fork\", \"standin_app:post_fork\", \"standin_app:app\"]\n"
+        f"cwd = \"{APP_DIR}\"\nenv = {{ {env} }}\npreload = true\n"
+        "[[cron]]\nname = \"as-call\"\ninterval = \"2s\"\ncall = \"standin_app:scheduled\"\n"
+        f"env = {{ {env} }}\n"
+        "[[cron]]\nname = \"as-command\"\ninterval = \"2s\"\n"
+        f"command = [\"{PYTHON}\", \"-c\", \"import standin_app; standin_app.scheduled()\"]\n"
+        f"cwd = \"{APP_DIR}\"\nenv = {{ {env} }}\n")
+    config.close()
+    server = Running([BINARY, "--config", config.name], port)
+    server.name = "forkwarden, cron"
+    try:
+        settled(server)
+        time.sleep(seconds)  # the jobs run on their own schedule meanwhile
+        server.log.seek(0)
+        log = server.log.read()
+    finally:
+        server.stop()
+    runs = {}
+    for name in ("as-call", "as-command"):
+        found = re.findall(rf"cron job {name} \(pid \d+\) exited with status 0 after "
+                           r"([\d.]+)s", log)
+        runs[name] = [float(value) for value in found]
+    return runs
+
+
 def template_killed_under_load(start):
     server = settled(start())
     try:
@@ -300,6 +338,7 @@ def main():
         }
         if name == "forkwarden, preload":
             rows[name]["template"] = template_killed_under_load(start)
+            rows[name]["cron"] = cron_runs(setup)
     names = [name for name, _ in servers]
 
     def row(label, cell):
@@ -310,6 +349,16 @@ def main():
 
     def mib(kib_value):
         return f"{kib_value / 1024:.1f} MiB"
+
+    def cron_cell(result):
+        if "cron" not in result:
+            return "n/a"
+        cell = []
+        for name, label in (("as-call", "call"), ("as-command", "command")):
+            runs = result["cron"][name]
+            cell.append(f"{label} {statistics.median(runs):.2f} / {max(runs):.2f} s "
+                        f"({len(runs)} runs)" if runs else f"{label}: no run")
+        return "; ".join(cell)
 
     def memory_cell(result):
         pss, rss, parent = result["memory"]
@@ -344,6 +393,9 @@ def main():
                       f"{'yes' if r['reload'][2] else 'no: old code'}"),
         row("template SIGKILLed under load (wrk 8 connections, 5 s): failed requests",
             lambda r: f"{r['template'][0]} of {r['template'][1]}" if "template" in r else "n/a"),
+        row("a scheduled action, start to end of the run (median / max, forkwarden's log): "
+            "`call` (forked from the template) vs command (a fresh interpreter imports the app)",
+            cron_cell),
     ]
     publish("compare-preload", "Preloaded workers side by side", lines, args.write_docs)
 

@@ -227,6 +227,42 @@ def exit_now(status):
     os._exit(status)
 
 
+def fork():
+    """os.fork(), with what the template buffered written first (not twice)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return os.fork()
+
+
+def in_forked_process(body):
+    """Runs `body` in a process forked from the template and ends the process: status 0
+    when it returns, its code on SystemExit, 1 (with the traceback) if it raises."""
+    status = 1
+    try:
+        body()
+        status = 0
+    except SystemExit as exit:
+        status = exit.code if isinstance(exit.code, int) else 1
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+    finally:
+        exit_now(status)
+
+
+def assignments(message):
+    """The `KEY=VALUE` lines of a message, as a dict."""
+    return dict(line.split("=", 1) for line in message.decode().splitlines() if "=" in line)
+
+
+def onto_standard_streams(fds):
+    """Puts the two descriptors a request brought on stdout and stderr."""
+    for fd, standard in zip(fds, (1, 2)):
+        os.dup2(fd, standard)
+        if fd > 2:
+            os.close(fd)
+
+
 class Template:
     """The preload template (forkwarden's README, "Preloading"): hands a worker over for each
     request the master sends on FORKWARDEN_CONTROL_FD.
@@ -343,8 +379,7 @@ class Template:
                 os.close(fd)
             connection.close()  # the cron worker left before asking
             return
-        request = dict(line.split("=", 1) for line in message.decode().splitlines()
-                       if "=" in line)
+        request = assignments(message)
         call, job = request.pop("CALL", None), request.pop("JOB", "?")
         if call is None or len(fds) != 2:
             for fd in fds:
@@ -352,11 +387,9 @@ class Template:
             self.answer(connection, "ERROR=malformed call request")
             connection.close()
             return
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
+        pid = fork()
         if pid == 0:
-            self.run_job(job, call, request, fds)  # never returns
+            in_forked_process(lambda: self.run_job(job, call, request, fds))
         for fd in fds:
             os.close(fd)
         self.answer(connection, f"PID={pid}")
@@ -385,32 +418,21 @@ class Template:
             connection.close()
 
     def run_job(self, job, call, environment, fds):
-        status = 1
-        try:
-            os.setpgid(0, 0)  # its process group is what a time limit kills
-            self.close_template_descriptors()
-            for fd, standard in zip(fds, (1, 2)):
-                os.dup2(fd, standard)
-                os.close(fd)
-            os.environ.update(environment)
-            os.environ["FORKWARDEN_JOB"] = job
-            prctl(PR_SET_CHILD_SUBREAPER, 1)
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != self.template_pid:
-                exit_now(1)
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, signal.SIG_DFL)
-            if self.post_fork is not None:
-                self.post_fork()
-            load(call)()
-            status = 0
-        except SystemExit as exit:
-            status = exit.code if isinstance(exit.code, int) else 1
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-        finally:
-            exit_now(status)
+        """In the job's process: calls the function."""
+        os.setpgid(0, 0)  # its process group is what a time limit kills
+        self.close_template_descriptors()
+        onto_standard_streams(fds)
+        os.environ.update(environment)
+        os.environ["FORKWARDEN_JOB"] = job
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != self.template_pid:
+            exit_now(1)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)
+        if self.post_fork is not None:
+            self.post_fork()
+        load(call)()
 
     def end_job(self, pidfd):
         pid, connection = self.jobs.pop(pidfd)
@@ -429,35 +451,29 @@ class Template:
         """Forks the middle process, which forks the spare worker; the worker waits on the
         returned channel for its request. Returns (middle pid, channel)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        middle = os.fork()
+        middle = fork()
         if middle == 0:
-            status = 1
-            try:
-                ours.close()
-                self.close_template_descriptors()
-                prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # it never outlives the template
-                if os.getppid() != self.template_pid:
-                    exit_now(0)
-                said, told = os.pipe()
-                worker = os.fork()
-                if worker == 0:
-                    os.close(said)
-                    self.wait_for_request(theirs, told, parent=os.getppid())  # never returns
-                os.close(told)
-                theirs.close()
-                # The worker closes its end once the master knows it (or when it leaves).
-                while os.read(said, 1):
-                    pass
-                status = 0
-            except BaseException:
-                import traceback
-                traceback.print_exc()
-            finally:
-                exit_now(status)
+            ours.close()
+            in_forked_process(lambda: self.be_middle(theirs))
         theirs.close()
         return middle, ours
+
+    def be_middle(self, channel):
+        """The middle process: forks the spare worker, then waits until the worker closes
+        its end of the pipe (once the master knows it, or when it leaves) and exits."""
+        self.close_template_descriptors()
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # it never outlives the template
+        if os.getppid() != self.template_pid:
+            exit_now(0)
+        said, told = os.pipe()
+        if os.fork() == 0:
+            os.close(said)
+            parent = os.getppid()
+            in_forked_process(lambda: self.wait_for_request(channel, told, parent))
+        os.close(told)
+        channel.close()
+        while os.read(said, 1):
+            pass
 
     def hand_over(self, message, fds):
         """Gives the request to the spare worker, and waits for its middle process to exit
@@ -476,66 +492,45 @@ class Template:
     def wait_for_request(self, channel, told, parent):
         """The spare worker: waits for its request (dies with its middle process until
         then), and becomes the worker it asks for."""
-        status = 1
-        try:
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != parent:
-                exit_now(0)
-            while True:
-                try:
-                    message, fds, _, _ = socket.recv_fds(channel, 4096, 2)
-                    break
-                except InterruptedError:
-                    continue
-            channel.close()
-            if not message:
-                exit_now(0)  # the template left without using this spare
-            request = dict(line.split("=", 1) for line in message.decode().splitlines()
-                           if "=" in line)
-            if len(fds) != 2 or "FORKWARDEN_FORK" not in request:
-                raise ValueError(f"malformed fork request {message!r}")
-            # Its middle process exits next, which must not kill it.
-            prctl(PR_SET_PDEATHSIG, 0)
-            self.become_worker(request, fds, told)  # never returns
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-        finally:
-            exit_now(status)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            exit_now(0)
+        while True:
+            try:
+                message, fds, _, _ = socket.recv_fds(channel, 4096, 2)
+                break
+            except InterruptedError:
+                continue
+        channel.close()
+        if not message:
+            exit_now(0)  # the template left without using this spare
+        request = assignments(message)
+        if len(fds) != 2 or "FORKWARDEN_FORK" not in request:
+            raise ValueError(f"malformed fork request {message!r}")
+        # Its middle process exits next, which must not kill it.
+        prctl(PR_SET_PDEATHSIG, 0)
+        self.become_worker(request, fds, told)
 
     def become_worker(self, request, fds, told):
-        status = 1
-        try:
-            os.setpgid(0, 0)  # its own process group: its signals never reach the template
-            pid = str(os.getpid())
-            os.environ.update(request)
-            os.environ["LISTEN_PID"] = pid
-            if "WATCHDOG_USEC" in request:
-                os.environ["WATCHDOG_PID"] = pid
-            else:
-                os.environ.pop("WATCHDOG_USEC", None)
-                os.environ.pop("WATCHDOG_PID", None)
-            os.environ.pop("FORKWARDEN_CONTROL_FD", None)
-            Notifier().send(f"FORKWARDEN_FORK={request['FORKWARDEN_FORK']}")
-            os.close(told)  # the middle process exits: the master becomes our parent
-            for fd, standard in zip(fds, (1, 2)):
-                os.dup2(fd, standard)
-                if fd > 2:
-                    os.close(fd)
-            prctl(PR_SET_CHILD_SUBREAPER, 1)
-            if self.post_fork is not None:
-                self.post_fork()
-            self.bound_to_master = False
-            self.reparent_by = time.monotonic() + REPARENT_WAIT
-            serve(self.target, self.app, self.stopping, each_turn=self.bind_to_master)
-            status = 0
-        except SystemExit as exit:
-            status = exit.code if isinstance(exit.code, int) else 1
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-        finally:
-            exit_now(status)
+        os.setpgid(0, 0)  # its own process group: its signals never reach the template
+        pid = str(os.getpid())
+        os.environ.update(request)
+        os.environ["LISTEN_PID"] = pid
+        if "WATCHDOG_USEC" in request:
+            os.environ["WATCHDOG_PID"] = pid
+        else:
+            os.environ.pop("WATCHDOG_USEC", None)
+            os.environ.pop("WATCHDOG_PID", None)
+        os.environ.pop("FORKWARDEN_CONTROL_FD", None)
+        Notifier().send(f"FORKWARDEN_FORK={request['FORKWARDEN_FORK']}")
+        os.close(told)  # the middle process exits: the master becomes our parent
+        onto_standard_streams(fds)
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        if self.post_fork is not None:
+            self.post_fork()
+        self.bound_to_master = False
+        self.reparent_by = time.monotonic() + REPARENT_WAIT
+        serve(self.target, self.app, self.stopping, each_turn=self.bind_to_master)
 
     def bind_to_master(self):
         """Once its middle process has exited (it does at once), the master is this worker's

@@ -455,7 +455,8 @@ def stop_everything(*_):
     raise SystemExit(130)
 
 
-if __name__ == "__main__":
+def run(main):
+    """Runs `main`; every server it started is stopped by pid at the end, even on Ctrl-C."""
     signal.signal(signal.SIGINT, stop_everything)
     signal.signal(signal.SIGTERM, stop_everything)
     try:
@@ -465,3 +466,7 @@ if __name__ == "__main__":
             if started.poll() is None:
                 os.killpg(started.pid, signal.SIGKILL)
                 started.wait()
+
+
+if __name__ == "__main__":
+    run(main)

@@ -29,7 +29,8 @@ import tempfile
 import threading
 import time
 
-from compare import (APP_DIR, STARTED, VENV, Running, failures, free_port, version_of, wrk)
+import compare
+from compare import APP_DIR, VENV, Running, failures, free_port, run, version_of, wrk
 from fwbench import BINARY, ROOT, build, children_of, http_get, machine, publish, wait_for
 
 WORKERS = 4
@@ -37,16 +38,10 @@ PYTHON = os.path.join(VENV, "bin", "python")
 
 
 def ensure_venv():
-    """gunicorn, uWSGI and pg8000 in compare.py's virtualenv."""
-    wanted = {"gunicorn": "gunicorn", "uwsgi": "pyuwsgi"}
-    missing = [package for command, package in wanted.items()
-               if not os.path.exists(os.path.join(VENV, "bin", command))]
+    """compare.py's virtualenv (gunicorn, uWSGI), with pg8000 for the stand-in's database."""
+    compare.ensure_venv()
     if subprocess.run([PYTHON, "-c", "import pg8000"], capture_output=True).returncode != 0:
-        missing.append("pg8000")
-    if missing:
-        if not os.path.exists(PYTHON):
-            subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
-        subprocess.run([os.path.join(VENV, "bin", "pip"), "install", "-q", *missing], check=True)
+        subprocess.run([os.path.join(VENV, "bin", "pip"), "install", "-q", "pg8000"], check=True)
 
 
 def database():
@@ -161,9 +156,10 @@ def answering_pid(server):
 def respawn(start, kills):
     """ms from SIGKILL of a worker until a pid not seen before answers /pid; and, for
     forkwarden, until the replacement said READY=1 (the `ready after` line of its debug log),
-    which leaves out the race for the next connection among the 4 workers."""
+    which leaves out the race for the next connection among the 4 workers, and from the
+    master's fork request (`asked the app template ... for http worker N`) to that READY=1."""
     server = settled(start())
-    samples, ready = [], []
+    samples, ready, asked = [], [], []
     try:
         seen = set(workers_of(server))
         for _ in range(kills):
@@ -183,24 +179,36 @@ def respawn(start, kills):
                     break
             else:
                 raise TimeoutError(f"{server.name}: no new worker within 60 s")
-            ready_at = logged_at(server, f"(pid {pid}) ready after")
-            if ready_at is not None:
+            ready_line = logged(server, f"(pid {pid}) ready after")
+            if ready_line is not None:
+                ready_at, text = ready_line
                 ready.append((ready_at - killed_at) * 1000)
+                slot = text.split(" (pid ")[0].split("DEBUG ")[-1]
+                asked_line = logged(server, f"for {slot} (fork request", before=ready_at)
+                if asked_line is not None:
+                    asked.append((ready_at - asked_line[0]) * 1000)
             seen.update(workers_of(server))
     finally:
         server.stop()
-    return samples, ready
+    return samples, ready, asked
 
 
-def logged_at(server, needle):
-    """The wall-clock time of forkwarden's first log line containing `needle` (None: none)."""
+def logged(server, needle, before=None):
+    """(wall-clock time, text) of forkwarden's first log line containing `needle`, or with
+    `before`, of the last one logged before then; None: none."""
     server.log.seek(0)
+    found = None
     for line in server.log.read().splitlines():
-        if needle in line:
-            stamp = line.split()[0].rstrip("Z")
-            return datetime.datetime.fromisoformat(stamp).replace(
-                tzinfo=datetime.timezone.utc).timestamp()
-    return None
+        if needle not in line:
+            continue
+        stamp = line.split()[0].rstrip("Z")
+        at = datetime.datetime.fromisoformat(stamp).replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+        if before is None:
+            return at, line
+        if at <= before:
+            found = (at, line)
+    return found
 
 
 def descendants(pid):
@@ -385,6 +393,8 @@ def main():
             lambda r: ms(r["respawn"][0])),
         row("SIGKILL of a worker until its replacement said READY=1 (forkwarden's log)",
             lambda r: ms(r["respawn"][1]) if r["respawn"][1] else "n/a"),
+        row("of which: the master's fork request to that READY=1 (forkwarden's log)",
+            lambda r: ms(r["respawn"][2]) if r["respawn"][2] else "n/a"),
         row("PSS of the 4 workers added up, after 200 requests", memory_cell),
         row("PSS of all the server's processes (master, template and spare, workers)",
             lambda r: mib(r["memory"][2])),
@@ -400,23 +410,5 @@ def main():
     publish("compare-preload", "Preloaded workers side by side", lines, args.write_docs)
 
 
-def stop_everything(*_):
-    for proc in STARTED:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    raise SystemExit(130)
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, stop_everything)
-    signal.signal(signal.SIGTERM, stop_everything)
-    try:
-        main()
-    finally:
-        for started in STARTED:
-            if started.poll() is None:
-                os.killpg(started.pid, signal.SIGKILL)
-                started.wait()
+    run(main)

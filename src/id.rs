@@ -63,6 +63,11 @@ pub fn worker_name(id: WorkerId, pid: impl fmt::Display) -> String {
 /// What the preload template is called in log lines (`app template (pid 4312)`).
 pub const TEMPLATE: &str = "app template";
 
+/// `app template (pid 4312)`: a template's name in log lines.
+pub fn template_name(pid: impl fmt::Display) -> String {
+    format!("{TEMPLATE} (pid {pid})")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

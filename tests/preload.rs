@@ -13,15 +13,25 @@ use nix::unistd::Pid;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
-/// A server preloading the test app from `code` (a directory holding its `version.py`).
-fn preload_server(code: &Path, settings: &str, workers: usize) -> Server {
-    let server = Server::start(&format!(
-        "workers = {workers}\n{settings}\n[app]\n\
+/// A config preloading the test app from `code` (a directory holding its `version.py`):
+/// top-level `settings`, the `[app]` table, then `cron` (`[[cron]]` tables, which come last).
+fn preload_config(code: &Path, settings: &str, cron: &str) -> String {
+    format!(
+        "{settings}\n[app]\n\
          command = [\"python3\", \"{REPO}/python/forkwarden_wsgi.py\", \"--preload\", \
          \"--post-fork\", \"preload_app:post_fork\", \"preload_app:app\"]\n\
          cwd = \"{}\"\nenv = {{ PYTHONPATH = \"{REPO}/tests/apps\" }}\n\
-         preload = true\nready_timeout = \"20s\"\n",
+         preload = true\nready_timeout = \"20s\"\n{cron}",
         code.display()
+    )
+}
+
+/// A server preloading the test app from `code`, with `workers` HTTP workers running.
+fn preload_server(code: &Path, settings: &str, workers: usize) -> Server {
+    let server = Server::start(&preload_config(
+        code,
+        &format!("workers = {workers}\n{settings}"),
+        "",
     ));
     server.wait_for_log("loaded the application in");
     assert!(
@@ -388,19 +398,14 @@ fn a_template_that_never_loads_or_never_forks_is_killed_and_started_again() {
 #[test]
 fn a_cron_job_can_call_a_function_of_the_preloaded_application() {
     let code = code("1");
-    // The [[cron]] tables come last, after [app].
-    let server = Server::start(&format!(
-        "workers = 1\nmax_cron_threads = 1\n[app]\n\
-         command = [\"python3\", \"{REPO}/python/forkwarden_wsgi.py\", \"--preload\", \
-         \"--post-fork\", \"preload_app:post_fork\", \"preload_app:app\"]\n\
-         cwd = \"{}\"\nenv = {{ PYTHONPATH = \"{REPO}/tests/apps\" }}\n\
-         preload = true\nready_timeout = \"20s\"\n\
-         [[cron]]\nname = \"ticker\"\ninterval = \"1s\"\ncall = \"preload_app:tick\"\n\
-         env = {{ TICK_ENV = \"given\" }}\n\
+    let server = Server::start(&preload_config(
+        code.path(),
+        "workers = 1\nmax_cron_threads = 1",
+        "[[cron]]\nname = \"ticker\"\ninterval = \"1s\"\ncall = \"preload_app:tick\"\n\
+         env = { TICK_ENV = \"given\" }\n\
          [[cron]]\nname = \"failing\"\ninterval = \"1h\"\ncall = \"preload_app:fail\"\n\
          [[cron]]\nname = \"hanging\"\ninterval = \"1h\"\ncall = \"preload_app:hang\"\n\
          timeout = \"1s\"\n",
-        code.path().display(),
     ));
     server.wait_for_log("loaded the application in");
     let template = template_of(&server);
@@ -454,14 +459,10 @@ fn a_call_job_needs_a_preloaded_application_and_no_command() {
 #[test]
 fn a_cron_worker_killed_during_a_call_job_takes_the_job_and_not_the_template() {
     let code = code("1");
-    let server = Server::start(&format!(
-        "workers = 1\nmax_cron_threads = 1\n[app]\n\
-         command = [\"python3\", \"{REPO}/python/forkwarden_wsgi.py\", \"--preload\", \
-         \"preload_app:app\"]\n\
-         cwd = \"{}\"\nenv = {{ PYTHONPATH = \"{REPO}/tests/apps\" }}\n\
-         preload = true\nready_timeout = \"20s\"\n\
-         [[cron]]\nname = \"hanging\"\ninterval = \"1h\"\ncall = \"preload_app:hang\"\n",
-        code.path().display(),
+    let server = Server::start(&preload_config(
+        code.path(),
+        "workers = 1\nmax_cron_threads = 1",
+        "[[cron]]\nname = \"hanging\"\ninterval = \"1h\"\ncall = \"preload_app:hang\"\n",
     ));
     server.wait_for_log("loaded the application in");
     let template = template_of(&server);
@@ -493,14 +494,10 @@ fn a_cron_worker_killed_during_a_call_job_takes_the_job_and_not_the_template() {
 #[test]
 fn call_jobs_alone_get_a_template_without_any_port() {
     let code = code("1");
-    let server = Server::spawn(&format!(
-        "workers = 0\nmax_cron_threads = 1\n[app]\n\
-         command = [\"python3\", \"{REPO}/python/forkwarden_wsgi.py\", \"--preload\", \
-         \"preload_app:app\"]\n\
-         cwd = \"{}\"\nenv = {{ PYTHONPATH = \"{REPO}/tests/apps\" }}\n\
-         preload = true\nready_timeout = \"20s\"\n\
-         [[cron]]\nname = \"ticker\"\ninterval = \"1h\"\ncall = \"preload_app:tick\"\n",
-        code.path().display(),
+    let server = Server::spawn(&preload_config(
+        code.path(),
+        "workers = 0\nmax_cron_threads = 1",
+        "[[cron]]\nname = \"ticker\"\ninterval = \"1h\"\ncall = \"preload_app:tick\"\n",
     ));
     server.wait_for_log("loaded the application in");
     let template = template_of(&server);

@@ -233,15 +233,11 @@ fn run_call(
         let wait = limit.map(|(limit, _)| limit.saturating_sub(ran));
         let _ = signals.poll(&mut fds, wait);
         drop(fds);
-        for pipe in &mut output {
-            pipe.read_available();
-        }
+        drain(&mut output);
         report.read(connection.as_fd());
     };
     let _ = killpg(pid, Signal::SIGKILL);
-    for pipe in &mut output {
-        pipe.read_available();
-    }
+    drain(&mut output);
     ending
 }
 
@@ -412,9 +408,14 @@ impl<'a> Watch<'a> {
     }
 
     fn drain(&mut self) {
-        for output in &mut self.output {
-            output.read_available();
-        }
+        drain(&mut self.output);
+    }
+}
+
+/// Logs what a job's pipes hold now, without waiting.
+fn drain(output: &mut [Output<'_>]) {
+    for pipe in output {
+        pipe.read_available();
     }
 }
 

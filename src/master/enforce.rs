@@ -7,7 +7,7 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::pool::{Departure, Lifecycle, RetireReason, Worker};
+use super::pool::{self, Departure, Lifecycle, RetireReason, Worker};
 use super::{Master, report};
 use crate::limits::{self, EXPIRY_GRACE, Enforcement, IDLE_SCAN, MemoryActivity, Observation};
 use crate::proctree;
@@ -26,11 +26,10 @@ impl Master {
             }
             match &mut worker.lifecycle {
                 Lifecycle::Starting { ready_by } => {
-                    // The limit as configured: the master may look a little after it.
-                    let timeout = ready_by.map_or(worker.started.elapsed(), |at| {
-                        at.saturating_duration_since(worker.started)
-                    });
-                    let waited = crate::format::seconds(timeout);
+                    let waited = crate::format::seconds(pool::ready_timeout_given(
+                        worker.started,
+                        *ready_by,
+                    ));
                     let detail = if worker.exec.is_some() {
                         format!("did not report READY=1 within ready_timeout ({waited})")
                     } else {

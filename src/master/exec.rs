@@ -65,6 +65,22 @@ impl ExecPipes {
     }
 }
 
+/// Hands out the poll tokens of programs' output pipes, two per program, never reused.
+pub struct OutputTokens(usize);
+
+impl OutputTokens {
+    pub fn starting_at(first: usize) -> Self {
+        Self(first)
+    }
+
+    /// The tokens for a new program's stdout and stderr.
+    pub fn pair(&mut self) -> [Token; 2] {
+        let pair = [Token(self.0), Token(self.0 + 1)];
+        self.0 += 2;
+        pair
+    }
+}
+
 /// The master's side of one exec worker.
 pub struct ExecState {
     outputs: [OutputPipe; 2],
@@ -147,12 +163,16 @@ impl ExecState {
         })
     }
 
-    /// Marks the pipe behind `token`, if it is one of ours, as having output to read.
-    pub fn wake(&mut self, token: Token) {
+    /// Marks the pipes behind `tokens` (those that are ours) as having output to read, and
+    /// logs what is waiting, tagged with `name`, within each pipe's budget.
+    pub fn read_woken(&mut self, tokens: &[Token], name: impl FnOnce() -> String) {
         for output in &mut self.outputs {
-            if output.token == token {
+            if tokens.contains(&output.token) {
                 output.pending = true;
             }
+        }
+        if self.has_pending_output() {
+            self.read_output(&name());
         }
     }
 
@@ -263,24 +283,15 @@ impl Master {
     /// each pipe's budget.
     pub(super) fn read_exec_output(&mut self, tokens: &[Token]) {
         for template in self.templates.iter_mut() {
-            for token in tokens {
-                template.exec.wake(*token);
-            }
-            if template.exec.has_pending_output() {
-                let name = template.name();
-                template.exec.read_output(&name);
-            }
+            let pid = template.pid;
+            template
+                .exec
+                .read_woken(tokens, || crate::id::template_name(pid));
         }
         for worker in self.pool.workers_mut() {
             let (id, pid) = (worker.id, worker.pid);
-            let Some(exec) = &mut worker.exec else {
-                continue;
-            };
-            for token in tokens {
-                exec.wake(*token);
-            }
-            if exec.has_pending_output() {
-                exec.read_output(&worker_name(id, pid));
+            if let Some(exec) = &mut worker.exec {
+                exec.read_woken(tokens, || worker_name(id, pid));
             }
         }
     }

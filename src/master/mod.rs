@@ -137,8 +137,8 @@ pub struct Master {
     strays: Strays,
     /// When this server started: cron runs due before it fell while the server was down.
     started_at: std::time::SystemTime,
-    /// The next poll token for an exec worker's output pipe.
-    next_token: usize,
+    /// Poll tokens for programs' output pipes.
+    output_tokens: exec::OutputTokens,
     /// RLIMIT_CPU's hard limit, which workers inherit; exec workers' soft limit stays below.
     cpu_hard_limit: u64,
     limits: MasterLimits,
@@ -204,7 +204,7 @@ impl Master {
             strays: Strays::default(),
             limits: MasterLimits::from_config(&config),
             started_at: std::time::SystemTime::now(),
-            next_token: FIRST_OUTPUT_TOKEN,
+            output_tokens: exec::OutputTokens::starting_at(FIRST_OUTPUT_TOKEN),
             cpu_hard_limit: nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_CPU)
                 .map_or(libc::RLIM_INFINITY, |(_, hard)| hard),
             next_scan: None,
@@ -687,8 +687,7 @@ impl Master {
         let ready_by = Some(started + ready_timeout).filter(|_| !ready_timeout.is_zero());
         let mut worker = Worker::new(pid, id, generation, started, row, ready_by);
         if let (Some(app), Some(pipes)) = (exec_app, pipes) {
-            let tokens = [Token(self.next_token), Token(self.next_token + 1)];
-            self.next_token += 2;
+            let tokens = self.output_tokens.pair();
             let limit_request = crate::limits::request_limit_for_worker(&self.config);
             let state =
                 exec::ExecState::new(pipes, tokens, self.poll.registry(), limit_request, watchdog)?;

@@ -431,6 +431,14 @@ impl Pool {
     }
 }
 
+/// The `ready_timeout` a start was given, for the line that kills it past it (the master
+/// may look a little later than `ready_by`).
+pub(super) fn ready_timeout_given(started: Instant, ready_by: Option<Instant>) -> Duration {
+    ready_by.map_or(started.elapsed(), |at| {
+        at.saturating_duration_since(started)
+    })
+}
+
 /// No delay for a first failed start; then 100 ms, doubling up to [`BACKOFF_MAX`].
 pub(super) fn backoff(failures_in_a_row: u32) -> Duration {
     if failures_in_a_row <= 1 {

@@ -34,17 +34,16 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use mio::Token;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tracing::{debug, info, warn};
 
 use super::exec::{ExecPipes, ExecState};
-use super::pool::{Worker, backoff};
+use super::pool::{Worker, backoff, ready_timeout_given};
 use super::report::Exit;
 use super::{Master, Spawned};
 use crate::format::{elapsed, seconds};
-use crate::id::{Role, TEMPLATE, WorkerId};
+use crate::id::{Role, TEMPLATE, WorkerId, template_name};
 use crate::notify::Notification;
 use crate::scoreboard::WorkerRow;
 use crate::sys;
@@ -79,7 +78,7 @@ pub enum TemplateState {
 impl Template {
     /// `app template (pid 4312)`.
     pub fn name(&self) -> String {
-        format!("{TEMPLATE} (pid {})", self.pid)
+        template_name(self.pid)
     }
 
     fn is_leaving(&self) -> bool {
@@ -280,7 +279,7 @@ impl Master {
         let pid = unsafe { sys::fork_process(&keep, || crate::worker::run(spec)) }?;
         drop(template_end);
         let ready_timeout = self.config.program_ready_timeout(app);
-        let tokens = self.next_tokens();
+        let tokens = self.output_tokens.pair();
         let exec = ExecState::new(
             pipes,
             tokens,
@@ -408,7 +407,7 @@ impl Master {
             WorkerRow::new()?,
             ready_by,
         );
-        let tokens = self.next_tokens();
+        let tokens = self.output_tokens.pair();
         let limit_request = crate::limits::request_limit_for_worker(&self.config);
         worker.exec = Some(ExecState::new(
             request.pipes,
@@ -567,9 +566,7 @@ impl Master {
             let why = match template.state {
                 TemplateState::Loading { ready_by } => format!(
                     "did not report READY=1 within ready_timeout ({})",
-                    seconds(ready_by.map_or(template.started.elapsed(), |at| {
-                        at.saturating_duration_since(template.started)
-                    }))
+                    seconds(ready_timeout_given(template.started, ready_by))
                 ),
                 TemplateState::Ready => format!(
                     "watchdog: no WATCHDOG=1 for {}",
@@ -639,12 +636,5 @@ impl Master {
         for template in &mut self.templates.running {
             template.kill();
         }
-    }
-
-    /// The poll tokens for a new pair of output pipes.
-    pub(super) fn next_tokens(&mut self) -> [Token; 2] {
-        let tokens = [Token(self.next_token), Token(self.next_token + 1)];
-        self.next_token += 2;
-        tokens
     }
 }

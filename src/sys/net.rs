@@ -79,18 +79,8 @@ pub fn handoff_channel() -> io::Result<(OwnedFd, OwnedFd)> {
 /// Sends `connection` on the hand-off channel `to`. Fails with `WouldBlock` when the channel
 /// is full: the caller keeps the connection.
 pub fn send_connection(to: BorrowedFd<'_>, connection: BorrowedFd<'_>) -> io::Result<()> {
-    let fds = [connection.as_raw_fd()];
-    let rights = [ControlMessage::ScmRights(&fds)];
     // One byte of payload: a message that carries descriptors must carry data too.
-    let payload = [IoSlice::new(b"c")];
-    socket::sendmsg::<()>(
-        to.as_raw_fd(),
-        &payload,
-        &rights,
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-        None,
-    )?;
-    Ok(())
+    send_with_descriptors(to, b"c", &[connection])
 }
 
 /// Takes a connection from the hand-off channel `from`, if one is waiting.

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from fwbench import ROOT, Server, build, http_get, machine, publish, summary
+from fwbench import ROOT, Server, build, http_get, machine, publish, runner_app, summary
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -99,9 +99,8 @@ def busy_host_cost(workers, idle, processes):
 
 def program_cost(workers, idle):
     """Idle cost with WSGI programs under the bundled runner ([app])."""
-    runner = os.path.join(ROOT, "python", "forkwarden_wsgi.py")
-    settings = (f'workers = {workers}\n[app]\ncommand = ["{sys.executable}", "{runner}", '
-                f'"compare_app:app"]\ncwd = "{os.path.join(ROOT, "scripts")}"\n')
+    settings = f"workers = {workers}\n" + runner_app("compare_app:app",
+                                                     os.path.join(ROOT, "scripts"))
     with Server(settings) as server:
         server.wait_for_workers(workers, timeout=30)
         deadline = time.monotonic() + 30

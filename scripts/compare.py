@@ -3,7 +3,7 @@
 
 gunicorn and uWSGI (the `pyuwsgi` wheel) are installed into a throw-away virtualenv under
 target/ and serve scripts/compare_app.py; so does forkwarden through its WSGI runner
-(python/forkwarden_wsgi.py, the like-for-like column), and, in a column of its own,
+(`python3 -m forkwarden_wsgi`, the like-for-like column), and, in a column of its own,
 forkwarden's built-in demo app (native code, same endpoints). Same worker counts and
 equivalent limits everywhere (gunicorn --timeout; uWSGI --harakiri, --reload-on-rss,
 --evil-reload-on-rss), each reloaded its own zero-downtime way (SIGHUP for forkwarden and
@@ -35,7 +35,7 @@ import threading
 import time
 
 from fwbench import (BINARY, ROOT, build, children_of, http_get, is_gone, machine, publish,
-                     wait_for)
+                     runner_app, wait_for)
 
 VENV = os.path.join(ROOT, "target", "compare-venv")
 APP_DIR = os.path.join(ROOT, "scripts")
@@ -135,9 +135,8 @@ def start_forkwarden(workers, limit_time=0, limit_memory=0, crash_at_boot=False)
 def start_forkwarden_wsgi(workers, limit_time=0, limit_memory=0, crash_at_boot=False):
     return run_forkwarden(
         "forkwarden + WSGI runner", workers, limit_time, limit_memory,
-        f"[app]\ncommand = [\"{sys.executable}\", \"{ROOT}/python/forkwarden_wsgi.py\", "
-        f"\"compare_app:app\"]\ncwd = \"{APP_DIR}\"\n"
-        f"env = {{ COMPARE_APP_CRASH_AT_BOOT = \"{1 if crash_at_boot else 0}\" }}\n")
+        runner_app("compare_app:app", APP_DIR,
+                   env={"COMPARE_APP_CRASH_AT_BOOT": "1" if crash_at_boot else "0"}))
 
 
 def start_gunicorn(workers, limit_time=0, limit_memory=0, crash_at_boot=False):

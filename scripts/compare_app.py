@@ -1,6 +1,6 @@
 """The WSGI app scripts/compare.sh serves with gunicorn and uWSGI: the same endpoints as
-forkwarden's built-in demo app (/, /health, /pid, /sleep?ms=N, /burn?ms=N, /alloc?mb=N,
-/crash, /crash?exit=N). Standard library only.
+forkwarden's built-in demo app (/, /health, /pid, /echo (the request body), /sleep?ms=N,
+/burn?ms=N, /alloc?mb=N, /crash, /crash?exit=N). Standard library only.
 
 With COMPARE_APP_CRASH_AT_BOOT=1 in the environment, importing it fails, as an app with a
 broken deployment would (to compare crash-at-boot behaviour).
@@ -30,6 +30,9 @@ def app(environ, start_response):
         body = b"ok\n"
     elif path == "/pid":
         body = f"{os.getpid()}\n".encode()
+    elif path == "/echo":
+        # As most applications read a body: CONTENT_LENGTH bytes (set for a chunked one too).
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
     elif path == "/sleep":
         ms = _number(environ, "ms")
         time.sleep(ms / 1000)

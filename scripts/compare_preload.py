@@ -31,7 +31,8 @@ import time
 
 import compare
 from compare import APP_DIR, VENV, Running, failures, free_port, run, version_of, wrk
-from fwbench import BINARY, ROOT, build, children_of, http_get, machine, publish, wait_for
+from fwbench import (BINARY, ROOT, build, children_of, http_get, machine, publish, runner_app,
+                     wait_for)
 
 WORKERS = 4
 PYTHON = os.path.join(VENV, "bin", "python")
@@ -76,16 +77,13 @@ class Setup:
 def forkwarden(setup, preload):
     port = free_port()
     config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-    env = ", ".join(f"{key} = \"{value}\"" for key, value in setup.env.items())
-    flags = '"--preload", "--post-fork", "standin_app:post_fork", ' if preload else \
-        '"--post-fork", "standin_app:post_fork", '
+    flags = (["--preload"] if preload else []) + ["--post-fork", "standin_app:post_fork"]
     config.write(
         f"http_port = {port}\nworkers = {WORKERS}\nmax_cron_threads = 0\nlimit_request = 0\n"
         "log_level = \"debug\"\n"
-        "limit_memory_soft = 0\nlimit_memory_hard = 0\n[app]\n"
-        f"command = [\"{PYTHON}\", \"{ROOT}/python/forkwarden_wsgi.py\", {flags}"
-        f"\"standin_app:app\"]\ncwd = \"{APP_DIR}\"\nenv = {{ {env} }}\n"
-        f"preload = {'true' if preload else 'false'}\n")
+        "limit_memory_soft = 0\nlimit_memory_hard = 0\n"
+        + runner_app("standin_app:app", APP_DIR, flags=flags, env=setup.env, python=PYTHON,
+                     extra=f"preload = {'true' if preload else 'false'}\n"))
     config.close()
     server = Running([BINARY, "--config", config.name], port)
     server.name = "forkwarden, preload" if preload else "forkwarden, exec (no preload)"
@@ -281,11 +279,11 @@ def cron_runs(setup, seconds=14):
     env = ", ".join(f"{key} = \"{value}\"" for key, value in setup.env.items())
     config.write(
         f"http_port = {port}\nworkers = 1\nmax_cron_threads = 2\ndata_dir = \"{data}\"\n"
-        "limit_memory_soft = 0\nlimit_memory_hard = 0\n[app]\n"
-        f"command = [\"{PYTHON}\", \"{ROOT}/python/forkwarden_wsgi.py\", \"--preload\", "
-        f"\"--post-fork\", \"standin_app:post_fork\", \"standin_app:app\"]\n"
-        f"cwd = \"{APP_DIR}\"\nenv = {{ {env} }}\npreload = true\n"
-        "[[cron]]\nname = \"as-call\"\ninterval = \"2s\"\ncall = \"standin_app:scheduled\"\n"
+        "limit_memory_soft = 0\nlimit_memory_hard = 0\n"
+        + runner_app("standin_app:app", APP_DIR,
+                     flags=["--preload", "--post-fork", "standin_app:post_fork"],
+                     env=setup.env, python=PYTHON, extra="preload = true\n")
+        + "[[cron]]\nname = \"as-call\"\ninterval = \"2s\"\ncall = \"standin_app:scheduled\"\n"
         f"env = {{ {env} }}\n"
         "[[cron]]\nname = \"as-command\"\ninterval = \"2s\"\n"
         f"command = [\"{PYTHON}\", \"-c\", \"import standin_app; standin_app.scheduled()\"]\n"
@@ -384,7 +382,7 @@ def main():
         f"{WORKERS} workers each; gunicorn sync workers with `--preload` and a `post_fork` "
         "hook; uWSGI `--master --processes 4 --http11-socket`, no `--lazy-apps`, "
         "`uwsgi.post_fork_hook`, reloaded through its master FIFO (chain reload); forkwarden "
-        "through python/forkwarden_wsgi.py `--post-fork standin_app:post_fork`. Times are "
+        "through `python3 -m forkwarden_wsgi --post-fork standin_app:post_fork`. Times are "
         "median / max.",
         "",
         "| measure | " + " | ".join(names) + " |",

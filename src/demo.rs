@@ -43,6 +43,10 @@ pub fn factory(worker: &WorkerInfo<'_>) -> anyhow::Result<Box<dyn App>> {
 
 impl App for DemoApp {
     fn handle(&mut self, request: &Request) -> Response {
+        if request.path() == "/echo" {
+            return Response::new(200, request.body())
+                .header("Content-Type", "application/octet-stream");
+        }
         if !matches!(request.method(), "GET" | "HEAD") {
             return Response::text(405, "method not allowed: use GET or HEAD\n")
                 .header("Allow", "GET, HEAD");

@@ -50,6 +50,13 @@ mod worker;
 use std::path::Path;
 
 pub use app::{App, AppFactory, Header, Request, Response, WorkerInfo};
+
+/// forkwarden's HTTP worker inside a program forkwarden started for an HTTP worker slot
+/// (the Python runner): the same loop as the built-in workers, serving the program's own
+/// [`App`]. See the README, "The worker kit".
+pub mod program {
+    pub use crate::worker::kit::{KitError, serve};
+}
 pub use config::{Config, ConfigError};
 pub use master::{EXIT_STATUS_CRITICAL, EXIT_STATUS_FAILURE, MasterError};
 

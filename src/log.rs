@@ -79,6 +79,22 @@ pub fn init(config: &Config) -> Result<Logging, LogError> {
     Ok(Logging { level: handle })
 }
 
+/// Logging for forkwarden's worker inside a program (see `worker::kit`): lines on standard
+/// error, which the master reads and logs as the program's, at the level each line states
+/// (so no time here: the master's line has it). A program that set up its own subscriber
+/// keeps it.
+pub fn init_for_program(config: &Config) {
+    let lines = tracing_subscriber::fmt::layer()
+        .with_writer(io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .without_time();
+    let _ = tracing_subscriber::registry()
+        .with(level_filter(config.log_level))
+        .with(lines.fmt_fields(MessageOnly))
+        .try_init();
+}
+
 impl Logging {
     /// Applies a reloaded config's `log_level` and `logfile`.
     pub fn apply(&self, config: &Config) -> Result<(), LogError> {

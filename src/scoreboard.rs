@@ -6,6 +6,7 @@
 //! for the death report (requests served, why it exited) and for the per-request limits.
 
 use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -149,6 +150,13 @@ impl Board {
         })
     }
 
+    /// The board of the server whose master handed a program `file`.
+    pub fn from_fd(file: OwnedFd) -> io::Result<Self> {
+        Ok(Self {
+            shared: SharedWords::from_fd(file, BOARD_WORDS)?,
+        })
+    }
+
     /// HTTP workers waiting for work now.
     pub fn idle_http_workers(&self) -> u64 {
         self.idle_http_workers_word().load(Ordering::Relaxed)
@@ -199,6 +207,26 @@ pub struct WorkerRow {
     shared: SharedWords,
 }
 
+impl Board {
+    /// Its memfd, for a program's worker kit (the master keeps it open).
+    pub fn descriptor(&self) -> Option<BorrowedFd<'_>> {
+        self.shared.descriptor()
+    }
+}
+
+impl WorkerRow {
+    /// Its memfd, for a program's worker kit, until [`WorkerRow::close_descriptor`].
+    pub fn descriptor(&self) -> Option<BorrowedFd<'_>> {
+        self.shared.descriptor()
+    }
+
+    /// Closes its memfd once the worker has it (or never will): the master keeps no
+    /// descriptor per worker.
+    pub fn close_descriptor(&mut self) {
+        self.shared.close_descriptor();
+    }
+}
+
 /// A consistent-enough copy of a row, read by the master.
 #[derive(Clone, Debug)]
 pub struct RowSnapshot {
@@ -219,6 +247,13 @@ impl WorkerRow {
     pub fn new() -> io::Result<Self> {
         Ok(Self {
             shared: SharedWords::new(ROW_WORDS)?,
+        })
+    }
+
+    /// The row a program was handed as `file` (see `worker::kit`).
+    pub fn from_fd(file: OwnedFd) -> io::Result<Self> {
+        Ok(Self {
+            shared: SharedWords::from_fd(file, ROW_WORDS)?,
         })
     }
 

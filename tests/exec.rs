@@ -1,31 +1,58 @@
-//! Exec workers (`[app]`): any program under the same supervision, here a Python WSGI app
-//! under python/forkwarden_wsgi.py (standard library only) and a few plain programs.
+//! Exec workers (`[app]`): any program under the same supervision. Here the Python runner
+//! (`python3 -m forkwarden_wsgi`, forkwarden's own worker through the worker kit), a server
+//! that speaks the generic protocol itself (tests/apps/marking_server.py: sd_notify request
+//! markers, as another language's server would), and a few plain programs.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{SOON, Server, children_of, http_get, is_alive, pid_after, wait_until};
+use common::{
+    SOON, Server, children_of, http_get, is_alive, pid_after, python_runner_path, wait_until,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
-/// `[app]` running scripts/compare_app.py under the WSGI runner, with `extra` app settings.
-fn wsgi_app(extra: &str) -> String {
+/// `[app]` running scripts/compare_app.py under the Python runner, with `env` (`KEY = "value"`
+/// entries) added to its environment.
+fn wsgi_app(env: &str) -> String {
+    let env = if env.is_empty() {
+        String::new()
+    } else {
+        format!(", {env}")
+    };
     format!(
-        "[app]\ncommand = [\"python3\", \"{REPO}/python/forkwarden_wsgi.py\", \"compare_app:app\"]\n\
-         cwd = \"{REPO}/scripts\"\nready_timeout = \"20s\"\n{extra}"
+        "[app]\ncommand = [\"python3\", \"-m\", \"forkwarden_wsgi\", \"compare_app:app\"]\n\
+         cwd = \"{REPO}/scripts\"\nready_timeout = \"20s\"\nnonblocking = true\n\
+         env = {{ PYTHONPATH = \"{}\"{env} }}\n",
+        python_runner_path()
     )
 }
 
-/// A server running the WSGI app; waits until `workers` programs are ready.
+/// `[app]` running scripts/compare_app.py under tests/apps/marking_server.py.
+fn marking_app() -> String {
+    format!(
+        "[app]\ncommand = [\"python3\", \"{REPO}/tests/apps/marking_server.py\", \
+         \"compare_app:app\"]\ncwd = \"{REPO}/scripts\"\nready_timeout = \"20s\"\n\
+         nonblocking = true\n"
+    )
+}
+
+/// A server running the Python runner; waits until `workers` programs are ready.
 fn wsgi_server(settings: &str, workers: usize) -> Server {
-    let server = Server::start(&format!(
-        "workers = {workers}\n{settings}\n{}",
-        wsgi_app("")
-    ));
+    app_server(settings, workers, &wsgi_app(""))
+}
+
+/// A server running the marking server; waits until `workers` programs are ready.
+fn marking_server(settings: &str, workers: usize) -> Server {
+    app_server(settings, workers, &marking_app())
+}
+
+fn app_server(settings: &str, workers: usize, app: &str) -> Server {
+    let server = Server::start(&format!("workers = {workers}\n{settings}\n{app}"));
     assert!(
         wait_until(SOON, || server.get("/health").status == 200),
         "{}",
@@ -37,7 +64,7 @@ fn wsgi_server(settings: &str, workers: usize) -> Server {
 
 #[test]
 fn each_program_answers_with_its_own_pid() {
-    let server = wsgi_server("", 3);
+    let server = marking_server("", 3);
     let programs: BTreeSet<i32> = children_of(server.pid()).into_iter().collect();
     assert_eq!(programs.len(), 3);
     // Three slow requests at once must be served by three different programs.
@@ -67,7 +94,7 @@ fn a_killed_program_is_replaced_and_logged() {
 
 #[test]
 fn a_request_past_limit_time_real_is_killed_and_logged_with_its_path() {
-    let server = wsgi_server("limit_time_real = 1", 2);
+    let server = marking_server("limit_time_real = 1", 2);
     let reply = server.get("/sleep?ms=8000");
     assert_eq!(
         reply.status, 0,
@@ -80,7 +107,7 @@ fn a_request_past_limit_time_real_is_killed_and_logged_with_its_path() {
 
 #[test]
 fn a_request_past_limit_time_cpu_is_stopped_by_rlimit_cpu() {
-    let server = wsgi_server("limit_time_cpu = 1\nlimit_time_real = 30", 1);
+    let server = marking_server("limit_time_cpu = 1\nlimit_time_real = 30", 1);
     let _ = server.get("/burn?ms=20000");
     let line = server.wait_for_log("killed: limit_time_cpu exceeded (cpu ");
     assert!(line.contains("while serving GET /burn?ms=20000"), "{line}");
@@ -88,10 +115,14 @@ fn a_request_past_limit_time_cpu_is_stopped_by_rlimit_cpu() {
 
 #[test]
 fn a_leak_past_limit_memory_hard_is_killed() {
-    let server = wsgi_server(
-        "limit_memory_soft = 0\nlimit_memory_hard = \"100MiB\"\nlimit_memory_hard_rlimit = false",
-        1,
-    );
+    let settings =
+        "limit_memory_soft = 0\nlimit_memory_hard = \"100MiB\"\nlimit_memory_hard_rlimit = false";
+    for server in [wsgi_server(settings, 1), marking_server(settings, 1)] {
+        leak_is_killed(&server);
+    }
+}
+
+fn leak_is_killed(server: &Server) {
     let _ = server.get("/alloc?mb=200");
     // Memory is read at the short interval from the request on (a program that is idle
     // after it would otherwise be read only every 10 s): far sooner than that.
@@ -108,7 +139,10 @@ fn a_leak_past_limit_memory_hard_is_killed() {
 #[test]
 fn limit_request_counts_idle_markers() {
     // Ready without a request (a readiness probe would count towards the limit).
-    let server = Server::start(&format!("workers = 1\nlimit_request = 3\n{}", wsgi_app("")));
+    let server = Server::start(&format!(
+        "workers = 1\nlimit_request = 3\n{}",
+        marking_app()
+    ));
     server.wait_until_idle("http worker");
     let first = server.get("/pid").body;
     assert_eq!(server.get("/pid").body, first);
@@ -123,7 +157,7 @@ fn limit_request_counts_idle_markers() {
 fn a_program_crashing_at_import_is_backed_off() {
     let server = Server::spawn(&format!(
         "workers = 1\n{}",
-        wsgi_app("env = { COMPARE_APP_CRASH_AT_BOOT = \"1\" }\n")
+        wsgi_app("COMPARE_APP_CRASH_AT_BOOT = \"1\"")
     ));
     server.wait_for_log("[stderr]: RuntimeError: COMPARE_APP_CRASH_AT_BOOT=1");
     server.wait_for_log("failed to start: exited with status 1");
@@ -206,7 +240,7 @@ fn python_program(source: &[&str], ready_timeout: &str) -> String {
 }
 
 #[test]
-fn the_program_inherits_only_its_standard_streams_and_the_socket() {
+fn the_program_inherits_only_its_standard_streams_the_socket_and_the_worker_kit() {
     let server = Server::spawn(&python_program(
         &[
             "import os, time",
@@ -218,12 +252,15 @@ fn the_program_inherits_only_its_standard_streams_and_the_socket() {
             "    return False",
             "print('descriptors', [fd for fd in range(1024) if is_open(fd)], flush=True)",
             "print('LISTEN_FDS', os.environ['LISTEN_FDS'], os.environ['LISTEN_PID'] == str(os.getpid()), flush=True)",
+            "print('KIT', os.environ['FORKWARDEN_KIT_FD'], os.readlink('/proc/self/fd/4'), flush=True)",
             "time.sleep(60)",
         ],
         "0",
     ));
-    server.wait_for_log("): descriptors [0, 1, 2, 3]");
+    // The listening socket on 3, the worker kit from 4 on (eight, see src/worker/kit.rs).
+    server.wait_for_log("): descriptors [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]");
     server.wait_for_log("): LISTEN_FDS 1 True");
+    server.wait_for_log("): KIT 4 /memfd:forkwarden-config");
 }
 
 #[test]
@@ -253,14 +290,25 @@ fn a_program_silent_past_its_watchdog_is_killed_and_its_status_shown() {
 }
 
 #[test]
-fn a_stopped_runner_is_caught_by_its_watchdog() {
-    // The runner sends WATCHDOG=1 each idle second, as WATCHDOG_USEC (heartbeat_timeout) asks.
-    let server = wsgi_server("heartbeat_timeout = \"2s\"", 1);
-    let program: i32 = server.get("/pid").body.trim().parse().unwrap();
-    kill(Pid::from_raw(program), Signal::SIGSTOP).unwrap();
-    let line = server.wait_for_log(&format!("(pid {program}) killed: watchdog: no WATCHDOG=1"));
-    assert!(line.contains("(WATCHDOG_USEC=2000000)"), "{line}");
-    assert!(wait_until(SOON, || server.get("/health").status == 200));
+fn a_stopped_program_is_caught_by_its_heartbeat_or_its_watchdog() {
+    // The runner beats in its scoreboard row, as a built-in worker does; the marking server
+    // sends WATCHDOG=1, as WATCHDOG_USEC (heartbeat_timeout) asks.
+    for (server, killed) in [
+        (
+            wsgi_server("heartbeat_timeout = \"2s\"", 1),
+            "killed: no sign of life for ",
+        ),
+        (
+            marking_server("heartbeat_timeout = \"2s\"", 1),
+            "killed: watchdog: no WATCHDOG=1",
+        ),
+    ] {
+        let program: i32 = server.get("/pid").body.trim().parse().unwrap();
+        kill(Pid::from_raw(program), Signal::SIGSTOP).unwrap();
+        let line = server.wait_for_log(&format!("(pid {program}) {killed}"));
+        assert!(line.contains("2s") || line.contains("2000000"), "{line}");
+        assert!(wait_until(SOON, || server.get("/health").status == 200));
+    }
 }
 
 #[test]

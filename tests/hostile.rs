@@ -1,5 +1,6 @@
 //! Hostile and slow clients cannot take workers away: what a hostile test run found, each as
-//! it was reproduced, now held. Every attack is bounded and goes to loopback only.
+//! it was reproduced, now held. Every attack is bounded and goes to loopback only. Each runs
+//! against the built-in workers and the Python runner (see `Flavour`).
 
 mod common;
 
@@ -7,8 +8,17 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{KeepAlive, SOON, Server, parse_reply, send_raw, wait_until};
+use common::{Flavour, KeepAlive, SOON, Server, parse_reply, send_raw, wait_until};
 use nix::sys::signal::Signal;
+
+against_both!(
+    the_90_byte_request_that_killed_workers_gets_an_answer,
+    an_endless_chunk_line_is_cut_and_a_slow_body_has_a_deadline,
+    idle_and_slow_connections_do_not_starve_real_clients,
+    framing_a_proxy_could_read_differently_is_refused,
+    fast_clients_are_not_held_behind_a_slow_request,
+    a_kept_alive_connection_survives_a_reload,
+);
 
 const CHUNKED_POST: &str = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
 
@@ -25,12 +35,11 @@ fn read_to_close(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&text).into_owned()
 }
 
-#[test]
-fn the_90_byte_request_that_killed_workers_gets_an_answer() {
+fn the_90_byte_request_that_killed_workers_gets_an_answer(flavour: Flavour) {
     // Before: `line + size + 2` wrapped and the worker exited with 70; 30 of these in 20 ms
     // kept the service down for 82.8 s (backoff, and the queued payloads killed each new
     // worker).
-    let server = Server::start("workers = 1");
+    let server = flavour.server("", 1);
     let pid = server.get("/pid").body;
     let attack = format!("{CHUNKED_POST}2\r\nab\r\nfffffffffffffffe\r\n");
     let mut attackers: Vec<TcpStream> = (0..30).map(|_| connect(server.port)).collect();
@@ -52,9 +61,8 @@ fn the_90_byte_request_that_killed_workers_gets_an_answer() {
     );
 }
 
-#[test]
-fn an_endless_chunk_line_is_cut_and_a_slow_body_has_a_deadline() {
-    let server = Server::start("workers = 1\nhttp_request_timeout = \"2s\"");
+fn an_endless_chunk_line_is_cut_and_a_slow_body_has_a_deadline(flavour: Flavour) {
+    let server = flavour.server("http_request_timeout = \"2s\"", 1);
     // Before: `1;ext=` then endless bytes kept a worker at 100 % CPU for 20 s and grew its
     // buffer to 16 MiB.
     let mut endless = connect(server.port);
@@ -105,11 +113,10 @@ fn an_endless_chunk_line_is_cut_and_a_slow_body_has_a_deadline() {
     );
 }
 
-#[test]
-fn idle_and_slow_connections_do_not_starve_real_clients() {
+fn idle_and_slow_connections_do_not_starve_real_clients(flavour: Flavour) {
     // Before: with 2 workers, 20 idle connections made a real request wait 20.2 s; 500 idle
     // or slowloris connections: no response in 28 s.
-    let server = Server::start("workers = 2");
+    let server = flavour.server("", 2);
     let idle: Vec<TcpStream> = (0..100).map(|_| connect(server.port)).collect();
     let mut slowloris: Vec<TcpStream> = (0..100).map(|_| connect(server.port)).collect();
     for stream in &mut slowloris {
@@ -157,9 +164,8 @@ fn a_worker_at_its_descriptor_limit_pauses_accepting_and_says_so_once_a_second()
     assert!(wait_until(SOON, || server.get("/health").status == 200));
 }
 
-#[test]
-fn framing_a_proxy_could_read_differently_is_refused() {
-    let server = Server::start("workers = 1");
+fn framing_a_proxy_could_read_differently_is_refused(flavour: Flavour) {
+    let server = flavour.server("", 1);
     let cases: [(&[u8], u16); 6] = [
         (
             b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\
@@ -191,8 +197,7 @@ fn framing_a_proxy_could_read_differently_is_refused() {
     assert_eq!(server.get("/health").status, 200);
 }
 
-#[test]
-fn fast_clients_are_not_held_behind_a_slow_request() {
+fn fast_clients_are_not_held_behind_a_slow_request(flavour: Flavour) {
     // Before: with more kept-alive connections than workers, the fast clients' p99 was 803 ms
     // beside 200 ms requests, and every second request went out with Connection: close.
     // Every connection is made while there is one worker, so the worker that runs the slow
@@ -201,7 +206,7 @@ fn fast_clients_are_not_held_behind_a_slow_request() {
     // the second worker then has idle moments, which is when connections go to it (tight
     // loops would keep it saturated, and with no worker idle a request waits for its own
     // worker, by design). Thousands of requests reach the default limit_request: off here.
-    let server = Server::start("workers = 1\nlimit_request = 0");
+    let server = flavour.server("limit_request = 0", 1);
     let port = server.port;
     let mut slow = KeepAlive::connect(port);
     assert_eq!(slow.get("/health").status, 200);
@@ -210,7 +215,7 @@ fn fast_clients_are_not_held_behind_a_slow_request() {
         assert_eq!(connection.get("/").status, 200);
     }
     server.signal(Signal::SIGTTIN);
-    server.wait_for_workers("http worker", 2);
+    server.wait_for_workers(flavour.title(), 2);
     server.wait_until_idle("http worker");
     std::thread::scope(|scope| {
         let slow = scope.spawn(move || assert_eq!(slow.get("/sleep?ms=3000").status, 200));
@@ -247,9 +252,8 @@ fn fast_clients_are_not_held_behind_a_slow_request() {
     });
 }
 
-#[test]
-fn a_kept_alive_connection_survives_a_reload() {
-    let server = Server::start("workers = 2");
+fn a_kept_alive_connection_survives_a_reload(flavour: Flavour) {
+    let server = flavour.server("", 2);
     let mut connection = KeepAlive::connect(server.port);
     let first = connection.get("/pid");
     assert_eq!(first.status, 200);

@@ -1,12 +1,69 @@
-//! HTTP workers: bad input gets a clear status and the worker lives on.
+//! HTTP workers: bad input gets a clear status and the worker lives on; keep-alive,
+//! pipelining, `Expect: 100-continue`, chunked bodies, HEAD, recycling and the per-request
+//! limits. Each test runs against the built-in workers and against the Python runner (the
+//! same worker loop, in the `_core` extension, with a WSGI app): see [`Flavour`].
 
 mod common;
 
-use common::{KeepAlive, Server, parse_reply, send_raw};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::thread;
 
-#[test]
-fn malformed_requests_get_400_and_the_worker_survives() {
-    let server = Server::start("workers = 1");
+use common::{Flavour, KeepAlive, Reply, SOON, Server, http_get, parse_reply, send_raw};
+
+against_both!(
+    malformed_requests_get_400_and_the_worker_survives,
+    every_class_of_bad_request_gets_its_status,
+    keep_alive_connections_serve_several_requests,
+    pipelined_requests_are_answered_in_order,
+    expect_100_continue_is_answered_before_the_body_is_sent,
+    chunked_and_sized_bodies_reach_the_application_whole,
+    head_gets_the_head_of_get,
+    a_worker_is_recycled_after_limit_request_requests,
+    more_keep_alive_clients_than_workers_all_get_answers,
+    reloads_and_scaling_under_keep_alive_load_lose_no_request,
+    a_request_past_limit_time_real_gets_504_and_others_finish,
+    a_request_past_limit_time_cpu_gets_503_and_its_worker_is_replaced,
+);
+
+fn connect(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(SOON)).unwrap();
+    stream
+}
+
+/// Reads one response (framed by Content-Length) from `reader`.
+fn read_response(reader: &mut impl BufRead) -> Reply {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("Content-Length: "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    let mut reply = parse_reply(&head);
+    reply.body = String::from_utf8_lossy(&body).into_owned();
+    reply
+}
+
+/// Starts `GET path` on its own connection; returns once a worker is busy with it.
+fn in_flight(server: &Server, path: &'static str) -> thread::JoinHandle<Reply> {
+    let port = server.port;
+    let handle = thread::spawn(move || http_get(port, path));
+    server.wait_until_busy_with(&format!("GET {path}"));
+    handle
+}
+
+fn malformed_requests_get_400_and_the_worker_survives(flavour: Flavour) {
+    let server = flavour.server("", 1);
     let pid = server.get("/pid").body;
     let reply = parse_reply(&send_raw(server.port, b"THIS IS NOT HTTP\r\n\r\n"));
     assert_eq!(reply.status, 400, "{reply:?}");
@@ -18,24 +75,19 @@ fn malformed_requests_get_400_and_the_worker_survives() {
     assert_eq!(server.get("/pid").body, pid, "the same worker still serves");
 }
 
-#[test]
-fn every_class_of_bad_request_gets_its_status() {
-    let server = Server::start("workers = 1\nhttp_max_body_size = 16");
+fn every_class_of_bad_request_gets_its_status(flavour: Flavour) {
+    let server = flavour.server("http_max_body_size = 16", 1);
     let pid = server.get("/pid").body;
     let huge_header = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(40_000));
-    let cases: [(&[u8], u16); 4] = [
+    let cases: [(&[u8], u16); 3] = [
         (huge_header.as_bytes(), 431),
         (
-            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 17\r\n\r\n",
+            b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 17\r\n\r\n",
             413,
         ),
         (
             b"GET /no-such-path HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
             404,
-        ),
-        (
-            b"DELETE / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-            405,
         ),
     ];
     for (request, status) in cases {
@@ -43,6 +95,16 @@ fn every_class_of_bad_request_gets_its_status() {
         assert_eq!(reply.status, status, "{reply:?}");
     }
     assert_eq!(server.get("/pid").body, pid, "the same worker still serves");
+}
+
+#[test]
+fn the_demo_app_refuses_methods_it_does_not_serve() {
+    let server = Server::start("workers = 1");
+    let reply = parse_reply(&send_raw(
+        server.port,
+        b"DELETE / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    ));
+    assert_eq!(reply.status, 405, "{reply:?}");
 }
 
 #[test]
@@ -54,24 +116,114 @@ fn fault_endpoints_answer_only_when_enabled() {
     assert_eq!(server.get("/health").status, 200);
 }
 
-#[test]
-fn keep_alive_connections_serve_several_requests() {
-    let server = Server::start("workers = 1");
+fn keep_alive_connections_serve_several_requests(flavour: Flavour) {
+    let server = flavour.server("", 1);
     let mut connection = KeepAlive::connect(server.port);
     let first = connection.get("/pid");
     let second = connection.get("/pid");
     assert_eq!((first.status, second.status), (200, 200));
     assert_eq!(first.body, second.body);
-    assert!(first.head.contains("Date: "), "{}", first.head);
+    assert!(!first.head.contains("Connection: close"), "{}", first.head);
+    assert!(first.head.starts_with("HTTP/1.1 200"), "{}", first.head);
 }
 
-#[test]
-fn a_worker_is_recycled_after_limit_request_requests() {
-    let server = Server::start("workers = 1\nlimit_request = 3");
+fn pipelined_requests_are_answered_in_order(flavour: Flavour) {
+    let server = flavour.server("", 1);
+    let mut stream = connect(server.port);
+    // Three requests in one write; the last has a body.
+    stream
+        .write_all(
+            b"GET /health HTTP/1.1\r\nHost: h\r\n\r\n\
+              GET /pid HTTP/1.1\r\nHost: h\r\n\r\n\
+              POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nthird",
+        )
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let replies: Vec<Reply> = (0..3).map(|_| read_response(&mut reader)).collect();
+    assert_eq!(replies[0].body, "ok\n");
+    assert!(
+        replies[1].body.trim().parse::<u32>().is_ok(),
+        "{:?}",
+        replies[1]
+    );
+    assert_eq!(replies[2].body, "third");
+    assert!(replies.iter().all(|reply| reply.status == 200));
+}
+
+fn expect_100_continue_is_answered_before_the_body_is_sent(flavour: Flavour) {
+    let server = flavour.server("", 1);
+    let mut stream = connect(server.port);
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\
+              Expect: 100-continue\r\n\r\n",
+        )
+        .unwrap();
+    // The client waits for the interim response before it sends the body (curl waits 1 s
+    // for it otherwise).
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "HTTP/1.1 100 Continue\r\n");
+    reader.read_line(&mut line).unwrap();
+    stream.write_all(b"body").unwrap();
+    let reply = read_response(&mut reader);
+    assert_eq!((reply.status, reply.body.as_str()), (200, "body"));
+}
+
+fn chunked_and_sized_bodies_reach_the_application_whole(flavour: Flavour) {
+    let server = flavour.server("", 1);
+    let chunked = send_raw(
+        server.port,
+        b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nTrailer: x\r\n\r\n",
+    );
+    let reply = parse_reply(&chunked);
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "hello, world"),
+        "{chunked}"
+    );
+    let large = "x".repeat(200_000);
+    let sized = send_raw(
+        server.port,
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{large}",
+            large.len()
+        )
+        .as_bytes(),
+    );
+    let reply = parse_reply(&sized);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body.len(), large.len(), "a whole 200 kB body back");
+}
+
+fn head_gets_the_head_of_get(flavour: Flavour) {
+    let server = flavour.server("", 1);
+    let get = parse_reply(&send_raw(
+        server.port,
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    ));
+    let head = send_raw(
+        server.port,
+        b"HEAD / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    );
+    let reply = parse_reply(&head);
+    assert_eq!(reply.status, 200);
+    assert!(head.ends_with("\r\n\r\n"), "no body after a HEAD: {head:?}");
+    assert!(
+        head.contains(&format!("Content-Length: {}\r\n", get.body.len())),
+        "{head}"
+    );
+}
+
+fn a_worker_is_recycled_after_limit_request_requests(flavour: Flavour) {
+    let server = flavour.server("limit_request = 3", 1);
     let first = server.get("/pid").body;
     assert_eq!(server.get("/pid").body, first);
     let third = server.get("/pid");
     assert_eq!(third.body, first);
+    assert!(third.head.contains("Connection: close"), "{}", third.head);
     server.wait_for_log_all(&[
         "exited: limit_request reached",
         "3 requests served; respawned as pid",
@@ -80,8 +232,6 @@ fn a_worker_is_recycled_after_limit_request_requests() {
     assert_ne!(fourth, first, "a new worker serves the fourth request");
 }
 
-/// Runs `clients` keep-alive clients, each sending `/` until `requests` are done or `stop`
-/// is set; returns every status they got (0: a request that got no response).
 fn keep_alive_load(
     port: u16,
     clients: usize,
@@ -110,9 +260,8 @@ fn keep_alive_load(
     })
 }
 
-#[test]
-fn more_keep_alive_clients_than_workers_all_get_answers() {
-    let server = Server::start("workers = 1");
+fn more_keep_alive_clients_than_workers_all_get_answers(flavour: Flavour) {
+    let server = flavour.server("", 1);
     let never = std::sync::atomic::AtomicBool::new(false);
     let statuses = keep_alive_load(server.port, 4, 300, &never);
     assert_eq!(statuses.len(), 1200);
@@ -120,10 +269,9 @@ fn more_keep_alive_clients_than_workers_all_get_answers() {
     assert_eq!(failed, 0, "requests lost on kept-alive connections");
 }
 
-#[test]
-fn reloads_and_scaling_under_keep_alive_load_lose_no_request() {
+fn reloads_and_scaling_under_keep_alive_load_lose_no_request(flavour: Flavour) {
     use nix::sys::signal::Signal;
-    let server = Server::start("workers = 2");
+    let server = flavour.server("", 2);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let statuses = std::thread::scope(|scope| {
         let load = scope.spawn(|| keep_alive_load(server.port, 4, 100_000, &stop));
@@ -132,7 +280,7 @@ fn reloads_and_scaling_under_keep_alive_load_lose_no_request() {
                 server.signal(signal);
             }
             server.wait_for_log(&format!("starting generation {}", round + 1));
-            server.wait_for_workers("http worker", 2);
+            server.wait_for_log_count("stopped (replaced after reload)", 2 * round);
         }
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         load.join().unwrap()
@@ -148,4 +296,40 @@ fn reloads_and_scaling_under_keep_alive_load_lose_no_request() {
         server.log_matching("stopped (replaced after reload)").len(),
         6
     );
+}
+
+fn a_request_past_limit_time_real_gets_504_and_others_finish(flavour: Flavour) {
+    let server = flavour.server("limit_time_real = 2", 3);
+    let hung = in_flight(&server, "/sleep?ms=8000");
+    let short = in_flight(&server, "/sleep?ms=1200");
+    let reply = hung.join().unwrap();
+    assert_eq!(reply.status, 504, "{reply:?}");
+    let line = server.wait_for_log("killed: limit_time_real exceeded (running ");
+    assert!(
+        line.contains("> 2s) while serving GET /sleep?ms=8000"),
+        "{line}"
+    );
+    assert!(line.contains("respawned as pid"), "{line}");
+    let reply = short.join().unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.starts_with("slept 1200 ms"), "{reply:?}");
+}
+
+fn a_request_past_limit_time_cpu_gets_503_and_its_worker_is_replaced(flavour: Flavour) {
+    let server = flavour.server("limit_time_cpu = 1\nlimit_time_real = 30", 2);
+    let other = in_flight(&server, "/sleep?ms=2500");
+    let reply = server.get("/burn?ms=10000");
+    assert!(
+        reply.status == 503 || reply.status == 0,
+        "503, or the connection closed: {reply:?}"
+    );
+    let line = server.wait_for_log("killed: limit_time_cpu exceeded (cpu ");
+    assert!(
+        line.contains("> 1s) while serving GET /burn?ms=10000"),
+        "{line}"
+    );
+    assert!(line.contains("respawned as pid"), "{line}");
+    let reply = other.join().unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.starts_with("slept 2500 ms"), "{reply:?}");
 }

@@ -365,6 +365,18 @@ impl Config {
         Ok(config)
     }
 
+    /// The config as the master hands it to a program that runs forkwarden's HTTP worker
+    /// (`worker::kit`): what it holds in memory for the program's generation, validated and
+    /// with its paths resolved, whatever the file on disk says by now.
+    pub(crate) fn to_handed_text(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+
+    /// The config a program was handed (see [`Config::to_handed_text`]).
+    pub(crate) fn from_handed_text(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
     /// Parses and validates `source`, read from `path` (used in messages and to resolve
     /// relative file names).
     pub fn parse(source: &str, path: &Path) -> Result<Self, ConfigError> {
@@ -879,6 +891,20 @@ fn job_name_in(source: &str, key: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_config_handed_to_a_program_is_the_one_in_memory() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/etc/forkwarden.toml"));
+        let config = Config::load(path).unwrap();
+        let handed = Config::from_handed_text(&config.to_handed_text().unwrap()).unwrap();
+        assert_eq!(
+            handed,
+            Config {
+                run_as: None,
+                ..config
+            }
+        );
+    }
+
     use super::*;
 
     fn parse(source: &str) -> Result<Config, ConfigError> {

@@ -33,9 +33,38 @@ pub struct Request {
     minor_version: u8,
     headers: Vec<Header>,
     body: Vec<u8>,
+    /// The client's address, as the connection says (not a proxy's header).
+    peer: Option<std::net::SocketAddr>,
+    /// The server's address the client connected to.
+    local: Option<std::net::SocketAddr>,
 }
 
 impl Request {
+    /// The address of the client on the other end of the connection (a proxy's, behind
+    /// one); None if the worker could not tell.
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.peer
+    }
+
+    /// Whether this is HTTP/1.0 (rather than 1.1).
+    pub fn is_http10(&self) -> bool {
+        self.minor_version == 0
+    }
+
+    /// The server's address this request came in on.
+    pub fn local(&self) -> Option<std::net::SocketAddr> {
+        self.local
+    }
+
+    pub(crate) fn set_addresses(
+        &mut self,
+        peer: Option<std::net::SocketAddr>,
+        local: Option<std::net::SocketAddr>,
+    ) {
+        self.peer = peer;
+        self.local = local;
+    }
+
     /// `GET`, `POST`, ...
     pub fn method(&self) -> &str {
         &self.method

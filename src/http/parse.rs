@@ -214,6 +214,8 @@ fn parse_head(head: &[u8], max_body: Option<u64>) -> Result<(Request, Option<Bod
             })
             .collect(),
         body: Vec::new(),
+        peer: None,
+        local: None,
     };
     let body = framing(&request, max_body)?;
     Ok((request, body))

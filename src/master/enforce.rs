@@ -7,6 +7,7 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+use super::exec::Markers;
 use super::pool::{self, Departure, Lifecycle, RetireReason, Worker};
 use super::{Master, report};
 use crate::limits::{self, EXPIRY_GRACE, Enforcement, IDLE_SCAN, MemoryActivity, Observation};
@@ -171,7 +172,7 @@ impl Master {
         // A program cannot be asked to answer 504 from inside: it is killed, and the
         // request it was serving named in the log.
         let enforcement = match enforcement {
-            Enforcement::Expire(detail) if worker.exec.is_some() => Enforcement::Kill(detail),
+            Enforcement::Expire(detail) if !worker.answers_limits() => Enforcement::Kill(detail),
             other => other,
         };
         let (what, unexpected) = match enforcement {
@@ -203,7 +204,10 @@ impl Master {
             Enforcement::Recycle(detail) => {
                 worker.row.request_stop();
                 // A program in the middle of a request gets SIGTERM once it is idle.
-                let signal_now = !(worker.exec.as_ref().is_some_and(|exec| exec.sends_markers)
+                let signal_now = !(worker
+                    .exec
+                    .as_ref()
+                    .is_some_and(|exec| exec.markers == Markers::Notified)
                     && row.busy_for.is_some());
                 if signal_now {
                     worker.signal(Signal::SIGTERM);
@@ -230,7 +234,7 @@ impl Master {
 /// What tells whether `worker`'s memory may have changed (see [`limits::memory_due`]).
 fn memory_activity(worker: &Worker, busy: bool) -> MemoryActivity {
     match &worker.exec {
-        Some(exec) if !exec.sends_markers => MemoryActivity::Opaque,
+        Some(exec) if !exec.counts_requests() => MemoryActivity::Opaque,
         exec => MemoryActivity::Marked {
             busy,
             requests: worker.row.requests(),
@@ -269,9 +273,11 @@ fn silence(
     if !matches!(worker.lifecycle, Lifecycle::Serving) {
         return None;
     }
+    let beats_in_row = worker.answers_limits();
     let silent_for = match &mut worker.exec {
-        None if worker.row.is_busy() => return None,
-        None => worker.row.silent_for()?,
+        _ if beats_in_row && worker.row.is_busy() => return None,
+        _ if beats_in_row => worker.row.silent_for()?,
+        None => return None,
         Some(exec) if exec.watchdog.is_some() || !scan => return None,
         Some(exec) => {
             let stopped = proctree::state(worker.pid).is_some_and(proctree::is_stopped);

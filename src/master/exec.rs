@@ -98,10 +98,31 @@ pub struct ExecState {
     pub stopped_since: Option<Instant>,
     /// This worker's `limit_request` (with jitter; 0: none).
     pub limit_request: u64,
-    /// It has sent request markers, so the per-request limits reach it.
-    pub sends_markers: bool,
+    /// What it says of its requests, which decides how the per-request limits reach it.
+    pub markers: Markers,
     /// Its output spoke of memory it could not get (for the hint on a failed start).
     pub memory_error_seen: bool,
+}
+
+/// What a program tells the master of its requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Markers {
+    /// Nothing (yet): only its memory, its liveness and its exit can be watched.
+    Silent,
+    /// `BUSY=1` / `IDLE=1` messages: the master keeps its scoreboard row and brings the
+    /// per-request limits to it from outside (`prlimit`, SIGKILL).
+    Notified,
+    /// It runs forkwarden's own HTTP worker (`SCOREBOARD=1` with `READY=1`: the Python
+    /// runner): it keeps its row itself and answers the limits itself (504, 503), as a
+    /// built-in worker does.
+    Scoreboard,
+}
+
+impl ExecState {
+    /// Whether its row says what it is doing (requests served, busy since when).
+    pub fn counts_requests(&self) -> bool {
+        self.markers != Markers::Silent
+    }
 }
 
 /// What programs print when an allocation is refused (RLIMIT_AS, or no memory at all).
@@ -158,7 +179,7 @@ impl ExecState {
             offered_watchdog,
             stopped_since: None,
             limit_request,
-            sends_markers: false,
+            markers: Markers::Silent,
             memory_error_seen: false,
         })
     }
@@ -323,13 +344,23 @@ impl Master {
         if notification.get("STOPPING") == Some("1") {
             debug!(pid = worker.pid.as_raw(), "{name} says it is stopping");
         }
+        if notification.get("SCOREBOARD") == Some("1") && exec.markers != Markers::Scoreboard {
+            debug!(
+                pid = worker.pid.as_raw(),
+                "{name} runs forkwarden's HTTP worker: it keeps its scoreboard row"
+            );
+            exec.markers = Markers::Scoreboard;
+        }
+        if exec.markers == Markers::Scoreboard {
+            return;
+        }
         if notification.get("BUSY") == Some("1") {
-            if !exec.sends_markers {
+            if exec.markers != Markers::Notified {
                 debug!(
                     pid = worker.pid.as_raw(),
                     "{name} sends request markers: per-request limits apply to it"
                 );
-                exec.sends_markers = true;
+                exec.markers = Markers::Notified;
             }
             let request = notification.get("REQUEST").unwrap_or("(request)");
             let (method, target) = request.split_once(' ').unwrap_or((request, ""));
@@ -355,7 +386,7 @@ impl Master {
         if notification.get("IDLE") == Some("1") {
             // Also sent with READY=1 by a program that will mark its requests: it is idle
             // and may be read rarely from now on.
-            exec.sends_markers = true;
+            exec.markers = Markers::Notified;
             if worker.row.is_busy() {
                 worker.row.end_request();
                 self.on_exec_idle(notification.pid);

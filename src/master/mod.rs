@@ -270,11 +270,12 @@ impl Master {
         }
         if let Some(app) = &self.config.app {
             info!(
-                "[app] {:?}: each http worker runs it with the socket as fd 3 and \
-                 NOTIFY_SOCKET={}; memory limits, ready_timeout, heartbeat_timeout and respawn \
-                 apply to any program; limit_time_real, limit_time_cpu, limit_request and a \
-                 graceful limit_memory_soft recycle need the program to send BUSY=1/IDLE=1 \
-                 around each request (forkwarden_wsgi does)",
+                "[app] {:?}: each http worker runs it with the socket as fd 3, the worker kit \
+                 from fd 4 and NOTIFY_SOCKET={}; memory limits, ready_timeout, \
+                 heartbeat_timeout and respawn apply to any program; limit_time_real, \
+                 limit_time_cpu, limit_request and a graceful limit_memory_soft recycle need \
+                 it to run forkwarden's worker with the kit (forkwarden_wsgi does) or to send \
+                 BUSY=1/IDLE=1 around each request",
                 app.command,
                 self.notifications.path().display()
             );
@@ -629,7 +630,7 @@ impl Master {
             }
             Role::Http | Role::Cron => None,
         };
-        let row = WorkerRow::new()?;
+        let mut row = WorkerRow::new()?;
         let generation = self.pool.generation();
         let (exec_app, listener) = match id.role {
             Role::Http => (self.config.app.as_ref(), self.listener.as_ref()),
@@ -648,6 +649,10 @@ impl Master {
             listener.set_nonblocking(exec_app.is_none_or(|app| app.nonblocking))?;
         }
         let pipes = exec_app.map(|_| exec::ExecPipes::new()).transpose()?;
+        // The worker kit, for an HTTP worker's program that runs forkwarden's own loop.
+        let config_file = (id.role == Role::Http && exec_app.is_some())
+            .then(|| crate::worker::kit::config_file(&self.config))
+            .transpose()?;
         let watchdog = self.limits.heartbeat;
         let spec = WorkerSpec {
             id,
@@ -655,7 +660,7 @@ impl Master {
             master_pid: self.pid,
             config: &self.config,
             listener,
-            handoff: Some(&self.handoff).filter(|_| id.role == Role::Http && exec_app.is_none()),
+            handoff: Some(&self.handoff).filter(|_| id.role == Role::Http),
             doorbell: &self.doorbell,
             row: &row,
             board: &self.board,
@@ -665,6 +670,7 @@ impl Master {
             exec_output: pipes.as_ref().map(exec::ExecPipes::for_child),
             template: None,
             calls_path: &self.calls_path,
+            config_file: config_file.as_ref().map(AsFd::as_fd),
             watchdog,
             server_started: self.started_at,
         };
@@ -677,6 +683,8 @@ impl Master {
         // master's own objects (poll, signal pipe, other workers' pipes), whose descriptors
         // the child closes, and never drops them: it ends in `exit_now`.
         let pid = unsafe { sys::fork_process(&keep, || worker::run(spec)) }?;
+        // A program has its own copy of the row's memfd now; a built-in worker, the mapping.
+        row.close_descriptor();
         if let Err(error) = row.keep_from_later_workers() {
             warn!("{id}: its scoreboard row will be inherited by later workers: {error}");
         }

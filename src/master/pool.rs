@@ -14,7 +14,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tracing::warn;
 
-use super::exec::ExecState;
+use super::exec::{ExecState, Markers};
 use crate::config::Program;
 use crate::id::{Role, WorkerId, worker_name};
 use crate::scoreboard::WorkerRow;
@@ -144,10 +144,22 @@ impl Worker {
         worker_name(self.id, self.pid)
     }
 
+    /// Whether it keeps its own scoreboard row and answers the per-request limits itself
+    /// (504 on SIGUSR2, 503 past RLIMIT_CPU): a built-in worker, or a program running
+    /// forkwarden's HTTP worker (the Python runner).
+    pub fn answers_limits(&self) -> bool {
+        self.exec
+            .as_ref()
+            .is_none_or(|exec| exec.markers == Markers::Scoreboard)
+    }
+
     /// Sends `signal` to the worker: to its whole process group for an exec worker, whose
-    /// program may have children of its own. One that is already gone will be reaped anyway.
+    /// program may have children of its own (only SIGKILL, for one that answers the limits
+    /// itself: the others are requests to its worker loop). One that is already gone will
+    /// be reaped anyway.
     pub fn signal(&self, signal: Signal) {
-        let sent = if self.exec.is_some() {
+        let group = self.exec.is_some() && (signal == Signal::SIGKILL || !self.answers_limits());
+        let sent = if group {
             killpg(self.pid, signal)
         } else {
             kill(self.pid, signal)

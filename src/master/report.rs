@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use super::exec::ExecState;
 use super::pool::{Departure, FAST_FAILURE, RetireReason, Worker};
 use crate::format::mib;
 use crate::id::Role;
@@ -160,7 +161,7 @@ pub fn failed_start(
     if !ending.is_some_and(ended_on_its_own) {
         return false;
     }
-    let counts_requests = worker.exec.as_ref().is_none_or(|exec| exec.sends_markers);
+    let counts_requests = worker.exec.as_ref().is_none_or(ExecState::counts_requests);
     if counts_requests {
         row.requests == 0 && row.busy_for.is_none()
     } else {

@@ -122,6 +122,8 @@ struct ForkRequest {
     answer_by: Instant,
     /// The worker's output pipes; the template got copies of the write ends.
     pipes: ExecPipes,
+    /// The worker's scoreboard row; the template got its descriptor (for the worker kit).
+    row: WorkerRow,
 }
 
 /// The templates (the current generation's, and older ones on their way out), the fork
@@ -243,8 +245,10 @@ impl Master {
         let Some(calls) = self.calls.as_ref() else {
             return Err(io::Error::other("no socket for call jobs"));
         };
-        // Never read: a template has no scoreboard row, but a spec lends one.
+        // Never read: a template has no scoreboard row, but a spec lends one (the workers
+        // it forks put theirs in its place in the kit).
         let row = WorkerRow::new()?;
+        let config_file = crate::worker::kit::config_file(&self.config)?;
         let spec = WorkerSpec {
             id: WorkerId {
                 role: Role::Http,
@@ -254,7 +258,7 @@ impl Master {
             master_pid: self.pid,
             config: &self.config,
             listener,
-            handoff: None,
+            handoff: Some(&self.handoff),
             doorbell: &self.doorbell,
             row: &row,
             board: &self.board,
@@ -267,6 +271,7 @@ impl Master {
                 calls: calls.as_fd(),
             }),
             calls_path: &self.calls_path,
+            config_file: Some(config_file.as_fd()),
             watchdog: self.limits.heartbeat,
             server_started: self.started_at,
         };
@@ -322,12 +327,18 @@ impl Master {
             text.push_str(&format!("WATCHDOG_USEC={}\n", period.as_micros()));
         }
         let output = pipes.for_child();
+        let mut row = WorkerRow::new()?;
+        let row_file = row
+            .descriptor()
+            .ok_or_else(|| io::Error::other("a new row has its descriptor"))?;
         sys::send_with_descriptors(
             template.control.as_fd(),
             text.as_bytes(),
-            &[output.stdout, output.stderr],
+            &[output.stdout, output.stderr, row_file],
         )
         .map_err(|error| io::Error::new(error.kind(), format!("asking the template: {error}")))?;
+        // The template has its copy (the message is queued with it).
+        row.close_descriptor();
         self.templates.next_request += 1;
         let now = Instant::now();
         let answer_by = now + self.fork_answer_timeout();
@@ -344,6 +355,7 @@ impl Master {
             asked_at: now,
             answer_by,
             pipes,
+            row,
         });
         Ok(Spawned::Requested)
     }
@@ -404,7 +416,7 @@ impl Master {
             request.id,
             request.generation,
             request.asked_at,
-            WorkerRow::new()?,
+            request.row,
             ready_by,
         );
         let tokens = self.output_tokens.pair();

@@ -32,10 +32,11 @@ pub use net::{
     receive_connection, receive_message, send_connection, send_with_descriptors, template_channel,
 };
 pub use process::{
-    Reap, ensure_standard_fds, exec_socket_activated, fork_process, lower_priority, pidfd_open,
-    reap_child, set_address_space_limit_of, set_cpu_limit_of, supervise_job,
+    Reap, adopt_inherited, ensure_standard_fds, exec_socket_activated, fork_process,
+    lower_priority, pidfd_open, reap_child, set_address_space_limit_of, set_cpu_limit_of,
+    supervise_job,
 };
-pub use shm::SharedWords;
+pub use shm::{SharedWords, sealed_text_file};
 pub use signals::{
     HANDOFF_AFTER, HandoffAlarm, MASTER_SIGNALS, RequestLimitSignals, WorkerSignals,
 };

@@ -308,7 +308,7 @@ pub fn exec_socket_activated(
     use std::os::fd::AsRawFd;
     const LISTEN_FD: i32 = 3;
     /// At most this many extra descriptors (no allocation between fork and exec).
-    const MAX_EXTRA: usize = 4;
+    const MAX_EXTRA: usize = 12;
     let prepared = (|| -> nix::Result<()> {
         if extra.len() > MAX_EXTRA {
             return Err(nix::errno::Errno::EINVAL);
@@ -379,6 +379,24 @@ fn place_descriptor(fd: i32, target: i32) -> nix::Result<()> {
     // by it, which is intended: every descriptor of ours is close-on-exec anyway, and this
     // process is about to become the program. The copy dup2 makes has close-on-exec clear.
     nix::errno::Errno::result(unsafe { libc::dup2(fd, target) }).map(drop)
+}
+
+/// A descriptor of our own for `fd`, a descriptor number this process was started with
+/// (the worker kit, the listening socket), which is marked close-on-exec so that nothing
+/// the program starts inherits it. The number itself is left open: something else in the
+/// process (the interpreter) may hold it, and closing it under that owner would be wrong.
+pub fn adopt_inherited(fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl with F_DUPFD_CLOEXEC takes a descriptor number and returns a new one;
+    // no memory is passed, and the number's owner (if any) keeps its descriptor as it was.
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if copy < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above; F_SETFD changes only the close-on-exec flag of the number.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: the kernel just made this descriptor for us; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(copy) })
 }
 
 /// Marks every descriptor from `first` up close-on-exec, so that exec leaves none of them to

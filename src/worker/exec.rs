@@ -14,6 +14,8 @@ use crate::id::Role;
 use crate::notify::SERVICE_MANAGER_VARIABLES;
 use crate::sys;
 
+/// The listening socket's descriptor (systemd's `SD_LISTEN_FDS_START`); the others follow.
+const LISTEN_FD: i32 = 3;
 /// The descriptor a template finds its channel to the master on (`FORKWARDEN_CONTROL_FD`).
 const TEMPLATE_CONTROL_FD: i32 = 4;
 /// The descriptor a template accepts cron workers' `call` requests on (`FORKWARDEN_CALLS_FD`).
@@ -26,6 +28,14 @@ pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
         return EXIT_BOOT_FAILED;
     };
     let program = &app.command[0];
+    let mut extra: Vec<std::os::fd::BorrowedFd<'_>> = spec
+        .template
+        .iter()
+        .flat_map(|template| [template.control, template.calls])
+        .collect();
+    let kit_fd = LISTEN_FD + 1 + extra.len() as i32;
+    let kit = super::kit::descriptors(spec);
+    extra.extend(kit.iter().flatten());
     // Its own process group, so that a kill reaches the program's children too; and the
     // reaper of whatever it starts, however that detaches itself, so that it all comes to
     // the master (and is killed) when the program ends. Not a template: the workers it
@@ -56,13 +66,11 @@ pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
                     .collect()
             };
             let args = strings(&app.command)?;
-            Ok((args, environment(spec, app)?))
+            Ok((
+                args,
+                environment(spec, app, kit.is_some().then_some(kit_fd))?,
+            ))
         });
-    let extra: Vec<std::os::fd::BorrowedFd<'_>> = spec
-        .template
-        .iter()
-        .flat_map(|template| [template.control, template.calls])
-        .collect();
     let (args, env) = match prepared {
         Ok(prepared) => prepared,
         Err(why) => {
@@ -86,7 +94,11 @@ pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
 
 /// The program's environment: forkwarden's own, the `[app]` additions, and the
 /// socket-activation and notification variables.
-fn environment(spec: &WorkerSpec<'_>, app: &ExecApp) -> Result<Vec<CString>, String> {
+fn environment(
+    spec: &WorkerSpec<'_>,
+    app: &ExecApp,
+    kit_fd: Option<i32>,
+) -> Result<Vec<CString>, String> {
     let mut vars: BTreeMap<OsString, OsString> = std::env::vars_os()
         .filter(|(key, _)| !SERVICE_MANAGER_VARIABLES.iter().any(|name| key == name))
         .collect();
@@ -110,6 +122,13 @@ fn environment(spec: &WorkerSpec<'_>, app: &ExecApp) -> Result<Vec<CString>, Str
         vars.insert("LISTEN_FDS".into(), "1".into());
         vars.insert("LISTEN_PID".into(), pid.clone().into());
         vars.insert("LISTEN_FDNAMES".into(), name.into());
+    }
+    if let Some(kit_fd) = kit_fd {
+        vars.insert("FORKWARDEN_KIT_FD".into(), kit_fd.to_string().into());
+        vars.insert(
+            "FORKWARDEN_MASTER_PID".into(),
+            spec.master_pid.to_string().into(),
+        );
     }
     // A worker knows its slot; a template learns each worker's in the fork request.
     if spec.template.is_some() {

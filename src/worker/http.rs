@@ -172,6 +172,9 @@ struct Client {
     deadline: Option<Instant>,
     /// When the request being read must be whole (`http_request_timeout`).
     request_deadline: Option<Instant>,
+    /// The client's and the server's address, for the application (two system calls per
+    /// connection).
+    addresses: (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
 }
 
 impl Client {
@@ -483,7 +486,9 @@ impl HttpWorker<'_> {
             debug!("{}: cannot watch a connection: {errno}", self.spec.name());
             return None;
         }
+        let addresses = (stream.peer_addr().ok(), stream.local_addr().ok());
         entry.insert(Client {
+            addresses,
             stream,
             buffer: Vec::new(),
             reader: RequestReader::new(max_body),
@@ -674,13 +679,14 @@ impl HttpWorker<'_> {
 
     /// Runs the application on client `key`'s request and answers it.
     fn serve_request(&mut self, key: usize) {
-        let Some(request) = self
+        let Some((mut request, (peer, local))) = self
             .clients
             .get_mut(key)
-            .and_then(|client| client.ready.take())
+            .and_then(|client| Some((client.ready.take()?, client.addresses)))
         else {
             return;
         };
+        request.set_addresses(peer, local);
         // The other connections this worker holds idle, which the alarm may hand over
         // (buffers kept across requests: nothing allocated per request).
         let mut idle = std::mem::take(&mut self.alarm_keys);

@@ -7,6 +7,7 @@
 mod cron;
 mod exec;
 mod http;
+pub mod kit;
 
 use std::ffi::OsString;
 use std::net::TcpListener;
@@ -65,6 +66,9 @@ pub struct WorkerSpec<'a> {
     /// Set when this process is not a worker but the preload template workers are forked
     /// from (`[app] preload = true`).
     pub template: Option<TemplateChannels<'a>>,
+    /// The config of this worker's generation as a sealed memfd, for a program that runs
+    /// forkwarden's HTTP worker (see [`kit`]).
+    pub config_file: Option<std::os::fd::BorrowedFd<'a>>,
     /// `WATCHDOG_USEC` for programs (`heartbeat_timeout`; None: off).
     pub watchdog: Option<Duration>,
     /// When the server started (cron runs due before it were missed while it was down).
@@ -85,6 +89,11 @@ impl WorkerSpec<'_> {
         }
         if let Some(template) = &self.template {
             fds.extend([template.control.as_raw_fd(), template.calls.as_raw_fd()]);
+        }
+        if let Some(config_file) = self.config_file {
+            fds.push(config_file.as_raw_fd());
+            fds.extend(self.board.descriptor().map(|fd| fd.as_raw_fd()));
+            fds.extend(self.row.descriptor().map(|fd| fd.as_raw_fd()));
         }
         fds.extend(crate::log::descriptor());
         fds

@@ -597,3 +597,85 @@ pub fn cron_list(config: &Path) -> (ExitStatus, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
     )
 }
+
+/// The directory to put on PYTHONPATH for `python3 -m forkwarden_wsgi`: the runner with its
+/// Rust core built (scripts/build-python-core.sh), once per test binary.
+pub fn python_runner_path() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-python-core.sh");
+        let output = Command::new(script)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/build-python-core.sh");
+        assert!(
+            output.status.success(),
+            "building the Python runner's core failed"
+        );
+        String::from_utf8(output.stdout)
+            .expect("a path")
+            .trim()
+            .to_string()
+    })
+}
+
+/// Which HTTP workers a test runs against: the same behaviour is expected of both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    /// forkwarden's built-in workers and demo app.
+    BuiltIn,
+    /// The Python runner (forkwarden's worker loop in the `_core` extension, through the
+    /// worker kit) serving scripts/compare_app.py, which has the demo app's endpoints.
+    Python,
+}
+
+impl Flavour {
+    /// `settings` (top-level `key = value` lines) with what this flavour needs added.
+    pub fn config(self, settings: &str) -> String {
+        match self {
+            Flavour::BuiltIn => settings.to_string(),
+            Flavour::Python => format!(
+                "{settings}\n[app]\ncommand = [\"python3\", \"-m\", \"forkwarden_wsgi\", \
+                 \"compare_app:app\"]\ncwd = \"{}/scripts\"\nready_timeout = \"20s\"\nnonblocking = true\n\
+                 env = {{ PYTHONPATH = \"{}\" }}\n",
+                env!("CARGO_MANIFEST_DIR"),
+                python_runner_path()
+            ),
+        }
+    }
+
+    /// What the process titles of its HTTP workers contain (a program keeps its own).
+    pub fn title(self) -> &'static str {
+        match self {
+            Flavour::BuiltIn => "http worker",
+            Flavour::Python => "forkwarden_wsgi",
+        }
+    }
+
+    /// A server of this flavour with `settings`, its `workers` HTTP workers ready.
+    pub fn server(self, settings: &str, workers: usize) -> Server {
+        let server = Server::start(&self.config(&format!("workers = {workers}\n{settings}")));
+        server.wait_for_workers(self.title(), workers);
+        // Ready, without a request (which would count towards limit_request).
+        server.wait_until_idle("http worker");
+        server
+    }
+}
+
+/// Defines, for each `name(flavour: Flavour)` given, the tests `name::built_in` and
+/// `name::python`: the same test against both kinds of HTTP worker.
+#[macro_export]
+macro_rules! against_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn built_in() {
+                super::$name(super::common::Flavour::BuiltIn)
+            }
+            #[test]
+            fn python() {
+                super::$name(super::common::Flavour::Python)
+            }
+        }
+    )*};
+}

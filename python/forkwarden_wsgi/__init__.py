@@ -1,22 +1,12 @@
-"""Serve a WSGI application under forkwarden, one request at a time.
+"""Serve a WSGI application under forkwarden.
 
 forkwarden starts this program in each HTTP worker slot (`[app]` in its config) with the
-listening socket on file descriptor 3 (systemd socket activation: LISTEN_FDS=1,
-LISTEN_PID) and a notification socket (NOTIFY_SOCKET). It serves one request at a time,
-like Odoo's workers, and tells forkwarden what it is doing in the sd_notify format:
-
-    READY=1 + IDLE=1              once it listens (IDLE=1: requests will be marked)
-    BUSY=1 + REQUEST=GET /path    when a request starts (limit_time_real counts from here)
-    IDLE=1                        when it ends (limit_request counts these)
-    WATCHDOG=1                    while idle, every third of WATCHDOG_USEC when it is set
-    STOPPING=1                    on the way out
-
-An application that runs out of memory (MemoryError: limit_memory_hard caps the address
-space with RLIMIT_AS) gets its request answered 500, the log says so, and the worker leaves
-to be replaced.
-
-SIGTERM or SIGINT: finish the current request, then exit. Standard library only, so it
-works in any virtualenv. Usage:
+listening socket on file descriptor 3 (systemd socket activation) and forkwarden's worker kit
+(FORKWARDEN_KIT_FD: its scoreboard, hand-off channel and config). The worker itself is
+forkwarden's own HTTP worker, in Rust (the `_core` extension module): it reads requests,
+keeps connections alive, enforces limit_request, limit_time_cpu (503) and limit_time_real
+(504), and writes its state into its scoreboard row; Python is entered only to call the
+application. See forkwarden's README, "Python: the WSGI runner".
 
     python3 -m forkwarden_wsgi [--preload] [--post-fork module:function] myproject.wsgi:application
 
@@ -38,19 +28,23 @@ import ctypes
 import gc
 import importlib
 import os
-import resource
 import select
 import signal
 import socket
 import sys
 import time
-from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
-LISTEN_FD = 3
-# Each read and write of a client connection; a silent client must not hold the worker.
-CONNECTION_TIMEOUT = 30.0
-# How often an idle worker looks at its stop flag.
+try:
+    from . import _core
+except ImportError as error:  # run from a checkout without the extension built
+    _core = None
+    _CORE_ERROR = error
+
+# How long the template waits in one turn of its loop at most.
 IDLE_CHECK = 1.0
+# The kit's descriptor a forked worker puts the row of its fork request on (forkwarden's
+# README, "The worker kit": config, board, doorbell, 4 hand-off ends, then the row).
+KIT_ROW = 7
 
 
 class Notifier:
@@ -84,12 +78,6 @@ def watchdog_interval():
     return usec / 3e6
 
 
-def address_space_limit():
-    """RLIMIT_AS as a readable size, or None when unlimited."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    return None if soft == resource.RLIM_INFINITY else f"{soft >> 20} MiB"
-
-
 def load(target):
     """The callable named by `module:attribute` (attribute defaults to `application`)."""
     module_name, _, attribute = target.partition(":")
@@ -99,113 +87,18 @@ def load(target):
     return obj
 
 
-def inherited_socket():
-    if os.environ.get("LISTEN_FDS") != "1" or os.environ.get("LISTEN_PID") != str(os.getpid()):
-        sys.exit("forkwarden_wsgi: no listening socket: expected LISTEN_FDS=1 and "
-                 "LISTEN_PID=<this pid>, as forkwarden sets them")
-    # Every worker of the server runs this loop, which waits in select() and must not then
-    # block in accept() when another worker took the connection first: O_NONBLOCK, on the
-    # description all of them share (forkwarden hands it over blocking, as systemd does).
-    # Set on the descriptor, not with setblocking(False), which would also make wsgiref's
-    # wait in select() return at once, and so spin.
-    os.set_blocking(LISTEN_FD, False)
-    # Family and type are read from the descriptor itself.
-    return socket.socket(fileno=LISTEN_FD)
-
-
-class Server(WSGIServer):
-    """wsgiref's server on the inherited socket, which stays non-blocking: it is shared
-    with the other workers, and another one may accept a connection first."""
-
-    def __init__(self, listener, app, notifier):
-        self.address_family = listener.family
-        super().__init__(listener.getsockname()[:2], Handler, bind_and_activate=False)
-        self.socket.close()
-        self.socket = listener
-        host, port = listener.getsockname()[:2]
-        self.server_name, self.server_port = host, port
-        self.setup_environ()
-        self.set_app(app)
-        self.notifier = notifier
-        self.timeout = IDLE_CHECK
-        self.watchdog = watchdog_interval()
-        self.last_alive = time.monotonic()
-        # Set when the application ran out of memory: the worker leaves after the request.
-        self.out_of_memory = False
-
-    def handle_timeout(self):
-        # Idle: show the master this worker is alive, as often as the watchdog asks.
-        now = time.monotonic()
-        if self.watchdog is not None and now - self.last_alive >= self.watchdog:
-            self.notifier.send("WATCHDOG=1")
-            self.last_alive = now
-
-    def get_request(self):
-        connection, address = self.socket.accept()
-        connection.setblocking(True)
-        connection.settimeout(CONNECTION_TIMEOUT)
-        return connection, address
-
-
-class AppHandler(ServerHandler):
-    """wsgiref's handler, noting a MemoryError so the worker can say why and leave."""
-
-    def log_exception(self, exc_info):
-        if issubclass(exc_info[0], MemoryError):
-            self.request_handler.server.out_of_memory = True
-            limit = address_space_limit()
-            cap = (f"limit_memory_hard caps the address space at {limit} (RLIMIT_AS)"
-                   if limit else "the system is out of memory")
-            print(f"forkwarden_wsgi: MemoryError serving {self.request_handler.command} "
-                  f"{self.request_handler.path}: an allocation was refused: {cap}; this "
-                  "worker leaves to be replaced", file=sys.stderr, flush=True)
-        super().log_exception(exc_info)
-
-
-class Handler(WSGIRequestHandler):
-    def handle(self):
-        # wsgiref's handle(), with the request markers around the application.
-        self.raw_requestline = self.rfile.readline(65537)
-        if len(self.raw_requestline) > 65536:
-            self.send_error(414)
-            return
-        if not self.parse_request():
-            return
-        notifier = self.server.notifier
-        notifier.send(f"BUSY=1\nREQUEST={self.command} {self.path}")
-        self.server.last_alive = time.monotonic()  # any message shows life
-        try:
-            handler = AppHandler(self.rfile, self.wfile, self.get_stderr(), self.get_environ(),
-                                 multithread=False)
-            handler.request_handler = self
-            handler.run(self.server.get_app())
-        finally:
-            notifier.send("IDLE=1")
-
-    def log_message(self, format, *args):
-        pass  # forkwarden logs what matters; an access log belongs in front of it
-
-
-def serve(target, app, stopping, each_turn=None):
-    """The worker's loop: one request at a time until told to stop. `each_turn` is called
-    before each wait for a request (at least once a second)."""
-    notifier = Notifier()
-    server = Server(inherited_socket(), app, notifier)
-    # WATCHDOG=1 with READY=1: the master watches this worker's liveness from now on.
-    watchdog = "\nWATCHDOG=1" if server.watchdog is not None else ""
-    notifier.send(f"READY=1\nIDLE=1\nSTATUS=serving {target}{watchdog}")
-    while not stopping and not server.out_of_memory:
-        if each_turn is not None:
-            each_turn()
-        server.handle_request()
-    notifier.send("STOPPING=1")
+def serve(target, app):
+    """The worker: forkwarden's HTTP worker serving `app` until it is told to leave (or
+    recycled). Returns the process's exit status."""
+    if _core is None:
+        sys.exit(f"forkwarden_wsgi: its core is not built ({_CORE_ERROR}); install it with "
+                 "`pip install ./python` from forkwarden's source")
+    return _core.serve(app, target)
 
 
 # prctl(2) options (linux/prctl.h).
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-# The longest a new worker waits to become the master's child (its parent exits at once).
-REPARENT_WAIT = 5.0
 # How long after a hand-over the template forks the next spare (two forks of the loaded
 # application: CPU the new worker would otherwise compete with while it starts).
 SPARE_DELAY = 0.2
@@ -332,7 +225,7 @@ class Template:
     def fork_requested(self):
         """Handles one message of the master; False at the end of the channel."""
         try:
-            message, fds, _, _ = socket.recv_fds(self.control, 4096, 2)
+            message, fds, _, _ = socket.recv_fds(self.control, 4096, 3)
         except InterruptedError:
             return True
         if not message:
@@ -497,7 +390,7 @@ class Template:
             exit_now(0)
         while True:
             try:
-                message, fds, _, _ = socket.recv_fds(channel, 4096, 2)
+                message, fds, _, _ = socket.recv_fds(channel, 4096, 3)
                 break
             except InterruptedError:
                 continue
@@ -505,51 +398,37 @@ class Template:
         if not message:
             exit_now(0)  # the template left without using this spare
         request = assignments(message)
-        if len(fds) != 2 or "FORKWARDEN_FORK" not in request:
+        if len(fds) != 3 or "FORKWARDEN_FORK" not in request:
             raise ValueError(f"malformed fork request {message!r}")
         # Its middle process exits next, which must not kill it.
         prctl(PR_SET_PDEATHSIG, 0)
         self.become_worker(request, fds, told)
 
     def become_worker(self, request, fds, told):
+        """The fork request's descriptors: its stdout, its stderr and its scoreboard row,
+        which goes where the kit has the row (the template's is a placeholder)."""
         os.setpgid(0, 0)  # its own process group: its signals never reach the template
         pid = str(os.getpid())
         os.environ.update(request)
         os.environ["LISTEN_PID"] = pid
-        if "WATCHDOG_USEC" in request:
-            os.environ["WATCHDOG_PID"] = pid
-        else:
-            os.environ.pop("WATCHDOG_USEC", None)
-            os.environ.pop("WATCHDOG_PID", None)
+        os.environ.pop("WATCHDOG_USEC", None)
+        os.environ.pop("WATCHDOG_PID", None)
         os.environ.pop("FORKWARDEN_CONTROL_FD", None)
+        os.environ.pop("FORKWARDEN_CALLS_FD", None)
         Notifier().send(f"FORKWARDEN_FORK={request['FORKWARDEN_FORK']}")
         os.close(told)  # the middle process exits: the master becomes our parent
-        onto_standard_streams(fds)
+        stdout, stderr, row = fds
+        onto_standard_streams([stdout, stderr])
+        kit = os.environ.get("FORKWARDEN_KIT_FD")
+        if kit is not None:
+            os.dup2(row, int(kit) + KIT_ROW)
+        os.close(row)
         prctl(PR_SET_CHILD_SUBREAPER, 1)
         if self.post_fork is not None:
             self.post_fork()
-        self.bound_to_master = False
-        self.reparent_by = time.monotonic() + REPARENT_WAIT
-        serve(self.target, self.app, self.stopping, each_turn=self.bind_to_master)
-
-    def bind_to_master(self):
-        """Once its middle process has exited (it does at once), the master is this worker's
-        parent, and the master's death must take the worker with it. Checked before each
-        wait for a request, without waiting: the worker serves meanwhile."""
-        if self.bound_to_master:
-            return
-        parent = os.getppid()
-        if parent == self.master:
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != self.master:
-                exit_now(0)  # the master died in between
-            self.bound_to_master = True
-        elif time.monotonic() > self.reparent_by:
-            # The middle process is gone and the master is not our parent: it died.
-            print("forkwarden_wsgi: the master did not become this worker's parent within "
-                  f"{REPARENT_WAIT:.0f} s (it is pid {parent}); leaving",
-                  file=sys.stderr, flush=True)
-            exit_now(1)
+        # The worker waits for its middle process to be gone before it binds its
+        # parent-death signal to the master.
+        sys.exit(serve(self.target, self.app))
 
 
 def main(argv=None):
@@ -576,8 +455,5 @@ def main(argv=None):
         return
     if post_fork is not None:
         post_fork()
-    serve(args.app, app, stopping)
+    sys.exit(serve(args.app, app))
 
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,352 @@
+//! `forkwarden_wsgi._core`: a WSGI application (PEP 3333) served by forkwarden's own HTTP
+//! worker.
+//!
+//! The worker loop, the HTTP reading and writing, keep-alive, the deadlines, the limits and
+//! the scoreboard row are forkwarden's, the very code its built-in workers run
+//! (`forkwarden::program::serve`). This module only turns a request into a WSGI environ,
+//! calls the application, and turns what it returns into a response. The GIL is held for
+//! that alone: the worker waits for connections, reads and writes without it.
+//!
+//! ASGI would be a second [`App`] beside [`Wsgi`], running the coroutine of each request to
+//! its end on an event loop kept by the worker; the worker loop would not change.
+
+use forkwarden::{App, Request, Response};
+use percent_encoding::percent_decode_str;
+use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+
+/// Serves `app`, the WSGI callable named `describe`, until the worker is told to leave;
+/// returns the exit status for the process.
+#[pyfunction]
+fn serve(py: Python<'_>, app: Py<PyAny>, describe: String) -> PyResult<i32> {
+    let wsgi = Wsgi::new(py, app)?;
+    py.detach(move || forkwarden::program::serve(Box::new(wsgi), &describe))
+        .map_err(|error| PyRuntimeError::new_err(error.to_string()))
+}
+
+#[pymodule]
+fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_function(wrap_pyfunction!(serve, module)?)?;
+    module.add_class::<FileWrapper>()?;
+    Ok(())
+}
+
+/// A WSGI application as forkwarden's [`App`].
+struct Wsgi {
+    app: Py<PyAny>,
+    /// What every environ holds, whatever the request (copied for each).
+    base: Py<PyDict>,
+    /// `io.BytesIO`, the type of `wsgi.input`.
+    bytes_io: Py<PyAny>,
+}
+
+impl Wsgi {
+    fn new(py: Python<'_>, app: Py<PyAny>) -> PyResult<Self> {
+        let base = PyDict::new(py);
+        base.set_item("wsgi.version", (1, 0))?;
+        base.set_item("wsgi.url_scheme", "http")?;
+        base.set_item("wsgi.errors", py.import("sys")?.getattr("stderr")?)?;
+        base.set_item("wsgi.multithread", false)?;
+        // Several processes serve the application at once.
+        base.set_item("wsgi.multiprocess", true)?;
+        base.set_item("wsgi.run_once", false)?;
+        // The body is whole (a chunked one decoded): reading to its end is safe.
+        base.set_item("wsgi.input_terminated", true)?;
+        base.set_item("wsgi.file_wrapper", py.get_type::<FileWrapper>())?;
+        base.set_item("SCRIPT_NAME", "")?;
+        base.set_item("SERVER_SOFTWARE", "forkwarden")?;
+        Ok(Self {
+            app,
+            base: base.unbind(),
+            bytes_io: py.import("io")?.getattr("BytesIO")?.unbind(),
+        })
+    }
+
+    /// Calls the application on `request`; an error is the application's (or its answer
+    /// is not WSGI).
+    fn call(&self, py: Python<'_>, request: &Request) -> PyResult<Response> {
+        let environ = self.environ(py, request)?;
+        let start = Bound::new(py, StartResponse::default())?;
+        let result = self.app.bind(py).call1((environ, &start))?;
+        let mut body = Vec::new();
+        let collected = collect(&result, &mut body);
+        // PEP 3333: close() is called whatever happened while iterating.
+        let closed = match result.getattr_opt("close")? {
+            Some(close) => close.call0().map(drop),
+            None => Ok(()),
+        };
+        collected?;
+        closed?;
+        let mut start = start.borrow_mut();
+        let Some(status) = start.status else {
+            return Err(PyRuntimeError::new_err(
+                "the application returned without calling start_response",
+            ));
+        };
+        let mut all = std::mem::take(&mut start.written);
+        if all.is_empty() {
+            all = body;
+        } else {
+            all.extend_from_slice(&body);
+        }
+        let mut response = Response::new(status, all);
+        for (name, value) in &start.headers {
+            response = response.header(name, value);
+        }
+        Ok(response)
+    }
+
+    fn environ<'py>(&self, py: Python<'py>, request: &Request) -> PyResult<Bound<'py, PyDict>> {
+        let environ = self.base.bind(py).copy()?;
+        environ.set_item("REQUEST_METHOD", request.method())?;
+        // PEP 3333: the path decoded, as bytes in a latin-1 str; the query as sent.
+        let path: Vec<u8> = percent_decode_str(request.path()).collect();
+        environ.set_item("PATH_INFO", latin1(&path))?;
+        environ.set_item("QUERY_STRING", request.query().unwrap_or(""))?;
+        let protocol = if request.is_http10() {
+            "HTTP/1.0"
+        } else {
+            "HTTP/1.1"
+        };
+        environ.set_item("SERVER_PROTOCOL", protocol)?;
+        if let Some(peer) = request.peer() {
+            environ.set_item("REMOTE_ADDR", peer.ip().to_string())?;
+            environ.set_item("REMOTE_PORT", peer.port().to_string())?;
+        }
+        if let Some(local) = request.local() {
+            environ.set_item("SERVER_NAME", local.ip().to_string())?;
+            environ.set_item("SERVER_PORT", local.port().to_string())?;
+        }
+        let body = request.body();
+        let input = self.bytes_io.bind(py).call1((PyBytes::new(py, body),))?;
+        environ.set_item("wsgi.input", input)?;
+        // The length of the body as read (a chunked one, decoded), so that an application
+        // that reads CONTENT_LENGTH bytes gets all of it.
+        if !body.is_empty() || request.header("content-length").is_some() {
+            environ.set_item("CONTENT_LENGTH", body.len().to_string())?;
+        }
+        for header in request.headers() {
+            let name = header.name.as_str();
+            if name.eq_ignore_ascii_case("content-length")
+                || name.eq_ignore_ascii_case("transfer-encoding")
+                // `X_Forwarded_For` would land on the same key as `X-Forwarded-For`: such
+                // names are dropped, as gunicorn and nginx do, so none can be forged.
+                || name.contains('_')
+            {
+                continue;
+            }
+            let key = if name.eq_ignore_ascii_case("content-type") {
+                "CONTENT_TYPE".to_string()
+            } else {
+                let mut key = String::with_capacity(5 + name.len());
+                key.push_str("HTTP_");
+                key.extend(name.chars().map(|c| {
+                    if c == '-' {
+                        '_'
+                    } else {
+                        c.to_ascii_uppercase()
+                    }
+                }));
+                key
+            };
+            let value = latin1(&header.value);
+            match environ.get_item(&key)? {
+                // Repeated fields are one, joined (RFC 9110 5.3); cookies with `; `.
+                Some(earlier) => {
+                    let separator = if key == "HTTP_COOKIE" { "; " } else { "," };
+                    let earlier: String = earlier.extract()?;
+                    environ.set_item(&key, format!("{earlier}{separator}{value}"))?;
+                }
+                None => environ.set_item(&key, value)?,
+            }
+        }
+        Ok(environ)
+    }
+
+    /// The answer when the application failed: 500, its traceback in the log; a worker
+    /// that ran out of memory is replaced after it.
+    fn failed(py: Python<'_>, request: &Request, error: PyErr) -> Response {
+        let what = format!("{} {}", request.method(), request.target());
+        if error.is_instance_of::<PyMemoryError>(py) {
+            let limit = address_space_limit().map_or_else(
+                || "the system is out of memory".to_string(),
+                |limit| {
+                    format!(
+                        "limit_memory_hard caps the address space at {} MiB (RLIMIT_AS)",
+                        limit >> 20
+                    )
+                },
+            );
+            tracing::error!(
+                "forkwarden_wsgi: MemoryError serving {what}: an allocation was refused: \
+                 {limit}; this worker leaves to be replaced"
+            );
+            return Response::text(500, "internal server error\n").and_replace_worker();
+        }
+        tracing::error!("forkwarden_wsgi: the application failed serving {what}; answered 500:");
+        error.print(py);
+        Response::text(500, "internal server error\n")
+    }
+}
+
+impl App for Wsgi {
+    fn handle(&mut self, request: &Request) -> Response {
+        Python::attach(|py| {
+            self.call(py, request)
+                .unwrap_or_else(|error| Self::failed(py, request, error))
+        })
+    }
+}
+
+/// Appends the byte strings `result` yields to `body`.
+fn collect(result: &Bound<'_, PyAny>, body: &mut Vec<u8>) -> PyResult<()> {
+    let mut append = |item: &Bound<'_, PyAny>| -> PyResult<()> {
+        let bytes = item.cast::<PyBytes>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "the application yielded {}, not bytes",
+                item.get_type()
+                    .name()
+                    .map_or_else(|_| "?".to_string(), |name| name.to_string())
+            ))
+        })?;
+        body.extend_from_slice(bytes.as_bytes());
+        Ok(())
+    };
+    // The common case, a list, without an iterator object.
+    if let Ok(list) = result.cast::<PyList>() {
+        for item in list.iter() {
+            append(&item)?;
+        }
+        return Ok(());
+    }
+    for item in result.try_iter()? {
+        append(&item?)?;
+    }
+    Ok(())
+}
+
+/// A str of the code points of `bytes` (latin-1), as PEP 3333 has bytes carried in str.
+fn latin1(bytes: &[u8]) -> String {
+    bytes.iter().map(|&byte| char::from(byte)).collect()
+}
+
+/// RLIMIT_AS in bytes, None when unlimited.
+fn address_space_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max address space"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// The `start_response` callable of one request.
+#[pyclass]
+#[derive(Default)]
+struct StartResponse {
+    status: Option<u16>,
+    headers: Vec<(String, String)>,
+    /// What the application gave the legacy `write` callable.
+    written: Vec<u8>,
+}
+
+#[pymethods]
+impl StartResponse {
+    #[pyo3(signature = (status, headers, exc_info = None))]
+    fn __call__<'py>(
+        slf: &Bound<'py, Self>,
+        status: &str,
+        headers: Vec<(String, String)>,
+        exc_info: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        {
+            let mut this = slf.borrow_mut();
+            // Called again only with exc_info (PEP 3333); nothing is sent before the
+            // application returns, so the new status replaces the old.
+            if this.status.is_some() && exc_info.is_none_or(|info| info.is_none()) {
+                return Err(PyRuntimeError::new_err(
+                    "start_response called a second time without exc_info",
+                ));
+            }
+            this.status = Some(status_code(status)?);
+            for (name, value) in &headers {
+                check_header(name, value)?;
+            }
+            this.headers = headers;
+        }
+        slf.getattr("write")
+    }
+
+    /// The legacy `write(data)` callable that `start_response` returns.
+    fn write(&mut self, data: &[u8]) {
+        self.written.extend_from_slice(data);
+    }
+}
+
+/// The code of a WSGI status line (`"200 OK"`).
+fn status_code(status: &str) -> PyResult<u16> {
+    let code = status
+        .get(..3)
+        .filter(|code| code.bytes().all(|b| b.is_ascii_digit()));
+    let valid = status.len() == 3 || status.as_bytes().get(3) == Some(&b' ');
+    match code.and_then(|code| code.parse::<u16>().ok()) {
+        Some(code) if valid && code >= 100 => Ok(code),
+        _ => Err(PyValueError::new_err(format!(
+            "invalid status {status:?} from the application (expected \"200 OK\")"
+        ))),
+    }
+}
+
+/// Refuses a header that would break the response's framing (CR, LF) or is not a token.
+fn check_header(name: &str, value: &str) -> PyResult<()> {
+    let name_ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let value_ok = !value.chars().any(|c| matches!(c, '\r' | '\n' | '\0'));
+    if name_ok && value_ok {
+        Ok(())
+    } else {
+        Err(PyValueError::new_err(format!(
+            "invalid response header {name:?}: {value:?}"
+        )))
+    }
+}
+
+/// `wsgi.file_wrapper`: an application's file, sent in blocks.
+#[pyclass]
+struct FileWrapper {
+    file: Py<PyAny>,
+    block_size: usize,
+}
+
+#[pymethods]
+impl FileWrapper {
+    #[new]
+    #[pyo3(signature = (file, block_size = 65536))]
+    fn new(file: Py<PyAny>, block_size: usize) -> Self {
+        Self {
+            file,
+            block_size: block_size.max(1),
+        }
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let block = self
+            .file
+            .bind(py)
+            .call_method1("read", (self.block_size,))?;
+        Ok((!block.is_empty()?).then_some(block))
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        if let Some(close) = self.file.bind(py).getattr_opt("close")? {
+            close.call0()?;
+        }
+        Ok(())
+    }
+}

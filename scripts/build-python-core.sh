@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds the Python runner's core (python/: a PyO3 extension module) and lays the package
+# out beside it, importable with PYTHONPATH set to the directory this prints, without
+# installing anything: what the tests and the comparison scripts use. A user installs it
+# with `pip install ./python` (maturin). `--release` for benchmarks.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+profile=debug
+flags=()
+if [[ "${1:-}" == "--release" ]]; then
+    profile=release
+    flags=(--release)
+fi
+cargo build --quiet --manifest-path "$root/Cargo.toml" -p forkwarden-wsgi "${flags[@]}"
+package="$root/target/$profile/python/forkwarden_wsgi"
+mkdir -p "$package"
+# Each link replaced in one rename: a test importing the package meanwhile sees a whole one.
+link() {
+    ln -sfn "$1" "$2.new.$$"
+    mv -fT "$2.new.$$" "$2"
+}
+link "$root/python/forkwarden_wsgi/__init__.py" "$package/__init__.py"
+link "$root/python/forkwarden_wsgi/__main__.py" "$package/__main__.py"
+link "$root/target/$profile/lib_core.so" "$package/_core.abi3.so"
+echo "$root/target/$profile/python"

@@ -1,0 +1,306 @@
+//! forkwarden's HTTP worker inside a program the master started (the Python runner).
+//!
+//! A program started for an HTTP worker slot (`[app]`, directly or forked by a preload
+//! template) gets, besides the listening socket on descriptor 3, the *worker kit*: eight
+//! descriptors from `FORKWARDEN_KIT_FD` on, in the order of [`KitFd`]. With them it runs the
+//! very loop built-in workers run (`worker::http`), with its own application in place of the
+//! built-in one: the same request reading, keep-alive, pipelining, hand-off of idle
+//! connections between workers, deadlines, `limit_request`, `limit_time_cpu` (503) and
+//! `limit_time_real` (504), and a scoreboard row it writes itself, with no message per
+//! request. It says so once, with `READY=1` and `SCOREBOARD=1`, and the master then treats it
+//! as a built-in worker (see `master::exec::Markers`).
+//!
+//! A program that does not know the kit ignores those descriptors, as it would any it did
+//! not ask for.
+
+use std::cell::RefCell;
+use std::net::TcpListener;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::unistd::{Pid, getppid};
+
+use super::{EXIT_BOOT_FAILED, EXIT_OK, HandoffChannel, Lane, Outcome, WorkerSpec};
+use crate::app::{App, AppFactory};
+use crate::config::Config;
+use crate::id::{Role, WorkerId};
+use crate::notify::Doorbell;
+use crate::scoreboard::{Board, ExitReason, WorkerRow};
+use crate::sys::{self, RequestLimitSignals, WorkerSignals};
+
+/// The kit's descriptors, from `FORKWARDEN_KIT_FD` on, in this order.
+#[derive(Clone, Copy)]
+enum KitFd {
+    /// A sealed memfd: the config of the program's generation (TOML).
+    Config,
+    /// The board all workers share (shared memory).
+    Board,
+    /// The master's doorbell (eventfd).
+    Doorbell,
+    /// The hand-off channel's four ends: waiting (send, receive), returning (send, receive).
+    WaitingSend,
+    WaitingReceive,
+    ReturningSend,
+    ReturningReceive,
+    /// This worker's scoreboard row (shared memory). A template's is a placeholder: each
+    /// worker it forks puts the row that came with its fork request here.
+    Row,
+}
+
+/// How many descriptors the kit takes.
+pub const KIT_LEN: usize = 8;
+
+/// Names the kit's descriptors for a program to run forkwarden's worker with (in
+/// [`KitFd`] order), from what the master lends a worker.
+pub(super) fn descriptors<'a>(spec: &WorkerSpec<'a>) -> Option<[BorrowedFd<'a>; KIT_LEN]> {
+    let (config, handoff) = (spec.config_file?, spec.handoff?);
+    Some([
+        config,
+        spec.board.descriptor()?,
+        spec.doorbell.as_fd(),
+        handoff.waiting.send.as_fd(),
+        handoff.waiting.receive.as_fd(),
+        handoff.returning.send.as_fd(),
+        handoff.returning.receive.as_fd(),
+        spec.row.descriptor()?,
+    ])
+}
+
+/// The config for a program's kit, as a sealed memfd.
+pub fn config_file(config: &Config) -> std::io::Result<OwnedFd> {
+    let text = config.to_handed_text().map_err(std::io::Error::other)?;
+    sys::sealed_text_file(c"forkwarden-config", &text)
+}
+
+/// Why a program cannot run forkwarden's worker.
+#[derive(Debug, thiserror::Error)]
+pub enum KitError {
+    #[error("{0} is not set: this runs as an HTTP worker started by forkwarden ([app] command)")]
+    Missing(&'static str),
+    #[error("{name}={value:?} is not valid")]
+    Invalid { name: &'static str, value: String },
+    #[error("cannot take the worker kit's {what}: {error}")]
+    Descriptor {
+        what: &'static str,
+        error: std::io::Error,
+    },
+    #[error("the config handed over cannot be read: {0}")]
+    Config(String),
+    #[error(
+        "descriptor 3 is blocking: forkwarden's worker waits for connections in epoll, as all \
+         workers do, so set `nonblocking = true` in [app]"
+    )]
+    Blocking,
+    #[error("cannot install the worker's signal handlers: {0}")]
+    Signals(nix::errno::Errno),
+}
+
+/// A worker's identity and surroundings, from its environment.
+struct Surroundings {
+    kit_fd: i32,
+    master: Pid,
+    slot: u32,
+    generation: u64,
+    notify_path: PathBuf,
+}
+
+impl Surroundings {
+    fn from_environment() -> Result<Self, KitError> {
+        fn var(name: &'static str) -> Result<String, KitError> {
+            std::env::var(name).map_err(|_| KitError::Missing(name))
+        }
+        fn number<T: std::str::FromStr>(name: &'static str) -> Result<T, KitError> {
+            let value = var(name)?;
+            value.parse().map_err(|_| KitError::Invalid { name, value })
+        }
+        if var("LISTEN_FDS")? != "1" {
+            return Err(KitError::Invalid {
+                name: "LISTEN_FDS",
+                value: var("LISTEN_FDS")?,
+            });
+        }
+        Ok(Self {
+            kit_fd: number("FORKWARDEN_KIT_FD")?,
+            master: Pid::from_raw(number("FORKWARDEN_MASTER_PID")?),
+            slot: number("FORKWARDEN_SLOT")?,
+            generation: number("FORKWARDEN_GENERATION")?,
+            notify_path: PathBuf::from(var("NOTIFY_SOCKET")?),
+        })
+    }
+
+    fn take(&self, which: KitFd, what: &'static str) -> Result<OwnedFd, KitError> {
+        sys::adopt_inherited(self.kit_fd + which as i32)
+            .map_err(|error| KitError::Descriptor { what, error })
+    }
+}
+
+/// Serves HTTP with forkwarden's worker loop and `app`, in a program started by forkwarden
+/// for an HTTP worker slot; `describe` names the application in its status. Returns the
+/// exit status the process should end with once it is done (told to stop, recycled...).
+///
+/// Call it from the process's only thread, once: it installs process-wide signal handlers
+/// and signal mask, and the scoreboard it maps stays mapped until the process exits.
+pub fn serve(app: Box<dyn App>, describe: &str) -> Result<i32, KitError> {
+    let here = Surroundings::from_environment()?;
+    let listener =
+        TcpListener::from(
+            sys::adopt_inherited(3).map_err(|error| KitError::Descriptor {
+                what: "listening socket",
+                error,
+            })?,
+        );
+    let text = read_config(here.take(KitFd::Config, "config")?)?;
+    let config =
+        Config::from_handed_text(&text).map_err(|error| KitError::Config(error.to_string()))?;
+    // Mapped for the rest of the process's life: signal handlers point into them.
+    let board: &'static Board = Box::leak(Box::new(
+        Board::from_fd(here.take(KitFd::Board, "board")?).map_err(|error| {
+            KitError::Descriptor {
+                what: "board",
+                error,
+            }
+        })?,
+    ));
+    let row: &'static WorkerRow = Box::leak(Box::new(
+        WorkerRow::from_fd(here.take(KitFd::Row, "scoreboard row")?).map_err(|error| {
+            KitError::Descriptor {
+                what: "scoreboard row",
+                error,
+            }
+        })?,
+    ));
+    let doorbell = Doorbell::from_fd(here.take(KitFd::Doorbell, "doorbell")?);
+    let lane = |send, receive| -> Result<Lane, KitError> {
+        Ok(Lane {
+            send: here.take(send, "hand-off channel")?,
+            receive: here.take(receive, "hand-off channel")?,
+        })
+    };
+    let handoff = HandoffChannel {
+        waiting: lane(KitFd::WaitingSend, KitFd::WaitingReceive)?,
+        returning: lane(KitFd::ReturningSend, KitFd::ReturningReceive)?,
+    };
+    if !bind_to_master(here.master, config.ready_timeout.duration()) {
+        return Ok(EXIT_OK);
+    }
+    // O_NONBLOCK belongs to the file description every worker shares, and the master sets
+    // it at each spawn as `[app] nonblocking` says: a worker that set it for itself would
+    // find it cleared by the next spawn, and block in accept() after losing a race.
+    let flags = nix::fcntl::fcntl(&listener, nix::fcntl::FcntlArg::F_GETFL).map_err(|errno| {
+        KitError::Descriptor {
+            what: "listening socket",
+            error: errno.into(),
+        }
+    })?;
+    if !nix::fcntl::OFlag::from_bits_truncate(flags).contains(nix::fcntl::OFlag::O_NONBLOCK) {
+        return Err(KitError::Blocking);
+    }
+    crate::log::init_for_program(&config);
+    let signals = WorkerSignals::install().map_err(KitError::Signals)?;
+    #[allow(unsafe_code)]
+    // SAFETY: `row` is leaked above: it stays mapped until the process exits, so the
+    // handlers' pointer to its exit-reason word can never dangle.
+    let limit_signals = unsafe {
+        RequestLimitSignals::install(
+            row.exit_reason_word(),
+            ExitReason::LimitTimeCpu.as_word(),
+            ExitReason::LimitTimeReal.as_word(),
+        )
+    }
+    .map_err(KitError::Signals)?;
+    // The factory hands the one application over once: `http::run` builds it once.
+    let app = RefCell::new(Some(app));
+    let factory = move |_: &crate::app::WorkerInfo<'_>| -> anyhow::Result<Box<dyn App>> {
+        app.borrow_mut()
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("the application was already taken"))
+    };
+    let factory: &AppFactory = &factory;
+    let spec = WorkerSpec {
+        id: WorkerId {
+            role: Role::Http,
+            slot: here.slot,
+        },
+        generation: here.generation,
+        master_pid: here.master,
+        config: &config,
+        listener: Some(&listener),
+        handoff: Some(&handoff),
+        doorbell: &doorbell,
+        row,
+        board,
+        app: factory,
+        notify_path: &here.notify_path,
+        calls_path: Path::new(""),
+        exec_app: None,
+        exec_output: None,
+        template: None,
+        config_file: None,
+        watchdog: None,
+        server_started: SystemTime::now(),
+    };
+    // Ready as soon as the loop runs; the master reads the row from then on.
+    say(
+        &here.notify_path,
+        &format!("READY=1\nSCOREBOARD=1\nSTATUS=serving {describe}"),
+    );
+    let outcome = super::http::run(&spec, &signals, &limit_signals);
+    say(&here.notify_path, "STOPPING=1");
+    Ok(match outcome {
+        Outcome::Left(reason) => {
+            row.set_exit_reason(reason);
+            EXIT_OK
+        }
+        Outcome::BootFailed => EXIT_BOOT_FAILED,
+    })
+}
+
+/// The text of the config memfd, read from its start whatever its offset (the master wrote
+/// it through the same file description; a template's workers share theirs).
+fn read_config(file: OwnedFd) -> Result<String, KitError> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::from(file);
+    let unreadable = |error: std::io::Error| KitError::Config(error.to_string());
+    let length = usize::try_from(file.metadata().map_err(unreadable)?.len())
+        .map_err(|_| KitError::Config("too large".to_string()))?;
+    let mut text = vec![0; length];
+    file.read_exact_at(&mut text, 0).map_err(unreadable)?;
+    String::from_utf8(text).map_err(|error| KitError::Config(error.to_string()))
+}
+
+/// Makes sure the master's death takes this worker with it (SIGKILL). A worker forked by a
+/// template starts as the child of a middle process, which exits at once to hand it to the
+/// master: it waits for that first. False: the master is gone already.
+fn bind_to_master(master: Pid, wait_at_most: Duration) -> bool {
+    let parent = getppid();
+    if parent != master
+        && let Ok(pidfd) = sys::pidfd_open(parent)
+    {
+        let deadline = Instant::now() + wait_at_most.max(Duration::from_secs(1));
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        while getppid() == parent {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let _ = nix::poll::poll(
+                &mut fds,
+                PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
+            );
+        }
+    }
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    getppid() == master
+}
+
+/// Sends one sd_notify message to the master; a lost one costs nothing worse than its
+/// effect (the master times the worker out if READY=1 never comes).
+fn say(path: &Path, message: &str) {
+    if let Ok(socket) = UnixDatagram::unbound() {
+        let _ = socket.send_to(message.as_bytes(), path);
+    }
+}

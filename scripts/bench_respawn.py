@@ -21,7 +21,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import time
 
 from fwbench import ROOT, Server, build, http_get, machine, publish, runner_app, summary

@@ -53,8 +53,9 @@ def free_port():
 
 
 def ensure_venv():
-    """gunicorn, uWSGI (pyuwsgi) and Granian, in a virtualenv of their own under target/."""
-    wanted = {"gunicorn": "gunicorn", "uwsgi": "pyuwsgi", "granian": "granian"}
+    """gunicorn, uWSGI (pyuwsgi), Granian and Flask, in a virtualenv of their own under
+    target/."""
+    wanted = {"gunicorn": "gunicorn", "uwsgi": "pyuwsgi", "granian": "granian", "flask": "flask"}
     missing = [package for command, package in wanted.items()
                if not os.path.exists(os.path.join(VENV, "bin", command))]
     if missing:

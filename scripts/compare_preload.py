@@ -31,7 +31,7 @@ import time
 
 import compare
 from compare import APP_DIR, VENV, Running, failures, free_port, run, version_of, wrk
-from fwbench import (BINARY, ROOT, build, children_of, http_get, machine, publish, runner_app,
+from fwbench import (BINARY, build, children_of, http_get, machine, publish, runner_app,
                      wait_for)
 
 WORKERS = 4

@@ -151,8 +151,30 @@ def answering_pid(server):
     return int(http_get(server.port, "/pid")[1])
 
 
+def answering_pids(server):
+    """The pids that answer a burst of as many simultaneous requests as there are workers:
+    whatever order a server hands connections to its idle workers in (forkwarden's take
+    them oldest first, so one request after another never reaches a new worker while an
+    older one is idle), a burst reaches every worker that serves."""
+    pids, barrier = [], threading.Barrier(WORKERS)
+
+    def probe():
+        barrier.wait()
+        try:
+            pids.append(answering_pid(server))
+        except OSError:
+            pass
+    threads = [threading.Thread(target=probe) for _ in range(WORKERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return set(pids)
+
+
 def respawn(start, kills):
-    """ms from SIGKILL of a worker until a pid not seen before answers /pid; and, for
+    """ms from SIGKILL of a worker until a pid not seen before answers /pid (to a burst of
+    requests, see `answering_pids`); and, for
     forkwarden, until the replacement said READY=1 (the `ready after` line of its debug log),
     which leaves out the race for the next connection among the 4 workers, and from the
     master's fork request (`asked the app template ... for http worker N`) to that READY=1."""
@@ -167,12 +189,10 @@ def respawn(start, kills):
             killed, killed_at = time.monotonic(), time.time()
             deadline = killed + 60
             while time.monotonic() < deadline:
-                try:
-                    pid = answering_pid(server)
-                except OSError:
-                    continue
-                if pid not in seen:
+                new = answering_pids(server) - seen
+                if new:
                     samples.append((time.monotonic() - killed) * 1000)
+                    pid = new.pop()
                     seen.add(pid)
                     break
             else:
@@ -387,7 +407,7 @@ def main():
         "",
         "| measure | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
-        row(f"SIGKILL of a worker until a new pid answers ({args.kills} kills)",
+        row(f"SIGKILL of a worker until a new pid answers a burst of 4 requests ({args.kills} kills)",
             lambda r: ms(r["respawn"][0])),
         row("SIGKILL of a worker until its replacement said READY=1 (forkwarden's log)",
             lambda r: ms(r["respawn"][1]) if r["respawn"][1] else "n/a"),

@@ -24,6 +24,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 import compare
 from compare import APP_DIR, VENV, WRK_REPORT, Running, failures, free_port, version_of
@@ -133,6 +135,29 @@ def closes_when_asked(port, path):
             return False
 
 
+def connections_answered(port, path, count, wait=2.0):
+    """How many of `count` keep-alive connections, opened at once and held open, get an
+    answer to their first request within `wait` seconds: a server that stays with the
+    connections it has while they are open leaves the others waiting."""
+    answered = []
+
+    def client():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=wait) as connection:
+                connection.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+                if connection.recv(65536).startswith(b"HTTP/1.1 200"):
+                    answered.append(True)
+                time.sleep(wait)  # held open, as a browser or a proxy's pool does
+        except OSError:
+            pass
+    threads = [threading.Thread(target=client) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return len(answered)
+
+
 def cell(rate, cpu_us, failed, best):
     mark = "**" if rate >= best else ""
     text = f"{mark}{rate / 1000:.1f}k{mark} · {cpu_us:.0f} µs"
@@ -148,6 +173,7 @@ def main():
     compare.ensure_venv()
     results = {}
     ignores_close = set()
+    served = {}
     for app_label, target, uwsgi_app, path in APPS:
         for load_label, connections, close in LOADS:
             for name, start in SERVERS:
@@ -161,6 +187,9 @@ def main():
                         server, path, connections, close, args.seconds)
                     if close and not closes_when_asked(server.port, path):
                         ignores_close.add(name)
+                    if not close:
+                        served[(app_label, load_label, name)] = connections_answered(
+                            server.port, path, connections)
                 finally:
                     server.stop()
                 print(f"{app_label} | {load_label} | {name}: "
@@ -174,24 +203,36 @@ def main():
         f"Command: `scripts/compare.sh --wsgi-only --seconds {args.seconds}` "
         f"(scripts/compare_wsgi.py). {WORKERS} workers each, wrk with 2 threads on the same "
         "machine. Each cell: requests per second (the best of the row in bold) · CPU time of "
-        "all the server's processes per request (user + system, from /proc). A server that "
-        "keeps the connection open after answering a request that says `Connection: close` "
-        "(checked after each such run) is marked, and left out of that row's best.",
+        "all the server's processes per request (user + system, from /proc). Checked after "
+        "each run, and marked and left out of that row's best: a server that keeps the "
+        "connection open after answering a request that says `Connection: close`, and one "
+        "that answers fewer than all of as many keep-alive connections as the row's, opened "
+        "at once and held open for 2 s (the others wait for a worker that stays with its "
+        "connections).",
         "",
         "| app | load | " + " | ".join(name for name, _ in SERVERS) + " |",
         "|---|---|" + "---|" * len(SERVERS),
     ]
     for app_label, _, _, _ in APPS:
-        for load_label, _, close in LOADS:
-            # A server that ignores `Connection: close` kept its connections: not comparable.
-            compared = [name for name, _ in SERVERS if not (close and name in ignores_close)]
+        for load_label, connections, close in LOADS:
+            # Not comparable: a server that ignored `Connection: close` (it kept its
+            # connections), or one that left some of the kept-alive connections unanswered
+            # (it served fewer clients than the row's load).
+            def why_not(name):
+                if close and name in ignores_close:
+                    return "`close` ignored: the connections stayed open"
+                answered = served.get((app_label, load_label, name), connections)
+                if answered < connections:
+                    return f"answered {answered} of {connections} connections held open"
+                return None
+            compared = [name for name, _ in SERVERS if why_not(name) is None]
             best = max(results[(app_label, load_label, name)][0] for name in compared)
             cells = []
             for name, _ in SERVERS:
                 text = cell(*results[(app_label, load_label, name)],
                             best if name in compared else float("inf"))
-                if name not in compared:
-                    text += " (`close` ignored: the connections stayed open)"
+                if why_not(name) is not None:
+                    text += f" ({why_not(name)})"
                 cells.append(text)
             lines.append(f"| {app_label} | {load_label} | " + " | ".join(cells) + " |")
     publish("compare_wsgi", "WSGI servers side by side", lines, args.write_docs)

@@ -91,6 +91,11 @@ def app(environ, start_response):
             body = f"{os.getpid()} {database().run('SELECT pg_backend_pid()')[0][0]}"
         else:
             body = "no database"
+        # `?hold_ms=N` keeps the worker busy after the query, so that requests made at
+        # once reach different workers.
+        hold = environ.get("QUERY_STRING", "").partition("hold_ms=")[2]
+        if hold.isdigit():
+            time.sleep(int(hold) / 1000)
     elif path == "/loaded":
         body = f"{len(RECORDS)} records loaded with backend {LOADED_WITH_BACKEND}"
     elif path == "/health":

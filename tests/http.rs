@@ -1,15 +1,14 @@
 //! HTTP workers: bad input gets a clear status and the worker lives on; keep-alive,
-//! pipelining, `Expect: 100-continue`, chunked bodies, HEAD, recycling and the per-request
-//! limits. Each test runs against the built-in workers and against the Python runner (the
+//! pipelining, `Expect: 100-continue`, chunked bodies, HEAD, recycling (the per-request
+//! limits are in tests/limits.rs). Each test runs against the built-in workers and against the Python runner (the
 //! same worker loop, in the `_core` extension, with a WSGI app): see [`Flavour`].
 
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::thread;
 
-use common::{Flavour, KeepAlive, Reply, SOON, Server, http_get, parse_reply, send_raw};
+use common::{Flavour, KeepAlive, Reply, SOON, Server, parse_reply, send_raw};
 
 against_both!(
     malformed_requests_get_400_and_the_worker_survives,
@@ -22,8 +21,6 @@ against_both!(
     a_worker_is_recycled_after_limit_request_requests,
     more_keep_alive_clients_than_workers_all_get_answers,
     reloads_and_scaling_under_keep_alive_load_lose_no_request,
-    a_request_past_limit_time_real_gets_504_and_others_finish,
-    a_request_past_limit_time_cpu_gets_503_and_its_worker_is_replaced,
 );
 
 fn connect(port: u16) -> TcpStream {
@@ -52,14 +49,6 @@ fn read_response(reader: &mut impl BufRead) -> Reply {
     let mut reply = parse_reply(&head);
     reply.body = String::from_utf8_lossy(&body).into_owned();
     reply
-}
-
-/// Starts `GET path` on its own connection; returns once a worker is busy with it.
-fn in_flight(server: &Server, path: &'static str) -> thread::JoinHandle<Reply> {
-    let port = server.port;
-    let handle = thread::spawn(move || http_get(port, path));
-    server.wait_until_busy_with(&format!("GET {path}"));
-    handle
 }
 
 fn malformed_requests_get_400_and_the_worker_survives(flavour: Flavour) {
@@ -296,40 +285,4 @@ fn reloads_and_scaling_under_keep_alive_load_lose_no_request(flavour: Flavour) {
         server.log_matching("stopped (replaced after reload)").len(),
         6
     );
-}
-
-fn a_request_past_limit_time_real_gets_504_and_others_finish(flavour: Flavour) {
-    let server = flavour.server("limit_time_real = 2", 3);
-    let hung = in_flight(&server, "/sleep?ms=8000");
-    let short = in_flight(&server, "/sleep?ms=1200");
-    let reply = hung.join().unwrap();
-    assert_eq!(reply.status, 504, "{reply:?}");
-    let line = server.wait_for_log("killed: limit_time_real exceeded (running ");
-    assert!(
-        line.contains("> 2s) while serving GET /sleep?ms=8000"),
-        "{line}"
-    );
-    assert!(line.contains("respawned as pid"), "{line}");
-    let reply = short.join().unwrap();
-    assert_eq!(reply.status, 200, "{reply:?}");
-    assert!(reply.body.starts_with("slept 1200 ms"), "{reply:?}");
-}
-
-fn a_request_past_limit_time_cpu_gets_503_and_its_worker_is_replaced(flavour: Flavour) {
-    let server = flavour.server("limit_time_cpu = 1\nlimit_time_real = 30", 2);
-    let other = in_flight(&server, "/sleep?ms=2500");
-    let reply = server.get("/burn?ms=10000");
-    assert!(
-        reply.status == 503 || reply.status == 0,
-        "503, or the connection closed: {reply:?}"
-    );
-    let line = server.wait_for_log("killed: limit_time_cpu exceeded (cpu ");
-    assert!(
-        line.contains("> 1s) while serving GET /burn?ms=10000"),
-        "{line}"
-    );
-    assert!(line.contains("respawned as pid"), "{line}");
-    let reply = other.join().unwrap();
-    assert_eq!(reply.status, 200, "{reply:?}");
-    assert!(reply.body.starts_with("slept 2500 ms"), "{reply:?}");
 }

@@ -347,11 +347,23 @@ fn the_post_fork_hook_gives_each_worker_a_database_connection_of_its_own() {
     let loaded = server.get("/loaded").body;
     let template_backend: i32 = loaded.rsplit(' ').next().unwrap().parse().unwrap();
     // Each worker's own connection: one backend per worker, none of them the template's.
+    // Three requests at once, each holding its worker for a while, reach the three workers
+    // (one request after another would all go to the same idle worker).
     let mut backends = std::collections::BTreeMap::new();
     let all_seen = wait_until(SOON, || {
-        let answer = server.get("/db").body;
-        let (pid, backend) = answer.split_once(' ').expect("pid and backend");
-        backends.insert(pid.to_string(), backend.to_string());
+        let answers: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..3)
+                .map(|_| scope.spawn(|| http_get(server.port, "/db?hold_ms=300").body))
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| handle.join().unwrap())
+                .collect()
+        });
+        for answer in answers {
+            let (pid, backend) = answer.split_once(' ').expect("pid and backend");
+            backends.insert(pid.to_string(), backend.to_string());
+        }
         backends.len() == 3
     });
     assert!(all_seen, "{backends:?}; {}", server.log_text());

@@ -10,11 +10,18 @@
 //! ASGI would be a second [`App`] beside [`Wsgi`], running the coroutine of each request to
 //! its end on an event loop kept by the worker; the worker loop would not change.
 
+use std::collections::HashMap;
+
 use forkwarden::{App, Request, Response};
 use percent_encoding::percent_decode_str;
 use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+/// Most distinct header names whose environ keys are kept (`User-Agent` -> `HTTP_USER_AGENT`):
+/// a client sending new names at every request cannot grow the worker's memory past it.
+const KEY_CACHE: usize = 256;
 
 /// Serves `app`, the WSGI callable named `describe`, until the worker is told to leave;
 /// returns the exit status for the process.
@@ -39,6 +46,8 @@ struct Wsgi {
     base: Py<PyDict>,
     /// `io.BytesIO`, the type of `wsgi.input`.
     bytes_io: Py<PyAny>,
+    /// The environ key of each header name seen (see [`KEY_CACHE`]).
+    keys: HashMap<String, Py<PyString>>,
 }
 
 impl Wsgi {
@@ -60,21 +69,29 @@ impl Wsgi {
             app,
             base: base.unbind(),
             bytes_io: py.import("io")?.getattr("BytesIO")?.unbind(),
+            keys: HashMap::new(),
         })
     }
 
     /// Calls the application on `request`; an error is the application's (or its answer
     /// is not WSGI).
-    fn call(&self, py: Python<'_>, request: &Request) -> PyResult<Response> {
+    fn call(&mut self, py: Python<'_>, request: &Request) -> PyResult<Response> {
         let environ = self.environ(py, request)?;
         let start = Bound::new(py, StartResponse::default())?;
         let result = self.app.bind(py).call1((environ, &start))?;
         let mut body = Vec::new();
         let collected = collect(&result, &mut body);
-        // PEP 3333: close() is called whatever happened while iterating.
-        let closed = match result.getattr_opt("close")? {
-            Some(close) => close.call0().map(drop),
-            None => Ok(()),
+        // PEP 3333: close() is called whatever happened while iterating (a list or a
+        // tuple, the common answers, has none to look for).
+        let closed = if result.is_exact_instance_of::<PyList>()
+            || result.is_exact_instance_of::<PyTuple>()
+        {
+            Ok(())
+        } else {
+            match result.getattr_opt(intern!(py, "close"))? {
+                Some(close) => close.call0().map(drop),
+                None => Ok(()),
+            }
         };
         collected?;
         closed?;
@@ -97,34 +114,34 @@ impl Wsgi {
         Ok(response)
     }
 
-    fn environ<'py>(&self, py: Python<'py>, request: &Request) -> PyResult<Bound<'py, PyDict>> {
+    fn environ<'py>(&mut self, py: Python<'py>, request: &Request) -> PyResult<Bound<'py, PyDict>> {
         let environ = self.base.bind(py).copy()?;
-        environ.set_item("REQUEST_METHOD", request.method())?;
+        environ.set_item(intern!(py, "REQUEST_METHOD"), request.method())?;
         // PEP 3333: the path decoded, as bytes in a latin-1 str; the query as sent.
         let path: Vec<u8> = percent_decode_str(request.path()).collect();
-        environ.set_item("PATH_INFO", latin1(&path))?;
-        environ.set_item("QUERY_STRING", request.query().unwrap_or(""))?;
+        environ.set_item(intern!(py, "PATH_INFO"), latin1(&path))?;
+        environ.set_item(intern!(py, "QUERY_STRING"), request.query().unwrap_or(""))?;
         let protocol = if request.is_http10() {
-            "HTTP/1.0"
+            intern!(py, "HTTP/1.0")
         } else {
-            "HTTP/1.1"
+            intern!(py, "HTTP/1.1")
         };
-        environ.set_item("SERVER_PROTOCOL", protocol)?;
+        environ.set_item(intern!(py, "SERVER_PROTOCOL"), protocol)?;
         if let Some(peer) = request.peer() {
-            environ.set_item("REMOTE_ADDR", peer.ip().to_string())?;
-            environ.set_item("REMOTE_PORT", peer.port().to_string())?;
+            environ.set_item(intern!(py, "REMOTE_ADDR"), peer.ip().to_string())?;
+            environ.set_item(intern!(py, "REMOTE_PORT"), peer.port().to_string())?;
         }
         if let Some(local) = request.local() {
-            environ.set_item("SERVER_NAME", local.ip().to_string())?;
-            environ.set_item("SERVER_PORT", local.port().to_string())?;
+            environ.set_item(intern!(py, "SERVER_NAME"), local.ip().to_string())?;
+            environ.set_item(intern!(py, "SERVER_PORT"), local.port().to_string())?;
         }
         let body = request.body();
         let input = self.bytes_io.bind(py).call1((PyBytes::new(py, body),))?;
-        environ.set_item("wsgi.input", input)?;
+        environ.set_item(intern!(py, "wsgi.input"), input)?;
         // The length of the body as read (a chunked one, decoded), so that an application
         // that reads CONTENT_LENGTH bytes gets all of it.
         if !body.is_empty() || request.header("content-length").is_some() {
-            environ.set_item("CONTENT_LENGTH", body.len().to_string())?;
+            environ.set_item(intern!(py, "CONTENT_LENGTH"), body.len().to_string())?;
         }
         for header in request.headers() {
             let name = header.name.as_str();
@@ -136,25 +153,16 @@ impl Wsgi {
             {
                 continue;
             }
-            let key = if name.eq_ignore_ascii_case("content-type") {
-                "CONTENT_TYPE".to_string()
-            } else {
-                let mut key = String::with_capacity(5 + name.len());
-                key.push_str("HTTP_");
-                key.extend(name.chars().map(|c| {
-                    if c == '-' {
-                        '_'
-                    } else {
-                        c.to_ascii_uppercase()
-                    }
-                }));
-                key
-            };
+            let key = self.key_of(py, name);
             let value = latin1(&header.value);
             match environ.get_item(&key)? {
                 // Repeated fields are one, joined (RFC 9110 5.3); cookies with `; `.
                 Some(earlier) => {
-                    let separator = if key == "HTTP_COOKIE" { "; " } else { "," };
+                    let separator = if key.to_cow()? == "HTTP_COOKIE" {
+                        "; "
+                    } else {
+                        ","
+                    };
                     let earlier: String = earlier.extract()?;
                     environ.set_item(&key, format!("{earlier}{separator}{value}"))?;
                 }
@@ -162,6 +170,32 @@ impl Wsgi {
             }
         }
         Ok(environ)
+    }
+
+    /// The environ key of header `name`: `CONTENT_TYPE`, or `HTTP_` and the name in capitals
+    /// with `-` as `_`; kept for the next request (up to [`KEY_CACHE`] names).
+    fn key_of<'py>(&mut self, py: Python<'py>, name: &str) -> Bound<'py, PyString> {
+        if let Some(key) = self.keys.get(name) {
+            return key.bind(py).clone();
+        }
+        let key = if name.eq_ignore_ascii_case("content-type") {
+            PyString::new(py, "CONTENT_TYPE")
+        } else {
+            let mut key = String::with_capacity(5 + name.len());
+            key.push_str("HTTP_");
+            key.extend(name.chars().map(|c| {
+                if c == '-' {
+                    '_'
+                } else {
+                    c.to_ascii_uppercase()
+                }
+            }));
+            PyString::new(py, &key)
+        };
+        if self.keys.len() < KEY_CACHE {
+            self.keys.insert(name.to_string(), key.clone().unbind());
+        }
+        key
     }
 
     /// The answer when the application failed: 500, its traceback in the log; a worker

@@ -203,8 +203,9 @@ def main():
         f"Command: `scripts/compare.sh --wsgi-only --seconds {args.seconds}` "
         f"(scripts/compare_wsgi.py). {WORKERS} workers each, wrk with 2 threads on the same "
         "machine. Each cell: requests per second (the best of the row in bold) · CPU time of "
-        "all the server's processes per request (user + system, from /proc). Checked after "
-        "each run, and marked and left out of that row's best: a server that keeps the "
+        "all the server's processes per request (user + system, from /proc). Left out of a "
+        "row's best: a server whose requests failed (wrk's errors and non-2xx answers, "
+        "counted in the cell), and, checked after each run and marked, a server that keeps the "
         "connection open after answering a request that says `Connection: close`, and one "
         "that answers fewer than all of as many keep-alive connections as the row's, opened "
         "at once and held open for 2 s (the others wait for a worker that stays with its "
@@ -215,10 +216,12 @@ def main():
     ]
     for app_label, _, _, _ in APPS:
         for load_label, connections, close in LOADS:
-            # Not comparable: a server that ignored `Connection: close` (it kept its
-            # connections), or one that left some of the kept-alive connections unanswered
-            # (it served fewer clients than the row's load).
+            # Not comparable: a server whose requests failed, one that ignored
+            # `Connection: close` (it kept its connections), or one that left some of the
+            # kept-alive connections unanswered (it served fewer clients than the row's load).
             def why_not(name):
+                if results[(app_label, load_label, name)][2]:
+                    return "requests failed"
                 if close and name in ignores_close:
                     return "`close` ignored: the connections stayed open"
                 answered = served.get((app_label, load_label, name), connections)
@@ -231,7 +234,7 @@ def main():
             for name, _ in SERVERS:
                 text = cell(*results[(app_label, load_label, name)],
                             best if name in compared else float("inf"))
-                if why_not(name) is not None:
+                if why_not(name) not in (None, "requests failed"):
                     text += f" ({why_not(name)})"
                 cells.append(text)
             lines.append(f"| {app_label} | {load_label} | " + " | ".join(cells) + " |")

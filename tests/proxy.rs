@@ -11,11 +11,14 @@ use common::{SOON, Server, wait_until};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
+/// Two distinct free ports. Both are held until both are chosen: one after the other, the
+/// kernel may hand the same port out twice, and nginx then takes the plain port for the
+/// TLS one (it answered 400 "plain HTTP request sent to HTTPS port" in a CI run).
+fn free_ports() -> (u16, u16) {
+    let bind = || TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let (first, second) = (bind(), bind());
+    let port = |listener: &TcpListener| listener.local_addr().expect("bound").port();
+    (port(&first), port(&second))
 }
 
 fn nginx() -> Option<PathBuf> {
@@ -94,7 +97,7 @@ fn the_shipped_nginx_config_serves_forkwarden_over_tls() {
         .expect("openssl");
     assert!(certificate.success());
     let server = Server::start("workers = 2");
-    let (tls, plain) = (free_port(), free_port());
+    let (tls, plain) = free_ports();
     let config = runnable_config(dir.path(), server.port, tls, plain);
     let checked = Command::new(&nginx)
         .arg("-t")

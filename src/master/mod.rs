@@ -673,6 +673,7 @@ impl Master {
             config_file: config_file.as_ref().map(AsFd::as_fd),
             watchdog,
             server_started: self.started_at,
+            middle_parent: std::cell::Cell::new(None),
         };
         let keep = spec.inherited_descriptors();
         let started = Instant::now();

@@ -274,6 +274,7 @@ impl Master {
             config_file: Some(config_file.as_fd()),
             watchdog: self.limits.heartbeat,
             server_started: self.started_at,
+            middle_parent: std::cell::Cell::new(None),
         };
         let keep = spec.inherited_descriptors();
         let started = Instant::now();

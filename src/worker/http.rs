@@ -278,6 +278,7 @@ impl HttpWorker<'_> {
                 }
             }
             reopen_log_if_asked(self.spec, self.signals);
+            self.spec.bind_to_master_once_adopted();
             self.spec.row.beat();
             if let Some(key) = self.ready.pop_front() {
                 self.serve_request(key);

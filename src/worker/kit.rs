@@ -18,9 +18,8 @@ use std::net::TcpListener;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::unistd::{Pid, getppid};
 
@@ -184,8 +183,16 @@ pub fn serve(app: Box<dyn App>, describe: &str) -> Result<i32, KitError> {
         waiting: lane(KitFd::WaitingSend, KitFd::WaitingReceive)?,
         returning: lane(KitFd::ReturningSend, KitFd::ReturningReceive)?,
     };
-    if !bind_to_master(here.master, config.ready_timeout.duration()) {
-        return Ok(EXIT_OK);
+    // Exec'd by a forked child of the master, or forked by a template through a middle
+    // process that is exiting: then the worker serves at once and binds its parent-death
+    // signal once the master is its parent (`WorkerSpec::middle_parent`).
+    let parent = getppid();
+    let middle_parent = (parent != here.master).then_some(parent);
+    if middle_parent.is_none() {
+        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+        if getppid() != here.master {
+            return Ok(EXIT_OK);
+        }
     }
     // O_NONBLOCK belongs to the file description every worker shares, and the master sets
     // it at each spawn as `[app] nonblocking` says: a worker that set it for itself would
@@ -242,6 +249,7 @@ pub fn serve(app: Box<dyn App>, describe: &str) -> Result<i32, KitError> {
         config_file: None,
         watchdog: None,
         server_started: SystemTime::now(),
+        middle_parent: std::cell::Cell::new(middle_parent),
     };
     // Ready as soon as the loop runs; the master reads the row from then on.
     say(
@@ -270,31 +278,6 @@ fn read_config(file: OwnedFd) -> Result<String, KitError> {
     let mut text = vec![0; length];
     file.read_exact_at(&mut text, 0).map_err(unreadable)?;
     String::from_utf8(text).map_err(|error| KitError::Config(error.to_string()))
-}
-
-/// Makes sure the master's death takes this worker with it (SIGKILL). A worker forked by a
-/// template starts as the child of a middle process, which exits at once to hand it to the
-/// master: it waits for that first. False: the master is gone already.
-fn bind_to_master(master: Pid, wait_at_most: Duration) -> bool {
-    let parent = getppid();
-    if parent != master
-        && let Ok(pidfd) = sys::pidfd_open(parent)
-    {
-        let deadline = Instant::now() + wait_at_most.max(Duration::from_secs(1));
-        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-        while getppid() == parent {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let _ = nix::poll::poll(
-                &mut fds,
-                PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
-            );
-        }
-    }
-    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    getppid() == master
 }
 
 /// Sends one sd_notify message to the master; a lost one costs nothing worse than its

@@ -73,6 +73,10 @@ pub struct WorkerSpec<'a> {
     pub watchdog: Option<Duration>,
     /// When the server started (cron runs due before it were missed while it was down).
     pub server_started: std::time::SystemTime,
+    /// A worker forked by a preload template starts as the child of a middle process that
+    /// is exiting (see `kit`): that process while it lives, whose exit makes the master the
+    /// parent. The worker serves meanwhile, and binds its parent-death signal once it is.
+    pub middle_parent: std::cell::Cell<Option<Pid>>,
 }
 
 impl WorkerSpec<'_> {
@@ -130,7 +134,24 @@ impl WorkerSpec<'_> {
 
     /// Whether the master that forked this worker is gone.
     fn orphaned(&self) -> bool {
-        getppid() != self.master_pid
+        let parent = getppid();
+        parent != self.master_pid && Some(parent) != self.middle_parent.get()
+    }
+
+    /// Once a worker forked by a template is the master's child, binds its parent-death
+    /// signal to the master (a system call per turn of its loop until then, none after).
+    fn bind_to_master_once_adopted(&self) {
+        if self.middle_parent.get().is_none() || getppid() != self.master_pid {
+            return;
+        }
+        if let Err(errno) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+            error!(
+                "{}: cannot set the parent-death signal: {errno}",
+                self.name()
+            );
+        }
+        // The master may have died between the two calls: `orphaned` then says so.
+        self.middle_parent.set(None);
     }
 }
 

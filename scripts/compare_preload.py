@@ -31,8 +31,8 @@ import time
 
 import compare
 from compare import APP_DIR, VENV, Running, failures, free_port, run, version_of, wrk
-from fwbench import (BINARY, build, children_of, http_get, machine, publish, runner_app,
-                     wait_for)
+from fwbench import (BINARY, at_once, build, children_of, http_get, machine, publish,
+                     runner_app, wait_for)
 
 WORKERS = 4
 PYTHON = os.path.join(VENV, "bin", "python")
@@ -156,20 +156,7 @@ def answering_pids(server):
     whatever order a server hands connections to its idle workers in (forkwarden's take
     them oldest first, so one request after another never reaches a new worker while an
     older one is idle), a burst reaches every worker that serves."""
-    pids, barrier = [], threading.Barrier(WORKERS)
-
-    def probe():
-        barrier.wait()
-        try:
-            pids.append(answering_pid(server))
-        except OSError:
-            pass
-    threads = [threading.Thread(target=probe) for _ in range(WORKERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return set(pids)
+    return set(at_once(WORKERS, lambda: answering_pid(server)))
 
 
 def respawn(start, kills):

@@ -24,12 +24,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import compare
 from compare import APP_DIR, VENV, WRK_REPORT, Running, failures, free_port, version_of
-from fwbench import BINARY, build, children_of, machine, publish, runner_app
+from fwbench import BINARY, at_once, build, children_of, machine, publish, runner_app
 
 TICKS = os.sysconf("SC_CLK_TCK")
 WORKERS = 4
@@ -139,23 +138,13 @@ def connections_answered(port, path, count, wait=2.0):
     """How many of `count` keep-alive connections, opened at once and held open, get an
     answer to their first request within `wait` seconds: a server that stays with the
     connections it has while they are open leaves the others waiting."""
-    answered = []
-
     def client():
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=wait) as connection:
-                connection.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
-                if connection.recv(65536).startswith(b"HTTP/1.1 200"):
-                    answered.append(True)
-                time.sleep(wait)  # held open, as a browser or a proxy's pool does
-        except OSError:
-            pass
-    threads = [threading.Thread(target=client) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return len(answered)
+        with socket.create_connection(("127.0.0.1", port), timeout=wait) as connection:
+            connection.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+            answered = connection.recv(65536).startswith(b"HTTP/1.1 200")
+            time.sleep(wait)  # held open, as a browser or a proxy's pool does
+            return answered
+    return sum(at_once(count, client))
 
 
 def cell(rate, cpu_us, failed, best):

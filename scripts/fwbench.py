@@ -12,6 +12,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import tempfile
 import time
 
@@ -41,6 +42,25 @@ def runner_app(target, cwd, flags=(), env=None, python=sys.executable, extra="")
     variables = ", ".join(f'{key} = "{value}"' for key, value in env.items())
     return (f"[app]\ncommand = [{command}]\ncwd = \"{cwd}\"\nenv = {{ {variables} }}\n"
             f"nonblocking = true\n{extra}")
+
+
+def at_once(count, task):
+    """Runs `task()` in `count` threads released together; returns what each returned,
+    leaving out those that failed with OSError (a refused or reset connection)."""
+    results, barrier = [], threading.Barrier(count)
+
+    def run():
+        barrier.wait()
+        try:
+            results.append(task())
+        except OSError:
+            pass
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
 
 
 def http_get(port, path, timeout=30.0):

@@ -8,7 +8,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 
-use common::{Flavour, KeepAlive, Reply, SOON, Server, parse_reply, send_raw};
+use common::{Flavour, KeepAlive, Reply, SOON, Server, parse_reply, read_response, send_raw};
 
 against_both!(
     malformed_requests_get_400_and_the_worker_survives,
@@ -27,28 +27,6 @@ fn connect(port: u16) -> TcpStream {
     let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream.set_read_timeout(Some(SOON)).unwrap();
     stream
-}
-
-/// Reads one response (framed by Content-Length) from `reader`.
-fn read_response(reader: &mut impl BufRead) -> Reply {
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-            break;
-        }
-        head.push_str(&line);
-    }
-    let length: usize = head
-        .lines()
-        .find_map(|line| line.strip_prefix("Content-Length: "))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
-    let mut reply = parse_reply(&head);
-    reply.body = String::from_utf8_lossy(&body).into_owned();
-    reply
 }
 
 fn malformed_requests_get_400_and_the_worker_survives(flavour: Flavour) {
@@ -128,7 +106,9 @@ fn pipelined_requests_are_answered_in_order(flavour: Flavour) {
         )
         .unwrap();
     let mut reader = BufReader::new(stream);
-    let replies: Vec<Reply> = (0..3).map(|_| read_response(&mut reader)).collect();
+    let replies: Vec<Reply> = (0..3)
+        .map(|_| read_response(&mut reader).expect("a whole response"))
+        .collect();
     assert_eq!(replies[0].body, "ok\n");
     assert!(
         replies[1].body.trim().parse::<u32>().is_ok(),
@@ -156,7 +136,7 @@ fn expect_100_continue_is_answered_before_the_body_is_sent(flavour: Flavour) {
     assert_eq!(line, "HTTP/1.1 100 Continue\r\n");
     reader.read_line(&mut line).unwrap();
     stream.write_all(b"body").unwrap();
-    let reply = read_response(&mut reader);
+    let reply = read_response(&mut reader).expect("a whole response");
     assert_eq!((reply.status, reply.body.as_str()), (200, "body"));
 }
 

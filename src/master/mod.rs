@@ -106,6 +106,9 @@ struct Stopping {
 
 pub struct Master {
     config: Config,
+    /// `config` as a sealed memfd (read with pread: its offset does not matter), lent to
+    /// every HTTP program of the current generation as part of its worker kit.
+    handed_config: std::os::fd::OwnedFd,
     config_path: PathBuf,
     pid: Pid,
     app: Box<AppFactory>,
@@ -175,6 +178,7 @@ impl Master {
         give_to_workers_user(&config, notifications.path())?;
         poll.registry()
             .register(notifications.source(), NOTIFICATIONS, Interest::READABLE)?;
+        let handed_config = crate::worker::kit::config_file(&config)?;
         let doorbell = Doorbell::new()?;
         let bell = doorbell.as_fd().as_raw_fd();
         poll.registry()
@@ -210,6 +214,7 @@ impl Master {
             next_scan: None,
             next_request_deadline: None,
             config,
+            handed_config,
             config_path,
             pid: nix::unistd::getpid(),
             app,
@@ -649,10 +654,6 @@ impl Master {
             listener.set_nonblocking(exec_app.is_none_or(|app| app.nonblocking))?;
         }
         let pipes = exec_app.map(|_| exec::ExecPipes::new()).transpose()?;
-        // The worker kit, for an HTTP worker's program that runs forkwarden's own loop.
-        let config_file = (id.role == Role::Http && exec_app.is_some())
-            .then(|| crate::worker::kit::config_file(&self.config))
-            .transpose()?;
         let watchdog = self.limits.heartbeat;
         let spec = WorkerSpec {
             id,
@@ -670,7 +671,9 @@ impl Master {
             exec_output: pipes.as_ref().map(exec::ExecPipes::for_child),
             template: None,
             calls_path: &self.calls_path,
-            config_file: config_file.as_ref().map(AsFd::as_fd),
+            // The worker kit, for an HTTP worker's program that runs forkwarden's own loop.
+            config_file: Some(self.handed_config.as_fd())
+                .filter(|_| id.role == Role::Http && exec_app.is_some()),
             watchdog,
             server_started: self.started_at,
             middle_parent: std::cell::Cell::new(None),

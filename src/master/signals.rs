@@ -114,11 +114,22 @@ impl Master {
             }
         }
         new.keep_restart_only_values(&self.config);
+        let handed_config = match crate::worker::kit::config_file(&new) {
+            Ok(file) => file,
+            Err(error) => {
+                error!(
+                    "SIGHUP: the config was not reloaded: it cannot be handed to the programs \
+                     ({error}); the running config stays in force"
+                );
+                return;
+            }
+        };
         if let Err(error) = self.logging.apply(&new) {
             error!("SIGHUP: {error}; logging goes on as before");
             new.logfile.clone_from(&self.config.logfile);
         }
         self.config = new;
+        self.handed_config = handed_config;
         self.limits = MasterLimits::from_config(&self.config);
         if let Some(listener) = &self.listener
             && let Err(error) =

@@ -248,7 +248,6 @@ impl Master {
         // Never read: a template has no scoreboard row, but a spec lends one (the workers
         // it forks put theirs in its place in the kit).
         let row = WorkerRow::new()?;
-        let config_file = crate::worker::kit::config_file(&self.config)?;
         let spec = WorkerSpec {
             id: WorkerId {
                 role: Role::Http,
@@ -271,7 +270,7 @@ impl Master {
                 calls: calls.as_fd(),
             }),
             calls_path: &self.calls_path,
-            config_file: Some(config_file.as_fd()),
+            config_file: Some(self.handed_config.as_fd()),
             watchdog: self.limits.heartbeat,
             server_started: self.started_at,
             middle_parent: std::cell::Cell::new(None),

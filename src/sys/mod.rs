@@ -32,7 +32,7 @@ pub use net::{
     receive_connection, receive_message, send_connection, send_with_descriptors, template_channel,
 };
 pub use process::{
-    Reap, adopt_inherited, ensure_standard_fds, exec_socket_activated, fork_process,
+    LISTEN_FD, Reap, adopt_inherited, ensure_standard_fds, exec_socket_activated, fork_process,
     lower_priority, pidfd_open, reap_child, set_address_space_limit_of, set_cpu_limit_of,
     supervise_job,
 };

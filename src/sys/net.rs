@@ -7,7 +7,7 @@
 //! reads them, so a connection in the channel outlives any worker.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{
@@ -15,28 +15,17 @@ use nix::sys::socket::{
 };
 
 /// Accepts a connection from `listener` already non-blocking and close-on-exec (accept4(2),
-/// one system call instead of two). `Ok(None)`: none is waiting.
-pub fn accept_nonblocking(listener: &TcpListener) -> io::Result<Option<TcpStream>> {
+/// one system call instead of two), with the peer's address as accept4 reports it (no
+/// getpeername). `Ok(None)`: none is waiting.
+pub fn accept_nonblocking(
+    listener: &TcpListener,
+) -> io::Result<Option<(TcpStream, Option<SocketAddr>)>> {
     loop {
-        // SAFETY: accept4 with null address pointers only returns a new descriptor (or -1);
-        // no memory of ours is written.
-        let fd = unsafe {
-            libc::accept4(
-                listener.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: the kernel just gave us this descriptor; nothing else owns it.
-            return Ok(Some(TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd) })));
-        }
-        let error = io::Error::last_os_error();
-        match error.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return Ok(None),
-            _ => return Err(error),
+        match socket2::SockRef::from(listener).accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) {
+            Ok((socket, peer)) => return Ok(Some((TcpStream::from(socket), peer.as_socket()))),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(error) => return Err(error),
         }
     }
 }
@@ -174,12 +163,7 @@ pub fn send_with_descriptors(
 /// `path` (in the master's private directory) and listening; close-on-exec, blocking (the
 /// template accepts from it).
 pub fn calls_listener(path: &std::path::Path) -> io::Result<OwnedFd> {
-    let socket = socket::socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let socket = seqpacket_socket()?;
     socket::bind(socket.as_raw_fd(), &socket::UnixAddr::new(path)?)?;
     socket::listen(&socket, socket::Backlog::new(64)?)?;
     Ok(socket)
@@ -187,14 +171,19 @@ pub fn calls_listener(path: &std::path::Path) -> io::Result<OwnedFd> {
 
 /// A connection to the `call` socket at `path` (blocking, close-on-exec).
 pub fn connect_calls(path: &std::path::Path) -> io::Result<OwnedFd> {
-    let socket = socket::socket(
+    let socket = seqpacket_socket()?;
+    socket::connect(socket.as_raw_fd(), &socket::UnixAddr::new(path)?)?;
+    Ok(socket)
+}
+
+/// A new Unix SEQPACKET socket, blocking and close-on-exec.
+fn seqpacket_socket() -> io::Result<OwnedFd> {
+    Ok(socket::socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
         SockFlag::SOCK_CLOEXEC,
         None,
-    )?;
-    socket::connect(socket.as_raw_fd(), &socket::UnixAddr::new(path)?)?;
-    Ok(socket)
+    )?)
 }
 
 /// Reads one message from `from` (SEQPACKET) without waiting: `Ok(None)` when none is
@@ -220,7 +209,8 @@ mod tests {
         listener.set_nonblocking(true).unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let accepted = loop {
-            if let Some(stream) = accept_nonblocking(&listener).unwrap() {
+            if let Some((stream, peer)) = accept_nonblocking(&listener).unwrap() {
+                assert_eq!(peer, Some(client.local_addr().unwrap()));
                 break stream;
             }
         };

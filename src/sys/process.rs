@@ -291,11 +291,15 @@ pub fn ensure_standard_fds() -> std::io::Result<()> {
     Ok(())
 }
 
+/// The descriptor a socket-activated program finds its listening socket on (systemd's
+/// `SD_LISTEN_FDS_START`); the others a program is given follow it.
+pub const LISTEN_FD: i32 = 3;
+
 /// Replaces this (forked) process with `program`, the way systemd starts a socket-activated
 /// service: `listener` (if any) on descriptor 3 (and, like stdout/stderr, kept across exec),
-/// the output pipes on 1 and 2, `extra` (a preload template's channels) on 4, 5..., no other
-/// descriptor (not even one forkwarden inherited without close-on-exec from whoever started
-/// it), no signal blocked and none ignored. Returns only on failure.
+/// the output pipes on 1 and 2, `extra` (a template's channels, the worker kit) on 4, 5...,
+/// no other descriptor (not even one forkwarden inherited without close-on-exec from
+/// whoever started it), no signal blocked and none ignored. Returns only on failure.
 pub fn exec_socket_activated(
     program: &std::ffi::CStr,
     args: &[std::ffi::CString],
@@ -306,7 +310,6 @@ pub fn exec_socket_activated(
     stderr: std::os::fd::BorrowedFd<'_>,
 ) -> std::io::Error {
     use std::os::fd::AsRawFd;
-    const LISTEN_FD: i32 = 3;
     /// At most this many extra descriptors (no allocation between fork and exec).
     const MAX_EXTRA: usize = 12;
     let prepared = (|| -> nix::Result<()> {

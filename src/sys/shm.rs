@@ -98,17 +98,6 @@ impl SharedWords {
         .map_err(io::Error::from)
     }
 
-    /// The shared words.
-    pub fn words(&self) -> &[AtomicU64] {
-        // SAFETY: the mapping is page-aligned (so aligned for AtomicU64), `len` words long,
-        // backed by a file sealed at that size or more, zero-filled when created (any bit
-        // pattern is a valid AtomicU64), and stays mapped until `self` is dropped, which
-        // the returned borrow cannot outlive.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl SharedWords {
     /// The memfd behind the mapping, until it is closed.
     pub fn descriptor(&self) -> Option<BorrowedFd<'_>> {
         self.file.as_ref().map(AsFd::as_fd)
@@ -117,6 +106,15 @@ impl SharedWords {
     /// Closes the memfd; the mapping stays.
     pub fn close_descriptor(&mut self) {
         self.file = None;
+    }
+
+    /// The shared words.
+    pub fn words(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping is page-aligned (so aligned for AtomicU64), `len` words long,
+        // backed by a file sealed at that size or more, zero-filled when created (any bit
+        // pattern is a valid AtomicU64), and stays mapped until `self` is dropped, which
+        // the returned borrow cannot outlive.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 

@@ -14,8 +14,6 @@ use crate::id::Role;
 use crate::notify::SERVICE_MANAGER_VARIABLES;
 use crate::sys;
 
-/// The listening socket's descriptor (systemd's `SD_LISTEN_FDS_START`); the others follow.
-const LISTEN_FD: i32 = 3;
 /// The descriptor a template finds its channel to the master on (`FORKWARDEN_CONTROL_FD`).
 const TEMPLATE_CONTROL_FD: i32 = 4;
 /// The descriptor a template accepts cron workers' `call` requests on (`FORKWARDEN_CALLS_FD`).
@@ -33,7 +31,7 @@ pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
         .iter()
         .flat_map(|template| [template.control, template.calls])
         .collect();
-    let kit_fd = LISTEN_FD + 1 + extra.len() as i32;
+    let kit_fd = sys::LISTEN_FD + 1 + extra.len() as i32;
     let kit = super::kit::descriptors(spec);
     extra.extend(kit.iter().flatten());
     // Its own process group, so that a kill reaches the program's children too; and the

@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
@@ -117,6 +117,10 @@ pub(super) fn run(
         unread: VecDeque::new(),
         accepting: Accepting::Yes,
         max_clients: max_clients(),
+        local_address: listener
+            .local_addr()
+            .ok()
+            .filter(|address| !address.ip().is_unspecified()),
         paused_said: None,
         spare: 0,
         alarm_keys: Vec::new(),
@@ -172,9 +176,8 @@ struct Client {
     deadline: Option<Instant>,
     /// When the request being read must be whole (`http_request_timeout`).
     request_deadline: Option<Instant>,
-    /// The client's and the server's address, for the application (two system calls per
-    /// connection).
-    addresses: (Option<std::net::SocketAddr>, Option<std::net::SocketAddr>),
+    /// The client's and the server's address, for the application.
+    addresses: (Option<SocketAddr>, Option<SocketAddr>),
 }
 
 impl Client {
@@ -224,6 +227,9 @@ struct HttpWorker<'a> {
     unread: VecDeque<usize>,
     accepting: Accepting,
     max_clients: usize,
+    /// The address every connection comes in on, when the listener has one (None: it
+    /// listens on every interface, so each connection says which).
+    local_address: Option<SocketAddr>,
     /// When the last "not accepting" line was logged.
     paused_said: Option<Instant>,
     /// Idle workers that may still take a connection off this one's hands this turn.
@@ -412,8 +418,8 @@ impl HttpWorker<'_> {
                 return;
             }
             match sys::accept_nonblocking(self.listener) {
-                Ok(Some(stream)) => {
-                    if let Some(key) = self.add_client(stream) {
+                Ok(Some((stream, peer))) => {
+                    if let Some(key) = self.add_client(stream, peer) {
                         // With TCP_DEFER_ACCEPT its first bytes are usually here already.
                         self.on_readable(key);
                     }
@@ -457,7 +463,8 @@ impl HttpWorker<'_> {
             }
             match sys::receive_connection(lane.receive.as_fd()) {
                 Ok(Some(stream)) => {
-                    if let Some(key) = self.add_client(stream) {
+                    let peer = stream.peer_addr().ok();
+                    if let Some(key) = self.add_client(stream, peer) {
                         self.on_readable(key);
                     }
                 }
@@ -473,8 +480,9 @@ impl HttpWorker<'_> {
         }
     }
 
-    /// Holds `stream`; returns its key, None if it cannot be watched (it is closed).
-    fn add_client(&mut self, stream: TcpStream) -> Option<usize> {
+    /// Holds `stream`, connected from `peer`; returns its key, None if it cannot be watched
+    /// (it is closed).
+    fn add_client(&mut self, stream: TcpStream, peer: Option<SocketAddr>) -> Option<usize> {
         let config = self.spec.config;
         let max_body = Some(config.http_max_body_size.bytes()).filter(|max| *max > 0);
         let entry = self.clients.vacant_entry();
@@ -487,7 +495,10 @@ impl HttpWorker<'_> {
             debug!("{}: cannot watch a connection: {errno}", self.spec.name());
             return None;
         }
-        let addresses = (stream.peer_addr().ok(), stream.local_addr().ok());
+        // The listener's own address, unless it listens on every interface (no system call
+        // per connection then).
+        let local = self.local_address.or_else(|| stream.local_addr().ok());
+        let addresses = (peer, local);
         entry.insert(Client {
             addresses,
             stream,
@@ -524,7 +535,7 @@ impl HttpWorker<'_> {
                     "{}: cannot hand a connection over: {error}",
                     self.spec.name()
                 );
-                if let Some(key) = self.add_client(client.stream) {
+                if let Some(key) = self.add_client(client.stream, client.addresses.0) {
                     self.read_client(key);
                 }
             }

@@ -132,7 +132,18 @@ impl Surroundings {
     }
 
     fn take(&self, which: KitFd, what: &'static str) -> Result<OwnedFd, KitError> {
+        self.take_as(which, what, Ok)
+    }
+
+    /// The kit's descriptor `which` made into what `make` makes of it (a mapping).
+    fn take_as<T>(
+        &self,
+        which: KitFd,
+        what: &'static str,
+        make: impl FnOnce(OwnedFd) -> std::io::Result<T>,
+    ) -> Result<T, KitError> {
         sys::adopt_inherited(self.kit_fd + which as i32)
+            .and_then(make)
             .map_err(|error| KitError::Descriptor { what, error })
     }
 }
@@ -145,33 +156,26 @@ impl Surroundings {
 /// and signal mask, and the scoreboard it maps stays mapped until the process exits.
 pub fn serve(app: Box<dyn App>, describe: &str) -> Result<i32, KitError> {
     let here = Surroundings::from_environment()?;
-    let listener =
-        TcpListener::from(
-            sys::adopt_inherited(3).map_err(|error| KitError::Descriptor {
-                what: "listening socket",
-                error,
-            })?,
-        );
+    let listener = TcpListener::from(sys::adopt_inherited(sys::LISTEN_FD).map_err(|error| {
+        KitError::Descriptor {
+            what: "listening socket",
+            error,
+        }
+    })?);
     let text = read_config(here.take(KitFd::Config, "config")?)?;
     let config =
         Config::from_handed_text(&text).map_err(|error| KitError::Config(error.to_string()))?;
     // Mapped for the rest of the process's life: signal handlers point into them.
-    let board: &'static Board = Box::leak(Box::new(
-        Board::from_fd(here.take(KitFd::Board, "board")?).map_err(|error| {
-            KitError::Descriptor {
-                what: "board",
-                error,
-            }
-        })?,
-    ));
-    let row: &'static WorkerRow = Box::leak(Box::new(
-        WorkerRow::from_fd(here.take(KitFd::Row, "scoreboard row")?).map_err(|error| {
-            KitError::Descriptor {
-                what: "scoreboard row",
-                error,
-            }
-        })?,
-    ));
+    let board: &'static Board = Box::leak(Box::new(here.take_as(
+        KitFd::Board,
+        "board",
+        Board::from_fd,
+    )?));
+    let row: &'static WorkerRow = Box::leak(Box::new(here.take_as(
+        KitFd::Row,
+        "scoreboard row",
+        WorkerRow::from_fd,
+    )?));
     let doorbell = Doorbell::from_fd(here.take(KitFd::Doorbell, "doorbell")?);
     let lane = |send, receive| -> Result<Lane, KitError> {
         Ok(Lane {

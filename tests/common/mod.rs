@@ -482,31 +482,43 @@ impl KeepAlive {
             self.closed_by_server = true;
             return (parse_reply(""), false);
         }
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            let read = self.stream.read_line(&mut line).unwrap_or(0);
-            if read == 0 || line == "\r\n" {
-                break;
+        match read_response(&mut self.stream) {
+            Ok(reply) => {
+                self.closed_by_server = reply.head.contains("Connection: close");
+                (reply, true)
             }
-            head.push_str(&line);
+            Err(any_byte) => {
+                // No (whole) response: the connection is dead; the next request reconnects.
+                self.closed_by_server = true;
+                (parse_reply(""), any_byte)
+            }
         }
-        let length: usize = head
-            .lines()
-            .find_map(|line| line.strip_prefix("Content-Length: "))
-            .and_then(|value| value.trim().parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0; length];
-        if head.is_empty() || self.stream.read_exact(&mut body).is_err() {
-            // No (whole) response: the connection is dead; the next request reconnects.
-            self.closed_by_server = true;
-            return (parse_reply(""), !head.is_empty());
-        }
-        self.closed_by_server = head.contains("Connection: close");
-        let mut reply = parse_reply(&head);
-        reply.body = String::from_utf8_lossy(&body).into_owned();
-        (reply, true)
     }
+}
+
+/// Reads one response, framed by Content-Length, from `reader`; when the connection ends
+/// first, `Err` says whether any of it came.
+pub fn read_response(reader: &mut impl BufRead) -> Result<Reply, bool> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("Content-Length: "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    if head.is_empty() || reader.read_exact(&mut body).is_err() {
+        return Err(!head.is_empty());
+    }
+    let mut reply = parse_reply(&head);
+    reply.body = String::from_utf8_lossy(&body).into_owned();
+    Ok(reply)
 }
 
 /// How many descriptors process `pid` has open.

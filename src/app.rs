@@ -1,6 +1,8 @@
 //! The application interface: what an HTTP worker runs for each request.
 
-pub use crate::http::{Header, Request, Response};
+pub use crate::http::{
+    Body, BodyStream, Header, Part, Request, RequestBody, Response, StreamError,
+};
 
 use crate::config::Config;
 

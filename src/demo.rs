@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
-use crate::app::{App, Request, Response, WorkerInfo};
+use crate::app::{App, Request, RequestBody, Response, WorkerInfo};
 
 /// Longest `/sleep` or `/burn` accepted, so a typo cannot park a worker for days.
 const MAX_FAULT_MS: u64 = 3_600_000;
@@ -44,8 +44,15 @@ pub fn factory(worker: &WorkerInfo<'_>) -> anyhow::Result<Box<dyn App>> {
 impl App for DemoApp {
     fn handle(&mut self, request: &Request) -> Response {
         if request.path() == "/echo" {
-            return Response::new(200, request.body())
-                .header("Content-Type", "application/octet-stream");
+            let response = match request.body() {
+                RequestBody::Memory(bytes) => Response::new(200, bytes.clone()),
+                // A large body, from its temporary file, by sendfile.
+                RequestBody::File { file, len } => match file.try_clone() {
+                    Ok(file) => Response::file(200, file, 0, *len),
+                    Err(error) => Response::text(500, format!("cannot read the body: {error}\n")),
+                },
+            };
+            return response.header("Content-Type", "application/octet-stream");
         }
         if !matches!(request.method(), "GET" | "HEAD") {
             return Response::text(405, "method not allowed: use GET or HEAD\n")

@@ -49,7 +49,10 @@ mod worker;
 
 use std::path::Path;
 
-pub use app::{App, AppFactory, Header, Request, Response, WorkerInfo};
+pub use app::{
+    App, AppFactory, Body, BodyStream, Header, Part, Request, RequestBody, Response, StreamError,
+    WorkerInfo,
+};
 
 /// forkwarden's HTTP worker inside a program forkwarden started for an HTTP worker slot
 /// (the Python runner): the same loop as the built-in workers, serving the program's own

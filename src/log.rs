@@ -34,7 +34,13 @@ static OWNER: Mutex<Option<(Uid, Gid)>> = Mutex::new(None);
 
 enum Sink {
     Stderr,
-    File { path: PathBuf, file: File },
+    File {
+        path: PathBuf,
+        file: File,
+    },
+    /// The master's standard error, handed to a program's worker (see `worker::kit`): not
+    /// reopened.
+    Handed(File),
 }
 
 fn sink() -> MutexGuard<'static, Sink> {
@@ -79,20 +85,50 @@ pub fn init(config: &Config) -> Result<Logging, LogError> {
     Ok(Logging { level: handle })
 }
 
-/// Logging for forkwarden's worker inside a program (see `worker::kit`): lines on standard
-/// error, which the master reads and logs as the program's, at the level each line states
-/// (so no time here: the master's line has it). A program that set up its own subscriber
-/// keeps it.
-pub fn init_for_program(config: &Config) {
+/// Logging for forkwarden's worker inside a program (see `worker::kit`): its lines go
+/// where the master's go, `destination` (the log file, reopened at its path after a
+/// rotation, or the master's standard error), formatted as a built-in worker's. A program
+/// that set up its own subscriber keeps it.
+pub fn init_for_program(config: &Config, destination: File) {
+    *sink() = match &config.logfile {
+        Some(path) => Sink::File {
+            path: path.clone(),
+            file: destination,
+        },
+        None => Sink::Handed(destination),
+    };
     let lines = tracing_subscriber::fmt::layer()
-        .with_writer(io::stderr)
+        .with_writer(|| SinkWriter)
         .with_ansi(false)
-        .with_target(false)
-        .without_time();
-    let _ = tracing_subscriber::registry()
-        .with(level_filter(config.log_level))
-        .with(lines.fmt_fields(MessageOnly))
-        .try_init();
+        .with_target(false);
+    let level = level_filter(config.log_level);
+    let _ = match config.log_format {
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(level)
+            .with(lines.fmt_fields(MessageOnly))
+            .try_init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(level)
+            .with(lines.json().flatten_event(true))
+            .try_init(),
+    };
+}
+
+/// A descriptor of where log lines go now (the log file, or standard error), for a
+/// program's worker to write its own (see [`init_for_program`]).
+pub fn duplicate_destination() -> io::Result<std::os::fd::OwnedFd> {
+    match &*sink() {
+        Sink::Stderr => crate::sys::duplicate_descriptor(libc::STDERR_FILENO),
+        Sink::File { file, .. } | Sink::Handed(file) => {
+            crate::sys::duplicate_descriptor(file.as_raw_fd())
+        }
+    }
+}
+
+/// Writes `line` (a whole line, newline included) to the log as it is: one `write`, so it
+/// never interleaves with another process's line.
+pub fn write_line(line: &[u8]) {
+    let _ = SinkWriter.write_all(line);
 }
 
 impl Logging {
@@ -118,7 +154,7 @@ impl Logging {
 /// Reopens the log file at its path (after logrotate moved it); no-op for stderr.
 pub fn reopen() -> Result<(), LogError> {
     let path = match &*sink() {
-        Sink::Stderr => return Ok(()),
+        Sink::Stderr | Sink::Handed(_) => return Ok(()),
         Sink::File { path, .. } => path.clone(),
     };
     point_sink_at(Some(&path))
@@ -128,7 +164,7 @@ pub fn reopen() -> Result<(), LogError> {
 pub fn descriptor() -> Option<RawFd> {
     match &*sink() {
         Sink::Stderr => None,
-        Sink::File { file, .. } => Some(file.as_raw_fd()),
+        Sink::File { file, .. } | Sink::Handed(file) => Some(file.as_raw_fd()),
     }
 }
 
@@ -240,7 +276,7 @@ impl Write for SinkWriter {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         match &mut *sink() {
             Sink::Stderr => io::stderr().lock().write_all(buf),
-            Sink::File { file, .. } => file.write_all(buf),
+            Sink::File { file, .. } | Sink::Handed(file) => file.write_all(buf),
         }
     }
 

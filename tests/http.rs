@@ -21,6 +21,8 @@ against_both!(
     a_worker_is_recycled_after_limit_request_requests,
     more_keep_alive_clients_than_workers_all_get_answers,
     reloads_and_scaling_under_keep_alive_load_lose_no_request,
+    each_request_gets_an_access_line_from_the_worker_that_served_it,
+    access_lines_are_json_objects_with_log_format_json,
 );
 
 fn connect(port: u16) -> TcpStream {
@@ -62,6 +64,59 @@ fn every_class_of_bad_request_gets_its_status(flavour: Flavour) {
         assert_eq!(reply.status, status, "{reply:?}");
     }
     assert_eq!(server.get("/pid").body, pid, "the same worker still serves");
+}
+
+fn each_request_gets_an_access_line_from_the_worker_that_served_it(flavour: Flavour) {
+    let server = flavour.server("access_log = true", 1);
+    let pid = server.get("/pid").body.trim().to_string();
+    let reply = parse_reply(&send_raw(
+        server.port,
+        b"GET /health?probe=1 HTTP/1.1\r\nHost: h\r\nUser-Agent: tester/1 \"quoted\"\r\n\
+          Referer: http://r.test/\r\nConnection: close\r\n\r\n",
+    ));
+    assert_eq!(reply.status, 200);
+    let line = server.wait_for_log("\"GET /health?probe=1 HTTP/1.1\" 200 ");
+    let bytes = reply.body.len();
+    assert!(
+        line.starts_with("127.0.0.1 - - ["),
+        "the combined log format, as it is: {line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "\" 200 {bytes} \"http://r.test/\" \"tester/1 \\x22quoted\\x22\" "
+        )),
+        "{line}"
+    );
+    assert!(line.ends_with(&format!(" http-0 pid={pid}")), "{line}");
+    // A request that cannot be read is logged too, with its status.
+    let reply = parse_reply(&send_raw(server.port, b"THIS IS NOT HTTP\r\n\r\n"));
+    assert_eq!(reply.status, 400);
+    server.wait_for_log("\"-\" 400 ");
+    // HEAD sends no body: 0 bytes.
+    let reply = parse_reply(&send_raw(
+        server.port,
+        b"HEAD /health HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    ));
+    assert_eq!(reply.status, 200);
+    server.wait_for_log("\"HEAD /health HTTP/1.1\" 200 0 ");
+}
+
+fn access_lines_are_json_objects_with_log_format_json(flavour: Flavour) {
+    let server = flavour.server("access_log = true\nlog_format = \"json\"", 1);
+    assert_eq!(server.get("/health?x=%20").status, 200);
+    let line = server.wait_for_log("\"event\":\"access\"");
+    for field in [
+        "\"method\":\"GET\"",
+        "\"path\":\"/health\"",
+        "\"query\":\"x=%20\"",
+        "\"status\":200",
+        "\"worker\":\"http-0\"",
+        "\"remote_addr\":\"127.0.0.1\"",
+        "\"duration_us\":",
+    ] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+    assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
 }
 
 #[test]
@@ -165,6 +220,24 @@ fn chunked_and_sized_bodies_reach_the_application_whole(flavour: Flavour) {
     let reply = parse_reply(&sized);
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body.len(), large.len(), "a whole 200 kB body back");
+    // Past what a worker keeps in memory (1 MiB), chunked: it goes through a temporary file
+    // and comes back whole, in order.
+    let pattern: String = (0..3 * 1024 * 1024 / 8)
+        .map(|index| format!("{:07x}\n", index % 0xfff_ffff))
+        .collect();
+    let mut request =
+        b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            .to_vec();
+    for piece in pattern.as_bytes().chunks(100_000) {
+        request.extend(format!("{:x}\r\n", piece.len()).as_bytes());
+        request.extend(piece);
+        request.extend(b"\r\n");
+    }
+    request.extend(b"0\r\n\r\n");
+    let reply = parse_reply(&send_raw(server.port, &request));
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body.len(), pattern.len(), "a whole 3 MiB body back");
+    assert!(reply.body == pattern, "the 3 MiB body back as sent");
 }
 
 fn head_gets_the_head_of_get(flavour: Flavour) {

@@ -4,7 +4,12 @@
 
 mod common;
 
-use common::{SOON, Server, parse_reply, python_runner_path, send_raw, wait_until};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+
+use common::{
+    KeepAlive, SOON, Server, parse_reply, python_runner_path, read_response, send_raw, wait_until,
+};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -142,4 +147,152 @@ fn a_memory_error_answers_500_and_the_worker_is_replaced() {
     assert!(line.contains("this worker leaves to be replaced"), "{line}");
     server.wait_for_log("exited: the application asked to be replaced");
     assert!(wait_until(SOON, || server.get("/environ").status == 200));
+}
+
+#[test]
+fn a_generator_s_parts_go_out_as_they_come_chunked() {
+    let server = probe_server();
+    let marker = server.dir.path().join("second-part-may-come");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream.set_read_timeout(Some(SOON)).unwrap();
+    let request = format!(
+        "GET /stream?marker={} HTTP/1.1\r\nHost: t\r\n\r\n",
+        marker.display()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    // The first part comes while the application still waits to produce the second.
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("first;") {
+        let read = stream
+            .read(&mut buffer)
+            .expect("the first part, before the second");
+        assert!(read > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buffer[..read]);
+    }
+    let head = String::from_utf8_lossy(&seen).into_owned();
+    assert!(head.contains("Transfer-Encoding: chunked\r\n"), "{head}");
+    assert!(!head.contains("Content-Length"), "{head}");
+    std::fs::write(&marker, b"").unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut rest = String::new();
+    while !rest.ends_with("0\r\n\r\n") {
+        assert!(reader.read_line(&mut rest).unwrap() > 0, "{head}{rest}");
+    }
+    let whole = parse_reply(&format!("{head}{rest}"));
+    assert_eq!(whole.body, "first;second");
+    // The connection carries the next request.
+    let mut keep_alive = reader;
+    keep_alive
+        .get_mut()
+        .write_all(b"GET /environ HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let next = read_response(&mut keep_alive).expect("a response on the same connection");
+    assert_eq!(next.status, 200);
+}
+
+#[test]
+fn a_stated_length_frames_a_streamed_body_and_http_1_0_gets_it_until_close() {
+    let server = probe_server();
+    let mut connection = KeepAlive::connect(server.port);
+    let reply = connection.get("/stream-length");
+    assert_eq!(reply.body, "1234567890", "{reply:?}");
+    assert!(reply.head.contains("Content-Length: 10\r\n"), "{reply:?}");
+    assert!(!reply.head.contains("chunked"), "{reply:?}");
+    // Past the stated length nothing went out: the next response on the connection is whole.
+    assert_eq!(connection.get("/environ").status, 200);
+    // Shorter than stated: the client sees the connection end, not a complete body.
+    let short = send_raw(
+        server.port,
+        b"GET /stream-short HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    assert!(short.ends_with("\r\n\r\n123456"), "{short}");
+    let old = send_raw(
+        server.port,
+        b"GET /close HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    );
+    let reply = parse_reply(&old);
+    assert_eq!(reply.body, "one two", "{old}");
+    assert!(reply.head.contains("Connection: close"), "{old}");
+    assert!(!reply.head.contains("chunked"), "{old}");
+}
+
+#[test]
+fn a_generator_that_fails_mid_body_ends_the_connection_and_is_closed() {
+    let server = probe_server();
+    let text = send_raw(server.port, b"GET /stream-fail HTTP/1.1\r\nHost: t\r\n\r\n");
+    // The head and first part went out; no last chunk: the client knows it is cut short.
+    assert!(text.contains("part one;"), "{text}");
+    assert!(!text.ends_with("0\r\n\r\n"), "{text}");
+    server.wait_for_log("the application failed while its response was being sent");
+    server.wait_for_log("RuntimeError: failing while iterating, on purpose");
+    server.wait_for_log("wsgi_probe: closed (1 so far)");
+    assert_eq!(server.get("/environ").status, 200);
+}
+
+#[test]
+fn a_wrapped_regular_file_goes_out_by_sendfile_from_where_the_application_left_it() {
+    let server = probe_server();
+    let source = std::fs::read_to_string(format!("{REPO}/tests/apps/wsgi_probe.py")).unwrap();
+    let reply = server.get("/sendfile?skip=100");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, source[100..]);
+    // Its length is known: stated, not chunked.
+    assert!(
+        reply
+            .head
+            .contains(&format!("Content-Length: {}\r\n", source.len() - 100)),
+        "{}",
+        reply.head
+    );
+    // One read: the application's own (skipping 100 bytes); none to send the file.
+    assert_eq!(server.get("/file-reads").body, "1");
+    let mut connection = KeepAlive::connect(server.port);
+    assert_eq!(connection.get("/sendfile").body, source);
+    assert_eq!(connection.get("/file-reads").body, "1");
+}
+
+#[test]
+fn a_large_body_reaches_wsgi_input_from_a_temporary_file_and_a_small_one_from_memory() {
+    let server = probe_server();
+    let body: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|index| (index % 251) as u8)
+        .collect();
+    let mut request = format!(
+        "POST /input HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend(&body);
+    let reply = parse_reply(&send_raw(server.port, &request));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        field(&reply.body, "kind").as_deref(),
+        Some("BufferedReader")
+    );
+    assert_eq!(field(&reply.body, "length"), Some(body.len().to_string()));
+    assert_eq!(
+        field(&reply.body, "content_length"),
+        Some(body.len().to_string())
+    );
+    let digest = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(&body)?;
+            child.wait_with_output()
+        })
+        .expect("sha256sum");
+    let digest = String::from_utf8_lossy(&digest.stdout);
+    assert_eq!(
+        field(&reply.body, "sha256").as_deref(),
+        digest.split_whitespace().next()
+    );
+    let small = parse_reply(&send_raw(
+        server.port,
+        b"POST /input HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    ));
+    assert_eq!(field(&small.body, "kind").as_deref(), Some("BytesIO"));
+    assert_eq!(field(&small.body, "length").as_deref(), Some("2"));
 }

@@ -12,12 +12,14 @@
 
 use std::collections::HashMap;
 
-use forkwarden::{App, Request, Response};
+use std::os::fd::AsRawFd;
+
+use forkwarden::{App, BodyStream, Part, Request, RequestBody, Response, StreamError};
 use percent_encoding::percent_decode_str;
 use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyIterator, PyList, PyString, PyTuple};
 
 /// Most distinct header names whose environ keys are kept (`User-Agent` -> `HTTP_USER_AGENT`):
 /// a client sending new names at every request cannot grow the worker's memory past it.
@@ -44,8 +46,10 @@ struct Wsgi {
     app: Py<PyAny>,
     /// What every environ holds, whatever the request (copied for each).
     base: Py<PyDict>,
-    /// `io.BytesIO`, the type of `wsgi.input`.
+    /// `io.BytesIO`, the type of `wsgi.input` for a body in memory.
     bytes_io: Py<PyAny>,
+    /// `open`, for `wsgi.input` of a body in a temporary file.
+    open: Py<PyAny>,
     /// The environ key of each header name seen (see [`KEY_CACHE`]).
     keys: HashMap<String, Py<PyString>>,
 }
@@ -69,46 +73,75 @@ impl Wsgi {
             app,
             base: base.unbind(),
             bytes_io: py.import("io")?.getattr("BytesIO")?.unbind(),
+            open: py.import("io")?.getattr("open")?.unbind(),
             keys: HashMap::new(),
         })
     }
 
     /// Calls the application on `request`; an error is the application's (or its answer
-    /// is not WSGI).
+    /// is not WSGI). Its body is sent as it comes: what is known when the application
+    /// returns (a list, a body of its stated length) at once, the rest (a generator) part by
+    /// part, a file by sendfile.
     fn call(&mut self, py: Python<'_>, request: &Request) -> PyResult<Response> {
         let environ = self.environ(py, request)?;
         let start = Bound::new(py, StartResponse::default())?;
         let result = self.app.bind(py).call1((environ, &start))?;
-        let mut body = Vec::new();
-        let collected = collect(&result, &mut body);
-        // PEP 3333: close() is called whatever happened while iterating (a list or a
-        // tuple, the common answers, has none to look for).
-        let closed = if result.is_exact_instance_of::<PyList>()
-            || result.is_exact_instance_of::<PyTuple>()
-        {
-            Ok(())
-        } else {
-            match result.getattr_opt(intern!(py, "close"))? {
-                Some(close) => close.call0().map(drop),
-                None => Ok(()),
+        let body = match first_parts(&result) {
+            Ok(body) => body,
+            Err(error) => {
+                close(&result)?;
+                return Err(error);
             }
         };
-        collected?;
-        closed?;
         let mut start = start.borrow_mut();
         let Some(status) = start.status else {
+            close(&result)?;
             return Err(PyRuntimeError::new_err(
                 "the application returned without calling start_response",
             ));
         };
-        let mut all = std::mem::take(&mut start.written);
-        if all.is_empty() {
-            all = body;
-        } else {
-            all.extend_from_slice(&body);
-        }
-        let mut response = Response::new(status, all);
-        for (name, value) in &start.headers {
+        let written = std::mem::take(&mut start.written);
+        let headers = std::mem::take(&mut start.headers);
+        let declared = headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, value)| value.trim().parse::<u64>().ok());
+        let mut response = match body {
+            FirstParts::All(mut bytes) => {
+                close(&result)?;
+                prepend(&mut bytes, written);
+                Response::new(status, bytes)
+            }
+            // As long as stated: the rest is not asked for (PEP 3333 lets a server stop
+            // iterating; close() tells the application).
+            FirstParts::First(mut bytes, _)
+                if declared
+                    .is_some_and(|length| (bytes.len() + written.len()) as u64 >= length) =>
+            {
+                close(&result)?;
+                prepend(&mut bytes, written);
+                Response::new(status, bytes)
+            }
+            FirstParts::First(first, rest) => {
+                start.headers_sent = true;
+                let mut first = first;
+                prepend(&mut first, written);
+                WsgiBody::response(status, [Part::Bytes(first)], Some(rest), result)
+            }
+            FirstParts::File(file) => {
+                start.headers_sent = true;
+                // Its length is known: no need for chunks.
+                let length = file.known_len().filter(|_| declared.is_none());
+                let length = length.map(|length| length + written.len() as u64);
+                let response =
+                    WsgiBody::response(status, [Part::Bytes(written), file], None, result);
+                match length {
+                    Some(length) => response.header("Content-Length", &length.to_string()),
+                    None => response,
+                }
+            }
+        };
+        for (name, value) in &headers {
             response = response.header(name, value);
         }
         Ok(response)
@@ -136,7 +169,17 @@ impl Wsgi {
             environ.set_item(intern!(py, "SERVER_PORT"), local.port().to_string())?;
         }
         let body = request.body();
-        let input = self.bytes_io.bind(py).call1((PyBytes::new(py, body),))?;
+        let input = match body {
+            RequestBody::Memory(bytes) => {
+                self.bytes_io.bind(py).call1((PyBytes::new(py, bytes),))?
+            }
+            // A large body is in an unnamed temporary file: the application reads it from
+            // there (its own open file, from the start), not from a copy in memory.
+            RequestBody::File { file, .. } => self.open.bind(py).call1((
+                format!("/proc/self/fd/{}", file.as_raw_fd()),
+                intern!(py, "rb"),
+            ))?,
+        };
         environ.set_item(intern!(py, "wsgi.input"), input)?;
         // The length of the body as read (a chunked one, decoded), so that an application
         // that reads CONTENT_LENGTH bytes gets all of it.
@@ -233,31 +276,154 @@ impl App for Wsgi {
     }
 }
 
-/// Appends the byte strings `result` yields to `body`.
-fn collect(result: &Bound<'_, PyAny>, body: &mut Vec<u8>) -> PyResult<()> {
-    let mut append = |item: &Bound<'_, PyAny>| -> PyResult<()> {
-        let bytes = item.cast::<PyBytes>().map_err(|_| {
+/// What a WSGI application's result holds before anything is sent.
+enum FirstParts<'py> {
+    /// All of its body (a list or a tuple, or an iterable that ended at once or after its
+    /// first part).
+    All(Vec<u8>),
+    /// Its first part, and the iterator for the rest (which may take its time: a
+    /// generator).
+    First(Vec<u8>, Bound<'py, PyIterator>),
+    /// A `wsgi.file_wrapper` of a regular file: sent by sendfile.
+    File(Part),
+}
+
+/// The parts of `result` that are there without waiting: all of a list or tuple, the first
+/// part of anything else (asking for a second could wait on the application, and the first
+/// must not wait for it: PEP 3333).
+fn first_parts<'py>(result: &Bound<'py, PyAny>) -> PyResult<FirstParts<'py>> {
+    let mut body = Vec::new();
+    // The common case, a list, without an iterator object.
+    if let Ok(list) = result.cast::<PyList>() {
+        for item in list.iter() {
+            body.extend_from_slice(bytes_of(&item)?);
+        }
+        return Ok(FirstParts::All(body));
+    }
+    if let Ok(wrapper) = result.cast::<FileWrapper>()
+        && let Some(file) = wrapper.borrow().sendable(result.py())?
+    {
+        return Ok(FirstParts::File(file));
+    }
+    let mut parts = result.try_iter()?;
+    match parts.next() {
+        None => Ok(FirstParts::All(body)),
+        Some(first) => {
+            body.extend_from_slice(bytes_of(&first?)?);
+            if result.is_exact_instance_of::<PyTuple>() {
+                for item in parts {
+                    body.extend_from_slice(bytes_of(&item?)?);
+                }
+                return Ok(FirstParts::All(body));
+            }
+            Ok(FirstParts::First(body, parts))
+        }
+    }
+}
+
+/// The bytes of an item the application yielded; a TypeError if it is not bytes.
+fn bytes_of<'a>(item: &'a Bound<'_, PyAny>) -> PyResult<&'a [u8]> {
+    item.cast::<PyBytes>()
+        .map(|bytes| bytes.as_bytes())
+        .map_err(|_| {
             PyTypeError::new_err(format!(
                 "the application yielded {}, not bytes",
                 item.get_type()
                     .name()
                     .map_or_else(|_| "?".to_string(), |name| name.to_string())
             ))
-        })?;
-        body.extend_from_slice(bytes.as_bytes());
-        Ok(())
-    };
-    // The common case, a list, without an iterator object.
-    if let Ok(list) = result.cast::<PyList>() {
-        for item in list.iter() {
-            append(&item)?;
-        }
+        })
+}
+
+/// Calls the result's `close()`, as PEP 3333 asks whatever happened (a list or a tuple,
+/// the common answers, has none to look for).
+fn close(result: &Bound<'_, PyAny>) -> PyResult<()> {
+    if result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>() {
         return Ok(());
     }
-    for item in result.try_iter()? {
-        append(&item?)?;
+    match result.getattr_opt(intern!(result.py(), "close"))? {
+        Some(close) => close.call0().map(drop),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Puts what the application gave the legacy `write()` before `body`.
+fn prepend(body: &mut Vec<u8>, mut written: Vec<u8>) {
+    if !written.is_empty() {
+        written.append(body);
+        *body = written;
+    }
+}
+
+/// The rest of a WSGI response body, sent part by part: what was already taken from the
+/// result, then what its iterator yields; `close()` at the end.
+struct WsgiBody {
+    ahead: std::collections::VecDeque<Part>,
+    rest: Option<Py<PyIterator>>,
+    result: Py<PyAny>,
+}
+
+impl WsgiBody {
+    fn response<const N: usize>(
+        status: u16,
+        ahead: [Part; N],
+        rest: Option<Bound<'_, PyIterator>>,
+        result: Bound<'_, PyAny>,
+    ) -> Response {
+        let ahead = ahead
+            .into_iter()
+            .filter(|part| !matches!(part, Part::Bytes(bytes) if bytes.is_empty()))
+            .collect();
+        Response::streaming(
+            status,
+            Box::new(Self {
+                ahead,
+                rest: rest.map(Bound::unbind),
+                result: result.unbind(),
+            }),
+        )
+    }
+}
+
+impl BodyStream for WsgiBody {
+    fn next_part(&mut self) -> Result<Option<Part>, StreamError> {
+        if let Some(part) = self.ahead.pop_front() {
+            return Ok(Some(part));
+        }
+        let Some(rest) = &self.rest else {
+            return Ok(None);
+        };
+        Python::attach(|py| {
+            let failed = |error: PyErr| {
+                tracing::error!(
+                    "forkwarden_wsgi: the application failed while its response was being \
+                     sent; the connection is closed:"
+                );
+                error.print(py);
+                StreamError(error.to_string())
+            };
+            loop {
+                let Some(item) = rest.bind(py).clone().next() else {
+                    return Ok(None);
+                };
+                let item = item.map_err(failed)?;
+                let bytes = bytes_of(&item).map_err(failed)?;
+                // An empty part is no part (and would end a chunked body).
+                if !bytes.is_empty() {
+                    return Ok(Some(Part::Bytes(bytes.to_vec())));
+                }
+            }
+        })
+    }
+
+    fn finish(&mut self) {
+        Python::attach(|py| {
+            if let Err(error) = close(self.result.bind(py)) {
+                tracing::error!("forkwarden_wsgi: the response's close() failed:");
+                error.print(py);
+            }
+        });
+    }
 }
 
 /// A str of the code points of `bytes` (latin-1), as PEP 3333 has bytes carried in str.
@@ -282,6 +448,8 @@ struct StartResponse {
     headers: Vec<(String, String)>,
     /// What the application gave the legacy `write` callable.
     written: Vec<u8>,
+    /// The head has gone (or is going) out: status and headers can no longer change.
+    headers_sent: bool,
 }
 
 #[pymethods]
@@ -295,9 +463,15 @@ impl StartResponse {
     ) -> PyResult<Bound<'py, PyAny>> {
         {
             let mut this = slf.borrow_mut();
-            // Called again only with exc_info (PEP 3333); nothing is sent before the
-            // application returns, so the new status replaces the old.
-            if this.status.is_some() && exc_info.is_none_or(|info| info.is_none()) {
+            let exc_info = exc_info.filter(|info| !info.is_none());
+            // Called again only with exc_info (PEP 3333): before the head is sent, the new
+            // status replaces the old; after, the error is raised again.
+            if let Some(info) = &exc_info
+                && this.headers_sent
+            {
+                return Err(PyErr::from_value(info.get_item(1)?));
+            }
+            if this.status.is_some() && exc_info.is_none() {
                 return Err(PyRuntimeError::new_err(
                     "start_response called a second time without exc_info",
                 ));
@@ -311,9 +485,17 @@ impl StartResponse {
         slf.getattr("write")
     }
 
-    /// The legacy `write(data)` callable that `start_response` returns.
-    fn write(&mut self, data: &[u8]) {
+    /// The legacy `write(data)` callable that `start_response` returns: what it is given
+    /// goes out before the result's body.
+    fn write(&mut self, data: &[u8]) -> PyResult<()> {
+        if self.headers_sent {
+            return Err(PyRuntimeError::new_err(
+                "write() called while the result is being iterated: forkwarden sends what \
+                 write() was given before the result's body; yield those bytes instead",
+            ));
+        }
         self.written.extend_from_slice(data);
+        Ok(())
     }
 }
 
@@ -352,6 +534,31 @@ fn check_header(name: &str, value: &str) -> PyResult<()> {
 struct FileWrapper {
     file: Py<PyAny>,
     block_size: usize,
+}
+
+impl FileWrapper {
+    /// The wrapped file as a part for sendfile, from where the application left it: None
+    /// unless it is a regular file with a descriptor (a BytesIO, a pipe, a socket are read
+    /// in blocks instead).
+    fn sendable(&self, py: Python<'_>) -> PyResult<Option<Part>> {
+        let file = self.file.bind(py);
+        let Some(fileno) = file.getattr_opt(intern!(py, "fileno"))? else {
+            return Ok(None);
+        };
+        let Ok(fd) = fileno.call0().and_then(|fd| fd.extract::<i32>()) else {
+            return Ok(None);
+        };
+        // Where the application's reads left it (its buffer included), not the
+        // descriptor's offset.
+        let offset = match file.getattr_opt(intern!(py, "tell"))? {
+            Some(tell) => match tell.call0().and_then(|at| at.extract::<u64>()) {
+                Ok(offset) => offset,
+                Err(_) => return Ok(None),
+            },
+            None => 0,
+        };
+        Ok(Part::file_at(fd, offset).ok().flatten())
+    }
 }
 
 #[pymethods]

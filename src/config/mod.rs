@@ -88,6 +88,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `error`, `warn`, `info`, `debug` or `trace`.
     pub log_level: LogLevel,
+    /// One line per request from the HTTP workers (a program's too, with the worker kit):
+    /// the combined log format, or a JSON object with `log_format = "json"`.
+    pub access_log: bool,
     /// Log file (relative to the config file's directory); unset: standard error.
     pub logfile: Option<PathBuf>,
     /// File the master writes its pid to (relative to the config file's directory).
@@ -259,6 +262,7 @@ impl Default for Config {
             run_as: None,
             log_format: LogFormat::Text,
             log_level: LogLevel::Info,
+            access_log: false,
             logfile: None,
             pidfile: None,
             demo_fault_endpoints: false,

@@ -5,6 +5,7 @@
 //! too slow 408, body too large 413, head too large 431, unsupported framing 501. The
 //! worker's event loop (`worker/http.rs`) owns the sockets.
 
+pub mod body;
 pub mod parse;
 
 use std::cell::RefCell;
@@ -12,10 +13,8 @@ use std::io;
 use std::net::TcpListener;
 use std::time::{Duration, SystemTime};
 
+pub use body::RequestBody;
 pub use parse::{Reject, RequestReader};
-
-/// Response bodies up to this size go out in one write with their head.
-const SMALL_BODY: usize = 16 * 1024;
 
 /// One header field of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,14 +24,14 @@ pub struct Header {
 }
 
 /// A complete request: head and body.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Request {
     method: String,
     target: String,
     /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     minor_version: u8,
     headers: Vec<Header>,
-    body: Vec<u8>,
+    body: RequestBody,
     /// The client's address, as the connection says (not a proxy's header).
     peer: Option<std::net::SocketAddr>,
     /// The server's address the client connected to.
@@ -107,7 +106,8 @@ impl Request {
         &self.headers
     }
 
-    pub fn body(&self) -> &[u8] {
+    /// The body, whole (in memory, or in a temporary file when large).
+    pub fn body(&self) -> &RequestBody {
         &self.body
     }
 
@@ -127,23 +127,128 @@ impl Request {
 }
 
 /// A response from the application.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Response {
     status: u16,
     headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    body: Body,
     /// The worker leaves after sending it, and a fresh one takes its place.
     replace_worker: bool,
 }
+
+/// What follows a response's head.
+pub enum Body {
+    /// All of it, known when the application returns.
+    Bytes(Vec<u8>),
+    /// Produced while it is sent: an application's generator, a file.
+    Stream(Box<dyn BodyStream>),
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bytes(bytes) => write!(formatter, "Bytes({} bytes)", bytes.len()),
+            Self::Stream(_) => formatter.write_str("Stream"),
+        }
+    }
+}
+
+/// A response body produced while it is sent. The worker asks for each part once the one
+/// before it is sent (nothing is held back waiting for the next), and calls `finish` once
+/// at the end, whether the body went out whole or not.
+pub trait BodyStream {
+    /// The next part, None at the end. An error ends the response where it stands: the
+    /// connection is closed, so the client sees a body cut short, not a complete one.
+    fn next_part(&mut self) -> Result<Option<Part>, StreamError>;
+
+    /// The response is over (WSGI's `close()`): sent whole, cut short or not sent at all.
+    fn finish(&mut self) {}
+}
+
+/// A body of one part known in advance.
+struct OnePart(Option<Part>);
+
+impl BodyStream for OnePart {
+    fn next_part(&mut self) -> Result<Option<Part>, StreamError> {
+        Ok(self.0.take())
+    }
+}
+
+/// A part of a streamed body.
+pub enum Part {
+    Bytes(Vec<u8>),
+    /// A file's bytes from `offset` to its end (at most `len` of them): sent by the kernel
+    /// (sendfile), never read into the worker; the file's own offset does not move.
+    File {
+        file: std::fs::File,
+        offset: u64,
+        len: Option<u64>,
+    },
+}
+
+impl Part {
+    /// How many bytes it holds, when known.
+    pub fn known_len(&self) -> Option<u64> {
+        match self {
+            Part::Bytes(bytes) => Some(bytes.len() as u64),
+            Part::File { len, .. } => *len,
+        }
+    }
+
+    /// The regular file open on descriptor number `fd` (which stays its owner's), from
+    /// `offset` to its end as it is now; None if `fd` is not a regular file (a pipe, a
+    /// socket: read it instead).
+    pub fn file_at(fd: std::os::fd::RawFd, offset: u64) -> io::Result<Option<Part>> {
+        let file = std::fs::File::from(crate::sys::duplicate_descriptor(fd)?);
+        let metadata = file.metadata()?;
+        if !metadata.is_file() {
+            return Ok(None);
+        }
+        Ok(Some(Part::File {
+            file,
+            offset,
+            len: Some(metadata.len().saturating_sub(offset)),
+        }))
+    }
+}
+
+/// Why a streamed body stopped before its end (the application's error, already logged or
+/// to be logged by the worker).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StreamError(pub String);
 
 impl Response {
     pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Self {
         Self {
             status,
             headers: Vec::new(),
-            body: body.into(),
+            body: Body::Bytes(body.into()),
             replace_worker: false,
         }
+    }
+
+    /// A response whose body is sent as `stream` produces it: with the application's
+    /// `Content-Length` if it gave one, else chunked (to HTTP/1.0 clients: until the
+    /// connection closes).
+    pub fn streaming(status: u16, stream: Box<dyn BodyStream>) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: Body::Stream(stream),
+            replace_worker: false,
+        }
+    }
+
+    /// A response whose body is `len` bytes of `file` from `offset`, sent by sendfile.
+    pub fn file(status: u16, file: std::fs::File, offset: u64, len: u64) -> Self {
+        let part = Part::File {
+            file,
+            offset,
+            len: Some(len),
+        };
+        Self::streaming(status, Box::new(OnePart(Some(part))))
+            .header("Content-Length", &len.to_string())
     }
 
     /// Asks for the worker to leave once this response is sent, and a fresh one to take its
@@ -164,8 +269,8 @@ impl Response {
         Self::new(status, body.into()).header("Content-Type", "text/plain; charset=utf-8")
     }
 
-    /// Adds a header. Framing headers (`Content-Length`, `Transfer-Encoding`, `Connection`)
-    /// are set by forkwarden and ignored here.
+    /// Adds a header. Framing headers (`Transfer-Encoding`, `Connection`) are set by
+    /// forkwarden and ignored here, and so is `Content-Length` but on a streamed body.
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_string(), value.to_string()));
         self
@@ -175,9 +280,35 @@ impl Response {
         self.status
     }
 
-    pub fn body(&self) -> &[u8] {
+    pub fn body(&self) -> &Body {
         &self.body
     }
+
+    /// The body, for the worker to send.
+    pub(crate) fn take_body(&mut self) -> Body {
+        std::mem::replace(&mut self.body, Body::Bytes(Vec::new()))
+    }
+
+    /// The `Content-Length` the application gave, if valid.
+    fn declared_length(&self) -> Option<u64> {
+        self.headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, value)| value.trim().parse().ok())
+    }
+}
+
+/// How a response's body is delimited on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body follows the head (HEAD, 1xx, 204, 304).
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the connection closes (a streamed body of unknown length to HTTP/1.0).
+    UntilClose,
 }
 
 /// Sets on a listening socket the options every connection accepted from it needs: no
@@ -194,31 +325,47 @@ pub fn configure_listener(
     crate::sys::defer_accept(listener, u32::try_from(defer).unwrap_or(u32::MAX))
 }
 
-/// The bytes of `response` to `request` (None: a request that could not be read):
-/// the head, and the body to send after it (empty for HEAD and bodiless statuses); a small
-/// body is appended to the head, so that one write sends both. `keep_alive` says whether the
-/// connection stays open after it.
-pub fn response_bytes<'r>(
+/// The head of `response` to `request` (None: a request that could not be read), and how
+/// its body follows it. `keep_alive` says whether the connection may stay open after it;
+/// the head says it will only if the framing allows (a body delimited by the connection's
+/// end does not), and the framing returned says which.
+pub fn response_head(
     request: Option<&Request>,
-    response: &'r Response,
+    response: &Response,
     keep_alive: bool,
-) -> (Vec<u8>, &'r [u8]) {
+) -> (Vec<u8>, Framing) {
     let head_only = request.is_some_and(|request| request.method.eq_ignore_ascii_case("HEAD"));
     let minor_version = request.map_or(1, |request| request.minor_version);
+    let status = response.status;
+    let has_body = !(status < 200 || status == 204 || status == 304);
+    // The length the head states, and how the body is sent.
+    let (stated, framing) = match (&response.body, response.declared_length()) {
+        _ if !has_body => (None, Framing::Empty),
+        (Body::Bytes(bytes), _) => (
+            Some(bytes.len() as u64),
+            Framing::Length(bytes.len() as u64),
+        ),
+        (Body::Stream(_), Some(length)) => (Some(length), Framing::Length(length)),
+        (Body::Stream(_), None) if minor_version == 0 => (None, Framing::UntilClose),
+        (Body::Stream(_), None) => (None, Framing::Chunked),
+    };
+    let framing = if head_only { Framing::Empty } else { framing };
+    let keep_alive = keep_alive && framing != Framing::UntilClose;
     let connection = match (keep_alive, minor_version) {
         (false, _) => Some("close"),
         (true, 0) => Some("keep-alive"),
         (true, _) => None,
     };
-    let status = response.status;
     let mut head = String::with_capacity(256);
     head.push_str(&format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status)));
     head.push_str("Server: forkwarden\r\nDate: ");
     head.push_str(&http_date());
     head.push_str("\r\n");
-    let has_body = !(status < 200 || status == 204 || status == 304);
-    if has_body {
-        head.push_str(&format!("Content-Length: {}\r\n", response.body.len()));
+    if let Some(length) = stated {
+        head.push_str(&format!("Content-Length: {length}\r\n"));
+    } else if has_body && matches!(response.body, Body::Stream(_)) && minor_version > 0 {
+        // Stated for HEAD too: the same head as GET's.
+        head.push_str("Transfer-Encoding: chunked\r\n");
     }
     for (name, value) in &response.headers {
         let reserved = [
@@ -238,17 +385,7 @@ pub fn response_bytes<'r>(
         head.push_str(&format!("Connection: {connection}\r\n"));
     }
     head.push_str("\r\n");
-    let body = if has_body && !head_only {
-        response.body.as_slice()
-    } else {
-        &[]
-    };
-    let mut head = head.into_bytes();
-    if body.len() <= SMALL_BODY {
-        head.extend_from_slice(body);
-        return (head, &[]);
-    }
-    (head, body)
+    (head.into_bytes(), framing)
 }
 
 /// The response to a request that could not be read.
@@ -337,10 +474,8 @@ fn reason_phrase(status: u16) -> &'static str {
 mod tests {
     use super::*;
 
-    fn as_text((head, body): (Vec<u8>, &[u8])) -> String {
-        let mut all = head;
-        all.extend_from_slice(body);
-        String::from_utf8(all).unwrap()
+    fn head_text(head: (Vec<u8>, Framing)) -> (String, Framing) {
+        (String::from_utf8(head.0).unwrap(), head.1)
     }
 
     fn request(input: &[u8]) -> Request {
@@ -348,30 +483,60 @@ mod tests {
         RequestReader::new(None).next(&mut buffer).unwrap().unwrap()
     }
 
+    struct Nothing;
+
+    impl BodyStream for Nothing {
+        fn next_part(&mut self) -> Result<Option<Part>, StreamError> {
+            Ok(None)
+        }
+    }
+
     #[test]
     fn responses_carry_framing_and_head_has_no_body() {
         let head = request(b"HEAD / HTTP/1.0\r\n\r\n");
         assert!(!head.wants_keep_alive());
         let response = Response::text(200, "hello\n").header("Content-Length", "999");
-        let text = as_text(response_bytes(Some(&head), &response, false));
+        let (text, framing) = head_text(response_head(Some(&head), &response, false));
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
         assert!(text.contains("Content-Length: 6\r\n"), "{text}");
         assert!(!text.contains("999"), "{text}");
         assert!(text.contains("Connection: close\r\n"), "{text}");
         assert!(text.ends_with("\r\n\r\n"), "{text}");
+        assert_eq!(framing, Framing::Empty);
         let get = request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
         assert!(get.wants_keep_alive());
-        let text = as_text(response_bytes(Some(&get), &response, true));
-        assert!(text.ends_with("\r\n\r\nhello\n"), "{text}");
+        let (text, framing) = head_text(response_head(Some(&get), &response, true));
         assert!(!text.contains("Connection:"), "{text}");
+        assert_eq!(framing, Framing::Length(6));
     }
 
     #[test]
-    fn large_bodies_follow_their_head() {
-        let response = Response::new(200, vec![b'x'; SMALL_BODY + 1]);
-        let (head, body) = response_bytes(None, &response, false);
-        assert!(head.ends_with(b"\r\n\r\n"));
-        assert_eq!(body.len(), SMALL_BODY + 1);
+    fn streamed_bodies_are_chunked_or_keep_their_length() {
+        let get = request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+        let response = Response::streaming(200, Box::new(Nothing));
+        let (text, framing) = head_text(response_head(Some(&get), &response, true));
+        assert!(text.contains("Transfer-Encoding: chunked\r\n"), "{text}");
+        assert!(!text.contains("Content-Length"), "{text}");
+        assert_eq!(framing, Framing::Chunked);
+        let response = Response::streaming(200, Box::new(Nothing)).header("Content-Length", "12");
+        let (text, framing) = head_text(response_head(Some(&get), &response, true));
+        assert!(text.contains("Content-Length: 12\r\n"), "{text}");
+        assert!(!text.contains("chunked"), "{text}");
+        assert_eq!(framing, Framing::Length(12));
+        // HTTP/1.0 knows no chunks: the body ends with the connection.
+        let old = request(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        let response = Response::streaming(200, Box::new(Nothing));
+        let (text, framing) = head_text(response_head(Some(&old), &response, true));
+        assert!(text.contains("Connection: close\r\n"), "{text}");
+        assert!(!text.contains("chunked"), "{text}");
+        assert_eq!(framing, Framing::UntilClose);
+        let response = Response::streaming(204, Box::new(Nothing));
+        let (text, framing) = head_text(response_head(Some(&get), &response, true));
+        assert!(
+            !text.contains("chunked") && !text.contains("Length"),
+            "{text}"
+        );
+        assert_eq!(framing, Framing::Empty);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! other than a final `chunked`, Content-Length beside Transfer-Encoding or disagreeing with
 //! itself, a missing or repeated Host. Every size a client sends is checked arithmetic.
 
-use super::{Header, Request};
+use super::{Header, Request, RequestBody};
 
 /// Largest request line plus headers; also the largest trailer section.
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
@@ -26,6 +26,10 @@ pub struct Reject {
     pub status: u16,
     pub reason: &'static str,
 }
+
+/// A body that could not be written to its temporary file (disk full, no temporary
+/// directory): the server's failure, not the client's.
+const CANNOT_STORE: Reject = reject(500, "cannot store the request body");
 
 const fn reject(status: u16, reason: &'static str) -> Reject {
     Reject { status, reason }
@@ -137,7 +141,10 @@ impl RequestReader {
                 let take = usize::try_from(*left)
                     .unwrap_or(usize::MAX)
                     .min(buffer.len());
-                request.body.extend_from_slice(&buffer[..take]);
+                request
+                    .body
+                    .append(&buffer[..take])
+                    .map_err(|_| CANNOT_STORE)?;
                 *left -= take as u64;
                 (take, *left == 0)
             }
@@ -213,7 +220,7 @@ fn parse_head(head: &[u8], max_body: Option<u64>) -> Result<(Request, Option<Bod
                 value: field.value.to_vec(),
             })
             .collect(),
-        body: Vec::new(),
+        body: RequestBody::default(),
         peer: None,
         local: None,
     };
@@ -305,7 +312,7 @@ fn wants_continue(request: &Request) -> Result<bool, Reject> {
 fn read_chunked(
     chunk: &mut Chunk,
     buffer: &[u8],
-    body: &mut Vec<u8>,
+    body: &mut RequestBody,
     max_body: Option<u64>,
 ) -> Result<(usize, bool), Reject> {
     let malformed = reject(400, "malformed chunked body");
@@ -338,9 +345,7 @@ fn read_chunked(
                         };
                         continue;
                     }
-                    let total = u64::try_from(body.len())
-                        .ok()
-                        .and_then(|length| length.checked_add(size));
+                    let total = body.len().checked_add(size);
                     if total.is_none_or(|total| max_body.is_some_and(|max| total > max)) {
                         return Err(reject(413, "request body too large"));
                     }
@@ -371,7 +376,8 @@ fn read_chunked(
                 let take = usize::try_from(*left)
                     .unwrap_or(usize::MAX)
                     .min(buffer.len() - at);
-                body.extend_from_slice(&buffer[at..at + take]);
+                body.append(&buffer[at..at + take])
+                    .map_err(|_| CANNOT_STORE)?;
                 at += take;
                 *left -= take as u64;
                 if *left == 0 {
@@ -466,7 +472,7 @@ mod tests {
             assert_eq!(rejected, None, "step {step}");
             let summary: Vec<(&str, &[u8])> = requests
                 .iter()
-                .map(|request| (request.path(), request.body()))
+                .map(|request| (request.path(), request.body().as_bytes().unwrap()))
                 .collect();
             assert_eq!(
                 summary,
@@ -595,7 +601,10 @@ mod tests {
         assert!(reader.take_continue());
         assert!(!reader.take_continue());
         buffer.extend_from_slice(b"hi");
-        assert_eq!(reader.next(&mut buffer).unwrap().unwrap().body(), b"hi");
+        assert_eq!(
+            reader.next(&mut buffer).unwrap().unwrap().body().as_bytes(),
+            Some(&b"hi"[..])
+        );
     }
 
     proptest::proptest! {
@@ -621,7 +630,7 @@ mod tests {
             let whole = read_all(&bytes, bytes.len(), Some(1 << 16));
             let pieces = read_all(&bytes, step, Some(1 << 16));
             let paths = |read: &(Vec<Request>, Option<Reject>)| -> Vec<(String, Vec<u8>)> {
-                read.0.iter().map(|r| (r.target().to_string(), r.body().to_vec())).collect()
+                read.0.iter().map(|r| (r.target().to_string(), r.body().as_bytes().unwrap().to_vec())).collect()
             };
             proptest::prop_assert_eq!(paths(&whole), paths(&pieces));
             proptest::prop_assert_eq!(whole.1, pieces.1);
@@ -644,7 +653,7 @@ mod tests {
             proptest::prop_assert_eq!(rejected, None);
             proptest::prop_assert_eq!(requests.len(), 1);
             let sent = parts.concat();
-            proptest::prop_assert_eq!(requests[0].body(), sent.as_slice());
+            proptest::prop_assert_eq!(requests[0].body().as_bytes(), Some(sent.as_slice()));
         }
     }
 }

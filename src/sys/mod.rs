@@ -29,12 +29,13 @@ mod title;
 
 pub use net::{
     accept_nonblocking, calls_listener, connect_calls, defer_accept, handoff_channel,
-    receive_connection, receive_message, send_connection, send_with_descriptors, template_channel,
+    receive_connection, receive_message, send_connection, send_file, send_with_descriptors,
+    template_channel,
 };
 pub use process::{
-    LISTEN_FD, Reap, adopt_inherited, ensure_standard_fds, exec_socket_activated, fork_process,
-    lower_priority, pidfd_open, reap_child, set_address_space_limit_of, set_cpu_limit_of,
-    supervise_job,
+    LISTEN_FD, Reap, adopt_inherited, duplicate_descriptor, ensure_standard_fds,
+    exec_socket_activated, fork_process, lower_priority, pidfd_open, reap_child,
+    set_address_space_limit_of, set_cpu_limit_of, supervise_job,
 };
 pub use shm::{SharedWords, sealed_text_file};
 pub use signals::{

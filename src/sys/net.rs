@@ -30,6 +30,28 @@ pub fn accept_nonblocking(
     }
 }
 
+/// Sends up to `count` bytes of `file` from `offset` (which it moves past them; the file's
+/// own offset stays) to `socket`, without copying them through this process (sendfile(2)).
+/// Returns how many went out: 0 at the file's end; `WouldBlock` when the socket is full.
+pub fn send_file(
+    socket: &TcpStream,
+    file: &std::fs::File,
+    offset: &mut u64,
+    count: usize,
+) -> io::Result<usize> {
+    let mut position = libc::off_t::try_from(*offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+    loop {
+        match nix::sys::sendfile::sendfile(socket, file, Some(&mut position), count) {
+            Ok(sent) => {
+                *offset = u64::try_from(position).unwrap_or(*offset);
+                return Ok(sent);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+}
+
 /// Makes `listener` hold back each new connection until its first bytes arrive, for up to
 /// `seconds` (TCP_DEFER_ACCEPT): a client that connects and says nothing never wakes a worker.
 pub fn defer_accept(listener: &TcpListener, seconds: u32) -> io::Result<()> {

@@ -384,6 +384,21 @@ fn place_descriptor(fd: i32, target: i32) -> nix::Result<()> {
     nix::errno::Errno::result(unsafe { libc::dup2(fd, target) }).map(drop)
 }
 
+/// A new descriptor (close-on-exec) for the open file description behind descriptor number
+/// `fd`, which stays as it is: for taking a file some other part of the process (Python)
+/// owns, without touching its owner's descriptor. EBADF if `fd` is not open.
+pub fn duplicate_descriptor(fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl with F_DUPFD_CLOEXEC takes a descriptor number and returns a new one;
+    // no memory is passed, and `fd` is left as it was.
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if copy < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `copy` was just created by fcntl and is owned by nothing else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(copy) })
+}
+
 /// A descriptor of our own for `fd`, a descriptor number this process was started with
 /// (the worker kit, the listening socket), which is marked close-on-exec so that nothing
 /// the program starts inherits it. The number itself is left open: something else in the

@@ -32,7 +32,24 @@ pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
         .flat_map(|template| [template.control, template.calls])
         .collect();
     let kit_fd = sys::LISTEN_FD + 1 + extra.len() as i32;
-    let kit = super::kit::descriptors(spec);
+    // Where the master's log goes, for the kit: standard error is about to become a pipe.
+    let log = match spec
+        .config_file
+        .map(|_| crate::log::duplicate_destination())
+    {
+        Some(Ok(log)) => Some(log),
+        Some(Err(error)) => {
+            eprintln!(
+                "forkwarden: {}: cannot copy the log's descriptor: {error}",
+                spec.name()
+            );
+            return EXIT_BOOT_FAILED;
+        }
+        None => None,
+    };
+    let kit = log
+        .as_ref()
+        .and_then(|log| super::kit::descriptors(spec, log.as_fd()));
     extra.extend(kit.iter().flatten());
     // Its own process group, so that a kill reaches the program's children too; and the
     // reaper of whatever it starts, however that detaches itself, so that it all comes to

@@ -22,21 +22,22 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use slab::Slab;
 use tracing::{debug, error, warn};
 
+use super::access::{AccessLog, Served};
+use super::send::Sending;
 use super::{
     BEAT_INTERVAL, HandoffChannel, HandoffLane, Outcome, WorkerSpec, reopen_log_if_asked,
     told_to_stop,
 };
 use crate::app::{App, Request, Response, WorkerInfo};
-use crate::http::{self, Reject, RequestReader, is_disconnect};
+use crate::http::{self, Body, BodyStream, Framing, Part, Reject, RequestReader, is_disconnect};
 use crate::limits::{self, CpuBudget};
 use crate::scoreboard::ExitReason;
 use crate::sys::{self, HandoffAlarm, RequestLimitSignals, WorkerSignals};
@@ -51,6 +52,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// wakes one waiting worker per new connection (EPOLLEXCLUSIVE), and the next connection
 /// goes to the next worker waiting, not behind this one's request.
 const ACCEPT_BATCH: usize = 1;
+/// Most connections a leaving worker takes out of a hand-off lane to send them again.
+const MAX_PASSED_ON: usize = 1024;
 /// How long a worker stops accepting when the process or the system is out of descriptors
 /// or memory; it says so once per pause.
 const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
@@ -111,6 +114,7 @@ pub(super) fn run(
         app,
         cpu_budget,
         limit_request: limits::request_limit_for_worker(spec.config),
+        access_log: AccessLog::new(spec.config, spec.id),
         leave_after: None,
         clients: Slab::new(),
         ready: VecDeque::new(),
@@ -191,6 +195,25 @@ impl Client {
     }
 }
 
+/// How sending a response went.
+struct Sent {
+    /// Whether the connection can carry another response (an error: it is done).
+    reusable: io::Result<bool>,
+    /// Bytes of the body sent.
+    bytes: u64,
+    /// The application panicked producing the body: the worker leaves after it.
+    app_panicked: bool,
+}
+
+/// Why a streamed body stopped before its end.
+enum StreamStop {
+    /// Writing to the client failed (it left, or read too slowly).
+    Client(io::Error),
+    /// The application reported an error producing it.
+    AppFailed,
+    AppPanicked,
+}
+
 /// Whether the worker takes new connections.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Accepting {
@@ -216,6 +239,8 @@ struct HttpWorker<'a> {
     cpu_budget: Option<CpuBudget>,
     /// This worker's `limit_request`, jitter included (0: none).
     limit_request: u64,
+    /// One line per request, when `access_log` is on.
+    access_log: Option<AccessLog>,
     /// Leave once the current work is done, for this reason: the application panicked (its
     /// state may be broken) or asked to be replaced, or reading a request panicked.
     leave_after: Option<ExitReason>,
@@ -374,6 +399,7 @@ impl HttpWorker<'_> {
         self.stop_accepting(Accepting::Draining);
         let _ = self.epoll.delete(self.handoff.waiting.receive.as_fd());
         let _ = self.epoll.delete(self.handoff.returning.receive.as_fd());
+        self.pass_on_waiting_connections();
         let idle: Vec<usize> = self
             .clients
             .iter()
@@ -382,6 +408,32 @@ impl HttpWorker<'_> {
             .collect();
         for key in idle {
             self.hand_off(key, HandoffLane::Returning);
+        }
+    }
+
+    /// Sends again the connections waiting in the hand-off lanes, once this worker no longer
+    /// waits on them: EPOLLEXCLUSIVE woke one worker per connection sent, and if that was
+    /// this one (busy then, now leaving), no other worker would be woken for it until the
+    /// next connection came. Sending it again wakes one that stays.
+    fn pass_on_waiting_connections(&mut self) {
+        for lane in [HandoffLane::Waiting, HandoffLane::Returning] {
+            let channel = self.handoff.lane(lane);
+            let mut pending = Vec::new();
+            while pending.len() < MAX_PASSED_ON {
+                match sys::receive_connection(channel.receive.as_fd()) {
+                    Ok(Some(stream)) => pending.push(stream),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            for stream in pending {
+                if sys::send_connection(channel.send.as_fd(), stream.as_fd()).is_err() {
+                    // The lane is full: this worker answers its next request, then closes.
+                    let peer = stream.peer_addr().ok();
+                    if let Some(key) = self.add_client(stream, peer) {
+                        self.read_client(key);
+                    }
+                }
+            }
         }
     }
 
@@ -654,9 +706,19 @@ impl HttpWorker<'_> {
             reject.status,
             reject.reason
         );
-        let response = http::rejection(reject);
-        let (head, body) = http::response_bytes(None, &response, false);
-        let _ = self.write_all(&client.stream, &head, body);
+        let mut response = http::rejection(reject);
+        let (head, framing) = http::response_head(None, &response, false);
+        let started = Instant::now();
+        let sent = self.send(&client.stream, head, framing, response.take_body(), None);
+        if let Some(access_log) = &self.access_log {
+            access_log.record(&Served {
+                request: None,
+                peer: client.addresses.0,
+                status: reject.status,
+                bytes: sent.bytes,
+                duration: started.elapsed(),
+            });
+        }
     }
 
     /// Closes the clients that took too long: 408 to one in the middle of a request. One
@@ -719,7 +781,38 @@ impl HttpWorker<'_> {
         self.arm_cpu_limit();
         let fd = self.clients.get(key).map(|client| client.stream.as_fd());
         self.limit_signals.answer_to(fd);
-        let response = self.call_app(&request);
+        let mut response = self.call_app(&request);
+        let keep_alive = request.wants_keep_alive() && self.will_serve_another();
+        let (head, framing) = http::response_head(Some(&request), &response, keep_alive);
+        let body = response.take_body();
+        // Until the first byte of the response leaves, a limit can still answer instead.
+        let limit_signals = self.limit_signals;
+        let stop_answering = move || limit_signals.answer_to(None);
+        let sent = match self.clients.get(key) {
+            Some(client) => self.send(&client.stream, head, framing, body, Some(&stop_answering)),
+            None => {
+                if let Body::Stream(mut stream) = body {
+                    stream.finish();
+                }
+                Sent {
+                    reusable: Err(io::ErrorKind::NotConnected.into()),
+                    bytes: 0,
+                    app_panicked: false,
+                }
+            }
+        };
+        if sent.app_panicked {
+            self.leave_after = Some(ExitReason::AppPanicked);
+        }
+        if let Some(access_log) = &self.access_log {
+            access_log.record(&Served {
+                request: Some(&request),
+                peer,
+                status: response.status(),
+                bytes: sent.bytes,
+                duration: started.elapsed(),
+            });
+        }
         self.limit_signals.answer_to(None);
         if !idle.is_empty() {
             // Those handed over while the request ran belong to other workers now.
@@ -728,20 +821,16 @@ impl HttpWorker<'_> {
             }
         }
         (self.alarm_keys, self.alarm_fds) = (idle, fds);
-        let keep_alive = request.wants_keep_alive() && self.will_serve_another();
-        let (head, body) = http::response_bytes(Some(&request), &response, keep_alive);
-        let written = match self.clients.get(key) {
-            Some(client) => self.write_all(&client.stream, &head, body),
-            None => Err(io::ErrorKind::NotConnected.into()),
-        };
         self.spec.row.end_request();
-        if let Err(error) = written {
-            if !is_disconnect(&error) && !http::is_timeout(&error) {
-                debug!("{}: writing a response failed: {error}", self.spec.name());
+        let keep_alive = match sent.reusable {
+            Ok(reusable) => keep_alive && reusable,
+            Err(error) => {
+                if !is_disconnect(&error) && !http::is_timeout(&error) {
+                    debug!("{}: writing a response failed: {error}", self.spec.name());
+                }
+                false
             }
-            self.remove(key);
-            return;
-        }
+        };
         if !keep_alive {
             self.remove(key);
             return;
@@ -766,35 +855,103 @@ impl HttpWorker<'_> {
         self.read_client(key);
     }
 
-    /// Writes `head` then `body` to `stream`, waiting (at most `http_socket_timeout` without
-    /// progress) when the client reads slowly.
-    fn write_all(&self, stream: &TcpStream, head: &[u8], body: &[u8]) -> io::Result<()> {
-        let timeout = self.spec.config.socket_timeout();
-        for mut part in [head, body] {
-            let mut stalled_since = Instant::now();
-            while !part.is_empty() {
-                match (&*stream).write(part) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(written) => {
-                        part = &part[written..];
-                        stalled_since = Instant::now();
-                    }
-                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                        let left =
-                            timeout.map(|timeout| timeout.saturating_sub(stalled_since.elapsed()));
-                        if left.is_some_and(|left| left.is_zero()) {
-                            return Err(io::ErrorKind::TimedOut.into());
-                        }
-                        self.spec.row.beat();
-                        let slice = left.map_or(BEAT_INTERVAL, |left| left.min(BEAT_INTERVAL));
-                        wait_writable(stream.as_fd(), slice);
-                    }
-                    Err(error) => return Err(error),
+    /// Sends a response's `head` and `body` on `stream` as `framing` says, pulling a
+    /// streamed body's parts one at a time; `first` is called before its first byte leaves.
+    /// Says whether the connection can carry another response, and whether the application
+    /// panicked producing the body (then this worker must leave after it).
+    fn send(
+        &self,
+        stream: &TcpStream,
+        head: Vec<u8>,
+        framing: Framing,
+        body: Body,
+        first: Option<&dyn Fn()>,
+    ) -> Sent {
+        let mut sending = Sending::new(
+            stream,
+            self.spec.config.socket_timeout(),
+            self.spec.row,
+            head,
+            framing,
+        );
+        if let Some(first) = first {
+            sending = sending.before_first_write(first);
+        }
+        let mut parts = match body {
+            Body::Bytes(bytes) => {
+                let written = sending.bytes(&bytes);
+                let bytes = sending.sent();
+                return Sent {
+                    reusable: written.and_then(|()| sending.end()),
+                    bytes,
+                    app_panicked: false,
+                };
+            }
+            Body::Stream(parts) => parts,
+        };
+        let mut app_panicked = false;
+        let streamed = if sending.framing() == Framing::Empty {
+            Ok(())
+        } else {
+            match self.stream_parts(&mut sending, parts.as_mut()) {
+                Ok(()) => Ok(()),
+                Err(StreamStop::Client(error)) => Err(error),
+                Err(StreamStop::AppFailed) => Err(io::Error::other("the application failed")),
+                Err(StreamStop::AppPanicked) => {
+                    app_panicked = true;
+                    Err(io::Error::other("the application panicked"))
                 }
             }
+        };
+        // Once, whatever happened (the client left, the application failed).
+        if panic::catch_unwind(AssertUnwindSafe(|| parts.finish())).is_err() {
+            error!(
+                "{}: the application panicked closing a response; this worker will be replaced",
+                self.spec.name()
+            );
+            app_panicked = true;
         }
-        Ok(())
+        let bytes = sending.sent();
+        Sent {
+            reusable: streamed.and_then(|()| sending.end()),
+            bytes,
+            app_panicked,
+        }
+    }
+
+    /// Sends each part `parts` produces, as it comes.
+    fn stream_parts(
+        &self,
+        sending: &mut Sending<'_>,
+        parts: &mut dyn BodyStream,
+    ) -> Result<(), StreamStop> {
+        loop {
+            let part = match panic::catch_unwind(AssertUnwindSafe(|| parts.next_part())) {
+                Ok(Ok(Some(part))) => part,
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Err(error)) => {
+                    debug!(
+                        "{}: a response body ended early after {} bytes: {error}",
+                        self.spec.name(),
+                        sending.sent()
+                    );
+                    return Err(StreamStop::AppFailed);
+                }
+                Err(_) => {
+                    error!(
+                        "{}: the application panicked producing a response body; this \
+                         worker will be replaced",
+                        self.spec.name()
+                    );
+                    return Err(StreamStop::AppPanicked);
+                }
+            };
+            match part {
+                Part::Bytes(bytes) => sending.bytes(&bytes),
+                Part::File { file, offset, len } => sending.file(&file, offset, len),
+            }
+            .map_err(StreamStop::Client)?;
+        }
     }
 
     /// Whether this worker will serve another request after the current one.
@@ -835,12 +992,4 @@ impl HttpWorker<'_> {
             }
         }
     }
-}
-
-/// Waits until `fd` can take more bytes, or `wait` passes. Deferred signals stay blocked:
-/// a stop request does not cut a response short.
-fn wait_writable(fd: BorrowedFd<'_>, wait: Duration) {
-    let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
-    let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
-    let _ = nix::poll::poll(&mut fds, timeout);
 }

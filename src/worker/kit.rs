@@ -1,7 +1,7 @@
 //! forkwarden's HTTP worker inside a program the master started (the Python runner).
 //!
 //! A program started for an HTTP worker slot (`[app]`, directly or forked by a preload
-//! template) gets, besides the listening socket on descriptor 3, the *worker kit*: eight
+//! template) gets, besides the listening socket on descriptor 3, the *worker kit*: nine
 //! descriptors from `FORKWARDEN_KIT_FD` on, in the order of [`KitFd`]. With them it runs the
 //! very loop built-in workers run (`worker::http`), with its own application in place of the
 //! built-in one: the same request reading, keep-alive, pipelining, hand-off of idle
@@ -48,14 +48,21 @@ enum KitFd {
     /// This worker's scoreboard row (shared memory). A template's is a placeholder: each
     /// worker it forks puts the row that came with its fork request here.
     Row,
+    /// Where the master's log lines go (the log file, or its standard error): the worker
+    /// writes its own lines there, access lines included, as a built-in worker does.
+    Log,
 }
 
 /// How many descriptors the kit takes.
-pub const KIT_LEN: usize = 8;
+pub const KIT_LEN: usize = 9;
 
 /// Names the kit's descriptors for a program to run forkwarden's worker with (in
-/// [`KitFd`] order), from what the master lends a worker.
-pub(super) fn descriptors<'a>(spec: &WorkerSpec<'a>) -> Option<[BorrowedFd<'a>; KIT_LEN]> {
+/// [`KitFd`] order), from what the master lends a worker and `log`, a copy of the log's
+/// destination.
+pub(super) fn descriptors<'a>(
+    spec: &WorkerSpec<'a>,
+    log: BorrowedFd<'a>,
+) -> Option<[BorrowedFd<'a>; KIT_LEN]> {
     let (config, handoff) = (spec.config_file?, spec.handoff?);
     Some([
         config,
@@ -66,6 +73,7 @@ pub(super) fn descriptors<'a>(spec: &WorkerSpec<'a>) -> Option<[BorrowedFd<'a>; 
         handoff.returning.send.as_fd(),
         handoff.returning.receive.as_fd(),
         spec.row.descriptor()?,
+        log,
     ])
 }
 
@@ -210,7 +218,8 @@ pub fn serve(app: Box<dyn App>, describe: &str) -> Result<i32, KitError> {
     if !nix::fcntl::OFlag::from_bits_truncate(flags).contains(nix::fcntl::OFlag::O_NONBLOCK) {
         return Err(KitError::Blocking);
     }
-    crate::log::init_for_program(&config);
+    let log = here.take(KitFd::Log, "log destination")?;
+    crate::log::init_for_program(&config, std::fs::File::from(log));
     let signals = WorkerSignals::install().map_err(KitError::Signals)?;
     #[allow(unsafe_code)]
     // SAFETY: `row` is leaked above: it stays mapped until the process exits, so the

@@ -4,10 +4,12 @@
 //! death signal, signal handlers), then hands over to the role's loop: [`http`] or [`cron`].
 //! It returns the exit status; the process then ends at once, without running the master's exit code (see [`crate::sys::fork_process`]).
 
+mod access;
 mod cron;
 mod exec;
 mod http;
 pub mod kit;
+mod send;
 
 use std::ffi::OsString;
 use std::net::TcpListener;

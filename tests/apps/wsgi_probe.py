@@ -1,11 +1,46 @@
 """A WSGI application that shows what the Python runner gives it (tests/wsgi.rs): its environ,
 and what happens when it fails in each way PEP 3333 allows or forbids."""
 
+import hashlib
+import io
 import json
 import os
 import sys
+import time
+from urllib.parse import parse_qs
 
 CLOSED = 0
+FILE_READS = 0
+
+
+class CountingFile(io.FileIO):
+    """A file that counts the reads made through it: sendfile makes none."""
+
+    def read(self, size=-1):
+        global FILE_READS
+        FILE_READS += 1
+        return super().read(size)
+
+    def readinto(self, buffer):
+        global FILE_READS
+        FILE_READS += 1
+        return super().readinto(buffer)
+
+
+def waiting_for(marker, first, then):
+    """Yields `first`, then waits (10 s at most) for file `marker` before yielding `then`:
+    the client can only see `first` while this waits if it was sent without waiting."""
+    yield first
+    deadline = time.monotonic() + 10
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    yield then
+
+
+def parts(*chunks, fail=False):
+    yield from chunks
+    if fail:
+        raise RuntimeError("failing mid-body, on purpose")
 
 
 class Closing:
@@ -44,7 +79,8 @@ def app(environ, start_response):
         return Closing([b"one ", b"two"])
     if path == "/close-after-error":
         start_response("200 OK", [("Content-Type", "text/plain")])
-        return Closing([b"one ", b"two"], fail_after=1)
+        # Before its first part: nothing was sent, so the client gets a 500.
+        return Closing([b"one ", b"two"], fail_after=0)
     if path == "/bad-status":
         start_response("two hundred", [])
         return [b"never sent"]
@@ -65,5 +101,38 @@ def app(environ, start_response):
         return environ["wsgi.file_wrapper"](open(__file__, "rb"), 1024)
     if path == "/memory":
         raise MemoryError()
+    query = {key: values[0] for key, values in parse_qs(environ["QUERY_STRING"]).items()}
+    if path == "/stream":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return waiting_for(query["marker"], b"first;", b"second")
+    if path == "/stream-length":
+        # More than stated: the rest is not sent.
+        start_response("200 OK", [("Content-Length", "10")])
+        return parts(b"12345", b"", b"67890", b"extra")
+    if path == "/stream-short":
+        start_response("200 OK", [("Content-Length", "10")])
+        return parts(b"12345", b"6")
+    if path == "/stream-fail":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Closing([b"part one;", b"part two"], fail_after=1)
+    if path == "/sendfile":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        file = CountingFile(__file__)
+        buffered = io.BufferedReader(file)
+        buffered.read(int(query.get("skip", "0")))
+        return environ["wsgi.file_wrapper"](buffered, 1024)
+    if path == "/input":
+        data = environ["wsgi.input"].read()
+        facts = {
+            "kind": type(environ["wsgi.input"]).__name__,
+            "length": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "content_length": environ.get("CONTENT_LENGTH"),
+        }
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(facts).encode()]
+    if path == "/file-reads":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(FILE_READS).encode()]
     start_response("404 Not Found", [("Content-Type", "text/plain")])
     return [b"no such path\n"]

@@ -167,10 +167,15 @@ impl Server {
             exit: None,
         };
         if let Some(line) = server.find_log_within("listening on http://", Duration::from_secs(5)) {
+            // `...:PORT` at the end of a text line, or `...:PORT"` inside a JSON one.
             let port = line
-                .rsplit(':')
-                .next()
-                .and_then(|port| port.trim().parse().ok());
+                .split("listening on http://")
+                .nth(1)
+                .and_then(|address| address.split(':').nth(1))
+                .and_then(|rest| {
+                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    digits.parse().ok()
+                });
             server.port = port.expect("port in the listening line");
         }
         server
@@ -399,6 +404,8 @@ pub fn send_raw(port: u16, request: &[u8]) -> String {
     String::from_utf8_lossy(&text).into_owned()
 }
 
+/// A whole response as text (head, and a body that ends with the connection); a chunked
+/// body is decoded (as far as it goes: a body cut short keeps what came).
 pub fn parse_reply(text: &str) -> Reply {
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
     let status = head
@@ -406,10 +413,44 @@ pub fn parse_reply(text: &str) -> Reply {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .unwrap_or(0);
+    let body = if is_chunked(head) {
+        let mut reader = body.as_bytes();
+        let mut decoded = Vec::new();
+        let _ = read_chunks(&mut reader, &mut decoded);
+        String::from_utf8_lossy(&decoded).into_owned()
+    } else {
+        body.to_string()
+    };
     Reply {
         status,
         head: head.to_string(),
-        body: body.to_string(),
+        body,
+    }
+}
+
+fn is_chunked(head: &str) -> bool {
+    head.lines()
+        .any(|line| line.eq_ignore_ascii_case("transfer-encoding: chunked"))
+}
+
+/// Reads a chunked body from `reader` into `body`; Ok once its last chunk came.
+pub fn read_chunks(reader: &mut impl BufRead, body: &mut Vec<u8>) -> std::io::Result<()> {
+    loop {
+        let mut size = String::new();
+        if reader.read_line(&mut size)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let size = usize::from_str_radix(size.trim_end(), 16)
+            .map_err(|_| std::io::Error::other(format!("bad chunk size {size:?}")))?;
+        let mut chunk = vec![0; size + 2];
+        reader.read_exact(&mut chunk)?;
+        if !chunk.ends_with(b"\r\n") {
+            return Err(std::io::Error::other("chunk without CRLF"));
+        }
+        if size == 0 {
+            return Ok(());
+        }
+        body.extend_from_slice(&chunk[..size]);
     }
 }
 
@@ -496,8 +537,8 @@ impl KeepAlive {
     }
 }
 
-/// Reads one response, framed by Content-Length, from `reader`; when the connection ends
-/// first, `Err` says whether any of it came.
+/// Reads one response, framed by Content-Length or chunked, from `reader`; when the
+/// connection ends first, `Err` says whether any of it came.
 pub fn read_response(reader: &mut impl BufRead) -> Result<Reply, bool> {
     let mut head = String::new();
     loop {
@@ -513,8 +554,17 @@ pub fn read_response(reader: &mut impl BufRead) -> Result<Reply, bool> {
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or(0);
     let mut body = vec![0; length];
-    if head.is_empty() || reader.read_exact(&mut body).is_err() {
-        return Err(!head.is_empty());
+    if head.is_empty() {
+        return Err(false);
+    }
+    let read = if is_chunked(&head) {
+        body.clear();
+        read_chunks(reader, &mut body)
+    } else {
+        reader.read_exact(&mut body)
+    };
+    if read.is_err() {
+        return Err(true);
     }
     let mut reply = parse_reply(&head);
     reply.body = String::from_utf8_lossy(&body).into_owned();

@@ -72,12 +72,16 @@ def master_cost(workers, idle):
         for _ in range(200):
             http_get(server.port, "/")
         rss, fds, _, _ = master_stats(server.proc.pid)
+        # What answering `forkwarden status` costs the master's memory.
+        for _ in range(100):
+            server.status()
+        status_rss = master_stats(server.proc.pid)[0]
         cpu_ms, wakeups = idle_cost(server, idle)
         worker_rss = []
         for pid in server.workers():
             with open(f"/proc/{pid}/status") as f:
                 worker_rss.append(next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")))
-        return rss, fds, cpu_ms, wakeups, worker_rss
+        return rss, status_rss, fds, cpu_ms, wakeups, worker_rss
 
 
 def busy_host_cost(workers, idle, processes):
@@ -119,7 +123,7 @@ def main():
     args = parser.parse_args()
     build()
     samples = respawn_latency(args.kills)
-    rss, fds, cpu_ms, wakeups, worker_rss = master_cost(args.workers, args.idle)
+    rss, status_rss, fds, cpu_ms, wakeups, worker_rss = master_cost(args.workers, args.idle)
     crowd_ms, crowd_wakeups = busy_host_cost(args.workers, args.idle, args.host_processes)
     program_ms, program_wakeups = program_cost(args.workers, args.idle)
     idle = f"{args.idle:g} s idle"
@@ -133,6 +137,7 @@ def main():
         f"| SIGKILL of a worker -> its replacement answering (median / max over {args.kills}) "
         f"| {summary(samples)} |",
         f"| master RSS with {args.workers} http workers (default limits on) | {rss} KiB |",
+        f"| the same after answering `forkwarden status` 100 times | {status_rss} KiB |",
         f"| master open descriptors | {fds} |",
         f"| master CPU over {idle} / wakeups per second, {args.workers} built-in workers "
         f"| {cpu_ms:.2f} ms / {wakeups:.1f} |",

@@ -161,6 +161,17 @@ class Server:
     def workers(self):
         return children_of(self.proc.pid)
 
+    def status(self):
+        """What `forkwarden status --json` reads: the master's answer on its control socket
+        (data_dir is `forkwarden-data` beside the config)."""
+        path = os.path.join(self.dir.name, "forkwarden-data", "forkwarden.sock")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(path)
+            answer = b""
+            while chunk := client.recv(65536):
+                answer += chunk
+        return answer
+
     def wait_for_workers(self, count, timeout=10):
         wait_for(lambda: len(self.workers()) == count, timeout, 0.01)
         return self.workers()

@@ -44,6 +44,7 @@ mod notify;
 mod output;
 mod proctree;
 mod scoreboard;
+pub mod status;
 mod sys;
 mod worker;
 

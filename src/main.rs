@@ -37,6 +37,16 @@ enum Command {
     /// writable, the workers' user usable); print the effective settings, defaults filled in
     /// (exit status 0 when the server would start, 2 when not).
     Check,
+    /// Show the running server: each worker (state, request in progress, memory, CPU,
+    /// requests served) and what happened since the start, as its master tells.
+    Status {
+        /// Print the master's answer as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Show it again every second, until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Scheduled jobs.
     Cron {
         #[command(subcommand)]
@@ -55,6 +65,7 @@ fn main() -> ExitCode {
     match cli.command {
         None => run(&cli.config),
         Some(Command::Check) => check(&cli.config),
+        Some(Command::Status { json, watch }) => status(&cli.config, json, watch),
         Some(Command::Cron {
             command: CronCommand::List,
         }) => cron_list(&cli.config),
@@ -97,6 +108,20 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(status) => status,
+    }
+}
+
+fn status(path: &Path, json: bool, watch: bool) -> ExitCode {
+    let config = match load(path, false) {
+        Ok(config) => config,
+        Err(status) => return status,
+    };
+    match forkwarden::status::run(&config, json, watch) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("forkwarden: {error}");
+            ExitCode::from(EXIT_START)
+        }
     }
 }
 

@@ -95,6 +95,21 @@ pub enum ExitReason {
 }
 
 impl ExitReason {
+    /// A short key for counting ends by cause (`forkwarden status`).
+    pub fn as_key(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Stopped => "stopped",
+            Self::LimitRequest => "limit_request",
+            Self::AppPanicked => "app_panicked",
+            Self::MasterGone => "master_gone",
+            Self::LimitTimeCpu => "limit_time_cpu",
+            Self::LimitTimeReal => "limit_time_real",
+            Self::AppAsked => "app_asked",
+            Self::HttpPanicked => "http_panicked",
+        }
+    }
+
     fn from_word(word: u64) -> Self {
         match word {
             1 => Self::Stopped,

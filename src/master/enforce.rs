@@ -175,6 +175,10 @@ impl Master {
             Enforcement::Expire(detail) if !worker.answers_limits() => Enforcement::Kill(detail),
             other => other,
         };
+        let (Enforcement::Kill(detail)
+        | Enforcement::Expire(detail)
+        | Enforcement::Recycle(detail)) = &enforcement;
+        self.tally.enforced(detail);
         let (what, unexpected) = match enforcement {
             Enforcement::Kill(detail) => {
                 worker.signal(Signal::SIGKILL);

@@ -6,10 +6,12 @@
 //! (`enforce.rs`), spawn missing workers and retire replaced ones (here), then wait for the
 //! next event: a signal, a worker's bell or notification, a program's output, or the
 //! earliest deadline. The population and its backoff live in `pool.rs`, the one-line exit
-//! reports in `report.rs`, the preload template HTTP workers are forked from (`[app]
-//! preload = true`) in `template.rs`. The master never busy-polls, never runs application code and
+//! reports in `report.rs` and their tally in `tally.rs`, the preload template HTTP workers
+//! are forked from (`[app] preload = true`) in `template.rs`, the answer to `forkwarden
+//! status` (a control socket read in the same poll) in `control.rs`. The master never busy-polls, never runs application code and
 //! never touches a client connection.
 
+mod control;
 mod enforce;
 mod exec;
 mod listener;
@@ -18,6 +20,7 @@ mod pool;
 mod report;
 mod signals;
 mod strays;
+mod tally;
 mod template;
 
 use std::io;
@@ -35,6 +38,7 @@ use nix::unistd::Pid;
 use signal_hook_mio::v1_0::Signals;
 use tracing::{debug, error, info, warn};
 
+pub use control::socket_path as control_socket_path;
 pub use pidfile::PidfileError;
 
 use crate::app::AppFactory;
@@ -57,7 +61,7 @@ const SIGNALS: Token = Token(0);
 const NOTIFICATIONS: Token = Token(1);
 const DOORBELL: Token = Token(2);
 /// Exec workers' output pipes get tokens from here on.
-const FIRST_OUTPUT_TOKEN: usize = 3;
+const FIRST_OUTPUT_TOKEN: usize = 4;
 
 /// How long a slot waits before another attempt when fork() itself failed.
 const SPAWN_RETRY: Duration = Duration::from_secs(1);
@@ -153,6 +157,11 @@ pub struct Master {
     /// systemd (`Type=notify`), told `READY=1` once the first population is ready.
     service_manager: Option<crate::notify::ServiceManager>,
     announced_ready: bool,
+    /// Where `forkwarden status` asks (None: another master answers there, or it could not
+    /// be made).
+    control: Option<control::ControlSocket>,
+    /// What happened to workers since the start, for `forkwarden status`.
+    tally: tally::Tally,
     /// Dropped (and so removed) when the master returns from [`Master::run`].
     _pidfile: Option<Pidfile>,
 }
@@ -201,6 +210,7 @@ impl Master {
             })?;
         }
         let pidfile = config.pidfile.as_deref().map(Pidfile::create).transpose()?;
+        let control = control::ControlSocket::bind(&control::socket_path(&config), poll.registry());
         sys::set_process_title(&format!("forkwarden: master ({})", config_path.display()));
         Ok(Self {
             pool: Pool::new(config.workers, config.max_cron_threads, &config.program),
@@ -233,6 +243,8 @@ impl Master {
             stopping: None,
             service_manager: crate::notify::ServiceManager::from_environment(),
             announced_ready: false,
+            control,
+            tally: tally::Tally::default(),
             _pidfile: pidfile,
         })
     }
@@ -408,6 +420,8 @@ impl Master {
                 .line
                 .push_str(&format!("; its job's process group {group} was killed"));
         }
+        self.tally
+            .ended(&report.verdict, pid.as_raw(), row.requests, &report.line);
         let unexpected = report.verdict.is_unexpected();
         let leaving = worker.leaving();
         if report.verdict == Verdict::Critical && self.stopping.is_none() {
@@ -759,6 +773,11 @@ impl Master {
             .chain(limit_checks)
             .chain(self.templates.next_deadline(include_respawns))
             .chain(self.strays.deadline())
+            .chain(
+                self.control
+                    .as_ref()
+                    .and_then(control::ControlSocket::next_deadline),
+            )
             .min()
             .map(|deadline| deadline.saturating_duration_since(Instant::now()));
         // Output left unread by its budget last turn: look again without sleeping.
@@ -773,6 +792,7 @@ impl Master {
             Err(error) => return Err(error),
         }
         let mut output = Vec::new();
+        let mut status_asked = false;
         for event in events.iter() {
             match event.token() {
                 DOORBELL => {
@@ -780,9 +800,21 @@ impl Master {
                     // A worker is ready, or woke the master from rest: look at once.
                     self.next_scan = Some(Instant::now());
                 }
+                control::CONTROL => status_asked = true,
+                token if control::ControlSocket::is_reader(token) => {
+                    if let Some(control) = &mut self.control {
+                        control.write_to(token, self.poll.registry());
+                    }
+                }
                 token if token.0 >= FIRST_OUTPUT_TOKEN => output.push(token),
                 _ => {}
             }
+        }
+        if let Some(control) = &mut self.control {
+            control.expire(Instant::now(), self.poll.registry());
+        }
+        if status_asked {
+            self.answer_status();
         }
         self.read_exec_output(&output);
         // Read notifications whatever woke us: a program's READY=1 is queued before its

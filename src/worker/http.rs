@@ -357,8 +357,11 @@ impl HttpWorker<'_> {
             // Idle workers that may take a new request off this one's hands this turn.
             self.spare = self.spec.board.idle_http_workers();
             // In order: this worker's own clients, connections with a request waiting, new
-            // connections; and clients back from a long request only when nothing else waits
-            // here (they take their turn behind; the lane stays readable for later).
+            // connections, clients back from a long request. Each is taken when the kernel
+            // wakes this worker for it (EPOLLEXCLUSIVE wakes one worker per connection), and
+            // its request queues behind those already here. (Taken only when nothing waited
+            // here, a returning client starved while every worker had work: seconds under
+            // saturation.)
             let (mut waiting, mut new, mut returning) = (false, false, false);
             for event in &events[..count] {
                 match event.data() {
@@ -374,7 +377,7 @@ impl HttpWorker<'_> {
             if new {
                 self.accept_clients();
             }
-            if returning && self.ready.is_empty() && self.unread.is_empty() {
+            if returning {
                 self.take_handed_client(HandoffLane::Returning);
             }
             self.expire(Instant::now());

@@ -1,0 +1,135 @@
+//! What the master counts since it started, for `forkwarden status`: how workers ended, by
+//! cause; the limits it enforced; the last deaths with their line; requests served by
+//! workers that are gone.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::SystemTime;
+
+use super::pool::RetireReason;
+use super::report::Verdict;
+
+/// How many recent deaths are kept.
+const RECENT: usize = 10;
+
+/// A worker's end that was not a plain stop (a limit, a recycle, a kill, a crash).
+#[derive(Clone, Debug)]
+pub struct Death {
+    pub at: SystemTime,
+    pub pid: i32,
+    /// The line the master logged about it.
+    pub line: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Worker ends by cause (`replaced`, `limit_request`, `limit_memory_hard`, `died`...).
+    pub ends: BTreeMap<String, u64>,
+    /// Limits enforced, by limit (`limit_memory_soft`, `limit_time_real`...).
+    pub limits: BTreeMap<String, u64>,
+    /// The last [`RECENT`] deaths, oldest first.
+    pub recent: VecDeque<Death>,
+    /// Requests served by workers that have ended.
+    pub requests_of_ended: u64,
+}
+
+impl Tally {
+    /// A worker ended as `verdict` says, after serving `requests`; `line` is what was logged.
+    pub fn ended(&mut self, verdict: &Verdict, pid: i32, requests: u64, line: &str) {
+        *self.ends.entry(cause(verdict)).or_default() += 1;
+        self.requests_of_ended = self.requests_of_ended.saturating_add(requests);
+        if let Verdict::LimitExceeded(detail) = verdict {
+            // Enforced by the worker itself (limit_time_cpu): the master learns it here.
+            self.enforced(detail);
+        }
+        let plain_stop = matches!(
+            verdict,
+            Verdict::Retired(
+                RetireReason::Shutdown | RetireReason::Replaced | RetireReason::ScaledDown
+            )
+        );
+        if !plain_stop {
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(Death {
+                at: SystemTime::now(),
+                pid,
+                line: line.to_string(),
+            });
+        }
+    }
+
+    /// The master enforced the limit that `detail` names (`limit_memory_hard exceeded
+    /// (...)`); a kill for another reason (a worker that would not stop) is no limit.
+    pub fn enforced(&mut self, detail: &str) {
+        if let Some(limit) = limit_named(detail) {
+            *self.limits.entry(limit.to_string()).or_default() += 1;
+        }
+    }
+}
+
+/// The limit a detail line starts with (each names its config key first), if it is one.
+fn limit_named(detail: &str) -> Option<&str> {
+    detail
+        .split_whitespace()
+        .next()
+        .filter(|word| word.starts_with("limit_"))
+}
+
+/// The cause of an end, as one short key.
+fn cause(verdict: &Verdict) -> String {
+    match verdict {
+        Verdict::Retired(RetireReason::Shutdown) => "shutdown".to_string(),
+        Verdict::Retired(RetireReason::Replaced) => "replaced".to_string(),
+        Verdict::Retired(RetireReason::ScaledDown) => "scaled_down".to_string(),
+        Verdict::Retired(RetireReason::Limit(detail))
+        | Verdict::KilledByMaster(detail)
+        | Verdict::LimitExceeded(detail) => limit_named(detail).unwrap_or("killed").to_string(),
+        Verdict::Recycled(reason) => reason.as_key().to_string(),
+        Verdict::Critical => "critical".to_string(),
+        Verdict::BootFailed => "boot_failed".to_string(),
+        Verdict::Died => "died".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scoreboard::ExitReason;
+
+    #[test]
+    fn ends_are_counted_by_cause_and_limits_by_name() {
+        let mut tally = Tally::default();
+        tally.ended(&Verdict::Retired(RetireReason::Replaced), 1, 5, "stopped");
+        tally.ended(
+            &Verdict::KilledByMaster("limit_memory_hard exceeded (rss 9 > 8)".into()),
+            2,
+            7,
+            "killed: limit_memory_hard exceeded",
+        );
+        tally.enforced("limit_memory_hard exceeded (rss 9 > 8)");
+        tally.ended(
+            &Verdict::Recycled(ExitReason::LimitRequest),
+            3,
+            100,
+            "exited",
+        );
+        tally.ended(&Verdict::Died, 4, 0, "died: killed by SIGKILL");
+        tally.enforced("did not stop within graceful_timeout (30s)");
+        assert_eq!(tally.ends["replaced"], 1);
+        assert_eq!(tally.ends["limit_memory_hard"], 1);
+        assert_eq!(tally.ends["limit_request"], 1);
+        assert_eq!(tally.ends["died"], 1);
+        assert_eq!(tally.limits["limit_memory_hard"], 1);
+        assert_eq!(tally.limits.len(), 1, "a kill for not stopping is no limit");
+        assert_eq!(tally.requests_of_ended, 112);
+        // A stop for a reload is not a death.
+        let pids: Vec<i32> = tally.recent.iter().map(|death| death.pid).collect();
+        assert_eq!(pids, [2, 3, 4]);
+        for pid in 10..30 {
+            tally.ended(&Verdict::Died, pid, 0, "died");
+        }
+        assert_eq!(tally.recent.len(), RECENT);
+        assert_eq!(tally.recent.back().map(|death| death.pid), Some(29));
+    }
+}

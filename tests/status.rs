@@ -1,0 +1,170 @@
+//! `forkwarden status`: what the master says about the running server, over its control
+//! socket, and that no reader of it can hold the master up.
+
+mod common;
+
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+
+use common::{BINARY, SOON, Server, http_get, wait_until};
+
+fn status(server: &Server, args: &[&str]) -> (bool, String) {
+    let output = Command::new(BINARY)
+        .arg("status")
+        .arg("--config")
+        .arg(&server.config_path)
+        .args(args)
+        .output()
+        .expect("run forkwarden status");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+fn status_json(server: &Server) -> serde_json::Value {
+    let (ok, text) = status(server, &["--json"]);
+    assert!(ok, "{text}");
+    serde_json::from_str(&text).unwrap_or_else(|error| panic!("{error}: {text}"))
+}
+
+#[test]
+fn status_shows_each_worker_the_request_in_flight_and_what_ended() {
+    let server = Server::start("workers = 2\ndemo_fault_endpoints = true");
+    let pids = server.wait_for_workers("http worker", 2);
+    assert_eq!(http_get(server.port, "/").status, 200);
+    assert_eq!(http_get(server.port, "/crash").status, 0, "the worker died");
+    server.wait_for_log("died: killed by SIGABRT while serving GET /crash");
+    server.wait_for_workers("http worker", 2);
+    std::thread::scope(|scope| {
+        scope.spawn(|| http_get(server.port, "/sleep?ms=1500"));
+        // The request shows in flight, on the worker serving it.
+        let mut json = serde_json::Value::Null;
+        assert!(
+            wait_until(SOON, || {
+                json = status_json(&server);
+                json["workers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|worker| worker["state"] == "busy")
+            }),
+            "no busy worker: {json}"
+        );
+        let workers = json["workers"].as_array().unwrap();
+        assert_eq!(workers.len(), 2, "{json}");
+        let busy = workers
+            .iter()
+            .find(|worker| worker["state"] == "busy")
+            .unwrap();
+        assert_eq!(busy["request"], "GET /sleep?ms=1500", "{json}");
+        assert!(busy["busy_seconds"].as_f64().is_some(), "{json}");
+        for worker in workers {
+            assert_eq!(worker["role"], "http");
+            assert!(
+                worker["rss_bytes"].as_u64().is_some_and(|rss| rss > 0),
+                "{json}"
+            );
+            assert!(worker["cpu_seconds"].as_f64().is_some(), "{json}");
+        }
+        assert_eq!(json["master"]["pid"], server.pid());
+        assert_eq!(json["http_workers"]["wanted"], 2);
+        assert_eq!(json["http_workers"]["running"], 2);
+        assert_eq!(json["ends"]["died"], 1, "{json}");
+        assert!(json["requests"].as_u64().is_some_and(|served| served >= 1));
+        let death = &json["recent_deaths"][0];
+        assert!(
+            death["line"]
+                .as_str()
+                .unwrap()
+                .contains("killed by SIGABRT"),
+            "{json}"
+        );
+        assert!(
+            pids.contains(&(death["pid"].as_i64().unwrap() as i32)),
+            "{json}"
+        );
+        // The table says the same.
+        let (ok, text) = status(&server, &[]);
+        assert!(ok, "{text}");
+        assert!(
+            text.contains(&format!("forkwarden master pid {}", server.pid())),
+            "{text}"
+        );
+        assert!(text.contains("http workers 2/2"), "{text}");
+        assert!(text.contains("workers ended: died 1"), "{text}");
+        assert!(text.contains("GET /sleep?ms=1500"), "{text}");
+        assert!(
+            text.contains("killed by SIGABRT while serving GET /crash"),
+            "{text}"
+        );
+    });
+}
+
+#[test]
+fn limits_enforced_are_counted_by_limit() {
+    let server = Server::start(
+        "workers = 1\ndemo_fault_endpoints = true\nlimit_time_real = 1\nlimit_memory_soft = \"64MiB\"",
+    );
+    server.wait_for_workers("http worker", 1);
+    assert_eq!(http_get(server.port, "/sleep?ms=3000").status, 504);
+    server.wait_for_log("killed: limit_time_real exceeded");
+    server.wait_for_workers("http worker", 1);
+    assert_eq!(http_get(server.port, "/alloc?mb=100").status, 200);
+    server.wait_for_log("recycled: limit_memory_soft exceeded");
+    let mut json = serde_json::Value::Null;
+    assert!(
+        wait_until(SOON, || {
+            json = status_json(&server);
+            json["ends"]["limit_memory_soft"] == 1
+        }),
+        "{json}"
+    );
+    assert_eq!(json["limits_enforced"]["limit_time_real"], 1, "{json}");
+    assert_eq!(json["limits_enforced"]["limit_memory_soft"], 1, "{json}");
+    assert_eq!(json["ends"]["limit_time_real"], 1, "{json}");
+}
+
+#[test]
+fn readers_that_never_read_delay_no_respawn_and_the_next_reader_is_answered() {
+    let server = Server::start("workers = 2");
+    let pids = server.wait_for_workers("http worker", 2);
+    // data_dir is `forkwarden-data` beside the config, by default.
+    let socket = server.dir.path().join("forkwarden-data/forkwarden.sock");
+    // A hundred readers that connect and never read, and stay connected.
+    let stuck: Vec<UnixStream> = (0..100)
+        .map(|_| UnixStream::connect(&socket).expect("connect to the control socket"))
+        .collect();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let line = server.wait_for_log(&format!("(pid {}) died: killed by SIGKILL", pids[0]));
+    assert!(
+        line.contains("respawned as pid"),
+        "replaced at once: {line}"
+    );
+    server.wait_for_workers("http worker", 2);
+    let json = status_json(&server);
+    assert_eq!(json["http_workers"]["running"], 2, "{json}");
+    assert_eq!(http_get(server.port, "/").status, 200);
+    drop(stuck);
+}
+
+#[test]
+fn status_without_a_running_server_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("forkwarden.toml");
+    std::fs::write(&config, "workers = 1\n").unwrap();
+    let output = Command::new(BINARY)
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("no forkwarden master answers on"), "{error}");
+    assert!(error.contains("forkwarden.sock"), "{error}");
+}

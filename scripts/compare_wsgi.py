@@ -117,7 +117,10 @@ def load(server, path, connections, close, seconds):
     report = {key: int(value) for key, value in re.findall(r"^(\w+) (\d+)$", output, re.M)}
     rate = report["requests"] / (report["duration_us"] / 1e6)
     per_request_us = cpu / report["requests"] * 1e6 if report["requests"] else float("nan")
-    return rate, per_request_us, failures(report)
+    # How they failed: wrk's error kinds and non-2xx answers, those that happened.
+    kinds = {key.removeprefix("errors_"): count for key, count in report.items()
+             if (key.startswith("errors_") or key == "non_2xx") and count}
+    return rate, per_request_us, failures(report), kinds
 
 
 def closes_when_asked(port, path):
@@ -147,10 +150,11 @@ def connections_answered(port, path, count, wait=2.0):
     return sum(at_once(count, client))
 
 
-def cell(rate, cpu_us, failed, best):
+def cell(rate, cpu_us, failed, kinds, best):
     mark = "**" if rate >= best else ""
     text = f"{mark}{rate / 1000:.1f}k{mark} · {cpu_us:.0f} µs"
-    return text + (f" ({failed} failed)" if failed else "")
+    how = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
+    return text + (f" ({failed} failed: {how})" if failed else "")
 
 
 def main():

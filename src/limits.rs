@@ -295,11 +295,56 @@ pub struct Observation {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Enforcement {
     /// Kill it now (SIGKILL).
-    Kill(String),
+    Kill(Breach),
     /// Tell it to answer 504 and leave (SIGUSR2); SIGKILL after [`EXPIRY_GRACE`].
-    Expire(String),
+    Expire(Breach),
     /// Let it finish its current request, then leave; start its replacement now.
-    Recycle(String),
+    Recycle(Breach),
+}
+
+impl Enforcement {
+    pub fn breach(&self) -> &Breach {
+        match self {
+            Self::Kill(breach) | Self::Expire(breach) | Self::Recycle(breach) => breach,
+        }
+    }
+}
+
+/// A limit a worker crossed, as facts for the log's fields: the config key, what was
+/// measured and the limit (bytes for memory, milliseconds for time); and the sentence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Breach {
+    pub limit: &'static str,
+    pub value: u64,
+    pub limit_value: u64,
+    /// `limit_memory_hard exceeded (rss 612 MiB > 512 MiB)`.
+    pub detail: String,
+}
+
+impl Breach {
+    pub fn memory(limit: &'static str, value: u64, limit_value: u64, detail: String) -> Self {
+        Self {
+            limit,
+            value,
+            limit_value,
+            detail,
+        }
+    }
+
+    pub fn time(
+        limit: &'static str,
+        value: Duration,
+        limit_value: Duration,
+        detail: String,
+    ) -> Self {
+        let millis = |time: Duration| u64::try_from(time.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            limit,
+            value: millis(value),
+            limit_value: millis(limit_value),
+            detail,
+        }
+    }
 }
 
 /// Decides whether a worker is over one of its limits. The most urgent limit wins: hard
@@ -309,16 +354,21 @@ pub fn check(limits: &MasterLimits, worker: &Observation) -> Option<Enforcement>
     if let (Some(rss), Some(hard)) = (worker.rss, limits.memory_hard)
         && rss > hard
     {
-        return Some(Enforcement::Kill(format!(
-            "limit_memory_hard exceeded (rss {} > {})",
-            mib(rss),
-            mib(hard)
+        return Some(Enforcement::Kill(Breach::memory(
+            "limit_memory_hard",
+            rss,
+            hard,
+            format!(
+                "limit_memory_hard exceeded (rss {} > {})",
+                mib(rss),
+                mib(hard)
+            ),
         )));
     }
     if let (Some(busy), Some(limit)) = (worker.busy_for, limits.time_real_for(worker))
         && busy >= limit
     {
-        return Some(Enforcement::Expire(match role {
+        let detail = match role {
             Role::Http | Role::Program(_) => format!(
                 "limit_time_real exceeded (running {} > {})",
                 measured(busy),
@@ -330,7 +380,12 @@ pub fn check(limits: &MasterLimits, worker: &Observation) -> Option<Enforcement>
                 seconds(limit - CRON_BACKSTOP),
                 seconds(CRON_BACKSTOP)
             ),
-        }));
+        };
+        let key = match role {
+            Role::Cron => "limit_time_real_cron",
+            Role::Http | Role::Program(_) => "limit_time_real",
+        };
+        return Some(Enforcement::Expire(Breach::time(key, busy, limit, detail)));
     }
     if worker.leaving {
         return None;
@@ -338,19 +393,29 @@ pub fn check(limits: &MasterLimits, worker: &Observation) -> Option<Enforcement>
     if let (Some(rss), Some(soft)) = (worker.rss, limits.memory_soft)
         && rss > soft
     {
-        return Some(Enforcement::Recycle(format!(
-            "limit_memory_soft exceeded (rss {} > {})",
-            mib(rss),
-            mib(soft)
+        return Some(Enforcement::Recycle(Breach::memory(
+            "limit_memory_soft",
+            rss,
+            soft,
+            format!(
+                "limit_memory_soft exceeded (rss {} > {})",
+                mib(rss),
+                mib(soft)
+            ),
         )));
     }
     if let (Role::Cron, Some(limit)) = (role, limits.worker_cron_age)
         && worker.age >= limit
     {
-        return Some(Enforcement::Recycle(format!(
-            "limit_time_worker_cron reached (age {} >= {})",
-            measured(worker.age),
-            seconds(limit)
+        return Some(Enforcement::Recycle(Breach::time(
+            "limit_time_worker_cron",
+            worker.age,
+            limit,
+            format!(
+                "limit_time_worker_cron reached (age {} >= {})",
+                measured(worker.age),
+                seconds(limit)
+            ),
         )));
     }
     None
@@ -418,15 +483,21 @@ mod tests {
     fn memory_over_hard_kills_and_over_soft_recycles() {
         assert_eq!(
             check(&limits(), &http(Some(612), None)),
-            Some(Enforcement::Kill(
+            Some(Enforcement::Kill(Breach::memory(
+                "limit_memory_hard",
+                612 << 20,
+                512 << 20,
                 "limit_memory_hard exceeded (rss 612 MiB > 512 MiB)".into()
-            ))
+            )))
         );
         assert_eq!(
             check(&limits(), &http(Some(300), None)),
-            Some(Enforcement::Recycle(
+            Some(Enforcement::Recycle(Breach::memory(
+                "limit_memory_soft",
+                300 << 20,
+                256 << 20,
                 "limit_memory_soft exceeded (rss 300 MiB > 256 MiB)".into()
-            ))
+            )))
         );
         assert_eq!(check(&limits(), &http(Some(100), None)), None);
         let leaving = Observation {
@@ -440,9 +511,12 @@ mod tests {
     fn a_request_past_limit_time_real_expires_and_an_idle_worker_never_does() {
         assert_eq!(
             check(&limits(), &http(None, Some(121))),
-            Some(Enforcement::Expire(
-                "limit_time_real exceeded (running 121.00s > 120s)".into()
-            ))
+            Some(Enforcement::Expire(Breach {
+                limit: "limit_time_real",
+                value: 121_000,
+                limit_value: 120_000,
+                detail: "limit_time_real exceeded (running 121.00s > 120s)".into()
+            }))
         );
         assert_eq!(check(&limits(), &http(None, Some(119))), None);
         let idle_for_ages = Observation {
@@ -465,7 +539,7 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            matches!(check(&limits(), &old_cron), Some(Enforcement::Recycle(d)) if d.starts_with("limit_time_worker_cron"))
+            matches!(check(&limits(), &old_cron), Some(Enforcement::Recycle(b)) if b.limit == "limit_time_worker_cron" && b.value == 4_000_000)
         );
         let long_job = Observation {
             role: Some(Role::Cron),
@@ -475,7 +549,7 @@ mod tests {
         };
         let expired = check(&limits(), &long_job);
         assert!(
-            matches!(&expired, Some(Enforcement::Expire(d)) if d.contains("(running 66.00s > 60s + 5s)")),
+            matches!(&expired, Some(Enforcement::Expire(b)) if b.detail.contains("(running 66.00s > 60s + 5s)")),
             "{expired:?}"
         );
         let within_backstop = Observation {

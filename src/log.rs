@@ -64,6 +64,29 @@ pub struct Logging {
 pub fn init(config: &Config) -> Result<Logging, LogError> {
     set_owner(config);
     point_sink_at(config.logfile.as_deref())?;
+    let level = install(config)?;
+    std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
+    Ok(Logging { level })
+}
+
+/// Logging for forkwarden's worker inside a program (see `worker::kit`): its lines go
+/// where the master's go, `destination` (the log file, reopened at its path after a
+/// rotation, or the master's standard error), formatted as a built-in worker's. A program
+/// that set up its own subscriber keeps it.
+pub fn init_for_program(config: &Config, destination: File) {
+    *sink() = match &config.logfile {
+        Some(path) => Sink::File {
+            path: path.clone(),
+            file: destination,
+        },
+        None => Sink::Handed(destination),
+    };
+    let _ = install(config);
+}
+
+/// Installs the subscriber that writes `config`'s format to the sink, at its level (which
+/// the handle changes).
+fn install(config: &Config) -> Result<reload::Handle<LevelFilter, Registry>, LogError> {
     let (level, handle) = reload::Layer::new(level_filter(config.log_level));
     let lines = tracing_subscriber::fmt::layer()
         .with_writer(|| SinkWriter)
@@ -81,37 +104,7 @@ pub fn init(config: &Config) -> Result<Logging, LogError> {
             .try_init(),
     };
     installed.map_err(|error| LogError::Subscriber(error.to_string()))?;
-    std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
-    Ok(Logging { level: handle })
-}
-
-/// Logging for forkwarden's worker inside a program (see `worker::kit`): its lines go
-/// where the master's go, `destination` (the log file, reopened at its path after a
-/// rotation, or the master's standard error), formatted as a built-in worker's. A program
-/// that set up its own subscriber keeps it.
-pub fn init_for_program(config: &Config, destination: File) {
-    *sink() = match &config.logfile {
-        Some(path) => Sink::File {
-            path: path.clone(),
-            file: destination,
-        },
-        None => Sink::Handed(destination),
-    };
-    let lines = tracing_subscriber::fmt::layer()
-        .with_writer(|| SinkWriter)
-        .with_ansi(false)
-        .with_target(false);
-    let level = level_filter(config.log_level);
-    let _ = match config.log_format {
-        LogFormat::Text => tracing_subscriber::registry()
-            .with(level)
-            .with(lines.fmt_fields(MessageOnly))
-            .try_init(),
-        LogFormat::Json => tracing_subscriber::registry()
-            .with(level)
-            .with(lines.json().flatten_event(true))
-            .try_init(),
-    };
+    Ok(handle)
 }
 
 /// A descriptor of where log lines go now (the log file, or standard error), for a

@@ -168,3 +168,48 @@ fn status_without_a_running_server_says_so() {
     assert!(error.contains("no forkwarden master answers on"), "{error}");
     assert!(error.contains("forkwarden.sock"), "{error}");
 }
+
+/// The first JSON log line containing `needle`, parsed.
+fn json_line(server: &Server, needle: &str) -> serde_json::Value {
+    let line = server.wait_for_log(needle);
+    serde_json::from_str(&line).unwrap_or_else(|error| panic!("{error}: {line}"))
+}
+
+#[test]
+fn json_log_lines_carry_a_worker_s_end_and_a_limit_as_fields() {
+    let server = Server::start(
+        "workers = 1\ndemo_fault_endpoints = true\nlog_format = \"json\"\n\
+         limit_memory_soft = 0\nlimit_memory_hard = \"80MiB\"\nlimit_memory_hard_rlimit = false",
+    );
+    let pid = server.wait_for_workers("http worker", 1)[0];
+    assert_eq!(http_get(server.port, "/").status, 200);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let ended = json_line(&server, &format!("(pid {pid}) died: killed by SIGKILL"));
+    assert_eq!(ended["event"], "worker_ended", "{ended}");
+    assert_eq!(ended["role"], "http");
+    assert_eq!(ended["slot"], 0);
+    assert_eq!(ended["pid"], pid);
+    assert_eq!(ended["cause"], "died");
+    assert_eq!(ended["requests"], 1);
+    assert!(ended["uptime"].as_f64().is_some(), "{ended}");
+    let new_pid = ended["new_pid"].as_i64().expect("the replacement's pid") as i32;
+    assert_eq!(server.wait_for_workers("http worker", 1), [new_pid]);
+    // A worker past limit_memory_hard: the limit, what was measured and the limit.
+    // (Killed while it allocates, or just after: no answer to count on.)
+    let _ = http_get(server.port, "/alloc?mb=200");
+    let killed = json_line(&server, "killed: limit_memory_hard exceeded");
+    assert_eq!(killed["event"], "limit_enforced", "{killed}");
+    assert_eq!(killed["pid"], new_pid);
+    assert_eq!(killed["limit"], "limit_memory_hard");
+    assert_eq!(killed["limit_value"], 80 << 20);
+    assert!(
+        killed["value"].as_u64().is_some_and(|rss| rss > 80 << 20),
+        "{killed}"
+    );
+    assert_eq!(killed["cause"], "limit_memory_hard");
+    assert!(killed["new_pid"].as_i64().is_some(), "{killed}");
+}

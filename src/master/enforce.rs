@@ -7,10 +7,13 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+use super::Master;
 use super::exec::Markers;
 use super::pool::{self, Departure, Lifecycle, RetireReason, Worker};
-use super::{Master, report};
-use crate::limits::{self, EXPIRY_GRACE, Enforcement, IDLE_SCAN, MemoryActivity, Observation};
+use super::report::{self, Facts};
+use crate::limits::{
+    self, Breach, EXPIRY_GRACE, Enforcement, IDLE_SCAN, MemoryActivity, Observation,
+};
 use crate::proctree;
 
 impl Master {
@@ -27,30 +30,36 @@ impl Master {
             }
             match &mut worker.lifecycle {
                 Lifecycle::Starting { ready_by } => {
-                    let waited = crate::format::seconds(pool::ready_timeout_given(
-                        worker.started,
-                        *ready_by,
-                    ));
+                    let given = pool::ready_timeout_given(worker.started, *ready_by);
+                    let waited = crate::format::seconds(given);
                     let detail = if worker.exec.is_some() {
                         format!("did not report READY=1 within ready_timeout ({waited})")
                     } else {
                         format!("did not become ready within ready_timeout ({waited})")
                     };
-                    due.push((worker.pid, detail));
+                    let took = now.saturating_duration_since(worker.started);
+                    due.push((
+                        worker.pid,
+                        Breach::time("ready_timeout", took, given, detail),
+                    ));
                 }
                 Lifecycle::Serving => {
                     if let Some(exec) = &worker.exec
                         && let Some(period) = exec.watchdog
                         && !worker.row.is_busy()
                     {
+                        let silent = now.saturating_duration_since(exec.last_alive);
                         due.push((
                             worker.pid,
-                            format!(
-                                "watchdog: no WATCHDOG=1 for {} (WATCHDOG_USEC={})",
-                                crate::format::measured(
-                                    now.saturating_duration_since(exec.last_alive)
+                            Breach::time(
+                                "heartbeat_timeout",
+                                silent,
+                                period,
+                                format!(
+                                    "watchdog: no WATCHDOG=1 for {} (WATCHDOG_USEC={})",
+                                    crate::format::measured(silent),
+                                    period.as_micros()
                                 ),
-                                period.as_micros()
                             ),
                         ));
                     }
@@ -76,8 +85,8 @@ impl Master {
                 },
             }
         }
-        for (pid, detail) in due {
-            self.enforce(pid, Enforcement::Kill(detail), now);
+        for (pid, breach) in due {
+            self.enforce(pid, Enforcement::Kill(breach), now);
         }
         self.enforce_template_deadlines(now);
     }
@@ -124,8 +133,8 @@ impl Master {
                     read_memory(worker, now);
                 }
             }
-            if let Some(detail) = silence(worker, limits, scan, now) {
-                crossed.push((worker.pid, Enforcement::Kill(detail)));
+            if let Some(breach) = silence(worker, limits, scan, now) {
+                crossed.push((worker.pid, Enforcement::Kill(breach)));
                 continue;
             }
             let observation = Observation {
@@ -175,12 +184,10 @@ impl Master {
             Enforcement::Expire(detail) if !worker.answers_limits() => Enforcement::Kill(detail),
             other => other,
         };
-        let (Enforcement::Kill(detail)
-        | Enforcement::Expire(detail)
-        | Enforcement::Recycle(detail)) = &enforcement;
-        self.tally.enforced(detail);
+        let breach = enforcement.breach().clone();
+        self.tally.enforced(breach.limit);
         let (what, unexpected) = match enforcement {
-            Enforcement::Kill(detail) => {
+            Enforcement::Kill(Breach { detail, .. }) => {
                 worker.signal(Signal::SIGKILL);
                 let what = format!("killed: {detail}");
                 worker.depart(
@@ -192,7 +199,7 @@ impl Master {
                 );
                 (what, true)
             }
-            Enforcement::Expire(detail) => {
+            Enforcement::Expire(Breach { detail, .. }) => {
                 // The worker answers 504 and leaves; SIGKILL follows if it cannot.
                 worker.signal(Signal::SIGUSR2);
                 let what = format!("killed: {detail}");
@@ -205,7 +212,7 @@ impl Master {
                 );
                 (what, true)
             }
-            Enforcement::Recycle(detail) => {
+            Enforcement::Recycle(Breach { detail, .. }) => {
                 worker.row.request_stop();
                 // A program in the middle of a request gets SIGTERM once it is idle.
                 let signal_now = !(worker
@@ -229,9 +236,17 @@ impl Master {
             }
         };
         let line = report::describe(worker, &what, true, &row, now);
+        let facts = Facts::of(
+            worker,
+            &row,
+            now,
+            "limit_enforced",
+            breach.limit.to_string(),
+        )
+        .with_breach(&breach);
         let failed_start = unexpected && report::failed_start(worker, None, &row, now);
         let id = worker.id;
-        self.replace(id, line, unexpected, failed_start, now);
+        self.replace(id, line, facts, unexpected, failed_start, now);
     }
 }
 
@@ -272,7 +287,7 @@ fn silence(
     limits: &limits::MasterLimits,
     scan: bool,
     now: Instant,
-) -> Option<String> {
+) -> Option<Breach> {
     limits.heartbeat?;
     if !matches!(worker.lifecycle, Lifecycle::Serving) {
         return None;
@@ -297,7 +312,12 @@ fn silence(
         || "gone".to_string(),
         |state| describe_state(state).to_string(),
     );
-    Some(format!("{detail}; its state: {seen}"))
+    Some(Breach::time(
+        "heartbeat_timeout",
+        silent_for,
+        limits.heartbeat?,
+        format!("{detail}; its state: {seen}"),
+    ))
 }
 
 fn describe_state(state: char) -> &'static str {

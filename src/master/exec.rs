@@ -415,11 +415,17 @@ impl Master {
             return;
         };
         let limit = exec.limit_request;
-        if limit > 0 && worker.row.requests() >= limit && worker.is_serving() {
-            let detail = format!("limit_request reached ({limit} requests)");
+        let served = worker.row.requests();
+        if limit > 0 && served >= limit && worker.is_serving() {
+            let breach = crate::limits::Breach {
+                limit: "limit_request",
+                value: served,
+                limit_value: limit,
+                detail: format!("limit_request reached ({limit} requests)"),
+            };
             self.enforce(
                 pid,
-                crate::limits::Enforcement::Recycle(detail),
+                crate::limits::Enforcement::Recycle(breach),
                 Instant::now(),
             );
         }

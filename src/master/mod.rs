@@ -36,7 +36,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 use signal_hook_mio::v1_0::Signals;
-use tracing::{debug, error, info, warn};
+use tracing::{Level, debug, error, info, warn};
 
 pub use control::socket_path as control_socket_path;
 pub use pidfile::PidfileError;
@@ -53,7 +53,7 @@ use crate::sys::{self, MASTER_SIGNALS, Reap};
 use crate::worker::{self, HandoffChannel, WorkerSpec};
 use pidfile::Pidfile;
 use pool::{Departure, PendingReport, Pool, RetireReason, Worker};
-use report::{Ending, Exit, Verdict};
+use report::{Ending, Exit, Facts, Verdict};
 use strays::Strays;
 use template::Templates;
 
@@ -424,21 +424,28 @@ impl Master {
             .ended(&report.verdict, pid.as_raw(), row.requests, &report.line);
         let unexpected = report.verdict.is_unexpected();
         let leaving = worker.leaving();
+        let level = if unexpected { Level::WARN } else { Level::INFO };
         if report.verdict == Verdict::Critical && self.stopping.is_none() {
-            error!(
-                pid = pid.as_raw(),
-                role = worker.id.role.as_str(),
-                slot = worker.id.slot,
-                "{}; stopping the server",
-                report.line
+            log_worker(
+                Level::ERROR,
+                &report.facts,
+                None,
+                &format!("{}; stopping the server", report.line),
             );
             self.begin_stop("critical error in a worker", EXIT_STATUS_CRITICAL);
         } else if leaving.is_some_and(|leaving| leaving.reported) {
             debug!("{} (reported when the limit was enforced)", report.line);
         } else if self.stopping.is_some() || leaving.is_some() {
-            log_end(&report.line, unexpected);
+            log_worker(level, &report.facts, None, &report.line);
         } else {
-            self.replace(worker.id, report.line, unexpected, report.failed_start, now);
+            self.replace(
+                worker.id,
+                report.line,
+                report.facts,
+                unexpected,
+                report.failed_start,
+                now,
+            );
         }
         Some(name)
     }
@@ -450,35 +457,54 @@ impl Master {
         &mut self,
         id: WorkerId,
         line: String,
+        facts: Facts,
         unexpected: bool,
         failed_start: bool,
         now: Instant,
     ) {
+        let level = if unexpected { Level::WARN } else { Level::INFO };
         if self.stopping.is_some() {
-            log_end(&line, unexpected);
+            log_worker(level, &facts, None, &line);
         } else if !self.pool.is_wanted(id) {
-            log_end(
+            log_worker(
+                level,
+                &facts,
+                None,
                 &format!("{line}; not replaced: its slot is no longer wanted"),
-                unexpected,
             );
         } else if let Some(current) = self.pool.current(id) {
-            log_end(
-                &format!("{line}; its slot is served by pid {}", current.pid),
-                unexpected,
+            let current = current.pid;
+            log_worker(
+                level,
+                &facts,
+                None,
+                &format!("{line}; its slot is served by pid {current}"),
             );
         } else {
             let delay = self.pool.record_exit(id, failed_start, now);
             if delay.is_zero() {
-                self.pool
-                    .set_pending_report(id, PendingReport { line, unexpected });
+                self.pool.set_pending_report(
+                    id,
+                    PendingReport {
+                        line,
+                        facts,
+                        unexpected,
+                    },
+                );
             } else {
-                warn!(
-                    role = id.role.as_str(),
-                    slot = id.slot,
-                    failures_in_a_row = self.pool.failures_in_a_row(id),
-                    "{line}; restarting in {} ({} failed starts in a row)",
-                    elapsed(delay),
-                    self.pool.failures_in_a_row(id)
+                let failures = self.pool.failures_in_a_row(id);
+                let facts = Facts {
+                    failures_in_a_row: Some(failures),
+                    ..facts
+                };
+                log_worker(
+                    Level::WARN,
+                    &facts,
+                    None,
+                    &format!(
+                        "{line}; restarting in {} ({failures} failed starts in a row)",
+                        elapsed(delay)
+                    ),
                 );
             }
         }
@@ -525,19 +551,21 @@ impl Master {
                     // The template may take long to load (or fail to): the end of the
                     // worker being replaced is told now, not when its replacement comes.
                     if let Some(report) = self.pool.take_pending_report(id) {
-                        log_end(
+                        log_worker(
+                            report.level(),
+                            &report.facts,
+                            None,
                             &format!(
                                 "{}; its replacement waits for the {} to load",
                                 report.line,
                                 crate::id::TEMPLATE
                             ),
-                            report.unexpected,
                         );
                     }
                 }
                 Err(error) => {
                     if let Some(report) = self.pool.take_pending_report(id) {
-                        warn!("{}", report.line);
+                        log_worker(Level::WARN, &report.facts, None, &report.line);
                     }
                     error!(
                         role = id.role.as_str(),
@@ -554,19 +582,11 @@ impl Master {
     /// Logs that `pid` now serves slot `id`: with the end of the worker it replaces, if any.
     fn log_spawned(&mut self, id: WorkerId, pid: Pid) {
         match self.pool.take_pending_report(id) {
-            Some(report) if report.unexpected => warn!(
-                role = id.role.as_str(),
-                slot = id.slot,
-                new_pid = pid.as_raw(),
-                "{}; respawned as pid {pid}",
-                report.line
-            ),
-            Some(report) => info!(
-                role = id.role.as_str(),
-                slot = id.slot,
-                new_pid = pid.as_raw(),
-                "{}; respawned as pid {pid}",
-                report.line
+            Some(report) => log_worker(
+                report.level(),
+                &report.facts,
+                Some(pid),
+                &format!("{}; respawned as pid {pid}", report.line),
             ),
             None => info!(
                 role = id.role.as_str(),
@@ -915,11 +935,33 @@ fn bind_http(config: &Config) -> Result<TcpListener, MasterError> {
 }
 
 /// Logs the end of a worker: a warning when nobody planned it.
-fn log_end(line: &str, unexpected: bool) {
-    if unexpected {
-        warn!("{line}");
-    } else {
-        info!("{line}");
+/// Logs `line` about a worker with its `facts` as fields (and its replacement's pid).
+fn log_worker(level: Level, facts: &Facts, new_pid: Option<Pid>, line: &str) {
+    macro_rules! at {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                event = facts.event,
+                role = facts.role,
+                slot = facts.slot,
+                pid = facts.pid,
+                cause = facts.cause.as_str(),
+                request = facts.request.as_deref(),
+                uptime = facts.uptime,
+                requests = facts.requests,
+                limit = facts.limit,
+                value = facts.value,
+                limit_value = facts.limit_value,
+                failures_in_a_row = facts.failures_in_a_row,
+                new_pid = new_pid.map(Pid::as_raw),
+                "{line}"
+            )
+        };
+    }
+    match level {
+        Level::ERROR => at!(Level::ERROR),
+        Level::WARN => at!(Level::WARN),
+        _ => at!(Level::INFO),
     }
 }
 

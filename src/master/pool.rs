@@ -244,7 +244,19 @@ struct SlotHistory {
 /// A death report waiting for the replacement's pid.
 pub struct PendingReport {
     pub line: String,
+    pub facts: super::report::Facts,
     pub unexpected: bool,
+}
+
+impl PendingReport {
+    /// Unexpected ends are warnings; planned ones are informational.
+    pub fn level(&self) -> tracing::Level {
+        if self.unexpected {
+            tracing::Level::WARN
+        } else {
+            tracing::Level::INFO
+        }
+    }
 }
 
 pub struct Pool {

@@ -10,7 +10,7 @@ use super::exec::ExecState;
 use super::pool::{Departure, FAST_FAILURE, RetireReason, Worker};
 use crate::format::mib;
 use crate::id::Role;
-use crate::limits::{self, MasterLimits};
+use crate::limits::{self, Breach, MasterLimits};
 use crate::scoreboard::{ExitReason, RowSnapshot};
 use crate::worker::{EXIT_CRITICAL, EXIT_OK};
 
@@ -68,10 +68,96 @@ impl Verdict {
     }
 }
 
+impl Verdict {
+    /// The cause of an end, as one short key: `replaced`, `limit_request`,
+    /// `limit_memory_hard`, `died`... (`forkwarden status`, the log's `cause` field).
+    pub fn cause(&self) -> String {
+        match self {
+            Self::Retired(RetireReason::Shutdown) => "shutdown".to_string(),
+            Self::Retired(RetireReason::Replaced) => "replaced".to_string(),
+            Self::Retired(RetireReason::ScaledDown) => "scaled_down".to_string(),
+            Self::Retired(RetireReason::Limit(detail))
+            | Self::KilledByMaster(detail)
+            | Self::LimitExceeded(detail) => limit_named(detail).unwrap_or("killed").to_string(),
+            Self::Recycled(reason) => reason.as_key().to_string(),
+            Self::Critical => "critical".to_string(),
+            Self::BootFailed => "boot_failed".to_string(),
+            Self::Died => "died".to_string(),
+        }
+    }
+}
+
+/// The limit a detail line starts with (each names its config key first), if it is one.
+pub fn limit_named(detail: &str) -> Option<&str> {
+    detail
+        .split_whitespace()
+        .next()
+        .filter(|word| word.starts_with("limit_"))
+}
+
+/// What a line about a worker says, as log fields (`log_format = "json"`, where a log
+/// pipeline filters on them): the worker, why it ended or which limit it crossed, what it
+/// was doing. The replacement's pid (`new_pid`) is added when it is known.
+#[derive(Clone, Debug)]
+pub struct Facts {
+    /// `worker_ended`, or `limit_enforced` when the master acted on a limit.
+    pub event: &'static str,
+    pub role: &'static str,
+    pub slot: u32,
+    pub pid: i32,
+    /// Why it ended ([`Verdict::cause`]), or the limit enforced.
+    pub cause: String,
+    /// The request (or job) it was on, if it was on one.
+    pub request: Option<String>,
+    /// Seconds since it started.
+    pub uptime: f64,
+    /// Requests served (jobs run, for a cron worker).
+    pub requests: u64,
+    /// The limit crossed, what was measured and the limit (bytes, or milliseconds).
+    pub limit: Option<&'static str>,
+    pub value: Option<u64>,
+    pub limit_value: Option<u64>,
+    /// Failed starts in a row, when the slot backs off.
+    pub failures_in_a_row: Option<u32>,
+}
+
+impl Facts {
+    pub fn of(
+        worker: &Worker,
+        row: &RowSnapshot,
+        now: Instant,
+        event: &'static str,
+        cause: String,
+    ) -> Self {
+        Self {
+            event,
+            role: worker.id.role.as_str(),
+            slot: worker.id.slot,
+            pid: worker.pid.as_raw(),
+            cause,
+            request: row.busy_for.map(|_| row.request.clone()),
+            uptime: now.saturating_duration_since(worker.started).as_secs_f64(),
+            requests: row.requests,
+            limit: None,
+            value: None,
+            limit_value: None,
+            failures_in_a_row: None,
+        }
+    }
+
+    pub fn with_breach(mut self, breach: &Breach) -> Self {
+        self.limit = Some(breach.limit);
+        self.value = Some(breach.value);
+        self.limit_value = Some(breach.limit_value);
+        self
+    }
+}
+
 /// The verdict on a worker's end and the line that reports it (without what happens next).
 pub struct Report {
     pub verdict: Verdict,
     pub line: String,
+    pub facts: Facts,
     /// It counts as a failed start (see [`failed_start`]): a crash loop if it keeps
     /// happening.
     pub failed_start: bool,
@@ -107,10 +193,12 @@ pub fn report(
     if matches!(verdict, Verdict::Died | Verdict::BootFailed) {
         line.push_str(&memory_hint(worker, exit.ending, limits));
     }
+    let facts = Facts::of(worker, row, now, "worker_ended", verdict.cause());
     Report {
         failed_start: unexpected && failed_start(worker, Some(exit.ending), row, now),
         verdict,
         line,
+        facts,
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::SystemTime;
 
 use super::pool::RetireReason;
-use super::report::Verdict;
+use super::report::{Verdict, limit_named};
 
 /// How many recent deaths are kept.
 const RECENT: usize = 10;
@@ -35,11 +35,13 @@ pub struct Tally {
 impl Tally {
     /// A worker ended as `verdict` says, after serving `requests`; `line` is what was logged.
     pub fn ended(&mut self, verdict: &Verdict, pid: i32, requests: u64, line: &str) {
-        *self.ends.entry(cause(verdict)).or_default() += 1;
+        *self.ends.entry(verdict.cause()).or_default() += 1;
         self.requests_of_ended = self.requests_of_ended.saturating_add(requests);
-        if let Verdict::LimitExceeded(detail) = verdict {
+        if let Verdict::LimitExceeded(detail) = verdict
+            && let Some(limit) = limit_named(detail)
+        {
             // Enforced by the worker itself (limit_time_cpu): the master learns it here.
-            self.enforced(detail);
+            self.enforced(limit);
         }
         let plain_stop = matches!(
             verdict,
@@ -59,36 +61,9 @@ impl Tally {
         }
     }
 
-    /// The master enforced the limit that `detail` names (`limit_memory_hard exceeded
-    /// (...)`); a kill for another reason (a worker that would not stop) is no limit.
-    pub fn enforced(&mut self, detail: &str) {
-        if let Some(limit) = limit_named(detail) {
-            *self.limits.entry(limit.to_string()).or_default() += 1;
-        }
-    }
-}
-
-/// The limit a detail line starts with (each names its config key first), if it is one.
-fn limit_named(detail: &str) -> Option<&str> {
-    detail
-        .split_whitespace()
-        .next()
-        .filter(|word| word.starts_with("limit_"))
-}
-
-/// The cause of an end, as one short key.
-fn cause(verdict: &Verdict) -> String {
-    match verdict {
-        Verdict::Retired(RetireReason::Shutdown) => "shutdown".to_string(),
-        Verdict::Retired(RetireReason::Replaced) => "replaced".to_string(),
-        Verdict::Retired(RetireReason::ScaledDown) => "scaled_down".to_string(),
-        Verdict::Retired(RetireReason::Limit(detail))
-        | Verdict::KilledByMaster(detail)
-        | Verdict::LimitExceeded(detail) => limit_named(detail).unwrap_or("killed").to_string(),
-        Verdict::Recycled(reason) => reason.as_key().to_string(),
-        Verdict::Critical => "critical".to_string(),
-        Verdict::BootFailed => "boot_failed".to_string(),
-        Verdict::Died => "died".to_string(),
+    /// The master enforced `limit` (a config key: `limit_memory_hard`, `ready_timeout`...).
+    pub fn enforced(&mut self, limit: &str) {
+        *self.limits.entry(limit.to_string()).or_default() += 1;
     }
 }
 
@@ -107,7 +82,7 @@ mod tests {
             7,
             "killed: limit_memory_hard exceeded",
         );
-        tally.enforced("limit_memory_hard exceeded (rss 9 > 8)");
+        tally.enforced("limit_memory_hard");
         tally.ended(
             &Verdict::Recycled(ExitReason::LimitRequest),
             3,
@@ -115,13 +90,11 @@ mod tests {
             "exited",
         );
         tally.ended(&Verdict::Died, 4, 0, "died: killed by SIGKILL");
-        tally.enforced("did not stop within graceful_timeout (30s)");
         assert_eq!(tally.ends["replaced"], 1);
         assert_eq!(tally.ends["limit_memory_hard"], 1);
         assert_eq!(tally.ends["limit_request"], 1);
         assert_eq!(tally.ends["died"], 1);
         assert_eq!(tally.limits["limit_memory_hard"], 1);
-        assert_eq!(tally.limits.len(), 1, "a kill for not stopping is no limit");
         assert_eq!(tally.requests_of_ended, 112);
         // A stop for a reload is not a death.
         let pids: Vec<i32> = tally.recent.iter().map(|death| death.pid).collect();

@@ -101,6 +101,8 @@ fn an_application_that_raises_gets_500_and_its_traceback_logged_and_the_worker_s
     server.wait_for_log("the application yielded str, not bytes");
     server.wait_for_log("the application returned without calling start_response");
     server.wait_for_log("invalid response header \"X-Value\"");
+    assert_eq!(server.get("/wide-header").status, 500);
+    server.wait_for_log("response header \"X-Name\" holds '€', not in ISO-8859-1");
     assert_eq!(
         field(&server.get("/environ").body, "pid").unwrap(),
         pid,
@@ -295,4 +297,23 @@ fn a_large_body_reaches_wsgi_input_from_a_temporary_file_and_a_small_one_from_me
     ));
     assert_eq!(field(&small.body, "kind").as_deref(), Some("BytesIO"));
     assert_eq!(field(&small.body, "length").as_deref(), Some("2"));
+}
+
+#[test]
+fn header_values_go_out_as_iso_8859_1_bytes() {
+    let server = probe_server();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream.set_read_timeout(Some(SOON)).unwrap();
+    stream
+        .write_all(b"GET /latin1-header HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    // `café` as latin-1: one byte 0xE9, not UTF-8's two.
+    let needle = b"X-Name: caf\xe9\r\n";
+    assert!(
+        raw.windows(needle.len()).any(|window| window == needle),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
 }

@@ -142,7 +142,7 @@ impl Wsgi {
             }
         };
         for (name, value) in &headers {
-            response = response.header(name, value);
+            response = response.header_bytes(name, &latin1_bytes(value));
         }
         Ok(response)
     }
@@ -513,20 +513,33 @@ fn status_code(status: &str) -> PyResult<u16> {
     }
 }
 
-/// Refuses a header that would break the response's framing (CR, LF) or is not a token.
+/// Refuses a header that would break the response's framing (CR, LF), whose name is not a
+/// token, or whose value is not ISO-8859-1 text (PEP 3333: header strings are latin-1).
 fn check_header(name: &str, value: &str) -> PyResult<()> {
     let name_ok = !name.is_empty()
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     let value_ok = !value.chars().any(|c| matches!(c, '\r' | '\n' | '\0'));
-    if name_ok && value_ok {
-        Ok(())
-    } else {
-        Err(PyValueError::new_err(format!(
+    if !(name_ok && value_ok) {
+        return Err(PyValueError::new_err(format!(
             "invalid response header {name:?}: {value:?}"
-        )))
+        )));
     }
+    if let Some(wide) = value.chars().find(|c| u32::from(*c) > 0xff) {
+        return Err(PyValueError::new_err(format!(
+            "response header {name:?} holds {wide:?}, not in ISO-8859-1: encode the value \
+             first (RFC 8187, percent-encoding) (PEP 3333: header strings are latin-1)"
+        )));
+    }
+    Ok(())
+}
+
+/// The ISO-8859-1 bytes of `text`, whose code points [`check_header`] checked.
+fn latin1_bytes(text: &str) -> Vec<u8> {
+    text.chars()
+        .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
+        .collect()
 }
 
 /// `wsgi.file_wrapper`: an application's file, sent in blocks.

@@ -130,7 +130,8 @@ impl Request {
 #[derive(Debug)]
 pub struct Response {
     status: u16,
-    headers: Vec<(String, String)>,
+    /// Names and values; a value is bytes (ISO-8859-1 text from a WSGI application).
+    headers: Vec<(String, Vec<u8>)>,
     body: Body,
     /// The worker leaves after sending it, and a fresh one takes its place.
     replace_worker: bool,
@@ -271,8 +272,17 @@ impl Response {
 
     /// Adds a header. Framing headers (`Transfer-Encoding`, `Connection`) are set by
     /// forkwarden and ignored here, and so is `Content-Length` but on a streamed body.
-    pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_string(), value.to_string()));
+    /// A header that would break the response's framing (a name that is not a token, a
+    /// value with CR, LF or NUL) is not sent.
+    pub fn header(self, name: &str, value: &str) -> Self {
+        self.header_bytes(name, value.as_bytes())
+    }
+
+    /// Adds a header whose value is bytes as they go on the wire (HTTP field values are
+    /// ISO-8859-1, as a WSGI application gives them), under the same rules as
+    /// [`header`](Self::header).
+    pub fn header_bytes(mut self, name: &str, value: &[u8]) -> Self {
+        self.headers.push((name.to_string(), value.to_vec()));
         self
     }
 
@@ -294,7 +304,7 @@ impl Response {
         self.headers
             .iter()
             .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, value)| value.trim().parse().ok())
+            .and_then(|(_, value)| std::str::from_utf8(value).ok()?.trim().parse().ok())
     }
 }
 
@@ -356,16 +366,17 @@ pub fn response_head(
         (true, 0) => Some("keep-alive"),
         (true, _) => None,
     };
-    let mut head = String::with_capacity(256);
-    head.push_str(&format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status)));
-    head.push_str("Server: forkwarden\r\nDate: ");
-    head.push_str(&http_date());
-    head.push_str("\r\n");
+    let mut head = Vec::with_capacity(256);
+    let mut line = |text: &str| head.extend_from_slice(text.as_bytes());
+    line(&format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status)));
+    line("Server: forkwarden\r\nDate: ");
+    line(&http_date());
+    line("\r\n");
     if let Some(length) = stated {
-        head.push_str(&format!("Content-Length: {length}\r\n"));
+        line(&format!("Content-Length: {length}\r\n"));
     } else if has_body && matches!(response.body, Body::Stream(_)) && minor_version > 0 {
         // Stated for HEAD too: the same head as GET's.
-        head.push_str("Transfer-Encoding: chunked\r\n");
+        line("Transfer-Encoding: chunked\r\n");
     }
     for (name, value) in &response.headers {
         let reserved = [
@@ -377,15 +388,29 @@ pub fn response_head(
         ]
         .iter()
         .any(|reserved| name.eq_ignore_ascii_case(reserved));
-        if !reserved {
-            head.push_str(&format!("{name}: {value}\r\n"));
+        if !reserved && is_field(name, value) {
+            head.extend_from_slice(name.as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value);
+            head.extend_from_slice(b"\r\n");
         }
     }
+    let mut line = |text: &str| head.extend_from_slice(text.as_bytes());
     if let Some(connection) = connection {
-        head.push_str(&format!("Connection: {connection}\r\n"));
+        line(&format!("Connection: {connection}\r\n"));
     }
-    head.push_str("\r\n");
-    (head.into_bytes(), framing)
+    line("\r\n");
+    (head, framing)
+}
+
+/// Whether `name: value` can go in a head as it is: a token name, no CR, LF or NUL in the
+/// value (which would end the field, or the head, where the application did not mean to).
+pub fn is_field(name: &str, value: &[u8]) -> bool {
+    let name_ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    name_ok && !value.iter().any(|b| matches!(b, b'\r' | b'\n' | b'\0'))
 }
 
 /// The response to a request that could not be read.
@@ -537,6 +562,19 @@ mod tests {
             "{text}"
         );
         assert_eq!(framing, Framing::Empty);
+    }
+
+    #[test]
+    fn header_values_go_out_as_bytes_and_broken_fields_not_at_all() {
+        let get = request(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+        let response = Response::new(200, "")
+            .header_bytes("X-Name", b"caf\xe9")
+            .header("X-Injected", "a\r\nSet-Cookie: x=1")
+            .header("Bad Name", "v");
+        let (head, _) = response_head(Some(&get), &response, true);
+        let has = |needle: &[u8]| head.windows(needle.len()).any(|window| window == needle);
+        assert!(has(b"\r\nX-Name: caf\xe9\r\n"));
+        assert!(!has(b"Set-Cookie") && !has(b"Bad Name"));
     }
 
     #[test]

@@ -89,6 +89,12 @@ def app(environ, start_response):
         return ["a str, not bytes"]
     if path == "/no-start":
         return [b"no start_response"]
+    if path == "/latin1-header":
+        start_response("200 OK", [("X-Name", "caf\u00e9")])
+        return [b"ok"]
+    if path == "/wide-header":
+        start_response("200 OK", [("X-Name", "\u20ac")])
+        return [b"never sent"]
     if path == "/header-injection":
         start_response("200 OK", [("X-Value", "a\r\nSet-Cookie: injected=1")])
         return [b"never sent"]

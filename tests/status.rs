@@ -218,5 +218,17 @@ fn json_log_lines_carry_a_worker_s_end_and_a_limit_as_fields() {
         "{killed}"
     );
     assert_eq!(killed["cause"], "limit_memory_hard");
+    // The master's other events say what they are too.
+    server.signal(nix::sys::signal::Signal::SIGTTIN);
+    let scaled = json_line(&server, "SIGTTIN: http workers 1 -> 2");
+    assert_eq!(
+        (&scaled["event"], &scaled["from"], &scaled["to"]),
+        (&"scaled".into(), &1.into(), &2.into()),
+        "{scaled}"
+    );
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    let reloaded = json_line(&server, "SIGHUP: config reloaded");
+    assert_eq!(reloaded["event"], "reloaded", "{reloaded}");
+    assert_eq!(reloaded["generation"], 2, "{reloaded}");
     assert!(killed["new_pid"].as_i64().is_some(), "{killed}");
 }

@@ -41,6 +41,8 @@ impl Master {
         match &mut self.stopping {
             None => {
                 info!(
+                    event = "stopping",
+                    workers = self.pool.workers().count(),
                     "{why}: stopping gracefully; {} workers finish their current work (graceful_timeout {})",
                     self.pool.workers().count(),
                     self.config.graceful_timeout
@@ -71,6 +73,8 @@ impl Master {
             Some(stopping) if !stopping.forced => {
                 stopping.forced = true;
                 warn!(
+                    event = "stopping_now",
+                    workers = self.pool.workers().count(),
                     "{why} while stopping: killing the {} remaining workers now",
                     self.pool.workers().count()
                 );
@@ -101,6 +105,7 @@ impl Master {
             Ok(config) => config,
             Err(error) => {
                 error!(
+                    event = "reload_refused",
                     "SIGHUP: the config was not reloaded; the running config stays in force: {error}"
                 );
                 return;
@@ -108,9 +113,19 @@ impl Master {
         };
         for change in self.config.changes(&new) {
             if RESTART_ONLY_KEYS.contains(&change.key.as_str()) {
-                warn!("SIGHUP: {change}: takes effect only after a restart");
+                warn!(
+                    event = "config_change",
+                    key = change.key.as_str(),
+                    applied = false,
+                    "SIGHUP: {change}: takes effect only after a restart"
+                );
             } else {
-                info!("SIGHUP: {change}");
+                info!(
+                    event = "config_change",
+                    key = change.key.as_str(),
+                    applied = true,
+                    "SIGHUP: {change}"
+                );
             }
         }
         new.keep_restart_only_values(&self.config);
@@ -118,6 +133,7 @@ impl Master {
             Ok(file) => file,
             Err(error) => {
                 error!(
+                    event = "reload_refused",
                     "SIGHUP: the config was not reloaded: it cannot be handed to the programs \
                      ({error}); the running config stays in force"
                 );
@@ -143,8 +159,13 @@ impl Master {
             .set_wanted(Role::Cron, self.config.max_cron_threads);
         self.pool.set_programs(&self.config.program);
         info!(
+            event = "reloaded",
+            generation,
+            http_workers = self.config.workers,
+            cron_workers = self.config.max_cron_threads,
             "SIGHUP: config reloaded; starting generation {generation} ({} http, {} cron workers) to replace the running workers",
-            self.config.workers, self.config.max_cron_threads
+            self.config.workers,
+            self.config.max_cron_threads
         );
     }
 
@@ -162,7 +183,13 @@ impl Master {
             return;
         }
         self.pool.set_wanted(Role::Http, new);
-        info!("{signal}: http workers {old} -> {new}");
+        info!(
+            event = "scaled",
+            role = "http",
+            from = old,
+            to = new,
+            "{signal}: http workers {old} -> {new}"
+        );
     }
 
     /// SIGUSR1: reopen the log file, and have every worker reopen it too.
@@ -237,6 +264,14 @@ impl Master {
                 .map(|status| format!(", status {status:?}"))
                 .unwrap_or_default();
             info!(
+                event = "status",
+                role = worker.id.role.as_str(),
+                slot = worker.id.slot,
+                pid = worker.pid.as_raw(),
+                generation = worker.generation,
+                busy = row.busy_for.is_some(),
+                requests = row.requests,
+                rss = worker.memory.rss,
                 "status: {} (pid {}, generation {}): {state}{leaving}, up {}, {} served{rss}{status}",
                 worker.id,
                 worker.pid,

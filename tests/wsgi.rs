@@ -203,6 +203,10 @@ fn a_stated_length_frames_a_streamed_body_and_http_1_0_gets_it_until_close() {
     assert!(!reply.head.contains("chunked"), "{reply:?}");
     // Past the stated length nothing went out: the next response on the connection is whole.
     assert_eq!(connection.get("/environ").status, 200);
+    let reply = connection.get("/first-part-too-long");
+    assert_eq!(reply.body, "1234", "{reply:?}");
+    assert!(reply.head.contains("Content-Length: 4\r\n"), "{reply:?}");
+    assert_eq!(connection.get("/environ").status, 200);
     // Shorter than stated: the client sees the connection end, not a complete body.
     let short = send_raw(
         server.port,

@@ -120,6 +120,12 @@ impl Wsgi {
             {
                 close(&result)?;
                 prepend(&mut bytes, written);
+                // Never more than stated.
+                bytes.truncate(
+                    declared
+                        .and_then(|length| usize::try_from(length).ok())
+                        .unwrap_or(bytes.len()),
+                );
                 Response::new(status, bytes)
             }
             FirstParts::First(first, rest) => {

@@ -519,8 +519,11 @@ impl HttpWorker<'_> {
             match sys::receive_connection(lane.receive.as_fd()) {
                 Ok(Some(stream)) => {
                     let peer = stream.peer_addr().ok();
+                    // Read here, never handed on again: a request that already waited for
+                    // one hand-off must not bounce between busy workers that each see
+                    // another one idle for an instant.
                     if let Some(key) = self.add_client(stream, peer) {
-                        self.on_readable(key);
+                        self.read_client(key);
                     }
                 }
                 Ok(None) => return,

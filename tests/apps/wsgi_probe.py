@@ -115,6 +115,10 @@ def app(environ, start_response):
         # More than stated: the rest is not sent.
         start_response("200 OK", [("Content-Length", "10")])
         return parts(b"12345", b"", b"67890", b"extra")
+    if path == "/first-part-too-long":
+        # Its first part alone is past the stated length: the stated length is sent.
+        start_response("200 OK", [("Content-Length", "4")])
+        return parts(b"123456")
     if path == "/stream-short":
         start_response("200 OK", [("Content-Length", "10")])
         return parts(b"12345", b"6")

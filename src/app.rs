@@ -1,7 +1,7 @@
 //! The application interface: what an HTTP worker runs for each request.
 
 pub use crate::http::{
-    Body, BodyStream, Header, Part, Request, RequestBody, Response, StreamError,
+    Body, BodyStream, Header, Part, Request, RequestBody, Response, StreamError, is_header_field,
 };
 
 use crate::config::Config;

@@ -52,7 +52,7 @@ use std::path::Path;
 
 pub use app::{
     App, AppFactory, Body, BodyStream, Header, Part, Request, RequestBody, Response, StreamError,
-    WorkerInfo,
+    WorkerInfo, is_header_field,
 };
 
 /// forkwarden's HTTP worker inside a program forkwarden started for an HTTP worker slot

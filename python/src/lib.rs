@@ -522,12 +522,7 @@ fn status_code(status: &str) -> PyResult<u16> {
 /// Refuses a header that would break the response's framing (CR, LF), whose name is not a
 /// token, or whose value is not ISO-8859-1 text (PEP 3333: header strings are latin-1).
 fn check_header(name: &str, value: &str) -> PyResult<()> {
-    let name_ok = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    let value_ok = !value.chars().any(|c| matches!(c, '\r' | '\n' | '\0'));
-    if !(name_ok && value_ok) {
+    if !forkwarden::is_header_field(name, value.as_bytes()) {
         return Err(PyValueError::new_err(format!(
             "invalid response header {name:?}: {value:?}"
         )));

@@ -388,7 +388,7 @@ pub fn response_head(
         ]
         .iter()
         .any(|reserved| name.eq_ignore_ascii_case(reserved));
-        if !reserved && is_field(name, value) {
+        if !reserved && is_header_field(name, value) {
             head.extend_from_slice(name.as_bytes());
             head.extend_from_slice(b": ");
             head.extend_from_slice(value);
@@ -405,7 +405,7 @@ pub fn response_head(
 
 /// Whether `name: value` can go in a head as it is: a token name, no CR, LF or NUL in the
 /// value (which would end the field, or the head, where the application did not mean to).
-pub fn is_field(name: &str, value: &[u8]) -> bool {
+pub fn is_header_field(name: &str, value: &[u8]) -> bool {
     let name_ok = !name.is_empty()
         && name
             .bytes()

@@ -424,7 +424,7 @@ impl Master {
             .ended(&report.verdict, pid.as_raw(), row.requests, &report.line);
         let unexpected = report.verdict.is_unexpected();
         let leaving = worker.leaving();
-        let level = if unexpected { Level::WARN } else { Level::INFO };
+        let level = report::level(unexpected);
         if report.verdict == Verdict::Critical && self.stopping.is_none() {
             log_worker(
                 Level::ERROR,
@@ -462,7 +462,7 @@ impl Master {
         failed_start: bool,
         now: Instant,
     ) {
-        let level = if unexpected { Level::WARN } else { Level::INFO };
+        let level = report::level(unexpected);
         if self.stopping.is_some() {
             log_worker(level, &facts, None, &line);
         } else if !self.pool.is_wanted(id) {

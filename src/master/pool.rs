@@ -249,13 +249,8 @@ pub struct PendingReport {
 }
 
 impl PendingReport {
-    /// Unexpected ends are warnings; planned ones are informational.
     pub fn level(&self) -> tracing::Level {
-        if self.unexpected {
-            tracing::Level::WARN
-        } else {
-            tracing::Level::INFO
-        }
+        super::report::level(self.unexpected)
     }
 }
 

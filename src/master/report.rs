@@ -68,6 +68,16 @@ impl Verdict {
     }
 }
 
+/// The level of a line about a worker's end: unexpected ends are warnings, planned ones
+/// informational.
+pub fn level(unexpected: bool) -> tracing::Level {
+    if unexpected {
+        tracing::Level::WARN
+    } else {
+        tracing::Level::INFO
+    }
+}
+
 impl Verdict {
     /// The cause of an end, as one short key: `replaced`, `limit_request`,
     /// `limit_memory_hard`, `died`... (`forkwarden status`, the log's `cause` field).

@@ -716,15 +716,7 @@ impl HttpWorker<'_> {
         let (head, framing) = http::response_head(None, &response, false);
         let started = Instant::now();
         let sent = self.send(&client.stream, head, framing, response.take_body(), None);
-        if let Some(access_log) = &self.access_log {
-            access_log.record(&Served {
-                request: None,
-                peer: client.addresses.0,
-                status: reject.status,
-                bytes: sent.bytes,
-                duration: started.elapsed(),
-            });
-        }
+        self.log_access(None, client.addresses.0, reject.status, sent.bytes, started);
     }
 
     /// Closes the clients that took too long: 408 to one in the middle of a request. One
@@ -810,15 +802,7 @@ impl HttpWorker<'_> {
         if sent.app_panicked {
             self.leave_after = Some(ExitReason::AppPanicked);
         }
-        if let Some(access_log) = &self.access_log {
-            access_log.record(&Served {
-                request: Some(&request),
-                peer,
-                status: response.status(),
-                bytes: sent.bytes,
-                duration: started.elapsed(),
-            });
-        }
+        self.log_access(Some(&request), peer, response.status(), sent.bytes, started);
         self.limit_signals.answer_to(None);
         if !idle.is_empty() {
             // Those handed over while the request ran belong to other workers now.
@@ -859,6 +843,27 @@ impl HttpWorker<'_> {
         }
         // A pipelined request may be buffered, or waiting in the socket.
         self.read_client(key);
+    }
+
+    /// The access line of a request (None: one that could not be read), if `access_log` is
+    /// on.
+    fn log_access(
+        &self,
+        request: Option<&Request>,
+        peer: Option<SocketAddr>,
+        status: u16,
+        bytes: u64,
+        started: Instant,
+    ) {
+        if let Some(access_log) = &self.access_log {
+            access_log.record(&Served {
+                request,
+                peer,
+                status,
+                bytes,
+                duration: started.elapsed(),
+            });
+        }
     }
 
     /// Sends a response's `head` and `body` on `stream` as `framing` says, pulling a

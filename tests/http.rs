@@ -15,6 +15,7 @@ against_both!(
     every_class_of_bad_request_gets_its_status,
     keep_alive_connections_serve_several_requests,
     pipelined_requests_are_answered_in_order,
+    a_client_with_requests_queued_does_not_hold_the_worker_from_others,
     expect_100_continue_is_answered_before_the_body_is_sent,
     chunked_and_sized_bodies_reach_the_application_whole,
     head_gets_the_head_of_get,
@@ -172,6 +173,45 @@ fn pipelined_requests_are_answered_in_order(flavour: Flavour) {
     );
     assert_eq!(replies[2].body, "third");
     assert!(replies.iter().all(|reply| reply.status == 200));
+}
+
+fn a_client_with_requests_queued_does_not_hold_the_worker_from_others(flavour: Flavour) {
+    // One worker. Client A pipelines 40 requests of 25 ms (1 s of work); once its first
+    // answer is in, client B asks once. B takes its turn behind what was already queued, not
+    // behind A's whole burst (A's next request was always there when its answer left: the
+    // worker once served it again and again, and B waited seconds under load).
+    const BURST: usize = 40;
+    let server = flavour.server("", 1);
+    let mut a = connect(server.port);
+    a.set_read_timeout(Some(SOON * 4)).unwrap();
+    a.write_all(
+        "GET /sleep?ms=25 HTTP/1.1\r\nHost: h\r\n\r\n"
+            .repeat(BURST)
+            .as_bytes(),
+    )
+    .unwrap();
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut reader = BufReader::new(a);
+        let mut answered = Vec::new();
+        for _ in 0..BURST {
+            let reply = read_response(&mut reader).expect("each of A's answers");
+            assert_eq!(reply.status, 200, "{reply:?}");
+            answered.push(std::time::Instant::now());
+            let _ = first_tx.send(());
+        }
+        answered
+    });
+    first_rx.recv_timeout(SOON).expect("A's first answer");
+    let b = server.get("/health");
+    let b_answered = std::time::Instant::now();
+    assert_eq!((b.status, b.body.as_str()), (200, "ok\n"));
+    let a_answered = reader.join().expect("A's reader");
+    let after_b = a_answered.iter().filter(|at| **at > b_answered).count();
+    assert!(
+        after_b >= BURST / 2,
+        "only {after_b} of A's {BURST} answers came after B's: B waited behind A's burst"
+    );
 }
 
 fn expect_100_continue_is_answered_before_the_body_is_sent(flavour: Flavour) {

@@ -4,7 +4,11 @@
 //! and on each connection it holds. It reads every connection's bytes as they come (a
 //! [`RequestReader`] each: no connection gets the worker's attention before it has sent a
 //! whole request, so idle and slow clients cost a descriptor, not a worker) and runs the
-//! application on whichever request is whole first, one at a time, as Odoo's workers do.
+//! application on one request at a time, as Odoo's workers do, in turns: connections take
+//! their turn in the order their requests came, and between two requests the worker looks
+//! (without waiting) for what came meanwhile, which queues behind the turns already taken.
+//! A served connection's next request waits for its turn too, so a client that always has
+//! one ready by the time its answer leaves cannot hold the worker while the others wait.
 //!
 //! While it runs one, it is not waiting: new connections go to other workers
 //! (EPOLLEXCLUSIVE). Its own idle kept-alive connections must not wait behind that request
@@ -57,6 +61,8 @@ const MAX_PASSED_ON: usize = 1024;
 /// How long a worker stops accepting when the process or the system is out of descriptors
 /// or memory; it says so once per pause.
 const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+/// How often a worker with turns waiting checks its connections' deadlines.
+const EXPIRY_CHECK_WHILE_BUSY: Duration = Duration::from_millis(100);
 /// Descriptors a worker keeps for itself (log, epoll, timers, the application's files).
 const RESERVED_DESCRIPTORS: u64 = 64;
 
@@ -117,8 +123,7 @@ pub(super) fn run(
         access_log: AccessLog::new(spec.config, spec.id),
         leave_after: None,
         clients: Slab::new(),
-        ready: VecDeque::new(),
-        unread: VecDeque::new(),
+        turns: VecDeque::new(),
         accepting: Accepting::Yes,
         max_clients: max_clients(),
         local_address: listener
@@ -126,6 +131,7 @@ pub(super) fn run(
             .ok()
             .filter(|address| !address.ip().is_unspecified()),
         paused_said: None,
+        next_expiry_check: Instant::now(),
         spare: 0,
         alarm_keys: Vec::new(),
         alarm_fds: Vec::new(),
@@ -176,6 +182,9 @@ struct Client {
     reader: RequestReader,
     /// A whole request, waiting for the application.
     ready: Option<Request>,
+    /// In the worker's `turns`. A key left there by a client since gone (its key maybe
+    /// taken by a new one) is skipped when this is false.
+    queued: bool,
     /// Past this, the client has taken too long (see the module doc); None: it waits for us.
     deadline: Option<Instant>,
     /// When the request being read must be whole (`http_request_timeout`).
@@ -245,11 +254,10 @@ struct HttpWorker<'a> {
     /// state may be broken) or asked to be replaced, or reading a request panicked.
     leave_after: Option<ExitReason>,
     clients: Slab<Client>,
-    /// Clients with a whole request, in the order their requests became whole.
-    ready: VecDeque<usize>,
-    /// Idle clients that sent something while requests were queued here: left unread, so
-    /// that they can still go to an idle worker; read once the queue is empty.
-    unread: VecDeque<usize>,
+    /// Clients waiting for their turn, in the order they came: those with a whole request,
+    /// and idle ones that sent something while others waited (left unread, so that they can
+    /// still go to an idle worker; read in their turn). See [`Client::queued`].
+    turns: VecDeque<usize>,
     accepting: Accepting,
     max_clients: usize,
     /// The address every connection comes in on, when the listener has one (None: it
@@ -257,6 +265,9 @@ struct HttpWorker<'a> {
     local_address: Option<SocketAddr>,
     /// When the last "not accepting" line was logged.
     paused_said: Option<Instant>,
+    /// While turns are waiting, deadlines are checked no sooner than this (not between every
+    /// two requests: it looks at every connection held).
+    next_expiry_check: Instant,
     /// Idle workers that may still take a connection off this one's hands this turn.
     spare: u64,
     /// The idle clients (and their descriptors) given to the alarm for the current request.
@@ -311,12 +322,25 @@ impl HttpWorker<'_> {
             reopen_log_if_asked(self.spec, self.signals);
             self.spec.bind_to_master_once_adopted();
             self.spec.row.beat();
-            if let Some(key) = self.ready.pop_front() {
-                self.serve_request(key);
-                continue;
-            }
-            if let Some(key) = self.unread.pop_front() {
-                self.read_client(key);
+            if !self.turns.is_empty() {
+                // What became readable meanwhile queues behind the turns already here, in
+                // order: a client whose next request is always there by the time its answer
+                // leaves must not hold the worker while the others wait (it did, for
+                // seconds, under load in a CPU-starved group).
+                if let Err(errno) = self.take_events(&mut events, Duration::ZERO) {
+                    error!(
+                        "{}: polling its connections failed: {errno}",
+                        self.spec.name()
+                    );
+                    return ExitReason::Unknown;
+                }
+                let now = Instant::now();
+                if now >= self.next_expiry_check {
+                    self.expire(now);
+                }
+                if let Some(key) = self.turns.pop_front() {
+                    self.take_turn(key);
+                }
                 continue;
             }
             let now = Instant::now();
@@ -337,12 +361,15 @@ impl HttpWorker<'_> {
             if idle {
                 self.spec.board.enter_idle(self.spec.row);
             }
-            let woken = self.signals.epoll_wait(&self.epoll, &mut events, wait);
+            let woken = self.take_events(&mut events, wait);
             if idle {
                 self.spec.board.leave_idle(self.spec.row);
             }
-            let count = match woken {
-                Ok(count) => count,
+            match woken {
+                Ok(0) if self.clients.is_empty() && self.spec.orphaned() => {
+                    return ExitReason::MasterGone;
+                }
+                Ok(_) => self.expire(Instant::now()),
                 Err(errno) => {
                     error!(
                         "{}: waiting for connections failed: {errno}",
@@ -350,38 +377,42 @@ impl HttpWorker<'_> {
                     );
                     return ExitReason::Unknown;
                 }
-            };
-            if count == 0 && self.clients.is_empty() && self.spec.orphaned() {
-                return ExitReason::MasterGone;
             }
-            // Idle workers that may take a new request off this one's hands this turn.
-            self.spare = self.spec.board.idle_http_workers();
-            // In order: this worker's own clients, connections with a request waiting, new
-            // connections, clients back from a long request. Each is taken when the kernel
-            // wakes this worker for it (EPOLLEXCLUSIVE wakes one worker per connection), and
-            // its request queues behind those already here. (Taken only when nothing waited
-            // here, a returning client starved while every worker had work: seconds under
-            // saturation.)
-            let (mut waiting, mut new, mut returning) = (false, false, false);
-            for event in &events[..count] {
-                match event.data() {
-                    LISTENER => new = true,
-                    HANDOFF => waiting = true,
-                    RETURNING => returning = true,
-                    key => self.on_readable(usize::try_from(key).unwrap_or(usize::MAX)),
-                }
-            }
-            if waiting {
-                self.take_handed_client(HandoffLane::Waiting);
-            }
-            if new {
-                self.accept_clients();
-            }
-            if returning {
-                self.take_handed_client(HandoffLane::Returning);
-            }
-            self.expire(Instant::now());
         }
+    }
+
+    /// Waits up to `wait` for events and acts on them; returns how many came.
+    fn take_events(&mut self, events: &mut [EpollEvent], wait: Duration) -> nix::Result<usize> {
+        let count = self.signals.epoll_wait(&self.epoll, events, wait)?;
+        // Idle workers that may take a new request off this one's hands this turn.
+        self.spare = self.spec.board.idle_http_workers();
+        // With turns waiting here, shared connections are left to the idle workers the
+        // kernel woke for them, if there are any.
+        let take_shared = self.turns.is_empty() || self.spare == 0;
+        // In order: this worker's own clients, connections with a request waiting, new
+        // connections, clients back from a long request. Each is taken when the kernel
+        // wakes this worker for it (EPOLLEXCLUSIVE wakes one worker per connection), and its
+        // request queues behind those already here. (Taken only when nothing waited here, a
+        // returning client starved while every worker had work: seconds under saturation.)
+        let (mut waiting, mut new, mut returning) = (false, false, false);
+        for event in &events[..count] {
+            match event.data() {
+                LISTENER => new = take_shared,
+                HANDOFF => waiting = take_shared,
+                RETURNING => returning = take_shared,
+                key => self.on_readable(usize::try_from(key).unwrap_or(usize::MAX)),
+            }
+        }
+        if waiting {
+            self.take_handed_client(HandoffLane::Waiting);
+        }
+        if new {
+            self.accept_clients();
+        }
+        if returning {
+            self.take_handed_client(HandoffLane::Returning);
+        }
+        Ok(count)
     }
 
     /// Why this worker must leave once its connections are done, if it must.
@@ -563,6 +594,7 @@ impl HttpWorker<'_> {
             buffer: Vec::new(),
             reader: RequestReader::new(max_body),
             ready: None,
+            queued: false,
             deadline: config
                 .socket_timeout()
                 .map(|timeout| Instant::now() + timeout),
@@ -604,15 +636,54 @@ impl HttpWorker<'_> {
     /// an idle connection would wait behind it: it goes to an idle worker if there is one,
     /// else it is left in the socket, where the alarm may still hand it over.
     fn on_readable(&mut self, key: usize) {
-        let busy_ahead = !self.ready.is_empty();
-        let idle = self.clients.get(key).is_some_and(Client::is_idle);
+        let Some(client) = self.clients.get(key) else {
+            return;
+        };
+        if client.queued {
+            // Read in its turn.
+            return;
+        }
+        let busy_ahead = !self.turns.is_empty();
+        let idle = client.is_idle();
         if !(busy_ahead && idle) {
             self.read_client(key);
         } else if self.spare > 0 && !self.is_draining() {
             self.spare -= 1;
             self.hand_off(key, HandoffLane::Waiting);
         } else {
-            self.unread.push_back(key);
+            self.queue(key);
+        }
+    }
+
+    /// Gives client `key` a turn, behind those already waiting.
+    fn queue(&mut self, key: usize) {
+        if let Some(client) = self.clients.get_mut(key)
+            && !client.queued
+        {
+            client.queued = true;
+            self.turns.push_back(key);
+        }
+    }
+
+    /// Client `key`'s turn: its request is served, read first if it was left unread.
+    fn take_turn(&mut self, key: usize) {
+        if !self.clients.get(key).is_some_and(|client| client.queued) {
+            // Gone since (handed over or closed).
+            return;
+        }
+        if self
+            .clients
+            .get(key)
+            .is_some_and(|client| client.ready.is_none())
+        {
+            self.read_client(key);
+        }
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        client.queued = false;
+        if client.ready.is_some() {
+            self.serve_request(key);
         }
     }
 
@@ -674,7 +745,7 @@ impl HttpWorker<'_> {
                 client.ready = Some(request);
                 client.deadline = None;
                 client.request_deadline = None;
-                self.ready.push_back(key);
+                self.queue(key);
                 return false;
             }
             Ok(Ok(None)) => {
@@ -720,14 +791,13 @@ impl HttpWorker<'_> {
     }
 
     /// Closes the clients that took too long: 408 to one in the middle of a request. One
-    /// left unread has sent something: it is read, not expired.
+    /// waiting for its turn has sent something: it is read, not expired.
     fn expire(&mut self, now: Instant) {
+        self.next_expiry_check = now + EXPIRY_CHECK_WHILE_BUSY;
         let expired: Vec<usize> = self
             .clients
             .iter()
-            .filter(|(key, client)| {
-                client.expires().is_some_and(|at| at <= now) && !self.unread.contains(key)
-            })
+            .filter(|(_, client)| client.expires().is_some_and(|at| at <= now) && !client.queued)
             .map(|(key, _)| key)
             .collect();
         for key in expired {
@@ -841,8 +911,13 @@ impl HttpWorker<'_> {
                 .socket_timeout()
                 .map(|timeout| Instant::now() + timeout);
         }
-        // A pipelined request may be buffered, or waiting in the socket.
-        self.read_client(key);
+        // A pipelined request may be buffered, or waiting in the socket: read now if no
+        // one else waits, else in its turn, behind them.
+        if self.turns.is_empty() {
+            self.read_client(key);
+        } else {
+            self.queue(key);
+        }
     }
 
     /// The access line of a request (None: one that could not be read), if `access_log` is

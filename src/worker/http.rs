@@ -61,6 +61,8 @@ const MAX_PASSED_ON: usize = 1024;
 /// How long a worker stops accepting when the process or the system is out of descriptors
 /// or memory; it says so once per pause.
 const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+/// How often a worker with turns waiting looks for connections that became readable.
+const POLL_WHILE_BUSY: Duration = Duration::from_millis(1);
 /// How often a worker with turns waiting checks its connections' deadlines.
 const EXPIRY_CHECK_WHILE_BUSY: Duration = Duration::from_millis(100);
 /// Descriptors a worker keeps for itself (log, epoll, timers, the application's files).
@@ -132,6 +134,7 @@ pub(super) fn run(
             .filter(|address| !address.ip().is_unspecified()),
         paused_said: None,
         next_expiry_check: Instant::now(),
+        next_busy_poll: Instant::now(),
         spare: 0,
         alarm_keys: Vec::new(),
         alarm_fds: Vec::new(),
@@ -268,6 +271,8 @@ struct HttpWorker<'a> {
     /// While turns are waiting, deadlines are checked no sooner than this (not between every
     /// two requests: it looks at every connection held).
     next_expiry_check: Instant,
+    /// While turns are waiting, the next look for what became readable (see `serve`).
+    next_busy_poll: Instant,
     /// Idle workers that may still take a connection off this one's hands this turn.
     spare: u64,
     /// The idle clients (and their descriptors) given to the alarm for the current request.
@@ -326,15 +331,19 @@ impl HttpWorker<'_> {
                 // What became readable meanwhile queues behind the turns already here, in
                 // order: a client whose next request is always there by the time its answer
                 // leaves must not hold the worker while the others wait (it did, for
-                // seconds, under load in a CPU-starved group).
-                if let Err(errno) = self.take_events(&mut events, Duration::ZERO) {
-                    error!(
-                        "{}: polling its connections failed: {errno}",
-                        self.spec.name()
-                    );
-                    return ExitReason::Unknown;
-                }
+                // seconds, under load in a CPU-starved group). Looked at every
+                // POLL_WHILE_BUSY, not between every two short requests (a system call).
                 let now = Instant::now();
+                if now >= self.next_busy_poll {
+                    self.next_busy_poll = now + POLL_WHILE_BUSY;
+                    if let Err(errno) = self.take_events(&mut events, Duration::ZERO) {
+                        error!(
+                            "{}: polling its connections failed: {errno}",
+                            self.spec.name()
+                        );
+                        return ExitReason::Unknown;
+                    }
+                }
                 if now >= self.next_expiry_check {
                     self.expire(now);
                 }

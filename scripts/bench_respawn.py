@@ -5,7 +5,9 @@ Starts the release binary on 127.0.0.1 (a free port) and reports:
   * respawn latency: SIGKILL of the only HTTP worker -> the first response from its
     replacement (the connection waits in the listen backlog meanwhile), over --kills runs.
     A worker that was ready and is killed from outside is replaced at once, however young;
-  * the master's resident memory and open descriptors with --workers workers;
+  * the master's resident memory and open descriptors with --workers workers, and what
+    answering `forkwarden status` and, with `metrics_listen` on, Prometheus scrapes and the
+    status page's reads add to it;
   * the master's CPU time (from /proc/PID/schedstat, in nanoseconds) and wakeups (its
     voluntary context switches) while idle for --idle seconds: with built-in workers, with
     the same and --host-processes other processes on the host (the master's cost must not
@@ -17,6 +19,7 @@ Only loopback traffic; every process started is stopped by pid at the end.
 """
 
 import argparse
+import http.client
 import os
 import signal
 import statistics
@@ -84,6 +87,29 @@ def master_cost(workers, idle):
         return rss, status_rss, fds, cpu_ms, wakeups, worker_rss
 
 
+def metrics_cost(workers, scrapes):
+    """Master RSS (KiB) with `metrics_listen` on: after the same 200 requests as
+    master_cost, then after `scrapes` reads each of /metrics and /status.json and a tenth
+    of that of /status."""
+    with Server(f"workers = {workers}\nmetrics_listen = \"127.0.0.1:0\"") as server:
+        server.wait_for_workers(workers)
+        for _ in range(200):
+            http_get(server.port, "/")
+        rss = master_stats(server.proc.pid)[0]
+        host, port = server.metrics_address().split(":")
+        for path, count in [("/metrics", scrapes), ("/status.json", scrapes),
+                            ("/status", scrapes // 10)]:
+            for _ in range(count):
+                connection = http.client.HTTPConnection(host, int(port), timeout=5)
+                connection.request("GET", path)
+                answer = connection.getresponse()
+                if answer.status != 200:
+                    raise RuntimeError(f"{path} answered {answer.status}")
+                answer.read()
+                connection.close()
+        return rss, master_stats(server.proc.pid)[0]
+
+
 def busy_host_cost(workers, idle, processes):
     """Idle cost with `processes` more processes on the host (sleepers of our own)."""
     crowd = subprocess.Popen(
@@ -124,6 +150,7 @@ def main():
     build()
     samples = respawn_latency(args.kills)
     rss, status_rss, fds, cpu_ms, wakeups, worker_rss = master_cost(args.workers, args.idle)
+    metrics_rss, scraped_rss = metrics_cost(args.workers, 100)
     crowd_ms, crowd_wakeups = busy_host_cost(args.workers, args.idle, args.host_processes)
     program_ms, program_wakeups = program_cost(args.workers, args.idle)
     idle = f"{args.idle:g} s idle"
@@ -138,6 +165,9 @@ def main():
         f"| {summary(samples)} |",
         f"| master RSS with {args.workers} http workers (default limits on) | {rss} KiB |",
         f"| the same after answering `forkwarden status` 100 times | {status_rss} KiB |",
+        f"| the same with `metrics_listen` on, before any scrape | {metrics_rss} KiB |",
+        f"| ... after 100 scrapes of `/metrics`, 100 reads of `/status.json`, 10 of `/status` "
+        f"| {scraped_rss} KiB ({scraped_rss - rss:+d} KiB against metrics off) |",
         f"| master open descriptors | {fds} |",
         f"| master CPU over {idle} / wakeups per second, {args.workers} built-in workers "
         f"| {cpu_ms:.2f} ms / {wakeups:.1f} |",

@@ -158,6 +158,11 @@ class Server:
         self.log.seek(0)
         return self.log.read()
 
+    def metrics_address(self):
+        """host:port of the metrics listener (`metrics_listen`), from the master's log."""
+        match = re.search(r"metrics on http://([0-9.]+:\d+)/metrics", self.log_text())
+        return match.group(1) if match else None
+
     def workers(self):
         return children_of(self.proc.pid)
 

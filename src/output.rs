@@ -84,11 +84,22 @@ pub fn log_program_line(source: &str, stream: Stream, line: &str) {
         Stream::Stdout => "stdout",
         Stream::Stderr => "stderr",
     };
+    macro_rules! at {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                event = "program_output",
+                source,
+                stream,
+                "{source}{tag}: {text}"
+            )
+        };
+    }
     match level {
-        LineLevel::Error => tracing::error!(stream, "{source}{tag}: {text}"),
-        LineLevel::Warn => tracing::warn!(stream, "{source}{tag}: {text}"),
-        LineLevel::Info => tracing::info!(stream, "{source}{tag}: {text}"),
-        LineLevel::Debug => tracing::debug!(stream, "{source}{tag}: {text}"),
+        LineLevel::Error => at!(tracing::Level::ERROR),
+        LineLevel::Warn => at!(tracing::Level::WARN),
+        LineLevel::Info => at!(tracing::Level::INFO),
+        LineLevel::Debug => at!(tracing::Level::DEBUG),
     }
 }
 

@@ -37,9 +37,51 @@ const HEARTBEAT_NS: usize = 9;
 const IDLE_COUNTED: usize = 10;
 const REQUEST_LINE: usize = 11;
 const REQUEST_LINE_WORDS: usize = 16;
-const ROW_WORDS: usize = REQUEST_LINE + REQUEST_LINE_WORDS;
+/// Microseconds taken by all the requests served (the histogram's sum).
+const DURATION_SUM_US: usize = REQUEST_LINE + REQUEST_LINE_WORDS;
+/// Requests served, by how long they took: one word per bound of [`DURATION_BOUNDS`] (those
+/// that took longer than the previous bound and at most this one); past the last bound,
+/// counted only in `REQUESTS`.
+const DURATION_BUCKETS: usize = DURATION_SUM_US + 1;
+const ROW_WORDS: usize = DURATION_BUCKETS + DURATION_BOUNDS.len();
 /// Longest `METHOD /target` kept for logs; longer ones are cut.
 const REQUEST_LINE_MAX: usize = REQUEST_LINE_WORDS * 8;
+
+/// The bounds of the request-duration histogram every row keeps: Prometheus's default
+/// buckets, from 5 ms to 10 s.
+pub const DURATION_BOUNDS: [Duration; 11] = [
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(25),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_millis(2500),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+];
+
+/// How long the requests (or jobs) a worker served took: a histogram over
+/// [`DURATION_BOUNDS`]. The master adds up those of the workers that ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Durations {
+    /// Requests per bucket (not cumulative); those past the last bound are in `count` only.
+    pub buckets: [u64; DURATION_BOUNDS.len()],
+    pub count: u64,
+    pub sum_us: u64,
+}
+
+impl Durations {
+    pub fn add(&mut self, other: &Durations) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
+            *mine = mine.saturating_add(theirs);
+        }
+        self.count = self.count.saturating_add(other.count);
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
+    }
+}
 
 /// What a worker is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -356,11 +398,37 @@ impl WorkerRow {
         self.set_state(WorkerState::Busy);
     }
 
-    /// Marks the current request served.
+    /// Marks the current request served, and counts how long it took (a few atomic adds:
+    /// the histogram costs no system call).
     pub fn end_request(&self) {
+        let started = self.word(REQUEST_STARTED_NS).swap(0, Ordering::AcqRel);
+        let took_ns = if started == 0 {
+            0
+        } else {
+            monotonic_now_ns().saturating_sub(started)
+        };
+        let took = Duration::from_nanos(took_ns);
+        if let Some(bucket) = DURATION_BOUNDS.iter().position(|bound| took <= *bound) {
+            self.word(DURATION_BUCKETS + bucket)
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.word(DURATION_SUM_US)
+            .fetch_add(took_ns / 1_000, Ordering::Relaxed);
         self.word(REQUESTS).fetch_add(1, Ordering::AcqRel);
-        self.word(REQUEST_STARTED_NS).store(0, Ordering::Release);
         self.set_state(WorkerState::Idle);
+    }
+
+    /// How long the requests served so far took.
+    pub fn durations(&self) -> Durations {
+        let mut durations = Durations {
+            count: self.requests(),
+            sum_us: self.word(DURATION_SUM_US).load(Ordering::Relaxed),
+            ..Durations::default()
+        };
+        for (index, bucket) in durations.buckets.iter_mut().enumerate() {
+            *bucket = self.word(DURATION_BUCKETS + index).load(Ordering::Relaxed);
+        }
+        durations
     }
 
     pub fn requests(&self) -> u64 {
@@ -470,6 +538,27 @@ mod tests {
             (idle.state, idle.requests, idle.busy_for),
             (WorkerState::Idle, 1, None)
         );
+    }
+
+    #[test]
+    fn each_request_is_counted_in_the_bucket_of_its_duration() {
+        let row = WorkerRow::new().unwrap();
+        row.begin_request("GET", "/");
+        row.end_request();
+        row.begin_request("GET", "/sleep?ms=30");
+        std::thread::sleep(Duration::from_millis(30));
+        row.end_request();
+        let durations = row.durations();
+        assert_eq!(durations.count, 2);
+        assert_eq!(durations.buckets.iter().sum::<u64>(), 2);
+        // The second took more than 25 ms: it is not in any bucket up to 25 ms.
+        let up_to_25ms: u64 = durations.buckets[..3].iter().sum();
+        assert_eq!(up_to_25ms, 1, "{durations:?}");
+        assert!(durations.sum_us >= 30_000, "{durations:?}");
+        let mut total = Durations::default();
+        total.add(&durations);
+        total.add(&durations);
+        assert_eq!((total.count, total.sum_us), (4, 2 * durations.sum_us));
     }
 
     #[test]

@@ -305,3 +305,31 @@ fn a_server_that_cannot_start_never_says_it_listens() {
     );
     assert!(!stderr.contains("listening on"), "{stderr}");
 }
+
+#[test]
+fn a_bad_or_taken_metrics_address_is_rejected_naming_metrics_listen() {
+    assert_rejected(
+        "metrics_listen = \"localhost\"\n",
+        "metrics_listen",
+        1,
+        "\"localhost\" is not an IP address with a port",
+    );
+    assert_rejected(
+        "http_port = 8069\nmetrics_listen = \"127.0.0.1:8069\"\n",
+        "metrics_listen",
+        2,
+        "is the HTTP workers' address",
+    );
+    // A port another process holds: the server does not start (exit status 1).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_text(&format!("metrics_listen = \"{address}\""));
+    let (status, stderr, _) = run_binary(dir.path(), &config, &[]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {address} (metrics_listen)")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("started as pid"), "{stderr}");
+}

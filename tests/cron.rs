@@ -269,3 +269,35 @@ fn a_carriage_return_in_a_jobs_output_cannot_forge_a_log_line() {
         "{line:?}"
     );
 }
+
+#[test]
+fn json_log_lines_carry_a_run_s_job_pid_and_result_and_its_output_s_source() {
+    let server = Server::spawn(
+        "workers = 1\nmax_cron_threads = 1\nlog_format = \"json\"\n[[cron]]\nname = \"say\"\n\
+         interval = \"1h\"\ncommand = [\"sh\", \"-c\", \"echo hello from the job; exit 3\"]\n",
+    );
+    let parse = |line: String| -> serde_json::Value {
+        serde_json::from_str(&line).unwrap_or_else(|error| panic!("{error}: {line}"))
+    };
+    let started = parse(server.wait_for_log("\"event\":\"cron_run_started\""));
+    assert_eq!(started["job"], "say", "{started}");
+    assert_eq!(started["run"], 1, "{started}");
+    let pid = started["pid"].as_i64().expect("the job's pid");
+    let ended = parse(server.wait_for_log("\"event\":\"cron_run_ended\""));
+    assert_eq!(
+        (&ended["job"], &ended["pid"], &ended["succeeded"]),
+        (&"say".into(), &pid.into(), &false.into()),
+        "{ended}"
+    );
+    assert_eq!(ended["result"], "exited with status 3", "{ended}");
+    assert!(ended["duration"].as_f64().is_some(), "{ended}");
+    let output = parse(server.wait_for_log("hello from the job"));
+    assert_eq!(output["event"], "program_output", "{output}");
+    assert_eq!(output["stream"], "stdout", "{output}");
+    assert!(
+        output["source"]
+            .as_str()
+            .is_some_and(|source| source.contains("say")),
+        "{output}"
+    );
+}

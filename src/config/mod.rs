@@ -91,6 +91,16 @@ pub struct Config {
     /// One line per request from the HTTP workers (a program's too, with the worker kit):
     /// the combined log format, or a JSON object with `log_format = "json"`.
     pub access_log: bool,
+    /// Address of the master's metrics listener: Prometheus metrics at `/metrics`, a live
+    /// status page at `/status` (its data at `/status.json`). Unset: none. It shows what
+    /// the workers are serving (request lines included): keep it on loopback or behind a
+    /// proxy that guards it.
+    #[serde(
+        default,
+        deserialize_with = "socket_address",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Log file (relative to the config file's directory); unset: standard error.
     pub logfile: Option<PathBuf>,
     /// File the master writes its pid to (relative to the config file's directory).
@@ -263,6 +273,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_level: LogLevel::Info,
             access_log: false,
+            metrics_listen: None,
             logfile: None,
             pidfile: None,
             demo_fault_endpoints: false,
@@ -291,6 +302,7 @@ pub const RESTART_ONLY_KEYS: &[&str] = &[
     "http_port",
     "listen_backlog",
     "log_format",
+    "metrics_listen",
     "pidfile",
     "user",
     "group",
@@ -437,6 +449,19 @@ impl Config {
         }
         self.validate_limits()
             .map_err(|(key, message)| (key.to_string(), message))?;
+        if let Some(address) = self.metrics_listen
+            && address.port() != 0
+            && self.workers > 0
+            && address == std::net::SocketAddr::new(self.http_interface, self.http_port)
+        {
+            return Err((
+                "metrics_listen".into(),
+                format!(
+                    "{address} is the HTTP workers' address; give the metrics listener a \
+                     port of its own (e.g. \"127.0.0.1:9169\")"
+                ),
+            ));
+        }
         if let Some(app) = &self.app
             && app.command.first().is_none_or(|program| program.is_empty())
         {
@@ -719,6 +744,7 @@ impl Config {
         self.http_port = running.http_port;
         self.listen_backlog = running.listen_backlog;
         self.log_format = running.log_format;
+        self.metrics_listen = running.metrics_listen;
         self.pidfile.clone_from(&running.pidfile);
         self.user.clone_from(&running.user);
         self.group.clone_from(&running.group);
@@ -798,6 +824,18 @@ fn ip_address<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<IpAdd
     text.parse().map_err(|_| {
         serde::de::Error::custom(format!(
             "{text:?} is not an IP address; expected one such as \"127.0.0.1\", \"0.0.0.0\" or \"::\""
+        ))
+    })
+}
+
+fn socket_address<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an IP address with a port; expected one such as \"127.0.0.1:9169\" \
+             or \"[::1]:9169\""
         ))
     })
 }
@@ -999,7 +1037,9 @@ mod tests {
 
     #[test]
     fn effective_toml_round_trips() {
-        let config = parse("workers = 3\nlimit_time_cpu = \"90s\"\n").unwrap();
+        let config =
+            parse("workers = 3\nlimit_time_cpu = \"90s\"\nmetrics_listen = \"[::1]:9169\"\n")
+                .unwrap();
         let again = parse(&config.effective_toml()).unwrap();
         assert_eq!(config, again);
     }
@@ -1010,7 +1050,7 @@ mod tests {
         let mut new = parse(
             "http_interface = \"::1\"\nhttp_port = 1\nlisten_backlog = 7\n\
              log_format = \"json\"\npidfile = \"x.pid\"\nworkers = 5\n\
-             user = \"nobody\"\ngroup = \"nogroup\"\n",
+             user = \"nobody\"\ngroup = \"nogroup\"\nmetrics_listen = \"127.0.0.1:9169\"\n",
         )
         .unwrap();
         let changed: Vec<String> = running.changes(&new).into_iter().map(|c| c.key).collect();

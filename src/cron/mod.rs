@@ -146,6 +146,7 @@ impl<'a> Scheduler<'a> {
             state.last_result = Some("interrupted: its cron worker died".into());
             state.last_succeeded = Some(false);
             state.consecutive_failures += 1;
+            state.failed = state.failed.saturating_add(1);
         }
         let following = schedule.next_after(now);
         let missed = !never_scheduled && due.is_some_and(|due| due < self.server_started);
@@ -228,11 +229,13 @@ impl<'a> Scheduler<'a> {
         state.last_end_ms = Some(to_ms(now).max(state.last_start_ms.unwrap_or(i64::MIN)));
         state.last_result = Some(ending.to_string());
         state.last_succeeded = Some(ending.succeeded());
-        state.consecutive_failures = if ending.succeeded() {
-            0
+        if ending.succeeded() {
+            state.consecutive_failures = 0;
+            state.succeeded = state.succeeded.saturating_add(1);
         } else {
-            state.consecutive_failures + 1
-        };
+            state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+            state.failed = state.failed.saturating_add(1);
+        }
         if let Err(error) = self.store.save(&claim.job.name, state) {
             warn!(
                 "cron job {}: cannot record its result: {error}",
@@ -322,6 +325,7 @@ mod tests {
         assert!(matches!(scheduler.turn(0, now).unwrap(), Turn::Wait(at) if at == next));
         let state = &scheduler.states()[0].1;
         assert_eq!((state.runs, state.last_succeeded), (1, Some(true)));
+        assert_eq!((state.succeeded, state.failed), (1, 0));
     }
 
     #[test]
@@ -342,6 +346,11 @@ mod tests {
         scheduler.finish(claim, &RunEnding::Exited(0), next_due);
         let state = &scheduler.states()[0].1;
         assert_eq!(state.runs, 2, "retried at its next due time");
+        assert_eq!(
+            (state.succeeded, state.failed),
+            (1, 1),
+            "the interrupted run counts as failed"
+        );
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub struct JobState {
     pub consecutive_failures: u32,
     /// Runs started since the state was created.
     pub runs: u64,
+    /// Runs that ended well, and runs that failed (interrupted ones included), since the
+    /// state was created (states written before these were counted start at 0).
+    pub succeeded: u64,
+    pub failed: u64,
 }
 
 impl JobState {
@@ -225,6 +229,8 @@ mod tests {
             last_succeeded: Some(true),
             consecutive_failures: 0,
             runs: 3,
+            succeeded: 2,
+            failed: 1,
         };
         store.save("report", &state).unwrap();
         assert_eq!(store.load("report").unwrap(), state);

@@ -1,36 +1,24 @@
 //! The control socket: `forkwarden status` connects, the master writes what it knows (one
-//! JSON object: the server, each worker, the tallies) and closes the connection.
-//!
-//! The master never waits on a reader: the answer is written without blocking; what does
-//! not fit in the socket is sent when the socket has room (poll), and a reader that takes
-//! more than [`READER_DEADLINE`] to take it, or one past [`MAX_READERS`] at once, is
-//! dropped. A hundred stuck readers cost a hundred descriptors and buffers, never a delay
-//! of a respawn or a limit. The socket is owner-only (0600), at `data_dir/forkwarden.sock`.
+//! JSON object: the server, each worker, the tallies; see survey.rs) and closes the
+//! connection. It never waits on a reader (see answers.rs). The socket is owner-only
+//! (0600), at `data_dir/forkwarden.sock`.
 
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::rc::Rc;
 
 use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
-use serde_json::{Value, json};
-use slab::Slab;
 use tracing::{debug, warn};
 
 use super::Master;
-use super::pool::{Departure, Lifecycle};
-use crate::id::Role;
-use crate::scoreboard::WorkerState;
+use super::answers::Conversations;
 
 /// The listening socket's poll token.
 pub(super) const CONTROL: Token = Token(3);
 /// Readers' poll tokens, from here on (far above the output pipes' tokens).
 const FIRST_READER: usize = usize::MAX / 2;
-/// Most readers served at once; more are closed at once.
-const MAX_READERS: usize = 64;
-/// How long a reader has to take its answer.
-const READER_DEADLINE: Duration = Duration::from_secs(2);
 
 /// The control socket's path for a config: `data_dir/forkwarden.sock`.
 pub fn socket_path(config: &crate::config::Config) -> PathBuf {
@@ -40,15 +28,7 @@ pub fn socket_path(config: &crate::config::Config) -> PathBuf {
 pub(super) struct ControlSocket {
     listener: UnixListener,
     path: PathBuf,
-    readers: Slab<Reader>,
-}
-
-/// A `forkwarden status` whose answer is not all written yet.
-struct Reader {
-    stream: UnixStream,
-    answer: std::rc::Rc<[u8]>,
-    written: usize,
-    deadline: Instant,
+    readers: Conversations<UnixStream>,
 }
 
 impl ControlSocket {
@@ -96,14 +76,14 @@ impl ControlSocket {
         Ok(Some(Self {
             listener,
             path: path.to_path_buf(),
-            readers: Slab::new(),
+            readers: Conversations::new(FIRST_READER),
         }))
     }
 
     /// Takes the readers waiting to connect; each gets `answer()` (made once for all).
     pub(super) fn accept(&mut self, registry: &Registry, answer: impl FnOnce() -> Vec<u8>) {
         let mut answer = Some(answer);
-        let mut made: Option<std::rc::Rc<[u8]>> = None;
+        let mut made: Option<Rc<[u8]>> = None;
         loop {
             let stream = match self.listener.accept() {
                 Ok((stream, _)) => stream,
@@ -114,84 +94,35 @@ impl ControlSocket {
                     return;
                 }
             };
-            if self.readers.len() >= MAX_READERS {
+            if !self.readers.has_room() {
                 // Closed at once: too many readers are already waiting.
                 continue;
             }
             let answer = made
                 .get_or_insert_with(|| answer.take().map_or_else(Vec::new, |make| make()).into())
                 .clone();
-            let entry = self.readers.vacant_entry();
-            let token = Token(FIRST_READER + entry.key());
-            let mut reader = Reader {
-                stream,
-                answer,
-                written: 0,
-                deadline: Instant::now() + READER_DEADLINE,
-            };
-            if reader.write() {
-                continue;
-            }
-            if registry
-                .register(&mut reader.stream, token, Interest::WRITABLE)
-                .is_ok()
-            {
-                entry.insert(reader);
-            }
+            self.readers.answer(stream, answer, registry);
         }
     }
 
     /// Whether `token` is a reader's.
-    pub(super) fn is_reader(token: Token) -> bool {
-        token.0 >= FIRST_READER
+    pub(super) fn is_reader(&self, token: Token) -> bool {
+        self.readers.owns(token)
     }
 
     /// Reader `token`'s socket has room: sends it more of its answer.
     pub(super) fn write_to(&mut self, token: Token, registry: &Registry) {
-        let key = token.0 - FIRST_READER;
-        if self.readers.get_mut(key).is_some_and(Reader::write) {
-            self.drop_reader(key, registry);
-        }
+        self.readers
+            .progress(token, registry, |_| super::answers::Reply::NeedMore);
     }
 
     /// Drops the readers past their deadline.
-    pub(super) fn expire(&mut self, now: Instant, registry: &Registry) {
-        let late: Vec<usize> = self
-            .readers
-            .iter()
-            .filter(|(_, reader)| reader.deadline <= now)
-            .map(|(key, _)| key)
-            .collect();
-        for key in late {
-            self.drop_reader(key, registry);
-        }
+    pub(super) fn expire(&mut self, now: std::time::Instant, registry: &Registry) {
+        self.readers.expire(now, registry);
     }
 
-    pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.readers.iter().map(|(_, reader)| reader.deadline).min()
-    }
-
-    fn drop_reader(&mut self, key: usize, registry: &Registry) {
-        if let Some(mut reader) = self.readers.try_remove(key) {
-            let _ = registry.deregister(&mut reader.stream);
-        }
-    }
-}
-
-impl Reader {
-    /// Writes what the socket takes; true once the answer is all written (or the reader
-    /// is gone).
-    fn write(&mut self) -> bool {
-        while self.written < self.answer.len() {
-            match self.stream.write(&self.answer[self.written..]) {
-                Ok(0) => return true,
-                Ok(count) => self.written += count,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(_) => return true,
-            }
-        }
-        true
+    pub(super) fn next_deadline(&self) -> Option<std::time::Instant> {
+        self.readers.next_deadline()
     }
 }
 
@@ -207,110 +138,24 @@ impl Master {
         let Some(mut control) = self.control.take() else {
             return;
         };
-        control.accept(self.poll.registry(), || {
-            let mut text = self.status().to_string();
-            text.push('\n');
-            text.into_bytes()
-        });
+        control.accept(self.poll.registry(), || self.status_json());
         self.control = Some(control);
     }
 
-    /// What `forkwarden status` shows, as JSON.
-    fn status(&self) -> Value {
-        let now = Instant::now();
-        let config = &self.config;
-        let uptime = SystemTime::now()
-            .duration_since(self.started_at)
-            .unwrap_or_default();
-        let mut workers: Vec<&super::pool::Worker> = self.pool.workers().collect();
-        workers.sort_by_key(|worker| (worker.id, worker.generation));
-        let live_requests: u64 = workers.iter().map(|worker| worker.row.requests()).sum();
-        let rows: Vec<Value> = workers
-            .iter()
-            .map(|worker| {
-                let row = worker.row.snapshot();
-                let state = match (&worker.lifecycle, row.state) {
-                    (Lifecycle::Leaving(leaving), _) => match leaving.departure {
-                        Departure::Kill { .. } => "killed",
-                        Departure::Retire { .. } => "retiring",
-                    },
-                    (_, WorkerState::Booting) => "booting",
-                    (_, WorkerState::Busy) => "busy",
-                    (_, _) => "idle",
-                };
-                let busy = row.busy_for.filter(|_| row.state == WorkerState::Busy);
-                json!({
-                    "role": worker.id.role.as_str(),
-                    "slot": worker.id.slot,
-                    "pid": worker.pid.as_raw(),
-                    "generation": worker.generation,
-                    "state": state,
-                    "request": busy.map(|_| row.request.clone()),
-                    "busy_seconds": busy.map(|busy| busy.as_secs_f64()),
-                    // Read now: the master reads idle workers' memory seldom.
-                    "rss_bytes": crate::proctree::memory(worker.pid, worker.exec.is_some())
-                        .map(|memory| memory.rss)
-                        .or(worker.memory.rss),
-                    "cpu_seconds": cpu_seconds(worker.pid.as_raw()),
-                    "requests": row.requests,
-                    "uptime_seconds": now.saturating_duration_since(worker.started).as_secs_f64(),
-                    "status": worker.exec.as_ref().and_then(|exec| exec.status.clone()),
-                })
-            })
-            .collect();
-        let tally = &self.tally;
-        let deaths: Vec<Value> = tally
-            .recent
-            .iter()
-            .rev()
-            .map(|death| {
-                json!({
-                    "at": death.at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |at| at.as_secs()),
-                    "pid": death.pid,
-                    "line": death.line,
-                })
-            })
-            .collect();
-        let count =
-            |role| json!({"wanted": self.pool.wanted(role), "running": self.pool.count(role)});
-        json!({
-            "master": {
-                "pid": self.pid.as_raw(),
-                "generation": self.pool.generation(),
-                "config": self.config_path.display().to_string(),
-                "uptime_seconds": uptime.as_secs_f64(),
-                "stopping": self.stopping.is_some(),
-                "rss_bytes": crate::proctree::memory(self.pid, false).map(|memory| memory.rss),
-            },
-            "limits": {
-                "limit_memory_soft": config.limit_memory_soft.bytes(),
-                "limit_memory_hard": config.limit_memory_hard.bytes(),
-                "limit_time_real": config.limit_time_real.duration().as_secs_f64(),
-                "limit_time_cpu": config.limit_time_cpu.duration().as_secs_f64(),
-                "limit_request": config.limit_request,
-            },
-            "http_workers": count(Role::Http),
-            "cron_workers": count(Role::Cron),
-            "requests": tally.requests_of_ended.saturating_add(live_requests),
-            "ends": tally.ends,
-            "limits_enforced": tally.limits,
-            "recent_deaths": deaths,
-            "workers": rows,
-        })
+    /// What `forkwarden status --json` shows: the survey, one line of JSON.
+    pub(super) fn status_json(&self) -> Vec<u8> {
+        let mut text = serde_json::to_vec(&self.survey()).unwrap_or_default();
+        text.push(b'\n');
+        text
     }
-}
-
-/// CPU seconds (user + system) process `pid` has used, from /proc.
-fn cpu_seconds(pid: i32) -> Option<f64> {
-    let stat = procfs::process::Process::new(pid).ok()?.stat().ok()?;
-    let ticks = procfs::ticks_per_second() as f64;
-    Some((stat.utime + stat.stime) as f64 / ticks)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::master::answers::DEADLINE;
     use std::io::Read;
+    use std::time::Instant;
 
     #[test]
     fn a_reader_too_slow_for_its_answer_is_served_as_it_reads_without_blocking() {
@@ -323,7 +168,7 @@ mod tests {
         let answer: Vec<u8> = (0..8 << 20).map(|index| (index % 251) as u8).collect();
         let started = Instant::now();
         control.accept(poll.registry(), || answer.clone());
-        assert!(started.elapsed() < READER_DEADLINE, "accept did not wait");
+        assert!(started.elapsed() < DEADLINE, "accept did not wait");
         assert_eq!(control.readers.len(), 1, "the rest waits for room");
         let reader = std::thread::spawn(move || {
             let mut received = Vec::new();
@@ -331,10 +176,10 @@ mod tests {
             received
         });
         let mut events = mio::Events::with_capacity(8);
-        while !control.readers.is_empty() {
-            poll.poll(&mut events, Some(READER_DEADLINE)).unwrap();
+        while control.readers.len() > 0 {
+            poll.poll(&mut events, Some(DEADLINE)).unwrap();
             for event in &events {
-                if ControlSocket::is_reader(event.token()) {
+                if control.is_reader(event.token()) {
                     control.write_to(event.token(), poll.registry());
                 }
             }
@@ -344,7 +189,7 @@ mod tests {
         let _stuck = std::os::unix::net::UnixStream::connect(&path).unwrap();
         control.accept(poll.registry(), || answer.clone());
         assert_eq!(control.readers.len(), 1);
-        control.expire(Instant::now() + READER_DEADLINE, poll.registry());
-        assert!(control.readers.is_empty());
+        control.expire(Instant::now() + DEADLINE, poll.registry());
+        assert_eq!(control.readers.len(), 0);
     }
 }

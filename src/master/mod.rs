@@ -7,19 +7,24 @@
 //! next event: a signal, a worker's bell or notification, a program's output, or the
 //! earliest deadline. The population and its backoff live in `pool.rs`, the one-line exit
 //! reports in `report.rs` and their tally in `tally.rs`, the preload template HTTP workers
-//! are forked from (`[app] preload = true`) in `template.rs`, the answer to `forkwarden
-//! status` (a control socket read in the same poll) in `control.rs`. The master never busy-polls, never runs application code and
-//! never touches a client connection.
+//! are forked from (`[app] preload = true`) in `template.rs`. What the master knows at one
+//! moment (`survey.rs`) goes to `forkwarden status` over a control socket (`control.rs`) and
+//! to Prometheus and the status page over the metrics listener (`metrics.rs`), both read in
+//! the same poll and never waited on (`answers.rs`). The master never busy-polls, never runs
+//! application code and never touches a client connection of the application.
 
+mod answers;
 mod control;
 mod enforce;
 mod exec;
 mod listener;
+mod metrics;
 mod pidfile;
 mod pool;
 mod report;
 mod signals;
 mod strays;
+mod survey;
 mod tally;
 mod template;
 
@@ -76,6 +81,11 @@ pub const EXIT_STATUS_FAILURE: u8 = 1;
 pub enum MasterError {
     #[error("cannot listen on {address} (http_interface, http_port): {source}")]
     Bind {
+        address: SocketAddr,
+        source: io::Error,
+    },
+    #[error("cannot listen on {address} (metrics_listen): {source}")]
+    Metrics {
         address: SocketAddr,
         source: io::Error,
     },
@@ -160,6 +170,8 @@ pub struct Master {
     /// Where `forkwarden status` asks (None: another master answers there, or it could not
     /// be made).
     control: Option<control::ControlSocket>,
+    /// The metrics listener (`metrics_listen`), if there is one.
+    metrics: Option<metrics::MetricsListener>,
     /// What happened to workers since the start, for `forkwarden status`.
     tally: tally::Tally,
     /// Dropped (and so removed) when the master returns from [`Master::run`].
@@ -211,6 +223,13 @@ impl Master {
         }
         let pidfile = config.pidfile.as_deref().map(Pidfile::create).transpose()?;
         let control = control::ControlSocket::bind(&control::socket_path(&config), poll.registry());
+        let metrics = config
+            .metrics_listen
+            .map(|address| {
+                metrics::MetricsListener::bind(address, poll.registry())
+                    .map_err(|source| MasterError::Metrics { address, source })
+            })
+            .transpose()?;
         sys::set_process_title(&format!("forkwarden: master ({})", config_path.display()));
         Ok(Self {
             pool: Pool::new(config.workers, config.max_cron_threads, &config.program),
@@ -244,6 +263,7 @@ impl Master {
             service_manager: crate::notify::ServiceManager::from_environment(),
             announced_ready: false,
             control,
+            metrics,
             tally: tally::Tally::default(),
             _pidfile: pidfile,
         })
@@ -313,7 +333,10 @@ impl Master {
             if self.stopping.is_some() && self.pool.is_empty() && self.templates.is_empty() {
                 self.kill_strays();
                 if self.strays.all_gone() {
-                    info!("all workers have stopped; master exiting");
+                    info!(
+                        event = "stopped",
+                        "all workers have stopped; master exiting"
+                    );
                     return self.stopping.as_ref().map_or(0, |stop| stop.exit_status);
                 }
             }
@@ -420,8 +443,13 @@ impl Master {
                 .line
                 .push_str(&format!("; its job's process group {group} was killed"));
         }
-        self.tally
-            .ended(&report.verdict, pid.as_raw(), row.requests, &report.line);
+        self.tally.ended(
+            &report.verdict,
+            pid.as_raw(),
+            worker.id.role,
+            &worker.row.durations(),
+            &report.line,
+        );
         let unexpected = report.verdict.is_unexpected();
         let leaving = worker.leaving();
         let level = report::level(unexpected);
@@ -568,6 +596,7 @@ impl Master {
                         log_worker(Level::WARN, &report.facts, None, &report.line);
                     }
                     error!(
+                        event = "spawn_failed",
                         role = id.role.as_str(),
                         slot = id.slot,
                         "cannot start {id}: {error}; trying again in {}",
@@ -798,6 +827,11 @@ impl Master {
                     .as_ref()
                     .and_then(control::ControlSocket::next_deadline),
             )
+            .chain(
+                self.metrics
+                    .as_ref()
+                    .and_then(metrics::MetricsListener::next_deadline),
+            )
             .min()
             .map(|deadline| deadline.saturating_duration_since(Instant::now()));
         // Output left unread by its budget last turn: look again without sleeping.
@@ -821,10 +855,28 @@ impl Master {
                     self.next_scan = Some(Instant::now());
                 }
                 control::CONTROL => status_asked = true,
-                token if control::ControlSocket::is_reader(token) => {
+                token
+                    if self
+                        .control
+                        .as_ref()
+                        .is_some_and(|control| control.is_reader(token)) =>
+                {
                     if let Some(control) = &mut self.control {
                         control.write_to(token, self.poll.registry());
                     }
+                }
+                metrics::METRICS => {
+                    if let Some(metrics) = &mut self.metrics {
+                        metrics.accept(self.poll.registry());
+                    }
+                }
+                token
+                    if self
+                        .metrics
+                        .as_ref()
+                        .is_some_and(|metrics| metrics.owns(token)) =>
+                {
+                    self.serve_metrics_connection(token);
                 }
                 token if token.0 >= FIRST_OUTPUT_TOKEN => output.push(token),
                 _ => {}
@@ -832,6 +884,9 @@ impl Master {
         }
         if let Some(control) = &mut self.control {
             control.expire(Instant::now(), self.poll.registry());
+        }
+        if let Some(metrics) = &mut self.metrics {
+            metrics.expire(Instant::now(), self.poll.registry());
         }
         if status_asked {
             self.answer_status();

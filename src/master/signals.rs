@@ -98,7 +98,11 @@ impl Master {
     /// generation, gracefully; if not, say why and keep running as before.
     fn reload(&mut self) {
         if self.stopping.is_some() {
-            info!("SIGHUP ignored: the server is stopping");
+            info!(
+                event = "signal_ignored",
+                signal = "SIGHUP",
+                "SIGHUP ignored: the server is stopping"
+            );
             return;
         }
         let mut new = match Config::load_checked(&self.config_path) {
@@ -173,13 +177,19 @@ impl Master {
     fn scale_http(&mut self, delta: i32) {
         let signal = if delta > 0 { "SIGTTIN" } else { "SIGTTOU" };
         if self.stopping.is_some() {
-            info!("{signal} ignored: the server is stopping");
+            info!(
+                event = "signal_ignored",
+                signal, "{signal} ignored: the server is stopping"
+            );
             return;
         }
         let old = self.pool.wanted(Role::Http);
         let new = old.saturating_add_signed(delta).max(1);
         if new == old {
-            info!("{signal} ignored: already at {old} http worker, the minimum");
+            info!(
+                event = "signal_ignored",
+                signal, "{signal} ignored: already at {old} http worker, the minimum"
+            );
             return;
         }
         self.pool.set_wanted(Role::Http, new);
@@ -195,8 +205,8 @@ impl Master {
     /// SIGUSR1: reopen the log file, and have every worker reopen it too.
     fn reopen_logs(&mut self) {
         match crate::log::reopen() {
-            Ok(()) => info!("SIGUSR1: log file reopened"),
-            Err(error) => error!("SIGUSR1: {error}"),
+            Ok(()) => info!(event = "log_reopened", "SIGUSR1: log file reopened"),
+            Err(error) => error!(event = "log_reopen_failed", "SIGUSR1: {error}"),
         }
         // Exec workers write to the master's pipes, and SIGUSR1 would kill a program that
         // does not expect it.

@@ -107,6 +107,7 @@ impl Master {
                     self.strays.killed.insert(pid);
                     self.strays.no_children = false;
                     warn!(
+                        event = "stray_killed",
                         pid = pid.as_raw(),
                         command = command.as_str(),
                         "pid {pid} ({command}) was left behind by {whose}; killed"

@@ -1,12 +1,14 @@
-//! What the master counts since it started, for `forkwarden status`: how workers ended, by
-//! cause; the limits it enforced; the last deaths with their line; requests served by
-//! workers that are gone.
+//! What the master counts since it started, for `forkwarden status` and the metrics: how
+//! workers ended, by cause; the limits it enforced; the last deaths with their line; the
+//! requests served by workers that are gone, and how long they took.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::SystemTime;
 
 use super::pool::RetireReason;
 use super::report::{Verdict, limit_named};
+use crate::id::Role;
+use crate::scoreboard::Durations;
 
 /// How many recent deaths are kept.
 const RECENT: usize = 10;
@@ -28,15 +30,26 @@ pub struct Tally {
     pub limits: BTreeMap<String, u64>,
     /// The last [`RECENT`] deaths, oldest first.
     pub recent: VecDeque<Death>,
-    /// Requests served by workers that have ended.
-    pub requests_of_ended: u64,
+    /// Requests (jobs, for cron workers) served by workers that have ended, by role.
+    pub served_by_ended: BTreeMap<&'static str, Durations>,
 }
 
 impl Tally {
-    /// A worker ended as `verdict` says, after serving `requests`; `line` is what was logged.
-    pub fn ended(&mut self, verdict: &Verdict, pid: i32, requests: u64, line: &str) {
+    /// A worker of `role` ended as `verdict` says, after serving what `served` counts;
+    /// `line` is what was logged.
+    pub fn ended(
+        &mut self,
+        verdict: &Verdict,
+        pid: i32,
+        role: Role,
+        served: &Durations,
+        line: &str,
+    ) {
         *self.ends.entry(verdict.cause()).or_default() += 1;
-        self.requests_of_ended = self.requests_of_ended.saturating_add(requests);
+        self.served_by_ended
+            .entry(role.as_str())
+            .or_default()
+            .add(served);
         if let Verdict::LimitExceeded(detail) = verdict
             && let Some(limit) = limit_named(detail)
         {
@@ -61,6 +74,13 @@ impl Tally {
         }
     }
 
+    /// Requests served by workers of every role that have ended.
+    pub fn requests_of_ended(&self) -> u64 {
+        self.served_by_ended
+            .values()
+            .fold(0, |sum, served| sum.saturating_add(served.count))
+    }
+
     /// The master enforced `limit` (a config key: `limit_memory_hard`, `ready_timeout`...).
     pub fn enforced(&mut self, limit: &str) {
         *self.limits.entry(limit.to_string()).or_default() += 1;
@@ -72,35 +92,58 @@ mod tests {
     use super::*;
     use crate::scoreboard::ExitReason;
 
+    fn served(count: u64) -> Durations {
+        Durations {
+            count,
+            ..Durations::default()
+        }
+    }
+
     #[test]
     fn ends_are_counted_by_cause_and_limits_by_name() {
         let mut tally = Tally::default();
-        tally.ended(&Verdict::Retired(RetireReason::Replaced), 1, 5, "stopped");
+        tally.ended(
+            &Verdict::Retired(RetireReason::Replaced),
+            1,
+            Role::Http,
+            &served(5),
+            "stopped",
+        );
         tally.ended(
             &Verdict::KilledByMaster("limit_memory_hard exceeded (rss 9 > 8)".into()),
             2,
-            7,
+            Role::Http,
+            &served(7),
             "killed: limit_memory_hard exceeded",
         );
         tally.enforced("limit_memory_hard");
         tally.ended(
             &Verdict::Recycled(ExitReason::LimitRequest),
             3,
-            100,
+            Role::Cron,
+            &served(100),
             "exited",
         );
-        tally.ended(&Verdict::Died, 4, 0, "died: killed by SIGKILL");
+        tally.ended(
+            &Verdict::Died,
+            4,
+            Role::Http,
+            &served(0),
+            "died: killed by SIGKILL",
+        );
         assert_eq!(tally.ends["replaced"], 1);
         assert_eq!(tally.ends["limit_memory_hard"], 1);
         assert_eq!(tally.ends["limit_request"], 1);
         assert_eq!(tally.ends["died"], 1);
         assert_eq!(tally.limits["limit_memory_hard"], 1);
-        assert_eq!(tally.requests_of_ended, 112);
+        assert_eq!(tally.requests_of_ended(), 112);
+        assert_eq!(tally.served_by_ended["http"].count, 12);
+        assert_eq!(tally.served_by_ended["cron"].count, 100);
         // A stop for a reload is not a death.
         let pids: Vec<i32> = tally.recent.iter().map(|death| death.pid).collect();
         assert_eq!(pids, [2, 3, 4]);
         for pid in 10..30 {
-            tally.ended(&Verdict::Died, pid, 0, "died");
+            tally.ended(&Verdict::Died, pid, Role::Http, &served(0), "died");
         }
         assert_eq!(tally.recent.len(), RECENT);
         assert_eq!(tally.recent.back().map(|death| death.pid), Some(29));

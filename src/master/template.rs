@@ -208,6 +208,7 @@ impl Master {
         self.templates.start_at = None;
         match self.start_template(generation) {
             Ok(pid) => info!(
+                event = "template_started",
                 pid = pid.as_raw(),
                 generation,
                 "{TEMPLATE} started as pid {pid} (generation {generation}): it loads the \
@@ -215,6 +216,7 @@ impl Master {
             ),
             Err(error) => {
                 warn!(
+                    event = "template_start_failed",
                     "cannot start the {TEMPLATE}: {error}; trying again in {}",
                     elapsed(super::SPAWN_RETRY)
                 );
@@ -390,6 +392,7 @@ impl Master {
         let Some(index) = found else {
             // A request given up on (its template was killed): nobody wants this process.
             warn!(
+                event = "fork_answer_unexpected",
                 pid = pid.as_raw(),
                 "pid {pid} says it answers fork request {number:?}, which is not waiting; killed"
             );
@@ -400,6 +403,7 @@ impl Master {
         let request = self.templates.requests.swap_remove(index);
         if let Err(error) = self.adopt(pid, request) {
             warn!(
+                event = "forked_worker_refused",
                 pid = pid.as_raw(),
                 "cannot take on forked worker pid {pid}: {error}; killed"
             );
@@ -471,6 +475,7 @@ impl Master {
             template.state = TemplateState::Ready;
             self.templates.failures_in_a_row = 0;
             info!(
+                event = "template_ready",
                 pid = template.pid.as_raw(),
                 generation = template.generation,
                 "{} loaded the application in {}; http workers are forked from it",
@@ -501,10 +506,15 @@ impl Master {
         let current = template.generation == self.pool.generation();
         match template.state {
             TemplateState::Leaving { .. } if !current || self.stopping.is_some() => {
-                info!(pid = pid.as_raw(), "{name} left: {ending}{dropped}");
+                info!(
+                    event = "template_ended",
+                    pid = pid.as_raw(),
+                    "{name} left: {ending}{dropped}"
+                );
             }
             _ if !current => {
                 info!(
+                    event = "template_ended",
                     pid = pid.as_raw(),
                     "{name} of generation {} ended: {ending}; generation {} replaces it",
                     template.generation,
@@ -518,6 +528,7 @@ impl Master {
                 self.templates.start_at = Some(Instant::now() + delay);
                 let serving = self.pool.count(Role::Http);
                 warn!(
+                    event = "template_load_failed",
                     pid = pid.as_raw(),
                     failures_in_a_row = failures,
                     "{name} failed to load the application: {ending} before it said READY=1 \
@@ -528,6 +539,7 @@ impl Master {
             }
             TemplateState::Ready | TemplateState::Leaving { .. } => {
                 warn!(
+                    event = "template_died",
                     pid = pid.as_raw(),
                     "{name} died after {}: {ending}; the http workers it forked go on \
                      serving; starting another{dropped}",
@@ -562,6 +574,7 @@ impl Master {
             self.drop_requests_to(pid);
             if let Some(template) = self.templates.running.iter_mut().find(|t| t.pid == pid) {
                 warn!(
+                    event = "template_killed",
                     pid = pid.as_raw(),
                     "{} killed: no worker said {FORK_KEY} within ready_timeout ({}) after it \
                      was asked for {id}",
@@ -589,6 +602,7 @@ impl Master {
                 TemplateState::Leaving { .. } => "did not leave within graceful_timeout".into(),
             };
             warn!(
+                event = "template_killed",
                 pid = template.pid.as_raw(),
                 "{} killed: {why}",
                 template.name()
@@ -619,6 +633,7 @@ impl Master {
             let replaced = newest_ready.is_some_and(|newest| template.generation < newest);
             if !template.is_leaving() && (replaced || (!preloads && all_ready)) {
                 info!(
+                    event = "template_leaving",
                     pid = template.pid.as_raw(),
                     "{} (generation {}) is told to leave: {}",
                     template.name(),

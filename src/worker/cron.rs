@@ -134,6 +134,11 @@ impl CronWorker<'_> {
             row.set_job_group(Some(pid.as_raw()));
             job_pid = Some(pid);
             info!(
+                event = "cron_run_started",
+                job = job.name.as_str(),
+                pid = pid.as_raw(),
+                run = claim.runs(),
+                slot = self.spec.id.slot,
                 "cron job {} started as pid {pid} by {} (run {})",
                 job.name,
                 self.spec.name(),
@@ -143,19 +148,41 @@ impl CronWorker<'_> {
         row.set_job_group(None);
         row.set_work_limit(None);
         row.end_request();
-        let took = crate::format::elapsed(started.elapsed());
+        let duration = started.elapsed();
+        let took = crate::format::elapsed(duration);
         let next = self.scheduler.finish(claim, &ending, SystemTime::now());
         let who = job_pid.map_or(String::new(), |pid| format!(" (pid {pid})"));
         let next_text = describe_time(next.map(to_ms));
+        macro_rules! ended {
+            ($level:expr, $line:expr) => {
+                tracing::event!(
+                    $level,
+                    event = "cron_run_ended",
+                    job = job.name.as_str(),
+                    pid = job_pid.map(|pid| pid.as_raw()),
+                    succeeded = ending.succeeded(),
+                    result = %ending,
+                    duration = duration.as_secs_f64(),
+                    "{}",
+                    $line
+                )
+            };
+        }
         if ending.succeeded() {
-            info!(
-                "cron job {}{who} {ending} after {took}; next run {next_text}",
-                job.name
+            ended!(
+                tracing::Level::INFO,
+                format!(
+                    "cron job {}{who} {ending} after {took}; next run {next_text}",
+                    job.name
+                )
             );
         } else {
-            warn!(
-                "cron job {}{who} failed: {ending} after {took}; next run {next_text}",
-                job.name
+            ended!(
+                tracing::Level::WARN,
+                format!(
+                    "cron job {}{who} failed: {ending} after {took}; next run {next_text}",
+                    job.name
+                )
             );
         }
         next

@@ -1,0 +1,274 @@
+//! What the master knows about the server at one moment: the workers (from the pool and
+//! their scoreboard rows, with memory and CPU read from /proc now), the tallies since the
+//! start, the cron jobs. `forkwarden status` gets it as JSON (control.rs), Prometheus and
+//! the status page get it from the metrics listener (metrics.rs).
+
+use std::collections::BTreeMap;
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+
+use super::Master;
+use super::pool::{Departure, Lifecycle};
+use crate::id::Role;
+use crate::scoreboard::{Durations, WorkerState};
+
+#[derive(Debug, Serialize)]
+pub(super) struct Survey {
+    pub master: MasterSurvey,
+    pub limits: LimitSurvey,
+    pub http_workers: Headcount,
+    pub cron_workers: Headcount,
+    /// Requests (and cron jobs) served since the start, by workers alive or ended.
+    pub requests: u64,
+    /// Worker ends by cause.
+    pub ends: BTreeMap<String, u64>,
+    /// Limits enforced, by limit.
+    pub limits_enforced: BTreeMap<String, u64>,
+    /// The last deaths, newest first.
+    pub recent_deaths: Vec<DeathSurvey>,
+    pub workers: Vec<WorkerSurvey>,
+    /// Requests served and how long they took, by role (ended workers included).
+    #[serde(skip)]
+    pub served: BTreeMap<&'static str, Durations>,
+    /// The cron jobs and how their runs went (the local store's counts).
+    pub cron_jobs: Vec<CronJobSurvey>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct MasterSurvey {
+    pub pid: i32,
+    pub generation: u64,
+    pub config: String,
+    pub uptime_seconds: f64,
+    pub stopping: bool,
+    pub rss_bytes: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct LimitSurvey {
+    pub limit_memory_soft: u64,
+    pub limit_memory_hard: u64,
+    pub limit_time_real: f64,
+    /// What a cron job may take (`limit_time_real_cron`, or `limit_time_real` for -1).
+    pub limit_time_real_cron: f64,
+    pub limit_time_cpu: f64,
+    pub limit_request: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct Headcount {
+    pub wanted: u32,
+    pub running: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct DeathSurvey {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub pid: i32,
+    pub line: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct WorkerSurvey {
+    pub role: &'static str,
+    /// The program's name, for a `[[program]]` instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub program: Option<&'static str>,
+    pub slot: u32,
+    pub pid: i32,
+    pub generation: u64,
+    pub state: WorkerStateName,
+    /// `METHOD /target` (or `job NAME`) being served, and for how long.
+    pub request: Option<String>,
+    pub busy_seconds: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub cpu_seconds: Option<f64>,
+    pub requests: u64,
+    pub uptime_seconds: f64,
+    /// What a program last said of itself (sd_notify STATUS=).
+    pub status: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum WorkerStateName {
+    Booting,
+    Idle,
+    Busy,
+    Retiring,
+    Killed,
+}
+
+impl WorkerStateName {
+    pub const ALL: [Self; 5] = [
+        Self::Booting,
+        Self::Idle,
+        Self::Busy,
+        Self::Retiring,
+        Self::Killed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Booting => "booting",
+            Self::Idle => "idle",
+            Self::Busy => "busy",
+            Self::Retiring => "retiring",
+            Self::Killed => "killed",
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct CronJobSurvey {
+    pub name: String,
+    pub runs: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Whether a cron worker of this server is running it now.
+    pub running: bool,
+}
+
+impl Master {
+    /// The server as it is now.
+    pub(super) fn survey(&self) -> Survey {
+        let now = Instant::now();
+        let config = &self.config;
+        let uptime = SystemTime::now()
+            .duration_since(self.started_at)
+            .unwrap_or_default();
+        let mut workers: Vec<&super::pool::Worker> = self.pool.workers().collect();
+        workers.sort_by_key(|worker| (worker.id, worker.generation));
+        let mut served = BTreeMap::new();
+        for (role, ended) in &self.tally.served_by_ended {
+            served.insert(*role, ended.clone());
+        }
+        let mut running_jobs = Vec::new();
+        let rows: Vec<WorkerSurvey> = workers
+            .iter()
+            .map(|worker| {
+                let row = worker.row.snapshot();
+                served
+                    .entry(worker.id.role.as_str())
+                    .or_insert_with(Durations::default)
+                    .add(&worker.row.durations());
+                let state = match (&worker.lifecycle, row.state) {
+                    (Lifecycle::Leaving(leaving), _) => match leaving.departure {
+                        Departure::Kill { .. } => WorkerStateName::Killed,
+                        Departure::Retire { .. } => WorkerStateName::Retiring,
+                    },
+                    (_, WorkerState::Booting) => WorkerStateName::Booting,
+                    (_, WorkerState::Busy) => WorkerStateName::Busy,
+                    (_, _) => WorkerStateName::Idle,
+                };
+                let busy = row.busy_for.filter(|_| row.state == WorkerState::Busy);
+                if busy.is_some() && worker.id.role == Role::Cron {
+                    if let Some(job) = row.request.strip_prefix("job ") {
+                        running_jobs.push(job.to_string());
+                    }
+                }
+                WorkerSurvey {
+                    role: worker.id.role.as_str(),
+                    program: match worker.id.role {
+                        Role::Program(name) => Some(name),
+                        _ => None,
+                    },
+                    slot: worker.id.slot,
+                    pid: worker.pid.as_raw(),
+                    generation: worker.generation,
+                    state,
+                    request: busy.map(|_| row.request.clone()),
+                    busy_seconds: busy.map(|busy| busy.as_secs_f64()),
+                    // Read now: the master reads idle workers' memory seldom.
+                    rss_bytes: crate::proctree::memory(worker.pid, worker.exec.is_some())
+                        .map(|memory| memory.rss)
+                        .or(worker.memory.rss),
+                    cpu_seconds: cpu_seconds(worker.pid.as_raw()),
+                    requests: row.requests,
+                    uptime_seconds: now.saturating_duration_since(worker.started).as_secs_f64(),
+                    status: worker.exec.as_ref().and_then(|exec| exec.status.clone()),
+                }
+            })
+            .collect();
+        let live_requests: u64 = rows.iter().map(|row| row.requests).sum();
+        let tally = &self.tally;
+        let headcount = |role| Headcount {
+            wanted: self.pool.wanted(role),
+            running: self.pool.count(role),
+        };
+        Survey {
+            master: MasterSurvey {
+                pid: self.pid.as_raw(),
+                generation: self.pool.generation(),
+                config: self.config_path.display().to_string(),
+                uptime_seconds: uptime.as_secs_f64(),
+                stopping: self.stopping.is_some(),
+                rss_bytes: crate::proctree::memory(self.pid, false).map(|memory| memory.rss),
+            },
+            limits: LimitSurvey {
+                limit_memory_soft: config.limit_memory_soft.bytes(),
+                limit_memory_hard: config.limit_memory_hard.bytes(),
+                limit_time_real: config.limit_time_real.duration().as_secs_f64(),
+                limit_time_real_cron: config.cron_time_limit().as_secs_f64(),
+                limit_time_cpu: config.limit_time_cpu.duration().as_secs_f64(),
+                limit_request: config.limit_request,
+            },
+            http_workers: headcount(Role::Http),
+            cron_workers: headcount(Role::Cron),
+            requests: tally.requests_of_ended().saturating_add(live_requests),
+            ends: tally.ends.clone(),
+            limits_enforced: tally.limits.clone(),
+            recent_deaths: tally
+                .recent
+                .iter()
+                .rev()
+                .map(|death| DeathSurvey {
+                    at: death
+                        .at
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |at| at.as_secs()),
+                    pid: death.pid,
+                    line: death.line.clone(),
+                })
+                .collect(),
+            workers: rows,
+            served,
+            cron_jobs: self.cron_jobs(&running_jobs),
+        }
+    }
+
+    /// The jobs of the config with their counts from the local store (small files under
+    /// data_dir; a job never run reads as zeros).
+    fn cron_jobs(&self, running: &[String]) -> Vec<CronJobSurvey> {
+        if self.config.cron.is_empty() {
+            return Vec::new();
+        }
+        let store = crate::cron::JobStore::open(&self.config.data_dir).ok();
+        self.config
+            .cron
+            .iter()
+            .map(|job| {
+                let state = store
+                    .as_ref()
+                    .and_then(|store| store.load(&job.name).ok())
+                    .unwrap_or_default();
+                CronJobSurvey {
+                    name: job.name.clone(),
+                    runs: state.runs,
+                    succeeded: state.succeeded,
+                    failed: state.failed,
+                    running: running.contains(&job.name),
+                }
+            })
+            .collect()
+    }
+}
+
+/// CPU seconds (user + system) process `pid` has used, from /proc.
+fn cpu_seconds(pid: i32) -> Option<f64> {
+    let stat = procfs::process::Process::new(pid).ok()?.stat().ok()?;
+    let ticks = procfs::ticks_per_second() as f64;
+    Some((stat.utime + stat.stime) as f64 / ticks)
+}

@@ -136,8 +136,14 @@ fn metrics_count_requests_durations_ends_limits_and_cron_runs() {
                     "forkwarden_workers",
                     &["role=\"http\"", "state=\"idle\""],
                 ) == Some(1.0)
+                // The killed worker reaped (until then it shows as "killed").
+                && sample(
+                    &metrics,
+                    "forkwarden_worker_ends_total",
+                    &["cause=\"limit_memory_hard\""],
+                ) == Some(1.0)
         }),
-        "no cron run or no idle HTTP worker counted:\n{text}"
+        "no cron run, no idle HTTP worker or no end counted:\n{text}"
     );
     // The killed worker's requests still count.
     assert!(

@@ -14,8 +14,13 @@ use common::{
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
 fn probe_server() -> Server {
+    probe_server_with("")
+}
+
+/// The probe under the runner, with top-level `settings`.
+fn probe_server_with(settings: &str) -> Server {
     let server = Server::start(&format!(
-        "workers = 1\n[app]\ncommand = [\"python3\", \"-m\", \"forkwarden_wsgi\", \
+        "workers = 1\n{settings}\n[app]\ncommand = [\"python3\", \"-m\", \"forkwarden_wsgi\", \
          \"wsgi_probe:app\"]\ncwd = \"{REPO}/tests/apps\"\nready_timeout = \"20s\"\n\
          nonblocking = true\nenv = {{ PYTHONPATH = \"{}\" }}\n",
         python_runner_path()
@@ -44,7 +49,8 @@ fn the_environ_carries_the_request_as_pep_3333_says() {
         server.port,
         b"POST /environ/caf%C3%A9%20x?q=1&r=%20 HTTP/1.1\r\nHost: example.test\r\n\
           Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\nX-Twice: a\r\nX-Twice: b\r\n\
-          X_Forged: yes\r\nConnection: close\r\n\r\n4\r\nbody\r\n0\r\n\r\n",
+          X_Forged: yes\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: 192.0.2.1\r\n\
+          Connection: close\r\n\r\n4\r\nbody\r\n0\r\n\r\n",
     ));
     assert_eq!(reply.status, 200, "{reply:?}");
     let json = reply.body;
@@ -67,6 +73,7 @@ fn the_environ_carries_the_request_as_pep_3333_says() {
         ("wsgi.multithread", "false"),
         ("wsgi.run_once", "false"),
         ("wsgi.input_terminated", "true"),
+        // Without proxy_mode, a client's X-Forwarded-* headers change nothing.
         ("wsgi.url_scheme", "http"),
     ];
     for (key, value) in expect {
@@ -78,6 +85,31 @@ fn the_environ_carries_the_request_as_pep_3333_says() {
     // A header with `_` would collide with its `-` twin: dropped, never forged.
     assert_eq!(field(&json, "HTTP_X_FORGED"), None, "{json}");
     assert!(!json.contains("HTTP_TRANSFER_ENCODING"), "{json}");
+}
+
+#[test]
+fn with_proxy_mode_the_proxy_s_forwarded_headers_make_the_environ_and_the_access_line() {
+    let server = probe_server_with("proxy_mode = true\naccess_log = true");
+    let reply = parse_reply(&send_raw(
+        server.port,
+        b"GET /environ HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+          X-Forwarded-For: 203.0.113.9, 198.51.100.7\r\nX-Forwarded-Proto: https\r\n\
+          X-Forwarded-Host: shop.example:8443\r\nConnection: close\r\n\r\n",
+    ));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let json = reply.body;
+    let expect = [
+        // The address the proxy next to us appended (one proxy, as Odoo's proxy_mode).
+        ("REMOTE_ADDR", "198.51.100.7"),
+        ("wsgi.url_scheme", "https"),
+        ("HTTP_HOST", "shop.example:8443"),
+        ("SERVER_NAME", "shop.example"),
+        ("SERVER_PORT", "8443"),
+    ];
+    for (key, value) in expect {
+        assert_eq!(field(&json, key).as_deref(), Some(value), "{key} in {json}");
+    }
+    server.wait_for_log("198.51.100.7 - - [");
 }
 
 #[test]

@@ -166,8 +166,10 @@ impl Wsgi {
             intern!(py, "HTTP/1.1")
         };
         environ.set_item(intern!(py, "SERVER_PROTOCOL"), protocol)?;
+        if let Some(client) = request.client_ip() {
+            environ.set_item(intern!(py, "REMOTE_ADDR"), client.to_string())?;
+        }
         if let Some(peer) = request.peer() {
-            environ.set_item(intern!(py, "REMOTE_ADDR"), peer.ip().to_string())?;
             environ.set_item(intern!(py, "REMOTE_PORT"), peer.port().to_string())?;
         }
         if let Some(local) = request.local() {
@@ -216,6 +218,21 @@ impl Wsgi {
                     environ.set_item(&key, format!("{earlier}{separator}{value}"))?;
                 }
                 None => environ.set_item(&key, value)?,
+            }
+        }
+        if let Some(forwarded) = request.forwarded() {
+            // `proxy_mode`: as werkzeug's ProxyFix (one proxy) would set them.
+            environ.set_item(intern!(py, "wsgi.url_scheme"), request.scheme())?;
+            if let Some(host) = &forwarded.host {
+                environ.set_item(intern!(py, "HTTP_HOST"), host)?;
+                let (name, port) = match host.rsplit_once(':') {
+                    Some((name, port)) if !host.ends_with(']') => (name, Some(port)),
+                    _ => (host.as_str(), None),
+                };
+                environ.set_item(intern!(py, "SERVER_NAME"), name)?;
+                if let Some(port) = port {
+                    environ.set_item(intern!(py, "SERVER_PORT"), port)?;
+                }
             }
         }
         Ok(environ)

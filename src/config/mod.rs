@@ -91,6 +91,9 @@ pub struct Config {
     /// One line per request from the HTTP workers (a program's too, with the worker kit):
     /// the combined log format, or a JSON object with `log_format = "json"`.
     pub access_log: bool,
+    /// Take the `X-Forwarded-For`, `-Proto` and `-Host` headers as true (Odoo's option): for
+    /// a server behind a proxy that sets them, never for one clients reach directly.
+    pub proxy_mode: bool,
     /// Address of the master's metrics listener: Prometheus metrics at `/metrics`, a live
     /// status page at `/status` (its data at `/status.json`). Unset: none. It shows what
     /// the workers are serving (request lines included): keep it on loopback or behind a
@@ -273,6 +276,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_level: LogLevel::Info,
             access_log: false,
+            proxy_mode: false,
             metrics_listen: None,
             logfile: None,
             pidfile: None,

@@ -36,6 +36,63 @@ pub struct Request {
     peer: Option<std::net::SocketAddr>,
     /// The server's address the client connected to.
     local: Option<std::net::SocketAddr>,
+    /// What the proxy in front said of the original request, with `proxy_mode` on (boxed:
+    /// most servers never have one).
+    forwarded: Option<Box<Forwarded>>,
+}
+
+/// What a trusted proxy in front said about the original request (`proxy_mode`, Odoo's
+/// option): the last value of each `X-Forwarded-*` header, the one the proxy next to us
+/// wrote or appended (werkzeug's ProxyFix with one proxy, as Odoo's proxy_mode does). A
+/// value that is not well formed is left out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Forwarded {
+    /// The client's address (`X-Forwarded-For`).
+    pub client: Option<std::net::IpAddr>,
+    /// `http` or `https` (`X-Forwarded-Proto`).
+    pub scheme: Option<&'static str>,
+    /// The host (and port) the client asked for (`X-Forwarded-Host`).
+    pub host: Option<String>,
+}
+
+impl Forwarded {
+    fn of(headers: &[Header]) -> Self {
+        let last = |name: &str| -> Option<String> {
+            let header = headers
+                .iter()
+                .rev()
+                .find(|header| header.name.eq_ignore_ascii_case(name))?;
+            let value = std::str::from_utf8(&header.value).ok()?;
+            let last = value.rsplit(',').next()?.trim();
+            (!last.is_empty()).then(|| last.to_string())
+        };
+        let client = last("x-forwarded-for").and_then(|value| {
+            value
+                .parse()
+                .ok()
+                .or_else(|| value.parse::<std::net::SocketAddr>().ok().map(|at| at.ip()))
+        });
+        let scheme = last("x-forwarded-proto").and_then(|value| {
+            if value.eq_ignore_ascii_case("https") {
+                Some("https")
+            } else if value.eq_ignore_ascii_case("http") {
+                Some("http")
+            } else {
+                None
+            }
+        });
+        let host = last("x-forwarded-host").filter(|host| {
+            host.len() <= 255
+                && host
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || b".-:[]_".contains(&byte))
+        });
+        Self {
+            client,
+            scheme,
+            host,
+        }
+    }
 }
 
 impl Request {
@@ -62,6 +119,33 @@ impl Request {
     ) {
         self.peer = peer;
         self.local = local;
+    }
+
+    /// Takes the `X-Forwarded-*` headers as true (`proxy_mode`: a proxy in front sets them).
+    pub(crate) fn trust_forwarded_headers(&mut self) {
+        self.forwarded = Some(Box::new(Forwarded::of(&self.headers)));
+    }
+
+    /// What the proxy in front said of the original request, with `proxy_mode` on.
+    pub fn forwarded(&self) -> Option<&Forwarded> {
+        self.forwarded.as_deref()
+    }
+
+    /// The client's address: the one the proxy in front gives with `proxy_mode`, else the
+    /// connection's.
+    pub fn client_ip(&self) -> Option<std::net::IpAddr> {
+        self.forwarded
+            .as_ref()
+            .and_then(|forwarded| forwarded.client)
+            .or(self.peer.map(|peer| peer.ip()))
+    }
+
+    /// `https` when the proxy in front says so (`proxy_mode`), else `http`.
+    pub fn scheme(&self) -> &'static str {
+        self.forwarded
+            .as_ref()
+            .and_then(|forwarded| forwarded.scheme)
+            .unwrap_or("http")
     }
 
     /// `GET`, `POST`, ...
@@ -506,6 +590,38 @@ mod tests {
     fn request(input: &[u8]) -> Request {
         let mut buffer = input.to_vec();
         RequestReader::new(None).next(&mut buffer).unwrap().unwrap()
+    }
+
+    #[test]
+    fn forwarded_headers_count_only_when_trusted_and_well_formed() {
+        let mut proxied = request(
+            b"GET / HTTP/1.1\r\nHost: internal\r\nX-Forwarded-For: 203.0.113.9, 198.51.100.7\r\n\
+              X-Forwarded-Proto: HTTPS\r\nX-Forwarded-Host: shop.example:8443\r\n\r\n",
+        );
+        proxied.set_addresses("127.0.0.1:5000".parse().ok(), None);
+        assert_eq!(
+            (proxied.client_ip(), proxied.scheme()),
+            ("127.0.0.1".parse().ok(), "http")
+        );
+        proxied.trust_forwarded_headers();
+        // The last address: the one the proxy next to us appended.
+        assert_eq!(proxied.client_ip(), "198.51.100.7".parse().ok());
+        assert_eq!(proxied.scheme(), "https");
+        let host = proxied
+            .forwarded()
+            .and_then(|forwarded| forwarded.host.as_deref());
+        assert_eq!(host, Some("shop.example:8443"));
+        let mut forged = request(
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: not-an-address\r\nX-Forwarded-Proto: gopher\r\n\
+              X-Forwarded-Host: evil.example/path\r\n\r\n",
+        );
+        forged.set_addresses("[::1]:5000".parse().ok(), None);
+        forged.trust_forwarded_headers();
+        assert_eq!(forged.forwarded(), Some(&Forwarded::default()));
+        assert_eq!(
+            (forged.client_ip(), forged.scheme()),
+            ("::1".parse().ok(), "http")
+        );
     }
 
     struct Nothing;

@@ -223,6 +223,7 @@ fn parse_head(head: &[u8], max_body: Option<u64>) -> Result<(Request, Option<Bod
         body: RequestBody::default(),
         peer: None,
         local: None,
+        forwarded: None,
     };
     let body = framing(&request, max_body)?;
     Ok((request, body))

@@ -13,7 +13,7 @@
 //! `"access"`), beside the other JSON log lines.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::config::{Config, LogFormat};
@@ -32,7 +32,8 @@ pub(super) struct AccessLog {
 pub(super) struct Served<'a> {
     /// None: it could not be read (answered 400, 408, 413... and closed).
     pub request: Option<&'a Request>,
-    pub peer: Option<SocketAddr>,
+    /// The client's address (the proxy's word for it with `proxy_mode`).
+    pub remote: Option<IpAddr>,
     pub status: u16,
     /// Bytes of the response's body sent.
     pub bytes: u64,
@@ -63,8 +64,8 @@ impl AccessLog {
     fn text_line(&self, served: &Served<'_>, now: chrono::DateTime<chrono::Utc>) -> String {
         let mut line = String::with_capacity(256);
         let remote = served
-            .peer
-            .map_or_else(|| "-".to_string(), |peer| peer.ip().to_string());
+            .remote
+            .map_or_else(|| "-".to_string(), |remote| remote.to_string());
         let request_line = served.request.map_or_else(
             || "-".to_string(),
             |request| {
@@ -109,7 +110,7 @@ impl AccessLog {
             "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             "level": "INFO",
             "event": "access",
-            "remote_addr": served.peer.map(|peer| peer.ip().to_string()),
+            "remote_addr": served.remote.map(|remote| remote.to_string()),
             "method": request.map(Request::method),
             "path": request.map(Request::path),
             "query": request.and_then(Request::query),
@@ -159,7 +160,7 @@ mod tests {
     fn served(request: &Request) -> Served<'_> {
         Served {
             request: Some(request),
-            peer: "127.0.0.1:5000".parse().ok(),
+            remote: "127.0.0.1".parse().ok(),
             status: 200,
             bytes: 12,
             duration: Duration::from_micros(1843),

@@ -25,7 +25,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
@@ -796,7 +796,8 @@ impl HttpWorker<'_> {
         let (head, framing) = http::response_head(None, &response, false);
         let started = Instant::now();
         let sent = self.send(&client.stream, head, framing, response.take_body(), None);
-        self.log_access(None, client.addresses.0, reject.status, sent.bytes, started);
+        let peer = client.addresses.0.map(|peer| peer.ip());
+        self.log_access(None, peer, reject.status, sent.bytes, started);
     }
 
     /// Closes the clients that took too long: 408 to one in the middle of a request. One
@@ -838,6 +839,9 @@ impl HttpWorker<'_> {
             return;
         };
         request.set_addresses(peer, local);
+        if self.spec.config.proxy_mode {
+            request.trust_forwarded_headers();
+        }
         // The other connections this worker holds idle, which the alarm may hand over
         // (buffers kept across requests: nothing allocated per request).
         let mut idle = std::mem::take(&mut self.alarm_keys);
@@ -881,7 +885,14 @@ impl HttpWorker<'_> {
         if sent.app_panicked {
             self.leave_after = Some(ExitReason::AppPanicked);
         }
-        self.log_access(Some(&request), peer, response.status(), sent.bytes, started);
+        let client = request.client_ip();
+        self.log_access(
+            Some(&request),
+            client,
+            response.status(),
+            sent.bytes,
+            started,
+        );
         self.limit_signals.answer_to(None);
         if !idle.is_empty() {
             // Those handed over while the request ran belong to other workers now.
@@ -934,7 +945,7 @@ impl HttpWorker<'_> {
     fn log_access(
         &self,
         request: Option<&Request>,
-        peer: Option<SocketAddr>,
+        remote: Option<IpAddr>,
         status: u16,
         bytes: u64,
         started: Instant,
@@ -942,7 +953,7 @@ impl HttpWorker<'_> {
         if let Some(access_log) = &self.access_log {
             access_log.record(&Served {
                 request,
-                peer,
+                remote,
                 status,
                 bytes,
                 duration: started.elapsed(),

@@ -164,6 +164,14 @@ impl Surroundings {
 /// and signal mask, and the scoreboard it maps stays mapped until the process exits.
 pub fn serve(app: Box<dyn App>, describe: &str) -> Result<i32, KitError> {
     let here = Surroundings::from_environment()?;
+    // `ps` then tells the workers apart as it does built-in ones (a program that cannot
+    // have its title set, e.g. one with threads already, keeps its command line).
+    if sys::init_process_title().is_ok() {
+        sys::set_process_title(&format!(
+            "forkwarden: http worker {} ({describe})",
+            here.slot
+        ));
+    }
     let listener = TcpListener::from(sys::adopt_inherited(sys::LISTEN_FD).map_err(|error| {
         KitError::Descriptor {
             what: "listening socket",

@@ -706,11 +706,12 @@ impl Flavour {
         }
     }
 
-    /// What the process titles of its HTTP workers contain (a program keeps its own).
+    /// What the process titles of its HTTP workers contain: a kit worker's names its slot
+    /// and application (`forkwarden: http worker 0 (compare_app:app)`).
     pub fn title(self) -> &'static str {
         match self {
             Flavour::BuiltIn => "http worker",
-            Flavour::Python => "forkwarden_wsgi",
+            Flavour::Python => "(compare_app:app)",
         }
     }
 

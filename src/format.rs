@@ -1,4 +1,4 @@
-//! How durations and sizes read in log lines.
+//! How durations and sizes read in log lines, and tables in the command-line tools.
 
 use std::time::Duration;
 
@@ -31,6 +31,27 @@ pub fn seconds(time: Duration) -> String {
 /// A memory size, rounded to the MiB: `612 MiB`.
 pub fn mib(bytes: u64) -> String {
     format!("{} MiB", bytes.saturating_add(1 << 19) >> 20)
+}
+
+/// Rows as left-aligned columns, two spaces apart.
+pub fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut text = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        text.push_str(line.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
 }
 
 #[cfg(test)]

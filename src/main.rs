@@ -58,6 +58,18 @@ enum Command {
 enum CronCommand {
     /// Print every job with its schedule, next run and last result.
     List,
+    /// Print a job's last runs: when, how long, on which host, how each ended, and the
+    /// last lines the last one wrote.
+    History {
+        /// The job's name.
+        name: String,
+        /// How many runs.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+        /// One JSON object per run.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +81,9 @@ fn main() -> ExitCode {
         Some(Command::Cron {
             command: CronCommand::List,
         }) => cron_list(&cli.config),
+        Some(Command::Cron {
+            command: CronCommand::History { name, last, json },
+        }) => cron_history(&cli.config, &name, last, json),
     }
 }
 
@@ -126,77 +141,32 @@ fn status(path: &Path, json: bool, watch: bool) -> ExitCode {
 }
 
 fn cron_list(path: &Path) -> ExitCode {
+    cron_show(path, forkwarden::cron::show::list)
+}
+
+fn cron_history(path: &Path, name: &str, last: usize, json: bool) -> ExitCode {
+    cron_show(path, |config| {
+        forkwarden::cron::show::history(config, name, last, json)
+    })
+}
+
+/// Prints what `show` makes of the config at `path`.
+fn cron_show(
+    path: &Path,
+    show: impl FnOnce(&Config) -> Result<String, forkwarden::cron::show::ShowError>,
+) -> ExitCode {
     let config = match load(path, false) {
         Ok(config) => config,
         Err(status) => return status,
     };
-    let scheduler = match forkwarden::cron::Scheduler::new(&config, std::time::SystemTime::now()) {
-        Ok(scheduler) => scheduler,
+    match show(&config) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
         Err(error) => {
-            eprintln!(
-                "forkwarden: cannot read cron state in {}: {error}",
-                config.data_dir.display()
-            );
-            return ExitCode::from(EXIT_START);
-        }
-    };
-    let rows: Vec<[String; 6]> = scheduler
-        .states()
-        .into_iter()
-        .map(|(job, state)| {
-            let schedule = match (&job.schedule, job.interval) {
-                (Some(expression), _) => expression.clone(),
-                (None, Some(interval)) => format!("every {interval}"),
-                (None, None) => String::new(),
-            };
-            [
-                job.name.clone(),
-                schedule,
-                forkwarden::cron::describe_time(state.next_run_ms),
-                forkwarden::cron::describe_time(state.last_start_ms),
-                if scheduler.is_running(job) {
-                    "running now".to_string()
-                } else if state.interrupted() {
-                    "interrupted: its cron worker died".to_string()
-                } else {
-                    state
-                        .last_result
-                        .clone()
-                        .unwrap_or_else(|| "never run".into())
-                },
-                state.consecutive_failures.to_string(),
-            ]
-        })
-        .collect();
-    if rows.is_empty() {
-        println!("no [[cron]] jobs in {}", path.display());
-        return ExitCode::SUCCESS;
-    }
-    let header = [
-        "NAME",
-        "SCHEDULE",
-        "NEXT RUN",
-        "LAST START",
-        "LAST RESULT",
-        "FAILURES IN A ROW",
-    ];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
+            eprintln!("forkwarden: {error}");
+            ExitCode::from(EXIT_START)
         }
     }
-    let print = |cells: &[&str]| {
-        let line: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-    };
-    print(&header);
-    for row in &rows {
-        print(&row.each_ref().map(String::as_str));
-    }
-    ExitCode::SUCCESS
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::format::{elapsed, mib};
+use crate::format::{columns, elapsed, mib};
 
 /// How long the master may take to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -178,27 +178,6 @@ fn limit_bytes(value: &Value) -> String {
         Some(0) | None => "off".to_string(),
         Some(bytes) => mib(bytes),
     }
-}
-
-/// Rows as left-aligned columns, two spaces apart.
-fn columns<const N: usize>(rows: &[[String; N]]) -> String {
-    let mut widths = [0; N];
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut text = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        text.push_str(line.join("  ").trim_end());
-        text.push('\n');
-    }
-    text
 }
 
 #[cfg(test)]

@@ -301,3 +301,75 @@ fn json_log_lines_carry_a_run_s_job_pid_and_result_and_its_output_s_source() {
         "{output}"
     );
 }
+
+/// `forkwarden cron history NAME --json` on `server`'s config: one JSON object per run.
+fn history(server: &Server, name: &str) -> Vec<serde_json::Value> {
+    let output = std::process::Command::new(common::BINARY)
+        .args(["cron", "history", name, "--json", "--config"])
+        .arg(&server.config_path)
+        .output()
+        .expect("run forkwarden cron history");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON run"))
+        .collect()
+}
+
+#[test]
+fn the_history_records_each_run_and_an_interrupted_one_with_its_host_and_worker() {
+    let server = Server::spawn(
+        "workers = 1\nmax_cron_threads = 1\n[[cron]]\nname = \"long\"\ninterval = \"2s\"\n\
+         command = [\"sh\", \"-c\", \"if [ -f {dir}/once ]; then echo quick; exit 3; fi; \
+         touch {dir}/once; sleep 60\"]\n",
+    );
+    server.wait_for_log("cron job long started as pid ");
+    let worker = server.wait_for_workers("cron worker", 1)[0];
+    kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
+    // The replacement claims the next due run, and notes the interrupted one first.
+    let mut runs = Vec::new();
+    assert!(
+        wait_until(SOON, || {
+            runs = history(&server, "long");
+            runs.len() >= 2
+        }),
+        "{runs:?}\n{}",
+        server.log_text()
+    );
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let interrupted = &runs[0];
+    assert_eq!(interrupted["host"], host.trim(), "{interrupted}");
+    assert_eq!(interrupted["pid"], worker, "{interrupted}");
+    assert_eq!(interrupted["succeeded"], false, "{interrupted}");
+    assert!(
+        interrupted["result"]
+            .as_str()
+            .is_some_and(|result| result
+                .contains(&format!("interrupted: its cron worker (pid {worker}) died"))),
+        "{interrupted}"
+    );
+    let quick = &runs[1];
+    assert_eq!(quick["result"], "exited with status 3", "{quick}");
+    assert_eq!(quick["exit_status"], 3, "{quick}");
+    assert_eq!(
+        quick["output_tail"],
+        serde_json::json!(["quick"]),
+        "{quick}"
+    );
+    assert!(
+        quick["pid"]
+            .as_i64()
+            .is_some_and(|pid| pid != i64::from(worker)),
+        "{quick}"
+    );
+    // The table says the same, with the last lines of the last run.
+    let output = std::process::Command::new(common::BINARY)
+        .args(["cron", "history", "long", "--config"])
+        .arg(&server.config_path)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains("interrupted: its cron worker"), "{table}");
+    assert!(table.contains("last lines of the last run"), "{table}");
+    assert!(table.contains("  quick"), "{table}");
+}

@@ -13,6 +13,7 @@
 
 mod runner;
 mod schedule;
+pub mod show;
 mod store;
 
 use std::io;
@@ -20,9 +21,9 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{info, warn};
 
-pub use runner::{RunEnding, run};
+pub use runner::{OutputTail, RunEnding, run};
 pub use schedule::Schedule;
-pub use store::{JobLock, JobState, JobStore, from_ms, to_ms};
+pub use store::{JobLock, JobState, JobStore, RunRecord, from_ms, to_ms};
 
 use crate::config::{Config, CronJob};
 
@@ -147,6 +148,20 @@ impl<'a> Scheduler<'a> {
             state.last_succeeded = Some(false);
             state.consecutive_failures += 1;
             state.failed = state.failed.saturating_add(1);
+            let record = RunRecord {
+                host: state.last_host.clone().unwrap_or_default(),
+                pid: state.last_worker_pid,
+                start_ms: state.last_start_ms.unwrap_or_default(),
+                end_ms: to_ms(now),
+                result: format!(
+                    "interrupted: its cron worker (pid {}) died",
+                    state
+                        .last_worker_pid
+                        .map_or_else(|| "?".to_string(), |pid| pid.to_string())
+                ),
+                ..RunRecord::default()
+            };
+            self.record_run(job, &record);
         }
         let following = schedule.next_after(now);
         let missed = !never_scheduled && due.is_some_and(|due| due < self.server_started);
@@ -175,6 +190,8 @@ impl<'a> Scheduler<'a> {
         state.last_start_ms = Some(to_ms(now));
         state.next_run_ms = following.map(to_ms);
         state.runs += 1;
+        state.last_host = Some(host_name());
+        state.last_worker_pid = Some(std::process::id() as i32);
         self.store.save(&job.name, &state)?;
         Ok(Turn::Run(Claim {
             job,
@@ -218,13 +235,29 @@ impl<'a> Scheduler<'a> {
         retry
     }
 
-    /// Records how a claimed run ended, and releases the job; returns when it is next due.
+    /// Records how a claimed run ended (in its state and its history: the job's pid, if it
+    /// started, and the last lines it wrote), and releases the job; returns when it is next
+    /// due.
     pub fn finish(
         &self,
         mut claim: Claim<'a>,
         ending: &RunEnding,
+        job_pid: Option<i32>,
+        output_tail: Vec<String>,
         now: SystemTime,
     ) -> Option<SystemTime> {
+        let record = RunRecord {
+            host: claim.state.last_host.clone().unwrap_or_default(),
+            pid: job_pid,
+            start_ms: claim.state.last_start_ms.unwrap_or_default(),
+            end_ms: to_ms(now),
+            result: ending.to_string(),
+            succeeded: ending.succeeded(),
+            exit_status: ending.exit_status(),
+            signal: ending.signal(),
+            output_tail,
+        };
+        self.record_run(claim.job, &record);
         let state = &mut claim.state;
         state.last_end_ms = Some(to_ms(now).max(state.last_start_ms.unwrap_or(i64::MIN)));
         state.last_result = Some(ending.to_string());
@@ -243,6 +276,22 @@ impl<'a> Scheduler<'a> {
             );
         }
         state.next_run()
+    }
+
+    /// Adds a run to `job`'s history; a failure is logged (the run itself is recorded in
+    /// the job's state).
+    fn record_run(&self, job: &CronJob, record: &RunRecord) {
+        if let Err(error) = self.store.append_run(&job.name, record) {
+            warn!(
+                "cron job {}: cannot add the run to its history: {error}",
+                job.name
+            );
+        }
+    }
+
+    /// `job`'s last `count` runs, oldest first.
+    pub fn history(&self, job: &CronJob, count: usize) -> io::Result<Vec<RunRecord>> {
+        self.store.history(&job.name, count)
     }
 
     /// The state of `job`; a corrupt state file is logged and the job starts afresh.
@@ -268,6 +317,14 @@ impl<'a> Scheduler<'a> {
     pub fn is_running(&self, job: &CronJob) -> bool {
         matches!(self.store.try_lock(&job.name), Ok(None))
     }
+}
+
+/// This machine's name, for the runs' records.
+fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_else(|| "unknown".to_string())
 }
 
 /// A stored time in local time, as `2026-11-25 19:00:00 +00:00`; `never` when absent.
@@ -320,7 +377,9 @@ mod tests {
         let claim = expect_run(scheduler.turn(0, now).unwrap());
         // While claimed, no one else may run it.
         assert!(matches!(scheduler.turn(0, now).unwrap(), Turn::Wait(_)));
-        let next = scheduler.finish(claim, &RunEnding::Exited(0), now).unwrap();
+        let next = scheduler
+            .finish(claim, &RunEnding::Exited(0), None, Vec::new(), now)
+            .unwrap();
         assert_eq!(to_ms(next), to_ms(now + Duration::from_secs(60)));
         assert!(matches!(scheduler.turn(0, now).unwrap(), Turn::Wait(at) if at == next));
         let state = &scheduler.states()[0].1;
@@ -343,7 +402,7 @@ mod tests {
         );
         let next_due = now + Duration::from_secs(60);
         let claim = expect_run(scheduler.turn(0, next_due).unwrap());
-        scheduler.finish(claim, &RunEnding::Exited(0), next_due);
+        scheduler.finish(claim, &RunEnding::Exited(0), None, Vec::new(), next_due);
         let state = &scheduler.states()[0].1;
         assert_eq!(state.runs, 2, "retried at its next due time");
         assert_eq!(
@@ -369,7 +428,7 @@ mod tests {
             match scheduler.turn(0, now).unwrap() {
                 Turn::Run(claim) => {
                     assert!(catch_up);
-                    scheduler.finish(claim, &RunEnding::Exited(0), now);
+                    scheduler.finish(claim, &RunEnding::Exited(0), None, Vec::new(), now);
                 }
                 Turn::Wait(at) => {
                     assert!(!catch_up);

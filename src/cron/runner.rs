@@ -23,6 +23,39 @@ use crate::config::CronJob;
 use crate::output::{LineSplitter, Stream, log_program_line};
 use crate::sys::{self, WorkerSignals};
 
+/// The last lines a job wrote (both streams, in the order they came), for its run history.
+#[derive(Debug, Default)]
+pub struct OutputTail {
+    lines: std::cell::RefCell<std::collections::VecDeque<String>>,
+}
+
+impl OutputTail {
+    /// Lines kept: what a run's history shows of its output.
+    const LINES: usize = 20;
+    /// Longest line kept (cut at a character boundary).
+    const LINE_BYTES: usize = 512;
+
+    fn push(&self, stream: Stream, line: &str) {
+        let mut end = line.len().min(Self::LINE_BYTES);
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut lines = self.lines.borrow_mut();
+        if lines.len() == Self::LINES {
+            lines.pop_front();
+        }
+        let tag = match stream {
+            Stream::Stdout => "",
+            Stream::Stderr => "[stderr] ",
+        };
+        lines.push_back(format!("{tag}{}", &line[..end]));
+    }
+
+    pub fn take(&self) -> Vec<String> {
+        self.lines.borrow_mut().drain(..).collect()
+    }
+}
+
 /// How a run ended.
 #[derive(Debug)]
 pub enum RunEnding {
@@ -42,6 +75,23 @@ pub enum RunEnding {
 impl RunEnding {
     pub fn succeeded(&self) -> bool {
         matches!(self, Self::Exited(0))
+    }
+
+    /// The exit status, when the job exited.
+    pub fn exit_status(&self) -> Option<i32> {
+        match self {
+            Self::Exited(status) => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The signal that ended it, when one did (a timeout's is SIGKILL).
+    pub fn signal(&self) -> Option<i32> {
+        match self {
+            Self::Signaled(signal) => Some(*signal),
+            Self::TimedOut { .. } => Some(Signal::SIGKILL as i32),
+            _ => None,
+        }
     }
 }
 
@@ -71,17 +121,18 @@ impl fmt::Display for RunEnding {
 /// `limit_time_real_cron`; `key` names which); `account` are the variables of the user it
 /// runs as (`USER`, `HOME`...; the job's own `env` wins); `calls` is where the preload
 /// template takes `call` jobs; `started` learns the job's pid (which is also its process
-/// group) as soon as it runs.
+/// group) as soon as it runs; `tail` keeps the last lines it writes.
 pub fn run(
     job: &CronJob,
     limit: Option<(Duration, &'static str)>,
     account: &[(OsString, OsString)],
     calls: &Path,
     signals: &WorkerSignals,
+    tail: &OutputTail,
     started: impl FnOnce(Pid),
 ) -> RunEnding {
     if let Some(call) = &job.call {
-        return run_call(job, call, limit, account, calls, signals, started);
+        return run_call(job, call, limit, account, calls, signals, tail, started);
     }
     let mut command = Command::new(&job.command[0]);
     for variable in crate::notify::SERVICE_MANAGER_VARIABLES {
@@ -105,7 +156,7 @@ pub fn run(
     };
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     started(pid);
-    let ending = match Watch::new(job, &mut child) {
+    let ending = match Watch::new(job, &mut child, tail) {
         Ok(mut watch) => watch.until_exit(&mut child, pid, limit, signals),
         Err(error) => {
             let _ = killpg(pid, Signal::SIGKILL);
@@ -136,6 +187,7 @@ const CALL_END_WAIT: Duration = Duration::from_secs(5);
 /// `call`, with the job's output pipes and environment; the template answers the process's
 /// pid (its process group), then how it ended. The time limit kills the process group, as
 /// for a command; what the process leaves behind comes to the master, which kills it.
+#[allow(clippy::too_many_arguments)]
 fn run_call(
     job: &CronJob,
     call: &str,
@@ -143,6 +195,7 @@ fn run_call(
     account: &[(OsString, OsString)],
     calls: &Path,
     signals: &WorkerSignals,
+    tail: &OutputTail,
     started: impl FnOnce(Pid),
 ) -> RunEnding {
     let prepared = (|| -> io::Result<(OwnedFd, [Output<'_>; 2])> {
@@ -177,8 +230,8 @@ fn run_call(
             &[out_write.as_fd(), err_write.as_fd()],
         )?;
         let output = [
-            Output::new(&job.name, Stream::Stdout, out_read)?,
-            Output::new(&job.name, Stream::Stderr, err_read)?,
+            Output::new(&job.name, Stream::Stdout, out_read, tail)?,
+            Output::new(&job.name, Stream::Stderr, err_read, tail)?,
         ];
         Ok((connection, output))
     })();
@@ -346,7 +399,7 @@ struct Watch<'a> {
 }
 
 impl<'a> Watch<'a> {
-    fn new(job: &'a CronJob, child: &mut Child) -> io::Result<Self> {
+    fn new(job: &'a CronJob, child: &mut Child, tail: &'a OutputTail) -> io::Result<Self> {
         let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
         let stdout = child.stdout.take().map(OwnedFd::from);
         let stderr = child.stderr.take().map(OwnedFd::from);
@@ -356,8 +409,8 @@ impl<'a> Watch<'a> {
         Ok(Self {
             exited: sys::pidfd_open(pid)?,
             output: [
-                Output::new(&job.name, Stream::Stdout, stdout)?,
-                Output::new(&job.name, Stream::Stderr, stderr)?,
+                Output::new(&job.name, Stream::Stdout, stdout, tail)?,
+                Output::new(&job.name, Stream::Stderr, stderr, tail)?,
             ],
         })
     }
@@ -426,16 +479,18 @@ struct Output<'a> {
     /// None once the job closed it.
     pipe: Option<File>,
     lines: LineSplitter,
+    tail: &'a OutputTail,
 }
 
 impl<'a> Output<'a> {
-    fn new(job: &'a str, stream: Stream, pipe: OwnedFd) -> io::Result<Self> {
+    fn new(job: &'a str, stream: Stream, pipe: OwnedFd, tail: &'a OutputTail) -> io::Result<Self> {
         fcntl(&pipe, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
         Ok(Self {
             job,
             stream,
             pipe: Some(File::from(pipe)),
             lines: LineSplitter::default(),
+            tail,
         })
     }
 
@@ -467,6 +522,7 @@ impl<'a> Output<'a> {
 
     fn log(&self, line: &str) {
         log_program_line(&format!("cron job {}", self.job), self.stream, line);
+        self.tail.push(self.stream, line);
     }
 }
 
@@ -513,6 +569,7 @@ mod tests {
             &[],
             Path::new("/nonexistent"),
             &signals,
+            &OutputTail::default(),
             |_| {},
         );
         assert!(matches!(ending, RunEnding::CouldNotStart(_)), "{ending:?}");
@@ -528,10 +585,32 @@ mod tests {
             &[],
             Path::new("/nonexistent"),
             &signals,
+            &OutputTail::default(),
             |started| pid = Some(started),
         );
         assert!(matches!(ending, RunEnding::Exited(7)), "{ending:?}");
         assert!(pid.is_some());
+    }
+
+    #[test]
+    fn the_last_lines_of_both_streams_are_kept_in_order() {
+        let signals = WorkerSignals::for_tests();
+        let tail = OutputTail::default();
+        let script = "for i in $(seq 1 30); do echo line $i; done; echo oops >&2";
+        let ending = run(
+            &job(&["sh", "-c", script]),
+            None,
+            &[],
+            Path::new("/nonexistent"),
+            &signals,
+            &tail,
+            |_| {},
+        );
+        assert!(matches!(ending, RunEnding::Exited(0)), "{ending:?}");
+        let lines = tail.take();
+        assert_eq!(lines.len(), OutputTail::LINES, "{lines:?}");
+        assert_eq!(lines.first().map(String::as_str), Some("line 12"));
+        assert_eq!(lines.last().map(String::as_str), Some("[stderr] oops"));
     }
 
     #[test]
@@ -547,6 +626,7 @@ mod tests {
             &[],
             Path::new("/nonexistent"),
             &signals,
+            &OutputTail::default(),
             |_| {},
         );
         assert!(matches!(ending, RunEnding::TimedOut { .. }), "{ending:?}");

@@ -49,7 +49,34 @@ pub struct JobState {
     /// state was created (states written before these were counted start at 0).
     pub succeeded: u64,
     pub failed: u64,
+    /// Where the last run was claimed: the host and the cron worker's pid (what an
+    /// interrupted run's record names).
+    pub last_host: Option<String>,
+    pub last_worker_pid: Option<i32>,
 }
+
+/// One run of a job, as its history keeps it (`forkwarden cron history NAME`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RunRecord {
+    /// The host the run was on.
+    pub host: String,
+    /// The job's process (its process group); for an interrupted run, the cron worker's.
+    pub pid: Option<i32>,
+    pub start_ms: i64,
+    /// When it ended; for an interrupted run, when that was noticed.
+    pub end_ms: i64,
+    /// `exited with status 0`, `killed by SIGTERM`, `interrupted: ...`.
+    pub result: String,
+    pub succeeded: bool,
+    pub exit_status: Option<i32>,
+    pub signal: Option<i32>,
+    /// The last lines it wrote.
+    pub output_tail: Vec<String>,
+}
+
+/// Runs kept in a job's history: past twice as many, the oldest go.
+pub const HISTORY_RUNS: usize = 100;
 
 impl JobState {
     pub fn next_run(&self) -> Option<SystemTime> {
@@ -161,6 +188,56 @@ impl JobStore {
         File::open(&self.dir)?.sync_all()
     }
 
+    fn history_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.history.jsonl"))
+    }
+
+    /// Adds `record` to the job's history (one JSON line, appended under the job's lock);
+    /// past 2 x [`HISTORY_RUNS`] runs, the file is rewritten with the last ones.
+    pub fn append_run(&self, name: &str, record: &RunRecord) -> io::Result<()> {
+        let mut line = serde_json::to_string(record).map_err(io::Error::other)?;
+        line.push('\n');
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(PRIVATE_FILE)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.history_path(name))?;
+        file.write_all(line.as_bytes())?;
+        let runs = self.history(name, usize::MAX)?;
+        if runs.len() > 2 * HISTORY_RUNS {
+            let mut text = String::new();
+            for run in &runs[runs.len() - HISTORY_RUNS..] {
+                text.push_str(&serde_json::to_string(run).map_err(io::Error::other)?);
+                text.push('\n');
+            }
+            let mut file = tempfile::Builder::new()
+                .prefix(&format!(".{name}.history."))
+                .suffix(".tmp")
+                .permissions(fs::Permissions::from_mode(PRIVATE_FILE))
+                .tempfile_in(&self.dir)?;
+            file.write_all(text.as_bytes())?;
+            file.persist(self.history_path(name))
+                .map_err(|error| error.error)?;
+        }
+        Ok(())
+    }
+
+    /// The job's last `count` runs, oldest first (lines that do not parse are skipped).
+    pub fn history(&self, name: &str, count: usize) -> io::Result<Vec<RunRecord>> {
+        let text = match fs::read_to_string(self.history_path(name)) {
+            Ok(text) => text,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(error),
+        };
+        let runs: Vec<RunRecord> = text
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        let skip = runs.len().saturating_sub(count);
+        Ok(runs.into_iter().skip(skip).collect())
+    }
+
     fn lock_path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.lock"))
     }
@@ -231,10 +308,37 @@ mod tests {
             runs: 3,
             succeeded: 2,
             failed: 1,
+            last_host: Some("app1".into()),
+            last_worker_pid: Some(42),
         };
         store.save("report", &state).unwrap();
         assert_eq!(store.load("report").unwrap(), state);
         assert!(!state.interrupted());
+    }
+
+    #[test]
+    fn a_history_keeps_the_last_runs_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JobStore::open(dir.path()).unwrap();
+        assert!(store.history("report", 5).unwrap().is_empty());
+        for start in 0..(2 * HISTORY_RUNS as i64 + 1) {
+            let record = RunRecord {
+                start_ms: start,
+                ..RunRecord::default()
+            };
+            store.append_run("report", &record).unwrap();
+        }
+        // Past twice the runs kept, only the last ones are left.
+        let all = store.history("report", usize::MAX).unwrap();
+        assert_eq!(all.len(), HISTORY_RUNS);
+        let last: Vec<i64> = store
+            .history("report", 3)
+            .unwrap()
+            .iter()
+            .map(|run| run.start_ms)
+            .collect();
+        let end = 2 * HISTORY_RUNS as i64;
+        assert_eq!(last, [end - 2, end - 1, end]);
     }
 
     #[test]

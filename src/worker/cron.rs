@@ -130,7 +130,8 @@ impl CronWorker<'_> {
         let mut job_pid = None;
         let account = super::account_variables(self.spec.config);
         let calls = self.spec.calls_path;
-        let ending = cron::run(job, limit, &account, calls, self.signals, |pid| {
+        let tail = cron::OutputTail::default();
+        let ending = cron::run(job, limit, &account, calls, self.signals, &tail, |pid| {
             row.set_job_group(Some(pid.as_raw()));
             job_pid = Some(pid);
             info!(
@@ -150,7 +151,13 @@ impl CronWorker<'_> {
         row.end_request();
         let duration = started.elapsed();
         let took = crate::format::elapsed(duration);
-        let next = self.scheduler.finish(claim, &ending, SystemTime::now());
+        let next = self.scheduler.finish(
+            claim,
+            &ending,
+            job_pid.map(|pid| pid.as_raw()),
+            tail.take(),
+            SystemTime::now(),
+        );
         let who = job_pid.map_or(String::new(), |pid| format!(" (pid {pid})"));
         let next_text = describe_time(next.map(to_ms));
         macro_rules! ended {

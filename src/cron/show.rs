@@ -1,0 +1,128 @@
+//! What `forkwarden cron list` and `forkwarden cron history NAME` print, read from the job
+//! store (no server needs to run).
+
+use std::io;
+use std::time::SystemTime;
+
+use super::{Scheduler, describe_time};
+use crate::config::Config;
+use crate::format::{columns, elapsed};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShowError {
+    #[error("cannot read cron state in {}: {source}", path.display())]
+    Store {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
+    #[error("no [[cron]] job named {name:?} in the config (jobs: {known})")]
+    UnknownJob { name: String, known: String },
+}
+
+fn scheduler(config: &Config) -> Result<Scheduler<'_>, ShowError> {
+    Scheduler::new(config, SystemTime::now()).map_err(|source| ShowError::Store {
+        path: config.data_dir.clone(),
+        source,
+    })
+}
+
+/// Every job with its schedule, next run and last result, as a table.
+pub fn list(config: &Config) -> Result<String, ShowError> {
+    if config.cron.is_empty() {
+        return Ok("no [[cron]] jobs in the config\n".to_string());
+    }
+    let scheduler = scheduler(config)?;
+    let mut rows = vec![
+        [
+            "NAME",
+            "SCHEDULE",
+            "NEXT RUN",
+            "LAST START",
+            "LAST RESULT",
+            "FAILURES IN A ROW",
+        ]
+        .map(str::to_string),
+    ];
+    for (job, state) in scheduler.states() {
+        let schedule = match (&job.schedule, job.interval) {
+            (Some(expression), _) => expression.clone(),
+            (None, Some(interval)) => format!("every {interval}"),
+            (None, None) => String::new(),
+        };
+        let last = if scheduler.is_running(job) {
+            "running now".to_string()
+        } else if state.interrupted() {
+            "interrupted: its cron worker died".to_string()
+        } else {
+            state
+                .last_result
+                .clone()
+                .unwrap_or_else(|| "never run".into())
+        };
+        rows.push([
+            job.name.clone(),
+            schedule,
+            describe_time(state.next_run_ms),
+            describe_time(state.last_start_ms),
+            last,
+            state.consecutive_failures.to_string(),
+        ]);
+    }
+    Ok(columns(&rows))
+}
+
+/// Job `name`'s last `count` runs, newest last: a table, or one JSON object per line.
+pub fn history(config: &Config, name: &str, count: usize, json: bool) -> Result<String, ShowError> {
+    let scheduler = scheduler(config)?;
+    let Some(job) = scheduler.jobs().find(|job| job.name == name) else {
+        let known: Vec<&str> = config.cron.iter().map(|job| job.name.as_str()).collect();
+        return Err(ShowError::UnknownJob {
+            name: name.to_string(),
+            known: if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            },
+        });
+    };
+    let store = |source| ShowError::Store {
+        path: config.data_dir.clone(),
+        source,
+    };
+    let runs = scheduler.history(job, count).map_err(store)?;
+    if json {
+        let mut text = String::new();
+        for run in &runs {
+            text.push_str(&serde_json::to_string(run).map_err(|error| store(error.into()))?);
+            text.push('\n');
+        }
+        return Ok(text);
+    }
+    if runs.is_empty() {
+        return Ok(format!("cron job {name}: no run recorded yet\n"));
+    }
+    let mut rows = vec![["START", "TOOK", "HOST", "PID", "RESULT"].map(str::to_string)];
+    let mut text = String::new();
+    for run in &runs {
+        let took = u64::try_from(run.end_ms.saturating_sub(run.start_ms)).unwrap_or(0);
+        rows.push([
+            describe_time(Some(run.start_ms)),
+            elapsed(std::time::Duration::from_millis(took)),
+            run.host.clone(),
+            run.pid
+                .map_or_else(|| "-".to_string(), |pid| pid.to_string()),
+            run.result.clone(),
+        ]);
+    }
+    text.push_str(&columns(&rows));
+    if let Some(last) = runs.last().filter(|run| !run.output_tail.is_empty()) {
+        text.push_str(&format!(
+            "\nlast lines of the last run ({}):\n",
+            describe_time(Some(last.start_ms))
+        ));
+        for line in &last.output_tail {
+            text.push_str(&format!("  {line}\n"));
+        }
+    }
+    Ok(text)
+}

@@ -251,16 +251,7 @@ fn silent_metrics_clients_delay_no_respawn_and_are_dropped() {
     let silent: Vec<TcpStream> = (0..100)
         .filter_map(|_| TcpStream::connect(&address).ok())
         .collect();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pids[0]),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let line = server.wait_for_log(&format!("(pid {}) died: killed by SIGKILL", pids[0]));
-    assert!(
-        line.contains("respawned as pid"),
-        "replaced at once: {line}"
-    );
+    server.kill_worker_expecting_respawn(pids[0]);
     // They are dropped at their deadline; then the listener answers again.
     assert!(
         wait_until(SOON, || get(&address, "/metrics", "").0 == 200),

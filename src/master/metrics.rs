@@ -324,7 +324,7 @@ impl Collector for SurveyMetrics {
                 Some((worker_labels(worker), rss))
             }),
         )?;
-        family.counter_f64(
+        family.counter(
             "forkwarden_worker_cpu_seconds",
             "CPU time (user and system) each worker has used.",
             survey
@@ -399,27 +399,15 @@ impl<'e, 'w> Family<'e, 'w> {
         Self { encoder }
     }
 
-    fn counter(
+    fn counter<V>(
         &mut self,
         name: &str,
         help: &str,
-        samples: impl IntoIterator<Item = (Labels, u64)>,
-    ) -> fmt::Result {
-        let mut metric = self
-            .encoder
-            .encode_descriptor(name, help, None, MetricType::Counter)?;
-        for (labels, value) in samples {
-            ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
-        }
-        Ok(())
-    }
-
-    fn counter_f64(
-        &mut self,
-        name: &str,
-        help: &str,
-        samples: impl IntoIterator<Item = (Labels, f64)>,
-    ) -> fmt::Result {
+        samples: impl IntoIterator<Item = (Labels, V)>,
+    ) -> fmt::Result
+    where
+        ConstCounter<V>: EncodeMetric,
+    {
         let mut metric = self
             .encoder
             .encode_descriptor(name, help, None, MetricType::Counter)?;

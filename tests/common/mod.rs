@@ -273,6 +273,18 @@ impl Server {
             .collect()
     }
 
+    /// SIGKILLs worker `pid` and asserts the master's line about it says it was replaced
+    /// at once; returns that line.
+    pub fn kill_worker_expecting_respawn(&self, pid: i32) -> String {
+        kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill the worker");
+        let line = self.wait_for_log(&format!("(pid {pid}) died: killed by SIGKILL"));
+        assert!(
+            line.contains("respawned as pid"),
+            "replaced at once: {line}"
+        );
+        line
+    }
+
     /// Waits until exactly `count` workers of `role` run; returns their pids.
     pub fn wait_for_workers(&self, role: &str, count: usize) -> Vec<i32> {
         let mut pids = Vec::new();

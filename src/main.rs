@@ -70,6 +70,12 @@ enum CronCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Ask for a run of a job now, besides its schedule (its next due time stays): a cron
+    /// worker of the running server takes it within a second.
+    Run {
+        /// The job's name.
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,6 +90,11 @@ fn main() -> ExitCode {
         Some(Command::Cron {
             command: CronCommand::History { name, last, json },
         }) => cron_history(&cli.config, &name, last, json),
+        Some(Command::Cron {
+            command: CronCommand::Run { name },
+        }) => cron_show(&cli.config, |config| {
+            forkwarden::cron::command::ask_run(config, &name)
+        }),
     }
 }
 
@@ -141,19 +152,19 @@ fn status(path: &Path, json: bool, watch: bool) -> ExitCode {
 }
 
 fn cron_list(path: &Path) -> ExitCode {
-    cron_show(path, forkwarden::cron::show::list)
+    cron_show(path, forkwarden::cron::command::list)
 }
 
 fn cron_history(path: &Path, name: &str, last: usize, json: bool) -> ExitCode {
     cron_show(path, |config| {
-        forkwarden::cron::show::history(config, name, last, json)
+        forkwarden::cron::command::history(config, name, last, json)
     })
 }
 
 /// Prints what `show` makes of the config at `path`.
 fn cron_show(
     path: &Path,
-    show: impl FnOnce(&Config) -> Result<String, forkwarden::cron::show::ShowError>,
+    show: impl FnOnce(&Config) -> Result<String, forkwarden::cron::command::CommandError>,
 ) -> ExitCode {
     let config = match load(path, false) {
         Ok(config) => config,

@@ -373,3 +373,67 @@ fn the_history_records_each_run_and_an_interrupted_one_with_its_host_and_worker(
     assert!(table.contains("last lines of the last run"), "{table}");
     assert!(table.contains("  quick"), "{table}");
 }
+
+#[test]
+fn cron_run_asks_for_one_run_now_which_one_worker_takes_and_the_schedule_stays() {
+    let server = Server::spawn(
+        "workers = 1\nmax_cron_threads = 2\n[[cron]]\nname = \"hourly\"\ninterval = \"1h\"\n\
+         command = [\"sh\", \"-c\", \"echo run >> {dir}/runs\"]\n",
+    );
+    let runs = server.dir.path().join("runs");
+    assert!(
+        wait_until(SOON, || lines_of(&runs).len() == 1),
+        "{}",
+        server.log_text()
+    );
+    server.wait_for_workers("cron worker", 2);
+    let next_run = |list: &str| {
+        list.lines()
+            .find(|line| line.starts_with("hourly"))
+            .map(|row| row.split("  ").nth(2).unwrap_or_default().to_string())
+    };
+    let (_, before) = cron_list(&server.config_path);
+    let output = std::process::Command::new(common::BINARY)
+        .args(["cron", "run", "hourly", "--config"])
+        .arg(&server.config_path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("asked for a run of hourly"),
+        "{output:?}"
+    );
+    server.wait_for_log("running it now, as `forkwarden cron run` asked");
+    assert!(
+        wait_until(SOON, || lines_of(&runs).len() == 2),
+        "{}",
+        server.log_text()
+    );
+    // One run for one ask, whichever of the two cron workers took it: the ask is gone with
+    // its claim, and the next due time is where the schedule put it (an hour on).
+    let asked = server
+        .dir
+        .path()
+        .join("forkwarden-data/cron/hourly.run-asked");
+    assert!(!asked.exists(), "the ask outlived its run");
+    assert_eq!(
+        server.log_matching("as `forkwarden cron run` asked").len(),
+        1,
+        "{}",
+        server.log_text()
+    );
+    let (_, after) = cron_list(&server.config_path);
+    assert_eq!(next_run(&before), next_run(&after), "{before}\n{after}");
+    // An unknown job is refused, naming the known ones.
+    let output = std::process::Command::new(common::BINARY)
+        .args(["cron", "run", "nope", "--config"])
+        .arg(&server.config_path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        error.contains("no [[cron]] job named \"nope\" in the config (jobs: hourly)"),
+        "{error}"
+    );
+}

@@ -11,9 +11,9 @@
 //! - a run that fell due while the server was down runs once at start with
 //!   `catch_up = true` (the default, Odoo's behaviour), and is skipped (logged) otherwise.
 
+pub mod command;
 mod runner;
 mod schedule;
-pub mod show;
 mod store;
 
 use std::io;
@@ -114,6 +114,7 @@ impl<'a> Scheduler<'a> {
         let due = self.load(job).next_run();
         if let Some(due) = due
             && due > now
+            && !self.store.run_asked(&job.name)
         {
             return Ok(Turn::Wait(due));
         }
@@ -122,20 +123,25 @@ impl<'a> Scheduler<'a> {
         };
         self.stalls.borrow_mut().remove(&job.name);
         let mut state = self.load(job);
+        // A run asked for by `forkwarden cron run` (looked at again under the lock: another
+        // cron worker may have claimed it meanwhile).
+        let asked = self.store.run_asked(&job.name);
         let never_scheduled = state.next_run().is_none();
         match state.next_run() {
-            Some(due) if due > now => return Ok(Turn::Wait(due)),
+            Some(due) if due > now && !asked => return Ok(Turn::Wait(due)),
             None => {
                 // First sight of this job: schedule its first run.
                 let first = schedule.first_due(now).unwrap_or(now);
                 state.next_run_ms = Some(to_ms(first));
-                if first > now {
+                if first > now && !asked {
                     self.store.save(&job.name, &state)?;
                     return Ok(Turn::Wait(first));
                 }
             }
             Some(_) => {}
         }
+        // Due by its schedule (else only asked for: its next due time stays).
+        let scheduled = state.next_run().is_some_and(|due| due <= now);
         if state.interrupted() {
             warn!(
                 "cron job {}: its previous run (started {}) never finished: its cron worker \
@@ -164,7 +170,8 @@ impl<'a> Scheduler<'a> {
             self.record_run(job, &record);
         }
         let following = schedule.next_after(now);
-        let missed = !never_scheduled && due.is_some_and(|due| due < self.server_started);
+        let missed =
+            scheduled && !never_scheduled && due.is_some_and(|due| due < self.server_started);
         if missed && !job.catch_up {
             info!(
                 "cron job {}: the run due {} fell while the server was down; skipped \
@@ -187,8 +194,17 @@ impl<'a> Scheduler<'a> {
                 describe_time(state.next_run_ms)
             );
         }
+        if asked {
+            info!(
+                job = job.name.as_str(),
+                "cron job {}: running it now, as `forkwarden cron run` asked", job.name
+            );
+            self.store.clear_asked(&job.name)?;
+        }
         state.last_start_ms = Some(to_ms(now));
-        state.next_run_ms = following.map(to_ms);
+        if scheduled {
+            state.next_run_ms = following.map(to_ms);
+        }
         state.runs += 1;
         state.last_host = Some(host_name());
         state.last_worker_pid = Some(std::process::id() as i32);
@@ -289,6 +305,17 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// Asks for a run of `job` now (see [`JobStore::ask_run`]).
+    pub fn ask_run(&self, job: &CronJob) -> io::Result<()> {
+        self.store.ask_run(&job.name)
+    }
+
+    /// Whether a run of any job was asked for and not yet claimed: a sleeping cron worker
+    /// looks each second.
+    pub fn any_run_asked(&self) -> bool {
+        self.jobs().any(|job| self.store.run_asked(&job.name))
+    }
+
     /// `job`'s last `count` runs, oldest first.
     pub fn history(&self, job: &CronJob, count: usize) -> io::Result<Vec<RunRecord>> {
         self.store.history(&job.name, count)
@@ -385,6 +412,31 @@ mod tests {
         let state = &scheduler.states()[0].1;
         assert_eq!((state.runs, state.last_succeeded), (1, Some(true)));
         assert_eq!((state.succeeded, state.failed), (1, 0));
+    }
+
+    #[test]
+    fn an_asked_run_runs_once_now_and_leaves_the_schedule_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), true);
+        let now = SystemTime::now();
+        let scheduler = Scheduler::new(&config, now).unwrap();
+        let claim = expect_run(scheduler.turn(0, now).unwrap());
+        let next = scheduler
+            .finish(claim, &RunEnding::Exited(0), None, Vec::new(), now)
+            .unwrap();
+        let later = now + Duration::from_secs(5);
+        assert!(matches!(scheduler.turn(0, later).unwrap(), Turn::Wait(at) if at == next));
+        scheduler.ask_run(&config.cron[0]).unwrap();
+        assert!(scheduler.any_run_asked());
+        let claim = expect_run(scheduler.turn(0, later).unwrap());
+        assert!(!scheduler.any_run_asked(), "claimed: the request is gone");
+        // Once: while it runs, and after, nothing more until its schedule says so.
+        assert!(matches!(scheduler.turn(0, later).unwrap(), Turn::Wait(_)));
+        let after = scheduler
+            .finish(claim, &RunEnding::Exited(0), None, Vec::new(), later)
+            .unwrap();
+        assert_eq!(to_ms(after), to_ms(next), "the schedule stays");
+        assert_eq!(scheduler.states()[0].1.runs, 2);
     }
 
     #[test]

@@ -238,6 +238,36 @@ impl JobStore {
         Ok(runs.into_iter().skip(skip).collect())
     }
 
+    fn asked_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.run-asked"))
+    }
+
+    /// Asks for a run of the job now (`forkwarden cron run`): a file the cron workers look
+    /// for each second, and the one that claims the run removes.
+    pub fn ask_run(&self, name: &str) -> io::Result<()> {
+        OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(PRIVATE_FILE)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.asked_path(name))
+            .map(drop)
+    }
+
+    /// Whether a run of the job was asked for and not yet claimed.
+    pub fn run_asked(&self, name: &str) -> bool {
+        fs::symlink_metadata(self.asked_path(name)).is_ok()
+    }
+
+    /// The asked-for run is claimed (under the job's lock).
+    pub fn clear_asked(&self, name: &str) -> io::Result<()> {
+        match fs::remove_file(self.asked_path(name)) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        }
+    }
+
     fn lock_path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.lock"))
     }

@@ -219,7 +219,10 @@ impl CronWorker<'_> {
             self.spec.row.beat();
             let mut fds = [PollFd::new(self.alarm.as_fd(), PollFlags::POLLIN)];
             let woken = self.signals.poll(&mut fds, Some(BEAT_INTERVAL));
-            if !matches!(woken, Ok(0)) || stop_reason(self.spec, self.signals).is_some() {
+            if !matches!(woken, Ok(0))
+                || stop_reason(self.spec, self.signals).is_some()
+                || self.scheduler.any_run_asked()
+            {
                 break;
             }
             reopen_log_if_asked(self.spec, self.signals);

@@ -1,5 +1,5 @@
-//! What `forkwarden cron list` and `forkwarden cron history NAME` print, read from the job
-//! store (no server needs to run).
+//! What `forkwarden cron list`, `cron history NAME` and `cron run NAME` do, on the job
+//! store (no server needs to run for them).
 
 use std::io;
 use std::time::SystemTime;
@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::format::{columns, elapsed};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ShowError {
+pub enum CommandError {
     #[error("cannot read cron state in {}: {source}", path.display())]
     Store {
         path: std::path::PathBuf,
@@ -19,15 +19,15 @@ pub enum ShowError {
     UnknownJob { name: String, known: String },
 }
 
-fn scheduler(config: &Config) -> Result<Scheduler<'_>, ShowError> {
-    Scheduler::new(config, SystemTime::now()).map_err(|source| ShowError::Store {
+fn scheduler(config: &Config) -> Result<Scheduler<'_>, CommandError> {
+    Scheduler::new(config, SystemTime::now()).map_err(|source| CommandError::Store {
         path: config.data_dir.clone(),
         source,
     })
 }
 
 /// Every job with its schedule, next run and last result, as a table.
-pub fn list(config: &Config) -> Result<String, ShowError> {
+pub fn list(config: &Config) -> Result<String, CommandError> {
     if config.cron.is_empty() {
         return Ok("no [[cron]] jobs in the config\n".to_string());
     }
@@ -71,21 +71,60 @@ pub fn list(config: &Config) -> Result<String, ShowError> {
     Ok(columns(&rows))
 }
 
-/// Job `name`'s last `count` runs, newest last: a table, or one JSON object per line.
-pub fn history(config: &Config, name: &str, count: usize, json: bool) -> Result<String, ShowError> {
+/// The job of the config named `name`.
+fn job_named<'a>(
+    scheduler: &Scheduler<'a>,
+    config: &Config,
+    name: &str,
+) -> Result<&'a crate::config::CronJob, CommandError> {
+    scheduler
+        .jobs()
+        .find(|job| job.name == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = config.cron.iter().map(|job| job.name.as_str()).collect();
+            CommandError::UnknownJob {
+                name: name.to_string(),
+                known: if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                },
+            }
+        })
+}
+
+/// Asks for a run of job `name` now, besides its schedule: the first cron worker to look
+/// (within a second) runs it, once, and its next due time stays as it was.
+pub fn ask_run(config: &Config, name: &str) -> Result<String, CommandError> {
     let scheduler = scheduler(config)?;
-    let Some(job) = scheduler.jobs().find(|job| job.name == name) else {
-        let known: Vec<&str> = config.cron.iter().map(|job| job.name.as_str()).collect();
-        return Err(ShowError::UnknownJob {
-            name: name.to_string(),
-            known: if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            },
-        });
+    let job = job_named(&scheduler, config, name)?;
+    scheduler
+        .ask_run(job)
+        .map_err(|source| CommandError::Store {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+    let who = if config.max_cron_threads == 0 {
+        "no cron worker runs with this config (max_cron_threads = 0): it runs once one does"
+    } else {
+        "a cron worker of the running server takes it within a second (none running: once one \
+         starts)"
     };
-    let store = |source| ShowError::Store {
+    Ok(format!(
+        "asked for a run of {name}: {who}; see `forkwarden cron history {name}`\n"
+    ))
+}
+
+/// Job `name`'s last `count` runs, newest last: a table, or one JSON object per line.
+pub fn history(
+    config: &Config,
+    name: &str,
+    count: usize,
+    json: bool,
+) -> Result<String, CommandError> {
+    let scheduler = scheduler(config)?;
+    let job = job_named(&scheduler, config, name)?;
+    let store = |source| CommandError::Store {
         path: config.data_dir.clone(),
         source,
     };

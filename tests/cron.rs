@@ -323,7 +323,9 @@ fn the_history_records_each_run_and_an_interrupted_one_with_its_host_and_worker(
          command = [\"sh\", \"-c\", \"if [ -f {dir}/once ]; then echo quick; exit 3; fi; \
          touch {dir}/once; sleep 60\"]\n",
     );
-    server.wait_for_log("cron job long started as pid ");
+    // Killed once the first run is under way (it left its mark), not before it began.
+    let once = server.dir.path().join("once");
+    assert!(wait_until(SOON, || once.exists()), "{}", server.log_text());
     let worker = server.wait_for_workers("cron worker", 1)[0];
     kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
     // The replacement claims the next due run, and notes the interrupted one first.

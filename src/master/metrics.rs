@@ -24,7 +24,7 @@ use tracing::{debug, info};
 use super::Master;
 use super::answers::{self, Conversations, Reply};
 use super::survey::{Survey, WorkerStateName};
-use crate::scoreboard::DURATION_BOUNDS;
+use crate::scoreboard::{DURATION_BOUNDS, Durations};
 
 /// The listener's poll token (between the output pipes' tokens and the control readers').
 pub(super) const METRICS: Token = Token(usize::MAX / 2 - 1);
@@ -44,14 +44,12 @@ pub(super) struct MetricsListener {
 impl MetricsListener {
     /// Listens on `address` (`metrics_listen`).
     pub(super) fn bind(address: SocketAddr, registry: &Registry) -> io::Result<Self> {
-        let listener = std::net::TcpListener::bind(address)?;
-        listener.set_nonblocking(true)?;
-        let mut listener = TcpListener::from_std(listener);
+        let mut listener = TcpListener::bind(address)?;
         registry.register(&mut listener, METRICS, Interest::READABLE)?;
+        let bound = listener.local_addr()?;
         info!(
-            address = %listener.local_addr()?,
-            "metrics on http://{0}/metrics, status page on http://{0}/status",
-            listener.local_addr()?
+            address = %bound,
+            "metrics on http://{bound}/metrics, status page on http://{bound}/status"
         );
         Ok(Self {
             listener,
@@ -253,30 +251,14 @@ impl Collector for SurveyMetrics {
                 .map(|(role, served)| (vec![("role", role.to_string())], served.count)),
         )?;
         if let Some(http) = survey.served.get("http") {
-            let mut buckets: Vec<(f64, u64)> = DURATION_BOUNDS
-                .iter()
-                .zip(http.buckets)
-                .map(|(bound, count)| (bound.as_secs_f64(), count))
-                .collect();
-            let finite: u64 = http.buckets.iter().sum();
-            buckets.push((f64::MAX, http.count.saturating_sub(finite)));
-            let mut metric = encoder.encode_descriptor(
+            family.histogram(
                 "forkwarden_request_duration_seconds",
-                "How long HTTP requests took, from the worker taking one (read whole) to its last byte sent.",
-                None,
-                MetricType::Histogram,
+                "How long HTTP requests took, from the worker taking one (read whole) to its \
+                 last byte sent.",
+                vec![("role", "http".to_string())],
+                http,
             )?;
-            let labels = [("role", "http")];
-            metric
-                .encode_family(&labels)?
-                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                    http.sum_us as f64 / 1e6,
-                    http.count,
-                    &buckets,
-                    None,
-                )?;
         }
-        let mut family = Family::new(&mut encoder);
         family.gauge(
             "forkwarden_workers",
             "Workers by role and state.",
@@ -415,6 +397,35 @@ impl<'e, 'w> Family<'e, 'w> {
             ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
         }
         Ok(())
+    }
+
+    /// A histogram of request durations over [`DURATION_BOUNDS`] (the last bucket, +Inf,
+    /// holds those past the last bound).
+    fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: Labels,
+        durations: &Durations,
+    ) -> fmt::Result {
+        let mut buckets: Vec<(f64, u64)> = DURATION_BOUNDS
+            .iter()
+            .zip(durations.buckets)
+            .map(|(bound, count)| (bound.as_secs_f64(), count))
+            .collect();
+        let finite: u64 = durations.buckets.iter().sum();
+        buckets.push((f64::MAX, durations.count.saturating_sub(finite)));
+        let mut metric = self
+            .encoder
+            .encode_descriptor(name, help, None, MetricType::Histogram)?;
+        metric
+            .encode_family(&labels)?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                durations.sum_us as f64 / 1e6,
+                durations.count,
+                &buckets,
+                None,
+            )
     }
 
     fn single_gauge(&mut self, name: &str, help: &str, value: i64) -> fmt::Result {

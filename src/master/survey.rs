@@ -192,7 +192,10 @@ impl Master {
                 }
             })
             .collect();
-        let live_requests: u64 = rows.iter().map(|row| row.requests).sum();
+        // Workers alive and ended, every role.
+        let requests = served
+            .values()
+            .fold(0, |sum: u64, served| sum.saturating_add(served.count));
         let tally = &self.tally;
         let headcount = |role| Headcount {
             wanted: self.pool.wanted(role),
@@ -217,7 +220,7 @@ impl Master {
             },
             http_workers: headcount(Role::Http),
             cron_workers: headcount(Role::Cron),
-            requests: tally.requests_of_ended().saturating_add(live_requests),
+            requests,
             ends: tally.ends.clone(),
             limits_enforced: tally.limits.clone(),
             recent_deaths: tally

@@ -74,13 +74,6 @@ impl Tally {
         }
     }
 
-    /// Requests served by workers of every role that have ended.
-    pub fn requests_of_ended(&self) -> u64 {
-        self.served_by_ended
-            .values()
-            .fold(0, |sum, served| sum.saturating_add(served.count))
-    }
-
     /// The master enforced `limit` (a config key: `limit_memory_hard`, `ready_timeout`...).
     pub fn enforced(&mut self, limit: &str) {
         *self.limits.entry(limit.to_string()).or_default() += 1;
@@ -136,7 +129,6 @@ mod tests {
         assert_eq!(tally.ends["limit_request"], 1);
         assert_eq!(tally.ends["died"], 1);
         assert_eq!(tally.limits["limit_memory_hard"], 1);
-        assert_eq!(tally.requests_of_ended(), 112);
         assert_eq!(tally.served_by_ended["http"].count, 12);
         assert_eq!(tally.served_by_ended["cron"].count, 100);
         // A stop for a reload is not a death.

@@ -401,8 +401,7 @@ impl HttpWorker<'_> {
         // In order: this worker's own clients, connections with a request waiting, new
         // connections, clients back from a long request. Each is taken when the kernel
         // wakes this worker for it (EPOLLEXCLUSIVE wakes one worker per connection), and its
-        // request queues behind those already here. (Taken only when nothing waited here, a
-        // returning client starved while every worker had work: seconds under saturation.)
+        // request queues behind those already here.
         let (mut waiting, mut new, mut returning) = (false, false, false);
         for event in &events[..count] {
             match event.data() {
@@ -676,15 +675,11 @@ impl HttpWorker<'_> {
 
     /// Client `key`'s turn: its request is served, read first if it was left unread.
     fn take_turn(&mut self, key: usize) {
-        if !self.clients.get(key).is_some_and(|client| client.queued) {
+        let Some(client) = self.clients.get(key).filter(|client| client.queued) else {
             // Gone since (handed over or closed).
             return;
-        }
-        if self
-            .clients
-            .get(key)
-            .is_some_and(|client| client.ready.is_none())
-        {
+        };
+        if client.ready.is_none() {
             self.read_client(key);
         }
         let Some(client) = self.clients.get_mut(key) else {

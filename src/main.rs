@@ -34,8 +34,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate the config, and that this machine can run it (programs found, places
-    /// writable, the workers' user usable); print the effective settings, defaults filled in
-    /// (exit status 0 when the server would start, 2 when not).
+    /// writable, the workers' user usable, the `cron_store` database reachable); print the
+    /// effective settings, defaults filled in (exit status 0 when the server would start
+    /// and run its jobs, 2 when not).
     Check,
     /// Show the running server: each worker (state, request in progress, memory, CPU,
     /// requests served) and what happened since the start, as its master tells.
@@ -129,7 +130,15 @@ fn run(path: &Path) -> ExitCode {
 fn check(path: &Path) -> ExitCode {
     match load(path, true) {
         Ok(config) => {
+            let store = forkwarden::cron::command::check_store(&config);
+            if let Some(Err(problem)) = &store {
+                eprintln!("forkwarden: {problem}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             println!("# {}: valid; effective settings:", path.display());
+            if let Some(Ok(found)) = &store {
+                println!("# {found}");
+            }
             print!("{}", config.effective_toml());
             ExitCode::SUCCESS
         }

@@ -7,6 +7,7 @@
 
 mod account;
 mod environment;
+mod store_url;
 mod units;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_path_to_error::Segment;
 
 pub use account::RunAs;
+pub use store_url::CronStoreUrl;
 pub use units::{ByteSize, CronTimeLimit, TimeSpan};
 
 /// Everything forkwarden reads from its config file, with Odoo's defaults filled in.
@@ -116,6 +118,15 @@ pub struct Config {
     pub demo_boot_delay: TimeSpan,
     /// Where cron job state and locks are kept (relative to the config file's directory).
     pub data_dir: PathBuf,
+    /// Where cron runs are claimed and recorded. Unset: files under `data_dir` (shared by the
+    /// servers that share it). `postgresql://USER@HOST:PORT/DBNAME`: a PostgreSQL database
+    /// shared by every host that runs these jobs, so each due run runs once across them all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cron_store: Option<CronStoreUrl>,
+    /// How long a run claimed in a PostgreSQL `cron_store` stays claimed unless its cron
+    /// worker renews it (it does every quarter of this): after a host dies, its runs are
+    /// recorded as interrupted, and the jobs taken over, this long after its last renewal.
+    pub cron_lease: TimeSpan,
     /// A program each HTTP worker slot runs instead of the built-in app (`[app]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app: Option<ExecApp>,
@@ -284,6 +295,8 @@ impl Default for Config {
             demo_crash_at_boot: false,
             demo_boot_delay: TimeSpan::secs(0),
             data_dir: PathBuf::from("forkwarden-data"),
+            cron_store: None,
+            cron_lease: TimeSpan::secs(60),
             app: None,
             program: Vec::new(),
             cron: Vec::new(),
@@ -296,6 +309,10 @@ impl Default for Config {
 const MAX_JOB_NAME: usize = 100;
 /// Most instances of one `[[program]]`.
 const MAX_PROGRAM_COUNT: u32 = 1024;
+
+/// Shortest `cron_lease`: renewed every quarter of it, each renewal a round trip to the
+/// database.
+const MIN_CRON_LEASE: Duration = Duration::from_secs(2);
 
 /// Shortest `heartbeat_timeout`: idle workers show life once a second.
 const MIN_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -419,7 +436,11 @@ impl Config {
         }
         config.run_as = RunAs::resolve(config.user.as_deref(), config.group.as_deref())
             .map_err(|(key, message)| invalid(span_of_path(source, key), key.into(), message))?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // `forkwarden --config x.toml`: the parent of `x.toml` is empty, meaning here.
+        let base = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let relative_paths = [&mut config.logfile, &mut config.pidfile]
             .into_iter()
             .flatten()
@@ -453,6 +474,17 @@ impl Config {
         }
         self.validate_limits()
             .map_err(|(key, message)| (key.to_string(), message))?;
+        if self.cron_lease.duration() < MIN_CRON_LEASE {
+            return Err((
+                "cron_lease".into(),
+                format!(
+                    "\"{}\" is too short: a cron worker renews its lease every quarter of it, \
+                     over the network; expected {}s or more (default \"60s\")",
+                    self.cron_lease,
+                    MIN_CRON_LEASE.as_secs()
+                ),
+            ));
+        }
         if let Some(address) = self.metrics_listen
             && address.port() != 0
             && self.workers > 0
@@ -864,17 +896,23 @@ fn error_at(
     message: String,
 ) -> ConfigError {
     let line = span.map_or(1, |span| line_of(source, span.start));
+    // A refused `cron_store` may hold a password: its line is not echoed.
+    let excerpt = if key == "cron_store" {
+        "cron_store = (not shown: it may hold a password)".to_string()
+    } else {
+        source
+            .lines()
+            .nth(line - 1)
+            .unwrap_or("")
+            .trim_end()
+            .to_string()
+    };
     ConfigError::Invalid {
         path: path.to_path_buf(),
         line,
         key,
         message,
-        excerpt: source
-            .lines()
-            .nth(line - 1)
-            .unwrap_or("")
-            .trim_end()
-            .to_string(),
+        excerpt,
     }
 }
 
@@ -1040,10 +1078,35 @@ mod tests {
     }
 
     #[test]
-    fn effective_toml_round_trips() {
+    fn a_cron_store_is_checked_and_names_its_key() {
         let config =
-            parse("workers = 3\nlimit_time_cpu = \"90s\"\nmetrics_listen = \"[::1]:9169\"\n")
+            parse("cron_store = \"postgresql://fw@db.internal/odoo\"\ncron_lease = \"30s\"\n")
                 .unwrap();
+        assert_eq!(
+            config.cron_store.as_ref().map(CronStoreUrl::as_str),
+            Some("postgresql://fw@db.internal/odoo")
+        );
+        assert_eq!(config.cron_lease, TimeSpan::secs(30));
+        let text = error_text("cron_store = \"postgresql://fw:hunter2@db/odoo\"\n");
+        assert!(
+            text.contains("cron_store") && text.contains("PGPASSWORD"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+        let text = error_text("cron_lease = \"1s\"\n");
+        assert!(
+            text.contains("cron_lease") && text.contains("too short"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn effective_toml_round_trips() {
+        let config = parse(
+            "workers = 3\nlimit_time_cpu = \"90s\"\nmetrics_listen = \"[::1]:9169\"\n\
+             cron_store = \"postgresql://fw@db/odoo\"\n",
+        )
+        .unwrap();
         let again = parse(&config.effective_toml()).unwrap();
         assert_eq!(config, again);
     }

@@ -4,24 +4,30 @@
 use std::io;
 use std::time::SystemTime;
 
+use super::postgres::SchemaStatus;
 use super::{Scheduler, describe_time};
 use crate::config::Config;
 use crate::format::{columns, elapsed};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
-    #[error("cannot read cron state in {}: {source}", path.display())]
-    Store {
-        path: std::path::PathBuf,
-        source: io::Error,
-    },
+    #[error("cannot use the cron store ({store}): {source}")]
+    Store { store: String, source: io::Error },
     #[error("no [[cron]] job named {name:?} in the config (jobs: {known})")]
     UnknownJob { name: String, known: String },
 }
 
+/// Where the config keeps its cron runs, as the commands' errors name it.
+fn store_name(config: &Config) -> String {
+    match &config.cron_store {
+        Some(url) => url.to_string(),
+        None => config.data_dir.join("cron").display().to_string(),
+    }
+}
+
 fn scheduler(config: &Config) -> Result<Scheduler<'_>, CommandError> {
-    Scheduler::new(config, SystemTime::now()).map_err(|source| CommandError::Store {
-        path: config.data_dir.clone(),
+    Scheduler::new(config, SystemTime::now(), false).map_err(|source| CommandError::Store {
+        store: store_name(config),
         source,
     })
 }
@@ -43,14 +49,18 @@ pub fn list(config: &Config) -> Result<String, CommandError> {
         ]
         .map(str::to_string),
     ];
-    for (job, state) in scheduler.states() {
+    let states = scheduler.states().map_err(|source| CommandError::Store {
+        store: store_name(config),
+        source,
+    })?;
+    for (job, state, running_on) in states {
         let schedule = match (&job.schedule, job.interval) {
             (Some(expression), _) => expression.clone(),
             (None, Some(interval)) => format!("every {interval}"),
             (None, None) => String::new(),
         };
-        let last = if scheduler.is_running(job) {
-            "running now".to_string()
+        let last = if let Some(running_on) = running_on {
+            format!("running now ({running_on})")
         } else if state.interrupted() {
             "interrupted: its cron worker died".to_string()
         } else {
@@ -101,7 +111,7 @@ pub fn ask_run(config: &Config, name: &str) -> Result<String, CommandError> {
     scheduler
         .ask_run(job)
         .map_err(|source| CommandError::Store {
-            path: config.data_dir.clone(),
+            store: store_name(config),
             source,
         })?;
     let who = if config.max_cron_threads == 0 {
@@ -125,7 +135,7 @@ pub fn history(
     let scheduler = scheduler(config)?;
     let job = job_named(&scheduler, config, name)?;
     let store = |source| CommandError::Store {
-        path: config.data_dir.clone(),
+        store: store_name(config),
         source,
     };
     let runs = scheduler.history(job, count).map_err(store)?;
@@ -164,4 +174,32 @@ pub fn history(
         }
     }
     Ok(text)
+}
+
+/// For `forkwarden check`: whether the PostgreSQL `cron_store` answers and holds the tables
+/// of this version (None: runs are kept in files). Creates nothing.
+pub fn check_store(config: &Config) -> Option<Result<String, String>> {
+    let url = config.cron_store.as_ref()?;
+    let store = super::postgres::PgStore::new(url, false);
+    let version = super::postgres::SCHEMA_VERSION;
+    Some(match store.schema_status() {
+        Ok(SchemaStatus::Current) => Ok(format!(
+            "cron_store {url}: reachable; its tables are current (schema forkwarden, version \
+             {version})"
+        )),
+        Ok(SchemaStatus::Absent) => Ok(format!(
+            "cron_store {url}: reachable; its tables are made by the first cron worker that \
+             starts (schema forkwarden, version {version}; the user needs CREATE on the \
+             database)"
+        )),
+        Ok(SchemaStatus::Older(found)) => Ok(format!(
+            "cron_store {url}: reachable; its tables (version {found}) are brought to version \
+             {version} by the first cron worker that starts"
+        )),
+        Ok(SchemaStatus::Newer(found)) => Err(format!(
+            "cron_store {url}: its tables have version {found}, newer than this forkwarden's \
+             ({version}): run the forkwarden that made them"
+        )),
+        Err(error) => Err(error.to_string()),
+    })
 }

@@ -12,20 +12,25 @@
 //!   `catch_up = true` (the default, Odoo's behaviour), and is skipped (logged) otherwise.
 
 pub mod command;
+mod pgpass;
+pub mod postgres;
 mod runner;
 mod schedule;
 mod store;
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{info, warn};
 
-pub use runner::{OutputTail, RunEnding, run};
+pub use runner::{OutputTail, RunEnding, Upkeep, run};
 pub use schedule::Schedule;
 pub use store::{JobLock, JobState, JobStore, RunRecord, from_ms, to_ms};
 
 use crate::config::{Config, CronJob};
+use postgres::{Claimant, Claimed, PgStore, StoreError};
 
 /// How soon to look again at a due job whose lock is held: the holder is most likely between
 /// taking the lock and writing its claim (microseconds). Doubled while it stays held, up to
@@ -34,6 +39,8 @@ const CLAIM_RACE_RETRY: Duration = Duration::from_millis(50);
 const HELD_LOCK_RETRY_MAX: Duration = Duration::from_secs(5);
 /// How long a due job's lock may stay held before the cron worker says the job is stalled.
 const STALL_WARNING: Duration = Duration::from_secs(5);
+/// How far ahead to look again at a job whose schedule never matches again.
+const NEVER_AGAIN_RETRY: Duration = Duration::from_secs(86_400);
 
 /// A due job whose lock someone else holds.
 struct Stall {
@@ -42,41 +49,90 @@ struct Stall {
     warned: bool,
 }
 
+/// Where runs are claimed and recorded.
+enum Store {
+    /// Files under `data_dir`, locked with flock(2): the servers that share the directory.
+    Files(JobStore),
+    /// A PostgreSQL database that every host shares (`cron_store`).
+    Postgres(Box<PgStore>),
+}
+
 /// The jobs of a config, with their schedules.
 pub struct Scheduler<'a> {
     jobs: Vec<(&'a CronJob, Schedule)>,
-    store: JobStore,
+    store: Store,
     default_limit: Duration,
+    /// How long a claim in the PostgreSQL store holds unless renewed.
+    lease: Duration,
+    /// This machine's name, in the runs' records.
+    host: String,
     /// Runs due before this instant fell due while the server was down.
     server_started: SystemTime,
     /// Due jobs whose lock is held by someone else, by name.
-    stalls: std::cell::RefCell<std::collections::HashMap<String, Stall>>,
+    stalls: RefCell<HashMap<String, Stall>>,
+    /// Ended runs whose end the PostgreSQL store could not take yet (job, run id, record):
+    /// written before the next claim.
+    unrecorded: RefCell<Vec<(String, i64, RunRecord)>>,
 }
 
 /// What a cron worker should do about one job now.
 pub enum Turn<'a> {
     /// Nothing until this time.
     Wait(SystemTime),
-    /// Run it: the claim is written and the lock is held until [`Claim`] is finished.
+    /// Run it: the claim is written and held until [`Claim`] is finished.
     Run(Claim<'a>),
+}
+
+/// What makes a claimed run exclusive while it runs.
+enum Hold {
+    /// The job's lock file, held until dropped (or the process dies), with the job's state.
+    File { _lock: JobLock, state: JobState },
+    /// Run `run` in the PostgreSQL store, whose lease was last renewed by a request sent at
+    /// `renewed`.
+    Lease { run: i64, renewed: Cell<Instant> },
 }
 
 /// A claimed run of a job.
 pub struct Claim<'a> {
     pub job: &'a CronJob,
-    state: JobState,
-    _lock: JobLock,
+    /// The job's runs, this one included.
+    runs: u64,
+    start: SystemTime,
+    hold: Hold,
 }
 
 impl Claim<'_> {
     pub fn runs(&self) -> u64 {
-        self.state.runs
+        self.runs
     }
 }
 
+/// What is to be done about a job at a given time: the same rules whatever the store.
+#[derive(Debug)]
+pub enum Decision {
+    /// Not due: wait until `until`; `store`: a first due time to write (a job never seen).
+    Wait {
+        until: SystemTime,
+        store: Option<SystemTime>,
+    },
+    /// It fell due while the server was down, and `catch_up = false`: skipped; `next` is
+    /// written.
+    Skip {
+        missed: SystemTime,
+        next: Option<SystemTime>,
+    },
+    /// Run it now; `next` is its next due time (as it was, for a run only asked for).
+    Run {
+        next: Option<SystemTime>,
+        missed: Option<SystemTime>,
+        asked: bool,
+    },
+}
+
 impl<'a> Scheduler<'a> {
-    /// The jobs of `config`, stored under its `data_dir`.
-    pub fn new(config: &'a Config, server_started: SystemTime) -> io::Result<Self> {
+    /// The jobs of `config`, stored where `cron_store` says (under `data_dir` by default).
+    /// `listens`: wait for `forkwarden cron run` (a cron worker does, a command does not).
+    pub fn new(config: &'a Config, server_started: SystemTime, listens: bool) -> io::Result<Self> {
         let mut jobs = Vec::with_capacity(config.cron.len());
         for job in &config.cron {
             let schedule = match (&job.schedule, job.interval) {
@@ -86,12 +142,19 @@ impl<'a> Scheduler<'a> {
             };
             jobs.push((job, schedule));
         }
+        let store = match &config.cron_store {
+            Some(url) => Store::Postgres(Box::new(PgStore::new(url, listens))),
+            None => Store::Files(JobStore::open(&config.data_dir)?),
+        };
         Ok(Self {
             jobs,
-            store: JobStore::open(&config.data_dir)?,
+            store,
             default_limit: config.cron_time_limit(),
+            lease: config.cron_lease.duration(),
+            host: host_name(),
             server_started,
-            stalls: Default::default(),
+            stalls: RefCell::default(),
+            unrecorded: RefCell::default(),
         })
     }
 
@@ -108,42 +171,136 @@ impl<'a> Scheduler<'a> {
         Some((limit, key)).filter(|(limit, _)| !limit.is_zero())
     }
 
+    /// What to do about job number `index` at `now`, given its stored next due time
+    /// (`None`: never scheduled) and whether a run of it was asked for.
+    fn decide(
+        &self,
+        index: usize,
+        stored_next: Option<SystemTime>,
+        asked: bool,
+        now: SystemTime,
+    ) -> Decision {
+        let (job, schedule) = &self.jobs[index];
+        let (due, never_scheduled) = match stored_next {
+            None => {
+                let first = schedule.first_due(now).unwrap_or(now);
+                if first > now && !asked {
+                    return Decision::Wait {
+                        until: first,
+                        store: Some(first),
+                    };
+                }
+                (first, true)
+            }
+            Some(due) if due > now && !asked => {
+                return Decision::Wait {
+                    until: due,
+                    store: None,
+                };
+            }
+            Some(due) => (due, false),
+        };
+        // Due by its schedule (else only asked for: its next due time stays).
+        let scheduled = due <= now;
+        let following = schedule.next_after(now);
+        let missed =
+            Some(due).filter(|due| scheduled && !never_scheduled && *due < self.server_started);
+        if let Some(missed) = missed
+            && !job.catch_up
+        {
+            return Decision::Skip {
+                missed,
+                next: following,
+            };
+        }
+        Decision::Run {
+            next: if scheduled { following } else { Some(due) },
+            missed,
+            asked,
+        }
+    }
+
+    /// Says what is done about a due job that is not simply run on time.
+    fn announce(job: &CronJob, decision: &Decision) {
+        match decision {
+            Decision::Skip { missed, next } => info!(
+                job = job.name.as_str(),
+                "cron job {}: the run due {} fell while the server was down; skipped \
+                 (catch_up = false); next run {}",
+                job.name,
+                describe_time(Some(to_ms(*missed))),
+                describe_time(next.map(to_ms))
+            ),
+            Decision::Run {
+                missed: Some(missed),
+                ..
+            } => info!(
+                job = job.name.as_str(),
+                "cron job {}: the run due {} fell while the server was down; running it now \
+                 (catch_up = true)",
+                job.name,
+                describe_time(Some(to_ms(*missed)))
+            ),
+            _ => {}
+        }
+        if let Decision::Run { asked: true, .. } = decision {
+            info!(
+                job = job.name.as_str(),
+                "cron job {}: running it now, as `forkwarden cron run` asked", job.name
+            );
+        }
+    }
+
     /// Decides about job number `index` at `now`: wait (until when), or run (claimed).
     pub fn turn(&self, index: usize, now: SystemTime) -> io::Result<Turn<'a>> {
-        let (job, schedule) = &self.jobs[index];
-        let due = self.load(job).next_run();
-        if let Some(due) = due
+        match &self.store {
+            Store::Files(store) => self.turn_on_files(store, index, now),
+            Store::Postgres(store) => self.turn_on_postgres(store, index, now),
+        }
+    }
+
+    fn turn_on_files(
+        &self,
+        store: &JobStore,
+        index: usize,
+        now: SystemTime,
+    ) -> io::Result<Turn<'a>> {
+        let (job, _) = &self.jobs[index];
+        if let Some(due) = self.load(store, job).next_run()
             && due > now
-            && !self.store.run_asked(&job.name)
+            && !store.run_asked(&job.name)
         {
             return Ok(Turn::Wait(due));
         }
-        let Some(lock) = self.store.try_lock(&job.name)? else {
-            return Ok(Turn::Wait(now + self.held_lock(job, now)));
+        let Some(lock) = store.try_lock(&job.name)? else {
+            let retry = self.held(job, now, || match store.lock_holder(&job.name) {
+                Some(pid) => {
+                    let command = crate::proctree::command_name(nix::unistd::Pid::from_raw(pid))
+                        .unwrap_or_else(|| "not on this host".into());
+                    format!("pid {pid} ({command})")
+                }
+                None => "an unknown process".to_string(),
+            });
+            return Ok(Turn::Wait(now + retry));
         };
         self.stalls.borrow_mut().remove(&job.name);
-        let mut state = self.load(job);
-        // A run asked for by `forkwarden cron run` (looked at again under the lock: another
-        // cron worker may have claimed it meanwhile).
-        let asked = self.store.run_asked(&job.name);
-        let never_scheduled = state.next_run().is_none();
-        match state.next_run() {
-            Some(due) if due > now && !asked => return Ok(Turn::Wait(due)),
-            None => {
-                // First sight of this job: schedule its first run.
-                let first = schedule.first_due(now).unwrap_or(now);
+        // Looked at again under the lock: another cron worker may have claimed it meanwhile.
+        let mut state = self.load(store, job);
+        let decision = self.decide(index, state.next_run(), store.run_asked(&job.name), now);
+        if let Decision::Wait {
+            until,
+            store: first,
+        } = decision
+        {
+            if let Some(first) = first {
                 state.next_run_ms = Some(to_ms(first));
-                if first > now && !asked {
-                    self.store.save(&job.name, &state)?;
-                    return Ok(Turn::Wait(first));
-                }
+                store.save(&job.name, &state)?;
             }
-            Some(_) => {}
+            return Ok(Turn::Wait(until));
         }
-        // Due by its schedule (else only asked for: its next due time stays).
-        let scheduled = state.next_run().is_some_and(|due| due <= now);
         if state.interrupted() {
             warn!(
+                job = job.name.as_str(),
                 "cron job {}: its previous run (started {}) never finished: its cron worker \
                  died; counted as failed",
                 job.name,
@@ -167,59 +324,157 @@ impl<'a> Scheduler<'a> {
                 ),
                 ..RunRecord::default()
             };
-            self.record_run(job, &record);
+            self.record_run(store, job, &record);
         }
-        let following = schedule.next_after(now);
-        let missed =
-            scheduled && !never_scheduled && due.is_some_and(|due| due < self.server_started);
-        if missed && !job.catch_up {
-            info!(
-                "cron job {}: the run due {} fell while the server was down; skipped \
-                 (catch_up = false); next run {}",
-                job.name,
-                describe_time(state.next_run_ms),
-                describe_time(following.map(to_ms))
-            );
-            state.next_run_ms = following.map(to_ms);
-            self.store.save(&job.name, &state)?;
-            return Ok(Turn::Wait(
-                following.unwrap_or(now + Duration::from_secs(86_400)),
-            ));
+        Self::announce(job, &decision);
+        match decision {
+            Decision::Run { next, asked, .. } => {
+                if asked {
+                    store.clear_asked(&job.name)?;
+                }
+                state.last_start_ms = Some(to_ms(now));
+                state.next_run_ms = next.map(to_ms);
+                state.runs += 1;
+                state.last_host = Some(self.host.clone());
+                state.last_worker_pid = Some(std::process::id() as i32);
+                store.save(&job.name, &state)?;
+                Ok(Turn::Run(Claim {
+                    job,
+                    runs: state.runs,
+                    start: now,
+                    hold: Hold::File { _lock: lock, state },
+                }))
+            }
+            Decision::Skip { next, .. } => {
+                state.next_run_ms = next.map(to_ms);
+                store.save(&job.name, &state)?;
+                Ok(Turn::Wait(next.unwrap_or(now + NEVER_AGAIN_RETRY)))
+            }
+            Decision::Wait { until, .. } => Ok(Turn::Wait(until)),
         }
-        if missed {
-            info!(
-                "cron job {}: the run due {} fell while the server was down; running it now \
-                 (catch_up = true)",
-                job.name,
-                describe_time(state.next_run_ms)
-            );
-        }
-        if asked {
-            info!(
-                job = job.name.as_str(),
-                "cron job {}: running it now, as `forkwarden cron run` asked", job.name
-            );
-            self.store.clear_asked(&job.name)?;
-        }
-        state.last_start_ms = Some(to_ms(now));
-        if scheduled {
-            state.next_run_ms = following.map(to_ms);
-        }
-        state.runs += 1;
-        state.last_host = Some(host_name());
-        state.last_worker_pid = Some(std::process::id() as i32);
-        self.store.save(&job.name, &state)?;
-        Ok(Turn::Run(Claim {
-            job,
-            state,
-            _lock: lock,
-        }))
     }
 
-    /// Someone else holds the lock of due `job`: another cron worker writing its claim, or
-    /// running it past its next due time, or a stuck (or hostile) holder. Says so once it
-    /// has lasted [`STALL_WARNING`]; returns how soon to look again.
-    fn held_lock(&self, job: &CronJob, now: SystemTime) -> Duration {
+    fn turn_on_postgres(
+        &self,
+        store: &PgStore,
+        index: usize,
+        now: SystemTime,
+    ) -> io::Result<Turn<'a>> {
+        self.record_unrecorded(store);
+        let (job, _) = &self.jobs[index];
+        match store.next_due(&job.name) {
+            Ok((Some(due), false)) if due > now => return Ok(Turn::Wait(due)),
+            Ok(_) => {}
+            Err(error) => return Self::store_failed(error, now),
+        }
+        let claimant = Claimant {
+            host: &self.host,
+            worker_pid: std::process::id() as i32,
+            lease: self.lease,
+        };
+        // The lease runs from the database's clock during the claim, after this.
+        let asked_at = Instant::now();
+        let claimed = store.claim(&job.name, now, &claimant, |next, asked| {
+            self.decide(index, next, asked, now)
+        });
+        let (claimed, interrupted) = match claimed {
+            Ok(claimed) => claimed,
+            Err(error) => return Self::store_failed(error, now),
+        };
+        if let Some(run) = interrupted {
+            warn!(
+                event = "cron_run_interrupted",
+                job = job.name.as_str(),
+                host = run.host.as_str(),
+                pid = run.pid,
+                "cron job {}: its run started {} on {} {}; counted as failed",
+                job.name,
+                describe_time(Some(run.start_ms)),
+                run.host,
+                run.result
+            );
+        }
+        match claimed {
+            Claimed::Contended => Ok(Turn::Wait(now + CLAIM_RACE_RETRY)),
+            Claimed::Held(holder) => {
+                let retry = self.held(job, now, || {
+                    format!(
+                        "host {} (cron worker pid {}, lease until {})",
+                        holder.host,
+                        holder.worker_pid,
+                        describe_time(Some(to_ms(holder.lease_until)))
+                    )
+                });
+                Ok(Turn::Wait(now + retry))
+            }
+            Claimed::Decided { decision, run } => {
+                self.stalls.borrow_mut().remove(&job.name);
+                Self::announce(job, &decision);
+                match (decision, run) {
+                    (Decision::Run { .. }, Some((run, runs))) => Ok(Turn::Run(Claim {
+                        job,
+                        runs,
+                        start: now,
+                        hold: Hold::Lease {
+                            run,
+                            renewed: Cell::new(asked_at),
+                        },
+                    })),
+                    (Decision::Wait { until, .. }, _) => Ok(Turn::Wait(until)),
+                    (Decision::Skip { next, .. }, _) => {
+                        Ok(Turn::Wait(next.unwrap_or(now + NEVER_AGAIN_RETRY)))
+                    }
+                    (Decision::Run { .. }, None) => Ok(Turn::Wait(now + CLAIM_RACE_RETRY)),
+                }
+            }
+        }
+    }
+
+    /// The PostgreSQL store failed: unreachable, look again at its retry time (the outage
+    /// is logged once, by the store); refused, an error for the caller to log.
+    fn store_failed(error: StoreError, now: SystemTime) -> io::Result<Turn<'a>> {
+        match error {
+            StoreError::Unreachable { retry_at, .. } => Ok(Turn::Wait(
+                now + retry_at.saturating_duration_since(Instant::now()),
+            )),
+            refused @ StoreError::Refused { .. } => Err(io::Error::other(refused)),
+        }
+    }
+
+    /// Writes the ends of runs that the PostgreSQL store could not take when they ended.
+    fn record_unrecorded(&self, store: &PgStore) {
+        let mut unrecorded = self.unrecorded.borrow_mut();
+        while let Some((job, run, record)) = unrecorded.first() {
+            match store.finish(job, *run, record) {
+                Ok(Some(_)) => {
+                    info!(
+                        job = job.as_str(),
+                        "cron job {job}: the end of its run started {} is recorded now that \
+                         the cron store is back",
+                        describe_time(Some(record.start_ms))
+                    );
+                }
+                Ok(None) => Self::ended_after_takeover(job, record),
+                Err(_) => return,
+            }
+            unrecorded.remove(0);
+        }
+    }
+
+    fn ended_after_takeover(job: &str, record: &RunRecord) {
+        warn!(
+            job = job,
+            "cron job {job}: its run started {} had been recorded as interrupted by another \
+             host (its lease passed while it could not be renewed); it {}",
+            describe_time(Some(record.start_ms)),
+            record.result
+        );
+    }
+
+    /// Someone else holds due `job`: another cron worker writing its claim, or running it
+    /// past its next due time, or a stuck (or hostile) holder, which `holder` describes. Says
+    /// so once it has lasted [`STALL_WARNING`]; returns how soon to look again.
+    fn held(&self, job: &CronJob, now: SystemTime, holder: impl FnOnce() -> String) -> Duration {
         let mut stalls = self.stalls.borrow_mut();
         let stall = stalls.entry(job.name.clone()).or_insert(Stall {
             since: now,
@@ -229,19 +484,12 @@ impl<'a> Scheduler<'a> {
         let held_for = now.duration_since(stall.since).unwrap_or_default();
         if !stall.warned && held_for >= STALL_WARNING {
             stall.warned = true;
-            let holder = match self.store.lock_holder(&job.name) {
-                Some(pid) => {
-                    let command = crate::proctree::command_name(nix::unistd::Pid::from_raw(pid))
-                        .unwrap_or_else(|| "not on this host".into());
-                    format!("pid {pid} ({command})")
-                }
-                None => "an unknown process".to_string(),
-            };
+            let holder = holder();
             warn!(
                 job = job.name.as_str(),
                 holder = holder.as_str(),
-                "cron job {} is due but its lock has been held by {holder} for {}: a run \
-                 longer than its schedule, or a stuck holder; it runs once the lock is free",
+                "cron job {} is due but has been held by {holder} for {}: a run longer than \
+                 its schedule, or a stuck holder; it runs once it is free",
                 job.name,
                 crate::format::elapsed(held_for)
             );
@@ -251,53 +499,119 @@ impl<'a> Scheduler<'a> {
         retry
     }
 
+    /// How often a claimed run must renew its claim while it runs (None: it holds as long as
+    /// its cron worker lives: the file lock).
+    pub fn renewal_period(&self) -> Option<Duration> {
+        match self.store {
+            Store::Files(_) => None,
+            Store::Postgres(_) => Some(self.lease / 4),
+        }
+    }
+
+    /// Renews `claim` while it runs; an error (why) when it no longer holds, or may soon
+    /// not (unrenewed for three quarters of the lease): the run must be stopped, since
+    /// another host may take the job over once the lease has passed.
+    pub fn renew(&self, claim: &Claim<'_>) -> Result<(), String> {
+        let (Store::Postgres(store), Hold::Lease { run, renewed }) = (&self.store, &claim.hold)
+        else {
+            return Ok(());
+        };
+        let asked_at = Instant::now();
+        match store.renew(*run, self.lease) {
+            Ok(true) => {
+                renewed.set(asked_at);
+                Ok(())
+            }
+            Ok(false) => Err(
+                "another host recorded its run as interrupted (its lease had \
+                              passed)"
+                    .to_string(),
+            ),
+            Err(error) => {
+                let unrenewed = renewed.get().elapsed();
+                if unrenewed < self.lease * 3 / 4 {
+                    return Ok(());
+                }
+                Err(format!(
+                    "its lease could not be renewed for {} ({error}); past cron_lease ({}) \
+                     another host may take the job over",
+                    crate::format::elapsed(unrenewed),
+                    crate::format::elapsed(self.lease)
+                ))
+            }
+        }
+    }
+
     /// Records how a claimed run ended (in its state and its history: the job's pid, if it
     /// started, and the last lines it wrote), and releases the job; returns when it is next
     /// due.
     pub fn finish(
         &self,
-        mut claim: Claim<'a>,
+        claim: Claim<'a>,
         ending: &RunEnding,
         job_pid: Option<i32>,
         output_tail: Vec<String>,
         now: SystemTime,
     ) -> Option<SystemTime> {
         let record = RunRecord {
-            host: claim.state.last_host.clone().unwrap_or_default(),
+            host: self.host.clone(),
             pid: job_pid,
-            start_ms: claim.state.last_start_ms.unwrap_or_default(),
-            end_ms: to_ms(now),
+            start_ms: to_ms(claim.start),
+            end_ms: to_ms(now).max(to_ms(claim.start)),
             result: ending.to_string(),
             succeeded: ending.succeeded(),
             exit_status: ending.exit_status(),
             signal: ending.signal(),
             output_tail,
         };
-        self.record_run(claim.job, &record);
-        let state = &mut claim.state;
-        state.last_end_ms = Some(to_ms(now).max(state.last_start_ms.unwrap_or(i64::MIN)));
-        state.last_result = Some(ending.to_string());
-        state.last_succeeded = Some(ending.succeeded());
-        if ending.succeeded() {
-            state.consecutive_failures = 0;
-            state.succeeded = state.succeeded.saturating_add(1);
-        } else {
-            state.consecutive_failures = state.consecutive_failures.saturating_add(1);
-            state.failed = state.failed.saturating_add(1);
+        let job = claim.job;
+        match (&self.store, claim.hold) {
+            (Store::Files(store), Hold::File { _lock, mut state }) => {
+                self.record_run(store, job, &record);
+                state.last_end_ms = Some(record.end_ms);
+                state.last_result = Some(record.result);
+                state.last_succeeded = Some(record.succeeded);
+                if record.succeeded {
+                    state.consecutive_failures = 0;
+                    state.succeeded = state.succeeded.saturating_add(1);
+                } else {
+                    state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+                    state.failed = state.failed.saturating_add(1);
+                }
+                if let Err(error) = store.save(&job.name, &state) {
+                    warn!("cron job {}: cannot record its result: {error}", job.name);
+                }
+                state.next_run()
+            }
+            (Store::Postgres(store), Hold::Lease { run, .. }) => {
+                match store.finish(&job.name, run, &record) {
+                    Ok(Some(next)) => next,
+                    Ok(None) => {
+                        Self::ended_after_takeover(&job.name, &record);
+                        Some(now)
+                    }
+                    Err(error) => {
+                        warn!(
+                            job = job.name.as_str(),
+                            "cron job {}: cannot record how its run ended yet ({error}); it \
+                             is recorded once the cron store answers",
+                            job.name
+                        );
+                        self.unrecorded
+                            .borrow_mut()
+                            .push((job.name.clone(), run, record));
+                        Some(now)
+                    }
+                }
+            }
+            _ => unreachable!("a claim is held in the store that made it"),
         }
-        if let Err(error) = self.store.save(&claim.job.name, state) {
-            warn!(
-                "cron job {}: cannot record its result: {error}",
-                claim.job.name
-            );
-        }
-        state.next_run()
     }
 
     /// Adds a run to `job`'s history; a failure is logged (the run itself is recorded in
     /// the job's state).
-    fn record_run(&self, job: &CronJob, record: &RunRecord) {
-        if let Err(error) = self.store.append_run(&job.name, record) {
+    fn record_run(&self, store: &JobStore, job: &CronJob, record: &RunRecord) {
+        if let Err(error) = store.append_run(&job.name, record) {
             warn!(
                 "cron job {}: cannot add the run to its history: {error}",
                 job.name
@@ -305,25 +619,36 @@ impl<'a> Scheduler<'a> {
         }
     }
 
-    /// Asks for a run of `job` now (see [`JobStore::ask_run`]).
+    /// Asks for a run of `job` now: the cron workers that look (each second, or at once on
+    /// PostgreSQL's notification) claim it, one of them.
     pub fn ask_run(&self, job: &CronJob) -> io::Result<()> {
-        self.store.ask_run(&job.name)
+        match &self.store {
+            Store::Files(store) => store.ask_run(&job.name),
+            Store::Postgres(store) => store.ask_run(&job.name).map_err(io::Error::other),
+        }
     }
 
     /// Whether a run of any job was asked for and not yet claimed: a sleeping cron worker
     /// looks each second.
     pub fn any_run_asked(&self) -> bool {
-        self.jobs().any(|job| self.store.run_asked(&job.name))
+        match &self.store {
+            Store::Files(store) => self.jobs().any(|job| store.run_asked(&job.name)),
+            Store::Postgres(store) => store.run_announced(),
+        }
     }
 
     /// `job`'s last `count` runs, oldest first.
     pub fn history(&self, job: &CronJob, count: usize) -> io::Result<Vec<RunRecord>> {
-        self.store.history(&job.name, count)
+        match &self.store {
+            Store::Files(store) => store.history(&job.name, count),
+            Store::Postgres(store) => store.history(&job.name, count).map_err(io::Error::other),
+        }
     }
 
-    /// The state of `job`; a corrupt state file is logged and the job starts afresh.
-    fn load(&self, job: &CronJob) -> JobState {
-        self.store.load(&job.name).unwrap_or_else(|error| {
+    /// The state of `job` in the file store; a corrupt state file is logged and the job
+    /// starts afresh.
+    fn load(&self, store: &JobStore, job: &CronJob) -> JobState {
+        store.load(&job.name).unwrap_or_else(|error| {
             warn!(
                 "cron job {}: its state file is unreadable ({error}); starting afresh",
                 job.name
@@ -332,17 +657,34 @@ impl<'a> Scheduler<'a> {
         })
     }
 
-    /// Every job with its state, for `forkwarden cron list`.
-    pub fn states(&self) -> Vec<(&'a CronJob, JobState)> {
+    /// Every job with its state and, when a run of it is in progress, where (for
+    /// `forkwarden cron list`).
+    pub fn states(&self) -> io::Result<Vec<(&'a CronJob, JobState, Option<String>)>> {
         self.jobs
             .iter()
-            .map(|(job, _)| (*job, self.load(job)))
+            .map(|(job, _)| match &self.store {
+                Store::Files(store) => {
+                    let running = matches!(store.try_lock(&job.name), Ok(None));
+                    let holder = running.then(|| match store.lock_holder(&job.name) {
+                        Some(pid) => format!("pid {pid}"),
+                        None => "another process".to_string(),
+                    });
+                    Ok((*job, self.load(store, job), holder))
+                }
+                Store::Postgres(store) => store
+                    .job(&job.name)
+                    .map(|stored| (*job, stored.state, stored.running_on))
+                    .map_err(io::Error::other),
+            })
             .collect()
     }
 
-    /// Whether some process holds `job`'s lock now: it is running.
-    pub fn is_running(&self, job: &CronJob) -> bool {
-        matches!(self.store.try_lock(&job.name), Ok(None))
+    /// The PostgreSQL store, when runs are kept in one.
+    pub fn postgres(&self) -> Option<&PgStore> {
+        match &self.store {
+            Store::Postgres(store) => Some(store),
+            Store::Files(_) => None,
+        }
     }
 }
 
@@ -400,7 +742,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path(), true);
         let now = SystemTime::now();
-        let scheduler = Scheduler::new(&config, now).unwrap();
+        let scheduler = Scheduler::new(&config, now, false).unwrap();
         let claim = expect_run(scheduler.turn(0, now).unwrap());
         // While claimed, no one else may run it.
         assert!(matches!(scheduler.turn(0, now).unwrap(), Turn::Wait(_)));
@@ -409,7 +751,7 @@ mod tests {
             .unwrap();
         assert_eq!(to_ms(next), to_ms(now + Duration::from_secs(60)));
         assert!(matches!(scheduler.turn(0, now).unwrap(), Turn::Wait(at) if at == next));
-        let state = &scheduler.states()[0].1;
+        let state = &scheduler.states().unwrap()[0].1;
         assert_eq!((state.runs, state.last_succeeded), (1, Some(true)));
         assert_eq!((state.succeeded, state.failed), (1, 0));
     }
@@ -419,7 +761,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path(), true);
         let now = SystemTime::now();
-        let scheduler = Scheduler::new(&config, now).unwrap();
+        let scheduler = Scheduler::new(&config, now, false).unwrap();
         let claim = expect_run(scheduler.turn(0, now).unwrap());
         let next = scheduler
             .finish(claim, &RunEnding::Exited(0), None, Vec::new(), now)
@@ -436,7 +778,7 @@ mod tests {
             .finish(claim, &RunEnding::Exited(0), None, Vec::new(), later)
             .unwrap();
         assert_eq!(to_ms(after), to_ms(next), "the schedule stays");
-        assert_eq!(scheduler.states()[0].1.runs, 2);
+        assert_eq!(scheduler.states().unwrap()[0].1.runs, 2);
     }
 
     #[test]
@@ -444,7 +786,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path(), true);
         let now = SystemTime::now();
-        let scheduler = Scheduler::new(&config, now).unwrap();
+        let scheduler = Scheduler::new(&config, now, false).unwrap();
         let claim = expect_run(scheduler.turn(0, now).unwrap());
         drop(claim); // the worker died: lock released, no result recorded
         let later = now + Duration::from_secs(5);
@@ -455,7 +797,7 @@ mod tests {
         let next_due = now + Duration::from_secs(60);
         let claim = expect_run(scheduler.turn(0, next_due).unwrap());
         scheduler.finish(claim, &RunEnding::Exited(0), None, Vec::new(), next_due);
-        let state = &scheduler.states()[0].1;
+        let state = &scheduler.states().unwrap()[0].1;
         assert_eq!(state.runs, 2, "retried at its next due time");
         assert_eq!(
             (state.succeeded, state.failed),
@@ -476,7 +818,7 @@ mod tests {
                 ..JobState::default()
             };
             store.save("tick", &missed).unwrap();
-            let scheduler = Scheduler::new(&config, now).unwrap();
+            let scheduler = Scheduler::new(&config, now, false).unwrap();
             match scheduler.turn(0, now).unwrap() {
                 Turn::Run(claim) => {
                     assert!(catch_up);

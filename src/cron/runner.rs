@@ -70,6 +70,23 @@ pub enum RunEnding {
     CouldNotStart(io::Error),
     /// A `call` job whose template went away before it said how the run ended.
     Lost,
+    /// Its claim no longer held (why): the whole process group was killed, so that it does
+    /// not run beside the run another host may start.
+    ClaimLost(String),
+}
+
+/// Keeping a run's claim while it runs: `renew` is called every `every`; an error (why)
+/// means the claim is lost, and the run is stopped.
+pub struct Upkeep<'a> {
+    pub every: Duration,
+    pub renew: &'a mut dyn FnMut() -> Result<(), String>,
+}
+
+impl Upkeep<'_> {
+    /// How long until the next renewal is due, counted from `last`.
+    fn wait(&self, last: Instant) -> Duration {
+        self.every.saturating_sub(last.elapsed())
+    }
 }
 
 impl RunEnding {
@@ -89,7 +106,7 @@ impl RunEnding {
     pub fn signal(&self) -> Option<i32> {
         match self {
             Self::Signaled(signal) => Some(*signal),
-            Self::TimedOut { .. } => Some(Signal::SIGKILL as i32),
+            Self::TimedOut { .. } | Self::ClaimLost(_) => Some(Signal::SIGKILL as i32),
             _ => None,
         }
     }
@@ -113,6 +130,7 @@ impl fmt::Display for RunEnding {
             Self::Lost => f.write_str(
                 "ended without a word from the app template, which went away during the run",
             ),
+            Self::ClaimLost(why) => write!(f, "killed with its process group: {why}"),
         }
     }
 }
@@ -121,10 +139,13 @@ impl fmt::Display for RunEnding {
 /// `limit_time_real_cron`; `key` names which); `account` are the variables of the user it
 /// runs as (`USER`, `HOME`...; the job's own `env` wins); `calls` is where the preload
 /// template takes `call` jobs; `started` learns the job's pid (which is also its process
-/// group) as soon as it runs; `tail` keeps the last lines it writes.
+/// group) as soon as it runs; `tail` keeps the last lines it writes; `upkeep` keeps the
+/// run's claim meanwhile (a lost claim kills it).
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     job: &CronJob,
     limit: Option<(Duration, &'static str)>,
+    upkeep: Option<Upkeep<'_>>,
     account: &[(OsString, OsString)],
     calls: &Path,
     signals: &WorkerSignals,
@@ -132,7 +153,9 @@ pub fn run(
     started: impl FnOnce(Pid),
 ) -> RunEnding {
     if let Some(call) = &job.call {
-        return run_call(job, call, limit, account, calls, signals, tail, started);
+        return run_call(
+            job, call, limit, upkeep, account, calls, signals, tail, started,
+        );
     }
     let mut command = Command::new(&job.command[0]);
     for variable in crate::notify::SERVICE_MANAGER_VARIABLES {
@@ -157,7 +180,7 @@ pub fn run(
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     started(pid);
     let ending = match Watch::new(job, &mut child, tail) {
-        Ok(mut watch) => watch.until_exit(&mut child, pid, limit, signals),
+        Ok(mut watch) => watch.until_exit(&mut child, pid, limit, upkeep, signals),
         Err(error) => {
             let _ = killpg(pid, Signal::SIGKILL);
             let _ = child.wait();
@@ -192,6 +215,7 @@ fn run_call(
     job: &CronJob,
     call: &str,
     limit: Option<(Duration, &'static str)>,
+    mut upkeep: Option<Upkeep<'_>>,
     account: &[(OsString, OsString)],
     calls: &Path,
     signals: &WorkerSignals,
@@ -258,14 +282,20 @@ fn run_call(
     };
     started(pid);
     let start = Instant::now();
+    let mut renewed = start;
     let ending = loop {
         if let Some(ending) = report.ending.take() {
             break ending;
         }
         let ran = start.elapsed();
-        if let Some((limit, key)) = limit
-            && ran >= limit
-        {
+        let stop = match (limit, keep_claim(&mut upkeep, &mut renewed)) {
+            (Some((limit, key)), _) if ran >= limit => {
+                Some(RunEnding::TimedOut { ran, limit, key })
+            }
+            (_, Err(why)) => Some(RunEnding::ClaimLost(why)),
+            _ => None,
+        };
+        if let Some(stop) = stop {
             let _ = killpg(pid, Signal::SIGKILL);
             // The template reaps it and says so; the run is over either way.
             let waited = Instant::now();
@@ -274,7 +304,7 @@ fn run_call(
                 let _ = signals.poll(&mut fds, Some(CALL_END_WAIT));
                 report.read(connection.as_fd());
             }
-            break RunEnding::TimedOut { ran, limit, key };
+            break stop;
         }
         let mut fds = vec![PollFd::new(connection.as_fd(), PollFlags::POLLIN)];
         fds.extend(
@@ -283,7 +313,7 @@ fn run_call(
                 .filter_map(|output| output.pipe.as_ref())
                 .map(|pipe| PollFd::new(pipe.as_fd(), PollFlags::POLLIN)),
         );
-        let wait = limit.map(|(limit, _)| limit.saturating_sub(ran));
+        let wait = next_wake(limit, ran, &upkeep, renewed);
         let _ = signals.poll(&mut fds, wait);
         drop(fds);
         drain(&mut output);
@@ -420,18 +450,25 @@ impl<'a> Watch<'a> {
         child: &mut Child,
         pid: Pid,
         limit: Option<(Duration, &'static str)>,
+        mut upkeep: Option<Upkeep<'_>>,
         signals: &WorkerSignals,
     ) -> RunEnding {
         let start = Instant::now();
+        let mut renewed = start;
         loop {
             let ran = start.elapsed();
-            if let Some((limit, key)) = limit
-                && ran >= limit
-            {
+            let stop = match (limit, keep_claim(&mut upkeep, &mut renewed)) {
+                (Some((limit, key)), _) if ran >= limit => {
+                    Some(RunEnding::TimedOut { ran, limit, key })
+                }
+                (_, Err(why)) => Some(RunEnding::ClaimLost(why)),
+                _ => None,
+            };
+            if let Some(stop) = stop {
                 let _ = killpg(pid, Signal::SIGKILL);
                 let _ = child.wait();
                 self.drain();
-                return RunEnding::TimedOut { ran, limit, key };
+                return stop;
             }
             let mut fds = vec![PollFd::new(self.exited.as_fd(), PollFlags::POLLIN)];
             fds.extend(
@@ -440,7 +477,7 @@ impl<'a> Watch<'a> {
                     .filter_map(|output| output.pipe.as_ref())
                     .map(|pipe| PollFd::new(pipe.as_fd(), PollFlags::POLLIN)),
             );
-            let wait = limit.map(|(limit, _)| limit.saturating_sub(ran));
+            let wait = next_wake(limit, ran, &upkeep, renewed);
             // A stop request (SIGTERM) only ends this wait: the job is let finish, and the
             // master kills what is left after graceful_timeout.
             let _ = signals.poll(&mut fds, wait);
@@ -462,6 +499,33 @@ impl<'a> Watch<'a> {
 
     fn drain(&mut self) {
         drain(&mut self.output);
+    }
+}
+
+/// Renews the run's claim when a renewal is due (`renewed`: when the last was); the reason
+/// when the claim is lost.
+fn keep_claim(upkeep: &mut Option<Upkeep<'_>>, renewed: &mut Instant) -> Result<(), String> {
+    match upkeep {
+        Some(upkeep) if upkeep.wait(*renewed).is_zero() => {
+            *renewed = Instant::now();
+            (upkeep.renew)()
+        }
+        _ => Ok(()),
+    }
+}
+
+/// How long a running job's watch may wait: until its time limit, or its next renewal.
+fn next_wake(
+    limit: Option<(Duration, &'static str)>,
+    ran: Duration,
+    upkeep: &Option<Upkeep<'_>>,
+    renewed: Instant,
+) -> Option<Duration> {
+    let to_limit = limit.map(|(limit, _)| limit.saturating_sub(ran));
+    let to_renewal = upkeep.as_ref().map(|upkeep| upkeep.wait(renewed));
+    match (to_limit, to_renewal) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -566,6 +630,7 @@ mod tests {
         let ending = run(
             &job(&["/nonexistent/program"]),
             None,
+            None,
             &[],
             Path::new("/nonexistent"),
             &signals,
@@ -581,6 +646,7 @@ mod tests {
         let mut pid = None;
         let ending = run(
             &job(&["sh", "-c", "test \"$FW_TEST\" = yes && exit 7"]),
+            None,
             None,
             &[],
             Path::new("/nonexistent"),
@@ -600,6 +666,7 @@ mod tests {
         let ending = run(
             &job(&["sh", "-c", script]),
             None,
+            None,
             &[],
             Path::new("/nonexistent"),
             &signals,
@@ -614,6 +681,45 @@ mod tests {
     }
 
     #[test]
+    fn a_run_whose_claim_is_lost_is_killed_and_says_why() {
+        let signals = WorkerSignals::for_tests();
+        let mut renewals = 0;
+        let mut renew = || {
+            renewals += 1;
+            if renewals < 3 {
+                Ok(())
+            } else {
+                Err("lost for the test".to_string())
+            }
+        };
+        let upkeep = Upkeep {
+            every: Duration::from_millis(50),
+            renew: &mut renew,
+        };
+        let started = Instant::now();
+        let ending = run(
+            &job(&["sleep", "30"]),
+            Some((Duration::from_secs(20), "timeout")),
+            Some(upkeep),
+            &[],
+            Path::new("/nonexistent"),
+            &signals,
+            &OutputTail::default(),
+            |_| {},
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not left to run"
+        );
+        assert_eq!(renewals, 3);
+        assert_eq!(
+            ending.to_string(),
+            "killed with its process group: lost for the test"
+        );
+        assert_eq!(ending.signal(), Some(Signal::SIGKILL as i32));
+    }
+
+    #[test]
     fn past_its_limit_the_whole_group_is_killed() {
         let signals = WorkerSignals::for_tests();
         let dir = tempfile::tempdir().unwrap();
@@ -623,6 +729,7 @@ mod tests {
         let ending = run(
             &job(&["sh", "-c", &script]),
             limit,
+            None,
             &[],
             Path::new("/nonexistent"),
             &signals,

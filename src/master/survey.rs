@@ -243,9 +243,10 @@ impl Master {
     }
 
     /// The jobs of the config with their counts from the local store (small files under
-    /// data_dir; a job never run reads as zeros).
+    /// data_dir; a job never run reads as zeros). None with a PostgreSQL `cron_store`: the
+    /// master never talks to the database (`forkwarden cron list` reads it).
     fn cron_jobs(&self, running: &[String]) -> Vec<CronJobSurvey> {
-        if self.config.cron.is_empty() {
+        if self.config.cron.is_empty() || self.config.cron_store.is_some() {
             return Vec::new();
         }
         let store = crate::cron::JobStore::open(&self.config.data_dir).ok();

@@ -38,7 +38,7 @@ pub(super) fn run(spec: &WorkerSpec<'_>, signals: &WorkerSignals) -> Outcome {
     if let Err(errno) = crate::sys::lower_priority(CRON_NICENESS) {
         warn!("{}: cannot lower its priority: {errno}", spec.name());
     }
-    let scheduler = match Scheduler::new(spec.config, spec.server_started) {
+    let scheduler = match Scheduler::new(spec.config, spec.server_started, true) {
         Ok(scheduler) => scheduler,
         Err(error) => {
             error!(
@@ -131,21 +131,35 @@ impl CronWorker<'_> {
         let account = super::account_variables(self.spec.config);
         let calls = self.spec.calls_path;
         let tail = cron::OutputTail::default();
-        let ending = cron::run(job, limit, &account, calls, self.signals, &tail, |pid| {
-            row.set_job_group(Some(pid.as_raw()));
-            job_pid = Some(pid);
-            info!(
-                event = "cron_run_started",
-                job = job.name.as_str(),
-                pid = pid.as_raw(),
-                run = claim.runs(),
-                slot = self.spec.id.slot,
-                "cron job {} started as pid {pid} by {} (run {})",
-                job.name,
-                self.spec.name(),
-                claim.runs()
-            );
+        let mut renew = || self.scheduler.renew(&claim);
+        let upkeep = self.scheduler.renewal_period().map(|every| cron::Upkeep {
+            every,
+            renew: &mut renew,
         });
+        let ending = cron::run(
+            job,
+            limit,
+            upkeep,
+            &account,
+            calls,
+            self.signals,
+            &tail,
+            |pid| {
+                row.set_job_group(Some(pid.as_raw()));
+                job_pid = Some(pid);
+                info!(
+                    event = "cron_run_started",
+                    job = job.name.as_str(),
+                    pid = pid.as_raw(),
+                    run = claim.runs(),
+                    slot = self.spec.id.slot,
+                    "cron job {} started as pid {pid} by {} (run {})",
+                    job.name,
+                    self.spec.name(),
+                    claim.runs()
+                );
+            },
+        );
         row.set_job_group(None);
         row.set_work_limit(None);
         row.end_request();

@@ -1,0 +1,734 @@
+//! The PostgreSQL cron store (`cron_store = "postgresql://..."`): every host that runs the
+//! same jobs on one database claims each due run there, so it runs once across them all.
+//!
+//! - **A claim is one transaction**: the job's row is locked (`FOR UPDATE SKIP LOCKED`: a
+//!   host that finds it locked looks again in a moment), its open run looked at, its next
+//!   due time moved and the new run inserted, together.
+//! - **A run holds a lease** (`lease_until`, on the database's clock), which its cron worker
+//!   renews every quarter of `cron_lease`. A host that dies stops renewing; once the lease
+//!   has passed, the next host to look records the run as interrupted (with the host and
+//!   the cron worker's pid) and the job goes on. Locks that live only as long as a session
+//!   (advisory locks) would not do: a restart of PostgreSQL drops them all while the jobs
+//!   still run.
+//! - **A worker that cannot renew stops its job** once three quarters of the lease have
+//!   passed since its last renewal, before any other host may take the job over: a network
+//!   cut cannot make a job run twice at once. The database refuses it too: at most one open
+//!   run per job (a unique index).
+//! - **The database going away** is logged once; every use then waits for a retry time that
+//!   doubles up to [`RETRY_MAX`], and its return is logged once. Only cron workers and the
+//!   `forkwarden cron` commands ever connect: never the master, never an HTTP worker.
+
+use std::cell::RefCell;
+use std::time::{Duration, Instant, SystemTime};
+
+use postgres::{Client, NoTls};
+use tracing::{debug, info, warn};
+
+use super::store::{JobState, RunRecord, to_ms};
+use super::{Decision, describe_time};
+use crate::config::CronStoreUrl;
+
+/// The version of the tables below; a database with a newer one is left alone.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// The tables of schema version 1, in their own schema `forkwarden`.
+const SCHEMA_V1: &str = "
+CREATE TABLE forkwarden.cron_job (
+    name text PRIMARY KEY,
+    -- When the job is next due (the clock of the host that claimed its last run).
+    next_run timestamptz,
+    -- `forkwarden cron run NAME` asked for a run now.
+    run_asked boolean NOT NULL DEFAULT false,
+    runs bigint NOT NULL DEFAULT 0,
+    succeeded bigint NOT NULL DEFAULT 0,
+    failed bigint NOT NULL DEFAULT 0,
+    consecutive_failures integer NOT NULL DEFAULT 0
+);
+CREATE TABLE forkwarden.cron_run (
+    id bigserial PRIMARY KEY,
+    job text NOT NULL REFERENCES forkwarden.cron_job (name) ON DELETE CASCADE,
+    host text NOT NULL,
+    -- The cron worker that claimed it, and the job's own process once it ended.
+    worker_pid integer NOT NULL,
+    pid integer,
+    started_at timestamptz NOT NULL,
+    ended_at timestamptz,
+    -- Until when the claim holds unless renewed (the database's clock); NULL once ended.
+    lease_until timestamptz,
+    result text,
+    succeeded boolean,
+    exit_status integer,
+    signal integer,
+    output_tail text[] NOT NULL DEFAULT '{}'
+);
+CREATE INDEX cron_run_by_job ON forkwarden.cron_run (job, id);
+-- At most one open run per job: the database itself refuses a second one.
+CREATE UNIQUE INDEX cron_run_one_open ON forkwarden.cron_run (job) WHERE ended_at IS NULL;
+";
+
+/// Key of the transaction-scoped advisory lock under which the schema is created, so that
+/// hosts starting together do not race.
+const SCHEMA_LOCK: i64 = 0x666f_726b_7761_7264; // "forkward"
+
+/// Where `forkwarden cron run` wakes the cron workers of every host.
+const CHANNEL: &str = "forkwarden_cron";
+
+/// Runs of a job kept in its history.
+const HISTORY_KEPT: i64 = 1000;
+
+/// Bounds on one connection attempt and on one statement, so that a cron worker never hangs
+/// on an unreachable database: it would miss its heartbeat.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first retry after the database went away, doubled on each failure up to the last.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Not connected; the next attempt is at `retry_at` (the outage is already logged).
+    #[error("cannot reach the cron store {url}: {reason}")]
+    Unreachable {
+        url: String,
+        reason: String,
+        retry_at: Instant,
+    },
+    #[error("the cron store {url} refused: {reason}")]
+    Refused { url: String, reason: String },
+}
+
+/// The state of the connection: a lifecycle, one at a time.
+enum Link {
+    /// Never tried.
+    Idle,
+    Up(Box<Client>),
+    /// Lost or never reached: tried again at `retry_at`.
+    Down {
+        since: Instant,
+        retry_at: Instant,
+        backoff: Duration,
+        reason: String,
+    },
+}
+
+/// What holds a due job back, as a claim found it.
+#[derive(Debug)]
+pub struct Holder {
+    pub host: String,
+    pub worker_pid: i32,
+    pub lease_until: SystemTime,
+}
+
+/// What a claim found and did.
+pub enum Claimed {
+    /// Another host is writing its claim now (the row is locked): look again in a moment.
+    Contended,
+    /// A run is in progress elsewhere, its lease alive.
+    Held(Holder),
+    /// `decision` is written; `run` is the new run's id and the job's run count when it
+    /// runs now.
+    Decided {
+        decision: Decision,
+        run: Option<(i64, u64)>,
+    },
+}
+
+/// Where a run is claimed from: this host and cron worker, and the lease it takes.
+pub struct Claimant<'a> {
+    pub host: &'a str,
+    pub worker_pid: i32,
+    pub lease: Duration,
+}
+
+/// A job's state as the store tells it, with the run in progress, if any.
+pub struct StoredJob {
+    pub state: JobState,
+    /// `host (cron worker pid N)` of a run in progress with a live lease.
+    pub running_on: Option<String>,
+}
+
+/// Whether the database holds forkwarden's tables (`forkwarden check`).
+pub enum SchemaStatus {
+    Absent,
+    Current,
+    Older(i32),
+    Newer(i32),
+}
+
+pub struct PgStore {
+    url: CronStoreUrl,
+    /// Whether this connection waits for `forkwarden cron run` (a cron worker's does).
+    listens: bool,
+    link: RefCell<Link>,
+}
+
+impl PgStore {
+    /// A store on `url`; nothing is connected until first used.
+    pub fn new(url: &CronStoreUrl, listens: bool) -> Self {
+        Self {
+            url: url.clone(),
+            listens,
+            link: RefCell::new(Link::Idle),
+        }
+    }
+
+    /// Runs `operation` on the connection, connecting first if needed (and it is time to
+    /// try). A lost connection is logged once, when it goes, and once when it is back.
+    fn with<T>(
+        &self,
+        operation: impl FnOnce(&mut Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut link = self.link.borrow_mut();
+        if let Link::Down {
+            retry_at, reason, ..
+        } = &*link
+            && Instant::now() < *retry_at
+        {
+            return Err(self.unreachable(reason.clone(), *retry_at));
+        }
+        if !matches!(*link, Link::Up(_)) {
+            match self.connect(true) {
+                Ok(client) => {
+                    if let Link::Down { since, .. } = &*link {
+                        info!(
+                            event = "cron_store_back",
+                            store = self.url.as_str(),
+                            "the cron store {} is reachable again after {}; cron jobs go on",
+                            self.url,
+                            crate::format::elapsed(since.elapsed())
+                        );
+                    }
+                    *link = Link::Up(Box::new(client));
+                }
+                Err(error) => return Err(self.went_down(&mut link, error)),
+            }
+        }
+        let Link::Up(client) = &mut *link else {
+            unreachable!("connected just above");
+        };
+        match operation(client) {
+            Err(StoreError::Refused { reason, .. }) if client.is_closed() => {
+                Err(self.went_down(&mut link, reason))
+            }
+            Err(StoreError::Unreachable { reason, .. }) => Err(self.went_down(&mut link, reason)),
+            result => result,
+        }
+    }
+
+    fn unreachable(&self, reason: String, retry_at: Instant) -> StoreError {
+        StoreError::Unreachable {
+            url: self.url.to_string(),
+            reason,
+            retry_at,
+        }
+    }
+
+    /// The connection is gone (or never came): the next try waits, longer each time.
+    fn went_down(&self, link: &mut Link, reason: String) -> StoreError {
+        let now = Instant::now();
+        let (since, backoff) = match &*link {
+            Link::Down { since, backoff, .. } => (*since, (*backoff * 2).min(RETRY_MAX)),
+            _ => {
+                warn!(
+                    event = "cron_store_unreachable",
+                    store = self.url.as_str(),
+                    reason = reason.as_str(),
+                    "cannot reach the cron store {}: {reason}; cron jobs wait (a run in \
+                     progress goes on), trying again every {}s at most",
+                    self.url,
+                    RETRY_MAX.as_secs()
+                );
+                (now, RETRY_FIRST)
+            }
+        };
+        debug!(
+            "cron store {}: next try in {:?} ({reason})",
+            self.url, backoff
+        );
+        let retry_at = now + backoff;
+        *link = Link::Down {
+            since,
+            retry_at,
+            backoff,
+            reason: reason.clone(),
+        };
+        self.unreachable(reason, retry_at)
+    }
+
+    /// Opens a connection with bounded waits and the password from the environment or the
+    /// password file; `prepare`: creates the tables if absent (and listens, for a worker).
+    fn connect(&self, prepare: bool) -> Result<Client, String> {
+        let mut settings = self.url.settings().clone();
+        let bounds = format!(
+            "-c statement_timeout={ms} -c lock_timeout={ms}",
+            ms = IO_TIMEOUT.as_millis()
+        );
+        let options = match settings.get_options() {
+            Some(own) => format!("{own} {bounds}"),
+            None => bounds,
+        };
+        settings
+            .options(&options)
+            .connect_timeout(IO_TIMEOUT)
+            .tcp_user_timeout(IO_TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            // The server's notices ("schema already exists, skipping") are not news.
+            .notice_callback(|notice| debug!("cron store notice: {notice}"));
+        if settings.get_application_name().is_none() {
+            settings.application_name("forkwarden");
+        }
+        if let Some(password) = super::pgpass::password_for(&settings) {
+            settings.password(password);
+        }
+        let mut client = settings.connect(NoTls).map_err(|error| describe(&error))?;
+        if prepare {
+            create_schema(&mut client)?;
+            if self.listens {
+                client
+                    .batch_execute(&format!("LISTEN {CHANNEL}"))
+                    .map_err(|error| describe(&error))?;
+            }
+        }
+        Ok(client)
+    }
+
+    /// Whether the tables are there and of this version, without creating them.
+    pub fn schema_status(&self) -> Result<SchemaStatus, StoreError> {
+        let mut client = self
+            .connect(false)
+            .map_err(|reason| self.unreachable(reason, Instant::now()))?;
+        let present: bool = client
+            .query_one(
+                "SELECT to_regclass('forkwarden.schema_version') IS NOT NULL",
+                &[],
+            )
+            .map(|row| row.get(0))
+            .map_err(|error| self.refused(&error))?;
+        if !present {
+            return Ok(SchemaStatus::Absent);
+        }
+        let version: Option<i32> = client
+            .query_one("SELECT max(version) FROM forkwarden.schema_version", &[])
+            .map(|row| row.get(0))
+            .map_err(|error| self.refused(&error))?;
+        Ok(match version {
+            None => SchemaStatus::Absent,
+            Some(SCHEMA_VERSION) => SchemaStatus::Current,
+            Some(older) if older < SCHEMA_VERSION => SchemaStatus::Older(older),
+            Some(newer) => SchemaStatus::Newer(newer),
+        })
+    }
+
+    fn refused(&self, error: &postgres::Error) -> StoreError {
+        if error.as_db_error().is_none() {
+            return self.unreachable(describe(error), Instant::now());
+        }
+        StoreError::Refused {
+            url: self.url.to_string(),
+            reason: describe(error),
+        }
+    }
+
+    /// The job's next due time and whether a run was asked for, read without a lock (to
+    /// decide whether a claim is worth trying).
+    pub fn next_due(&self, job: &str) -> Result<(Option<SystemTime>, bool), StoreError> {
+        self.with(|client| {
+            let row = client
+                .query_opt(
+                    "SELECT next_run, run_asked FROM forkwarden.cron_job WHERE name = $1",
+                    &[&job],
+                )
+                .map_err(|error| self.refused(&error))?;
+            Ok(row.map_or((None, false), |row| (row.get(0), row.get(1))))
+        })
+    }
+
+    /// Claims `job` in one transaction: with its row locked, an open run whose lease has
+    /// passed is recorded as interrupted (returned, for the log), then `decide` is given
+    /// the stored next due time and whether a run was asked for, and what it decides is
+    /// written (a first due time, a skipped run, or a new run with its lease).
+    pub fn claim(
+        &self,
+        job: &str,
+        now: SystemTime,
+        claimant: &Claimant<'_>,
+        decide: impl FnOnce(Option<SystemTime>, bool) -> Decision,
+    ) -> Result<(Claimed, Option<RunRecord>), StoreError> {
+        self.with(|client| {
+            let refused = |error: postgres::Error| self.refused(&error);
+            let mut tx = client.transaction().map_err(refused)?;
+            tx.execute(
+                "INSERT INTO forkwarden.cron_job (name) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&job],
+            )
+            .map_err(refused)?;
+            let Some(row) = tx
+                .query_opt(
+                    "SELECT next_run, run_asked FROM forkwarden.cron_job WHERE name = $1 \
+                     FOR UPDATE SKIP LOCKED",
+                    &[&job],
+                )
+                .map_err(refused)?
+            else {
+                return Ok((Claimed::Contended, None));
+            };
+            let (next_run, asked): (Option<SystemTime>, bool) = (row.get(0), row.get(1));
+            let open = tx
+                .query_opt(
+                    "SELECT id, host, worker_pid, started_at, lease_until, \
+                     lease_until > now() FROM forkwarden.cron_run \
+                     WHERE job = $1 AND ended_at IS NULL",
+                    &[&job],
+                )
+                .map_err(refused)?;
+            let mut interrupted = None;
+            if let Some(open) = open {
+                let (id, host, worker_pid, started): (i64, String, i32, SystemTime) =
+                    (open.get(0), open.get(1), open.get(2), open.get(3));
+                let lease_until: Option<SystemTime> = open.get(4);
+                if open.get::<_, Option<bool>>(5) == Some(true) {
+                    tx.commit().map_err(refused)?;
+                    return Ok((
+                        Claimed::Held(Holder {
+                            host,
+                            worker_pid,
+                            lease_until: lease_until.unwrap_or(now),
+                        }),
+                        None,
+                    ));
+                }
+                let result = format!(
+                    "interrupted: its cron worker (pid {worker_pid} on {host}) stopped renewing \
+                     its lease (until {})",
+                    describe_time(lease_until.map(to_ms))
+                );
+                tx.execute(
+                    "UPDATE forkwarden.cron_run SET ended_at = $2, lease_until = NULL, \
+                     succeeded = false, result = $3 WHERE id = $1",
+                    &[&id, &now, &result],
+                )
+                .map_err(refused)?;
+                tx.execute(
+                    "UPDATE forkwarden.cron_job SET failed = failed + 1, \
+                     consecutive_failures = consecutive_failures + 1 WHERE name = $1",
+                    &[&job],
+                )
+                .map_err(refused)?;
+                interrupted = Some(RunRecord {
+                    host,
+                    pid: Some(worker_pid),
+                    start_ms: to_ms(started),
+                    end_ms: to_ms(now),
+                    result,
+                    ..RunRecord::default()
+                });
+            }
+            let decision = decide(next_run, asked);
+            let run = match &decision {
+                Decision::Wait { store, .. } => {
+                    if let Some(first) = store {
+                        tx.execute(
+                            "UPDATE forkwarden.cron_job SET next_run = $2 WHERE name = $1",
+                            &[&job, first],
+                        )
+                        .map_err(refused)?;
+                    }
+                    None
+                }
+                Decision::Skip { next, .. } => {
+                    tx.execute(
+                        "UPDATE forkwarden.cron_job SET next_run = $2 WHERE name = $1",
+                        &[&job, next],
+                    )
+                    .map_err(refused)?;
+                    None
+                }
+                Decision::Run { next, .. } => {
+                    let id: i64 = tx
+                        .query_one(
+                            "INSERT INTO forkwarden.cron_run \
+                             (job, host, worker_pid, started_at, lease_until) \
+                             VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) \
+                             RETURNING id",
+                            &[
+                                &job,
+                                &claimant.host,
+                                &claimant.worker_pid,
+                                &now,
+                                &claimant.lease.as_secs_f64(),
+                            ],
+                        )
+                        .map_err(refused)?
+                        .get(0);
+                    let runs: i64 = tx
+                        .query_one(
+                            "UPDATE forkwarden.cron_job SET next_run = $2, run_asked = false, \
+                             runs = runs + 1 WHERE name = $1 RETURNING runs",
+                            &[&job, next],
+                        )
+                        .map_err(refused)?
+                        .get(0);
+                    Some((id, u64::try_from(runs).unwrap_or(0)))
+                }
+            };
+            tx.commit().map_err(refused)?;
+            Ok((Claimed::Decided { decision, run }, interrupted))
+        })
+    }
+
+    /// Renews the lease of run `run` for `lease`; false when the run is no longer open
+    /// (another host recorded it as interrupted: its lease had passed).
+    pub fn renew(&self, run: i64, lease: Duration) -> Result<bool, StoreError> {
+        self.with(|client| {
+            client
+                .execute(
+                    "UPDATE forkwarden.cron_run SET lease_until = now() + make_interval(secs => $2) \
+                     WHERE id = $1 AND ended_at IS NULL",
+                    &[&run, &lease.as_secs_f64()],
+                )
+                .map(|updated| updated == 1)
+                .map_err(|error| self.refused(&error))
+        })
+    }
+
+    /// Records how run `run` of `job` ended and counts it; returns the job's next due time,
+    /// or None in the outer option when the run had already been recorded as interrupted.
+    pub fn finish(
+        &self,
+        job: &str,
+        run: i64,
+        record: &RunRecord,
+    ) -> Result<Option<Option<SystemTime>>, StoreError> {
+        self.with(|client| {
+            let refused = |error: postgres::Error| self.refused(&error);
+            let mut tx = client.transaction().map_err(refused)?;
+            let ended = super::store::from_ms(record.end_ms);
+            let updated = tx
+                .execute(
+                    "UPDATE forkwarden.cron_run SET ended_at = $2, lease_until = NULL, pid = $3, \
+                     result = $4, succeeded = $5, exit_status = $6, signal = $7, \
+                     output_tail = $8 WHERE id = $1 AND ended_at IS NULL",
+                    &[
+                        &run,
+                        &ended,
+                        &record.pid,
+                        &record.result,
+                        &record.succeeded,
+                        &record.exit_status,
+                        &record.signal,
+                        &record.output_tail,
+                    ],
+                )
+                .map_err(refused)?;
+            if updated == 0 {
+                tx.commit().map_err(refused)?;
+                return Ok(None);
+            }
+            let next: Option<SystemTime> = tx
+                .query_one(
+                    "UPDATE forkwarden.cron_job SET \
+                     succeeded = succeeded + CASE WHEN $2 THEN 1 ELSE 0 END, \
+                     failed = failed + CASE WHEN $2 THEN 0 ELSE 1 END, \
+                     consecutive_failures = CASE WHEN $2 THEN 0 ELSE consecutive_failures + 1 END \
+                     WHERE name = $1 RETURNING next_run",
+                    &[&job, &record.succeeded],
+                )
+                .map_err(refused)?
+                .get(0);
+            tx.execute(
+                "DELETE FROM forkwarden.cron_run WHERE job = $1 AND ended_at IS NOT NULL \
+                 AND id < (SELECT min(id) FROM (SELECT id FROM forkwarden.cron_run \
+                 WHERE job = $1 ORDER BY id DESC LIMIT $2) AS kept)",
+                &[&job, &HISTORY_KEPT],
+            )
+            .map_err(refused)?;
+            tx.commit().map_err(refused)?;
+            Ok(Some(next))
+        })
+    }
+
+    /// Asks for a run of `job` now: marked in its row (a host that is down sees it when it
+    /// is back), and announced to the cron workers of every host.
+    pub fn ask_run(&self, job: &str) -> Result<(), StoreError> {
+        self.with(|client| {
+            let refused = |error: postgres::Error| self.refused(&error);
+            let mut tx = client.transaction().map_err(refused)?;
+            tx.execute(
+                "INSERT INTO forkwarden.cron_job (name, run_asked) VALUES ($1, true) \
+                 ON CONFLICT (name) DO UPDATE SET run_asked = true",
+                &[&job],
+            )
+            .map_err(refused)?;
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &job])
+                .map_err(refused)?;
+            tx.commit().map_err(refused)
+        })
+    }
+
+    /// Whether `forkwarden cron run` announced a run since last asked (never waits).
+    pub fn run_announced(&self) -> bool {
+        let mut link = self.link.borrow_mut();
+        let Link::Up(client) = &mut *link else {
+            return false;
+        };
+        let mut notifications = client.notifications();
+        let mut any = false;
+        let mut pending = notifications.iter();
+        while let Ok(Some(_)) = postgres::fallible_iterator::FallibleIterator::next(&mut pending) {
+            any = true;
+        }
+        any
+    }
+
+    /// The job's last `count` runs, oldest first (a run in progress included).
+    pub fn history(&self, job: &str, count: usize) -> Result<Vec<RunRecord>, StoreError> {
+        let limit = i64::try_from(count).unwrap_or(i64::MAX);
+        self.with(|client| {
+            let rows = client
+                .query(
+                    "SELECT host, worker_pid, pid, started_at, ended_at, result, succeeded, \
+                     exit_status, signal, output_tail, lease_until, lease_until > now() \
+                     FROM forkwarden.cron_run WHERE job = $1 ORDER BY id DESC LIMIT $2",
+                    &[&job, &limit],
+                )
+                .map_err(|error| self.refused(&error))?;
+            let mut runs: Vec<RunRecord> = rows
+                .iter()
+                .map(|row| {
+                    let start_ms = to_ms(row.get(3));
+                    let ended: Option<SystemTime> = row.get(4);
+                    let lease_until: Option<SystemTime> = row.get(10);
+                    let result = match (row.get::<_, Option<String>>(5), ended) {
+                        (Some(result), _) => result,
+                        (None, None) if row.get::<_, Option<bool>>(11) == Some(true) => {
+                            "running".to_string()
+                        }
+                        (None, _) => format!(
+                            "running, but its lease passed at {}",
+                            describe_time(lease_until.map(to_ms))
+                        ),
+                    };
+                    RunRecord {
+                        host: row.get(0),
+                        pid: row.get::<_, Option<i32>>(2).or(Some(row.get(1))),
+                        start_ms,
+                        end_ms: ended.map_or(start_ms, to_ms),
+                        result,
+                        succeeded: row.get::<_, Option<bool>>(6).unwrap_or(false),
+                        exit_status: row.get(7),
+                        signal: row.get(8),
+                        output_tail: row.get(9),
+                    }
+                })
+                .collect();
+            runs.reverse();
+            Ok(runs)
+        })
+    }
+
+    /// The job's state (as the file store keeps it), with where it runs now.
+    pub fn job(&self, job: &str) -> Result<StoredJob, StoreError> {
+        self.with(|client| {
+            let row = client
+                .query_opt(
+                    "SELECT j.next_run, j.runs, j.succeeded, j.failed, j.consecutive_failures, \
+                     r.host, r.worker_pid, r.started_at, r.ended_at, r.result, r.succeeded, \
+                     r.ended_at IS NULL AND r.lease_until > now() \
+                     FROM forkwarden.cron_job j LEFT JOIN LATERAL (SELECT * FROM \
+                     forkwarden.cron_run WHERE job = j.name ORDER BY id DESC LIMIT 1) r ON true \
+                     WHERE j.name = $1",
+                    &[&job],
+                )
+                .map_err(|error| self.refused(&error))?;
+            let Some(row) = row else {
+                return Ok(StoredJob {
+                    state: JobState::default(),
+                    running_on: None,
+                });
+            };
+            let count = |at: usize| u64::try_from(row.get::<_, i64>(at)).unwrap_or(0);
+            let host: Option<String> = row.get(5);
+            let worker_pid: Option<i32> = row.get(6);
+            let started: Option<SystemTime> = row.get(7);
+            let ended: Option<SystemTime> = row.get(8);
+            let running = row.get::<_, Option<bool>>(11) == Some(true);
+            let state = JobState {
+                next_run_ms: row.get::<_, Option<SystemTime>>(0).map(to_ms),
+                last_start_ms: started.map(to_ms),
+                last_end_ms: ended.map(to_ms).or(started.map(to_ms)),
+                last_result: row.get(9),
+                last_succeeded: row.get(10),
+                consecutive_failures: u32::try_from(row.get::<_, i32>(4)).unwrap_or(0),
+                runs: count(1),
+                succeeded: count(2),
+                failed: count(3),
+                last_host: host.clone(),
+                last_worker_pid: worker_pid,
+            };
+            let running_on = running.then(|| {
+                format!(
+                    "{} (cron worker pid {})",
+                    host.unwrap_or_default(),
+                    worker_pid.unwrap_or_default()
+                )
+            });
+            Ok(StoredJob { state, running_on })
+        })
+    }
+}
+
+/// Creates the schema and its tables when absent, under a transaction-scoped advisory lock
+/// (hosts that start together wait for one another); refuses a newer schema.
+fn create_schema(client: &mut Client) -> Result<(), String> {
+    let describe = |error: postgres::Error| describe(&error);
+    let mut tx = client.transaction().map_err(describe)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+        .map_err(describe)?;
+    tx.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS forkwarden; CREATE TABLE IF NOT EXISTS \
+         forkwarden.schema_version (version integer NOT NULL)",
+    )
+    .map_err(describe)?;
+    let version: Option<i32> = tx
+        .query_one("SELECT max(version) FROM forkwarden.schema_version", &[])
+        .map_err(describe)?
+        .get(0);
+    match version {
+        None => {
+            tx.batch_execute(SCHEMA_V1).map_err(describe)?;
+            tx.execute(
+                "INSERT INTO forkwarden.schema_version (version) VALUES ($1)",
+                &[&SCHEMA_VERSION],
+            )
+            .map_err(describe)?;
+            info!(
+                event = "cron_store_created",
+                version = SCHEMA_VERSION,
+                "created forkwarden's cron tables (schema forkwarden, version {SCHEMA_VERSION})"
+            );
+        }
+        Some(SCHEMA_VERSION) => {}
+        Some(found) => {
+            return Err(format!(
+                "its forkwarden schema has version {found}, which this forkwarden (version \
+                 {SCHEMA_VERSION}) does not know: run the forkwarden that made it"
+            ));
+        }
+    }
+    tx.commit().map_err(describe)
+}
+
+/// An error with its causes (the driver's own text says only "db error", "error connecting
+/// to server").
+fn describe(error: &postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}

@@ -1,0 +1,582 @@
+//! Cron across hosts: several servers ("hosts") on one PostgreSQL `cron_store` run each due
+//! run once, take over the runs of a host that dies, and ride out the database going away.
+//!
+//! Each test starts a PostgreSQL cluster of its own (initdb in a temporary directory, on a
+//! free loopback port, password authentication), so that stopping it disturbs no other
+//! test. The jobs write a mark when they start and when they end; the marks of all hosts
+//! go to one file, and must never overlap.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{SOON, Server, children_of, http_get, is_alive, wait_until};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const PASSWORD: &str = "fw-test-secret";
+
+/// A PostgreSQL cluster of the test's own, stopped (fast) when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl Cluster {
+    /// A new cluster, started; None (the test is skipped, saying why) without PostgreSQL's
+    /// programs on this machine.
+    fn start() -> Option<Cluster> {
+        let Some(bin) = postgres_bin() else {
+            eprintln!("skipped: no PostgreSQL server programs (initdb) on this machine");
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("pw"), PASSWORD).expect("password file");
+        if nix::unistd::geteuid().is_root() {
+            // initdb refuses to run as root: the cluster belongs to `postgres`.
+            let owner = nix::unistd::User::from_name("postgres")
+                .ok()
+                .flatten()
+                .expect("a postgres user (Debian's postgresql package makes one)");
+            for path in [dir.path().to_path_buf(), dir.path().join("pw")] {
+                nix::unistd::chown(&path, Some(owner.uid), Some(owner.gid)).expect("chown");
+            }
+        }
+        let port = free_port();
+        let cluster = Cluster { dir, bin, port };
+        cluster.as_owner(&format!(
+            "{initdb} -D {data} -U forkwarden --pwfile={pw} -A scram-sha-256 --no-sync -E UTF8 \
+             > {dir}/initdb.log 2>&1",
+            initdb = cluster.bin.join("initdb").display(),
+            data = cluster.data().display(),
+            pw = cluster.dir.path().join("pw").display(),
+            dir = cluster.dir.path().display(),
+        ));
+        cluster.start_again();
+        Some(cluster)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The `cron_store` of the servers (the password comes from PGPASSWORD).
+    fn url(&self) -> String {
+        format!("postgresql://forkwarden@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn start_again(&self) {
+        self.pg_ctl(&format!(
+            "-l {dir}/server.log -o \"-p {port} -k {dir} -c listen_addresses=127.0.0.1 \
+             -c fsync=off\" start",
+            dir = self.dir.path().display(),
+            port = self.port
+        ));
+    }
+
+    fn stop(&self) {
+        self.pg_ctl("-m fast stop");
+    }
+
+    fn pg_ctl(&self, arguments: &str) {
+        self.as_owner(&format!(
+            "{} -D {} -w -t 60 {arguments} >> {}/pg_ctl.log 2>&1",
+            self.bin.join("pg_ctl").display(),
+            self.data().display(),
+            self.dir.path().display()
+        ));
+    }
+
+    /// Runs `command` with sh as the cluster's owner (`postgres` when the tests run as root).
+    fn as_owner(&self, command: &str) {
+        let status = if nix::unistd::geteuid().is_root() {
+            Command::new("su")
+                .args(["postgres", "-s", "/bin/sh", "-c", command])
+                .status()
+        } else {
+            Command::new("sh").args(["-c", command]).status()
+        };
+        let log =
+            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        assert!(
+            status.is_ok_and(|status| status.success()),
+            "{command} failed; initdb.log:\n{}\npg_ctl.log:\n{}\nserver.log:\n{}",
+            log("initdb.log"),
+            log("pg_ctl.log"),
+            log("server.log")
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.data().join("postmaster.pid").exists() {
+            let command = format!(
+                "{} -D {} -m immediate stop >/dev/null 2>&1",
+                self.bin.join("pg_ctl").display(),
+                self.data().display()
+            );
+            if nix::unistd::geteuid().is_root() {
+                let _ = Command::new("su")
+                    .args(["postgres", "-s", "/bin/sh", "-c", &command])
+                    .status();
+            } else {
+                let _ = Command::new("sh").args(["-c", &command]).status();
+            }
+        }
+    }
+}
+
+/// The directory of PostgreSQL's server programs (Debian keeps them off PATH), the newest.
+fn postgres_bin() -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| Some(entry.ok()?.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    found.sort_by_key(|bin| {
+        bin.parent()
+            .and_then(|version| version.file_name()?.to_str()?.parse::<u32>().ok())
+    });
+    found.pop()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+/// A host's config: one HTTP worker, one cron worker, and job `beat` every second, which
+/// marks its start and end (with `tag`) in `marks`, running `seconds`.
+fn host_config(cluster: &Cluster, lease: &str, tag: &str, marks: &Path, seconds: &str) -> String {
+    let script = format!(
+        "echo start {tag} $$ $(date +%s.%N) >> {marks}; sleep {seconds}; \
+         echo end {tag} $$ $(date +%s.%N) >> {marks}",
+        marks = marks.display()
+    );
+    format!(
+        "workers = 1\nmax_cron_threads = 1\ncron_store = \"{url}\"\ncron_lease = \"{lease}\"\n\
+         [[cron]]\nname = \"beat\"\ninterval = \"1s\"\ncommand = [\"sh\", \"-c\", \"{script}\"]\n",
+        url = cluster.url(),
+    )
+}
+
+/// A host whose password comes from PGPASSWORD.
+fn start_host(config: &str) -> Server {
+    let server = Server::spawn_with_env(config, &[("PGPASSWORD", PASSWORD.to_string())]);
+    server.wait_for_log("listening on http://");
+    server
+}
+
+/// A host whose password comes from a password file (PGPASSFILE), as libpq reads it.
+fn start_host_with_password_file(cluster: &Cluster, config: &str, dir: &Path) -> Server {
+    use std::os::unix::fs::PermissionsExt;
+    let file = dir.join("pgpass");
+    let line = format!(
+        "# the test cluster\n127.0.0.1:{}:postgres:forkwarden:{PASSWORD}\n",
+        cluster.port
+    );
+    std::fs::write(&file, line).expect("password file");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let server = Server::spawn_with_env(config, &[("PGPASSFILE", file.display().to_string())]);
+    server.wait_for_log("listening on http://");
+    server
+}
+
+/// Runs the binary with `args` on `server`'s config and the password in the environment;
+/// returns (success, stdout, stderr).
+fn command(server: &Server, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(common::BINARY)
+        .args(args)
+        .arg("--config")
+        .arg(&server.config_path)
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .expect("run forkwarden");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// One run as its marks tell: who, its pid, when it started and (if it did) ended.
+#[derive(Debug)]
+struct Marked {
+    tag: String,
+    pid: String,
+    start: f64,
+    end: Option<f64>,
+}
+
+fn read_marks(marks: &Path) -> Vec<Marked> {
+    let text = std::fs::read_to_string(marks).unwrap_or_default();
+    let mut runs: Vec<Marked> = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [what, tag, pid, time] = fields[..] else {
+            continue;
+        };
+        let Ok(time) = time.parse::<f64>() else {
+            continue;
+        };
+        match what {
+            "start" => runs.push(Marked {
+                tag: tag.to_string(),
+                pid: pid.to_string(),
+                start: time,
+                end: None,
+            }),
+            "end" => {
+                if let Some(run) = runs.iter_mut().find(|run| run.pid == pid && run.tag == tag) {
+                    run.end = Some(time);
+                }
+            }
+            _ => {}
+        }
+    }
+    runs.sort_by(|a, b| a.start.total_cmp(&b.start));
+    runs
+}
+
+/// Asserts that no run began before the one before it ended; a run without an end must be
+/// the one given in `killed_at` (the host killed at that time) or the last.
+fn assert_no_overlap(runs: &[Marked], killed: Option<(&str, f64)>) {
+    for pair in runs.windows(2) {
+        let (earlier, later) = (&pair[0], &pair[1]);
+        let ended = match (earlier.end, killed) {
+            (Some(end), _) => end,
+            (None, Some((tag, at))) if earlier.tag == tag => at,
+            (None, _) => panic!("a run never ended yet another began: {earlier:?} {later:?}"),
+        };
+        assert!(
+            later.start >= ended,
+            "two runs overlapped: {earlier:?} and {later:?}; all: {runs:#?}"
+        );
+    }
+}
+
+fn now_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_secs_f64()
+}
+
+/// `forkwarden cron history beat --json` on `server`'s config: one JSON object per run.
+fn history(server: &Server) -> Vec<serde_json::Value> {
+    let (success, stdout, stderr) = command(
+        server,
+        &["cron", "history", "beat", "--json", "--last", "1000"],
+    );
+    assert!(success, "cron history failed: {stderr}");
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON run"))
+        .collect()
+}
+
+/// Stops `server` gracefully and waits for it.
+fn stop(mut server: Server) {
+    server.signal(Signal::SIGTERM);
+    assert!(server.wait_exit(SOON).is_some(), "the server stops");
+}
+
+#[test]
+fn two_hosts_on_one_database_run_each_due_run_once() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let shared = tempfile::tempdir().expect("temp dir");
+    let marks = shared.path().join("marks");
+    let a = start_host(&host_config(&cluster, "60s", "a", &marks, "0.3"));
+    let b = start_host_with_password_file(
+        &cluster,
+        &host_config(&cluster, "60s", "b", &marks, "0.3"),
+        shared.path(),
+    );
+    // About 20 s of a job due every second.
+    let began = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(60), || read_marks(&marks).len() >= 20),
+        "20 runs within 60 s; marks: {:#?}",
+        read_marks(&marks)
+    );
+    let took = began.elapsed();
+    let history_runs = history(&a);
+    for server in [&a, &b] {
+        assert!(
+            !server.log_text().contains(PASSWORD),
+            "the password is never logged"
+        );
+    }
+    stop(a);
+    stop(b);
+    let runs = read_marks(&marks);
+    assert_no_overlap(&runs, None);
+    assert!(
+        runs.iter().any(|run| run.tag == "b"),
+        "b (password from its password file) claimed runs too: {runs:#?}"
+    );
+    // Each claimed run ran once, and each run is in the history, done.
+    let recorded: Vec<&serde_json::Value> = history_runs
+        .iter()
+        .filter(|run| run["result"] != "running")
+        .collect();
+    assert!(
+        recorded.iter().all(|run| run["succeeded"] == true),
+        "{recorded:#?}"
+    );
+    assert!(
+        recorded.len() + 1 >= runs.len().min(history_runs.len()),
+        "history {history_runs:#?} against marks {runs:#?}"
+    );
+    // None skipped: each due time (a second after the previous start) had its run.
+    let starts: Vec<i64> = history_runs
+        .iter()
+        .map(|run| run["start_ms"].as_i64().expect("start_ms"))
+        .collect();
+    for pair in starts.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            (900..2000).contains(&gap),
+            "runs {gap} ms apart (due every 1000 ms): one was skipped or doubled; starts \
+             {starts:?}"
+        );
+    }
+    assert!(
+        runs.len() as f64 >= took.as_secs_f64() - 2.0,
+        "{} runs in {took:?}",
+        runs.len()
+    );
+}
+
+#[test]
+fn a_host_killed_mid_run_is_recorded_as_interrupted_and_the_other_takes_over() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let shared = tempfile::tempdir().expect("temp dir");
+    let marks = shared.path().join("marks");
+    let a = start_host(&host_config(&cluster, "3s", "a", &marks, "0.8"));
+    let b = start_host(&host_config(&cluster, "3s", "b", &marks, "0.8"));
+    let a_worker = a.wait_for_workers("cron worker", 1)[0];
+    // During a run of a's, a power cut: the whole of a, job included.
+    assert!(
+        wait_until(Duration::from_secs(30), || read_marks(&marks)
+            .last()
+            .is_some_and(|run| run.tag == "a" && run.end.is_none())),
+        "a run on host a; marks: {:#?}",
+        read_marks(&marks)
+    );
+    let mut tree = vec![a.pid()];
+    let mut index = 0;
+    while index < tree.len() {
+        tree.extend(children_of(tree[index]));
+        index += 1;
+    }
+    for pid in &tree {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    let killed_at = now_seconds();
+    let cut_short = read_marks(&marks).pop().expect("a's run");
+    assert!(
+        wait_until(SOON, || tree[1..].iter().all(|pid| !is_alive(*pid))),
+        "host a is gone"
+    );
+    // Once a's lease has passed, b records the run as interrupted, with a's host and cron
+    // worker, and goes on.
+    let mut interrupted = None;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            interrupted = history(&b).into_iter().find(|run| {
+                run["result"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("interrupted"))
+            });
+            interrupted.is_some()
+        }),
+        "the run is recorded as interrupted; history: {:#?}",
+        history(&b)
+    );
+    let interrupted = interrupted.expect("found above");
+    assert_eq!(interrupted["pid"], a_worker, "{interrupted}");
+    assert_eq!(interrupted["succeeded"], false, "{interrupted}");
+    let host = nix::unistd::gethostname().expect("host name");
+    assert_eq!(interrupted["host"], host.to_string_lossy().as_ref());
+    assert!(
+        wait_until(Duration::from_secs(30), || read_marks(&marks)
+            .iter()
+            .filter(|run| run.tag == "b" && run.start > killed_at && run.end.is_some())
+            .count()
+            >= 2),
+        "b carries on; marks: {:#?}",
+        read_marks(&marks)
+    );
+    b.wait_for_log("stopped renewing its lease");
+    stop(b);
+    // b waited for a's lease (3 s from its claim, at least) before it took the job over.
+    let taken_over = read_marks(&marks)
+        .into_iter()
+        .find(|run| run.start > killed_at)
+        .expect("a run after the cut");
+    assert!(
+        taken_over.start >= cut_short.start + 2.9,
+        "b took the job over {:.2} s after a's run started, before its lease of 3 s passed",
+        taken_over.start - cut_short.start
+    );
+    assert_no_overlap(&read_marks(&marks), Some(("a", killed_at)));
+}
+
+#[test]
+fn the_database_going_away_stops_no_request_and_doubles_no_run() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let shared = tempfile::tempdir().expect("temp dir");
+    let marks = shared.path().join("marks");
+    let a = start_host(&host_config(&cluster, "20s", "a", &marks, "1.5"));
+    let b = start_host(&host_config(&cluster, "20s", "b", &marks, "1.5"));
+    // A run in progress, then PostgreSQL stops for 5 s.
+    assert!(
+        wait_until(Duration::from_secs(30), || read_marks(&marks)
+            .last()
+            .is_some_and(|run| run.end.is_none())),
+        "a run in progress; marks: {:#?}",
+        read_marks(&marks)
+    );
+    let running = read_marks(&marks).pop().expect("a run");
+    cluster.stop();
+    let stopped = Instant::now();
+    let mut answered = 0;
+    while stopped.elapsed() < Duration::from_secs(5) {
+        for server in [&a, &b] {
+            let reply = http_get(server.port, "/");
+            assert_eq!(reply.status, 200, "HTTP while the database is away");
+            answered += 1;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.start_again();
+    let back_at = now_seconds();
+    // The run in progress went on to its end; the jobs go on once the database is back.
+    assert!(
+        wait_until(Duration::from_secs(60), || read_marks(&marks)
+            .iter()
+            .filter(|run| run.start > back_at && run.end.is_some())
+            .count()
+            >= 3),
+        "runs after the database came back; marks: {:#?}",
+        read_marks(&marks)
+    );
+    let runs = read_marks(&marks);
+    let kept = runs
+        .iter()
+        .find(|run| run.pid == running.pid && run.tag == running.tag)
+        .expect("the run in progress");
+    assert!(
+        kept.end.is_some_and(|end| end - kept.start >= 1.5),
+        "the run in progress when the database went away ran to its end: {kept:?}"
+    );
+    for server in [&a, &b] {
+        server.wait_for_log("is reachable again after");
+        let outages = server.log_matching("cron jobs wait (a run in progress goes on)");
+        assert_eq!(outages.len(), 1, "the outage is logged once: {outages:#?}");
+        assert!(!outages[0].contains(PASSWORD));
+    }
+    let history_runs = history(&a);
+    stop(a);
+    stop(b);
+    assert_no_overlap(&read_marks(&marks), None);
+    // Every run is recorded, its end too (the one that ended while the database was away
+    // once it was back), and none twice.
+    let ended: Vec<&serde_json::Value> = history_runs
+        .iter()
+        .filter(|run| run["result"] != "running")
+        .collect();
+    assert!(
+        ended.iter().all(|run| run["succeeded"] == true),
+        "{ended:#?}"
+    );
+    assert!(answered > 0);
+}
+
+#[test]
+fn cron_run_wakes_every_host_and_exactly_one_runs_it() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let shared = tempfile::tempdir().expect("temp dir");
+    let marks = shared.path().join("marks");
+    // Due at once, then not for an hour.
+    let config = |tag: &str| {
+        host_config(&cluster, "60s", tag, &marks, "0.2")
+            .replace("interval = \"1s\"", "interval = \"1h\"")
+    };
+    let a = start_host(&config("a"));
+    let b = start_host(&config("b"));
+    assert!(wait_until(SOON, || read_marks(&marks).len() == 1));
+    // `forkwarden check` finds the database and its tables.
+    let (success, stdout, stderr) = command(&a, &["check"]);
+    assert!(success, "{stderr}");
+    assert!(
+        stdout.contains("reachable; its tables are current (schema forkwarden, version 1)"),
+        "{stdout}"
+    );
+    let (success, stdout, stderr) = command(&a, &["cron", "run", "beat"]);
+    assert!(success, "{stderr}");
+    assert!(stdout.contains("asked for a run of beat"), "{stdout}");
+    assert!(
+        wait_until(SOON, || read_marks(&marks).len() == 2),
+        "the asked-for run; marks: {:#?}",
+        read_marks(&marks)
+    );
+    // Once: no other host runs it too.
+    assert!(
+        !wait_until(Duration::from_secs(3), || read_marks(&marks).len() > 2),
+        "one ask, one run: {:#?}",
+        read_marks(&marks)
+    );
+    let (success, list, stderr) = command(&b, &["cron", "list"]);
+    assert!(success, "{stderr}");
+    assert!(list.contains("every 1h"), "{list}");
+    assert!(list.contains("exited with status 0"), "{list}");
+    stop(a);
+    stop(b);
+    // An unreachable database fails the check, naming it and why.
+    cluster.stop();
+    let (success, _, stderr) = command_on(&cluster, shared.path());
+    assert!(!success);
+    assert!(
+        stderr.contains("cannot reach the cron store postgresql://forkwarden@127.0.0.1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
+}
+
+/// `forkwarden check` of a config on `cluster`, written in `dir`.
+fn command_on(cluster: &Cluster, dir: &Path) -> (bool, String, String) {
+    let path = dir.join("check.toml");
+    std::fs::write(
+        &path,
+        common::config_text(&host_config(cluster, "60s", "c", &dir.join("m"), "0")),
+    )
+    .expect("config");
+    let output = Command::new(common::BINARY)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .expect("run forkwarden check");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

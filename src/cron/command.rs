@@ -180,7 +180,7 @@ pub fn history(
 /// of this version (None: runs are kept in files). Creates nothing.
 pub fn check_store(config: &Config) -> Option<Result<String, String>> {
     let url = config.cron_store.as_ref()?;
-    let store = super::postgres::PgStore::new(url, false);
+    let store = super::postgres::PgStore::new(url, None, false);
     let version = super::postgres::SCHEMA_VERSION;
     Some(match store.schema_status() {
         Ok(SchemaStatus::Current) => Ok(format!(

@@ -143,7 +143,10 @@ impl<'a> Scheduler<'a> {
             jobs.push((job, schedule));
         }
         let store = match &config.cron_store {
-            Some(url) => Store::Postgres(Box::new(PgStore::new(url, listens))),
+            Some(url) => {
+                let heartbeat = Some(config.heartbeat_timeout.duration()).filter(|t| !t.is_zero());
+                Store::Postgres(Box::new(PgStore::new(url, heartbeat, listens)))
+            }
             None => Store::Files(JobStore::open(&config.data_dir)?),
         };
         Ok(Self {

@@ -77,8 +77,10 @@ const CHANNEL: &str = "forkwarden_cron";
 const HISTORY_KEPT: i64 = 1000;
 
 /// Bounds on one connection attempt and on one statement, so that a cron worker never hangs
-/// on an unreachable database: it would miss its heartbeat.
+/// on an unreachable database: it would miss its heartbeat (a third of `heartbeat_timeout`
+/// when that is shorter, down to the least below).
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+const IO_TIMEOUT_LEAST: Duration = Duration::from_millis(500);
 /// The first retry after the database went away, doubled on each failure up to the last.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(15);
@@ -156,16 +158,23 @@ pub enum SchemaStatus {
 
 pub struct PgStore {
     url: CronStoreUrl,
+    /// The bound on one connection attempt and on one statement.
+    io_timeout: Duration,
     /// Whether this connection waits for `forkwarden cron run` (a cron worker's does).
     listens: bool,
     link: RefCell<Link>,
 }
 
 impl PgStore {
-    /// A store on `url`; nothing is connected until first used.
-    pub fn new(url: &CronStoreUrl, listens: bool) -> Self {
+    /// A store on `url`, whose waits stay well inside `heartbeat` (None: no heartbeat is
+    /// watched); nothing is connected until first used.
+    pub fn new(url: &CronStoreUrl, heartbeat: Option<Duration>, listens: bool) -> Self {
+        let io_timeout = heartbeat.map_or(IO_TIMEOUT, |heartbeat| {
+            (heartbeat / 3).clamp(IO_TIMEOUT_LEAST, IO_TIMEOUT)
+        });
         Self {
             url: url.clone(),
+            io_timeout,
             listens,
             link: RefCell::new(Link::Idle),
         }
@@ -260,7 +269,7 @@ impl PgStore {
         let mut settings = self.url.settings().clone();
         let bounds = format!(
             "-c statement_timeout={ms} -c lock_timeout={ms}",
-            ms = IO_TIMEOUT.as_millis()
+            ms = self.io_timeout.as_millis()
         );
         let options = match settings.get_options() {
             Some(own) => format!("{own} {bounds}"),
@@ -268,8 +277,8 @@ impl PgStore {
         };
         settings
             .options(&options)
-            .connect_timeout(IO_TIMEOUT)
-            .tcp_user_timeout(IO_TIMEOUT)
+            .connect_timeout(self.io_timeout)
+            .tcp_user_timeout(self.io_timeout)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(10))
             .keepalives_interval(Duration::from_secs(5))
@@ -567,12 +576,17 @@ impl PgStore {
         })
     }
 
-    /// Whether `forkwarden cron run` announced a run since last asked (never waits).
+    /// Whether `forkwarden cron run` announced a run since last asked (never waits); also
+    /// true when the connection closed (the database restarted), so that the sleeping cron
+    /// worker looks at once and learns of asks made meanwhile, once reconnected.
     pub fn run_announced(&self) -> bool {
         let mut link = self.link.borrow_mut();
         let Link::Up(client) = &mut *link else {
             return false;
         };
+        if client.is_closed() {
+            return true;
+        }
         let mut notifications = client.notifications();
         let mut any = false;
         let mut pending = notifications.iter();

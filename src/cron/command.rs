@@ -116,6 +116,9 @@ pub fn ask_run(config: &Config, name: &str) -> Result<String, CommandError> {
         })?;
     let who = if config.max_cron_threads == 0 {
         "no cron worker runs with this config (max_cron_threads = 0): it runs once one does"
+    } else if config.cron_store.is_some() {
+        "a cron worker of one of the hosts on the cron store takes it within a second (none \
+         running: once one starts)"
     } else {
         "a cron worker of the running server takes it within a second (none running: once one \
          starts)"

@@ -280,9 +280,9 @@ impl<'a> Scheduler<'a> {
                 Some(pid) => {
                     let command = crate::proctree::command_name(nix::unistd::Pid::from_raw(pid))
                         .unwrap_or_else(|| "not on this host".into());
-                    format!("pid {pid} ({command})")
+                    format!("its lock has been held by pid {pid} ({command})")
                 }
-                None => "an unknown process".to_string(),
+                None => "its lock has been held by an unknown process".to_string(),
             });
             return Ok(Turn::Wait(now + retry));
         };
@@ -402,7 +402,8 @@ impl<'a> Scheduler<'a> {
             Claimed::Held(holder) => {
                 let retry = self.held(job, now, || {
                     format!(
-                        "host {} (cron worker pid {}, lease until {})",
+                        "a run of it has been in progress on host {} (cron worker pid {}, \
+                         lease until {})",
                         holder.host,
                         holder.worker_pid,
                         describe_time(Some(to_ms(holder.lease_until)))
@@ -491,8 +492,8 @@ impl<'a> Scheduler<'a> {
             warn!(
                 job = job.name.as_str(),
                 holder = holder.as_str(),
-                "cron job {} is due but has been held by {holder} for {}: a run longer than \
-                 its schedule, or a stuck holder; it runs once it is free",
+                "cron job {} is due but {holder} for {}: a run longer than its schedule, or a \
+                 stuck holder; it runs once it is free",
                 job.name,
                 crate::format::elapsed(held_for)
             );

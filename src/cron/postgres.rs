@@ -73,6 +73,10 @@ const SCHEMA_LOCK: i64 = 0x666f_726b_7761_7264; // "forkward"
 /// Where `forkwarden cron run` wakes the cron workers of every host.
 const CHANNEL: &str = "forkwarden_cron";
 
+/// How long a sleeping cron worker listens for `forkwarden cron run` on each of its wakes
+/// (once a second).
+const NOTIFICATION_PEEK: Duration = Duration::from_millis(10);
+
 /// Runs of a job kept in its history.
 const HISTORY_KEPT: i64 = 1000;
 
@@ -587,9 +591,11 @@ impl PgStore {
         if client.is_closed() {
             return true;
         }
+        // A wait, however short, and not a bare poll: only while the driver's runtime waits
+        // does it learn that the socket has something to read.
         let mut notifications = client.notifications();
+        let mut pending = notifications.timeout_iter(NOTIFICATION_PEEK);
         let mut any = false;
-        let mut pending = notifications.iter();
         while let Ok(Some(_)) = postgres::fallible_iterator::FallibleIterator::next(&mut pending) {
             any = true;
         }

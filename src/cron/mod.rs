@@ -1,10 +1,14 @@
 //! Cron: scheduled jobs run by the cron workers, each due run exactly once.
 //!
-//! A job is due at its `next_run` (persisted under `data_dir`). A cron worker claims a due
-//! run by taking the job's lock ([`store::JobStore::try_lock`]) and, under it, re-reading
-//! the state and writing the claim: the start time and the *following* due time. Only then
-//! does it run the job. So:
-//! - two cron workers (or hosts sharing `data_dir`) never run a job at the same time;
+//! A job is due at its `next_run`, kept in one of two stores: files under `data_dir` (the
+//! default), or a PostgreSQL database that several hosts share (`cron_store`, see
+//! [`postgres`]). Whatever the store, [`Scheduler::decide`] says what is due; the store makes
+//! the claim exclusive. With files, a cron worker takes the job's lock
+//! ([`store::JobStore::try_lock`]) and, under it, re-reads the state and writes the claim:
+//! the start time and the *following* due time; PostgreSQL does the same in one transaction,
+//! and the run holds a lease instead of a lock. Only then does the job run. So:
+//! - two cron workers (or hosts sharing `data_dir` or the database) never run a job at the
+//!   same time;
 //! - a worker killed mid-run loses the lock with its life, and the run is not repeated at
 //!   once (the claim already moved `next_run`): the job runs again at its next due time,
 //!   and the interrupted run is recorded as a failure by whoever claims it next;

@@ -282,6 +282,22 @@ fn history(server: &Server) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Asserts that the history (read through `server`'s config) holds exactly the runs the
+/// marks show, each done well; returns it.
+fn assert_each_run_recorded_once(server: &Server, runs: &[Marked]) -> Vec<serde_json::Value> {
+    let history_runs = history(server);
+    assert_eq!(
+        history_runs.len(),
+        runs.len(),
+        "history {history_runs:#?} against marks {runs:#?}"
+    );
+    assert!(
+        history_runs.iter().all(|run| run["succeeded"] == true),
+        "{history_runs:#?}"
+    );
+    history_runs
+}
+
 /// Stops `server` gracefully and waits for it (its config stays, for the commands).
 fn stop(server: &mut Server) {
     server.signal(Signal::SIGTERM);
@@ -324,16 +340,7 @@ fn two_hosts_on_one_database_run_each_due_run_once() {
         "b (password from its password file) claimed runs too: {runs:#?}"
     );
     // Each claimed run ran once, and is in the history, done.
-    let history_runs = history(&a);
-    assert_eq!(
-        history_runs.len(),
-        runs.len(),
-        "history {history_runs:#?} against marks {runs:#?}"
-    );
-    assert!(
-        history_runs.iter().all(|run| run["succeeded"] == true),
-        "{history_runs:#?}"
-    );
+    let history_runs = assert_each_run_recorded_once(&a, &runs);
     // None skipped: each due time (a second after the previous start) had its run.
     let starts: Vec<i64> = history_runs
         .iter()
@@ -493,16 +500,7 @@ fn the_database_going_away_stops_no_request_and_doubles_no_run() {
     assert_no_overlap(&runs, None);
     // Every run is recorded, its end too (the one that ended while the database was away
     // once it was back), and none twice.
-    let history_runs = history(&a);
-    assert_eq!(
-        history_runs.len(),
-        runs.len(),
-        "history {history_runs:#?} against marks {runs:#?}"
-    );
-    assert!(
-        history_runs.iter().all(|run| run["succeeded"] == true),
-        "{history_runs:#?}"
-    );
+    assert_each_run_recorded_once(&a, &runs);
     assert!(answered > 0);
 }
 

@@ -2,7 +2,7 @@
 //!
 //! A job is due at its `next_run`, kept in one of two stores: files under `data_dir` (the
 //! default), or a PostgreSQL database that several hosts share (`cron_store`, see
-//! [`postgres`]). Whatever the store, [`Scheduler::decide`] says what is due; the store makes
+//! [`postgres`]). Whatever the store, `Scheduler::decide` says what is due; the store makes
 //! the claim exclusive. With files, a cron worker takes the job's lock
 //! ([`store::JobStore::try_lock`]) and, under it, re-reads the state and writes the claim:
 //! the start time and the *following* due time; PostgreSQL does the same in one transaction,

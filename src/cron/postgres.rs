@@ -15,7 +15,7 @@
 //!   cut cannot make a job run twice at once. The database refuses it too: at most one open
 //!   run per job (a unique index).
 //! - **The database going away** is logged once; every use then waits for a retry time that
-//!   doubles up to [`RETRY_MAX`], and its return is logged once. Only cron workers and the
+//!   doubles up to `RETRY_MAX`, and its return is logged once. Only cron workers and the
 //!   `forkwarden cron` commands ever connect: never the master, never an HTTP worker.
 
 use std::cell::RefCell;
@@ -634,7 +634,8 @@ impl PgStore {
                         host: row.get(0),
                         pid: row.get::<_, Option<i32>>(2).or(Some(row.get(1))),
                         start_ms,
-                        end_ms: ended.map_or(start_ms, to_ms),
+                        // A run in progress: so far.
+                        end_ms: ended.map_or_else(|| to_ms(SystemTime::now()), to_ms),
                         result,
                         succeeded: row.get::<_, Option<bool>>(6).unwrap_or(false),
                         exit_status: row.get(7),

@@ -215,7 +215,7 @@ fn run_call(
     job: &CronJob,
     call: &str,
     limit: Option<(Duration, &'static str)>,
-    mut upkeep: Option<Upkeep<'_>>,
+    upkeep: Option<Upkeep<'_>>,
     account: &[(OsString, OsString)],
     calls: &Path,
     signals: &WorkerSignals,
@@ -281,21 +281,12 @@ fn run_call(
         return report.ending.unwrap_or(RunEnding::Lost);
     };
     started(pid);
-    let start = Instant::now();
-    let mut renewed = start;
+    let mut bounds = Bounds::new(limit, upkeep);
     let ending = loop {
         if let Some(ending) = report.ending.take() {
             break ending;
         }
-        let ran = start.elapsed();
-        let stop = match (limit, keep_claim(&mut upkeep, &mut renewed)) {
-            (Some((limit, key)), _) if ran >= limit => {
-                Some(RunEnding::TimedOut { ran, limit, key })
-            }
-            (_, Err(why)) => Some(RunEnding::ClaimLost(why)),
-            _ => None,
-        };
-        if let Some(stop) = stop {
+        if let Some(stop) = bounds.reached() {
             let _ = killpg(pid, Signal::SIGKILL);
             // The template reaps it and says so; the run is over either way.
             let waited = Instant::now();
@@ -313,8 +304,7 @@ fn run_call(
                 .filter_map(|output| output.pipe.as_ref())
                 .map(|pipe| PollFd::new(pipe.as_fd(), PollFlags::POLLIN)),
         );
-        let wait = next_wake(limit, ran, &upkeep, renewed);
-        let _ = signals.poll(&mut fds, wait);
+        let _ = signals.poll(&mut fds, bounds.next_wake());
         drop(fds);
         drain(&mut output);
         report.read(connection.as_fd());
@@ -450,21 +440,12 @@ impl<'a> Watch<'a> {
         child: &mut Child,
         pid: Pid,
         limit: Option<(Duration, &'static str)>,
-        mut upkeep: Option<Upkeep<'_>>,
+        upkeep: Option<Upkeep<'_>>,
         signals: &WorkerSignals,
     ) -> RunEnding {
-        let start = Instant::now();
-        let mut renewed = start;
+        let mut bounds = Bounds::new(limit, upkeep);
         loop {
-            let ran = start.elapsed();
-            let stop = match (limit, keep_claim(&mut upkeep, &mut renewed)) {
-                (Some((limit, key)), _) if ran >= limit => {
-                    Some(RunEnding::TimedOut { ran, limit, key })
-                }
-                (_, Err(why)) => Some(RunEnding::ClaimLost(why)),
-                _ => None,
-            };
-            if let Some(stop) = stop {
+            if let Some(stop) = bounds.reached() {
                 let _ = killpg(pid, Signal::SIGKILL);
                 let _ = child.wait();
                 self.drain();
@@ -477,10 +458,9 @@ impl<'a> Watch<'a> {
                     .filter_map(|output| output.pipe.as_ref())
                     .map(|pipe| PollFd::new(pipe.as_fd(), PollFlags::POLLIN)),
             );
-            let wait = next_wake(limit, ran, &upkeep, renewed);
             // A stop request (SIGTERM) only ends this wait: the job is let finish, and the
             // master kills what is left after graceful_timeout.
-            let _ = signals.poll(&mut fds, wait);
+            let _ = signals.poll(&mut fds, bounds.next_wake());
             let has_exited = fds[0].any().unwrap_or(false);
             drop(fds);
             self.drain();
@@ -502,30 +482,53 @@ impl<'a> Watch<'a> {
     }
 }
 
-/// Renews the run's claim when a renewal is due (`renewed`: when the last was); the reason
-/// when the claim is lost.
-fn keep_claim(upkeep: &mut Option<Upkeep<'_>>, renewed: &mut Instant) -> Result<(), String> {
-    match upkeep {
-        Some(upkeep) if upkeep.wait(*renewed).is_zero() => {
-            *renewed = Instant::now();
-            (upkeep.renew)()
-        }
-        _ => Ok(()),
-    }
+/// What may end a running job early: its wall-clock limit, and the loss of its claim.
+struct Bounds<'a> {
+    limit: Option<(Duration, &'static str)>,
+    upkeep: Option<Upkeep<'a>>,
+    start: Instant,
+    /// When the claim was last renewed (or the run started).
+    renewed: Instant,
 }
 
-/// How long a running job's watch may wait: until its time limit, or its next renewal.
-fn next_wake(
-    limit: Option<(Duration, &'static str)>,
-    ran: Duration,
-    upkeep: &Option<Upkeep<'_>>,
-    renewed: Instant,
-) -> Option<Duration> {
-    let to_limit = limit.map(|(limit, _)| limit.saturating_sub(ran));
-    let to_renewal = upkeep.as_ref().map(|upkeep| upkeep.wait(renewed));
-    match (to_limit, to_renewal) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+impl<'a> Bounds<'a> {
+    fn new(limit: Option<(Duration, &'static str)>, upkeep: Option<Upkeep<'a>>) -> Self {
+        let start = Instant::now();
+        Self {
+            limit,
+            upkeep,
+            start,
+            renewed: start,
+        }
+    }
+
+    /// Renews the claim when a renewal is due; how the run must end now, if it must: past
+    /// its limit, or its claim lost.
+    fn reached(&mut self) -> Option<RunEnding> {
+        let ran = self.start.elapsed();
+        if let Some((limit, key)) = self.limit
+            && ran >= limit
+        {
+            return Some(RunEnding::TimedOut { ran, limit, key });
+        }
+        let upkeep = self.upkeep.as_mut()?;
+        if !upkeep.wait(self.renewed).is_zero() {
+            return None;
+        }
+        self.renewed = Instant::now();
+        (upkeep.renew)().err().map(RunEnding::ClaimLost)
+    }
+
+    /// How long the watch may wait: until the limit, or the next renewal.
+    fn next_wake(&self) -> Option<Duration> {
+        let to_limit = self
+            .limit
+            .map(|(limit, _)| limit.saturating_sub(self.start.elapsed()));
+        let to_renewal = self.upkeep.as_ref().map(|upkeep| upkeep.wait(self.renewed));
+        match (to_limit, to_renewal) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 

@@ -64,7 +64,8 @@ pub struct RunRecord {
     /// The job's process (its process group); for an interrupted run, the cron worker's.
     pub pid: Option<i32>,
     pub start_ms: i64,
-    /// When it ended; for an interrupted run, when that was noticed.
+    /// When it ended; for an interrupted run, when that was noticed; for a run in progress
+    /// (in PostgreSQL's history), when it was read.
     pub end_ms: i64,
     /// `exited with status 0`, `killed by SIGTERM`, `interrupted: ...`.
     pub result: String,
@@ -193,7 +194,7 @@ impl JobStore {
     }
 
     /// Adds `record` to the job's history (one JSON line, appended under the job's lock);
-    /// past 2 x [`HISTORY_RUNS`] runs, the file is rewritten with the last ones.
+    /// past 2 x `HISTORY_RUNS` runs, the file is rewritten with the last ones.
     pub fn append_run(&self, name: &str, record: &RunRecord) -> io::Result<()> {
         let mut line = serde_json::to_string(record).map_err(io::Error::other)?;
         line.push('\n');

@@ -430,6 +430,11 @@ fn a_host_killed_mid_run_is_recorded_as_interrupted_and_the_other_takes_over() {
         .into_iter()
         .find(|run| run.start > killed_at)
         .expect("a run after the cut");
+    eprintln!(
+        "host b took the job over {:.2} s after the cut run started ({:.2} s after the cut)",
+        taken_over.start - cut_short.start,
+        taken_over.start - killed_at
+    );
     assert!(
         taken_over.start >= cut_short.start + 2.9,
         "b took the job over {:.2} s after a's run started, before its lease of 3 s passed",

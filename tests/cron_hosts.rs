@@ -549,6 +549,20 @@ fn cron_run_wakes_every_host_and_exactly_one_runs_it() {
     assert!(success, "{stderr}");
     assert!(list.contains("every 1h"), "{list}");
     assert!(list.contains("exited with status 0"), "{list}");
+    // Each host's master counts the runs its own cron worker ended (its metrics' counts).
+    for (server, tag) in [(&a, "a"), (&b, "b")] {
+        let (success, status, stderr) = command(server, &["status", "--json"]);
+        assert!(success, "{stderr}");
+        let status: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
+        let ran_here = read_marks(&marks)
+            .iter()
+            .filter(|run| run.tag == tag)
+            .count();
+        assert_eq!(
+            status["cron_jobs"][0]["succeeded"], ran_here,
+            "host {tag}: {status}"
+        );
+    }
     stop(&mut a);
     stop(&mut b);
     // An unreachable database fails the check, naming it and why.

@@ -275,6 +275,32 @@ impl JobStore {
 
     /// Takes the job's lock if no one holds it; None when another process runs the job.
     pub fn try_lock(&self, name: &str) -> io::Result<Option<JobLock>> {
+        match Flock::lock(self.lock_file(name)?, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(JobLock { _lock: lock })),
+            Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, errno)) => Err(errno.into()),
+        }
+    }
+
+    /// Counts a run of the job that ended on this server, in its state: with a store kept
+    /// elsewhere (PostgreSQL), the counts of this server's own runs, which its metrics show.
+    /// Under the job's lock, which no claim holds then, waited for (a moment: another cron
+    /// worker of this server counting too).
+    pub fn count_run(&self, name: &str, succeeded: bool) -> io::Result<()> {
+        let _lock = Flock::lock(self.lock_file(name)?, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| io::Error::from(errno))?;
+        let mut state = self.load(name)?;
+        state.runs = state.runs.saturating_add(1);
+        if succeeded {
+            state.succeeded = state.succeeded.saturating_add(1);
+        } else {
+            state.failed = state.failed.saturating_add(1);
+        }
+        self.save(name, &state)
+    }
+
+    /// The job's lock file, opened (created 0600 if absent, never through a symbolic link).
+    fn lock_file(&self, name: &str) -> io::Result<File> {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -286,11 +312,7 @@ impl JobStore {
         if file.metadata()?.mode() & 0o077 != 0 {
             file.set_permissions(fs::Permissions::from_mode(PRIVATE_FILE))?;
         }
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(Some(JobLock { _lock: lock })),
-            Err((_, Errno::EWOULDBLOCK)) => Ok(None),
-            Err((_, errno)) => Err(errno.into()),
-        }
+        Ok(file)
     }
 
     /// The pid holding the job's lock, as /proc/locks tells (None: unknown or not held).
@@ -380,6 +402,17 @@ mod tests {
             ..JobState::default()
         };
         assert!(state.interrupted());
+    }
+
+    #[test]
+    fn runs_counted_here_add_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JobStore::open(dir.path()).unwrap();
+        for succeeded in [true, false, true] {
+            store.count_run("report", succeeded).unwrap();
+        }
+        let state = store.load("report").unwrap();
+        assert_eq!((state.runs, state.succeeded, state.failed), (3, 2, 1));
     }
 
     #[test]

@@ -243,10 +243,11 @@ impl Master {
     }
 
     /// The jobs of the config with their counts from the local store (small files under
-    /// data_dir; a job never run reads as zeros). None with a PostgreSQL `cron_store`: the
-    /// master never talks to the database (`forkwarden cron list` reads it).
+    /// data_dir; a job never run reads as zeros). With a PostgreSQL `cron_store`, which the
+    /// master never talks to, the counts there are of this server's own runs (each host
+    /// counts its own; `forkwarden cron list` reads the database).
     fn cron_jobs(&self, running: &[String]) -> Vec<CronJobSurvey> {
-        if self.config.cron.is_empty() || self.config.cron_store.is_some() {
+        if self.config.cron.is_empty() {
             return Vec::new();
         }
         let store = crate::cron::JobStore::open(&self.config.data_dir).ok();

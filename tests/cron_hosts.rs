@@ -425,7 +425,8 @@ fn a_host_killed_mid_run_is_recorded_as_interrupted_and_the_other_takes_over() {
     );
     b.wait_for_log("stopped renewing its lease");
     stop(&mut b);
-    // b waited for a's lease (3 s from its claim, at least) before it took the job over.
+    // b waited for a's lease (3 s from its claim, at least) before it took the job over
+    // (less a margin: the job's own start, which its mark tells, comes after its claim).
     let taken_over = read_marks(&marks)
         .into_iter()
         .find(|run| run.start > killed_at)
@@ -436,7 +437,7 @@ fn a_host_killed_mid_run_is_recorded_as_interrupted_and_the_other_takes_over() {
         taken_over.start - killed_at
     );
     assert!(
-        taken_over.start >= cut_short.start + 2.9,
+        taken_over.start >= cut_short.start + 2.5,
         "b took the job over {:.2} s after a's run started, before its lease of 3 s passed",
         taken_over.start - cut_short.start
     );

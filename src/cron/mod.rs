@@ -422,7 +422,10 @@ impl<'a> Scheduler<'a> {
                         describe_time(Some(to_ms(holder.lease_until)))
                     )
                 });
-                Ok(Turn::Wait(now + retry))
+                // Not much later than the lease could pass: a dead host's job is taken over
+                // then, not a backoff step after.
+                let lease_passes = holder.lease_left + CLAIM_RACE_RETRY;
+                Ok(Turn::Wait(now + retry.min(lease_passes)))
             }
             Claimed::Decided { decision, run } => {
                 self.stalls.borrow_mut().remove(&job.name);

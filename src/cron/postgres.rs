@@ -122,6 +122,8 @@ pub struct Holder {
     pub host: String,
     pub worker_pid: i32,
     pub lease_until: SystemTime,
+    /// How long until the lease passes unless renewed (the database's clock).
+    pub lease_left: Duration,
 }
 
 /// What a claim found and did.
@@ -391,8 +393,8 @@ impl PgStore {
             let open = tx
                 .query_opt(
                     "SELECT id, host, worker_pid, started_at, lease_until, \
-                     lease_until > now() FROM forkwarden.cron_run \
-                     WHERE job = $1 AND ended_at IS NULL",
+                     EXTRACT(EPOCH FROM lease_until - now())::float8 \
+                     FROM forkwarden.cron_run WHERE job = $1 AND ended_at IS NULL",
                     &[&job],
                 )
                 .map_err(refused)?;
@@ -401,13 +403,17 @@ impl PgStore {
                 let (id, host, worker_pid, started): (i64, String, i32, SystemTime) =
                     (open.get(0), open.get(1), open.get(2), open.get(3));
                 let lease_until: Option<SystemTime> = open.get(4);
-                if open.get::<_, Option<bool>>(5) == Some(true) {
+                // Seconds the lease has left, on the database's clock.
+                let lease_left = open.get::<_, Option<f64>>(5).unwrap_or(0.0);
+                if lease_left > 0.0 {
                     tx.commit().map_err(refused)?;
                     return Ok((
                         Claimed::Held(Holder {
                             host,
                             worker_pid,
                             lease_until: lease_until.unwrap_or(now),
+                            lease_left: Duration::try_from_secs_f64(lease_left)
+                                .unwrap_or(Duration::ZERO),
                         }),
                         None,
                     ));

@@ -402,14 +402,17 @@ class Template:
             raise ValueError(f"malformed fork request {message!r}")
         # Its middle process exits next, which must not kill it.
         prctl(PR_SET_PDEATHSIG, 0)
-        self.become_worker(request, fds, told)
+        self.become_worker(request, fds, told, parent)
 
-    def become_worker(self, request, fds, told):
+    def become_worker(self, request, fds, told, middle):
         """The fork request's descriptors: its stdout, its stderr and its scoreboard row,
-        which goes where the kit has the row (the template's is a placeholder)."""
+        which goes where the kit has the row (the template's is a placeholder). `middle` is
+        the middle process, the worker's parent until the master adopts it: the kit must
+        know it, to tell it from whoever adopts an orphan once the master is gone."""
         os.setpgid(0, 0)  # its own process group: its signals never reach the template
         pid = str(os.getpid())
         os.environ.update(request)
+        os.environ["FORKWARDEN_MIDDLE_PID"] = str(middle)
         os.environ["LISTEN_PID"] = pid
         os.environ.pop("WATCHDOG_USEC", None)
         os.environ.pop("WATCHDOG_PID", None)

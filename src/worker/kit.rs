@@ -110,6 +110,9 @@ pub enum KitError {
 struct Surroundings {
     kit_fd: i32,
     master: Pid,
+    /// The middle process a template forked this worker through (`FORKWARDEN_MIDDLE_PID`),
+    /// its parent until the master adopts it.
+    middle: Option<Pid>,
     slot: u32,
     generation: u64,
     notify_path: PathBuf,
@@ -133,6 +136,10 @@ impl Surroundings {
         Ok(Self {
             kit_fd: number("FORKWARDEN_KIT_FD")?,
             master: Pid::from_raw(number("FORKWARDEN_MASTER_PID")?),
+            middle: match std::env::var("FORKWARDEN_MIDDLE_PID") {
+                Ok(_) => Some(Pid::from_raw(number("FORKWARDEN_MIDDLE_PID")?)),
+                Err(_) => None,
+            },
             slot: number("FORKWARDEN_SLOT")?,
             generation: number("FORKWARDEN_GENERATION")?,
             notify_path: PathBuf::from(var("NOTIFY_SOCKET")?),
@@ -206,8 +213,7 @@ pub fn serve(app: Box<dyn App>, describe: &str) -> Result<i32, KitError> {
     // Exec'd by a forked child of the master, or forked by a template through a middle
     // process that is exiting: then the worker serves at once and binds its parent-death
     // signal once the master is its parent (`WorkerSpec::middle_parent`).
-    let parent = getppid();
-    let middle_parent = (parent != here.master).then_some(parent);
+    let middle_parent = middle_parent(getppid(), here.master, here.middle);
     if middle_parent.is_none() {
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
         if getppid() != here.master {
@@ -288,6 +294,14 @@ pub fn serve(app: Box<dyn App>, describe: &str) -> Result<i32, KitError> {
     })
 }
 
+/// The worker's parent while it waits to be adopted by the master: its middle process, when
+/// the template forked it through one (`middle`) and that process is still its parent. Any
+/// other parent that is not the master adopted an orphan (the master died first): None,
+/// and the caller, finding its parent is not the master, leaves.
+fn middle_parent(parent: Pid, master: Pid, middle: Option<Pid>) -> Option<Pid> {
+    middle.filter(|middle| *middle == parent && parent != master)
+}
+
 /// The text of the config memfd, read from its start whatever its offset (the master wrote
 /// it through the same file description; a template's workers share theirs).
 fn read_config(file: OwnedFd) -> Result<String, KitError> {
@@ -306,5 +320,24 @@ fn read_config(file: OwnedFd) -> Result<String, KitError> {
 fn say(path: &Path, message: &str) {
     if let Ok(socket) = UnixDatagram::unbound() {
         let _ = socket.send_to(message.as_bytes(), path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_named_middle_process_counts_as_a_parent_to_wait_for() {
+        let (master, middle) = (Pid::from_raw(100), Pid::from_raw(200));
+        // Forked by a template, not yet adopted: wait for the master.
+        assert_eq!(middle_parent(middle, master, Some(middle)), Some(middle));
+        // Adopted already, or exec'd by the master's child: the master is the parent.
+        assert_eq!(middle_parent(master, master, Some(middle)), None);
+        assert_eq!(middle_parent(master, master, None), None);
+        // The master died before the worker started: whoever adopted it (init, a
+        // subreaper) is no middle process, and the worker must leave, not wait forever.
+        assert_eq!(middle_parent(Pid::from_raw(1), master, Some(middle)), None);
+        assert_eq!(middle_parent(Pid::from_raw(1), master, None), None);
     }
 }

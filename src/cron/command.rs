@@ -17,19 +17,20 @@ pub enum CommandError {
     UnknownJob { name: String, known: String },
 }
 
-/// Where the config keeps its cron runs, as the commands' errors name it.
-fn store_name(config: &Config) -> String {
-    match &config.cron_store {
-        Some(url) => url.to_string(),
-        None => config.data_dir.join("cron").display().to_string(),
+/// The commands' error for a failure of the config's cron store, which it names: the
+/// PostgreSQL address, or the directory under `data_dir`.
+fn store_error(config: &Config) -> impl Fn(io::Error) -> CommandError + '_ {
+    |source| CommandError::Store {
+        store: match &config.cron_store {
+            Some(url) => url.to_string(),
+            None => config.data_dir.join("cron").display().to_string(),
+        },
+        source,
     }
 }
 
 fn scheduler(config: &Config) -> Result<Scheduler<'_>, CommandError> {
-    Scheduler::new(config, SystemTime::now(), false).map_err(|source| CommandError::Store {
-        store: store_name(config),
-        source,
-    })
+    Scheduler::new(config, SystemTime::now(), false).map_err(store_error(config))
 }
 
 /// Every job with its schedule, next run and last result, as a table.
@@ -49,10 +50,7 @@ pub fn list(config: &Config) -> Result<String, CommandError> {
         ]
         .map(str::to_string),
     ];
-    let states = scheduler.states().map_err(|source| CommandError::Store {
-        store: store_name(config),
-        source,
-    })?;
+    let states = scheduler.states().map_err(store_error(config))?;
     for (job, state, running_on) in states {
         let schedule = match (&job.schedule, job.interval) {
             (Some(expression), _) => expression.clone(),
@@ -108,12 +106,7 @@ fn job_named<'a>(
 pub fn ask_run(config: &Config, name: &str) -> Result<String, CommandError> {
     let scheduler = scheduler(config)?;
     let job = job_named(&scheduler, config, name)?;
-    scheduler
-        .ask_run(job)
-        .map_err(|source| CommandError::Store {
-            store: store_name(config),
-            source,
-        })?;
+    scheduler.ask_run(job).map_err(store_error(config))?;
     let who = if config.max_cron_threads == 0 {
         "no cron worker runs with this config (max_cron_threads = 0): it runs once one does"
     } else if config.cron_store.is_some() {
@@ -137,11 +130,8 @@ pub fn history(
 ) -> Result<String, CommandError> {
     let scheduler = scheduler(config)?;
     let job = job_named(&scheduler, config, name)?;
-    let store = |source| CommandError::Store {
-        store: store_name(config),
-        source,
-    };
-    let runs = scheduler.history(job, count).map_err(store)?;
+    let store = store_error(config);
+    let runs = scheduler.history(job, count).map_err(&store)?;
     if json {
         let mut text = String::new();
         for run in &runs {

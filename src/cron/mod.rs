@@ -43,6 +43,8 @@ const CLAIM_RACE_RETRY: Duration = Duration::from_millis(50);
 const HELD_LOCK_RETRY_MAX: Duration = Duration::from_secs(5);
 /// How long a due job's lock may stay held before the cron worker says the job is stalled.
 const STALL_WARNING: Duration = Duration::from_secs(5);
+/// Why a run is stopped whose lease another host found passed.
+const LEASE_TAKEN: &str = "another host recorded its run as interrupted (its lease had passed)";
 /// How far ahead to look again at a job whose schedule never matches again.
 const NEVER_AGAIN_RETRY: Duration = Duration::from_secs(86_400);
 
@@ -137,6 +139,18 @@ pub enum Decision {
     },
 }
 
+impl Decision {
+    /// When to look at the job again, unless it runs now: its due time, or the one after a
+    /// skipped run (a schedule that never matches again: a day from now).
+    fn wait_until(&self, now: SystemTime) -> SystemTime {
+        match self {
+            Self::Wait { until, .. } => *until,
+            Self::Skip { next, .. } => next.unwrap_or(now + NEVER_AGAIN_RETRY),
+            Self::Run { .. } => now,
+        }
+    }
+}
+
 impl<'a> Scheduler<'a> {
     /// The jobs of `config`, stored where `cron_store` says (under `data_dir` by default).
     /// `listens`: wait for `forkwarden cron run` (a cron worker does, a command does not).
@@ -150,16 +164,14 @@ impl<'a> Scheduler<'a> {
             };
             jobs.push((job, schedule));
         }
-        let counted_here = match &config.cron_store {
-            Some(_) => Some(JobStore::open(&config.data_dir)?),
-            None => None,
-        };
-        let store = match &config.cron_store {
+        let files = JobStore::open(&config.data_dir)?;
+        let (store, counted_here) = match &config.cron_store {
             Some(url) => {
                 let heartbeat = Some(config.heartbeat_timeout.duration()).filter(|t| !t.is_zero());
-                Store::Postgres(Box::new(PgStore::new(url, heartbeat, listens)))
+                let shared = PgStore::new(url, heartbeat, listens);
+                (Store::Postgres(Box::new(shared)), Some(files))
             }
-            None => Store::Files(JobStore::open(&config.data_dir)?),
+            None => (Store::Files(files), None),
         };
         Ok(Self {
             jobs,
@@ -303,46 +315,10 @@ impl<'a> Scheduler<'a> {
         // Looked at again under the lock: another cron worker may have claimed it meanwhile.
         let mut state = self.load(store, job);
         let decision = self.decide(index, state.next_run(), store.run_asked(&job.name), now);
-        if let Decision::Wait {
-            until,
-            store: first,
-        } = decision
-        {
-            if let Some(first) = first {
-                state.next_run_ms = Some(to_ms(first));
-                store.save(&job.name, &state)?;
-            }
-            return Ok(Turn::Wait(until));
+        if !matches!(decision, Decision::Wait { .. }) {
+            self.record_interrupted(store, job, &mut state, now);
+            Self::announce(job, &decision);
         }
-        if state.interrupted() {
-            warn!(
-                job = job.name.as_str(),
-                "cron job {}: its previous run (started {}) never finished: its cron worker \
-                 died; counted as failed",
-                job.name,
-                describe_time(state.last_start_ms)
-            );
-            state.last_end_ms = state.last_start_ms;
-            state.last_result = Some("interrupted: its cron worker died".into());
-            state.last_succeeded = Some(false);
-            state.consecutive_failures += 1;
-            state.failed = state.failed.saturating_add(1);
-            let record = RunRecord {
-                host: state.last_host.clone().unwrap_or_default(),
-                pid: state.last_worker_pid,
-                start_ms: state.last_start_ms.unwrap_or_default(),
-                end_ms: to_ms(now),
-                result: format!(
-                    "interrupted: its cron worker (pid {}) died",
-                    state
-                        .last_worker_pid
-                        .map_or_else(|| "?".to_string(), |pid| pid.to_string())
-                ),
-                ..RunRecord::default()
-            };
-            self.record_run(store, job, &record);
-        }
-        Self::announce(job, &decision);
         match decision {
             Decision::Run { next, asked, .. } => {
                 if asked {
@@ -361,13 +337,56 @@ impl<'a> Scheduler<'a> {
                     hold: Hold::File { _lock: lock, state },
                 }))
             }
-            Decision::Skip { next, .. } => {
+            Decision::Skip { next, .. }
+            | Decision::Wait {
+                store: next @ Some(_),
+                ..
+            } => {
                 state.next_run_ms = next.map(to_ms);
                 store.save(&job.name, &state)?;
-                Ok(Turn::Wait(next.unwrap_or(now + NEVER_AGAIN_RETRY)))
+                Ok(Turn::Wait(decision.wait_until(now)))
             }
-            Decision::Wait { until, .. } => Ok(Turn::Wait(until)),
+            Decision::Wait { store: None, .. } => Ok(Turn::Wait(decision.wait_until(now))),
         }
+    }
+
+    /// In the file store, a run whose cron worker died before recording its end is found by
+    /// the next claim: counted as failed in `state`, and added to the history with the host
+    /// and pid of that cron worker.
+    fn record_interrupted(
+        &self,
+        store: &JobStore,
+        job: &CronJob,
+        state: &mut JobState,
+        now: SystemTime,
+    ) {
+        if !state.interrupted() {
+            return;
+        }
+        warn!(
+            job = job.name.as_str(),
+            "cron job {}: its previous run (started {}) never finished: its cron worker \
+             died; counted as failed",
+            job.name,
+            describe_time(state.last_start_ms)
+        );
+        state.last_end_ms = state.last_start_ms;
+        state.last_result = Some("interrupted: its cron worker died".into());
+        state.count_end(false);
+        let record = RunRecord {
+            host: state.last_host.clone().unwrap_or_default(),
+            pid: state.last_worker_pid,
+            start_ms: state.last_start_ms.unwrap_or_default(),
+            end_ms: to_ms(now),
+            result: format!(
+                "interrupted: its cron worker (pid {}) died",
+                state
+                    .last_worker_pid
+                    .map_or_else(|| "?".to_string(), |pid| pid.to_string())
+            ),
+            ..RunRecord::default()
+        };
+        self.record_run(store, job, &record);
     }
 
     fn turn_on_postgres(
@@ -427,25 +446,27 @@ impl<'a> Scheduler<'a> {
                 let lease_passes = holder.lease_left + CLAIM_RACE_RETRY;
                 Ok(Turn::Wait(now + retry.min(lease_passes)))
             }
-            Claimed::Decided { decision, run } => {
+            Claimed::Run {
+                decision,
+                run,
+                runs,
+            } => {
                 self.stalls.borrow_mut().remove(&job.name);
                 Self::announce(job, &decision);
-                match (decision, run) {
-                    (Decision::Run { .. }, Some((run, runs))) => Ok(Turn::Run(Claim {
-                        job,
-                        runs,
-                        start: now,
-                        hold: Hold::Lease {
-                            run,
-                            renewed: Cell::new(asked_at),
-                        },
-                    })),
-                    (Decision::Wait { until, .. }, _) => Ok(Turn::Wait(until)),
-                    (Decision::Skip { next, .. }, _) => {
-                        Ok(Turn::Wait(next.unwrap_or(now + NEVER_AGAIN_RETRY)))
-                    }
-                    (Decision::Run { .. }, None) => Ok(Turn::Wait(now + CLAIM_RACE_RETRY)),
-                }
+                Ok(Turn::Run(Claim {
+                    job,
+                    runs,
+                    start: now,
+                    hold: Hold::Lease {
+                        run,
+                        renewed: Cell::new(asked_at),
+                    },
+                }))
+            }
+            Claimed::Written(decision) => {
+                self.stalls.borrow_mut().remove(&job.name);
+                Self::announce(job, &decision);
+                Ok(Turn::Wait(decision.wait_until(now)))
             }
         }
     }
@@ -542,11 +563,7 @@ impl<'a> Scheduler<'a> {
                 renewed.set(asked_at);
                 Ok(())
             }
-            Ok(false) => Err(
-                "another host recorded its run as interrupted (its lease had \
-                              passed)"
-                    .to_string(),
-            ),
+            Ok(false) => Err(LEASE_TAKEN.to_string()),
             Err(error) => {
                 let unrenewed = renewed.get().elapsed();
                 if unrenewed < self.lease * 3 / 4 {
@@ -590,14 +607,7 @@ impl<'a> Scheduler<'a> {
                 self.record_run(store, job, &record);
                 state.last_end_ms = Some(record.end_ms);
                 state.last_result = Some(record.result);
-                state.last_succeeded = Some(record.succeeded);
-                if record.succeeded {
-                    state.consecutive_failures = 0;
-                    state.succeeded = state.succeeded.saturating_add(1);
-                } else {
-                    state.consecutive_failures = state.consecutive_failures.saturating_add(1);
-                    state.failed = state.failed.saturating_add(1);
-                }
+                state.count_end(record.succeeded);
                 if let Err(error) = store.save(&job.name, &state) {
                     warn!("cron job {}: cannot record its result: {error}", job.name);
                 }
@@ -702,14 +712,6 @@ impl<'a> Scheduler<'a> {
                     .map_err(io::Error::other),
             })
             .collect()
-    }
-
-    /// The PostgreSQL store, when runs are kept in one.
-    pub fn postgres(&self) -> Option<&PgStore> {
-        match &self.store {
-            Store::Postgres(store) => Some(store),
-            Store::Files(_) => None,
-        }
     }
 }
 

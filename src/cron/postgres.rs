@@ -132,12 +132,14 @@ pub enum Claimed {
     Contended,
     /// A run is in progress elsewhere, its lease alive.
     Held(Holder),
-    /// `decision` is written; `run` is the new run's id and the job's run count when it
-    /// runs now.
-    Decided {
+    /// It runs now: run `run` is inserted with its lease; the job has `runs` runs.
+    Run {
         decision: Decision,
-        run: Option<(i64, u64)>,
+        run: i64,
+        runs: u64,
     },
+    /// Not run now: `decision` (a wait, a first due time, a skipped run) is written.
+    Written(Decision),
 }
 
 /// Where a run is claimed from: this host and cron worker, and the lease it takes.
@@ -445,27 +447,22 @@ impl PgStore {
                 });
             }
             let decision = decide(next_run, asked);
-            let run = match &decision {
-                Decision::Wait { store, .. } => {
-                    if let Some(first) = store {
-                        tx.execute(
-                            "UPDATE forkwarden.cron_job SET next_run = $2 WHERE name = $1",
-                            &[&job, first],
-                        )
-                        .map_err(refused)?;
-                    }
-                    None
+            let claimed = match decision {
+                Decision::Wait { store: None, .. } => Claimed::Written(decision),
+                Decision::Wait {
+                    store: next @ Some(_),
+                    ..
                 }
-                Decision::Skip { next, .. } => {
+                | Decision::Skip { next, .. } => {
                     tx.execute(
                         "UPDATE forkwarden.cron_job SET next_run = $2 WHERE name = $1",
-                        &[&job, next],
+                        &[&job, &next],
                     )
                     .map_err(refused)?;
-                    None
+                    Claimed::Written(decision)
                 }
                 Decision::Run { next, .. } => {
-                    let id: i64 = tx
+                    let run: i64 = tx
                         .query_one(
                             "INSERT INTO forkwarden.cron_run \
                              (job, host, worker_pid, started_at, lease_until) \
@@ -485,15 +482,19 @@ impl PgStore {
                         .query_one(
                             "UPDATE forkwarden.cron_job SET next_run = $2, run_asked = false, \
                              runs = runs + 1 WHERE name = $1 RETURNING runs",
-                            &[&job, next],
+                            &[&job, &next],
                         )
                         .map_err(refused)?
                         .get(0);
-                    Some((id, u64::try_from(runs).unwrap_or(0)))
+                    Claimed::Run {
+                        decision,
+                        run,
+                        runs: u64::try_from(runs).unwrap_or(0),
+                    }
                 }
             };
             tx.commit().map_err(refused)?;
-            Ok((Claimed::Decided { decision, run }, interrupted))
+            Ok((claimed, interrupted))
         })
     }
 

@@ -84,6 +84,18 @@ impl JobState {
         self.next_run_ms.map(from_ms)
     }
 
+    /// Counts a run that ended: its result, and the failures in a row.
+    pub fn count_end(&mut self, succeeded: bool) {
+        self.last_succeeded = Some(succeeded);
+        if succeeded {
+            self.consecutive_failures = 0;
+            self.succeeded = self.succeeded.saturating_add(1);
+        } else {
+            self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+            self.failed = self.failed.saturating_add(1);
+        }
+    }
+
     /// Whether the last run started but never recorded its end (its cron worker died).
     pub fn interrupted(&self) -> bool {
         match (self.last_start_ms, self.last_end_ms) {
@@ -291,11 +303,7 @@ impl JobStore {
             .map_err(|(_, errno)| io::Error::from(errno))?;
         let mut state = self.load(name)?;
         state.runs = state.runs.saturating_add(1);
-        if succeeded {
-            state.succeeded = state.succeeded.saturating_add(1);
-        } else {
-            state.failed = state.failed.saturating_add(1);
-        }
+        state.count_end(succeeded);
         self.save(name, &state)
     }
 

@@ -54,6 +54,57 @@ pub fn columns<const N: usize>(rows: &[[String; N]]) -> String {
     text
 }
 
+/// `text` with every control character (but tab, and newline when `keep_newlines`) written
+/// as `\xNN`: what the log does to every message, and the command-line tools to what they
+/// print from the server, its programs and its jobs, so that no text a worker wrote can move
+/// a terminal's cursor, retitle it, or forge a line.
+pub fn escape_controls(text: &str, keep_newlines: bool) -> std::borrow::Cow<'_, str> {
+    let kept = |character: char| {
+        !character.is_control() || character == '\t' || (keep_newlines && character == '\n')
+    };
+    if text.chars().all(kept) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for character in text.chars() {
+        if kept(character) {
+            escaped.push(character);
+        } else {
+            escaped.push_str(&format!("\\x{:02x}", u32::from(character)));
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
+}
+
+/// `value` as one line of JSON for a terminal: the same JSON, with the control characters
+/// JSON leaves as they are (DEL, and C1's, which terminals act on) written as `\u00XX`.
+pub fn json_for_terminal(value: &impl serde::Serialize) -> serde_json::Result<String> {
+    let mut out = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, TerminalJson);
+    value.serialize(&mut serializer)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+struct TerminalJson;
+
+impl serde_json::ser::Formatter for TerminalJson {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        for character in fragment.chars() {
+            if character.is_control() {
+                write!(writer, "\\u{:04x}", u32::from(character))?;
+            } else {
+                let mut buffer = [0u8; 4];
+                writer.write_all(character.encode_utf8(&mut buffer).as_bytes())?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +120,20 @@ mod tests {
         assert_eq!(seconds(Duration::from_secs(60)), "60s");
         assert_eq!(seconds(Duration::from_millis(500)), "0.5s");
         assert_eq!(mib(612 << 20), "612 MiB");
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(
+            escape_controls("GET /\x1b]0;owned\x07", false),
+            "GET /\\x1b]0;owned\\x07"
+        );
+        assert_eq!(escape_controls("a\nb\tc", true), "a\nb\tc");
+        assert_eq!(escape_controls("a\nb\u{9b}", false), "a\\x0ab\\x9b");
+        let json =
+            json_for_terminal(&serde_json::json!({"request": "\u{9b}2J\x1b[H\u{7f}é"})).unwrap();
+        assert_eq!(json, r#"{"request":"\u009b2J\u001b[H\u007fé"}"#);
+        let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(back["request"], "\u{9b}2J\x1b[H\u{7f}é");
     }
 }

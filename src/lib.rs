@@ -33,8 +33,9 @@
 pub mod app;
 pub mod config;
 pub mod cron;
+mod data_dir;
 pub mod demo;
-mod format;
+pub mod format;
 mod http;
 mod id;
 mod limits;

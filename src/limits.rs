@@ -220,7 +220,9 @@ impl MasterLimits {
         match worker.role.unwrap_or(Role::Http) {
             // A companion program is held to limit_time_real if it marks its requests.
             Role::Http | Role::Program(_) => self.time_real,
-            Role::Cron => worker.work_limit.map(|limit| limit + CRON_BACKSTOP),
+            Role::Cron => worker
+                .work_limit
+                .map(|limit| limit.saturating_add(CRON_BACKSTOP)),
         }
     }
 }

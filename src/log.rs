@@ -4,10 +4,9 @@
 //! with one `write` on an `O_APPEND` file (or on stderr), so lines from different processes
 //! never interleave mid-line.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -19,18 +18,19 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Registry, reload};
 
-use nix::unistd::{Gid, Uid};
-
 use crate::config::{Config, LogFormat, LogLevel};
+use crate::sys::FsIdentity;
 
 /// Where log lines go. A process-wide static so that the subscriber's writer, the master's
 /// SIGUSR1 handling and the workers' reopen all reach the same place. The master is
 /// single-threaded and never forks while holding the lock, so a worker never inherits it held.
 static SINK: Mutex<Sink> = Mutex::new(Sink::Stderr);
 
-/// Who owns the log files the master opens: the workers' user (`user`), so that workers can
-/// reopen the file too after a rotation.
-static OWNER: Mutex<Option<(Uid, Gid)>> = Mutex::new(None);
+/// Who the log file is opened as: the workers' user (`user`), when the master runs as root.
+/// The file is then that user's, so that workers can reopen it after a rotation, and no
+/// symbolic link or file planted where that user can write can make root open, create or
+/// own a file that user could not.
+static OPENED_AS: Mutex<Option<(String, FsIdentity)>> = Mutex::new(None);
 
 enum Sink {
     Stderr,
@@ -49,8 +49,20 @@ fn sink() -> MutexGuard<'static, Sink> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("cannot open logfile {}: {source}", path.display())]
+    #[error("cannot open logfile {} (it must be a regular file): {source}", path.display())]
     Open { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot open logfile {} as user {user} (it must be a regular file that user can \
+         write, or create in its directory: workers reopen it after a rotation, and the \
+         master opens it as that user so that nothing planted there is opened as root): \
+         {source}",
+        path.display()
+    )]
+    OpenAsUser {
+        path: PathBuf,
+        user: String,
+        source: io::Error,
+    },
     #[error("cannot install the log subscriber: {0}")]
     Subscriber(String),
 }
@@ -62,7 +74,7 @@ pub struct Logging {
 
 /// Installs the global subscriber for `config`: call once, before the first fork.
 pub fn init(config: &Config) -> Result<Logging, LogError> {
-    set_owner(config);
+    set_opener(config);
     point_sink_at(config.logfile.as_deref())?;
     let level = install(config)?;
     std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
@@ -127,7 +139,7 @@ pub fn write_line(line: &[u8]) {
 impl Logging {
     /// Applies a reloaded config's `log_level` and `logfile`.
     pub fn apply(&self, config: &Config) -> Result<(), LogError> {
-        set_owner(config);
+        set_opener(config);
         let _ = self
             .level
             .modify(|filter| *filter = level_filter(config.log_level));
@@ -161,49 +173,50 @@ pub fn descriptor() -> Option<RawFd> {
     }
 }
 
-fn set_owner(config: &Config) {
-    let owner = config
-        .run_as
-        .as_ref()
-        .map(|run_as| (run_as.uid, run_as.gid));
-    *OWNER
+fn set_opener(config: &Config) {
+    let opener = config.run_as.as_ref().and_then(|run_as| {
+        run_as
+            .fs_identity()
+            .map(|identity| (run_as.user.clone(), identity))
+    });
+    *OPENED_AS
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner()) = owner;
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = opener;
 }
 
 fn point_sink_at(path: Option<&Path>) -> Result<(), LogError> {
     let new = match path {
         None => Sink::Stderr,
-        Some(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o640)
-                .open(path)
-                .map_err(|source| LogError::Open {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-            let owner = *OWNER
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            // Only root can give a file away; a worker reopening the file already is the owner.
-            if let Some((uid, gid)) = owner.filter(|_| nix::unistd::geteuid().is_root()) {
-                nix::unistd::fchown(&file, Some(uid), Some(gid)).map_err(|errno| {
-                    LogError::Open {
-                        path: path.to_path_buf(),
-                        source: errno.into(),
-                    }
-                })?;
-            }
-            Sink::File {
-                path: path.to_path_buf(),
-                file,
-            }
-        }
+        Some(path) => Sink::File {
+            path: path.to_path_buf(),
+            file: File::from(open_log(path)?),
+        },
     };
     *sink() = new;
     Ok(())
+}
+
+/// Opens the log file at `path`: as the workers' user when the master runs as root (see
+/// [`OPENED_AS`]), as this process otherwise (a worker reopening it is that user already).
+pub fn open_log(path: &Path) -> Result<std::os::fd::OwnedFd, LogError> {
+    let opener = OPENED_AS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    let open = || crate::sys::open_append(path, 0o640);
+    match opener {
+        None => open().map_err(|source| LogError::Open {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Some((user, identity)) => crate::sys::as_user(&identity, open)
+            .and_then(|opened| opened)
+            .map_err(|source| LogError::OpenAsUser {
+                path: path.to_path_buf(),
+                user,
+                source,
+            }),
+    }
 }
 
 fn level_filter(level: LogLevel) -> LevelFilter {
@@ -247,13 +260,9 @@ impl Visit for MessageVisitor<'_, '_> {
             return;
         }
         let text = format!("{value:?}");
-        self.result = text.chars().try_for_each(|character| {
-            if character.is_control() && character != '\t' {
-                write!(self.writer, "\\x{:02x}", u32::from(character))
-            } else {
-                std::fmt::Write::write_char(self.writer, character)
-            }
-        });
+        self.result = self
+            .writer
+            .write_str(&crate::format::escape_controls(&text, false));
     }
 }
 

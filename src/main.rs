@@ -181,7 +181,8 @@ fn cron_show(
     };
     match show(&config) {
         Ok(text) => {
-            print!("{text}");
+            // What jobs wrote (their last lines) is shown, not obeyed by the terminal.
+            print!("{}", forkwarden::format::escape_controls(&text, true));
             ExitCode::SUCCESS
         }
         Err(error) => {

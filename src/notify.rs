@@ -165,14 +165,23 @@ impl NotifyReceiver {
                 Err(Errno::EAGAIN) => return Ok(None),
                 Err(errno) => return Err(errno.into()),
             };
-            let pid = message.cmsgs().ok().and_then(|mut messages| {
-                messages.find_map(|control| match control {
+            let mut pid = None;
+            for control in message.cmsgs().into_iter().flatten() {
+                match control {
                     ControlMessageOwned::ScmCredentials(credentials) => {
-                        Some(Pid::from_raw(credentials.pid()))
+                        pid = Some(Pid::from_raw(credentials.pid()));
                     }
-                    _ => None,
-                })
-            });
+                    // Descriptors nobody asked for (the buffer has room for credentials
+                    // only, so the kernel drops them; should one get through): closed, so
+                    // that no sender can fill the master's descriptor table.
+                    ControlMessageOwned::ScmRights(descriptors) => {
+                        for descriptor in descriptors {
+                            let _ = nix::unistd::close(descriptor);
+                        }
+                    }
+                    _ => {}
+                }
+            }
             (message.bytes, pid)
         };
         let text = String::from_utf8_lossy(&buffer[..length]).into_owned();

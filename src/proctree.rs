@@ -88,6 +88,22 @@ pub fn command_name(pid: Pid) -> Option<String> {
     stat(pid).map(|stat| stat.comm)
 }
 
+/// The parent of `pid` and the process group it is in, as the kernel has them now; None
+/// when it is gone.
+pub fn lineage(pid: Pid) -> Option<Lineage> {
+    stat(pid).map(|stat| Lineage {
+        parent: Pid::from_raw(stat.ppid),
+        group: Pid::from_raw(stat.pgrp),
+    })
+}
+
+/// Where a process sits: its parent, and its process group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lineage {
+    pub parent: Pid,
+    pub group: Pid,
+}
+
 fn stat(pid: Pid) -> Option<Stat> {
     Process::new(pid.as_raw()).ok()?.stat().ok()
 }
@@ -111,6 +127,7 @@ mod tests {
         assert!(alone.address_space >= alone.rss);
         assert!(!is_stopped(state(child_pid).unwrap()));
         assert_eq!(command_name(child_pid).as_deref(), Some("sleep"));
+        assert_eq!(lineage(child_pid).map(|lineage| lineage.parent), Some(me));
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(memory(child_pid, true), None);

@@ -25,7 +25,8 @@ const REQUEST_LINE_LEN: usize = 4;
 const REQUEST_CPU_NS: usize = 5;
 /// Set by the master: finish the current request, keep no connection open, leave.
 const STOP_REQUESTED: usize = 6;
-/// Process group of the cron job being run (0: none), for the master to kill or measure.
+/// Process group of the cron job being run (0: none), for the master to kill or measure
+/// once it has checked that the group is the job's (a row is the worker's to write).
 const JOB_GROUP: usize = 7;
 /// Wall-clock limit (ms) of the current unit of work when it is not the role's default
 /// (a cron job's `timeout`); 0: none.
@@ -43,7 +44,15 @@ const DURATION_SUM_US: usize = REQUEST_LINE + REQUEST_LINE_WORDS;
 /// that took longer than the previous bound and at most this one); past the last bound,
 /// counted only in `REQUESTS`.
 const DURATION_BUCKETS: usize = DURATION_SUM_US + 1;
-const ROW_WORDS: usize = DURATION_BUCKETS + DURATION_BOUNDS.len();
+/// Set by a worker that leaves on its own (limit_request reached, the application asked),
+/// to the word of its [`ExitReason`]: the master starts its replacement then, not when it
+/// has finished its last requests and exited.
+const LEAVING: usize = DURATION_BUCKETS + DURATION_BOUNDS.len();
+const ROW_WORDS: usize = LEAVING + 1;
+/// A cron worker's row goes on: for each job of its config, in order, the runs that ended
+/// well and those that failed. The master counts cron runs from these, in memory: it never
+/// reads the job files the workers' user can write.
+const JOB_COUNTS: usize = ROW_WORDS;
 /// Longest `METHOD /target` kept for logs; longer ones are cut.
 const REQUEST_LINE_MAX: usize = REQUEST_LINE_WORDS * 8;
 
@@ -74,6 +83,18 @@ pub struct Durations {
 }
 
 impl Durations {
+    /// The same counts, made consistent: no bucket holds more than the requests counted
+    /// and not counted in an earlier one. A row is the worker's to write: what the master
+    /// reads there may be anything, and a Prometheus histogram must add up.
+    pub fn consistent(mut self) -> Self {
+        let mut left = self.count;
+        for bucket in &mut self.buckets {
+            *bucket = (*bucket).min(left);
+            left -= *bucket;
+        }
+        self
+    }
+
     pub fn add(&mut self, other: &Durations) {
         for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
             *mine = mine.saturating_add(theirs);
@@ -296,14 +317,19 @@ pub struct RowSnapshot {
     pub request: String,
     /// Process CPU time when the current (or last) request started.
     pub request_cpu: Duration,
-    /// Process group of the cron job being run.
-    pub job_group: Option<i32>,
 }
 
 impl WorkerRow {
     pub fn new() -> io::Result<Self> {
         Ok(Self {
             shared: SharedWords::new(ROW_WORDS)?,
+        })
+    }
+
+    /// A cron worker's row, with room to count the runs of `jobs` jobs.
+    pub fn for_cron(jobs: usize) -> io::Result<Self> {
+        Ok(Self {
+            shared: SharedWords::new(JOB_COUNTS + 2 * jobs)?,
         })
     }
 
@@ -341,6 +367,19 @@ impl WorkerRow {
         self.word(EXIT_REASON)
     }
 
+    /// Says the worker leaves on its own, for `reason`, once its last requests are done.
+    pub fn set_leaving(&self, reason: ExitReason) {
+        self.word(LEAVING).store(reason.word(), Ordering::Release);
+    }
+
+    /// Why the worker said it leaves on its own, if it did.
+    pub fn leaving(&self) -> Option<ExitReason> {
+        match ExitReason::from_word(self.word(LEAVING).load(Ordering::Acquire)) {
+            ExitReason::Unknown => None,
+            reason => Some(reason),
+        }
+    }
+
     /// Records the process CPU time at which the current request started.
     pub fn set_request_cpu(&self, cpu: Duration) {
         let nanos = u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX);
@@ -362,7 +401,8 @@ impl WorkerRow {
         self.word(WORK_LIMIT_MS).store(ms, Ordering::Release);
     }
 
-    /// The process group of the cron job now running, if one is.
+    /// The process group of the cron job now running, as the worker claims it: a number
+    /// to check (see the master's `cron_job`), not a process known to be the job.
     pub fn job_group(&self) -> Option<i32> {
         i32::try_from(self.word(JOB_GROUP).load(Ordering::Acquire))
             .ok()
@@ -418,6 +458,28 @@ impl WorkerRow {
         self.set_state(WorkerState::Idle);
     }
 
+    /// Counts a run of job `index` (in the worker's config) that ended; nothing for a job
+    /// the row has no room for.
+    pub fn count_job_end(&self, index: usize, succeeded: bool) {
+        let word = JOB_COUNTS + 2 * index + usize::from(!succeeded);
+        if let Some(count) = self.shared.words().get(word) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The runs of each of the first `jobs` jobs that ended: (well, failed). Zeros for a job
+    /// the row has no room for.
+    pub fn job_counts(&self, jobs: usize) -> Vec<(u64, u64)> {
+        let words = self.shared.words();
+        let count = |word: usize| words.get(word).map_or(0, |w| w.load(Ordering::Relaxed));
+        (0..jobs)
+            .map(|index| {
+                let first = JOB_COUNTS + 2 * index;
+                (count(first), count(first + 1))
+            })
+            .collect()
+    }
+
     /// How long the requests served so far took.
     pub fn durations(&self) -> Durations {
         let mut durations = Durations {
@@ -428,7 +490,7 @@ impl WorkerRow {
         for (index, bucket) in durations.buckets.iter_mut().enumerate() {
             *bucket = self.word(DURATION_BUCKETS + index).load(Ordering::Relaxed);
         }
-        durations
+        durations.consistent()
     }
 
     pub fn requests(&self) -> u64 {
@@ -505,7 +567,6 @@ impl WorkerRow {
             busy_for: self.busy_for(),
             request: String::from_utf8_lossy(&line).into_owned(),
             request_cpu: Duration::from_nanos(self.word(REQUEST_CPU_NS).load(Ordering::Relaxed)),
-            job_group: self.job_group(),
         }
     }
 }
@@ -559,6 +620,36 @@ mod tests {
         total.add(&durations);
         total.add(&durations);
         assert_eq!((total.count, total.sum_us), (4, 2 * durations.sum_us));
+    }
+
+    #[test]
+    fn counts_a_worker_wrote_at_will_still_make_a_histogram() {
+        let row = WorkerRow::new().unwrap();
+        for index in 0..ROW_WORDS {
+            row.word(index).store(u64::MAX, Ordering::Relaxed);
+        }
+        row.word(REQUESTS).store(5, Ordering::Relaxed);
+        let durations = row.durations();
+        assert_eq!(durations.count, 5);
+        assert_eq!(durations.buckets[0], 5);
+        assert_eq!(durations.buckets[1..].iter().sum::<u64>(), 0);
+        let mut total = durations.clone();
+        total.add(&durations);
+        assert_eq!(total.count, 10);
+        let snapshot = row.snapshot();
+        assert_eq!(snapshot.request.chars().count(), REQUEST_LINE_MAX);
+        assert_eq!(row.work_limit(), Some(Duration::from_millis(u64::MAX)));
+    }
+
+    #[test]
+    fn a_cron_row_counts_each_jobs_runs() {
+        let row = WorkerRow::for_cron(2).unwrap();
+        row.count_job_end(0, true);
+        row.count_job_end(1, false);
+        row.count_job_end(1, false);
+        row.count_job_end(7, true);
+        assert_eq!(row.job_counts(3), [(1, 0), (0, 2), (0, 0)]);
+        assert_eq!(WorkerRow::new().unwrap().job_counts(1), [(0, 0)]);
     }
 
     #[test]

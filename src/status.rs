@@ -14,6 +14,8 @@ use crate::format::{columns, elapsed, mib};
 
 /// How long the master may take to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest answer read.
+const ANSWER_MAX: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -44,19 +46,25 @@ pub fn ask(config: &Config) -> Result<Value, StatusError> {
     stream
         .set_read_timeout(Some(ANSWER_TIMEOUT))
         .map_err(read)?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).map_err(read)?;
-    Ok(serde_json::from_str(&text)?)
+    // Whatever listens there answers: a bounded read (the socket is in data_dir, which
+    // may be the workers' user's).
+    let mut text = Vec::new();
+    (&mut stream)
+        .take(ANSWER_MAX)
+        .read_to_end(&mut text)
+        .map_err(read)?;
+    Ok(serde_json::from_slice(&text)?)
 }
 
 /// Prints the status once, or every second with `watch` (until interrupted).
 pub fn run(config: &Config, json: bool, watch: bool) -> Result<(), StatusError> {
     loop {
         let status = ask(config)?;
+        // What workers and programs wrote (a request line, a STATUS=) is shown, not obeyed.
         let text = if json {
-            format!("{status}\n")
+            crate::format::json_for_terminal(&status)? + "\n"
         } else {
-            render(&status)
+            crate::format::escape_controls(&render(&status), true).into_owned()
         };
         let mut out = io::stdout().lock();
         if watch {

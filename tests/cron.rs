@@ -216,7 +216,9 @@ fn a_run_missed_while_down_is_caught_up_once_or_skipped() {
         job("lazy", false)
     ));
     server.wait_for_log("listening on http://");
+    // The cron workers make it; there are none yet.
     let state_dir = server.dir.path().join("forkwarden-data/cron");
+    std::fs::create_dir_all(&state_dir).unwrap();
     let hour_ago = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()

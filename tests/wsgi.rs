@@ -353,3 +353,47 @@ fn header_values_go_out_as_iso_8859_1_bytes() {
         String::from_utf8_lossy(&raw)
     );
 }
+
+#[test]
+fn sys_exit_in_a_request_ends_that_request_not_the_server() {
+    // Before: PyErr_Print exits the process on SystemExit, with its code: 3, the critical
+    // status, stopped the whole server.
+    let server = probe_server();
+    let first = server.get("/pid").body;
+    let reply = server.get("/exit");
+    assert_eq!(reply.status, 500, "{reply:?}");
+    server.wait_for_log("the application raised SystemExit(3) serving GET /exit; answered 500");
+    let line = server.wait_for_log("respawned as pid");
+    assert!(
+        line.contains("the application asked to be replaced"),
+        "{line}"
+    );
+    assert!(
+        wait_until(SOON, || {
+            let pid = server.get("/pid");
+            pid.status == 200 && pid.body != first
+        }),
+        "{}",
+        server.log_text()
+    );
+    assert!(server.log_matching("stopping the server").is_empty());
+}
+
+#[test]
+fn a_worker_held_by_a_thread_of_the_application_still_leaves() {
+    // Before: after limit_request, Python waited at exit for the application's non-daemon
+    // thread: the slot served nobody until heartbeat_timeout, for ever without one.
+    let server = probe_server_with("limit_request = 2\nheartbeat_timeout = 0");
+    let first = server.get("/pid").body;
+    assert_eq!(server.get("/thread").status, 200);
+    let line = server.wait_for_log("exited: limit_request reached");
+    assert!(line.contains("respawned as pid"), "{line}");
+    assert!(
+        wait_until(SOON, || {
+            let pid = server.get("/pid");
+            pid.status == 200 && pid.body != first
+        }),
+        "{}",
+        server.log_text()
+    );
+}

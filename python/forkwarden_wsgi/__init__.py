@@ -89,11 +89,13 @@ def load(target):
 
 def serve(target, app):
     """The worker: forkwarden's HTTP worker serving `app` until it is told to leave (or
-    recycled). Returns the process's exit status."""
+    recycled). Then the process ends, at once: a thread the application started (not a
+    daemon) would otherwise keep it from exiting, and the worker from ever leaving."""
     if _core is None:
         sys.exit(f"forkwarden_wsgi: its core is not built ({_CORE_ERROR}); install it with "
                  "`pip install ./python` from forkwarden's source")
-    return _core.serve(app, target)
+    status = _core.serve(app, target)
+    exit_now(status)
 
 
 # prctl(2) options (linux/prctl.h).
@@ -431,7 +433,7 @@ class Template:
             self.post_fork()
         # The worker waits for its middle process to be gone before it binds its
         # parent-death signal to the master.
-        sys.exit(serve(self.target, self.app))
+        serve(self.target, self.app)
 
 
 def main(argv=None):
@@ -458,5 +460,5 @@ def main(argv=None):
         return
     if post_fork is not None:
         post_fork()
-    sys.exit(serve(args.app, app))
+    serve(args.app, app)
 

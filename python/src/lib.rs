@@ -16,7 +16,9 @@ use std::os::fd::AsRawFd;
 
 use forkwarden::{App, BodyStream, Part, Request, RequestBody, Response, StreamError};
 use percent_encoding::percent_decode_str;
-use pyo3::exceptions::{PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyKeyboardInterrupt, PyMemoryError, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
+};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyIterator, PyList, PyString, PyTuple};
@@ -284,8 +286,22 @@ impl Wsgi {
             );
             return Response::text(500, "internal server error\n").and_replace_worker();
         }
+        if error.is_instance_of::<PySystemExit>(py)
+            || error.is_instance_of::<PyKeyboardInterrupt>(py)
+        {
+            // sys.exit() in one request ends that request, not the server: the worker's exit
+            // status is its own (3 would stop the whole server, which is for failures at
+            // start), so it answers 500 and is replaced.
+            tracing::error!(
+                "forkwarden_wsgi: the application raised {} serving {what}; answered 500; \
+                 this worker leaves to be replaced",
+                describe_exception(py, &error)
+            );
+            print_traceback(py, &error);
+            return Response::text(500, "internal server error\n").and_replace_worker();
+        }
         tracing::error!("forkwarden_wsgi: the application failed serving {what}; answered 500:");
-        error.print(py);
+        print_traceback(py, &error);
         Response::text(500, "internal server error\n")
     }
 }
@@ -422,7 +438,7 @@ impl BodyStream for WsgiBody {
                     "forkwarden_wsgi: the application failed while its response was being \
                      sent; the connection is closed:"
                 );
-                error.print(py);
+                print_traceback(py, &error);
                 StreamError(error.to_string())
             };
             loop {
@@ -443,10 +459,29 @@ impl BodyStream for WsgiBody {
         Python::attach(|py| {
             if let Err(error) = close(self.result.bind(py)) {
                 tracing::error!("forkwarden_wsgi: the response's close() failed:");
-                error.print(py);
+                print_traceback(py, &error);
             }
         });
     }
+}
+
+/// Writes `error`'s traceback to standard error, as Python does for an uncaught exception,
+/// but never exits: `PyErr::print` ends the process on `SystemExit`, with its code.
+fn print_traceback(py: Python<'_>, error: &PyErr) {
+    let printed = py
+        .import("traceback")
+        .and_then(|traceback| traceback.call_method1("print_exception", (error.value(py),)));
+    if printed.is_err() {
+        eprintln!("{}", describe_exception(py, error));
+    }
+}
+
+/// `SystemExit(3)`: the exception's type and arguments.
+fn describe_exception(py: Python<'_>, error: &PyErr) -> String {
+    error
+        .value(py)
+        .repr()
+        .map_or_else(|_| error.to_string(), |text| text.to_string())
 }
 
 /// A str of the code points of `bytes` (latin-1), as PEP 3333 has bytes carried in str.

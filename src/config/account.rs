@@ -21,6 +21,18 @@ pub struct RunAs {
 }
 
 impl RunAs {
+    /// Who file operations in the workers' places (their log, data_dir) are done as, when
+    /// this process is root: the workers' user, so that nothing a worker planted there can
+    /// turn root's privilege against the host. None when this process already runs as
+    /// that user (it cannot switch, and need not).
+    pub fn fs_identity(&self) -> Option<crate::sys::FsIdentity> {
+        (nix::unistd::geteuid().is_root() && !self.uid.is_root()).then(|| crate::sys::FsIdentity {
+            uid: self.uid,
+            gid: self.gid,
+            groups: self.groups.clone(),
+        })
+    }
+
     /// Resolves `user` and `group`; on failure, the key to blame and what is wrong.
     pub fn resolve(
         user: Option<&str>,

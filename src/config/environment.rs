@@ -5,7 +5,7 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
-use nix::unistd::{AccessFlags, access};
+use nix::unistd::AccessFlags;
 
 use super::Config;
 
@@ -25,14 +25,34 @@ impl Config {
                 ));
             }
         }
-        if !self.cron.is_empty() {
-            writable_dir("data_dir", &self.data_dir)?;
+        match self.data_dir_owner() {
+            Some(workers) => crate::data_dir::check(&self.data_dir, &workers)
+                .map_err(|why| ("data_dir".to_string(), why))?,
+            None if !self.cron.is_empty() => writable_dir("data_dir", &self.data_dir)?,
+            None => {}
         }
         if let Some(pidfile) = &self.pidfile {
             writable_file("pidfile", pidfile)?;
         }
         if let Some(logfile) = &self.logfile {
-            writable_file("logfile", logfile)?;
+            // The master opens it as the workers' user when it runs as root (see log.rs).
+            match self.run_as.as_ref().and_then(super::RunAs::fs_identity) {
+                Some(workers) => {
+                    crate::sys::as_user(&workers, || writable_file("logfile", logfile))
+                        .map_err(|error| ("logfile".to_string(), error.to_string()))?
+                        .map_err(|(key, why)| {
+                            let user = self
+                                .run_as
+                                .as_ref()
+                                .map_or("", |run_as| run_as.user.as_str());
+                            (
+                                key,
+                                format!("{why} (as user {user}, who reopens it after a rotation)"),
+                            )
+                        })?
+                }
+                None => writable_file("logfile", logfile)?,
+            }
         }
         if let Some(app) = &self.app {
             let path = app.env.get("PATH").map(OsStr::new);
@@ -64,6 +84,17 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Whether this process may do `mode` to `path`, with its effective (and file-system)
+/// identity: what an open would be checked against, not what the real user id may do.
+fn access(path: &Path, mode: AccessFlags) -> nix::Result<()> {
+    nix::unistd::faccessat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        mode,
+        nix::fcntl::AtFlags::AT_EACCESS,
+    )
 }
 
 /// `dir` can be created (its nearest existing ancestor is writable) or is a writable dir.

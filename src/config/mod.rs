@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_path_to_error::Segment;
 
 pub use account::RunAs;
-pub use store_url::CronStoreUrl;
+pub use store_url::{CronStoreUrl, PASSWORD_VARIABLES};
 pub use units::{ByteSize, CronTimeLimit, TimeSpan};
 
 /// Everything forkwarden reads from its config file, with Odoo's defaults filled in.
@@ -316,6 +316,16 @@ const MIN_CRON_LEASE: Duration = Duration::from_secs(2);
 
 /// Shortest `heartbeat_timeout`: idle workers show life once a second.
 const MIN_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether a variable of forkwarden's own environment passes on to the programs, templates
+/// and cron jobs it starts: not the service manager's (socket activation and notification,
+/// meant for the master) nor the cron store's password. An `env` table may set any of them.
+pub fn passed_to_children(name: &std::ffi::OsStr) -> bool {
+    !crate::notify::SERVICE_MANAGER_VARIABLES
+        .iter()
+        .chain(&PASSWORD_VARIABLES)
+        .any(|own| name == *own)
+}
 
 /// Keys whose new value a SIGHUP cannot apply to a running server.
 pub const RESTART_ONLY_KEYS: &[&str] = &[
@@ -801,6 +811,16 @@ impl Config {
     /// notify: see [`ExecApp::notifies`]).
     pub fn program_ready_timeout(&self, app: &ExecApp) -> Duration {
         app.ready_timeout.unwrap_or(self.ready_timeout).duration()
+    }
+
+    /// Who data_dir is for: the workers' user when its cron workers write their job files
+    /// there and the master runs as root (see `data_dir`); None when data_dir is this
+    /// process's own.
+    pub fn data_dir_owner(&self) -> Option<crate::sys::FsIdentity> {
+        self.run_as
+            .as_ref()
+            .filter(|_| !self.cron.is_empty())
+            .and_then(RunAs::fs_identity)
     }
 
     /// The wall-clock limit of one cron job (zero: none).

@@ -4,6 +4,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// Where the cron store's password comes from (libpq's variables, read by the cron workers):
+/// the master's alone. A program, template or cron job inherits neither, so that libpq in an
+/// application never takes the cron store's password for its own database; a program whose
+/// `env` sets one gets that.
+pub const PASSWORD_VARIABLES: [&str; 2] = ["PGPASSWORD", "PGPASSFILE"];
+
 /// A checked `cron_store` address: `postgresql://USER@HOST:PORT/DBNAME` (or libpq's
 /// `key=value` form). It names the user and the database, holds no password (that comes from
 /// `PGPASSWORD` or a `.pgpass` file, so that the config, which every worker is handed and

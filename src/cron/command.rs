@@ -135,7 +135,9 @@ pub fn history(
     if json {
         let mut text = String::new();
         for run in &runs {
-            text.push_str(&serde_json::to_string(run).map_err(|error| store(error.into()))?);
+            text.push_str(
+                &crate::format::json_for_terminal(run).map_err(|error| store(error.into()))?,
+            );
             text.push('\n');
         }
         return Ok(text);

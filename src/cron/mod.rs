@@ -79,10 +79,6 @@ pub struct Scheduler<'a> {
     /// Ended runs whose end the PostgreSQL store could not take yet (job, run id, record):
     /// written before the next claim.
     unrecorded: RefCell<Vec<(String, i64, RunRecord)>>,
-    /// With the PostgreSQL store: the files under `data_dir` where this server counts the
-    /// runs its own cron workers ended (the master, which never talks to the database,
-    /// shows these counts).
-    counted_here: Option<JobStore>,
 }
 
 /// What a cron worker should do about one job now.
@@ -164,14 +160,12 @@ impl<'a> Scheduler<'a> {
             };
             jobs.push((job, schedule));
         }
-        let files = JobStore::open(&config.data_dir)?;
-        let (store, counted_here) = match &config.cron_store {
+        let store = match &config.cron_store {
             Some(url) => {
                 let heartbeat = Some(config.heartbeat_timeout.duration()).filter(|t| !t.is_zero());
-                let shared = PgStore::new(url, heartbeat, listens);
-                (Store::Postgres(Box::new(shared)), Some(files))
+                Store::Postgres(Box::new(PgStore::new(url, heartbeat, listens)))
             }
-            None => (Store::Files(files), None),
+            None => Store::Files(JobStore::open(&config.data_dir)?),
         };
         Ok(Self {
             jobs,
@@ -182,7 +176,6 @@ impl<'a> Scheduler<'a> {
             server_started,
             stalls: RefCell::default(),
             unrecorded: RefCell::default(),
-            counted_here,
         })
     }
 
@@ -614,11 +607,6 @@ impl<'a> Scheduler<'a> {
                 state.next_run()
             }
             (Store::Postgres(store), Hold::Lease { run, .. }) => {
-                if let Some(here) = &self.counted_here
-                    && let Err(error) = here.count_run(&job.name, record.succeeded)
-                {
-                    warn!("cron job {}: cannot count its run here: {error}", job.name);
-                }
                 match store.finish(&job.name, run, &record) {
                     Ok(Some(next)) => next,
                     Ok(None) => {

@@ -158,8 +158,10 @@ pub fn run(
         );
     }
     let mut command = Command::new(&job.command[0]);
-    for variable in crate::notify::SERVICE_MANAGER_VARIABLES {
-        command.env_remove(variable);
+    for (variable, _) in std::env::vars_os() {
+        if !crate::config::passed_to_children(&variable) {
+            command.env_remove(variable);
+        }
     }
     command
         .args(&job.command[1..])

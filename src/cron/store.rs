@@ -19,13 +19,37 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
-use nix::unistd::{Gid, Uid};
 use serde::{Deserialize, Serialize};
 
 /// Mode of data_dir and its `cron` directory: the server's alone.
 const PRIVATE_DIR: u32 = 0o700;
 /// Mode of state and lock files: no other user may read, replace or lock them.
 const PRIVATE_FILE: u32 = 0o600;
+/// The largest state file read (one is a few hundred bytes).
+const STATE_MAX: usize = 64 << 10;
+
+/// Narrows `dir`, if others may use it, to 0700 (on the directory itself, opened without
+/// following a link).
+fn narrow(dir: &Path) -> io::Result<()> {
+    use nix::fcntl::OFlag;
+    let opened = nix::fcntl::open(
+        dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let mode = nix::sys::stat::fstat(&opened)?.st_mode & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "{} was open to other users (mode {mode:o}); made 0700",
+            dir.display()
+        );
+        nix::sys::stat::fchmod(
+            &opened,
+            nix::sys::stat::Mode::from_bits_truncate(PRIVATE_DIR),
+        )?;
+    }
+    Ok(())
+}
 
 /// A job's persisted state. Times are milliseconds since the Unix epoch. Every field has a
 /// default, so state files written by older versions still load.
@@ -118,39 +142,6 @@ pub struct JobLock {
 }
 
 impl JobStore {
-    /// Makes `data_dir` and its `cron` directory private (created if needed, 0700 whatever
-    /// the umask, an existing one narrowed to 0700) and gives them, and the files in them, to
-    /// `owner` (the workers' user, when the master runs as root). The master, at start.
-    pub fn prepare(data_dir: &Path, owner: Option<(Uid, Gid)>) -> io::Result<()> {
-        let dir = data_dir.join("cron");
-        DirBuilder::new()
-            .recursive(true)
-            .mode(PRIVATE_DIR)
-            .create(&dir)?;
-        for private in [data_dir, dir.as_path()] {
-            let mode = fs::symlink_metadata(private)?.permissions().mode();
-            if mode & 0o077 != 0 {
-                tracing::warn!(
-                    "{} was open to other users (mode {:o}); made 0700",
-                    private.display(),
-                    mode & 0o777
-                );
-                fs::set_permissions(private, fs::Permissions::from_mode(PRIVATE_DIR))?;
-            }
-        }
-        let Some((uid, gid)) = owner.filter(|_| nix::unistd::geteuid().is_root()) else {
-            return Ok(());
-        };
-        let chown =
-            |path: &Path| std::os::unix::fs::lchown(path, Some(uid.as_raw()), Some(gid.as_raw()));
-        chown(data_dir)?;
-        chown(&dir)?;
-        for entry in fs::read_dir(&dir)? {
-            chown(&entry?.path())?;
-        }
-        Ok(())
-    }
-
     /// The store under `data_dir`, created if needed.
     pub fn open(data_dir: &Path) -> io::Result<Self> {
         let dir = data_dir.join("cron");
@@ -158,6 +149,7 @@ impl JobStore {
             .recursive(true)
             .mode(PRIVATE_DIR)
             .create(&dir)?;
+        narrow(&dir)?;
         Ok(Self { dir })
     }
 
@@ -166,18 +158,11 @@ impl JobStore {
     }
 
     /// The job's state; a job never seen has the default state. An unreadable or corrupt
-    /// state file is an error, which the caller logs (and then starts the job afresh).
+    /// state file (or anything but a small regular file planted at its name) is an error,
+    /// which the caller logs (and then starts the job afresh).
     pub fn load(&self, name: &str) -> io::Result<JobState> {
-        let opened = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(self.state_path(name));
-        match opened {
-            Ok(mut file) => {
-                let mut text = String::new();
-                io::Read::read_to_string(&mut file, &mut text)?;
-                toml::from_str(&text).map_err(io::Error::other)
-            }
+        match crate::sys::read_small_file(&self.state_path(name), STATE_MAX) {
+            Ok(text) => toml::from_str(&String::from_utf8_lossy(&text)).map_err(io::Error::other),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(JobState::default()),
             Err(error) => Err(error),
         }
@@ -294,19 +279,6 @@ impl JobStore {
         }
     }
 
-    /// Counts a run of the job that ended on this server, in its state: with a store kept
-    /// elsewhere (PostgreSQL), the counts of this server's own runs, which its metrics show.
-    /// Under the job's lock, which no claim holds then, waited for (a moment: another cron
-    /// worker of this server counting too).
-    pub fn count_run(&self, name: &str, succeeded: bool) -> io::Result<()> {
-        let _lock = Flock::lock(self.lock_file(name)?, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| io::Error::from(errno))?;
-        let mut state = self.load(name)?;
-        state.runs = state.runs.saturating_add(1);
-        state.count_end(succeeded);
-        self.save(name, &state)
-    }
-
     /// The job's lock file, opened (created 0600 if absent, never through a symbolic link).
     fn lock_file(&self, name: &str) -> io::Result<File> {
         let file = OpenOptions::new()
@@ -413,17 +385,6 @@ mod tests {
     }
 
     #[test]
-    fn runs_counted_here_add_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = JobStore::open(dir.path()).unwrap();
-        for succeeded in [true, false, true] {
-            store.count_run("report", succeeded).unwrap();
-        }
-        let state = store.load("report").unwrap();
-        assert_eq!((state.runs, state.succeeded, state.failed), (3, 2, 1));
-    }
-
-    #[test]
     fn the_lock_is_exclusive_until_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let store = JobStore::open(dir.path()).unwrap();
@@ -445,8 +406,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-        let made = JobStore::prepare(&data_dir, None).and_then(|()| {
-            let store = JobStore::open(&data_dir)?;
+        let made = JobStore::open(&data_dir).and_then(|store| {
             store.save("report", &JobState::default())?;
             let lock = store.try_lock("report")?;
             assert!(lock.is_some());

@@ -4,9 +4,13 @@
 //! (0600), at `data_dir/forkwarden.sock`.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::rc::Rc;
+
+use nix::errno::Errno;
+use nix::sys::stat::Mode;
+use nix::unistd::UnlinkatFlags;
 
 use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
@@ -14,6 +18,7 @@ use tracing::{debug, warn};
 
 use super::Master;
 use super::answers::Conversations;
+use crate::data_dir::DataDir;
 
 /// The listening socket's poll token.
 pub(super) const CONTROL: Token = Token(3);
@@ -22,22 +27,27 @@ const FIRST_READER: usize = usize::MAX / 2;
 
 /// The control socket's path for a config: `data_dir/forkwarden.sock`.
 pub fn socket_path(config: &crate::config::Config) -> PathBuf {
-    config.data_dir.join("forkwarden.sock")
+    config.data_dir.join(NAME)
 }
 
 pub(super) struct ControlSocket {
     listener: UnixListener,
-    path: PathBuf,
+    /// data_dir, where the socket is: removed through it on exit.
+    dir: OwnedFd,
     readers: Conversations<UnixStream>,
 }
 
+/// The socket's name in data_dir.
+const NAME: &str = "forkwarden.sock";
+
 impl ControlSocket {
-    /// Listens at `path`; None (and a warning) if another live master listens there, or the
-    /// socket cannot be made: the server runs on without it.
-    pub(super) fn bind(path: &Path, registry: &Registry) -> Option<Self> {
-        match Self::try_bind(path, registry) {
+    /// Listens in `data_dir`; None (and a warning) if another live master listens there, or
+    /// the socket cannot be made: the server runs on without it.
+    pub(super) fn bind(data_dir: &DataDir, registry: &Registry) -> Option<Self> {
+        match Self::try_bind(data_dir, registry) {
             Ok(control) => control,
             Err(error) => {
+                let path = data_dir.path().join(NAME);
                 warn!(
                     path = %path.display(),
                     "cannot listen on the control socket {}: {error}; `forkwarden status` \
@@ -49,33 +59,40 @@ impl ControlSocket {
         }
     }
 
-    fn try_bind(path: &Path, registry: &Registry) -> io::Result<Option<Self>> {
-        if let Some(dir) = path.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
+    /// Everything through the open data_dir, never by its path, which the workers' user
+    /// may control (see data_dir.rs).
+    fn try_bind(data_dir: &DataDir, registry: &Registry) -> io::Result<Option<Self>> {
+        let at = data_dir.entry(NAME);
+        // Without waiting: a listener that never accepts must not hold the master up.
+        match mio::net::UnixStream::connect(&at) {
+            Err(error) if error.raw_os_error() != Some(libc::EAGAIN) => {}
+            _ => {
+                let path = data_dir.path().join(NAME);
+                warn!(
+                    path = %path.display(),
+                    "another forkwarden master answers on {}: `forkwarden status` reaches that \
+                     one, not this one (give each server its own data_dir)",
+                    path.display()
+                );
+                return Ok(None);
+            }
         }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            warn!(
-                path = %path.display(),
-                "another forkwarden master answers on {}: `forkwarden status` reaches that \
-                 one, not this one (give each server its own data_dir)",
-                path.display()
-            );
-            return Ok(None);
-        }
+        let dir = data_dir.descriptor().try_clone_to_owned()?;
         // Left behind by a master that was killed.
-        match std::fs::remove_file(path) {
-            Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
-            _ => {}
+        match nix::unistd::unlinkat(&dir, NAME, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(errno) => return Err(errno.into()),
         }
-        let mut listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        // Created 0600 at once (no chmod by path afterwards, which a link swapped in at the
+        // name would redirect). The master is single-threaded: the umask is its own.
+        let umask = nix::sys::stat::umask(Mode::from_bits_truncate(0o177));
+        let bound = UnixListener::bind(&at);
+        nix::sys::stat::umask(umask);
+        let mut listener = bound?;
         registry.register(&mut listener, CONTROL, Interest::READABLE)?;
         Ok(Some(Self {
             listener,
-            path: path.to_path_buf(),
+            dir,
             readers: Conversations::new(FIRST_READER),
         }))
     }
@@ -128,7 +145,7 @@ impl ControlSocket {
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let _ = nix::unistd::unlinkat(&self.dir, NAME, UnlinkatFlags::NoRemoveDir);
     }
 }
 
@@ -160,9 +177,17 @@ mod tests {
     #[test]
     fn a_reader_too_slow_for_its_answer_is_served_as_it_reads_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("control.sock");
+        let config = crate::config::Config {
+            data_dir: dir.path().to_path_buf(),
+            ..crate::config::Config::default()
+        };
+        let path = socket_path(&config);
+        let data_dir = DataDir::open(&config.data_dir, None).unwrap();
         let mut poll = mio::Poll::new().unwrap();
-        let mut control = ControlSocket::bind(&path, poll.registry()).expect("bound");
+        let mut control = ControlSocket::bind(&data_dir, poll.registry()).expect("bound");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
         let mut client = std::os::unix::net::UnixStream::connect(&path).unwrap();
         // Far more than a socket buffer holds: the master cannot write it all at once.
         let answer: Vec<u8> = (0..8 << 20).map(|index| (index % 251) as u8).collect();

@@ -11,12 +11,22 @@ use super::Master;
 use super::exec::Markers;
 use super::pool::{self, Departure, Lifecycle, RetireReason, Worker};
 use super::report::{self, Facts};
+use crate::id::Role;
 use crate::limits::{
     self, Breach, EXPIRY_GRACE, Enforcement, IDLE_SCAN, MemoryActivity, Observation,
 };
 use crate::proctree;
+use crate::sys::ProcessHandle;
 
 impl Master {
+    /// Who a cron job's process may be the child of, besides its cron worker: a preload
+    /// template (a `call` job), or the master (its cron worker died).
+    pub(super) fn job_parents(&self) -> Vec<Pid> {
+        std::iter::once(self.pid)
+            .chain(self.templates.pids())
+            .collect()
+    }
+
     /// Acts on the deadlines that are due: workers not ready in time, programs silent past
     /// their watchdog, workers that did not stop within `graceful_timeout`, and SIGKILLs due
     /// after a gentler signal.
@@ -110,6 +120,7 @@ impl Master {
         }
         let mut crossed = Vec::new();
         let mut earliest: Option<Instant> = None;
+        let job_parents = self.job_parents();
         // Whether some worker's memory must be read again at the short interval.
         let mut active = false;
         for worker in self.pool.workers_mut() {
@@ -130,7 +141,7 @@ impl Master {
                     .at
                     .map(|at| (now.saturating_duration_since(at), worker.memory.requests));
                 if limits::memory_due(activity, starting, last, limits.poll_interval) {
-                    read_memory(worker, now);
+                    read_memory(worker, &job_parents, now);
                 }
             }
             if let Some(breach) = silence(worker, limits, scan, now) {
@@ -141,15 +152,21 @@ impl Master {
                 role: Some(worker.id.role),
                 age: now.saturating_duration_since(worker.started),
                 busy_for: if busy { worker.row.busy_for() } else { None },
-                work_limit: worker.row.work_limit(),
+                // A cron job's own `timeout`, which only a cron worker's row may carry.
+                work_limit: worker
+                    .row
+                    .work_limit()
+                    .filter(|_| worker.id.role == Role::Cron),
                 rss: worker.memory.rss.filter(|_| worker.memory.at == Some(now)),
                 leaving: !worker.is_serving(),
             };
             match limits::check(limits, &observation) {
                 Some(enforcement) => crossed.push((worker.pid, enforcement)),
                 None => {
-                    if let Some(left) = limits::time_to_deadline(limits, &observation) {
-                        let deadline = now + left;
+                    // A deadline too far to count (a row's own work limit) is none.
+                    if let Some(deadline) = limits::time_to_deadline(limits, &observation)
+                        .and_then(|left| now.checked_add(left))
+                    {
                         earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
                     }
                 }
@@ -264,19 +281,33 @@ fn memory_activity(worker: &Worker, busy: bool) -> MemoryActivity {
 
 /// Reads the memory of `worker`: a built-in worker's own, plus its cron job's processes; a
 /// program's whole process tree.
-fn read_memory(worker: &mut Worker, now: Instant) {
+fn read_memory(worker: &mut Worker, job_parents: &[Pid], now: Instant) {
     let tree = worker.exec.is_some();
     let Some(own) = proctree::memory(worker.pid, tree) else {
         return;
     };
-    let job = worker
-        .row
-        .job_group()
-        .and_then(|job| proctree::memory(Pid::from_raw(job), true));
+    let job = cron_job(worker, job_parents).and_then(|job| proctree::memory(job.pid(), true));
     worker.memory.rss = Some(own.rss.saturating_add(job.map_or(0, |job| job.rss)));
     worker.memory.address_space = Some(own.address_space);
     worker.memory.at = Some(now);
     worker.memory.requests = worker.row.requests();
+}
+
+/// The cron job `worker` runs now, if it is a cron worker whose row names the job's
+/// process group and that group is provably the job's: led by a process whose parent is
+/// the cron worker (a command), one of `job_parents` (a preload template, for a `call`
+/// job; the master, once the cron worker died and the job came to it). A row is memory
+/// the worker writes: the number in it is only a claim, never acted on unchecked.
+pub(super) fn cron_job(worker: &Worker, job_parents: &[Pid]) -> Option<ProcessHandle> {
+    if worker.id.role != Role::Cron || worker.exec.is_some() {
+        return None;
+    }
+    let leader = Pid::from_raw(worker.row.job_group()?);
+    let job = ProcessHandle::open(leader).ok()?;
+    let lineage = proctree::lineage(leader)?;
+    let parent_ours = lineage.parent == worker.pid || job_parents.contains(&lineage.parent);
+    // Checked after the read: it was this very process that /proc described.
+    (lineage.group == leader && parent_ours && job.is_alive()).then_some(job)
 }
 
 /// The line that kills a ready worker that serves no request and has shown no sign of life

@@ -234,7 +234,9 @@ impl ExecState {
     /// When a silent program is to be killed: past its watchdog period since its last
     /// message, once the watchdog is armed.
     pub fn watchdog_deadline(&self) -> Option<Instant> {
-        self.watchdog.map(|period| self.last_alive + period)
+        // The period may be the program's own (`WATCHDOG_USEC`): one too long to add is none.
+        self.watchdog
+            .and_then(|period| self.last_alive.checked_add(period))
     }
 
     /// Records a message from the program: it is alive; `WATCHDOG_USEC` sets the period,

@@ -408,12 +408,17 @@ impl<'e, 'w> Family<'e, 'w> {
         labels: Labels,
         durations: &Durations,
     ) -> fmt::Result {
+        // Sums of many workers' counts may have saturated unevenly.
+        let durations = &durations.clone().consistent();
         let mut buckets: Vec<(f64, u64)> = DURATION_BOUNDS
             .iter()
             .zip(durations.buckets)
             .map(|(bound, count)| (bound.as_secs_f64(), count))
             .collect();
-        let finite: u64 = durations.buckets.iter().sum();
+        let finite = durations
+            .buckets
+            .iter()
+            .fold(0u64, |sum, bucket| sum.saturating_add(*bucket));
         buckets.push((f64::MAX, durations.count.saturating_sub(finite)));
         let mut metric = self
             .encoder

@@ -54,10 +54,10 @@ use crate::limits::MasterLimits;
 use crate::log::Logging;
 use crate::notify::{Doorbell, Notification, NotifyReceiver};
 use crate::scoreboard::{Board, WorkerRow, WorkerState};
-use crate::sys::{self, MASTER_SIGNALS, Reap};
+use crate::sys::{self, Exited, MASTER_SIGNALS};
 use crate::worker::{self, HandoffChannel, WorkerSpec};
 use pidfile::Pidfile;
-use pool::{Departure, PendingReport, Pool, RetireReason, Worker};
+use pool::{Departure, PendingReport, Pool, RetireReason, Worker, WorkerProcess};
 use report::{Ending, Exit, Facts, Verdict};
 use strays::Strays;
 use template::Templates;
@@ -91,7 +91,7 @@ pub enum MasterError {
     },
     #[error(transparent)]
     Pidfile(#[from] PidfileError),
-    #[error("cannot use data_dir {} for cron state: {source}", path.display())]
+    #[error("cannot use data_dir {}: {source}", path.display())]
     DataDir { path: PathBuf, source: io::Error },
     #[error("cannot create the master's private runtime directory in {}: {source}", path.display())]
     RuntimeDir { path: PathBuf, source: io::Error },
@@ -209,20 +209,14 @@ impl Master {
         } else {
             None
         };
-        if !config.cron.is_empty() {
-            let owner = config
-                .run_as
-                .as_ref()
-                .map(|run_as| (run_as.uid, run_as.gid));
-            crate::cron::JobStore::prepare(&config.data_dir, owner).map_err(|source| {
-                MasterError::DataDir {
+        let data_dir =
+            crate::data_dir::DataDir::open(&config.data_dir, config.data_dir_owner().as_ref())
+                .map_err(|source| MasterError::DataDir {
                     path: config.data_dir.clone(),
                     source,
-                }
-            })?;
-        }
+                })?;
         let pidfile = config.pidfile.as_deref().map(Pidfile::create).transpose()?;
-        let control = control::ControlSocket::bind(&control::socket_path(&config), poll.registry());
+        let control = control::ControlSocket::bind(&data_dir, poll.registry());
         let metrics = config
             .metrics_listen
             .map(|address| {
@@ -365,31 +359,37 @@ impl Master {
         let mut ended = Vec::new();
         let mut reaped_any = false;
         loop {
-            let reaped = match sys::reap_child() {
-                Ok(Reap::Exited(reaped)) => reaped,
-                Ok(Reap::NoneExited) => {
+            let pid = match sys::exited_child() {
+                Ok(Exited::Child(pid)) => pid,
+                Ok(Exited::None) => {
                     self.strays.children_left(true);
                     break;
                 }
-                Ok(Reap::NoChildren) => {
+                Ok(Exited::NoChildren) => {
                     self.strays.children_left(false);
                     break;
                 }
                 Err(Errno::EINTR) => continue,
                 Err(errno) => {
-                    error!("waitpid failed: {errno}");
+                    error!("waitid failed: {errno}");
                     break;
                 }
             };
-            let (pid, ending) = match reaped.status {
-                WaitStatus::Exited(pid, status) => (pid, Ending::Exited(status)),
-                WaitStatus::Signaled(pid, signal, core_dumped) => (
-                    pid,
-                    Ending::Signaled {
-                        signal,
-                        core_dumped,
-                    },
-                ),
+            // Not reaped yet: its pid, and the group it leads, are still its own.
+            let job_killed = self.kill_groups_of(pid);
+            let reaped = match sys::reap(pid) {
+                Ok(reaped) => reaped,
+                Err(errno) => {
+                    error!("cannot reap pid {pid}: {errno}");
+                    break;
+                }
+            };
+            let ending = match reaped.status {
+                WaitStatus::Exited(_, status) => Ending::Exited(status),
+                WaitStatus::Signaled(_, signal, core_dumped) => Ending::Signaled {
+                    signal,
+                    core_dumped,
+                },
                 _ => continue,
             };
             let exit = Exit {
@@ -401,7 +401,7 @@ impl Master {
                 ended.push(crate::id::TEMPLATE.to_string());
                 continue;
             }
-            if let Some(name) = self.on_worker_exit(pid, exit) {
+            if let Some(name) = self.on_worker_exit(pid, exit, job_killed) {
                 ended.push(name);
             }
         }
@@ -412,8 +412,30 @@ impl Master {
         }
     }
 
+    /// Kills what must go with child `pid`, which has exited and is not reaped yet: the
+    /// process group of a program or a template (its own children), the cron job of a cron
+    /// worker (whose process came to the master). Returns the job's process group, if one
+    /// was killed.
+    fn kill_groups_of(&mut self, pid: Pid) -> Option<Pid> {
+        if self.templates.pids().any(|template| template == pid) {
+            // The half-forked processes of its group go with it; its workers are in their own.
+            let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
+            return None;
+        }
+        let job_parents = self.job_parents();
+        let worker = self.pool.get_mut(pid)?;
+        if worker.exec.is_some() {
+            // What it started in its own process group goes with it; what it started
+            // elsewhere comes to the master, which kills it as left behind.
+            let _ = worker.process().signal(Signal::SIGKILL, true);
+        }
+        // A cron worker that died during a job: the job must not run on unsupervised.
+        let job = enforce::cron_job(worker, &job_parents)?;
+        job.signal_group(Signal::SIGKILL).ok().map(|()| job.pid())
+    }
+
     /// Handles the end of process `pid`; returns the worker's name if it was a worker.
-    fn on_worker_exit(&mut self, pid: Pid, exit: Exit) -> Option<String> {
+    fn on_worker_exit(&mut self, pid: Pid, exit: Exit, job_killed: Option<Pid>) -> Option<String> {
         let Some(mut worker) = self.pool.take(pid) else {
             self.strays.reaped(pid, exit.ending);
             return None;
@@ -432,13 +454,9 @@ impl Master {
         if let Some(exec) = &mut worker.exec {
             // The program's last words come before the line about its end.
             exec.close(&name, self.poll.registry());
-            // What it started in its own process group goes with it.
-            let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
         }
         let mut report = report::report(&worker, exit, &row, &self.limits, now);
-        if let Some(group) = row.job_group {
-            // The cron worker died during a job: the job must not run on unsupervised.
-            let _ = nix::sys::signal::killpg(Pid::from_raw(group), Signal::SIGKILL);
+        if let Some(group) = job_killed {
             report
                 .line
                 .push_str(&format!("; its job's process group {group} was killed"));
@@ -450,6 +468,14 @@ impl Master {
             &worker.row.durations(),
             &report.line,
         );
+        if worker.id.role == Role::Cron {
+            let runs = worker
+                .cron_runs()
+                .map(|(job, runs)| (job.to_string(), runs));
+            let runs: Vec<_> = runs.collect();
+            self.tally
+                .cron_worker_ended(runs, worker.running_job(&row).as_deref());
+        }
         let unexpected = report.verdict.is_unexpected();
         let leaving = worker.leaving();
         let level = report::level(unexpected);
@@ -463,6 +489,35 @@ impl Master {
             self.begin_stop("critical error in a worker", EXIT_STATUS_CRITICAL);
         } else if leaving.is_some_and(|leaving| leaving.reported) {
             debug!("{} (reported when the limit was enforced)", report.line);
+        } else if leaving.is_some_and(|leaving| {
+            matches!(
+                leaving.departure,
+                Departure::Retire {
+                    reason: RetireReason::OnItsOwn(_),
+                    ..
+                }
+            )
+        }) && self.stopping.is_none()
+            && self.pool.is_wanted(worker.id)
+        {
+            // Its replacement was started when it said it would leave: named here, or, not
+            // there yet (asked of the template), when it comes.
+            match self.pool.current(worker.id).map(|current| current.pid) {
+                Some(current) => log_worker(
+                    level,
+                    &report.facts,
+                    Some(current),
+                    &format!("{}; respawned as pid {current}", report.line),
+                ),
+                None => self.pool.set_pending_report(
+                    worker.id,
+                    PendingReport {
+                        line: report.line,
+                        facts: report.facts,
+                        unexpected,
+                    },
+                ),
+            }
         } else if self.stopping.is_some() || leaving.is_some() {
             log_worker(level, &report.facts, None, &report.line);
         } else {
@@ -543,6 +598,7 @@ impl Master {
     /// Marks ready the built-in workers whose scoreboard row left Booting: the row is the
     /// truth, the doorbell only woke us up (no message to lose, however many start at once).
     fn note_ready_workers(&mut self) {
+        self.note_leaving_workers();
         for worker in self.pool.workers_mut() {
             if worker.exec.is_none()
                 && worker.row.state() != WorkerState::Booting
@@ -555,6 +611,54 @@ impl Master {
                     elapsed(worker.started.elapsed())
                 );
             }
+        }
+    }
+
+    /// Workers that said in their row that they leave on its own (`limit_request`, the
+    /// application asked) are replaced now, and given `graceful_timeout` to finish: one
+    /// that lingers (a thread of the application's that keeps it from exiting) holds no
+    /// slot. One such worker per slot at a time: a program that says it at every start
+    /// cannot make the master fork without end.
+    fn note_leaving_workers(&mut self) {
+        let leaving: Vec<(Pid, WorkerId, crate::scoreboard::ExitReason)> = self
+            .pool
+            .workers()
+            .filter(|worker| worker.is_serving() && worker.answers_limits())
+            .filter_map(|worker| Some((worker.pid, worker.id, worker.row.leaving()?)))
+            .collect();
+        let now = Instant::now();
+        let deadline = now + self.config.graceful_timeout.duration();
+        for (pid, id, reason) in leaving {
+            let already = self.pool.workers().any(|other| {
+                other.id == id
+                    && other.pid != pid
+                    && other.leaving().is_some_and(|leaving| {
+                        matches!(
+                            &leaving.departure,
+                            Departure::Retire {
+                                reason: RetireReason::OnItsOwn(_),
+                                ..
+                            }
+                        )
+                    })
+            });
+            let Some(worker) = self.pool.get_mut(pid).filter(|_| !already) else {
+                continue;
+            };
+            let why = report::recycle_reason(reason, report::Ending::Exited(0));
+            debug!(
+                pid = pid.as_raw(),
+                "{} leaves on its own ({why}): its replacement starts now",
+                worker.name()
+            );
+            worker.depart(
+                Departure::Retire {
+                    reason: RetireReason::OnItsOwn(why),
+                    deadline,
+                    signalled: true,
+                },
+                false,
+            );
         }
     }
 
@@ -698,7 +802,10 @@ impl Master {
             }
             Role::Http | Role::Cron => None,
         };
-        let mut row = WorkerRow::new()?;
+        let mut row = match id.role {
+            Role::Cron => WorkerRow::for_cron(self.config.cron.len())?,
+            Role::Http | Role::Program(_) => WorkerRow::new()?,
+        };
         let generation = self.pool.generation();
         let (exec_app, listener) = match id.role {
             Role::Http => (self.config.app.as_ref(), self.listener.as_ref()),
@@ -760,7 +867,22 @@ impl Master {
             None => self.config.ready_timeout.duration(),
         };
         let ready_by = Some(started + ready_timeout).filter(|_| !ready_timeout.is_zero());
-        let mut worker = Worker::new(pid, id, generation, started, row, ready_by);
+        let mut worker = Worker::new(
+            WorkerProcess::Child(pid),
+            id,
+            generation,
+            started,
+            row,
+            ready_by,
+        );
+        if id.role == Role::Cron {
+            worker.cron_jobs = self
+                .config
+                .cron
+                .iter()
+                .map(|job| job.name.clone())
+                .collect();
+        }
         if let (Some(app), Some(pipes)) = (exec_app, pipes) {
             let tokens = self.output_tokens.pair();
             let limit_request = crate::limits::request_limit_for_worker(&self.config);
@@ -949,32 +1071,56 @@ impl Master {
     }
 }
 
-/// The master's private directory (mode 0700, owned by the workers' user): under
-/// `$RUNTIME_DIRECTORY` when systemd gives one, else the system's temporary directory.
+/// The master's private directory, under `$RUNTIME_DIRECTORY` when systemd gives one, else
+/// the system's temporary directory: the master's (0700), or with `user`, root's with the
+/// workers' group allowed through (0710) to reach the sockets in it, but never to create,
+/// rename or replace anything there. So the master's own calls there by path (bind, chown
+/// of a socket it just made) cannot be redirected.
 fn runtime_dir(config: &Config) -> Result<tempfile::TempDir, MasterError> {
     let base = std::env::var_os("RUNTIME_DIRECTORY")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
+    let error = |source| MasterError::RuntimeDir {
+        path: base.clone(),
+        source,
+    };
     let dir = tempfile::Builder::new()
         .prefix("forkwarden-")
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir_in(&base)
-        .map_err(|source| MasterError::RuntimeDir {
-            path: base.clone(),
-            source,
-        })?;
-    give_to_workers_user(config, dir.path())
-        .map_err(|source| MasterError::RuntimeDir { path: base, source })?;
+        .map_err(error)?;
+    if let Some(workers) = config
+        .run_as
+        .as_ref()
+        .and_then(crate::config::RunAs::fs_identity)
+    {
+        let opened = nix::fcntl::open(
+            dir.path(),
+            nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_NOFOLLOW,
+            nix::sys::stat::Mode::empty(),
+        );
+        opened
+            .and_then(|fd| {
+                nix::unistd::fchown(&fd, None, Some(workers.gid))?;
+                nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(0o710))
+            })
+            .map_err(|errno| error(errno.into()))?;
+    }
     Ok(dir)
 }
 
-/// Gives `path` to the user workers run as (`user`), so that programs can reach it.
+/// Gives `path`, a socket the master just made in its private directory, to the user
+/// workers run as (`user`), so that programs can reach it.
 fn give_to_workers_user(config: &Config, path: &std::path::Path) -> io::Result<()> {
-    match &config.run_as {
-        Some(run_as) if nix::unistd::geteuid().is_root() => {
-            std::os::unix::fs::chown(path, Some(run_as.uid.as_raw()), Some(run_as.gid.as_raw()))
+    match config
+        .run_as
+        .as_ref()
+        .and_then(crate::config::RunAs::fs_identity)
+    {
+        Some(workers) => {
+            std::os::unix::fs::lchown(path, Some(workers.uid.as_raw()), Some(workers.gid.as_raw()))
         }
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 

@@ -72,8 +72,10 @@ impl Drop for Pidfile {
 /// The pid a pid file names: a number from 1 up (0 and negative numbers would name process
 /// groups to `kill`, and are no pid).
 fn read_pid(path: &Path) -> Option<i32> {
-    fs::read_to_string(path)
-        .ok()?
+    // Its directory may be one others write to: nothing planted there (a FIFO, a link, a
+    // huge file) may hold the master up.
+    let text = crate::sys::read_small_file(path, 64).ok()?;
+    String::from_utf8_lossy(&text)
         .trim()
         .parse()
         .ok()

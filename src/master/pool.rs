@@ -9,15 +9,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tracing::warn;
 
 use super::exec::{ExecState, Markers};
+use super::tally::CronRuns;
 use crate::config::Program;
 use crate::id::{Role, WorkerId, worker_name};
-use crate::scoreboard::WorkerRow;
+use crate::scoreboard::{RowSnapshot, WorkerRow, WorkerState};
+use crate::sys::ProcessHandle;
 
 /// A program without request markers that ends on its own this soon after it was started
 /// counts as a failed start (for other workers, requests served tell).
@@ -39,6 +40,9 @@ pub enum RetireReason {
     /// It crossed a graceful limit (`limit_memory_soft`, `limit_time_worker_cron`,
     /// `limit_request` of a program): what and by how much.
     Limit(String),
+    /// It said it leaves on its own (`limit_request` reached, the application asked): its
+    /// replacement starts at once; it finishes its last requests meanwhile.
+    OnItsOwn(String),
 }
 
 impl fmt::Display for RetireReason {
@@ -47,7 +51,7 @@ impl fmt::Display for RetireReason {
             Self::Shutdown => "server stopping",
             Self::Replaced => "replaced after reload",
             Self::ScaledDown => "scaled down",
-            Self::Limit(detail) => detail,
+            Self::Limit(detail) | Self::OnItsOwn(detail) => detail,
         })
     }
 }
@@ -104,9 +108,43 @@ pub struct MemoryReading {
     pub requests: u64,
 }
 
+/// How the master reaches a worker's process. It signals only processes it can prove are
+/// its own: a pid is such a proof only while the process has not been reaped.
+pub enum WorkerProcess {
+    /// A child the master forked. Only the master reaps it, and it leaves the pool when it
+    /// is reaped: while it is in the pool, its pid (and the process group id it leads) is
+    /// its own.
+    Child(Pid),
+    /// A worker a preload template forked: it is not the master's child until its middle
+    /// process has gone, and that process could reap it first. A handle names it whatever
+    /// becomes of its pid (one descriptor for each such worker).
+    Adopted(ProcessHandle),
+}
+
+impl WorkerProcess {
+    pub fn pid(&self) -> Pid {
+        match self {
+            Self::Child(pid) => *pid,
+            Self::Adopted(handle) => handle.pid(),
+        }
+    }
+
+    /// Sends `signal` to the process, or (`group`) to the process group it leads.
+    pub fn signal(&self, signal: Signal, group: bool) -> std::io::Result<()> {
+        match (self, group) {
+            (Self::Child(pid), false) => kill(*pid, signal).map_err(Into::into),
+            (Self::Child(pid), true) => killpg(*pid, signal).map_err(Into::into),
+            (Self::Adopted(handle), false) => handle.signal(signal),
+            (Self::Adopted(handle), true) => handle.signal_group(signal),
+        }
+    }
+}
+
 /// A live worker process.
 pub struct Worker {
     pub pid: Pid,
+    /// How it is reached to be signalled.
+    process: WorkerProcess,
     pub id: WorkerId,
     pub generation: u64,
     pub started: Instant,
@@ -115,12 +153,14 @@ pub struct Worker {
     pub memory: MemoryReading,
     /// Set for an exec worker (`[app]`): its output pipes and sd_notify state.
     pub exec: Option<ExecState>,
+    /// For a cron worker: the jobs of its config, in order, whose runs its row counts.
+    pub cron_jobs: Vec<String>,
 }
 
 impl Worker {
     /// A worker just forked in slot `id`, to be ready by `ready_by`.
     pub fn new(
-        pid: Pid,
+        process: WorkerProcess,
         id: WorkerId,
         generation: u64,
         started: Instant,
@@ -128,7 +168,8 @@ impl Worker {
         ready_by: Option<Instant>,
     ) -> Self {
         Self {
-            pid,
+            pid: process.pid(),
+            process,
             id,
             generation,
             started,
@@ -136,12 +177,36 @@ impl Worker {
             row,
             memory: MemoryReading::default(),
             exec: None,
+            cron_jobs: Vec::new(),
         }
+    }
+
+    /// The runs of each job of its config that its row says ended (a cron worker's).
+    pub fn cron_runs(&self) -> impl Iterator<Item = (&str, CronRuns)> + '_ {
+        let counts = self.row.job_counts(self.cron_jobs.len());
+        self.cron_jobs
+            .iter()
+            .zip(counts)
+            .map(|(job, (succeeded, failed))| (job.as_str(), CronRuns { succeeded, failed }))
+    }
+
+    /// The cron job it is running now, as its row says (`job NAME`).
+    pub fn running_job(&self, row: &RowSnapshot) -> Option<String> {
+        let busy = row.busy_for.is_some() && row.state == WorkerState::Busy;
+        let job = row.request.strip_prefix("job ")?;
+        // Only a job of its config: the row is the worker's to write.
+        (busy && self.id.role == Role::Cron && self.cron_jobs.iter().any(|name| name == job))
+            .then(|| job.to_string())
     }
 
     /// `http worker 2 (pid 4312)`, the worker's name in log lines.
     pub fn name(&self) -> String {
         worker_name(self.id, self.pid)
+    }
+
+    /// The process, for what is done to it besides the signals above.
+    pub fn process(&self) -> &WorkerProcess {
+        &self.process
     }
 
     /// Whether it keeps its own scoreboard row and answers the per-request limits itself
@@ -159,18 +224,14 @@ impl Worker {
     /// be reaped anyway.
     pub fn signal(&self, signal: Signal) {
         let group = self.exec.is_some() && (signal == Signal::SIGKILL || !self.answers_limits());
-        let sent = if group {
-            killpg(self.pid, signal)
-        } else {
-            kill(self.pid, signal)
-        };
-        if let Err(errno) = sent
-            && errno != Errno::ESRCH
+        let sent = self.process.signal(signal, group);
+        if let Err(error) = sent
+            && error.raw_os_error() != Some(libc::ESRCH)
         {
             warn!(
                 pid = self.pid.as_raw(),
                 signal = signal.as_str(),
-                "cannot send {} to pid {}: {errno}",
+                "cannot send {} to pid {}: {error}",
                 signal.as_str(),
                 self.pid
             );
@@ -480,7 +541,7 @@ mod tests {
 
     fn worker(pool: &Pool, pid: i32, id: WorkerId, ready: bool) -> Worker {
         let mut worker = Worker::new(
-            Pid::from_raw(pid),
+            WorkerProcess::Child(Pid::from_raw(pid)),
             id,
             pool.generation(),
             Instant::now(),

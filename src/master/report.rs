@@ -86,7 +86,7 @@ impl Verdict {
             Self::Retired(RetireReason::Shutdown) => "shutdown".to_string(),
             Self::Retired(RetireReason::Replaced) => "replaced".to_string(),
             Self::Retired(RetireReason::ScaledDown) => "scaled_down".to_string(),
-            Self::Retired(RetireReason::Limit(detail))
+            Self::Retired(RetireReason::Limit(detail) | RetireReason::OnItsOwn(detail))
             | Self::KilledByMaster(detail)
             | Self::LimitExceeded(detail) => limit_named(detail).unwrap_or("killed").to_string(),
             Self::Recycled(reason) => reason.as_key().to_string(),
@@ -329,7 +329,10 @@ fn verdict(worker: &Worker, exit: Exit, row: &RowSnapshot, limits: &MasterLimits
     if ending == Ending::Exited(EXIT_CRITICAL) {
         return Verdict::Critical;
     }
-    if let Some(Departure::Retire { reason, .. }) = departure {
+    // One that left on its own is told by its row, as if the master had not known.
+    if let Some(Departure::Retire { reason, .. }) = departure
+        && !matches!(reason, RetireReason::OnItsOwn(_))
+    {
         return Verdict::Retired(reason.clone());
     }
     if !worker.is_ready() {
@@ -355,7 +358,7 @@ fn verdict(worker: &Worker, exit: Exit, row: &RowSnapshot, limits: &MasterLimits
     }
 }
 
-fn recycle_reason(reason: ExitReason, ending: Ending) -> String {
+pub fn recycle_reason(reason: ExitReason, ending: Ending) -> String {
     match reason {
         ExitReason::LimitRequest => "limit_request reached".to_string(),
         ExitReason::AppPanicked => "the application panicked; replaced to start clean".to_string(),
@@ -385,14 +388,8 @@ mod tests {
             role: Role::Http,
             slot: 1,
         };
-        let mut worker = Worker::new(
-            Pid::from_raw(4312),
-            id,
-            1,
-            now - age,
-            WorkerRow::new().unwrap(),
-            None,
-        );
+        let process = super::super::pool::WorkerProcess::Child(Pid::from_raw(4312));
+        let mut worker = Worker::new(process, id, 1, now - age, WorkerRow::new().unwrap(), None);
         if ready {
             worker.mark_ready();
         }
@@ -412,7 +409,6 @@ mod tests {
             busy_for: None,
             request: String::new(),
             request_cpu: Duration::ZERO,
-            job_group: None,
         }
     }
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::Master;
 use super::pool::{Departure, Lifecycle};
+use super::tally::CronRuns;
 use crate::id::Role;
 use crate::scoreboard::{Durations, WorkerState};
 
@@ -31,7 +32,7 @@ pub(super) struct Survey {
     /// Requests served and how long they took, by role (ended workers included).
     #[serde(skip)]
     pub served: BTreeMap<&'static str, Durations>,
-    /// The cron jobs and how their runs went (the local store's counts).
+    /// The cron jobs and how their runs on this server went since it started.
     pub cron_jobs: Vec<CronJobSurvey>,
 }
 
@@ -124,6 +125,7 @@ impl WorkerStateName {
 #[derive(Debug, Serialize)]
 pub(super) struct CronJobSurvey {
     pub name: String,
+    /// Runs that ended since the server started, on this server.
     pub runs: u64,
     pub succeeded: u64,
     pub failed: u64,
@@ -146,6 +148,7 @@ impl Master {
             served.insert(*role, ended.clone());
         }
         let mut running_jobs = Vec::new();
+        let mut cron_runs = self.tally.cron_runs_by_ended.clone();
         let rows: Vec<WorkerSurvey> = workers
             .iter()
             .map(|worker| {
@@ -164,10 +167,9 @@ impl Master {
                     (_, _) => WorkerStateName::Idle,
                 };
                 let busy = row.busy_for.filter(|_| row.state == WorkerState::Busy);
-                if busy.is_some() && worker.id.role == Role::Cron {
-                    if let Some(job) = row.request.strip_prefix("job ") {
-                        running_jobs.push(job.to_string());
-                    }
+                running_jobs.extend(worker.running_job(&row));
+                for (job, runs) in worker.cron_runs() {
+                    cron_runs.entry(job.to_string()).or_default().add(runs);
                 }
                 WorkerSurvey {
                     role: worker.id.role.as_str(),
@@ -238,32 +240,29 @@ impl Master {
                 .collect(),
             workers: rows,
             served,
-            cron_jobs: self.cron_jobs(&running_jobs),
+            cron_jobs: self.cron_jobs(&running_jobs, &cron_runs),
         }
     }
 
-    /// The jobs of the config with their counts from the local store (small files under
-    /// data_dir; a job never run reads as zeros). With a PostgreSQL `cron_store`, which the
-    /// master never talks to, the counts there are of this server's own runs (each host
-    /// counts its own; `forkwarden cron list` reads the database).
-    fn cron_jobs(&self, running: &[String]) -> Vec<CronJobSurvey> {
-        if self.config.cron.is_empty() {
-            return Vec::new();
-        }
-        let store = crate::cron::JobStore::open(&self.config.data_dir).ok();
+    /// The jobs of the config with the runs this server's cron workers ended since it
+    /// started (each host counts its own), and whether one runs now. Counted in memory from
+    /// the cron workers' rows: the master never reads the job files under data_dir, which
+    /// the workers' user can write (`forkwarden cron list` reads the store).
+    fn cron_jobs(
+        &self,
+        running: &[String],
+        runs: &BTreeMap<String, CronRuns>,
+    ) -> Vec<CronJobSurvey> {
         self.config
             .cron
             .iter()
             .map(|job| {
-                let state = store
-                    .as_ref()
-                    .and_then(|store| store.load(&job.name).ok())
-                    .unwrap_or_default();
+                let counted = runs.get(&job.name).copied().unwrap_or_default();
                 CronJobSurvey {
                     name: job.name.clone(),
-                    runs: state.runs,
-                    succeeded: state.succeeded,
-                    failed: state.failed,
+                    runs: counted.succeeded.saturating_add(counted.failed),
+                    succeeded: counted.succeeded,
+                    failed: counted.failed,
                     running: running.contains(&job.name),
                 }
             })

@@ -32,6 +32,22 @@ pub struct Tally {
     pub recent: VecDeque<Death>,
     /// Requests (jobs, for cron workers) served by workers that have ended, by role.
     pub served_by_ended: BTreeMap<&'static str, Durations>,
+    /// Runs of each cron job that ended, counted by cron workers that have ended.
+    pub cron_runs_by_ended: BTreeMap<String, CronRuns>,
+}
+
+/// Runs of one cron job that ended: well, or not (an interrupted one included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CronRuns {
+    pub succeeded: u64,
+    pub failed: u64,
+}
+
+impl CronRuns {
+    pub fn add(&mut self, other: CronRuns) {
+        self.succeeded = self.succeeded.saturating_add(other.succeeded);
+        self.failed = self.failed.saturating_add(other.failed);
+    }
 }
 
 impl Tally {
@@ -70,6 +86,25 @@ impl Tally {
                 at: SystemTime::now(),
                 pid,
                 line: line.to_string(),
+            });
+        }
+    }
+
+    /// A cron worker ended, having counted `runs` of the jobs of its config; `interrupted`:
+    /// the job it was running when it ended, a failed run.
+    pub fn cron_worker_ended(
+        &mut self,
+        runs: impl IntoIterator<Item = (String, CronRuns)>,
+        interrupted: Option<&str>,
+    ) {
+        for (job, counted) in runs {
+            self.cron_runs_by_ended.entry(job).or_default().add(counted);
+        }
+        if let Some(job) = interrupted {
+            let runs = self.cron_runs_by_ended.entry(job.to_string()).or_default();
+            runs.add(CronRuns {
+                succeeded: 0,
+                failed: 1,
             });
         }
     }

@@ -34,19 +34,19 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tracing::{debug, info, warn};
 
 use super::exec::{ExecPipes, ExecState};
-use super::pool::{Worker, backoff, ready_timeout_given};
+use super::pool::{Worker, WorkerProcess, backoff, ready_timeout_given};
 use super::report::Exit;
 use super::{Master, Spawned};
 use crate::format::{elapsed, seconds};
 use crate::id::{Role, TEMPLATE, WorkerId, template_name};
 use crate::notify::Notification;
 use crate::scoreboard::WorkerRow;
-use crate::sys;
+use crate::sys::{self, ProcessHandle};
 use crate::worker::{TemplateChannels, WorkerSpec};
 
 /// The notification by which a worker forked by a template says which request it answers.
@@ -54,6 +54,7 @@ pub const FORK_KEY: &str = "FORKWARDEN_FORK";
 
 /// One running template.
 pub struct Template {
+    /// A child of the master: its pid is its own until the master reaps it.
     pub pid: Pid,
     pub generation: u64,
     pub started: Instant,
@@ -114,7 +115,11 @@ impl Template {
 
 /// A worker asked of a template and not heard from yet.
 struct ForkRequest {
+    /// Counts the requests, for log lines.
     number: u64,
+    /// What the worker must answer (`FORKWARDEN_FORK=<token>`): random, so that no other
+    /// process that reaches the notification socket can pass for it.
+    token: String,
     id: WorkerId,
     generation: u64,
     template: Pid,
@@ -321,8 +326,9 @@ impl Master {
         let template_pid = template.pid;
         let pipes = ExecPipes::new()?;
         let number = self.templates.next_request;
+        let token = fork_token()?;
         let mut text = format!(
-            "{FORK_KEY}={number}\nFORKWARDEN_SLOT={}\nFORKWARDEN_GENERATION={generation}\n",
+            "{FORK_KEY}={token}\nFORKWARDEN_SLOT={}\nFORKWARDEN_GENERATION={generation}\n",
             id.slot
         );
         if let Some(period) = self.limits.heartbeat {
@@ -351,6 +357,7 @@ impl Master {
         );
         self.templates.requests.push(ForkRequest {
             number,
+            token,
             id,
             generation,
             template: template_pid,
@@ -372,51 +379,102 @@ impl Master {
             })
     }
 
-    /// Handles `FORKWARDEN_FORK=<n>` from a worker a template forked: it joins the pool,
-    /// as an exec worker of the slot it was asked for. Returns false if `notification`
-    /// is not such a message.
+    /// Handles `FORKWARDEN_FORK=<token>` from a worker a template forked: it joins the
+    /// pool, as an exec worker of the slot it was asked for. Returns false if
+    /// `notification` is not such a message.
+    ///
+    /// Anything that reaches the notification socket may send this, so the master adopts
+    /// only a sender that knows a waiting request's token and that is the template's
+    /// grandchild (through the middle process) or, the middle process gone, the master's
+    /// own child. Any other sender is ignored, never signalled: it is not known to be ours.
     pub(super) fn adopt_forked(&mut self, notification: &Notification) -> bool {
-        let Some(number) = notification.get(FORK_KEY) else {
+        let Some(answer) = notification.get(FORK_KEY) else {
             return false;
         };
         let pid = notification.pid;
         if self.pool.get_mut(pid).is_some() {
             return false;
         }
-        let found = number.parse::<u64>().ok().and_then(|number| {
-            self.templates
-                .requests
-                .iter()
-                .position(|request| request.number == number)
-        });
-        let Some(index) = found else {
-            // A request given up on (its template was killed): nobody wants this process.
+        let Some(index) = self
+            .templates
+            .requests
+            .iter()
+            .position(|request| request.token == answer)
+        else {
+            // A request given up on (its template was killed), or a guess. A worker that
+            // nobody wants comes to the master once its middle process has gone, and is
+            // killed then as a left-behind process.
             warn!(
                 event = "fork_answer_unexpected",
                 pid = pid.as_raw(),
-                "pid {pid} says it answers fork request {number:?}, which is not waiting; killed"
+                "pid {pid} says it answers a fork request that is not waiting; ignored"
             );
-            let _ = killpg(pid, Signal::SIGKILL);
-            let _ = kill(pid, Signal::SIGKILL);
             return true;
         };
-        let request = self.templates.requests.swap_remove(index);
-        if let Err(error) = self.adopt(pid, request) {
-            warn!(
-                event = "forked_worker_refused",
+        let template = self.templates.requests[index].template;
+        match self.forked_by(pid, template) {
+            Ok(process) => {
+                let request = self.templates.requests.swap_remove(index);
+                if let Err(error) = self.adopt(process, request) {
+                    warn!(
+                        event = "forked_worker_refused",
+                        pid = pid.as_raw(),
+                        "cannot take on forked worker pid {pid}: {error}"
+                    );
+                }
+            }
+            Err(why) => warn!(
+                event = "fork_answer_refused",
                 pid = pid.as_raw(),
-                "cannot take on forked worker pid {pid}: {error}; killed"
-            );
-            let _ = killpg(pid, Signal::SIGKILL);
+                "pid {pid} answers fork request {} but {why}; ignored",
+                self.templates.requests[index].number
+            ),
         }
         true
     }
 
-    fn adopt(&mut self, pid: Pid, request: ForkRequest) -> io::Result<()> {
+    /// A handle on `pid` if it descends from template `template` as a forked worker does:
+    /// the child of a child of the template (its middle process), or of the master once that
+    /// middle process has exited. Why not, otherwise.
+    fn forked_by(&self, pid: Pid, template: Pid) -> Result<ProcessHandle, String> {
+        let process = ProcessHandle::open(pid).map_err(|error| format!("is gone ({error})"))?;
+        // Twice at most: the middle process may exit between the two reads, which makes
+        // the master the parent.
+        for _ in 0..2 {
+            let Some(lineage) = crate::proctree::lineage(pid) else {
+                return Err("is gone".into());
+            };
+            let through_middle =
+                || crate::proctree::lineage(lineage.parent).map(|middle| middle.parent == template);
+            let ours = if lineage.parent == self.pid {
+                Some(true)
+            } else {
+                through_middle()
+            };
+            match ours {
+                // What /proc said was about this very process: it has not been reaped since
+                // the handle was opened, so its pid is still its own.
+                Some(true) if process.is_alive() => return Ok(process),
+                Some(true) => return Err("is gone".into()),
+                Some(false) => {
+                    return Err(format!(
+                        "is not a process the {TEMPLATE} (pid {template}) forked: its parent \
+                         is pid {}",
+                        lineage.parent
+                    ));
+                }
+                None => continue,
+            }
+        }
+        Err("its parent went away while it was looked at".into())
+    }
+
+    fn adopt(&mut self, process: ProcessHandle, request: ForkRequest) -> io::Result<()> {
+        let pid = process.pid();
         let ready_timeout = self.fork_answer_timeout();
         let ready_by = Some(request.asked_at + ready_timeout).filter(|_| !ready_timeout.is_zero());
         let mut worker = Worker::new(
-            pid,
+            WorkerProcess::Adopted(process),
             request.id,
             request.generation,
             request.asked_at,
@@ -436,6 +494,7 @@ impl Master {
         if hard > 0
             && self.config.limit_memory_hard_rlimit
             && let Err(error) = sys::set_address_space_limit_of(pid, hard)
+                .and_then(|()| own_still(worker.process()))
         {
             warn!(
                 pid = pid.as_raw(),
@@ -494,8 +553,6 @@ impl Master {
         let mut template = self.templates.running.swap_remove(index);
         let name = template.name();
         template.exec.close(&name, self.poll.registry());
-        // The half-forked processes of its group go with it; its workers are in their own.
-        let _ = killpg(pid, Signal::SIGKILL);
         let dropped = self.drop_requests_to(pid);
         let dropped = if dropped > 0 {
             format!("; {dropped} fork requests to it will be asked again")
@@ -663,5 +720,23 @@ impl Master {
         for template in &mut self.templates.running {
             template.kill();
         }
+    }
+}
+
+/// A fork request's token: 128 random bits, in hex.
+fn fork_token() -> io::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|error| io::Error::other(error.to_string()))?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+/// Whether what was just done to `process` by its pid reached it: it was still unreaped
+/// afterwards, so the pid was its own.
+fn own_still(process: &WorkerProcess) -> io::Result<()> {
+    match process {
+        WorkerProcess::Adopted(handle) if !handle.is_alive() => {
+            Err(io::Error::other("it was gone by then"))
+        }
+        _ => Ok(()),
     }
 }

@@ -10,8 +10,12 @@
 //! same, for the board's count of idle workers).
 //!
 //! - [`process`]: fork (single-threaded only, signals blocked across it, closing what the
-//!   child must not inherit), immediate exit, reaping with CPU usage, pidfds, preparing a
-//!   job for exec.
+//!   child must not inherit), immediate exit, reaping with CPU usage, preparing a job for
+//!   exec.
+//! - [`files`]: files in places the workers' user can write, opened so that nothing planted
+//!   there redirects or stalls the master (and file operations done as that user).
+//! - [`pidfd`]: process descriptors, by which the master signals a process it checked and
+//!   never whatever process a recycled pid names.
 //! - [`signals`]: the worker's signal handlers (stop, log reopen, request limits) and the
 //!   signal-mask-aware waits built on them.
 //! - [`shm`]: anonymous shared memory that the master and one worker both see (and no
@@ -21,20 +25,24 @@
 //!   one worker to another (SCM_RIGHTS), and the channel to a preload template.
 #![allow(unsafe_code)]
 
+mod files;
 mod net;
+mod pidfd;
 mod process;
 mod shm;
 mod signals;
 mod title;
 
+pub use files::{FsIdentity, as_user, open_append, read_small_file};
 pub use net::{
     accept_nonblocking, calls_listener, connect_calls, defer_accept, handoff_channel,
     receive_connection, receive_message, send_connection, send_file, send_with_descriptors,
     template_channel,
 };
+pub use pidfd::{ProcessHandle, pidfd_open};
 pub use process::{
-    LISTEN_FD, Reap, adopt_inherited, duplicate_descriptor, ensure_standard_fds,
-    exec_socket_activated, fork_process, lower_priority, pidfd_open, reap_child,
+    Exited, LISTEN_FD, adopt_inherited, duplicate_descriptor, ensure_standard_fds,
+    exec_socket_activated, exited_child, fork_process, lower_priority, reap,
     set_address_space_limit_of, set_cpu_limit_of, supervise_job,
 };
 pub use shm::{SharedWords, sealed_text_file};

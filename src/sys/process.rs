@@ -157,27 +157,46 @@ pub struct Reaped {
     pub cpu: std::time::Duration,
 }
 
-/// What a non-blocking reap found.
-pub enum Reap {
-    Exited(Reaped),
+/// What a look for an exited child found.
+pub enum Exited {
+    /// Child `pid` has exited, and is not reaped yet: its pid, and the process group id it
+    /// leads, are still its own until [`reap`] is called.
+    Child(Pid),
     /// Children exist, none has exited.
-    NoneExited,
+    None,
     /// This process has no children at all.
     NoChildren,
 }
 
-/// Reaps one exited child without blocking, with its CPU usage (`wait4(2)`, which nix does
+/// Finds a child that has exited, without waiting and without reaping it (`waitid` with
+/// `WNOWAIT`): what must be done by its pid (kill its process group) is done before [`reap`]
+/// lets the kernel give the number to another process.
+pub fn exited_child() -> nix::Result<Exited> {
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match nix::sys::wait::waitid(Id::All, flags) {
+        Ok(WaitStatus::StillAlive) => Ok(Exited::None),
+        Ok(status) => match status.pid() {
+            Some(pid) => Ok(Exited::Child(pid)),
+            None => Ok(Exited::None),
+        },
+        Err(nix::errno::Errno::ECHILD) => Ok(Exited::NoChildren),
+        Err(errno) => Err(errno),
+    }
+}
+
+/// Reaps exited child `pid` without blocking, with its CPU usage (`wait4(2)`, which nix does
 /// not offer).
-pub fn reap_child() -> nix::Result<Reap> {
+pub fn reap(pid: Pid) -> nix::Result<Reaped> {
     let mut status: libc::c_int = 0;
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: `status` and `usage` are live, writable locals of the types wait4 expects; it
     // writes them only when it returns a pid.
-    let pid = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, usage.as_mut_ptr()) };
-    match nix::errno::Errno::result(pid) {
-        Ok(0) => Ok(Reap::NoneExited),
-        Err(nix::errno::Errno::ECHILD) => Ok(Reap::NoChildren),
-        Ok(pid) => {
+    let reaped =
+        unsafe { libc::wait4(pid.as_raw(), &mut status, libc::WNOHANG, usage.as_mut_ptr()) };
+    match nix::errno::Errno::result(reaped)? {
+        0 => Err(nix::errno::Errno::EAGAIN),
+        reaped => {
             // SAFETY: rusage is plain integers, valid when zeroed, and wait4 filled it in.
             let usage = unsafe { usage.assume_init() };
             let time = |value: libc::timeval| {
@@ -188,28 +207,12 @@ pub fn reap_child() -> nix::Result<Reap> {
                         .saturating_mul(1000),
                 )
             };
-            Ok(Reap::Exited(Reaped {
-                status: nix::sys::wait::WaitStatus::from_raw(Pid::from_raw(pid), status)?,
+            Ok(Reaped {
+                status: nix::sys::wait::WaitStatus::from_raw(Pid::from_raw(reaped), status)?,
                 cpu: time(usage.ru_utime) + time(usage.ru_stime),
-            }))
+            })
         }
-        Err(errno) => Err(errno),
     }
-}
-
-/// A descriptor that becomes readable when process `pid` exits (`pidfd_open(2)`, Linux
-/// 5.3+), so a wait for a child can sit in `poll` with a timeout, beside other descriptors.
-pub fn pidfd_open(pid: Pid) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no
-    // memory is passed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let fd = i32::try_from(fd).map_err(|_| std::io::Error::other("pidfd out of range"))?;
-    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 /// Signals a forked worker may have set to "ignore", which exec would otherwise pass on.

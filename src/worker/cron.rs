@@ -103,7 +103,7 @@ impl CronWorker<'_> {
             let now = SystemTime::now();
             let next = match self.scheduler.turn(index, now) {
                 Ok(Turn::Wait(at)) => Some(at),
-                Ok(Turn::Run(claim)) => self.run_claimed(claim),
+                Ok(Turn::Run(claim)) => self.run_claimed(index, claim),
                 Err(error) => {
                     let name = &self.spec.config.cron[index].name;
                     warn!(
@@ -120,7 +120,8 @@ impl CronWorker<'_> {
         earliest
     }
 
-    fn run_claimed(&self, claim: Claim<'_>) -> Option<SystemTime> {
+    /// Runs the claimed run of job `index` (in the config).
+    fn run_claimed(&self, index: usize, claim: Claim<'_>) -> Option<SystemTime> {
         let job = claim.job;
         let row = self.spec.row;
         let limit = self.scheduler.limit_of(job);
@@ -172,6 +173,8 @@ impl CronWorker<'_> {
             tail.take(),
             SystemTime::now(),
         );
+        // What the master counts (it never reads the job's files).
+        row.count_job_end(index, ending.succeeded());
         let who = job_pid.map_or(String::new(), |pid| format!(" (pid {pid})"));
         let next_text = describe_time(next.map(to_ms));
         macro_rules! ended {

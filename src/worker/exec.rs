@@ -11,7 +11,6 @@ use nix::unistd::{Pid, setpgid};
 use super::{EXIT_BOOT_FAILED, WorkerSpec};
 use crate::config::ExecApp;
 use crate::id::Role;
-use crate::notify::SERVICE_MANAGER_VARIABLES;
 use crate::sys;
 
 /// The descriptor a template finds its channel to the master on (`FORKWARDEN_CONTROL_FD`).
@@ -115,7 +114,7 @@ fn environment(
     kit_fd: Option<i32>,
 ) -> Result<Vec<CString>, String> {
     let mut vars: BTreeMap<OsString, OsString> = std::env::vars_os()
-        .filter(|(key, _)| !SERVICE_MANAGER_VARIABLES.iter().any(|name| key == name))
+        .filter(|(key, _)| crate::config::passed_to_children(key))
         .collect();
     vars.extend(super::account_variables(spec.config));
     for (key, value) in &app.env {

@@ -318,6 +318,12 @@ impl HttpWorker<'_> {
         loop {
             if let Some(reason) = self.exit_reason() {
                 if !self.is_draining() {
+                    if !matches!(reason, ExitReason::Stopped | ExitReason::MasterGone) {
+                        // Its replacement may start now: what is left here may take a while
+                        // (a long last request, a thread of the application's at exit).
+                        self.spec.row.set_leaving(reason);
+                        self.spec.doorbell.ring();
+                    }
                     self.drain();
                 }
                 if self.clients.is_empty() {

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import sys
+import threading
 import time
 from urllib.parse import parse_qs
 
@@ -74,6 +75,16 @@ def app(environ, start_response):
         return [data]
     if path == "/raise":
         raise ValueError("raised on purpose")
+    if path == "/exit":
+        sys.exit(3)  # in a request: that request's end, not the server's
+    if path == "/pid":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(os.getpid()).encode()]
+    if path == "/thread":
+        # A thread that is not a daemon and never ends: Python would wait for it at exit.
+        threading.Thread(target=threading.Event().wait).start()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"a thread that never ends\n"]
     if path == "/close":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return Closing([b"one ", b"two"])

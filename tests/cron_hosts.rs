@@ -597,3 +597,159 @@ fn command_on(cluster: &Cluster, dir: &Path) -> (bool, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// A TCP relay on loopback between a host and the cluster that can be paused: while it is,
+/// it moves nothing either way, yet the kernel keeps both connections up, as a link that
+/// drops everything without a word does to the cron worker's renewals.
+struct Relay {
+    port: u16,
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    fn to(target: u16) -> Relay {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("relay port");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("address").port();
+        let (paused, stop) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (paused_, stop_) = (Arc::clone(&paused), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop_.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                for (from, to) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ] {
+                    let (Ok(mut from), Ok(mut to)) = (from, to) else {
+                        continue;
+                    };
+                    let (paused, stop) = (Arc::clone(&paused_), Arc::clone(&stop_));
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
+                        let mut buffer = [0u8; 16 << 10];
+                        while !stop.load(Ordering::SeqCst) {
+                            if paused.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(10));
+                                continue;
+                            }
+                            match from.read(&mut buffer) {
+                                Ok(0) => break,
+                                Ok(read) => {
+                                    if to.write_all(&buffer[..read]).is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(error)
+                                    if matches!(
+                                        error.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => break,
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { port, paused, stop }
+    }
+
+    fn pause(&self, paused: bool) {
+        self.paused
+            .store(paused, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_cut_link_stops_the_job_before_another_host_may_take_it_over() {
+    // Before: a renewal waiting on a link cut without a word delayed the stop at three
+    // quarters of the lease past the lease itself: the other host took the job over and
+    // both ran it at once.
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let shared = tempfile::tempdir().expect("temp dir");
+    let marks = shared.path().join("marks");
+    // The job marks its start, then ticks every 50 ms for 8 s.
+    let config = |tag: &str, port: u16| {
+        let script = format!(
+            "echo start {tag} $$ $(date +%s.%N) >> {marks}; i=0; while [ $i -lt 160 ]; do \
+             echo tick {tag} $$ $(date +%s.%N) >> {marks}; sleep 0.05; i=$((i+1)); done; \
+             echo end {tag} $$ $(date +%s.%N) >> {marks}",
+            marks = marks.display()
+        );
+        format!(
+            "workers = 1\nmax_cron_threads = 1\n\
+             cron_store = \"postgresql://forkwarden@127.0.0.1:{port}/postgres\"\n\
+             cron_lease = \"2s\"\n\
+             [[cron]]\nname = \"beat\"\ninterval = \"1s\"\ncommand = [\"sh\", \"-c\", \"{script}\"]\n"
+        )
+    };
+    let relay = Relay::to(cluster.port);
+    let mut a = start_host(&config("a", relay.port));
+    assert!(
+        wait_until(Duration::from_secs(30), || read_marks(&marks)
+            .iter()
+            .any(|run| run.tag == "a")),
+        "a run on host a; marks: {:#?}",
+        read_marks(&marks)
+    );
+    // The link of host a goes silent in the middle of its run; host b comes.
+    relay.pause(true);
+    let cut = now_seconds();
+    let mut b = start_host(&config("b", cluster.port));
+    assert!(
+        wait_until(Duration::from_secs(30), || read_marks(&marks)
+            .iter()
+            .any(|run| run.tag == "b")),
+        "host b takes the job over; marks: {:#?}",
+        read_marks(&marks)
+    );
+    let text = std::fs::read_to_string(&marks).unwrap_or_default();
+    let times = |what: &str, tag: &str| -> Vec<f64> {
+        text.lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields.len() == 4 && fields[0] == what && fields[1] == tag)
+                    .then(|| fields[3].parse().ok())
+                    .flatten()
+            })
+            .collect()
+    };
+    let a_last = times("tick", "a").into_iter().fold(0.0, f64::max);
+    let b_start = times("start", "b").into_iter().fold(f64::MAX, f64::min);
+    eprintln!(
+        "host a's job last ticked {:.2} s after the cut; host b's run started {:.2} s after it",
+        a_last - cut,
+        b_start - cut
+    );
+    assert!(
+        a_last < b_start,
+        "host a's job still ran ({a_last}) after host b's started ({b_start}):\n{text}"
+    );
+    relay.pause(false);
+    stop(&mut a);
+    stop(&mut b);
+}

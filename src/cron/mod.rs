@@ -542,25 +542,32 @@ impl<'a> Scheduler<'a> {
         }
     }
 
-    /// Renews `claim` while it runs; an error (why) when it no longer holds, or may soon
-    /// not (unrenewed for three quarters of the lease): the run must be stopped, since
-    /// another host may take the job over once the lease has passed.
-    pub fn renew(&self, claim: &Claim<'_>) -> Result<(), String> {
+    /// How long a claim holds past its last renewal before its run must be stopped: three
+    /// quarters of the lease, so that it stops before another host may take the job over.
+    pub fn claim_holds_for(&self) -> Duration {
+        self.lease * 3 / 4
+    }
+
+    /// Renews `claim` while it runs: when the renewal was asked (the lease holds from then),
+    /// None when this one failed but the claim still holds; an error (why) when it no longer
+    /// holds, or may soon not (unrenewed for [`Self::claim_holds_for`]): the run must be
+    /// stopped, since another host may take the job over once the lease has passed.
+    pub fn renew(&self, claim: &Claim<'_>) -> Result<Option<Instant>, String> {
         let (Store::Postgres(store), Hold::Lease { run, renewed }) = (&self.store, &claim.hold)
         else {
-            return Ok(());
+            return Ok(None);
         };
         let asked_at = Instant::now();
         match store.renew(*run, self.lease) {
             Ok(true) => {
                 renewed.set(asked_at);
-                Ok(())
+                Ok(Some(asked_at))
             }
             Ok(false) => Err(LEASE_TAKEN.to_string()),
             Err(error) => {
                 let unrenewed = renewed.get().elapsed();
-                if unrenewed < self.lease * 3 / 4 {
-                    return Ok(());
+                if unrenewed < self.claim_holds_for() {
+                    return Ok(None);
                 }
                 Err(format!(
                     "its lease could not be renewed for {} ({error}); past cron_lease ({}) \

@@ -75,18 +75,15 @@ pub enum RunEnding {
     ClaimLost(String),
 }
 
-/// Keeping a run's claim while it runs: `renew` is called every `every`; an error (why)
-/// means the claim is lost, and the run is stopped.
+/// Keeping a run's claim while it runs: `renew` is called every `every`, and says when the
+/// claim was renewed (None: not this time, but it still holds); an error (why) means it is
+/// lost, and the run is stopped. The claim holds for `holds_for` past its last renewal:
+/// `deadline` kills the run then, whatever `renew` is doing (waiting on a cut link).
 pub struct Upkeep<'a> {
     pub every: Duration,
-    pub renew: &'a mut dyn FnMut() -> Result<(), String>,
-}
-
-impl Upkeep<'_> {
-    /// How long until the next renewal is due, counted from `last`.
-    fn wait(&self, last: Instant) -> Duration {
-        self.every.saturating_sub(last.elapsed())
-    }
+    pub holds_for: Duration,
+    pub deadline: &'a sys::ClaimDeadline,
+    pub renew: &'a mut dyn FnMut() -> Result<Option<Instant>, String>,
 }
 
 impl RunEnding {
@@ -283,12 +280,12 @@ fn run_call(
         return report.ending.unwrap_or(RunEnding::Lost);
     };
     started(pid);
-    let mut bounds = Bounds::new(limit, upkeep);
+    let mut bounds = Bounds::new(limit, upkeep, pid);
     let ending = loop {
         if let Some(ending) = report.ending.take() {
-            break ending;
+            break bounds.expired().unwrap_or(ending);
         }
-        if let Some(stop) = bounds.reached() {
+        if let Some(stop) = bounds.reached(pid) {
             let _ = killpg(pid, Signal::SIGKILL);
             // The template reaps it and says so; the run is over either way.
             let waited = Instant::now();
@@ -445,9 +442,9 @@ impl<'a> Watch<'a> {
         upkeep: Option<Upkeep<'_>>,
         signals: &WorkerSignals,
     ) -> RunEnding {
-        let mut bounds = Bounds::new(limit, upkeep);
+        let mut bounds = Bounds::new(limit, upkeep, pid);
         loop {
-            if let Some(stop) = bounds.reached() {
+            if let Some(stop) = bounds.reached(pid) {
                 let _ = killpg(pid, Signal::SIGKILL);
                 let _ = child.wait();
                 self.drain();
@@ -467,6 +464,11 @@ impl<'a> Watch<'a> {
             drop(fds);
             self.drain();
             if has_exited {
+                // Killed by its claim's deadline: that is how it ended.
+                if let Some(expired) = bounds.expired() {
+                    let _ = child.wait();
+                    return expired;
+                }
                 return match child.wait() {
                     Ok(status) => match (status.code(), status.signal()) {
                         (Some(code), _) => RunEnding::Exited(code),
@@ -489,36 +491,77 @@ struct Bounds<'a> {
     limit: Option<(Duration, &'static str)>,
     upkeep: Option<Upkeep<'a>>,
     start: Instant,
-    /// When the claim was last renewed (or the run started).
-    renewed: Instant,
+    /// When a renewal was last tried (or the run started).
+    tried: Instant,
 }
 
 impl<'a> Bounds<'a> {
-    fn new(limit: Option<(Duration, &'static str)>, upkeep: Option<Upkeep<'a>>) -> Self {
+    /// The bounds of the run whose process group is `group`; its claim's deadline is set
+    /// from now (the claim was made just before).
+    fn new(
+        limit: Option<(Duration, &'static str)>,
+        upkeep: Option<Upkeep<'a>>,
+        group: Pid,
+    ) -> Self {
         let start = Instant::now();
+        if let Some(upkeep) = &upkeep {
+            upkeep.deadline.set(group, upkeep.holds_for);
+        }
         Self {
             limit,
             upkeep,
             start,
-            renewed: start,
+            tried: start,
         }
     }
 
     /// Renews the claim when a renewal is due; how the run must end now, if it must: past
-    /// its limit, or its claim lost.
-    fn reached(&mut self) -> Option<RunEnding> {
+    /// its limit, or its claim lost (or past its deadline, which killed it already).
+    fn reached(&mut self, group: Pid) -> Option<RunEnding> {
+        if let Some(expired) = self.expired() {
+            return Some(expired);
+        }
         let ran = self.start.elapsed();
         if let Some((limit, key)) = self.limit
             && ran >= limit
         {
             return Some(RunEnding::TimedOut { ran, limit, key });
         }
-        let upkeep = self.upkeep.as_mut()?;
-        if !upkeep.wait(self.renewed).is_zero() {
-            return None;
+        let renewed = {
+            let upkeep = self.upkeep.as_mut()?;
+            if !upkeep.every.saturating_sub(self.tried.elapsed()).is_zero() {
+                return None;
+            }
+            self.tried = Instant::now();
+            (upkeep.renew)()
+        };
+        if let Some(expired) = self.expired() {
+            return Some(expired);
         }
-        self.renewed = Instant::now();
-        (upkeep.renew)().err().map(RunEnding::ClaimLost)
+        match renewed {
+            Ok(Some(at)) => {
+                if let Some(upkeep) = &self.upkeep {
+                    upkeep
+                        .deadline
+                        .set(group, upkeep.holds_for.saturating_sub(at.elapsed()));
+                }
+                None
+            }
+            Ok(None) => None,
+            Err(why) => Some(RunEnding::ClaimLost(why)),
+        }
+    }
+
+    /// The run's end if its claim's deadline passed (the kernel's timer killed its group).
+    fn expired(&self) -> Option<RunEnding> {
+        let upkeep = self.upkeep.as_ref()?;
+        upkeep.deadline.expired().then(|| {
+            RunEnding::ClaimLost(format!(
+                "its claim was not renewed within {} (three quarters of cron_lease): it was \
+                 stopped then, before another host may take the job over",
+                crate::format::elapsed(upkeep.holds_for)
+            ))
+        })
     }
 
     /// How long the watch may wait: until the limit, or the next renewal.
@@ -526,10 +569,21 @@ impl<'a> Bounds<'a> {
         let to_limit = self
             .limit
             .map(|(limit, _)| limit.saturating_sub(self.start.elapsed()));
-        let to_renewal = self.upkeep.as_ref().map(|upkeep| upkeep.wait(self.renewed));
+        let to_renewal = self
+            .upkeep
+            .as_ref()
+            .map(|upkeep| upkeep.every.saturating_sub(self.tried.elapsed()));
         match (to_limit, to_renewal) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
+        }
+    }
+}
+
+impl Drop for Bounds<'_> {
+    fn drop(&mut self) {
+        if let Some(upkeep) = &self.upkeep {
+            upkeep.deadline.clear();
         }
     }
 }
@@ -685,20 +739,29 @@ mod tests {
         assert_eq!(lines.last().map(String::as_str), Some("[stderr] oops"));
     }
 
+    /// The claim deadline is the process's one SIGALRM timer: one test at a time uses it.
+    static CLAIM_DEADLINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn a_run_whose_claim_is_lost_is_killed_and_says_why() {
+        let _alone = CLAIM_DEADLINE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let deadline = sys::ClaimDeadline::install().unwrap();
         let signals = WorkerSignals::for_tests();
         let mut renewals = 0;
         let mut renew = || {
             renewals += 1;
             if renewals < 3 {
-                Ok(())
+                Ok(Some(Instant::now()))
             } else {
                 Err("lost for the test".to_string())
             }
         };
         let upkeep = Upkeep {
             every: Duration::from_millis(50),
+            holds_for: Duration::from_secs(5),
+            deadline: &deadline,
             renew: &mut renew,
         };
         let started = Instant::now();
@@ -720,6 +783,58 @@ mod tests {
         assert_eq!(
             ending.to_string(),
             "killed with its process group: lost for the test"
+        );
+        assert_eq!(ending.signal(), Some(Signal::SIGKILL as i32));
+    }
+
+    #[test]
+    fn a_renewal_that_hangs_does_not_keep_the_run_past_its_claim() {
+        // Before: the stop at three quarters of the lease waited for the renewal to return:
+        // on a link cut without a word, past the lease, while another host took over.
+        let _alone = CLAIM_DEADLINE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let deadline = sys::ClaimDeadline::install().unwrap();
+        let signals = WorkerSignals::for_tests();
+        let job_pid = std::cell::Cell::new(None);
+        let gone_when_renewal_returned = std::cell::Cell::new(None);
+        let mut renew = || {
+            // A renewal that hangs for a second, as on a cut link.
+            std::thread::sleep(Duration::from_secs(1));
+            let gone = job_pid.get().is_some_and(|pid: Pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+                    stat.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+            });
+            gone_when_renewal_returned.set(Some(gone));
+            Ok(Some(Instant::now()))
+        };
+        let upkeep = Upkeep {
+            every: Duration::from_millis(50),
+            holds_for: Duration::from_millis(300),
+            deadline: &deadline,
+            renew: &mut renew,
+        };
+        let ending = run(
+            &job(&["sleep", "30"]),
+            None,
+            Some(upkeep),
+            &[],
+            Path::new("/nonexistent"),
+            &signals,
+            &OutputTail::default(),
+            |pid| job_pid.set(Some(pid)),
+        );
+        assert_eq!(gone_when_renewal_returned.get(), Some(true), "{ending:?}");
+        assert!(
+            ending
+                .to_string()
+                .contains("its claim was not renewed within 0.30s"),
+            "{ending}"
         );
         assert_eq!(ending.signal(), Some(Signal::SIGKILL as i32));
     }

@@ -47,6 +47,6 @@ pub use process::{
 };
 pub use shm::{SharedWords, sealed_text_file};
 pub use signals::{
-    HANDOFF_AFTER, HandoffAlarm, MASTER_SIGNALS, RequestLimitSignals, WorkerSignals,
+    ClaimDeadline, HANDOFF_AFTER, HandoffAlarm, MASTER_SIGNALS, RequestLimitSignals, WorkerSignals,
 };
 pub use title::{init_process_title, set_process_title};

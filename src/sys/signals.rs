@@ -479,6 +479,108 @@ impl Drop for HandoffAlarm {
     }
 }
 
+/// The process group a cron job's claim deadline kills (0: none armed).
+static CLAIMED_GROUP: AtomicI32 = AtomicI32::new(0);
+/// Set by the handler once it has killed the group.
+static CLAIM_EXPIRED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_claim_deadline(_: libc::c_int) {
+    let group = CLAIMED_GROUP.swap(0, Ordering::SeqCst);
+    if group > 0 {
+        let saved = Errno::last_raw();
+        // SAFETY: kill(2) is async-signal-safe and takes no memory; errno is restored.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+        CLAIM_EXPIRED.store(true, Ordering::SeqCst);
+        Errno::set_raw(saved);
+    }
+}
+
+/// The moment a cron job's claim stops holding (its lease in a shared store, less a margin,
+/// unrenewed), kept by the kernel: a timer whose signal (SIGALRM) kills the job's process
+/// group then, whatever the cron worker is doing, even waiting in a renewal on a link cut
+/// without a word. So a job never runs on past the moment another host may take it over.
+/// One instance per process (a cron worker's: HTTP workers use SIGALRM for the hand-off).
+pub struct ClaimDeadline {
+    timer: *mut libc::c_void,
+}
+
+impl ClaimDeadline {
+    pub fn install() -> io::Result<Self> {
+        // SAFETY: sigevent is a plain C struct, for which all-zero bytes are a valid value.
+        let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
+        event.sigev_notify = libc::SIGEV_SIGNAL;
+        event.sigev_signo = libc::SIGALRM;
+        let mut timer: libc::timer_t = std::ptr::null_mut();
+        // SAFETY: `event` and `timer` are live locals of the types timer_create expects.
+        if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let action = SigAction::new(
+            SigHandler::Handler(on_claim_deadline),
+            SaFlags::SA_RESTART,
+            SigSet::all(),
+        );
+        // SAFETY: the handler only uses atomics and kill(2), saves and restores errno, and
+        // runs with every signal blocked.
+        unsafe { sigaction(Signal::SIGALRM, &action) }?;
+        Ok(Self { timer })
+    }
+
+    /// Kills process group `group` `after` from now, unless set again or cleared before.
+    pub fn set(&self, group: nix::unistd::Pid, after: Duration) {
+        CLAIM_EXPIRED.store(false, Ordering::SeqCst);
+        CLAIMED_GROUP.store(group.as_raw(), Ordering::SeqCst);
+        // A zero expiry would disarm the timer: a deadline already past fires at once.
+        let after = after.max(Duration::from_micros(1));
+        let when = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: libc::time_t::try_from(after.as_secs()).unwrap_or(libc::time_t::MAX),
+                tv_nsec: libc::c_long::from(after.subsec_nanos()),
+            },
+        };
+        // SAFETY: `timer` is the live timer `install` created; `when` is a live local.
+        unsafe { libc::timer_settime(self.timer, 0, &when, std::ptr::null_mut()) };
+    }
+
+    /// No deadline any more (the job ended).
+    pub fn clear(&self) {
+        CLAIMED_GROUP.store(0, Ordering::SeqCst);
+        let never: libc::itimerspec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+        };
+        // SAFETY: as in `set`; an all-zero expiry disarms the timer.
+        unsafe { libc::timer_settime(self.timer, 0, &never, std::ptr::null_mut()) };
+    }
+
+    /// Whether the deadline passed and the job's group was killed (since the last `set`).
+    pub fn expired(&self) -> bool {
+        CLAIM_EXPIRED.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ClaimDeadline {
+    fn drop(&mut self) {
+        self.clear();
+        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+        // SAFETY: SIG_IGN runs no code; the timer is ours and deleted once.
+        unsafe {
+            let _ = sigaction(Signal::SIGALRM, &ignore);
+            libc::timer_delete(self.timer);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,11 +63,22 @@ pub(super) fn run(spec: &WorkerSpec<'_>, signals: &WorkerSignals) -> Outcome {
     if spec.config.cron.is_empty() {
         debug!("{}: no [[cron]] jobs are configured", spec.name());
     }
+    let claim_deadline = match crate::sys::ClaimDeadline::install() {
+        Ok(deadline) => deadline,
+        Err(error) => {
+            error!(
+                "{}: cannot set up its jobs' claim deadline: {error}",
+                spec.name()
+            );
+            return Outcome::BootFailed;
+        }
+    };
     let worker = CronWorker {
         spec,
         signals,
         scheduler,
         alarm,
+        claim_deadline,
     };
     Outcome::Left(worker.serve())
 }
@@ -77,6 +88,9 @@ struct CronWorker<'a> {
     signals: &'a WorkerSignals,
     scheduler: Scheduler<'a>,
     alarm: TimerFd,
+    /// Kills a job whose claim in a shared store stops holding, on time (see
+    /// [`crate::sys::ClaimDeadline`]).
+    claim_deadline: crate::sys::ClaimDeadline,
 }
 
 impl CronWorker<'_> {
@@ -135,6 +149,8 @@ impl CronWorker<'_> {
         let mut renew = || self.scheduler.renew(&claim);
         let upkeep = self.scheduler.renewal_period().map(|every| cron::Upkeep {
             every,
+            holds_for: self.scheduler.claim_holds_for(),
+            deadline: &self.claim_deadline,
             renew: &mut renew,
         });
         let ending = cron::run(

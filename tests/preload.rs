@@ -255,6 +255,46 @@ fn a_template_that_fails_to_load_keeps_the_old_generation_serving() {
 }
 
 #[test]
+fn workers_that_die_while_a_broken_deploy_fails_to_load_are_forked_by_the_old_template() {
+    // Before: until the new template loaded, no worker was replaced: a broken deploy and a
+    // few ordinary deaths left nobody serving, while the old template sat loaded.
+    let code = code("1");
+    let server = preload_server(code.path(), "", 2);
+    let old_template = template_of(&server);
+    std::fs::write(
+        code.path().join("version.py"),
+        "raise ImportError('a broken deploy')\n",
+    )
+    .unwrap();
+    server.signal(Signal::SIGHUP);
+    server.wait_for_log("failed to load the application: exited with status 1");
+    for worker in workers_of(&server) {
+        kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
+        let line = server.wait_for_log(&format!("(pid {worker}) died: killed by SIGKILL"));
+        let replacement = pid_after(&line, "respawned as pid ");
+        assert!(wait_until(SOON, || workers_of(&server).contains(&replacement)));
+    }
+    server.wait_for_log(&format!(
+        "is forked by the app template of generation 1 (pid {old_template}) until \
+         generation 2's has loaded"
+    ));
+    for _ in 0..10 {
+        let info = http_get(server.port, "/info").body;
+        assert!(info.contains("version=1 "), "{info}");
+        assert_eq!(info_field(&info, "loaded_by"), old_template.to_string());
+    }
+    // Fixed, the reload completes: new workers from the new template replace them.
+    write_version(code.path(), "3");
+    assert!(
+        wait_until(Duration::from_secs(20), || http_get(server.port, "/info")
+            .body
+            .contains("version=3 ")),
+        "{}",
+        server.log_text()
+    );
+}
+
+#[test]
 fn limits_reach_forked_workers_and_stopping_leaves_nothing_behind() {
     let code = code("1");
     let mut server = preload_server(
@@ -526,6 +566,38 @@ fn call_jobs_alone_get_a_template_without_any_port() {
     assert!(line.contains(&format!("parent {template} ")), "{line}");
     assert!(
         server.log_matching("listening on").is_empty(),
+        "{}",
+        server.log_text()
+    );
+}
+
+#[test]
+fn a_storm_of_reloads_loads_one_template_at_a_time() {
+    // Before: 50 SIGHUPs with preload left 33 templates loading the application at once (an
+    // Odoo registry each: out of memory).
+    let code = code("1");
+    let server = preload_server(code.path(), "", 1);
+    let live_templates = || {
+        server
+            .log_matching("app template started as pid ")
+            .iter()
+            .map(|line| pid_after(line, "started as pid "))
+            .filter(|pid| is_alive(*pid))
+            .count()
+    };
+    let mut most = 0;
+    for _ in 0..15 {
+        server.signal(Signal::SIGHUP);
+        std::thread::sleep(Duration::from_millis(30));
+        most = most.max(live_templates());
+    }
+    // The loaded one, the newest loading, one being killed.
+    assert!(most <= 3, "{most} templates at once");
+    server.wait_for_log("superseded by generation");
+    assert!(
+        wait_until(Duration::from_secs(20), || http_get(server.port, "/info")
+            .body
+            .contains("generation=16")),
         "{}",
         server.log_text()
     );

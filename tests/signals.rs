@@ -3,8 +3,9 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
-use common::{SOON, Server, http_get, is_alive, wait_until};
+use common::{SOON, Server, children_of, http_get, is_alive, wait_until};
 use nix::sys::signal::Signal;
 
 #[test]
@@ -206,4 +207,41 @@ fn the_process_title_leaves_the_arguments_intact() {
     assert!(line.contains("\"--config\""), "{line}");
     let title = common::process_title(server.pid()).unwrap();
     assert!(title.starts_with("forkwarden: master"), "{title}");
+}
+
+#[test]
+fn a_storm_of_reloads_keeps_one_population_starting_not_one_per_sighup() {
+    // Before: 30 SIGHUPs in 3 s left 159 processes: every generation's workers started and
+    // lived until they were ready, only to be replaced at once.
+    let server = Server::start(
+        "workers = 2\n[app]\ncommand = [\"/usr/bin/python3\", \"-c\", \"import os, socket, \
+         time; time.sleep(1); socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(\
+         b'READY=1', os.environ['NOTIFY_SOCKET']); time.sleep(60)\"]\nready_timeout = \"20s\"\n",
+    );
+    assert!(wait_until(SOON, || children_of(server.pid()).len() == 2));
+    server.wait_until_idle("http worker");
+    let serving = children_of(server.pid());
+    let mut most = 0;
+    for _ in 0..20 {
+        server.signal(Signal::SIGHUP);
+        std::thread::sleep(Duration::from_millis(50));
+        most = most.max(children_of(server.pid()).len());
+    }
+    // The two serving, two starting, and a few killed not reaped yet.
+    assert!(most <= 8, "{most} processes during the storm");
+    server.wait_for_log("superseded by generation");
+    server.wait_for_log("SIGHUP: config reloaded; starting generation 21");
+    assert!(
+        serving.iter().all(|pid| is_alive(*pid)),
+        "the serving workers went before their replacements were ready"
+    );
+    // The last generation's workers replace them once ready.
+    assert!(
+        wait_until(SOON, || {
+            let now = children_of(server.pid());
+            now.len() == 2 && now.iter().all(|pid| !serving.contains(pid))
+        }),
+        "{:?}",
+        children_of(server.pid())
+    );
 }

@@ -412,6 +412,13 @@ impl Pool {
         })
     }
 
+    /// Whether some worker, of any generation, serves slot `id` (is not leaving).
+    pub fn serving_in(&self, id: WorkerId) -> bool {
+        self.workers
+            .iter()
+            .any(|worker| worker.id == id && worker.is_serving())
+    }
+
     /// Whether every wanted slot has a ready worker of the current generation.
     pub fn all_ready(&self) -> bool {
         self.roles().all(|role| {

@@ -158,6 +158,7 @@ impl Master {
             error!("SIGHUP: cannot apply http_socket_timeout to the listening socket: {error}");
         }
         let generation = self.pool.next_generation();
+        self.cancel_superseded(generation);
         self.pool.set_wanted(Role::Http, self.config.workers);
         self.pool
             .set_wanted(Role::Cron, self.config.max_cron_threads);
@@ -171,6 +172,29 @@ impl Master {
             self.config.workers,
             self.config.max_cron_threads
         );
+    }
+
+    /// A reload supersedes what older ones started and is not ready yet: such workers and
+    /// templates would only be replaced once ready, so they are killed now. A storm of
+    /// reloads thus keeps one population starting (and one template loading), not one per
+    /// SIGHUP; workers that serve go on until their replacements are ready.
+    fn cancel_superseded(&mut self, generation: u64) {
+        let reason = format!("superseded by generation {generation} before it was ready");
+        for worker in self.pool.workers_mut() {
+            if worker.generation < generation
+                && matches!(worker.lifecycle, Lifecycle::Starting { .. })
+            {
+                worker.depart(
+                    Departure::Kill {
+                        reason: reason.clone(),
+                        sigkill_at: None,
+                    },
+                    false,
+                );
+                worker.signal(Signal::SIGKILL);
+            }
+        }
+        self.cancel_loading_templates(generation);
     }
 
     /// SIGTTIN/SIGTTOU: one HTTP worker more or fewer, never fewer than one.

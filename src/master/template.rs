@@ -173,6 +173,14 @@ impl Templates {
             .find(|template| template.generation == generation && !template.is_leaving())
     }
 
+    /// The loaded template of the newest generation, leaving or not.
+    fn newest_ready(&self) -> Option<&Template> {
+        self.running
+            .iter()
+            .filter(|template| matches!(template.state, TemplateState::Ready))
+            .max_by_key(|template| template.generation)
+    }
+
     /// The earliest moment the master must act on a template or a request.
     pub fn next_deadline(&self, include_start: bool) -> Option<Instant> {
         let requests = self.requests.iter().map(|request| request.answer_by);
@@ -314,15 +322,35 @@ impl Master {
 
     /// Asks the current generation's template for a worker in slot `id`; `Waiting` while
     /// that template is not ready yet (its READY=1 wakes the master, which asks then).
+    /// Meanwhile (a reload loading, or failing to: a broken deploy), a slot left with no
+    /// worker at all gets one of the older generation, from its template, still loaded: a
+    /// failed deploy and a few ordinary deaths must not leave nobody serving.
     pub(super) fn request_fork(&mut self, id: WorkerId) -> io::Result<Spawned> {
-        let generation = self.pool.generation();
-        let Some(template) = self
+        let current = self
             .templates
-            .of_generation(generation)
-            .filter(|template| matches!(template.state, TemplateState::Ready))
-        else {
-            return Ok(Spawned::Waiting);
+            .of_generation(self.pool.generation())
+            .filter(|template| matches!(template.state, TemplateState::Ready));
+        let template = match current {
+            Some(template) => template,
+            None if self.pool.serving_in(id) => return Ok(Spawned::Waiting),
+            None => match self.templates.newest_ready() {
+                Some(older) => {
+                    info!(
+                        pid = older.pid.as_raw(),
+                        slot = id.slot,
+                        "{id} is forked by the {TEMPLATE} of generation {} (pid {}) until \
+                         generation {}'s has loaded: no other worker serves its slot",
+                        older.generation,
+                        older.pid,
+                        self.pool.generation()
+                    );
+                    older
+                }
+                None => return Ok(Spawned::Waiting),
+            },
         };
+        // The worker is of its template's generation (the code it runs).
+        let generation = template.generation;
         let template_pid = template.pid;
         let pipes = ExecPipes::new()?;
         let number = self.templates.next_request;
@@ -702,6 +730,26 @@ impl Master {
                     }
                 );
                 template.leave(grace);
+            }
+        }
+    }
+
+    /// A reload to `generation` supersedes the templates of older ones still loading: they
+    /// are killed (their workers would be replaced as soon as they came).
+    pub(super) fn cancel_loading_templates(&mut self, generation: u64) {
+        for template in &mut self.templates.running {
+            if template.generation < generation
+                && matches!(template.state, TemplateState::Loading { .. })
+            {
+                info!(
+                    event = "template_superseded",
+                    pid = template.pid.as_raw(),
+                    "{} (generation {}) killed: superseded by generation {generation} before \
+                     it had loaded",
+                    template.name(),
+                    template.generation
+                );
+                template.kill();
             }
         }
     }

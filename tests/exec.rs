@@ -409,3 +409,32 @@ fn a_program_line_keeps_its_level_and_loses_its_own_timestamp() {
     let stdout = server.wait_for_log("): a plain line on stdout");
     assert!(stdout.contains(" INFO "), "{stdout}");
 }
+
+#[test]
+fn a_program_flooding_its_output_is_read_at_a_bounded_pace() {
+    // Before: 471,642 lines in 5 s were logged as fast as they came, the master at 60 % CPU.
+    let server =
+        Server::start("workers = 1\n[app]\ncommand = [\"yes\", \"flood\"]\nready_timeout = 0\n");
+    server.wait_for_log("writes more than 10000 lines a second");
+    let floods = |server: &Server| server.log_matching(": flood");
+    assert!(wait_until(SOON, || {
+        let lines = floods(&server);
+        lines.len() > 2 && common::log_interval(&lines[0], &lines[lines.len() - 1]).as_secs() >= 2
+    }));
+    let lines = floods(&server);
+    let span = common::log_interval(&lines[0], &lines[lines.len() - 1]);
+    // At most 10,000 a second, each second started counting anew (and one more second's
+    // worth for the edges).
+    let most = (span.as_secs_f64().ceil() + 1.0) * 10_000.0;
+    assert!(
+        (lines.len() as f64) <= most,
+        "{} lines in {span:?}",
+        lines.len()
+    );
+    // Nothing lost meanwhile: the program waits on its pipe, and is still there.
+    assert!(
+        server.log_matching("died").is_empty(),
+        "{:?}",
+        server.log_matching("died")
+    );
+}

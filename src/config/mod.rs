@@ -327,6 +327,11 @@ pub fn passed_to_children(name: &std::ffi::OsStr) -> bool {
         .any(|own| name == *own)
 }
 
+/// The most HTTP (or cron) workers one master supervises: each is a process, a scoreboard
+/// row and a few descriptors of the master's; a typo (`workers = 40000`) must not fork a host
+/// to death.
+const MAX_WORKERS: u32 = 1024;
+
 /// Keys whose new value a SIGHUP cannot apply to a running server.
 pub const RESTART_ONLY_KEYS: &[&str] = &[
     "http_interface",
@@ -474,6 +479,20 @@ impl Config {
     /// Checks what each value alone cannot: combinations and the meaning of values.
     /// Returns the key to blame and what is wrong with it.
     fn validate(&self) -> Result<(), (String, String)> {
+        for (key, count) in [
+            ("workers", self.workers),
+            ("max_cron_threads", self.max_cron_threads),
+        ] {
+            if count > MAX_WORKERS {
+                return Err((
+                    key.into(),
+                    format!(
+                        "{count} is more workers than one master supervises (at most \
+                         {MAX_WORKERS}); a machine this large runs several servers"
+                    ),
+                ));
+            }
+        }
         if self.workers == 0 && (self.max_cron_threads == 0 || self.cron.is_empty()) {
             return Err((
                 "workers".into(),
@@ -1064,6 +1083,14 @@ mod tests {
         assert!(text.starts_with("/etc/fw/test.toml:2: workers:"), "{text}");
         assert!(text.contains("\"four\""), "{text}");
         assert!(text.contains("expected a whole number"), "{text}");
+    }
+
+    #[test]
+    fn a_worker_count_no_master_should_fork_is_refused() {
+        let text = error_text("workers = 40000\n");
+        assert!(text.contains("workers: 40000 is more workers"), "{text}");
+        let text = error_text("max_cron_threads = 5000\n");
+        assert!(text.contains("max_cron_threads: 5000"), "{text}");
     }
 
     #[test]

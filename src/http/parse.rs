@@ -208,9 +208,18 @@ fn parse_head(head: &[u8], max_body: Option<u64>) -> Result<(Request, Option<Bod
     else {
         return Err(reject(400, "malformed request"));
     };
+    // A path (origin-form) or an absolute URL, whose path is taken: the forms an
+    // application could mistake for a path (`*`, `host:port`, `foo/bar`) are refused.
+    let target = super::origin_form(target);
+    if !target.starts_with('/') {
+        return Err(reject(
+            400,
+            "the request target is neither a path nor an absolute http(s) URL",
+        ));
+    }
     let request = Request {
         method: method.to_string(),
-        target: super::origin_form(target).to_string(),
+        target: target.to_string(),
         minor_version,
         headers: parsed
             .headers
@@ -509,8 +518,11 @@ mod tests {
 
     #[test]
     fn ambiguous_framing_is_refused() {
-        let cases: [(&[u8], u16); 12] = [
+        let cases: [(&[u8], u16); 15] = [
             (b"GET / HTTP/1.1\r\n\r\n", 400),
+            (b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"GET foo/bar HTTP/1.1\r\nHost: a\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
             (
                 b"GET / HTTP/1.1\r\nHost: a\r\nX: a\nContent-Length: 40\r\n\r\n",

@@ -34,6 +34,36 @@ const OUTPUT_BUDGET: usize = 64 * 1024;
 /// How much of an ended program's output is still logged: what its pipes hold (a full pipe
 /// is 64 KiB), not what a process it left behind goes on writing.
 const CLOSING_BUDGET: usize = 256 * 1024;
+/// Lines of one program's output the master logs in a second at most. Past them it reads no
+/// more of that program's output until the second is over: nothing is lost (the program
+/// waits on its full pipe), and a program that floods its output costs the master a
+/// bounded share of its time (it took 60 % of it for 94,000 lines a second).
+const LINES_PER_SECOND: u32 = 10_000;
+
+/// How fast a program's output is read: lines logged in the current second.
+struct OutputPace {
+    since: Instant,
+    lines: u32,
+    /// Told in the log that it writes faster than it is read.
+    told: bool,
+}
+
+impl OutputPace {
+    /// When the master may read again, if the lines of this second are spent.
+    fn paused_until(&self, now: Instant) -> Option<Instant> {
+        let window_end = self.since + Duration::from_secs(1);
+        (self.lines >= LINES_PER_SECOND && now < window_end).then_some(window_end)
+    }
+
+    /// Whether more lines may be read now (a new second starts a new count).
+    fn allows(&mut self, now: Instant) -> bool {
+        if now >= self.since + Duration::from_secs(1) {
+            self.since = now;
+            self.lines = 0;
+        }
+        self.lines < LINES_PER_SECOND
+    }
+}
 
 /// The write ends of a new exec worker's output pipes, handed to the child.
 pub struct ExecPipes {
@@ -84,6 +114,7 @@ impl OutputTokens {
 /// The master's side of one exec worker.
 pub struct ExecState {
     outputs: [OutputPipe; 2],
+    pace: OutputPace,
     /// The last `STATUS=`.
     pub status: Option<String>,
     /// Liveness period: declared with `WATCHDOG_USEC`, or the `heartbeat_timeout` given to
@@ -173,6 +204,11 @@ impl ExecState {
                 pipe(out, tokens[0], Stream::Stdout),
                 pipe(err, tokens[1], Stream::Stderr),
             ],
+            pace: OutputPace {
+                since: Instant::now(),
+                lines: 0,
+                told: false,
+            },
             status: None,
             watchdog: None,
             last_alive: Instant::now(),
@@ -197,22 +233,43 @@ impl ExecState {
         }
     }
 
-    /// Whether output is waiting that the budget did not let us read yet.
+    /// Whether output is waiting that the budget did not let us read yet, and may be read
+    /// now (not past its lines of this second).
     pub fn has_pending_output(&self) -> bool {
         self.outputs
             .iter()
             .any(|output| output.open && output.pending)
+            && self.pace.paused_until(Instant::now()).is_none()
     }
 
-    /// Logs what the program wrote, up to the budget per pipe, tagged with `name`.
+    /// When output left unread for the pace may be read again.
+    pub fn output_deadline(&self) -> Option<Instant> {
+        let waiting = self
+            .outputs
+            .iter()
+            .any(|output| output.open && output.pending);
+        waiting
+            .then(|| self.pace.paused_until(Instant::now()))
+            .flatten()
+    }
+
+    /// Logs what the program wrote, up to the budget per pipe and the lines of this second,
+    /// tagged with `name`.
     pub fn read_output(&mut self, name: &str) {
         let mut memory_error = false;
         for output in &mut self.outputs {
             if output.open && output.pending {
-                memory_error |= output.read(name, OUTPUT_BUDGET);
+                memory_error |= output.read(name, OUTPUT_BUDGET, &mut self.pace);
             }
         }
         self.memory_error_seen |= memory_error;
+        if !self.pace.told && self.pace.paused_until(Instant::now()).is_some() {
+            self.pace.told = true;
+            warn!(
+                "{name} writes more than {LINES_PER_SECOND} lines a second: its output is \
+                 logged at that pace, and it waits on its pipe for the rest"
+            );
+        }
     }
 
     /// After the program's exit: logs what is left in its pipes now, without waiting for
@@ -220,7 +277,13 @@ impl ExecState {
     pub fn close(&mut self, name: &str, registry: &Registry) {
         for output in &mut self.outputs {
             if output.open {
-                self.memory_error_seen |= output.read(name, CLOSING_BUDGET);
+                // Its last words, whatever the pace: what its pipe holds, no more.
+                let mut unpaced = OutputPace {
+                    since: Instant::now(),
+                    lines: 0,
+                    told: true,
+                };
+                self.memory_error_seen |= output.read(name, CLOSING_BUDGET, &mut unpaced);
                 if let Some(line) = output.lines.finish() {
                     log_program_line(name, output.stream, &line);
                 }
@@ -256,31 +319,37 @@ impl ExecState {
 }
 
 impl OutputPipe {
-    /// Reads and logs up to `budget` bytes; returns whether a line spoke of memory that could
-    /// not be had.
-    fn read(&mut self, name: &str, budget: usize) -> bool {
+    /// Reads and logs up to `budget` bytes, and no more lines than `pace` allows; returns
+    /// whether a line spoke of memory that could not be had.
+    fn read(&mut self, name: &str, budget: usize, pace: &mut OutputPace) -> bool {
         let mut chunk = [0u8; 8192];
         let mut read_so_far = 0;
         let mut memory_error = false;
-        let mut log = |line: &str| {
+        let stream = self.stream;
+        let mut log = |line: &str, pace: &mut OutputPace| {
             let lower = line.to_ascii_lowercase();
             memory_error |= MEMORY_ERROR_SIGNS.iter().any(|sign| lower.contains(sign));
-            log_program_line(name, self.stream, line);
+            log_program_line(name, stream, line);
+            pace.lines = pace.lines.saturating_add(1);
         };
         while read_so_far < budget {
+            if !pace.allows(Instant::now()) {
+                self.pending = true;
+                return memory_error;
+            }
             match self.pipe.read(&mut chunk) {
                 Ok(0) => {
                     self.open = false;
                     self.pending = false;
                     if let Some(line) = self.lines.finish() {
-                        log(&line);
+                        log(&line, pace);
                     }
                     return memory_error;
                 }
                 Ok(read) => {
                     read_so_far += read;
                     for line in self.lines.push(&chunk[..read]) {
-                        log(&line);
+                        log(&line, pace);
                     }
                 }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
@@ -317,6 +386,16 @@ impl Master {
                 exec.read_woken(tokens, || worker_name(id, pid));
             }
         }
+    }
+
+    /// When output left unread for a program's pace may be read again, the soonest.
+    pub(super) fn exec_output_deadline(&self) -> Option<Instant> {
+        self.pool
+            .workers()
+            .filter_map(|worker| worker.exec.as_ref())
+            .chain(self.templates.iter().map(|template| &template.exec))
+            .filter_map(ExecState::output_deadline)
+            .min()
     }
 
     /// Whether some exec worker has output left unread after its budget.

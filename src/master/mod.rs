@@ -944,6 +944,7 @@ impl Master {
             .chain(limit_checks)
             .chain(self.templates.next_deadline(include_respawns))
             .chain(self.strays.deadline())
+            .chain(self.exec_output_deadline())
             .chain(
                 self.control
                     .as_ref()

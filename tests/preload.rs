@@ -602,3 +602,34 @@ fn a_storm_of_reloads_loads_one_template_at_a_time() {
         server.log_text()
     );
 }
+
+#[test]
+fn what_the_application_forks_while_it_loads_is_reaped_by_the_template() {
+    // Before: a helper the application forked while loading, and never waited for, stayed a
+    // zombie under the template for its whole life.
+    let code = code("1");
+    let server = preload_server(code.path(), "", 1);
+    let template = template_of(&server);
+    let zombies = || {
+        let tasks = std::fs::read_dir(format!("/proc/{template}/task")).unwrap();
+        let mut found = Vec::new();
+        for task in tasks.flatten() {
+            let children = std::fs::read_to_string(task.path().join("children")).unwrap();
+            for child in children.split_whitespace() {
+                let stat =
+                    std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+                if stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+                {
+                    found.push(child.to_string());
+                }
+            }
+        }
+        found
+    };
+    assert!(wait_until(SOON, || zombies().is_empty()), "{:?}", zombies());
+}

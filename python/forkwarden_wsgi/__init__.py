@@ -206,6 +206,7 @@ class Template:
                 if self.calls is not None:
                     waiting.append(self.calls)
             readable, _, _ = select.select(waiting, [], [], max(timeout, 0))
+            self.reap_others()
             now = time.monotonic()
             if self.watchdog is not None and now - last_alive >= self.watchdog:
                 self.notifier.send("WATCHDOG=1")
@@ -223,6 +224,27 @@ class Template:
                     # Not at once: the CPU is the new worker's while it starts.
                     spare_due = time.monotonic() + SPARE_DELAY
         self.leave()
+
+    def reap_others(self):
+        """Reaps the children the application started in the template and left behind
+        (a helper forked while loading, a subprocess it never waited for): they would stay
+        zombies for the template's life. The template's own (the spare's middle process,
+        the call jobs) are left to the code that waits for them."""
+        own = {pid for pid, _ in self.jobs.values()}
+        if self.spare is not None:
+            own.add(self.spare[0])
+        children = set()
+        try:
+            for task in os.listdir("/proc/self/task"):
+                with open(f"/proc/self/task/{task}/children", encoding="ascii") as listed:
+                    children.update(int(pid) for pid in listed.read().split())
+        except OSError:
+            return
+        for pid in children - own:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
 
     def fork_requested(self):
         """Handles one message of the master; False at the end of the channel."""

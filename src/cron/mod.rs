@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::io;
 use std::time::{Duration, Instant, SystemTime};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use runner::{OutputTail, RunEnding, Upkeep, run};
 pub use schedule::Schedule;
@@ -47,6 +47,8 @@ const STALL_WARNING: Duration = Duration::from_secs(5);
 const LEASE_TAKEN: &str = "another host recorded its run as interrupted (its lease had passed)";
 /// How far ahead to look again at a job whose schedule never matches again.
 const NEVER_AGAIN_RETRY: Duration = Duration::from_secs(86_400);
+/// How soon to try again to save a run's end that could not be saved (a full disk).
+const UNSAVED_RETRY: Duration = Duration::from_secs(5);
 
 /// A due job whose lock someone else holds.
 struct Stall {
@@ -79,6 +81,10 @@ pub struct Scheduler<'a> {
     /// Ended runs whose end the PostgreSQL store could not take yet (job, run id, record):
     /// written before the next claim.
     unrecorded: RefCell<Vec<(String, i64, RunRecord)>>,
+    /// In the file store, ended runs whose state could not be saved (a full disk), by job:
+    /// the job's lock is kept with it, so that no other cron worker takes the run for one
+    /// whose cron worker died; saved again at the job's next turn.
+    unsaved: RefCell<HashMap<String, (JobLock, JobState)>>,
 }
 
 /// What a cron worker should do about one job now.
@@ -92,7 +98,7 @@ pub enum Turn<'a> {
 /// What makes a claimed run exclusive while it runs.
 enum Hold {
     /// The job's lock file, held until dropped (or the process dies), with the job's state.
-    File { _lock: JobLock, state: JobState },
+    File { lock: JobLock, state: JobState },
     /// Run `run` in the PostgreSQL store, whose lease was last renewed by a request sent at
     /// `renewed`.
     Lease { run: i64, renewed: Cell<Instant> },
@@ -176,6 +182,7 @@ impl<'a> Scheduler<'a> {
             server_started,
             stalls: RefCell::default(),
             unrecorded: RefCell::default(),
+            unsaved: RefCell::default(),
         })
     }
 
@@ -287,6 +294,9 @@ impl<'a> Scheduler<'a> {
         now: SystemTime,
     ) -> io::Result<Turn<'a>> {
         let (job, _) = &self.jobs[index];
+        if let Some(retry) = self.save_unsaved(store, job, now) {
+            return Ok(Turn::Wait(retry));
+        }
         if let Some(due) = self.load(store, job).next_run()
             && due > now
             && !store.run_asked(&job.name)
@@ -327,7 +337,7 @@ impl<'a> Scheduler<'a> {
                     job,
                     runs: state.runs,
                     start: now,
-                    hold: Hold::File { _lock: lock, state },
+                    hold: Hold::File { lock, state },
                 }))
             }
             Decision::Skip { next, .. }
@@ -341,6 +351,26 @@ impl<'a> Scheduler<'a> {
             }
             Decision::Wait { store: None, .. } => Ok(Turn::Wait(decision.wait_until(now))),
         }
+    }
+
+    /// Saves the state of `job`'s last run if it could not be saved when the run ended; when
+    /// to try again if it still cannot (the job's lock is kept meanwhile).
+    fn save_unsaved(&self, store: &JobStore, job: &CronJob, now: SystemTime) -> Option<SystemTime> {
+        let mut unsaved = self.unsaved.borrow_mut();
+        let (_, state) = unsaved.get(&job.name)?;
+        if let Err(error) = store.save(&job.name, state) {
+            debug!(
+                "cron job {}: its last run's end still cannot be saved: {error}",
+                job.name
+            );
+            return Some(now + UNSAVED_RETRY);
+        }
+        info!(
+            job = job.name.as_str(),
+            "cron job {}: its last run's end is saved now", job.name
+        );
+        unsaved.remove(&job.name);
+        None
     }
 
     /// In the file store, a run whose cron worker died before recording its end is found by
@@ -603,15 +633,29 @@ impl<'a> Scheduler<'a> {
         };
         let job = claim.job;
         match (&self.store, claim.hold) {
-            (Store::Files(store), Hold::File { _lock, mut state }) => {
+            (Store::Files(store), Hold::File { lock, mut state }) => {
                 self.record_run(store, job, &record);
                 state.last_end_ms = Some(record.end_ms);
                 state.last_result = Some(record.result);
                 state.count_end(record.succeeded);
-                if let Err(error) = store.save(&job.name, &state) {
-                    warn!("cron job {}: cannot record its result: {error}", job.name);
+                match store.save(&job.name, &state) {
+                    Ok(()) => state.next_run(),
+                    Err(error) => {
+                        // Released now, the lock would let the next claim take this run for
+                        // an interrupted one (and pause the job): kept until it is saved.
+                        warn!(
+                            job = job.name.as_str(),
+                            "cron job {}: cannot record how its run ended ({error}); the job \
+                             waits until it is recorded (trying again every {}s)",
+                            job.name,
+                            UNSAVED_RETRY.as_secs()
+                        );
+                        self.unsaved
+                            .borrow_mut()
+                            .insert(job.name.clone(), (lock, state));
+                        Some(now + UNSAVED_RETRY)
+                    }
                 }
-                state.next_run()
             }
             (Store::Postgres(store), Hold::Lease { run, .. }) => {
                 match store.finish(&job.name, run, &record) {
@@ -825,6 +869,46 @@ mod tests {
             (state.succeeded, state.failed),
             (1, 1),
             "the interrupted run counts as failed"
+        );
+    }
+
+    #[test]
+    fn a_run_whose_end_cannot_be_saved_is_not_taken_for_an_interrupted_one() {
+        // Before: on a full disk the end of a run that went well was lost, and the next
+        // claim recorded it as interrupted (a failure), pausing the job.
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), true);
+        let now = SystemTime::now();
+        let scheduler = Scheduler::new(&config, now, false).unwrap();
+        let claim = expect_run(scheduler.turn(0, now).unwrap());
+        // The state cannot be written: the directory is replaced by a file meanwhile (root
+        // may write anywhere, so no permission would stop it).
+        let cron = dir.path().join("cron");
+        let aside = dir.path().join("cron.aside");
+        std::fs::rename(&cron, &aside).unwrap();
+        std::fs::write(&cron, "not a directory").unwrap();
+        let retry = scheduler
+            .finish(claim, &RunEnding::Exited(0), None, Vec::new(), now)
+            .unwrap();
+        assert_eq!(retry, now + UNSAVED_RETRY);
+        // Still not: it waits, its lock kept (no other cron worker may take the run).
+        assert!(matches!(scheduler.turn(0, now).unwrap(), Turn::Wait(_)));
+        std::fs::remove_file(&cron).unwrap();
+        std::fs::rename(&aside, &cron).unwrap();
+        let other = JobStore::open(dir.path()).unwrap();
+        assert!(
+            other.try_lock("tick").unwrap().is_none(),
+            "the lock is kept"
+        );
+        // Once it can be written, it is; the run counts as it ended: well.
+        let later = now + UNSAVED_RETRY;
+        assert!(matches!(scheduler.turn(0, later).unwrap(), Turn::Wait(_)));
+        let state = &scheduler.states().unwrap()[0].1;
+        assert_eq!((state.runs, state.succeeded, state.failed), (1, 1, 0));
+        assert!(!state.interrupted());
+        assert!(
+            other.try_lock("tick").unwrap().is_some(),
+            "released once saved"
         );
     }
 

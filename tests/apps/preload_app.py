@@ -16,6 +16,12 @@ LOADED_BY = os.getpid()
 POST_FORK_PID = None
 HELD = []
 
+# As an application that starts a helper while it loads and never waits for it: it ends at
+# once, and the template must reap it (it would stay a zombie for the template's life).
+HELPER = os.fork()
+if HELPER == 0:
+    os._exit(0)
+
 
 def post_fork():
     """--post-fork preload_app:post_fork"""

@@ -20,6 +20,7 @@ against_both!(
     chunked_and_sized_bodies_reach_the_application_whole,
     head_gets_the_head_of_get,
     a_worker_is_recycled_after_limit_request_requests,
+    a_worker_serves_exactly_limit_request_requests_among_many_connections,
     more_keep_alive_clients_than_workers_all_get_answers,
     reloads_and_scaling_under_keep_alive_load_lose_no_request,
     each_request_gets_an_access_line_from_the_worker_that_served_it,
@@ -312,6 +313,40 @@ fn a_worker_is_recycled_after_limit_request_requests(flavour: Flavour) {
     ]);
     let fourth = server.get("/pid").body;
     assert_ne!(fourth, first, "a new worker serves the fourth request");
+}
+
+fn a_worker_serves_exactly_limit_request_requests_among_many_connections(flavour: Flavour) {
+    // Before: a worker holding several connections served one more request than
+    // limit_request now and then (one it had begun to read when it reached the limit).
+    let server = flavour.server("limit_request = 5", 1);
+    let served: Vec<String> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..3)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut connection = KeepAlive::retrying(server.port);
+                    (0..30)
+                        .map(|_| connection.get("/pid"))
+                        .filter(|reply| reply.status == 200)
+                        .map(|reply| reply.body)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|client| client.join().expect("client"))
+            .collect()
+    });
+    assert_eq!(served.len(), 90, "every request answered");
+    let mut by_worker = std::collections::BTreeMap::new();
+    for pid in &served {
+        *by_worker.entry(pid.clone()).or_insert(0) += 1;
+    }
+    assert!(by_worker.values().all(|count| *count <= 5), "{by_worker:?}");
+    // Each worker that left had served exactly five.
+    for line in server.log_matching("exited: limit_request reached") {
+        assert!(line.contains(", 5 requests served"), "{line}");
+    }
 }
 
 fn keep_alive_load(

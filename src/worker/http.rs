@@ -434,11 +434,35 @@ impl HttpWorker<'_> {
         if let Some(reason) = self.leave_after {
             return Some(reason);
         }
-        if self.limit_request > 0 && self.spec.row.requests() >= self.limit_request {
+        if self.limit_request > 0 && self.committed_requests() >= self.limit_request {
             return Some(ExitReason::LimitRequest);
         }
         // The parent check (a system call) is left to idle wake-ups, see `serve`.
         told_to_stop(self.spec, self.signals).then_some(ExitReason::Stopped)
+    }
+
+    /// Whether this worker begins no new request: it leaves, or has begun all that
+    /// `limit_request` lets it serve.
+    fn begins_no_request(&self) -> bool {
+        self.is_draining()
+            || (self.limit_request > 0 && self.committed_requests() >= self.limit_request)
+    }
+
+    /// The requests this worker has served, and those it has begun to read (whole or not):
+    /// it serves each of them, and begins no other past `limit_request`, so that it serves
+    /// exactly that many (but for requests a client pipelined in one packet). Counting the
+    /// connections is enough while they are fewer than what is left.
+    fn committed_requests(&self) -> u64 {
+        let served = self.spec.row.requests();
+        if served.saturating_add(self.clients.len() as u64) < self.limit_request {
+            return served;
+        }
+        let begun = self
+            .clients
+            .iter()
+            .filter(|(_, client)| !client.is_idle())
+            .count();
+        served.saturating_add(begun as u64)
     }
 
     /// Begins leaving: no new connection; idle kept-alive ones go to the other workers (a
@@ -556,6 +580,10 @@ impl HttpWorker<'_> {
 
     /// Takes a connection another worker handed over in `lane`.
     fn take_handed_client(&mut self, lane: HandoffLane) {
+        if self.begins_no_request() {
+            // Left in the lane: this worker leaves, and passes what waits there on.
+            return;
+        }
         let lane = self.handoff.lane(lane);
         for _ in 0..ACCEPT_BATCH {
             if self.clients.len() >= self.max_clients {
@@ -659,7 +687,10 @@ impl HttpWorker<'_> {
         }
         let busy_ahead = !self.turns.is_empty();
         let idle = client.is_idle();
-        if !(busy_ahead && idle) {
+        if idle && self.begins_no_request() {
+            // A new request on a connection of a worker that leaves: another serves it.
+            self.hand_off(key, HandoffLane::Waiting);
+        } else if !(busy_ahead && idle) {
             self.read_client(key);
         } else if self.spare > 0 && !self.is_draining() {
             self.spare -= 1;
@@ -685,6 +716,14 @@ impl HttpWorker<'_> {
             // Gone since (handed over or closed).
             return;
         };
+        if client.is_idle() && self.begins_no_request() {
+            // Not begun here, and this worker leaves: another one serves it.
+            if let Some(client) = self.clients.get_mut(key) {
+                client.queued = false;
+            }
+            self.hand_off(key, HandoffLane::Waiting);
+            return;
+        }
         if client.ready.is_none() {
             self.read_client(key);
         }
@@ -916,8 +955,14 @@ impl HttpWorker<'_> {
             self.remove(key);
             return;
         }
+        let idle = self.clients.get(key).is_some_and(Client::is_idle);
+        if idle && (self.begins_no_request() || self.exit_reason().is_some()) {
+            // Its next request is for a worker that stays.
+            self.hand_off(key, HandoffLane::Returning);
+            return;
+        }
         let long = started.elapsed() >= sys::HANDOFF_AFTER;
-        if long && !self.is_draining() && self.clients.get(key).is_some_and(Client::is_idle) {
+        if long && !self.is_draining() && idle {
             // A long request's client goes back to the shared queue for its next one, as it
             // would come through the accept queue to a prefork server that does not keep
             // connections: it does not take this worker again ahead of the clients waiting

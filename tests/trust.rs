@@ -352,3 +352,45 @@ fn status_shows_what_programs_say_without_obeying_it() {
     let (_, text, _) = command(&server.config_path, &["status"]);
     assert!(text.contains("GET /\\x1b[2J\\x1b[H"), "{text}");
 }
+
+#[test]
+fn the_cron_commands_work_in_data_dir_as_the_workers_user() {
+    // Before: `forkwarden cron run`, run by root, opened a file in the workers' data_dir by
+    // path as root: a FIFO planted there held it for good, a hard link to a file of root's
+    // was truncated.
+    let dir = open_dir();
+    let data_dir = dir.path().join("data");
+    let mut server = Server::spawn(&format!(
+        "workers = 1\nmax_cron_threads = 1\nuser = \"nobody\"\ndata_dir = \"{}\"\n\
+         [[cron]]\nname = \"tick\"\ninterval = \"1h\"\ncommand = [\"true\"]\n",
+        data_dir.display()
+    ));
+    server.wait_for_log("cron job tick (pid");
+    server.signal(Signal::SIGTERM);
+    assert!(server.wait_exit(SOON).is_some_and(|exit| exit.success()));
+    let asked = data_dir.join("cron/tick.run-asked");
+    nix::unistd::mkfifo(&asked, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    std::os::unix::fs::chown(&asked, Some(NOBODY), Some(NOBODY)).unwrap();
+    let (_, _, stderr) = command(&server.config_path, &["cron", "run", "tick"]);
+    assert!(
+        !stderr.is_empty(),
+        "it answered (the FIFO refused), not waited"
+    );
+    std::fs::remove_file(&asked).unwrap();
+    // A link to root's file: opened as nobody, who may not write it.
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "precious\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::hard_link(&secret, &asked).unwrap();
+    let (asked_ok, _, _) = command(&server.config_path, &["cron", "run", "tick"]);
+    assert!(!asked_ok);
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "precious\n");
+    std::fs::remove_file(&asked).unwrap();
+    // And as it should: asked, as nobody.
+    let (asked_ok, stdout, stderr) = command(&server.config_path, &["cron", "run", "tick"]);
+    assert!(asked_ok, "{stdout}{stderr}");
+    assert_eq!(std::fs::metadata(&asked).unwrap().uid(), NOBODY);
+    let (listed, list, stderr) = command(&server.config_path, &["cron", "list"]);
+    assert!(listed, "{stderr}");
+    assert!(list.contains("tick"), "{list}");
+}

@@ -33,8 +33,28 @@ fn scheduler(config: &Config) -> Result<Scheduler<'_>, CommandError> {
     Scheduler::new(config, SystemTime::now(), false).map_err(store_error(config))
 }
 
+/// Runs `command` on the file store as the workers' user when this is root and the files are
+/// theirs (data_dir is): a link, a FIFO or a hard link they planted there is then worth no
+/// more to them than what they could open themselves. A PostgreSQL store is used as is.
+fn on_the_store<T>(
+    config: &Config,
+    command: impl FnOnce() -> Result<T, CommandError>,
+) -> Result<T, CommandError> {
+    match config
+        .data_dir_owner()
+        .filter(|_| config.cron_store.is_none())
+    {
+        Some(workers) => crate::sys::as_user(&workers, command).map_err(store_error(config))?,
+        None => command(),
+    }
+}
+
 /// Every job with its schedule, next run and last result, as a table.
 pub fn list(config: &Config) -> Result<String, CommandError> {
+    on_the_store(config, || list_jobs(config))
+}
+
+fn list_jobs(config: &Config) -> Result<String, CommandError> {
     if config.cron.is_empty() {
         return Ok("no [[cron]] jobs in the config\n".to_string());
     }
@@ -104,9 +124,11 @@ fn job_named<'a>(
 /// Asks for a run of job `name` now, besides its schedule: the first cron worker to look
 /// (within a second) runs it, once, and its next due time stays as it was.
 pub fn ask_run(config: &Config, name: &str) -> Result<String, CommandError> {
-    let scheduler = scheduler(config)?;
-    let job = job_named(&scheduler, config, name)?;
-    scheduler.ask_run(job).map_err(store_error(config))?;
+    on_the_store(config, || {
+        let scheduler = scheduler(config)?;
+        let job = job_named(&scheduler, config, name)?;
+        scheduler.ask_run(job).map_err(store_error(config))
+    })?;
     let who = if config.max_cron_threads == 0 {
         "no cron worker runs with this config (max_cron_threads = 0): it runs once one does"
     } else if config.cron_store.is_some() {
@@ -128,10 +150,12 @@ pub fn history(
     count: usize,
     json: bool,
 ) -> Result<String, CommandError> {
-    let scheduler = scheduler(config)?;
-    let job = job_named(&scheduler, config, name)?;
     let store = store_error(config);
-    let runs = scheduler.history(job, count).map_err(&store)?;
+    let runs = on_the_store(config, || {
+        let scheduler = scheduler(config)?;
+        let job = job_named(&scheduler, config, name)?;
+        scheduler.history(job, count).map_err(&store)
+    })?;
     if json {
         let mut text = String::new();
         for run in &runs {

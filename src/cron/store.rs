@@ -27,6 +27,9 @@ const PRIVATE_DIR: u32 = 0o700;
 const PRIVATE_FILE: u32 = 0o600;
 /// The largest state file read (one is a few hundred bytes).
 const STATE_MAX: usize = 64 << 10;
+/// The largest history file read: 2 x `HISTORY_RUNS` runs of 20 lines of 512 bytes at most,
+/// and some.
+const HISTORY_MAX: usize = 64 << 20;
 
 /// Narrows `dir`, if others may use it, to 0700 (on the directory itself, opened without
 /// following a link).
@@ -223,8 +226,8 @@ impl JobStore {
 
     /// The job's last `count` runs, oldest first (lines that do not parse are skipped).
     pub fn history(&self, name: &str, count: usize) -> io::Result<Vec<RunRecord>> {
-        let text = match fs::read_to_string(self.history_path(name)) {
-            Ok(text) => text,
+        let text = match crate::sys::read_small_file(&self.history_path(name), HISTORY_MAX) {
+            Ok(text) => String::from_utf8_lossy(&text).into_owned(),
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(error) => return Err(error),
         };
@@ -243,12 +246,12 @@ impl JobStore {
     /// Asks for a run of the job now (`forkwarden cron run`): a file the cron workers look
     /// for each second, and the one that claims the run removes.
     pub fn ask_run(&self, name: &str) -> io::Result<()> {
+        // Never through a link, never waiting on a FIFO planted at its name.
         OpenOptions::new()
             .create(true)
-            .truncate(true)
             .write(true)
             .mode(PRIVATE_FILE)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(self.asked_path(name))
             .map(drop)
     }

@@ -56,6 +56,31 @@ fn write_version(dir: &Path, version: &str) {
     std::fs::write(dir.join("version.py"), format!("VERSION = {version:?}\n")).unwrap();
 }
 
+/// Breaks the code in `code` (its import fails) and reloads; returns the line saying the new
+/// template failed to load it.
+fn deploy_broken_code(server: &Server, code: &Path) -> String {
+    std::fs::write(
+        code.join("version.py"),
+        "raise ImportError('a broken deploy')\n",
+    )
+    .unwrap();
+    server.signal(Signal::SIGHUP);
+    server.wait_for_log("failed to load the application: exited with status 1")
+}
+
+/// Fixes the code in `code` (version 3) and waits until the reload retried with backoff
+/// completes: version 3 answers.
+fn deploy_fixed_code(server: &Server, code: &Path) {
+    write_version(code, "3");
+    assert!(
+        wait_until(Duration::from_secs(20), || http_get(server.port, "/info")
+            .body
+            .contains("version=3 ")),
+        "{}",
+        server.log_text()
+    );
+}
+
 /// The pid of the template now serving, from the latest "started" line.
 fn template_of(server: &Server) -> i32 {
     let line = server
@@ -227,13 +252,7 @@ fn a_template_that_fails_to_load_keeps_the_old_generation_serving() {
     let code = code("1");
     let server = preload_server(code.path(), "", 2);
     let workers = workers_of(&server);
-    std::fs::write(
-        code.path().join("version.py"),
-        "raise ImportError('a broken deploy')\n",
-    )
-    .unwrap();
-    server.signal(Signal::SIGHUP);
-    let line = server.wait_for_log("failed to load the application: exited with status 1");
+    let line = deploy_broken_code(&server, code.path());
     assert!(line.contains("2 http workers go on serving"), "{line}");
     server.wait_for_log("[stderr]: ImportError: a broken deploy");
     for _ in 0..10 {
@@ -241,14 +260,7 @@ fn a_template_that_fails_to_load_keeps_the_old_generation_serving() {
     }
     // It is retried with backoff; once the code is fixed, the reload completes.
     server.wait_for_log("failed loads in a row");
-    write_version(code.path(), "3");
-    assert!(
-        wait_until(Duration::from_secs(20), || http_get(server.port, "/info")
-            .body
-            .contains("version=3 ")),
-        "{}",
-        server.log_text()
-    );
+    deploy_fixed_code(&server, code.path());
     assert!(wait_until(SOON, || workers
         .iter()
         .all(|pid| !is_alive(*pid))));
@@ -261,13 +273,7 @@ fn workers_that_die_while_a_broken_deploy_fails_to_load_are_forked_by_the_old_te
     let code = code("1");
     let server = preload_server(code.path(), "", 2);
     let old_template = template_of(&server);
-    std::fs::write(
-        code.path().join("version.py"),
-        "raise ImportError('a broken deploy')\n",
-    )
-    .unwrap();
-    server.signal(Signal::SIGHUP);
-    server.wait_for_log("failed to load the application: exited with status 1");
+    deploy_broken_code(&server, code.path());
     for worker in workers_of(&server) {
         kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
         let line = server.wait_for_log(&format!("(pid {worker}) died: killed by SIGKILL"));
@@ -284,14 +290,7 @@ fn workers_that_die_while_a_broken_deploy_fails_to_load_are_forked_by_the_old_te
         assert_eq!(info_field(&info, "loaded_by"), old_template.to_string());
     }
     // Fixed, the reload completes: new workers from the new template replace them.
-    write_version(code.path(), "3");
-    assert!(
-        wait_until(Duration::from_secs(20), || http_get(server.port, "/info")
-            .body
-            .contains("version=3 ")),
-        "{}",
-        server.log_text()
-    );
+    deploy_fixed_code(&server, code.path());
 }
 
 #[test]

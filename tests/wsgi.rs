@@ -368,6 +368,12 @@ fn sys_exit_in_a_request_ends_that_request_not_the_server() {
         line.contains("the application asked to be replaced"),
         "{line}"
     );
+    wait_for_another_worker(&server, &first);
+    assert!(server.log_matching("stopping the server").is_empty());
+}
+
+/// Waits until a worker other than `first` (a pid, as /pid answers) serves.
+fn wait_for_another_worker(server: &Server, first: &str) {
     assert!(
         wait_until(SOON, || {
             let pid = server.get("/pid");
@@ -376,7 +382,6 @@ fn sys_exit_in_a_request_ends_that_request_not_the_server() {
         "{}",
         server.log_text()
     );
-    assert!(server.log_matching("stopping the server").is_empty());
 }
 
 #[test]
@@ -388,12 +393,5 @@ fn a_worker_held_by_a_thread_of_the_application_still_leaves() {
     assert_eq!(server.get("/thread").status, 200);
     let line = server.wait_for_log("exited: limit_request reached");
     assert!(line.contains("respawned as pid"), "{line}");
-    assert!(
-        wait_until(SOON, || {
-            let pid = server.get("/pid");
-            pid.status == 200 && pid.body != first
-        }),
-        "{}",
-        server.log_text()
-    );
+    wait_for_another_worker(&server, &first);
 }

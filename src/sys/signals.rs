@@ -371,23 +371,61 @@ fn send_descriptor(channel: RawFd, fd: RawFd) -> bool {
 
 /// Arms `timer` to fire once after [`HANDOFF_AFTER`] (async-signal-safe).
 fn arm_timer(timer: *mut libc::c_void) {
-    if timer.is_null() {
-        return;
+    if !timer.is_null() {
+        set_timer(timer, HANDOFF_AFTER);
     }
-    let nanos = HANDOFF_AFTER.as_nanos().min(999_999_999) as libc::c_long;
+}
+
+/// Sets `timer` (a live POSIX timer of this process) to fire once `after` from now; zero
+/// disarms it. Async-signal-safe (timer_settime only).
+fn set_timer(timer: *mut libc::c_void, after: Duration) {
     let when = libc::itimerspec {
         it_interval: libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
         },
         it_value: libc::timespec {
-            tv_sec: 0,
-            tv_nsec: nanos,
+            tv_sec: libc::time_t::try_from(after.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: libc::c_long::from(after.subsec_nanos()),
         },
     };
-    // SAFETY: `timer` is the live timer created by `HandoffAlarm::install`; `when` is a live
-    // local; timer_settime is async-signal-safe.
+    // SAFETY: `timer` is a live timer this process created (the callers' contract: each
+    // keeps the one it made until it deletes it), `when` is a live local; timer_settime is
+    // async-signal-safe.
     unsafe { libc::timer_settime(timer, 0, &when, std::ptr::null_mut()) };
+}
+
+/// A POSIX timer on CLOCK_MONOTONIC that delivers `signal` when it fires, with `handler`
+/// installed for it (run with every signal blocked, and restarting interrupted calls).
+///
+/// # Safety
+///
+/// `handler` must be async-signal-safe and keep errno as it found it.
+unsafe fn signal_timer(
+    signal: Signal,
+    handler: extern "C" fn(libc::c_int),
+) -> io::Result<*mut libc::c_void> {
+    // SAFETY: sigevent is a plain C struct, for which all-zero bytes are a valid value.
+    let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
+    event.sigev_notify = libc::SIGEV_SIGNAL;
+    event.sigev_signo = signal as libc::c_int;
+    let mut timer: libc::timer_t = std::ptr::null_mut();
+    // SAFETY: `event` and `timer` are live locals of the types timer_create expects.
+    if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let action = SigAction::new(
+        SigHandler::Handler(handler),
+        SaFlags::SA_RESTART,
+        SigSet::all(),
+    );
+    // SAFETY: the caller's contract: the handler is async-signal-safe.
+    if let Err(errno) = unsafe { sigaction(signal, &action) } {
+        // SAFETY: the timer was just created, and is deleted once.
+        unsafe { libc::timer_delete(timer) };
+        return Err(errno.into());
+    }
+    Ok(timer)
 }
 
 /// Keeps a worker's idle kept-alive connections from waiting behind a long request: armed
@@ -411,29 +449,15 @@ impl HandoffAlarm {
     /// normally (never leaked), as in a forked worker, whose board and channel live as long
     /// as the process.
     pub unsafe fn install(channel: BorrowedFd<'_>, idle_workers: &AtomicU64) -> io::Result<Self> {
-        // SAFETY: sigevent is a plain C struct, for which all-zero bytes are a valid value.
-        let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
-        event.sigev_notify = libc::SIGEV_SIGNAL;
-        event.sigev_signo = libc::SIGALRM;
-        let mut timer: libc::timer_t = std::ptr::null_mut();
-        // SAFETY: `event` and `timer` are live locals of the types timer_create expects.
-        if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
         HANDOFF_CHANNEL.store(channel.as_raw_fd(), Ordering::SeqCst);
         IDLE_WORKERS.store(
             std::ptr::from_ref(idle_workers).cast_mut(),
             Ordering::SeqCst,
         );
+        // SAFETY: the handler only uses atomics and async-signal-safe system calls, and saves
+        // and restores errno.
+        let timer = unsafe { signal_timer(Signal::SIGALRM, on_handoff_alarm) }?;
         ALARM_TIMER.store(timer, Ordering::SeqCst);
-        let action = SigAction::new(
-            SigHandler::Handler(on_handoff_alarm),
-            SaFlags::SA_RESTART,
-            SigSet::all(),
-        );
-        // SAFETY: the handler only uses atomics and async-signal-safe system calls, saves
-        // and restores errno, and runs with every signal blocked.
-        unsafe { sigaction(Signal::SIGALRM, &action) }?;
         Ok(Self { timer })
     }
 
@@ -506,23 +530,8 @@ pub struct ClaimDeadline {
 
 impl ClaimDeadline {
     pub fn install() -> io::Result<Self> {
-        // SAFETY: sigevent is a plain C struct, for which all-zero bytes are a valid value.
-        let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
-        event.sigev_notify = libc::SIGEV_SIGNAL;
-        event.sigev_signo = libc::SIGALRM;
-        let mut timer: libc::timer_t = std::ptr::null_mut();
-        // SAFETY: `event` and `timer` are live locals of the types timer_create expects.
-        if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let action = SigAction::new(
-            SigHandler::Handler(on_claim_deadline),
-            SaFlags::SA_RESTART,
-            SigSet::all(),
-        );
-        // SAFETY: the handler only uses atomics and kill(2), saves and restores errno, and
-        // runs with every signal blocked.
-        unsafe { sigaction(Signal::SIGALRM, &action) }?;
+        // SAFETY: the handler only uses atomics and kill(2), and saves and restores errno.
+        let timer = unsafe { signal_timer(Signal::SIGALRM, on_claim_deadline) }?;
         Ok(Self { timer })
     }
 
@@ -531,36 +540,13 @@ impl ClaimDeadline {
         CLAIM_EXPIRED.store(false, Ordering::SeqCst);
         CLAIMED_GROUP.store(group.as_raw(), Ordering::SeqCst);
         // A zero expiry would disarm the timer: a deadline already past fires at once.
-        let after = after.max(Duration::from_micros(1));
-        let when = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: libc::time_t::try_from(after.as_secs()).unwrap_or(libc::time_t::MAX),
-                tv_nsec: libc::c_long::from(after.subsec_nanos()),
-            },
-        };
-        // SAFETY: `timer` is the live timer `install` created; `when` is a live local.
-        unsafe { libc::timer_settime(self.timer, 0, &when, std::ptr::null_mut()) };
+        set_timer(self.timer, after.max(Duration::from_micros(1)));
     }
 
     /// No deadline any more (the job ended).
     pub fn clear(&self) {
         CLAIMED_GROUP.store(0, Ordering::SeqCst);
-        let never: libc::itimerspec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-        };
-        // SAFETY: as in `set`; an all-zero expiry disarms the timer.
-        unsafe { libc::timer_settime(self.timer, 0, &never, std::ptr::null_mut()) };
+        set_timer(self.timer, Duration::ZERO);
     }
 
     /// Whether the deadline passed and the job's group was killed (since the last `set`).

@@ -332,7 +332,7 @@ impl Collector for SurveyMetrics {
         )?;
         family.counter(
             "forkwarden_cron_runs",
-            "Cron job runs that ended, by job and result (with a PostgreSQL cron_store, those of this server).",
+            "Cron job runs that this server's cron workers ended since it started, by job and result.",
             survey.cron_jobs.iter().flat_map(|job| {
                 [("succeeded", job.succeeded), ("failed", job.failed)].map(|(result, count)| {
                     (

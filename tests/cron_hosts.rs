@@ -345,12 +345,14 @@ fn two_hosts_on_one_database_run_each_due_run_once() {
     );
     // Each claimed run ran once, and is in the history, done.
     let history_runs = assert_each_run_recorded_once(&a, &runs);
-    // None skipped: each due time (a second after the previous start) had its run.
+    // None skipped: each due time (a second after the previous start) had its run. From
+    // the second run on: the first waits for the hosts' first connections to a new database
+    // (its tables made), which a loaded machine took 2.3 s to give.
     let starts: Vec<i64> = history_runs
         .iter()
         .map(|run| run["start_ms"].as_i64().expect("start_ms"))
         .collect();
-    for pair in starts.windows(2) {
+    for pair in starts.windows(2).skip(1) {
         let gap = pair[1] - pair[0];
         assert!(
             (900..2000).contains(&gap),

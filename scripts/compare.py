@@ -111,8 +111,9 @@ class Running:
         self.log.close()
 
 
-def run_forkwarden(name, workers, limit_time, limit_memory, settings):
-    """forkwarden with the shared settings (no recycling, the given limits) and `settings`."""
+def run_forkwarden(name, workers, limit_time, limit_memory, settings, binary=BINARY):
+    """forkwarden (`binary`) with the shared settings (no recycling, the given limits) and
+    `settings`."""
     port = free_port()
     config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
     config.write(
@@ -121,7 +122,7 @@ def run_forkwarden(name, workers, limit_time, limit_memory, settings):
         f"limit_memory_hard = {limit_memory << 20}\nlimit_memory_hard_rlimit = false\n"
         + settings)
     config.close()
-    server = Running([BINARY, "--config", config.name], port,
+    server = Running([binary, "--config", config.name], port,
                      spawned=r"(started|respawned) as pid")
     server.name = name
     return server

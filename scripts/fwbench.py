@@ -26,18 +26,20 @@ def build():
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
 
 
-def python_runner_path():
-    """PYTHONPATH for `python3 -m forkwarden_wsgi`: the runner with its Rust core built in
-    release mode (scripts/build-python-core.sh; cargo does nothing when it is up to date)."""
-    script = os.path.join(ROOT, "scripts", "build-python-core.sh")
+def python_runner_path(root=ROOT):
+    """PYTHONPATH for `python3 -m forkwarden_wsgi`: the runner of the checkout at `root`
+    with its Rust core built in release mode (scripts/build-python-core.sh; cargo does
+    nothing when it is up to date)."""
+    script = os.path.join(root, "scripts", "build-python-core.sh")
     return subprocess.run([script, "--release"], check=True, capture_output=True,
                           text=True).stdout.strip()
 
 
-def runner_app(target, cwd, flags=(), env=None, python=sys.executable, extra=""):
+def runner_app(target, cwd, flags=(), env=None, python=sys.executable, extra="", root=ROOT):
     """An `[app]` table serving WSGI callable `target` (module:name, found in `cwd`) under
-    the Python runner; `flags` go before the target, `env` into its environment."""
-    env = {"PYTHONPATH": python_runner_path(), **(env or {})}
+    the Python runner (of the checkout at `root`); `flags` go before the target, `env` into
+    its environment."""
+    env = {"PYTHONPATH": python_runner_path(root), **(env or {})}
     command = ", ".join(f'"{part}"' for part in [python, "-m", "forkwarden_wsgi", *flags, target])
     variables = ", ".join(f'{key} = "{value}"' for key, value in env.items())
     return (f"[app]\ncommand = [{command}]\ncwd = \"{cwd}\"\nenv = {{ {variables} }}\n"

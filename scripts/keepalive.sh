@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Keep-alive, churn and slow requests side by side (see scripts/keepalive.py).
-#   scripts/keepalive.sh [--seconds 5] [--write-docs]
+#   scripts/keepalive.sh [--seconds 5] [--rounds 1] [--baseline DIR] [--write-docs]
 set -euo pipefail
 cd "$(dirname "$0")"
 ./ensure-package.sh wrk

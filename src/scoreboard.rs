@@ -48,7 +48,9 @@ const DURATION_BUCKETS: usize = DURATION_SUM_US + 1;
 /// to the word of its [`ExitReason`]: the master starts its replacement then, not when it
 /// has finished its last requests and exited.
 const LEAVING: usize = DURATION_BUCKETS + DURATION_BOUNDS.len();
-const ROW_WORDS: usize = LEAVING + 1;
+/// The worker counts itself on the board among those inside a long request.
+const LONG_COUNTED: usize = LEAVING + 1;
+const ROW_WORDS: usize = LONG_COUNTED + 1;
 /// A cron worker's row goes on: for each job of its config, in order, the runs that ended
 /// well and those that failed. The master counts cron runs from these, in memory: it never
 /// reads the job files the workers' user can write.
@@ -219,7 +221,16 @@ const MASTER_RESTING: usize = 0;
 /// How many HTTP workers wait for work right now: a worker about to be busy hands the
 /// connections that wait on it to them instead of making them wait.
 const IDLE_HTTP_WORKERS: usize = 1;
-const BOARD_WORDS: usize = 2;
+/// How many HTTP workers serve (the master writes it as its pool changes).
+const HTTP_WORKERS: usize = 2;
+/// How many HTTP workers are inside a long request (past the hand-off alarm's first look):
+/// while fewer than all, some worker takes a connection handed over between two of its
+/// short requests, even if none is idle at that instant.
+const LONG_REQUESTS: usize = 3;
+/// How many connections wait in the hand-off channel's waiting lane: a worker between two
+/// requests takes one first, before its own (they have waited behind a long request).
+const HANDED_WAITING: usize = 4;
+const BOARD_WORDS: usize = 5;
 
 impl Board {
     pub fn new() -> io::Result<Self> {
@@ -237,12 +248,52 @@ impl Board {
 
     /// HTTP workers waiting for work now.
     pub fn idle_http_workers(&self) -> u64 {
-        self.idle_http_workers_word().load(Ordering::Relaxed)
+        self.shared.words()[IDLE_HTTP_WORKERS].load(Ordering::Relaxed)
     }
 
-    /// The count itself, for the hand-off alarm's signal handler to read.
-    pub fn idle_http_workers_word(&self) -> &AtomicU64 {
-        &self.shared.words()[IDLE_HTTP_WORKERS]
+    /// The words the hand-off alarm's signal handler reads and counts with.
+    pub fn handoff_words(&self) -> crate::sys::HandoffCounts<'_> {
+        let words = self.shared.words();
+        crate::sys::HandoffCounts {
+            idle_workers: &words[IDLE_HTTP_WORKERS],
+            workers: &words[HTTP_WORKERS],
+            long_requests: &words[LONG_REQUESTS],
+            handed_waiting: &words[HANDED_WAITING],
+        }
+    }
+
+    /// How many connections wait in the waiting lane now (as the workers count them).
+    pub fn handed_waiting(&self) -> u64 {
+        self.shared.words()[HANDED_WAITING].load(Ordering::Relaxed)
+    }
+
+    /// A worker put a connection in the waiting lane.
+    pub fn count_handed(&self) {
+        self.shared.words()[HANDED_WAITING].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A worker took a connection from the waiting lane.
+    pub fn count_taken(&self) {
+        let _ = self.shared.words()[HANDED_WAITING].fetch_update(
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+            |count| Some(count.saturating_sub(1)),
+        );
+    }
+
+    /// The master: `count` HTTP workers serve now.
+    pub fn set_http_workers(&self, count: u64) {
+        self.shared.words()[HTTP_WORKERS].store(count, Ordering::Relaxed);
+    }
+
+    /// The master, for a worker that died inside a long request (see
+    /// [`WorkerRow::counted_long`]).
+    pub fn forget_long_request(&self) {
+        let _ = self.shared.words()[LONG_REQUESTS].fetch_update(
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+            |count| Some(count.saturating_sub(1)),
+        );
     }
 
     /// A worker (`row`) starts waiting for work.
@@ -501,6 +552,18 @@ impl WorkerRow {
     pub fn silent_for(&self) -> Option<Duration> {
         let beat = self.word(HEARTBEAT_NS).load(Ordering::Acquire);
         (beat != 0).then(|| Duration::from_nanos(monotonic_now_ns().saturating_sub(beat)))
+    }
+
+    /// The flag the hand-off alarm sets while it counts the worker among those inside a
+    /// long request.
+    pub fn long_counted_word(&self) -> &AtomicU64 {
+        self.word(LONG_COUNTED)
+    }
+
+    /// Whether the worker counted itself inside a long request on the board: if it dies
+    /// so, the master takes it off the count.
+    pub fn counted_long(&self) -> bool {
+        self.word(LONG_COUNTED).load(Ordering::Relaxed) != 0
     }
 
     /// Whether the worker counted itself idle on the board: if it dies so, the master

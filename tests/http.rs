@@ -22,6 +22,7 @@ against_both!(
     a_worker_is_recycled_after_limit_request_requests,
     a_worker_serves_exactly_limit_request_requests_among_many_connections,
     more_keep_alive_clients_than_workers_all_get_answers,
+    no_fast_request_waits_behind_a_slow_one_while_a_worker_could_serve_it,
     reloads_and_scaling_under_keep_alive_load_lose_no_request,
     each_request_gets_an_access_line_from_the_worker_that_served_it,
     access_lines_are_json_objects_with_log_format_json,
@@ -347,6 +348,66 @@ fn a_worker_serves_exactly_limit_request_requests_among_many_connections(flavour
     for line in server.log_matching("exited: limit_request reached") {
         assert!(line.contains(", 5 requests served"), "{line}");
     }
+}
+
+fn no_fast_request_waits_behind_a_slow_one_while_a_worker_could_serve_it(flavour: Flavour) {
+    // Before: a kept-alive connection whose worker entered a slow request waited for all of
+    // it (here 1 s) while two other workers served fast requests, never idle for long
+    // enough to be handed it.
+    let server = flavour.server("", 4);
+    let slow_left = std::sync::atomic::AtomicUsize::new(2);
+    let (fast, slow) = std::thread::scope(|scope| {
+        let slow: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut connection = KeepAlive::retrying(server.port);
+                    let statuses: Vec<u16> = (0..3)
+                        .map(|_| connection.get("/sleep?ms=1000").status)
+                        .collect();
+                    slow_left.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    statuses
+                })
+            })
+            .collect();
+        let fast: Vec<_> = (0..16)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut connection = KeepAlive::retrying(server.port);
+                    let mut waits = Vec::new();
+                    // Bounded: until the slow clients are done, and 10,000 requests at most.
+                    while slow_left.load(std::sync::atomic::Ordering::SeqCst) > 0
+                        && waits.len() < 10_000
+                    {
+                        let started = std::time::Instant::now();
+                        let reply = connection.get("/");
+                        waits.push((reply.status, started.elapsed()));
+                    }
+                    waits
+                })
+            })
+            .collect();
+        let fast: Vec<(u16, std::time::Duration)> = fast
+            .into_iter()
+            .flat_map(|client| client.join().expect("fast client"))
+            .collect();
+        let slow: Vec<u16> = slow
+            .into_iter()
+            .flat_map(|client| client.join().expect("slow client"))
+            .collect();
+        (fast, slow)
+    });
+    assert_eq!(slow, [200; 6], "the slow requests were answered");
+    assert!(fast.iter().all(|(status, _)| *status == 200), "{fast:?}");
+    let longest = fast.iter().map(|(_, wait)| *wait).max().unwrap_or_default();
+    eprintln!(
+        "{} fast requests, the longest waited {longest:?}",
+        fast.len()
+    );
+    assert!(
+        longest < std::time::Duration::from_millis(500),
+        "a fast request waited {longest:?} ({} fast requests)",
+        fast.len()
+    );
 }
 
 fn keep_alive_load(

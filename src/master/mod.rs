@@ -337,6 +337,8 @@ impl Master {
             self.spawn_missing();
             self.retire_replaced();
             self.announce_readiness();
+            self.board
+                .set_http_workers(self.pool.serving(Role::Http) as u64);
             if let Err(error) = self.wait(&mut events) {
                 error!("the event loop failed: {error}; killing all workers");
                 self.kill_all_and_reap();
@@ -450,6 +452,9 @@ impl Master {
         let name = worker.name();
         if worker.row.counted_idle() {
             self.board.forget_idle();
+        }
+        if worker.row.counted_long() {
+            self.board.forget_long_request();
         }
         if let Some(exec) = &mut worker.exec {
             // The program's last words come before the line about its end.

@@ -387,6 +387,14 @@ impl Pool {
         self.workers.is_empty()
     }
 
+    /// Workers of `role` that are ready and not leaving.
+    pub fn serving(&self, role: Role) -> usize {
+        self.workers
+            .iter()
+            .filter(|worker| worker.id.role == role && worker.is_ready() && worker.is_serving())
+            .count()
+    }
+
     pub fn count(&self, role: Role) -> usize {
         self.workers.iter().filter(|w| w.id.role == role).count()
     }

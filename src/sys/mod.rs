@@ -35,7 +35,7 @@ mod title;
 
 pub use files::{FsIdentity, as_user, open_append, read_small_file};
 pub use net::{
-    accept_nonblocking, calls_listener, connect_calls, defer_accept, handoff_channel,
+    Handed, accept_nonblocking, calls_listener, connect_calls, defer_accept, handoff_channel,
     receive_connection, receive_message, send_connection, send_file, send_with_descriptors,
     template_channel,
 };
@@ -47,6 +47,7 @@ pub use process::{
 };
 pub use shm::{SharedWords, sealed_text_file};
 pub use signals::{
-    ClaimDeadline, HANDOFF_AFTER, HandoffAlarm, MASTER_SIGNALS, RequestLimitSignals, WorkerSignals,
+    ClaimDeadline, HANDOFF_AFTER, HandoffAlarm, HandoffCounts, MASTER_SIGNALS, RequestLimitSignals,
+    WorkerSignals,
 };
 pub use title::{init_process_title, set_process_title};

@@ -87,15 +87,31 @@ pub fn handoff_channel() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((send, receive))
 }
 
-/// Sends `connection` on the hand-off channel `to`. Fails with `WouldBlock` when the channel
-/// is full: the caller keeps the connection.
-pub fn send_connection(to: BorrowedFd<'_>, connection: BorrowedFd<'_>) -> io::Result<()> {
-    // One byte of payload: a message that carries descriptors must carry data too.
-    send_with_descriptors(to, b"c", &[connection])
+/// The byte that goes with a connection whose last request ran long (else `c`).
+const RAN_LONG: u8 = b'l';
+
+/// A connection taken from the hand-off channel.
+pub struct Handed {
+    pub stream: TcpStream,
+    /// Its last request ran long (as its sender said).
+    pub ran_long: bool,
+}
+
+/// Sends `connection` on the hand-off channel `to`, saying whether its last request
+/// `ran_long`. Fails with `WouldBlock` when the channel is full: the caller keeps it.
+pub fn send_connection(
+    to: BorrowedFd<'_>,
+    connection: BorrowedFd<'_>,
+    ran_long: bool,
+) -> io::Result<()> {
+    // One byte of payload: a message that carries descriptors must carry data too; it says
+    // what the receiver should know of the connection.
+    let byte = if ran_long { [RAN_LONG] } else { *b"c" };
+    send_with_descriptors(to, &byte, &[connection])
 }
 
 /// Takes a connection from the hand-off channel `from`, if one is waiting.
-pub fn receive_connection(from: BorrowedFd<'_>) -> io::Result<Option<TcpStream>> {
+pub fn receive_connection(from: BorrowedFd<'_>) -> io::Result<Option<Handed>> {
     let mut byte = [0u8; 1];
     let mut payload = [IoSliceMut::new(&mut byte)];
     let mut space = nix::cmsg_space!([RawFd; 4]);
@@ -136,7 +152,10 @@ pub fn receive_connection(from: BorrowedFd<'_>) -> io::Result<Option<TcpStream>>
     };
     let stream = TcpStream::from(connection);
     stream.set_nonblocking(true)?;
-    Ok(Some(stream))
+    Ok(Some(Handed {
+        stream,
+        ran_long: byte[0] == RAN_LONG,
+    }))
 }
 
 /// The channel between the master and a preload template (`[app] preload = true`): a
@@ -238,9 +257,11 @@ mod tests {
         };
         let (send, receive) = handoff_channel().unwrap();
         assert!(receive_connection(receive.as_fd()).unwrap().is_none());
-        send_connection(send.as_fd(), accepted.as_fd()).unwrap();
+        send_connection(send.as_fd(), accepted.as_fd(), true).unwrap();
         drop(accepted);
-        let mut taken = receive_connection(receive.as_fd()).unwrap().unwrap();
+        let handed = receive_connection(receive.as_fd()).unwrap().unwrap();
+        assert!(handed.ran_long);
+        let mut taken = handed.stream;
         client.write_all(b"ping").unwrap();
         taken.set_nonblocking(false).unwrap();
         let mut word = [0u8; 4];

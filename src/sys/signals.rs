@@ -255,9 +255,23 @@ impl Drop for RequestLimitSignals<'_> {
     }
 }
 
-/// How long a request may run before the idle kept-alive connections of its worker are
-/// handed to idle workers, so that their next requests do not wait behind it.
+/// How long a request may run before the idle kept-alive connections of its worker that
+/// have a request waiting are handed to the other workers, so that their next requests do
+/// not wait behind it; then how often it looks again while the request runs.
+pub const HANDOFF_FIRST: Duration = Duration::from_millis(5);
 pub const HANDOFF_AFTER: Duration = Duration::from_millis(20);
+
+/// The board's counts the hand-off alarm reads (see `scoreboard::Board`).
+pub struct HandoffCounts<'a> {
+    /// HTTP workers waiting for work.
+    pub idle_workers: &'a AtomicU64,
+    /// HTTP workers serving.
+    pub workers: &'a AtomicU64,
+    /// HTTP workers inside a long request.
+    pub long_requests: &'a AtomicU64,
+    /// Connections waiting in the hand-off channel's waiting lane.
+    pub handed_waiting: &'a AtomicU64,
+}
 
 /// Most idle connections a worker hands over from inside a long request.
 const MAX_ALARM_CONNECTIONS: usize = 256;
@@ -266,8 +280,14 @@ const HANDED: i32 = -2;
 
 /// The hand-off channel's sending end; -1 while no alarm is installed.
 static HANDOFF_CHANNEL: AtomicI32 = AtomicI32::new(-1);
-/// The board's count of idle HTTP workers; null while no alarm is installed.
+/// The board's counts of idle and of serving HTTP workers, and of those inside a long
+/// request, and this worker's row flag saying it counts itself there; null while no alarm
+/// is installed.
 static IDLE_WORKERS: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+static HTTP_WORKERS: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+static LONG_REQUESTS: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+static LONG_COUNTED: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+static HANDED_WAITING: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
 /// The alarm's timer (a `timer_t`), for the handler to re-arm.
 static ALARM_TIMER: AtomicPtr<libc::c_void> = AtomicPtr::new(std::ptr::null_mut());
 /// The application runs a request now: the alarm may act.
@@ -287,32 +307,62 @@ extern "C" fn on_handoff_alarm(_: libc::c_int) {
     unsafe { *libc::__errno_location() = saved_errno };
 }
 
-/// In the signal handler: sends registered idle connections that have a request waiting
-/// (readable) to the hand-off channel, one per idle worker, and looks again after
+/// The word `pointer` names, if an alarm is installed.
+fn word(pointer: &AtomicPtr<AtomicU64>) -> Option<&'static AtomicU64> {
+    let word = pointer.load(Ordering::SeqCst);
+    // SAFETY: a non-null pointer comes from `HandoffAlarm::install`, whose contract keeps the
+    // word alive while the alarm is installed; the pointers are nulled when it is dropped,
+    // after the handler is uninstalled.
+    (!word.is_null()).then(|| unsafe { &*word })
+}
+
+/// In the signal handler: this request runs long. It counts itself on the board among
+/// the workers inside a long request (once per request), then sends registered idle
+/// connections that have a request waiting (readable) to the hand-off channel: all of them
+/// while some other worker is not inside a long request (it takes them between two of its
+/// short requests, or at once if it waits), else one per idle worker. Looks again after
 /// [`HANDOFF_AFTER`] while the request runs. Only atomics and async-signal-safe system
 /// calls (poll, sendmsg, timer_settime), no allocation.
 fn hand_over_idle_connections() {
-    let idle = IDLE_WORKERS.load(Ordering::SeqCst);
-    // SAFETY: a non-null pointer comes from `HandoffAlarm::install`, whose contract keeps the
-    // word alive while the alarm is installed; the handler is uninstalled before it is nulled.
-    let mut idle_workers = if idle.is_null() {
-        0
+    if let (Some(counted), Some(long)) = (word(&LONG_COUNTED), word(&LONG_REQUESTS))
+        && counted.swap(1, Ordering::SeqCst) == 0
+    {
+        long.fetch_add(1, Ordering::SeqCst);
+    }
+    let load = |pointer| word(pointer).map_or(0, |word| word.load(Ordering::SeqCst));
+    let others_free = load(&HTTP_WORKERS) > load(&LONG_REQUESTS);
+    let mut budget = if others_free {
+        u64::MAX
     } else {
-        unsafe { (*idle).load(Ordering::Relaxed) }
+        load(&IDLE_WORKERS)
     };
     let channel = HANDOFF_CHANNEL.load(Ordering::SeqCst);
     let count = IDLE_COUNT.load(Ordering::SeqCst).min(MAX_ALARM_CONNECTIONS);
     for slot in &IDLE_CONNECTIONS[..count] {
-        if idle_workers == 0 {
+        if budget == 0 {
             break;
         }
         let fd = slot.load(Ordering::SeqCst);
         if fd >= 0 && is_readable(fd) && send_descriptor(channel, fd) {
             slot.store(HANDED, Ordering::SeqCst);
-            idle_workers -= 1;
+            if let Some(handed) = word(&HANDED_WAITING) {
+                handed.fetch_add(1, Ordering::SeqCst);
+            }
+            budget -= 1;
         }
     }
-    arm_timer(ALARM_TIMER.load(Ordering::SeqCst));
+    arm_timer(ALARM_TIMER.load(Ordering::SeqCst), HANDOFF_AFTER);
+}
+
+/// The request is over: the worker no longer counts among those inside a long request.
+fn uncount_long_request() {
+    if let (Some(counted), Some(long)) = (word(&LONG_COUNTED), word(&LONG_REQUESTS))
+        && counted.swap(0, Ordering::SeqCst) != 0
+    {
+        let _ = long.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |count| {
+            Some(count.saturating_sub(1))
+        });
+    }
 }
 
 /// Whether `fd` has bytes to read now (poll with no wait; async-signal-safe).
@@ -369,10 +419,10 @@ fn send_descriptor(channel: RawFd, fd: RawFd) -> bool {
     }
 }
 
-/// Arms `timer` to fire once after [`HANDOFF_AFTER`] (async-signal-safe).
-fn arm_timer(timer: *mut libc::c_void) {
+/// Arms `timer` to fire once `after` from now (async-signal-safe).
+fn arm_timer(timer: *mut libc::c_void, after: Duration) {
     if !timer.is_null() {
-        set_timer(timer, HANDOFF_AFTER);
+        set_timer(timer, after);
     }
 }
 
@@ -439,21 +489,30 @@ pub struct HandoffAlarm {
 }
 
 impl HandoffAlarm {
-    /// Installs the alarm for `channel` (the hand-off channel's sending end), counting idle
-    /// workers with `idle_workers`. One instance per process.
+    /// Installs the alarm for `channel` (the hand-off channel's sending end), with the
+    /// board's `counts` and this worker's row flag `long_counted`. One instance per process.
     ///
     /// # Safety
     ///
-    /// The handler keeps `idle_workers` and the descriptor `channel` until the returned
-    /// value is dropped: both must stay valid until then, and the value must be dropped
-    /// normally (never leaked), as in a forked worker, whose board and channel live as long
-    /// as the process.
-    pub unsafe fn install(channel: BorrowedFd<'_>, idle_workers: &AtomicU64) -> io::Result<Self> {
+    /// The handler keeps the words of `counts`, `long_counted` and the descriptor `channel`
+    /// until the returned value is dropped: all must stay valid until then, and the value
+    /// must be dropped normally (never leaked), as in a forked worker, whose board, row and
+    /// channel live as long as the process.
+    pub unsafe fn install(
+        channel: BorrowedFd<'_>,
+        counts: HandoffCounts<'_>,
+        long_counted: &AtomicU64,
+    ) -> io::Result<Self> {
         HANDOFF_CHANNEL.store(channel.as_raw_fd(), Ordering::SeqCst);
-        IDLE_WORKERS.store(
-            std::ptr::from_ref(idle_workers).cast_mut(),
-            Ordering::SeqCst,
-        );
+        for (pointer, word) in [
+            (&IDLE_WORKERS, counts.idle_workers),
+            (&HTTP_WORKERS, counts.workers),
+            (&LONG_REQUESTS, counts.long_requests),
+            (&LONG_COUNTED, long_counted),
+            (&HANDED_WAITING, counts.handed_waiting),
+        ] {
+            pointer.store(std::ptr::from_ref(word).cast_mut(), Ordering::SeqCst);
+        }
         // SAFETY: the handler only uses atomics and async-signal-safe system calls, and saves
         // and restores errno.
         let timer = unsafe { signal_timer(Signal::SIGALRM, on_handoff_alarm) }?;
@@ -470,13 +529,14 @@ impl HandoffAlarm {
         }
         IDLE_COUNT.store(count, Ordering::SeqCst);
         APP_RUNNING.store(true, Ordering::SeqCst);
-        arm_timer(self.timer);
+        arm_timer(self.timer, HANDOFF_FIRST);
     }
 
     /// After the request: the positions (in the slice given to `arm`) of the connections
     /// handed over meanwhile, which the worker must now let go of.
     pub fn disarm(&self) -> Vec<usize> {
         APP_RUNNING.store(false, Ordering::SeqCst);
+        uncount_long_request();
         let count = IDLE_COUNT.swap(0, Ordering::SeqCst);
         IDLE_CONNECTIONS[..count]
             .iter()
@@ -497,8 +557,17 @@ impl Drop for HandoffAlarm {
             let _ = sigaction(Signal::SIGALRM, &ignore);
             libc::timer_delete(self.timer);
         }
+        uncount_long_request();
         ALARM_TIMER.store(std::ptr::null_mut(), Ordering::SeqCst);
-        IDLE_WORKERS.store(std::ptr::null_mut(), Ordering::SeqCst);
+        for pointer in [
+            &IDLE_WORKERS,
+            &HTTP_WORKERS,
+            &LONG_REQUESTS,
+            &LONG_COUNTED,
+            &HANDED_WAITING,
+        ] {
+            pointer.store(std::ptr::null_mut(), Ordering::SeqCst);
+        }
         HANDOFF_CHANNEL.store(-1, Ordering::SeqCst);
     }
 }

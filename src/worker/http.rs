@@ -12,10 +12,13 @@
 //!
 //! While it runs one, it is not waiting: new connections go to other workers
 //! (EPOLLEXCLUSIVE). Its own idle kept-alive connections must not wait behind that request
-//! either: if it is still running after 20 ms (`HANDOFF_AFTER`) and another worker is
-//! idle, an alarm hands them to the idle workers through the hand-off channel (see
-//! `sys::HandoffAlarm`); and when it wakes with requests already queued, a kept-alive
-//! connection that has a new one goes to an idle worker the same way. When it leaves (a
+//! either: if it is still running after 5 ms (`HANDOFF_FIRST`, then every `HANDOFF_AFTER`),
+//! an alarm hands those with a request waiting to the other workers through the hand-off
+//! channel (see `sys::HandoffAlarm`): to any while some worker is not inside a long request
+//! itself (a worker takes from the channel between two of its requests), else to idle ones
+//! only. When it wakes with requests already queued, a kept-alive connection that has a new
+//! one goes to an idle worker the same way; one taken from the channel is read only if
+//! nothing waits ahead of it here (a request read here can go nowhere else). When it leaves (a
 //! reload, a recycle), its idle kept-alive connections go to the other workers too, so that
 //! no client loses its connection with a worker.
 //!
@@ -94,7 +97,8 @@ pub(super) fn run(
     let installed = unsafe {
         HandoffAlarm::install(
             handoff.waiting.send.as_fd(),
-            spec.board.idle_http_workers_word(),
+            spec.board.handoff_words(),
+            spec.row.long_counted_word(),
         )
     };
     let alarm = match installed {
@@ -194,6 +198,9 @@ struct Client {
     request_deadline: Option<Instant>,
     /// The client's and the server's address, for the application.
     addresses: (Option<SocketAddr>, Option<SocketAddr>),
+    /// Its last request ran long (here or in the worker that handed it over): its next one
+    /// probably will too, so it is not handed ahead of others to a worker between requests.
+    ran_long: bool,
 }
 
 impl Client {
@@ -353,6 +360,12 @@ impl HttpWorker<'_> {
                 if now >= self.next_expiry_check {
                     self.expire(now);
                 }
+                // A connection that waited behind another worker's long request goes first
+                // (to an idle worker, if there is one: the kernel wakes it for it).
+                let board = self.spec.board;
+                if board.handed_waiting() > 0 && board.idle_http_workers() == 0 {
+                    self.take_handed_client(HandoffLane::Waiting);
+                }
                 if let Some(key) = self.turns.pop_front() {
                     self.take_turn(key);
                 }
@@ -491,14 +504,19 @@ impl HttpWorker<'_> {
         for lane in [HandoffLane::Waiting, HandoffLane::Returning] {
             let channel = self.handoff.lane(lane);
             let mut pending = Vec::new();
+            let waiting = matches!(lane, HandoffLane::Waiting);
             while pending.len() < MAX_PASSED_ON {
                 match sys::receive_connection(channel.receive.as_fd()) {
-                    Ok(Some(stream)) => pending.push(stream),
+                    Ok(Some(handed)) => pending.push(handed),
                     Ok(None) | Err(_) => break,
                 }
             }
-            for stream in pending {
-                if sys::send_connection(channel.send.as_fd(), stream.as_fd()).is_err() {
+            for sys::Handed { stream, ran_long } in pending {
+                let sent = sys::send_connection(channel.send.as_fd(), stream.as_fd(), ran_long);
+                if waiting && sent.is_err() {
+                    self.spec.board.count_taken();
+                }
+                if sent.is_err() {
                     // The lane is full: this worker answers its next request, then closes.
                     let peer = stream.peer_addr().ok();
                     if let Some(key) = self.add_client(stream, peer) {
@@ -584,19 +602,36 @@ impl HttpWorker<'_> {
             // Left in the lane: this worker leaves, and passes what waits there on.
             return;
         }
-        let lane = self.handoff.lane(lane);
+        let channel = self.handoff.lane(lane);
         for _ in 0..ACCEPT_BATCH {
             if self.clients.len() >= self.max_clients {
                 return;
             }
-            match sys::receive_connection(lane.receive.as_fd()) {
-                Ok(Some(stream)) => {
+            match sys::receive_connection(channel.receive.as_fd()) {
+                Ok(Some(sys::Handed { stream, ran_long })) => {
                     let peer = stream.peer_addr().ok();
-                    // Read here, never handed on again: a request that already waited for
-                    // one hand-off must not bounce between busy workers that each see
-                    // another one idle for an instant.
-                    if let Some(key) = self.add_client(stream, peer) {
-                        self.read_client(key);
+                    let Some(key) = self.add_client(stream, peer) else {
+                        continue;
+                    };
+                    if let Some(client) = self.clients.get_mut(key) {
+                        client.ran_long = ran_long;
+                    }
+                    match lane {
+                        // It waited behind another worker's long request: read, and served
+                        // first, before this worker's own (unless its own last request ran
+                        // long: then it takes its turn behind them).
+                        HandoffLane::Waiting => {
+                            self.spec.board.count_taken();
+                            self.read_client(key);
+                            if !ran_long && self.turns.back() == Some(&key) {
+                                self.turns.pop_back();
+                                self.turns.push_front(key);
+                            }
+                        }
+                        // An idle connection, or one whose last request ran long: read now
+                        // if nothing waits here, else left unread in its turn.
+                        HandoffLane::Returning if self.turns.is_empty() => self.read_client(key),
+                        HandoffLane::Returning => self.queue(key),
                     }
                 }
                 Ok(None) => return,
@@ -641,6 +676,7 @@ impl HttpWorker<'_> {
                 .socket_timeout()
                 .map(|timeout| Instant::now() + timeout),
             request_deadline: None,
+            ran_long: false,
         });
         Some(key)
     }
@@ -659,15 +695,22 @@ impl HttpWorker<'_> {
         let Some(client) = self.remove(key) else {
             return;
         };
-        let lane = self.handoff.lane(lane);
-        match sys::send_connection(lane.send.as_fd(), client.stream.as_fd()) {
-            Ok(()) => {}
+        let channel = self.handoff.lane(lane);
+        match sys::send_connection(channel.send.as_fd(), client.stream.as_fd(), client.ran_long) {
+            Ok(()) => {
+                if matches!(lane, HandoffLane::Waiting) {
+                    self.spec.board.count_handed();
+                }
+            }
             Err(error) => {
                 debug!(
                     "{}: cannot hand a connection over: {error}",
                     self.spec.name()
                 );
                 if let Some(key) = self.add_client(client.stream, client.addresses.0) {
+                    if let Some(kept) = self.clients.get_mut(key) {
+                        kept.ran_long = client.ran_long;
+                    }
                     self.read_client(key);
                 }
             }
@@ -889,7 +932,9 @@ impl HttpWorker<'_> {
         idle.clear();
         fds.clear();
         for (other, client) in &self.clients {
-            if other != key && client.is_idle() {
+            // Not those whose last request ran long: another worker would serve their next
+            // (probably long) one first, ahead of fast ones.
+            if other != key && client.is_idle() && !client.ran_long {
                 idle.push(other);
                 fds.push(client.stream.as_raw_fd());
             }
@@ -955,13 +1000,16 @@ impl HttpWorker<'_> {
             self.remove(key);
             return;
         }
+        let long = started.elapsed() >= sys::HANDOFF_AFTER;
+        if let Some(client) = self.clients.get_mut(key) {
+            client.ran_long = long;
+        }
         let idle = self.clients.get(key).is_some_and(Client::is_idle);
         if idle && (self.begins_no_request() || self.exit_reason().is_some()) {
             // Its next request is for a worker that stays.
             self.hand_off(key, HandoffLane::Returning);
             return;
         }
-        let long = started.elapsed() >= sys::HANDOFF_AFTER;
         if long && !self.is_draining() && idle {
             // A long request's client goes back to the shared queue for its next one, as it
             // would come through the accept queue to a prefork server that does not keep

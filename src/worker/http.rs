@@ -68,6 +68,8 @@ const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
 const POLL_WHILE_BUSY: Duration = Duration::from_millis(1);
 /// How often a worker with turns waiting checks its connections' deadlines.
 const EXPIRY_CHECK_WHILE_BUSY: Duration = Duration::from_millis(100);
+/// Most turns in a row a client whose last request ran long lets others take ahead of it.
+const MAX_SLOW_SKIPS: u32 = 64;
 /// Descriptors a worker keeps for itself (log, epoll, timers, the application's files).
 const RESERVED_DESCRIPTORS: u64 = 64;
 
@@ -142,6 +144,7 @@ pub(super) fn run(
         spare: 0,
         alarm_keys: Vec::new(),
         alarm_fds: Vec::new(),
+        slow_skips: 0,
     };
     if let Err(errno) = worker.watch_shared_sockets() {
         error!(
@@ -285,6 +288,8 @@ struct HttpWorker<'a> {
     /// The idle clients (and their descriptors) given to the alarm for the current request.
     alarm_keys: Vec<usize>,
     alarm_fds: Vec<RawFd>,
+    /// Turns given in a row to others ahead of a client whose last request ran long.
+    slow_skips: u32,
 }
 
 impl HttpWorker<'_> {
@@ -366,7 +371,7 @@ impl HttpWorker<'_> {
                 if board.handed_waiting() > 0 && board.idle_http_workers() == 0 {
                     self.take_handed_client(HandoffLane::Waiting);
                 }
-                if let Some(key) = self.turns.pop_front() {
+                if let Some(key) = self.next_turn() {
                     self.take_turn(key);
                 }
                 continue;
@@ -751,6 +756,26 @@ impl HttpWorker<'_> {
             client.queued = true;
             self.turns.push_back(key);
         }
+    }
+
+    /// Whose turn it is: the first in line, unless that client's last request ran long and
+    /// one whose did not waits behind it: that one goes first (a fast request does not wait
+    /// for a slow one that merely came before it), up to [`MAX_SLOW_SKIPS`] times in a row,
+    /// so that a slow client is not kept waiting for ever.
+    fn next_turn(&mut self) -> Option<usize> {
+        let ran_long =
+            |worker: &Self, key: usize| worker.clients.get(key).is_some_and(|c| c.ran_long);
+        let front = *self.turns.front()?;
+        if ran_long(self, front) && self.slow_skips < MAX_SLOW_SKIPS {
+            if let Some(position) = self.turns.iter().position(|key| !ran_long(self, *key)) {
+                self.slow_skips += 1;
+                return self.turns.remove(position);
+            }
+        }
+        if ran_long(self, front) {
+            self.slow_skips = 0;
+        }
+        self.turns.pop_front()
     }
 
     /// Client `key`'s turn: its request is served, read first if it was left unread.

@@ -274,11 +274,7 @@ impl Board {
 
     /// A worker took a connection from the waiting lane.
     pub fn count_taken(&self) {
-        let _ = self.shared.words()[HANDED_WAITING].fetch_update(
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-            |count| Some(count.saturating_sub(1)),
-        );
+        decrement(&self.shared.words()[HANDED_WAITING]);
     }
 
     /// The master: `count` HTTP workers serve now.
@@ -289,11 +285,7 @@ impl Board {
     /// The master, for a worker that died inside a long request (see
     /// [`WorkerRow::counted_long`]).
     pub fn forget_long_request(&self) {
-        let _ = self.shared.words()[LONG_REQUESTS].fetch_update(
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-            |count| Some(count.saturating_sub(1)),
-        );
+        decrement(&self.shared.words()[LONG_REQUESTS]);
     }
 
     /// A worker (`row`) starts waiting for work.
@@ -310,11 +302,7 @@ impl Board {
 
     /// The master, for a worker that died while counted idle (see [`WorkerRow::counted_idle`]).
     pub fn forget_idle(&self) {
-        let _ = self.shared.words()[IDLE_HTTP_WORKERS].fetch_update(
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-            |count| Some(count.saturating_sub(1)),
-        );
+        decrement(&self.shared.words()[IDLE_HTTP_WORKERS]);
     }
 
     /// The master: whether it is resting (see [`MASTER_RESTING`]). Set before it looks at
@@ -632,6 +620,13 @@ impl WorkerRow {
             request_cpu: Duration::from_nanos(self.word(REQUEST_CPU_NS).load(Ordering::Relaxed)),
         }
     }
+}
+
+/// Takes one off a count workers keep, never below zero (a worker may have written it).
+fn decrement(count: &AtomicU64) {
+    let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |count| {
+        Some(count.saturating_sub(1))
+    });
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: one clock for all processes of the machine, read through

@@ -395,3 +395,17 @@ fn a_worker_held_by_a_thread_of_the_application_still_leaves() {
     assert!(line.contains("respawned as pid"), "{line}");
     wait_for_another_worker(&server, &first);
 }
+
+#[test]
+fn the_hand_off_alarm_leaves_the_applications_sigalrm_alone() {
+    // Before: the alarm that hands a busy worker's other connections over was SIGALRM,
+    // re-armed every 20 ms during a long request: an application's own SIGALRM handler
+    // (signal.alarm, timeouts) was fired by it, and replaced it.
+    let server = probe_server();
+    // Another connection held, idle, by the one worker: the alarm is armed for it.
+    let mut held = KeepAlive::connect(server.port);
+    assert_eq!(held.get("/pid").status, 200);
+    let reply = server.get("/sigalrm");
+    assert_eq!((reply.status, reply.body.as_str()), (200, "0"), "{reply:?}");
+    assert_eq!(held.get("/pid").status, 200);
+}

@@ -321,8 +321,9 @@ fn word(pointer: &AtomicPtr<AtomicU64>) -> Option<&'static AtomicU64> {
 /// connections that have a request waiting (readable) to the hand-off channel: all of them
 /// while some other worker is not inside a long request (it takes them between two of its
 /// short requests, or at once if it waits), else one per idle worker. Looks again after
-/// [`HANDOFF_AFTER`] while the request runs. Only atomics and async-signal-safe system
-/// calls (poll, sendmsg, timer_settime), no allocation.
+/// [`HANDOFF_AFTER`] while the request runs and a registered connection is left. Only
+/// atomics and async-signal-safe system calls (poll, sendmsg, timer_settime), no
+/// allocation.
 fn hand_over_idle_connections() {
     if let (Some(counted), Some(long)) = (word(&LONG_COUNTED), word(&LONG_REQUESTS))
         && counted.swap(1, Ordering::SeqCst) == 0
@@ -338,20 +339,26 @@ fn hand_over_idle_connections() {
     };
     let channel = HANDOFF_CHANNEL.load(Ordering::SeqCst);
     let count = IDLE_COUNT.load(Ordering::SeqCst).min(MAX_ALARM_CONNECTIONS);
+    let mut left = 0;
     for slot in &IDLE_CONNECTIONS[..count] {
-        if budget == 0 {
-            break;
-        }
         let fd = slot.load(Ordering::SeqCst);
-        if fd >= 0 && is_readable(fd) && send_descriptor(channel, fd) {
+        if fd < 0 {
+            continue;
+        }
+        if budget > 0 && is_readable(fd) && send_descriptor(channel, fd) {
             slot.store(HANDED, Ordering::SeqCst);
             if let Some(handed) = word(&HANDED_WAITING) {
                 handed.fetch_add(1, Ordering::SeqCst);
             }
             budget -= 1;
+        } else {
+            left += 1;
         }
     }
-    arm_timer(ALARM_TIMER.load(Ordering::SeqCst), HANDOFF_AFTER);
+    // Armed again only while a connection is left that may still need it.
+    if left > 0 {
+        arm_timer(ALARM_TIMER.load(Ordering::SeqCst), HANDOFF_AFTER);
+    }
 }
 
 /// The request is over: the worker no longer counts among those inside a long request.
@@ -445,6 +452,13 @@ fn set_timer(timer: *mut libc::c_void, after: Duration) {
     unsafe { libc::timer_settime(timer, 0, &when, std::ptr::null_mut()) };
 }
 
+/// The signal the hand-off alarm fires with, in an HTTP worker (a program's too: the kit's
+/// own). A real-time signal, which no application or library uses by itself, unlike
+/// SIGALRM (Python's `signal.alarm`, `time.sleep` based timeouts...).
+pub fn handoff_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 6
+}
+
 /// A POSIX timer on CLOCK_MONOTONIC that delivers `signal` when it fires, with `handler`
 /// installed for it (run with every signal blocked, and restarting interrupted calls).
 ///
@@ -452,36 +466,54 @@ fn set_timer(timer: *mut libc::c_void, after: Duration) {
 ///
 /// `handler` must be async-signal-safe and keep errno as it found it.
 unsafe fn signal_timer(
-    signal: Signal,
+    signal: libc::c_int,
     handler: extern "C" fn(libc::c_int),
 ) -> io::Result<*mut libc::c_void> {
     // SAFETY: sigevent is a plain C struct, for which all-zero bytes are a valid value.
     let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
     event.sigev_notify = libc::SIGEV_SIGNAL;
-    event.sigev_signo = signal as libc::c_int;
+    event.sigev_signo = signal;
     let mut timer: libc::timer_t = std::ptr::null_mut();
     // SAFETY: `event` and `timer` are live locals of the types timer_create expects.
     if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let action = SigAction::new(
-        SigHandler::Handler(handler),
-        SaFlags::SA_RESTART,
-        SigSet::all(),
-    );
-    // SAFETY: the caller's contract: the handler is async-signal-safe.
-    if let Err(errno) = unsafe { sigaction(signal, &action) } {
+    // SAFETY: sigaction is a plain C struct, for which all-zero bytes are a valid value.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = handler as libc::sighandler_t;
+    action.sa_flags = libc::SA_RESTART;
+    // SAFETY: `action.sa_mask` is a live sigset_t of ours; sigfillset only writes it. Then
+    // the caller's contract: the handler is async-signal-safe; `action` is a live local.
+    let installed = unsafe {
+        libc::sigfillset(&mut action.sa_mask);
+        libc::sigaction(signal, &action, std::ptr::null_mut())
+    };
+    if installed != 0 {
+        let error = io::Error::last_os_error();
         // SAFETY: the timer was just created, and is deleted once.
         unsafe { libc::timer_delete(timer) };
-        return Err(errno.into());
+        return Err(error);
     }
     Ok(timer)
+}
+
+/// Stops the timer made by [`signal_timer`] and lets its signal be ignored from now on.
+///
+/// # Safety
+///
+/// `timer` is the live timer `signal_timer` returned for `signal`, deleted only here.
+unsafe fn remove_signal_timer(timer: *mut libc::c_void, signal: libc::c_int) {
+    // SAFETY: SIG_IGN runs no code; the timer is ours (the caller's contract).
+    unsafe {
+        libc::signal(signal, libc::SIG_IGN);
+        libc::timer_delete(timer);
+    }
 }
 
 /// Keeps a worker's idle kept-alive connections from waiting behind a long request: armed
 /// before the application runs, it hands those that have a request waiting to idle workers
 /// (one each) once the request has run [`HANDOFF_AFTER`], and again every
-/// [`HANDOFF_AFTER`] while it runs (a signal, SIGALRM, since the worker is busy in the
+/// [`HANDOFF_AFTER`] while it runs (a real-time signal, [`handoff_signal`], since the worker is busy in the
 /// application meanwhile). One system call per request, and only for a worker that holds
 /// other connections.
 pub struct HandoffAlarm {
@@ -515,7 +547,7 @@ impl HandoffAlarm {
         }
         // SAFETY: the handler only uses atomics and async-signal-safe system calls, and saves
         // and restores errno.
-        let timer = unsafe { signal_timer(Signal::SIGALRM, on_handoff_alarm) }?;
+        let timer = unsafe { signal_timer(handoff_signal(), on_handoff_alarm) }?;
         ALARM_TIMER.store(timer, Ordering::SeqCst);
         Ok(Self { timer })
     }
@@ -551,12 +583,8 @@ impl HandoffAlarm {
 impl Drop for HandoffAlarm {
     fn drop(&mut self) {
         APP_RUNNING.store(false, Ordering::SeqCst);
-        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-        // SAFETY: SIG_IGN runs no code; the timer is ours and deleted once.
-        unsafe {
-            let _ = sigaction(Signal::SIGALRM, &ignore);
-            libc::timer_delete(self.timer);
-        }
+        // SAFETY: the timer `install` made for this signal, deleted once (here).
+        unsafe { remove_signal_timer(self.timer, handoff_signal()) };
         uncount_long_request();
         ALARM_TIMER.store(std::ptr::null_mut(), Ordering::SeqCst);
         for pointer in [
@@ -592,7 +620,7 @@ extern "C" fn on_claim_deadline(_: libc::c_int) {
 /// unrenewed), kept by the kernel: a timer whose signal (SIGALRM) kills the job's process
 /// group then, whatever the cron worker is doing, even waiting in a renewal on a link cut
 /// without a word. So a job never runs on past the moment another host may take it over.
-/// One instance per process (a cron worker's: HTTP workers use SIGALRM for the hand-off).
+/// One instance per process (a cron worker's, which runs no application code).
 pub struct ClaimDeadline {
     timer: *mut libc::c_void,
 }
@@ -600,7 +628,7 @@ pub struct ClaimDeadline {
 impl ClaimDeadline {
     pub fn install() -> io::Result<Self> {
         // SAFETY: the handler only uses atomics and kill(2), and saves and restores errno.
-        let timer = unsafe { signal_timer(Signal::SIGALRM, on_claim_deadline) }?;
+        let timer = unsafe { signal_timer(libc::SIGALRM, on_claim_deadline) }?;
         Ok(Self { timer })
     }
 
@@ -627,12 +655,8 @@ impl ClaimDeadline {
 impl Drop for ClaimDeadline {
     fn drop(&mut self) {
         self.clear();
-        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-        // SAFETY: SIG_IGN runs no code; the timer is ours and deleted once.
-        unsafe {
-            let _ = sigaction(Signal::SIGALRM, &ignore);
-            libc::timer_delete(self.timer);
-        }
+        // SAFETY: the timer `install` made for SIGALRM, deleted once (here).
+        unsafe { remove_signal_timer(self.timer, libc::SIGALRM) };
     }
 }
 

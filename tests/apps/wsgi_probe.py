@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -75,6 +76,17 @@ def app(environ, start_response):
         return [data]
     if path == "/raise":
         raise ValueError("raised on purpose")
+    if path == "/sigalrm":
+        # The application's own SIGALRM, for 100 ms: the worker's hand-off alarm must not
+        # fire it (it has a signal of its own).
+        fired = []
+        previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(1))
+        try:
+            time.sleep(0.1)
+        finally:
+            signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(len(fired)).encode()]
     if path == "/exit":
         sys.exit(3)  # in a request: that request's end, not the server's
     if path == "/pid":

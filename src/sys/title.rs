@@ -27,15 +27,20 @@ static ARGC: AtomicI32 = AtomicI32::new(0);
 static ARGV: AtomicPtr<*mut c_char> = AtomicPtr::new(std::ptr::null_mut());
 
 /// glibc calls the functions of `.init_array` with `(argc, argv, envp)` before `main`, which
-/// is how std itself learns the arguments on Linux; we keep the same pointer.
+/// is how std itself learns the arguments on Linux with glibc; we keep the same pointer. Only
+/// glibc passes those arguments (musl calls them with none: reading them would be undefined
+/// behaviour), so, as in std, this is compiled for glibc alone; elsewhere the argument vector
+/// stays unknown and no title is set.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 extern "C" fn capture_arguments(argc: c_int, argv: *mut *mut c_char, _envp: *mut *mut c_char) {
     ARGC.store(argc, Ordering::Relaxed);
     ARGV.store(argv, Ordering::Relaxed);
 }
 
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[used]
-// SAFETY: `.init_array` entries are called once by the C runtime before `main`, with the
-// signature above; `capture_arguments` only stores two atomics.
+// SAFETY: glibc calls `.init_array` entries once before `main`, with the signature above;
+// `capture_arguments` only stores two atomics.
 #[unsafe(link_section = ".init_array.00099")]
 static CAPTURE_ARGUMENTS: extern "C" fn(c_int, *mut *mut c_char, *mut *mut c_char) =
     capture_arguments;

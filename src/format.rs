@@ -76,6 +76,11 @@ pub fn escape_controls(text: &str, keep_newlines: bool) -> std::borrow::Cow<'_, 
     std::borrow::Cow::Owned(escaped)
 }
 
+/// [`escape_controls`] of `text` (no newline kept), owned.
+pub fn escape_controls_owned(text: &str) -> String {
+    escape_controls(text, false).into_owned()
+}
+
 /// `value` as one line of JSON for a terminal: the same JSON, with the control characters
 /// JSON leaves as they are (DEL, and C1's, which terminals act on) written as `\u00XX`.
 pub fn json_for_terminal(value: &impl serde::Serialize) -> serde_json::Result<String> {

@@ -60,7 +60,8 @@ pub use app::{
 /// (the Python runner): the same loop as the built-in workers, serving the program's own
 /// [`App`]. See the README, "The worker kit".
 pub mod program {
-    pub use crate::worker::kit::{KitError, serve};
+    pub use crate::scoreboard::KIT_VERSION;
+    pub use crate::worker::kit::{KIT_ROW, KitError, serve};
 }
 pub use config::{Config, ConfigError};
 pub use master::{EXIT_STATUS_CRITICAL, EXIT_STATUS_FAILURE, MasterError};

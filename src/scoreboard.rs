@@ -14,29 +14,41 @@ use nix::time::{ClockId, clock_gettime};
 
 use crate::sys::SharedWords;
 
+/// The version of the worker kit's layout (the words below, the kit's descriptors and
+/// variables): a program's worker built for another refuses to run, naming both, instead of
+/// reading wrong limits. One more at every change of any of them.
+pub const KIT_VERSION: u64 = 2;
+/// Every board and row starts with a magic word and [`KIT_VERSION`] (`HEADER` words).
+const HEADER: usize = 2;
+const MAGIC: usize = 0;
+const VERSION: usize = 1;
+/// "fwboard" and "fwrow", so that a descriptor in the wrong place is refused too.
+const BOARD_MAGIC: u64 = u64::from_be_bytes(*b"fwboard\0");
+const ROW_MAGIC: u64 = u64::from_be_bytes(*b"fwrow\0\0\0");
+
 // Word offsets of the fields in a row.
-const STATE: usize = 0;
-const EXIT_REASON: usize = 1;
-const REQUESTS: usize = 2;
+const STATE: usize = HEADER;
+const EXIT_REASON: usize = HEADER + 1;
+const REQUESTS: usize = HEADER + 2;
 /// CLOCK_MONOTONIC nanoseconds at which the current request started; 0 when idle.
-const REQUEST_STARTED_NS: usize = 3;
-const REQUEST_LINE_LEN: usize = 4;
+const REQUEST_STARTED_NS: usize = HEADER + 3;
+const REQUEST_LINE_LEN: usize = HEADER + 4;
 /// Process CPU time (ns) when the current request started, for limit_time_cpu reports.
-const REQUEST_CPU_NS: usize = 5;
+const REQUEST_CPU_NS: usize = HEADER + 5;
 /// Set by the master: finish the current request, keep no connection open, leave.
-const STOP_REQUESTED: usize = 6;
+const STOP_REQUESTED: usize = HEADER + 6;
 /// Process group of the cron job being run (0: none), for the master to kill or measure
 /// once it has checked that the group is the job's (a row is the worker's to write).
-const JOB_GROUP: usize = 7;
+const JOB_GROUP: usize = HEADER + 7;
 /// Wall-clock limit (ms) of the current unit of work when it is not the role's default
 /// (a cron job's `timeout`); 0: none.
-const WORK_LIMIT_MS: usize = 8;
+const WORK_LIMIT_MS: usize = HEADER + 8;
 /// CLOCK_MONOTONIC nanoseconds at which the worker last showed life: each turn of its loop,
 /// each request start and end. The master's `heartbeat_timeout` reads it.
-const HEARTBEAT_NS: usize = 9;
+const HEARTBEAT_NS: usize = HEADER + 9;
 /// The worker counts itself among the idle ones on the board (see [`Board::enter_idle`]).
-const IDLE_COUNTED: usize = 10;
-const REQUEST_LINE: usize = 11;
+const IDLE_COUNTED: usize = HEADER + 10;
+const REQUEST_LINE: usize = HEADER + 11;
 const REQUEST_LINE_WORDS: usize = 16;
 /// Microseconds taken by all the requests served (the histogram's sum).
 const DURATION_SUM_US: usize = REQUEST_LINE + REQUEST_LINE_WORDS;
@@ -217,32 +229,32 @@ pub struct Board {
 /// Set by the master while it looks at its workers only once a second (all idle); the first
 /// worker to start a request clears it and rings the master's doorbell, so that memory and
 /// time limits are watched closely again from that request on.
-const MASTER_RESTING: usize = 0;
+const MASTER_RESTING: usize = HEADER;
 /// How many HTTP workers wait for work right now: a worker about to be busy hands the
 /// connections that wait on it to them instead of making them wait.
-const IDLE_HTTP_WORKERS: usize = 1;
+const IDLE_HTTP_WORKERS: usize = HEADER + 1;
 /// How many HTTP workers serve (the master writes it as its pool changes).
-const HTTP_WORKERS: usize = 2;
+const HTTP_WORKERS: usize = HEADER + 2;
 /// How many HTTP workers are inside a long request (past the hand-off alarm's first look):
 /// while fewer than all, some worker takes a connection handed over between two of its
 /// short requests, even if none is idle at that instant.
-const LONG_REQUESTS: usize = 3;
+const LONG_REQUESTS: usize = HEADER + 3;
 /// How many connections wait in the hand-off channel's waiting lane: a worker between two
 /// requests takes one first, before its own (they have waited behind a long request).
-const HANDED_WAITING: usize = 4;
-const BOARD_WORDS: usize = 5;
+const HANDED_WAITING: usize = HEADER + 4;
+const BOARD_WORDS: usize = HEADER + 5;
 
 impl Board {
     pub fn new() -> io::Result<Self> {
         Ok(Self {
-            shared: SharedWords::new(BOARD_WORDS)?,
+            shared: stamped(BOARD_WORDS, BOARD_MAGIC)?,
         })
     }
 
     /// The board of the server whose master handed a program `file`.
     pub fn from_fd(file: OwnedFd) -> io::Result<Self> {
         Ok(Self {
-            shared: SharedWords::from_fd(file, BOARD_WORDS)?,
+            shared: checked(file, BOARD_WORDS, BOARD_MAGIC, "board")?,
         })
     }
 
@@ -361,21 +373,21 @@ pub struct RowSnapshot {
 impl WorkerRow {
     pub fn new() -> io::Result<Self> {
         Ok(Self {
-            shared: SharedWords::new(ROW_WORDS)?,
+            shared: stamped(ROW_WORDS, ROW_MAGIC)?,
         })
     }
 
     /// A cron worker's row, with room to count the runs of `jobs` jobs.
     pub fn for_cron(jobs: usize) -> io::Result<Self> {
         Ok(Self {
-            shared: SharedWords::new(JOB_COUNTS + 2 * jobs)?,
+            shared: stamped(JOB_COUNTS + 2 * jobs, ROW_MAGIC)?,
         })
     }
 
     /// The row a program was handed as `file` (see `worker::kit`).
     pub fn from_fd(file: OwnedFd) -> io::Result<Self> {
         Ok(Self {
-            shared: SharedWords::from_fd(file, ROW_WORDS)?,
+            shared: checked(file, ROW_WORDS, ROW_MAGIC, "scoreboard row")?,
         })
     }
 
@@ -622,6 +634,36 @@ impl WorkerRow {
     }
 }
 
+/// `len` new shared words that start with `magic` and [`KIT_VERSION`].
+fn stamped(len: usize, magic: u64) -> io::Result<SharedWords> {
+    let shared = SharedWords::new(len)?;
+    shared.words()[MAGIC].store(magic, Ordering::Relaxed);
+    shared.words()[VERSION].store(KIT_VERSION, Ordering::Release);
+    Ok(shared)
+}
+
+/// The shared words of `file` (`what`, handed to a program), if they are exactly `len`
+/// words that start with `magic` and this build's [`KIT_VERSION`]; else why not, naming both
+/// versions when they differ.
+fn checked(file: OwnedFd, len: usize, magic: u64, what: &str) -> io::Result<SharedWords> {
+    let shared = SharedWords::from_fd(file, len)?;
+    let words = shared.words();
+    if words[MAGIC].load(Ordering::Relaxed) != magic {
+        return Err(io::Error::other(format!(
+            "the descriptor handed as the {what} is not one"
+        )));
+    }
+    let version = words[VERSION].load(Ordering::Acquire);
+    if version != KIT_VERSION {
+        return Err(io::Error::other(format!(
+            "the {what} is of worker kit version {version}, this worker's is {KIT_VERSION}: \
+             install the Python package (or the program's forkwarden library) of the same \
+             forkwarden version as the server"
+        )));
+    }
+    Ok(shared)
+}
+
 /// Takes one off a count workers keep, never below zero (a worker may have written it).
 fn decrement(count: &AtomicU64) {
     let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |count| {
@@ -697,6 +739,27 @@ mod tests {
         let snapshot = row.snapshot();
         assert_eq!(snapshot.request.chars().count(), REQUEST_LINE_MAX);
         assert_eq!(row.work_limit(), Some(Duration::from_millis(u64::MAX)));
+    }
+
+    #[test]
+    fn the_layout_is_the_one_docs_worker_kit_md_gives_and_others_are_refused() {
+        // A change here is a change of the kit: raise KIT_VERSION and the document.
+        assert_eq!((KIT_VERSION, ROW_WORDS, BOARD_WORDS), (2, 43, 7));
+        let row = WorkerRow::new().unwrap();
+        let handed = || row.descriptor().unwrap().try_clone_to_owned().unwrap();
+        assert!(WorkerRow::from_fd(handed()).is_ok());
+        assert!(Board::from_fd(handed()).is_err(), "a row is no board");
+        row.word(VERSION).store(1, Ordering::Relaxed);
+        let refused = WorkerRow::from_fd(handed()).err().expect("another version");
+        assert!(
+            refused
+                .to_string()
+                .contains("version 1, this worker's is 2"),
+            "{refused}"
+        );
+        let board = Board::new().unwrap();
+        let board_fd = board.descriptor().unwrap().try_clone_to_owned().unwrap();
+        assert!(Board::from_fd(board_fd).is_ok());
     }
 
     #[test]

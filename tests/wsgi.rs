@@ -409,3 +409,35 @@ fn the_hand_off_alarm_leaves_the_applications_sigalrm_alone() {
     assert_eq!((reply.status, reply.body.as_str()), (200, "0"), "{reply:?}");
     assert_eq!(held.get("/pid").status, 200);
 }
+
+#[test]
+fn a_worker_kit_of_another_version_is_refused_on_both_sides() {
+    // Before: a size check that accepted "at least this big": a wheel and a binary of other
+    // layouts ran with the limits read at the wrong places.
+    let runner = Command::new("python3")
+        .args(["-m", "forkwarden_wsgi", "wsgi_probe:app"])
+        .current_dir(format!("{REPO}/tests/apps"))
+        .env("PYTHONPATH", python_runner_path())
+        .env("FORKWARDEN_KIT_VERSION", "1")
+        .env("LISTEN_FDS", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the runner");
+    let stderr = String::from_utf8_lossy(&runner.stderr);
+    assert!(!runner.status.success());
+    assert!(
+        stderr.contains("the server hands worker kit version 1, this worker speaks version 2"),
+        "{stderr}"
+    );
+    // A program that says it runs forkwarden's worker with another kit is killed, and
+    // started again with backoff, as one that failed to start.
+    let server = Server::start(
+        "workers = 1\n[app]\ncommand = [\"/usr/bin/python3\", \"-c\", \"import os, socket, \
+         time; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(\
+         b'READY=1\\\\nSCOREBOARD=1\\\\nKIT_VERSION=1', os.environ['NOTIFY_SOCKET']); \
+         time.sleep(60)\"]\n",
+    );
+    let line = server.wait_for_log("its worker kit is version 1, the server's is 2");
+    assert!(line.contains("killed"), "{line}");
+    server.wait_for_log("failed starts in a row");
+}

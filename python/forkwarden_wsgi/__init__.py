@@ -42,9 +42,9 @@ except ImportError as error:  # run from a checkout without the extension built
 
 # How long the template waits in one turn of its loop at most.
 IDLE_CHECK = 1.0
-# The kit's descriptor a forked worker puts the row of its fork request on (forkwarden's
-# README, "The worker kit": config, board, doorbell, 4 hand-off ends, then the row).
-KIT_ROW = 7
+# The kit's descriptor a forked worker puts the row of its fork request on, counted from
+# FORKWARDEN_KIT_FD (docs/worker-kit.md), as the core reads the kit.
+KIT_ROW = _core.KIT_ROW if _core is not None else None
 
 
 class Notifier:

@@ -39,6 +39,10 @@ fn serve(py: Python<'_>, app: Py<PyAny>, describe: String) -> PyResult<i32> {
 #[pymodule]
 fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(serve, module)?)?;
+    // Where the kit's descriptors are, as the worker this module runs reads them: the
+    // template puts a forked worker's row there.
+    module.add("KIT_ROW", forkwarden::program::KIT_ROW)?;
+    module.add("KIT_VERSION", forkwarden::program::KIT_VERSION)?;
     module.add_class::<FileWrapper>()?;
     Ok(())
 }

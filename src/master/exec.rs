@@ -407,6 +407,42 @@ impl Master {
             .any(ExecState::has_pending_output)
     }
 
+    /// Kills a program that says it runs forkwarden's worker (`SCOREBOARD=1`) with a worker
+    /// kit of another version than this server's (it would read its row and the board at
+    /// other places than where they are); true if it did. Before its readiness is taken: a
+    /// program that keeps doing so backs off as one that fails to start.
+    pub(super) fn refuse_other_kit(&mut self, notification: &Notification) -> bool {
+        if notification.get("SCOREBOARD") != Some("1") {
+            return false;
+        }
+        let version = crate::scoreboard::KIT_VERSION.to_string();
+        let theirs = notification.get("KIT_VERSION");
+        if theirs == Some(version.as_str()) {
+            return false;
+        }
+        let detail = format!(
+            "its worker kit is version {}, the server's is {version}: install the Python \
+             package (or the program's forkwarden library) of the same forkwarden version as \
+             the server",
+            theirs.map_or(
+                "1 or older".to_string(),
+                crate::format::escape_controls_owned
+            )
+        );
+        let breach = crate::limits::Breach {
+            limit: "kit_version",
+            value: 0,
+            limit_value: 0,
+            detail,
+        };
+        self.enforce(
+            notification.pid,
+            crate::limits::Enforcement::Kill(breach),
+            Instant::now(),
+        );
+        true
+    }
+
     /// The sd_notify messages only exec workers send (see the table above).
     pub(super) fn on_exec_notification(&mut self, notification: &Notification) {
         let time_cpu = self.limits.time_cpu;

@@ -1051,6 +1051,12 @@ impl Master {
         if worker.exec.is_none() {
             return;
         }
+        if worker.is_serving() && !worker.is_ready() && self.refuse_other_kit(notification) {
+            return;
+        }
+        let Some(worker) = self.pool.get_mut(notification.pid) else {
+            return;
+        };
         if notification.get("READY") == Some("1") && worker.mark_ready() {
             // The master keeps an exec worker's scoreboard row: the program cannot.
             worker.row.set_state(WorkerState::Idle);

@@ -46,16 +46,18 @@ impl SharedWords {
     }
 
     /// Maps the `len` words of `file`, a descriptor a program was given. Refused unless the
-    /// file is sealed at a size that holds them (see [`SIZE_SEALS`]).
+    /// file is sealed (see [`SIZE_SEALS`]) at exactly that size: one of another size was
+    /// made by a master of another layout.
     pub fn from_fd(file: OwnedFd, len: usize) -> io::Result<Self> {
         let seals = SealFlag::from_bits_truncate(fcntl(&file, FcntlArg::F_GET_SEALS)?);
         if !seals.contains(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW) {
             return Err(io::Error::other("the shared memory's size is not sealed"));
         }
         let size = nix::sys::stat::fstat(&file)?.st_size;
-        if u64::try_from(size).unwrap_or(0) < byte_len(len)?.get() as u64 {
+        if u64::try_from(size).unwrap_or(0) != byte_len(len)?.get() as u64 {
             return Err(io::Error::other(format!(
-                "the shared memory is {size} bytes, too small for {len} words"
+                "the shared memory is {size} bytes, not the {len} words of this worker's layout \
+                 (a master of another version made it)"
             )));
         }
         Self::map(file, len)

@@ -140,6 +140,10 @@ fn environment(
     if let Some(kit_fd) = kit_fd {
         vars.insert("FORKWARDEN_KIT_FD".into(), kit_fd.to_string().into());
         vars.insert(
+            "FORKWARDEN_KIT_VERSION".into(),
+            crate::scoreboard::KIT_VERSION.to_string().into(),
+        );
+        vars.insert(
             "FORKWARDEN_MASTER_PID".into(),
             spec.master_pid.to_string().into(),
         );

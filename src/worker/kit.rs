@@ -28,7 +28,7 @@ use crate::app::{App, AppFactory};
 use crate::config::Config;
 use crate::id::{Role, WorkerId};
 use crate::notify::Doorbell;
-use crate::scoreboard::{Board, ExitReason, WorkerRow};
+use crate::scoreboard::{Board, ExitReason, KIT_VERSION, WorkerRow};
 use crate::sys::{self, RequestLimitSignals, WorkerSignals};
 
 /// The kit's descriptors, from `FORKWARDEN_KIT_FD` on, in this order.
@@ -55,6 +55,9 @@ enum KitFd {
 
 /// How many descriptors the kit takes.
 pub const KIT_LEN: usize = 9;
+/// Where the scoreboard row is, counted from `FORKWARDEN_KIT_FD` (a template's worker puts
+/// the row of its fork request there: the Python runner reads this from its core).
+pub const KIT_ROW: usize = KitFd::Row as usize;
 
 /// Names the kit's descriptors for a program to run forkwarden's worker with (in
 /// [`KitFd`] order), from what the master lends a worker and `log`, a copy of the log's
@@ -104,6 +107,12 @@ pub enum KitError {
     Blocking,
     #[error("cannot install the worker's signal handlers: {0}")]
     Signals(nix::errno::Errno),
+    #[error(
+        "the server hands worker kit version {server}, this worker speaks version {worker}: \
+         install the Python package (or the program's forkwarden library) of the same \
+         forkwarden version as the server"
+    )]
+    Version { server: String, worker: u64 },
 }
 
 /// A worker's identity and surroundings, from its environment.
@@ -126,6 +135,14 @@ impl Surroundings {
         fn number<T: std::str::FromStr>(name: &'static str) -> Result<T, KitError> {
             let value = var(name)?;
             value.parse().map_err(|_| KitError::Invalid { name, value })
+        }
+        let version = std::env::var("FORKWARDEN_KIT_VERSION")
+            .unwrap_or_else(|_| "1 or none (a server older than this worker)".to_string());
+        if version != KIT_VERSION.to_string() {
+            return Err(KitError::Version {
+                server: version,
+                worker: KIT_VERSION,
+            });
         }
         if var("LISTEN_FDS")? != "1" {
             return Err(KitError::Invalid {
@@ -281,7 +298,7 @@ pub fn serve(app: Box<dyn App>, describe: &str) -> Result<i32, KitError> {
     // Ready as soon as the loop runs; the master reads the row from then on.
     say(
         &here.notify_path,
-        &format!("READY=1\nSCOREBOARD=1\nSTATUS=serving {describe}"),
+        &format!("READY=1\nSCOREBOARD=1\nKIT_VERSION={KIT_VERSION}\nSTATUS=serving {describe}"),
     );
     let outcome = super::http::run(&spec, &signals, &limit_signals);
     say(&here.notify_path, "STOPPING=1");

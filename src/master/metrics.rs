@@ -3,28 +3,23 @@
 //! client, see answers.rs). It is not the application's socket: the master still never
 //! touches a client connection of the application.
 //!
-//! - `/metrics`: Prometheus metrics in the OpenMetrics text format (prometheus-client);
+//! - `/metrics`: Prometheus metrics, in the classic text format or, asked for, OpenMetrics
+//!   (exposition.rs);
 //! - `/status`: a self-contained HTML page that shows the workers live (status_page.html);
 //! - `/status.json`: what that page reads, the same JSON as `forkwarden status --json`.
 
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::registry::Registry as MetricRegistry;
 use tracing::{debug, info};
 
 use super::Master;
 use super::answers::{self, Conversations, Reply};
+use super::exposition::{Exposition, Format, Labels};
 use super::survey::{Survey, WorkerStateName};
-use crate::scoreboard::{DURATION_BOUNDS, Durations};
+use crate::scoreboard::DURATION_BOUNDS;
 
 /// The listener's poll token (between the output pipes' tokens and the control readers').
 pub(super) const METRICS: Token = Token(usize::MAX / 2 - 1);
@@ -132,10 +127,13 @@ impl Master {
                 && String::from_utf8_lossy(header.value).contains("application/openmetrics-text")
         });
         let (content_type, body) = match path {
-            "/metrics" if wants_openmetrics => (OPENMETRICS, self.metrics_text().into_bytes()),
+            "/metrics" if wants_openmetrics => (
+                OPENMETRICS,
+                metrics_text(&self.survey(), Format::OpenMetrics).into_bytes(),
+            ),
             "/metrics" => (
                 CLASSIC_TEXT,
-                classic_text(&self.metrics_text()).into_bytes(),
+                metrics_text(&self.survey(), Format::Classic).into_bytes(),
             ),
             "/status" => ("text/html; charset=utf-8", STATUS_PAGE.as_bytes().to_vec()),
             "/status.json" => ("application/json", self.status_json()),
@@ -143,61 +141,6 @@ impl Master {
         };
         Reply::Answer(response(200, "OK", content_type, &body, head_only))
     }
-
-    /// The Prometheus metrics, now.
-    fn metrics_text(&self) -> String {
-        let mut registry = MetricRegistry::default();
-        registry.register_collector(Box::new(SurveyMetrics(self.survey())));
-        let mut text = String::new();
-        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &registry) {
-            debug!("encoding the metrics failed: {error}");
-        }
-        text
-    }
-}
-
-/// The classic Prometheus text format (0.0.4) of `openmetrics` (prometheus-client writes
-/// only OpenMetrics): a counter's HELP and TYPE lines take the name its samples have
-/// (`_total`), and the `# EOF` and `# UNIT` lines go.
-fn classic_text(openmetrics: &str) -> String {
-    let mut text = String::with_capacity(openmetrics.len());
-    let mut help: Option<&str> = None;
-    for line in openmetrics.lines() {
-        if line.starts_with("# HELP ") {
-            if let Some(previous) = help.replace(line) {
-                text.push_str(previous);
-                text.push('\n');
-            }
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ")
-            && let Some(name) = rest.strip_suffix(" counter")
-        {
-            if let Some(help) = help.take() {
-                let described = help
-                    .strip_prefix("# HELP ")
-                    .and_then(|rest| rest.strip_prefix(name));
-                match described {
-                    Some(description) => {
-                        text.push_str(&format!("# HELP {name}_total{description}\n"))
-                    }
-                    None => text.push_str(&format!("{help}\n")),
-                }
-            }
-            text.push_str(&format!("# TYPE {name}_total counter\n"));
-            continue;
-        }
-        if let Some(help) = help.take() {
-            text.push_str(help);
-            text.push('\n');
-        }
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        text.push_str(line);
-        text.push('\n');
-    }
-    text
 }
 
 /// A whole HTTP/1.1 response that closes the connection.
@@ -234,242 +177,138 @@ fn plain(status: u16, reason: &str, head_only: bool) -> Vec<u8> {
     )
 }
 
-/// The survey as Prometheus metrics (encoded on each scrape; nothing is kept between).
-#[derive(Debug)]
-struct SurveyMetrics(Survey);
-
-impl Collector for SurveyMetrics {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
-        let survey = &self.0;
-        let mut family = Family::new(&mut encoder);
-        family.counter(
-            "forkwarden_requests",
-            "Requests served (by cron workers: jobs run), workers that ended included.",
-            survey
-                .served
-                .iter()
-                .map(|(role, served)| (vec![("role", role.to_string())], served.count)),
-        )?;
-        if let Some(http) = survey.served.get("http") {
-            family.histogram(
-                "forkwarden_request_duration_seconds",
-                "How long HTTP requests took, from the worker taking one (read whole) to its \
-                 last byte sent.",
-                vec![("role", "http".to_string())],
-                http,
-            )?;
-        }
-        family.gauge(
-            "forkwarden_workers",
-            "Workers by role and state.",
-            ["http", "cron"].into_iter().flat_map(|role| {
-                WorkerStateName::ALL.into_iter().map(move |state| {
-                    let count = survey
-                        .workers
-                        .iter()
-                        .filter(|worker| worker.role == role && worker.state == state)
-                        .count() as i64;
-                    (
-                        vec![
-                            ("role", role.to_string()),
-                            ("state", state.as_str().to_string()),
-                        ],
-                        count,
-                    )
-                })
-            }),
-        )?;
-        family.gauge(
-            "forkwarden_workers_wanted",
-            "Workers the config asks for, by role.",
-            [
-                ("http", survey.http_workers.wanted),
-                ("cron", survey.cron_workers.wanted),
-            ]
-            .map(|(role, wanted)| (vec![("role", role.to_string())], i64::from(wanted))),
-        )?;
-        // The pid tells apart a worker and its replacement while both are alive (a recycle).
-        let worker_labels = |worker: &super::survey::WorkerSurvey| {
-            let mut labels = vec![
-                ("role", worker.role.to_string()),
-                ("slot", worker.slot.to_string()),
-                ("pid", worker.pid.to_string()),
-            ];
-            labels.extend(worker.program.map(|name| ("program", name.to_string())));
-            labels
-        };
-        family.gauge(
-            "forkwarden_worker_resident_memory_bytes",
-            "Resident memory of each worker (a program's with its children).",
-            survey.workers.iter().filter_map(|worker| {
-                let rss = i64::try_from(worker.rss_bytes?).ok()?;
-                Some((worker_labels(worker), rss))
-            }),
-        )?;
-        family.counter(
-            "forkwarden_worker_cpu_seconds",
-            "CPU time (user and system) each worker has used.",
-            survey
-                .workers
-                .iter()
-                .filter_map(|worker| Some((worker_labels(worker), worker.cpu_seconds?))),
-        )?;
-        family.counter(
-            "forkwarden_worker_ends",
-            "Workers that ended since the start, by cause (each was replaced unless stopping).",
-            survey
-                .ends
-                .iter()
-                .map(|(cause, count)| (vec![("cause", cause.clone())], *count)),
-        )?;
-        family.counter(
-            "forkwarden_limit_enforcements",
-            "Limits enforced since the start, by limit (its config key).",
-            survey
-                .limits_enforced
-                .iter()
-                .map(|(limit, count)| (vec![("limit", limit.clone())], *count)),
-        )?;
-        family.counter(
-            "forkwarden_cron_runs",
-            "Cron job runs that this server's cron workers ended since it started, by job and result.",
-            survey.cron_jobs.iter().flat_map(|job| {
-                [("succeeded", job.succeeded), ("failed", job.failed)].map(|(result, count)| {
-                    (
-                        vec![("job", job.name.clone()), ("result", result.to_string())],
-                        count,
-                    )
-                })
-            }),
-        )?;
-        family.gauge(
-            "forkwarden_cron_job_running",
-            "Whether a cron worker of this server runs the job now.",
-            survey
-                .cron_jobs
-                .iter()
-                .map(|job| (vec![("job", job.name.clone())], i64::from(job.running))),
-        )?;
-        if let Some(rss) = survey
-            .master
-            .rss_bytes
-            .and_then(|rss| i64::try_from(rss).ok())
-        {
-            family.single_gauge(
-                "forkwarden_master_resident_memory_bytes",
-                "Resident memory of the master process.",
-                rss,
-            )?;
-        }
-        family.single_gauge(
-            "forkwarden_config_generation",
-            "Config generation (1 at start, one more per reload).",
-            i64::try_from(survey.master.generation).unwrap_or(i64::MAX),
-        )
-    }
-}
-
-type Labels = Vec<(&'static str, String)>;
-
-/// Writes metric families: one descriptor, then one sample per label set.
-struct Family<'e, 'w> {
-    encoder: &'e mut DescriptorEncoder<'w>,
-}
-
-impl<'e, 'w> Family<'e, 'w> {
-    fn new(encoder: &'e mut DescriptorEncoder<'w>) -> Self {
-        Self { encoder }
-    }
-
-    fn counter<V>(
-        &mut self,
-        name: &str,
-        help: &str,
-        samples: impl IntoIterator<Item = (Labels, V)>,
-    ) -> fmt::Result
-    where
-        ConstCounter<V>: EncodeMetric,
-    {
-        let mut metric = self
-            .encoder
-            .encode_descriptor(name, help, None, MetricType::Counter)?;
-        for (labels, value) in samples {
-            ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
-        }
-        Ok(())
-    }
-
-    /// A histogram of request durations over [`DURATION_BOUNDS`] (the last bucket, +Inf,
-    /// holds those past the last bound).
-    fn histogram(
-        &mut self,
-        name: &str,
-        help: &str,
-        labels: Labels,
-        durations: &Durations,
-    ) -> fmt::Result {
-        // Sums of many workers' counts may have saturated unevenly.
-        let durations = &durations.clone().consistent();
-        let mut buckets: Vec<(f64, u64)> = DURATION_BOUNDS
+/// `survey` as Prometheus metrics in `format` (written on each scrape; nothing is kept
+/// between).
+fn metrics_text(survey: &Survey, format: Format) -> String {
+    let mut metrics = Exposition::new(format);
+    metrics.counter(
+        "forkwarden_requests",
+        "Requests served (by cron workers: jobs run), workers that ended included.",
+        survey
+            .served
             .iter()
-            .zip(durations.buckets)
+            .map(|(role, served)| (vec![("role", role.to_string())], served.count)),
+    );
+    if let Some(http) = survey.served.get("http") {
+        // Sums of many workers' counts may have saturated unevenly.
+        let http = http.clone().consistent();
+        let buckets: Vec<(f64, u64)> = DURATION_BOUNDS
+            .iter()
+            .zip(http.buckets)
             .map(|(bound, count)| (bound.as_secs_f64(), count))
             .collect();
-        let finite = durations
-            .buckets
-            .iter()
-            .fold(0u64, |sum, bucket| sum.saturating_add(*bucket));
-        buckets.push((f64::MAX, durations.count.saturating_sub(finite)));
-        let mut metric = self
-            .encoder
-            .encode_descriptor(name, help, None, MetricType::Histogram)?;
-        metric
-            .encode_family(&labels)?
-            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                durations.sum_us as f64 / 1e6,
-                durations.count,
-                &buckets,
-                None,
-            )
-    }
-
-    fn single_gauge(&mut self, name: &str, help: &str, value: i64) -> fmt::Result {
-        let metric = self
-            .encoder
-            .encode_descriptor(name, help, None, MetricType::Gauge)?;
-        ConstGauge::new(value).encode(metric)
-    }
-
-    fn gauge(
-        &mut self,
-        name: &str,
-        help: &str,
-        samples: impl IntoIterator<Item = (Labels, i64)>,
-    ) -> fmt::Result {
-        let mut metric = self
-            .encoder
-            .encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for (labels, value) in samples {
-            ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_classic_text_names_counters_by_their_samples_and_has_no_eof() {
-        let openmetrics = "# HELP a_requests Requests.\n# TYPE a_requests counter\n\
-                           a_requests_total{role=\"http\"} 3\n# HELP a_rss Memory.\n\
-                           # TYPE a_rss gauge\na_rss 7\n# EOF\n";
-        assert_eq!(
-            classic_text(openmetrics),
-            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\n\
-             a_requests_total{role=\"http\"} 3\n# HELP a_rss Memory.\n# TYPE a_rss gauge\n\
-             a_rss 7\n"
+        metrics.histogram(
+            "forkwarden_request_duration_seconds",
+            "How long HTTP requests took, from the worker taking one (read whole) to its \
+                 last byte sent.",
+            &vec![("role", "http".to_string())],
+            &buckets,
+            http.sum_us as f64 / 1e6,
+            http.count,
         );
     }
+    metrics.gauge(
+        "forkwarden_workers",
+        "Workers by role and state.",
+        ["http", "cron"].into_iter().flat_map(|role| {
+            WorkerStateName::ALL.into_iter().map(move |state| {
+                let count = survey
+                    .workers
+                    .iter()
+                    .filter(|worker| worker.role == role && worker.state == state)
+                    .count() as i64;
+                (
+                    vec![
+                        ("role", role.to_string()),
+                        ("state", state.as_str().to_string()),
+                    ],
+                    count,
+                )
+            })
+        }),
+    );
+    metrics.gauge(
+        "forkwarden_workers_wanted",
+        "Workers the config asks for, by role.",
+        [
+            ("http", survey.http_workers.wanted),
+            ("cron", survey.cron_workers.wanted),
+        ]
+        .map(|(role, wanted)| (vec![("role", role.to_string())], i64::from(wanted))),
+    );
+    // The pid tells apart a worker and its replacement while both are alive (a recycle).
+    let worker_labels = |worker: &super::survey::WorkerSurvey| {
+        let mut labels = vec![
+            ("role", worker.role.to_string()),
+            ("slot", worker.slot.to_string()),
+            ("pid", worker.pid.to_string()),
+        ];
+        labels.extend(worker.program.map(|name| ("program", name.to_string())));
+        labels
+    };
+    metrics.gauge(
+        "forkwarden_worker_resident_memory_bytes",
+        "Resident memory of each worker (a program's with its children).",
+        survey
+            .workers
+            .iter()
+            .filter_map(|worker| Some((worker_labels(worker), worker.rss_bytes?))),
+    );
+    metrics.counter(
+        "forkwarden_worker_cpu_seconds",
+        "CPU time (user and system) each worker has used.",
+        survey
+            .workers
+            .iter()
+            .filter_map(|worker| Some((worker_labels(worker), worker.cpu_seconds?))),
+    );
+    metrics.counter(
+        "forkwarden_worker_ends",
+        "Workers that ended since the start, by cause (each was replaced unless stopping).",
+        survey
+            .ends
+            .iter()
+            .map(|(cause, count)| (vec![("cause", cause.clone())], *count)),
+    );
+    metrics.counter(
+        "forkwarden_limit_enforcements",
+        "Limits enforced since the start, by limit (its config key).",
+        survey
+            .limits_enforced
+            .iter()
+            .map(|(limit, count)| (vec![("limit", limit.clone())], *count)),
+    );
+    metrics.counter(
+        "forkwarden_cron_runs",
+        "Cron job runs that this server's cron workers ended since it started, by job and result.",
+        survey.cron_jobs.iter().flat_map(|job| {
+            [("succeeded", job.succeeded), ("failed", job.failed)].map(|(result, count)| {
+                (
+                    vec![("job", job.name.clone()), ("result", result.to_string())],
+                    count,
+                )
+            })
+        }),
+    );
+    metrics.gauge(
+        "forkwarden_cron_job_running",
+        "Whether a cron worker of this server runs the job now.",
+        survey
+            .cron_jobs
+            .iter()
+            .map(|job| (vec![("job", job.name.clone())], i64::from(job.running))),
+    );
+    if let Some(rss) = survey.master.rss_bytes {
+        metrics.gauge(
+            "forkwarden_master_resident_memory_bytes",
+            "Resident memory of the master process.",
+            [(Labels::new(), rss)],
+        );
+    }
+    metrics.gauge(
+        "forkwarden_config_generation",
+        "Config generation (1 at start, one more per reload).",
+        [(Labels::new(), survey.master.generation)],
+    );
+    metrics.finish()
 }

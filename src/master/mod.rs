@@ -17,6 +17,7 @@ mod answers;
 mod control;
 mod enforce;
 mod exec;
+mod exposition;
 mod listener;
 mod metrics;
 mod pidfile;

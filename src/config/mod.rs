@@ -7,6 +7,7 @@
 
 mod account;
 mod environment;
+mod schedule;
 mod store_url;
 mod units;
 
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_path_to_error::Segment;
 
 pub use account::RunAs;
+pub use schedule::CronExpression;
 pub use store_url::{CronStoreUrl, PASSWORD_VARIABLES};
 pub use units::{ByteSize, CronTimeLimit, TimeSpan};
 
@@ -228,7 +230,7 @@ pub struct CronJob {
     pub name: String,
     /// A 5-field cron expression (`"0 2 * * *"`), in the server's local time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schedule: Option<String>,
+    pub schedule: Option<CronExpression>,
     /// Or: run every this long, counted from the start of the previous run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<TimeSpan>,
@@ -754,7 +756,8 @@ impl Config {
                     ));
                 }
                 (Some(expression), None) => {
-                    crate::cron::Schedule::cron(expression)
+                    expression
+                        .cron()
                         .map_err(|why| (at("schedule"), format!("cron job {name:?}: {why}")))?;
                 }
                 (None, Some(interval)) if interval.is_zero() => {

@@ -73,7 +73,7 @@ fn list_jobs(config: &Config) -> Result<String, CommandError> {
     let states = scheduler.states().map_err(store_error(config))?;
     for (job, state, running_on) in states {
         let schedule = match (&job.schedule, job.interval) {
-            (Some(expression), _) => expression.clone(),
+            (Some(expression), _) => expression.to_string(),
             (None, Some(interval)) => format!("every {interval}"),
             (None, None) => String::new(),
         };

@@ -160,7 +160,9 @@ impl<'a> Scheduler<'a> {
         let mut jobs = Vec::with_capacity(config.cron.len());
         for job in &config.cron {
             let schedule = match (&job.schedule, job.interval) {
-                (Some(expression), _) => Schedule::cron(expression).map_err(io::Error::other)?,
+                (Some(expression), _) => Schedule::Cron(Box::new(
+                    expression.cron().map_err(io::Error::other)?.clone(),
+                )),
                 (None, Some(interval)) => Schedule::Every(interval.duration()),
                 (None, None) => return Err(io::Error::other("job without a schedule")),
             };

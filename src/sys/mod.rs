@@ -7,7 +7,7 @@
 //! `unsafe fn` with the contract in their `# Safety` section: [`fork_process`] (the child
 //! closes every descriptor it was not told to keep) and [`RequestLimitSignals::install`]
 //! (the handlers keep a pointer to a scoreboard word), and [`HandoffAlarm::install`] (the
-//! same, for the board's count of idle workers).
+//! same, for the board's counts and the worker's row).
 //!
 //! - [`process`]: fork (single-threaded only, signals blocked across it, closing what the
 //!   child must not inherit), immediate exit, reaping with CPU usage, preparing a job for
@@ -16,8 +16,13 @@
 //!   there redirects or stalls the master (and file operations done as that user).
 //! - [`pidfd`]: process descriptors, by which the master signals a process it checked and
 //!   never whatever process a recycled pid names.
-//! - [`signals`]: the worker's signal handlers (stop, log reopen, request limits) and the
+//! - [`signals`]: the worker's signal handlers for stop and log reopening, and the
 //!   signal-mask-aware waits built on them.
+//! - [`limit_signals`]: the per-request limits' signals (SIGXCPU, SIGUSR2), which answer the
+//!   request in flight and end the worker.
+//! - [`handoff_alarm`]: the timer that hands a busy worker's waiting connections over.
+//! - [`claim_deadline`]: the timer that stops a cron job whose claim lapsed.
+//! - [`timers`]: the POSIX timers behind those two.
 //! - [`shm`]: anonymous shared memory that the master and one worker both see (and no
 //!   worker forked later).
 //! - [`title`]: the process title shown by `ps`.
@@ -25,15 +30,22 @@
 //!   one worker to another (SCM_RIGHTS), and the channel to a preload template.
 #![allow(unsafe_code)]
 
+mod claim_deadline;
 mod files;
+mod handoff_alarm;
+mod limit_signals;
 mod net;
 mod pidfd;
 mod process;
 mod shm;
 mod signals;
+mod timers;
 mod title;
 
+pub use claim_deadline::ClaimDeadline;
 pub use files::{FsIdentity, as_user, open_append, read_small_file};
+pub use handoff_alarm::{HANDOFF_AFTER, HandoffAlarm, HandoffCounts};
+pub use limit_signals::RequestLimitSignals;
 pub use net::{
     Handed, accept_nonblocking, calls_listener, connect_calls, defer_accept, handoff_channel,
     receive_connection, receive_message, send_connection, send_file, send_with_descriptors,
@@ -46,8 +58,5 @@ pub use process::{
     set_address_space_limit_of, set_cpu_limit_of, supervise_job,
 };
 pub use shm::{SharedWords, sealed_text_file};
-pub use signals::{
-    ClaimDeadline, HANDOFF_AFTER, HandoffAlarm, HandoffCounts, MASTER_SIGNALS, RequestLimitSignals,
-    WorkerSignals,
-};
+pub use signals::{MASTER_SIGNALS, WorkerSignals};
 pub use title::{init_process_title, set_process_title};

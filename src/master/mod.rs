@@ -112,11 +112,22 @@ enum Spawned {
     Waiting,
 }
 
-/// The server is on its way down.
-struct Stopping {
-    exit_status: u8,
-    /// A second stop signal arrived: every worker was killed.
-    forced: bool,
+/// Where the server is in its life.
+enum Phase {
+    /// The first population is starting: the service manager is told READY=1 once it is
+    /// ready.
+    Starting,
+    /// Serving (reloads happen within it: generations, not phases).
+    Serving,
+    /// On the way down, to exit with `exit_status`; `forced`: a second stop signal arrived
+    /// and every worker was killed.
+    Stopping { exit_status: u8, forced: bool },
+}
+
+impl Phase {
+    fn is_stopping(&self) -> bool {
+        matches!(self, Self::Stopping { .. })
+    }
 }
 
 pub struct Master {
@@ -164,10 +175,9 @@ pub struct Master {
     next_scan: Option<Instant>,
     /// The earliest moment a request in flight crosses its wall-clock limit.
     next_request_deadline: Option<Instant>,
-    stopping: Option<Stopping>,
+    phase: Phase,
     /// systemd (`Type=notify`), told `READY=1` once the first population is ready.
     service_manager: Option<crate::notify::ServiceManager>,
-    announced_ready: bool,
     /// Where `forkwarden status` asks (None: another master answers there, or it could not
     /// be made).
     control: Option<control::ControlSocket>,
@@ -254,9 +264,8 @@ impl Master {
             listener,
             program_listeners: std::collections::BTreeMap::new(),
             handoff: HandoffChannel::new()?,
-            stopping: None,
+            phase: Phase::Starting,
             service_manager: crate::notify::ServiceManager::from_environment(),
-            announced_ready: false,
             control,
             metrics,
             tally: tally::Tally::default(),
@@ -325,14 +334,17 @@ impl Master {
             self.note_ready_workers();
             self.enforce_deadlines();
             self.enforce_limits();
-            if self.stopping.is_some() && self.pool.is_empty() && self.templates.is_empty() {
+            if let Phase::Stopping { exit_status, .. } = self.phase
+                && self.pool.is_empty()
+                && self.templates.is_empty()
+            {
                 self.kill_strays();
                 if self.strays.all_gone() {
                     info!(
                         event = "stopped",
                         "all workers have stopped; master exiting"
                     );
-                    return self.stopping.as_ref().map_or(0, |stop| stop.exit_status);
+                    return exit_status;
                 }
             }
             self.spawn_missing();
@@ -485,7 +497,7 @@ impl Master {
         let unexpected = report.verdict.is_unexpected();
         let leaving = worker.leaving();
         let level = report::level(unexpected);
-        if report.verdict == Verdict::Critical && self.stopping.is_none() {
+        if report.verdict == Verdict::Critical && !self.phase.is_stopping() {
             log_worker(
                 Level::ERROR,
                 &report.facts,
@@ -503,7 +515,7 @@ impl Master {
                     ..
                 }
             )
-        }) && self.stopping.is_none()
+        }) && !self.phase.is_stopping()
             && self.pool.is_wanted(worker.id)
         {
             // Its replacement was started when it said it would leave: named here, or, not
@@ -524,7 +536,7 @@ impl Master {
                     },
                 ),
             }
-        } else if self.stopping.is_some() || leaving.is_some() {
+        } else if self.phase.is_stopping() || leaving.is_some() {
             log_worker(level, &report.facts, None, &report.line);
         } else {
             self.replace(
@@ -552,7 +564,7 @@ impl Master {
         now: Instant,
     ) {
         let level = report::level(unexpected);
-        if self.stopping.is_some() {
+        if self.phase.is_stopping() {
             log_worker(level, &facts, None, &line);
         } else if !self.pool.is_wanted(id) {
             log_worker(
@@ -673,7 +685,7 @@ impl Master {
     /// Starts a worker in every slot that wants one and may have one now (with preload:
     /// asks the template for it, once the template is ready).
     fn spawn_missing(&mut self) {
-        if self.stopping.is_some() {
+        if self.phase.is_stopping() {
             return;
         }
         self.ensure_template();
@@ -739,10 +751,10 @@ impl Master {
     /// Tells the service manager, once, that the server is ready: every wanted worker of the
     /// first population has reported ready (so `systemctl start` returns when it can serve).
     fn announce_readiness(&mut self) {
-        if self.announced_ready || self.stopping.is_some() || !self.pool.all_ready() {
+        if !matches!(self.phase, Phase::Starting) || !self.pool.all_ready() {
             return;
         }
-        self.announced_ready = true;
+        self.phase = Phase::Serving;
         if let Some(manager) = &self.service_manager {
             manager.send(&format!(
                 "READY=1\nSTATUS={} http and {} cron workers ready\nMAINPID={}",
@@ -938,7 +950,7 @@ impl Master {
     /// Sleeps until a signal, a worker's bell or notification, a program's output, or the
     /// earliest deadline.
     fn wait(&mut self, events: &mut Events) -> io::Result<()> {
-        let include_respawns = self.stopping.is_none();
+        let include_respawns = !self.phase.is_stopping();
         let limit_checks = [self.next_scan, self.next_request_deadline]
             .into_iter()
             .flatten()

@@ -8,7 +8,7 @@ use tracing::{error, info, warn};
 
 use super::pool::{Departure, Lifecycle, RetireReason, Worker};
 use super::template::TemplateState;
-use super::{Master, Stopping, signal_name};
+use super::{Master, Phase, signal_name};
 use crate::config::{Config, RESTART_ONLY_KEYS};
 use crate::format::elapsed;
 use crate::id::Role;
@@ -38,8 +38,8 @@ impl Master {
     /// SIGTERM/SIGINT: stop accepting, let workers finish, kill what remains after
     /// `graceful_timeout`. A second stop signal kills every worker at once.
     pub(super) fn begin_stop(&mut self, why: &str, exit_status: u8) {
-        match &mut self.stopping {
-            None => {
+        match &mut self.phase {
+            Phase::Starting | Phase::Serving => {
                 info!(
                     event = "stopping",
                     workers = self.pool.workers().count(),
@@ -47,10 +47,10 @@ impl Master {
                     self.pool.workers().count(),
                     self.config.graceful_timeout
                 );
-                self.stopping = Some(Stopping {
+                self.phase = Phase::Stopping {
                     exit_status,
                     forced: false,
-                });
+                };
                 if let Some(manager) = &self.service_manager {
                     manager.send("STOPPING=1");
                 }
@@ -70,8 +70,8 @@ impl Master {
                 // Nothing a worker left behind outlives the server either.
                 self.kill_strays();
             }
-            Some(stopping) if !stopping.forced => {
-                stopping.forced = true;
+            Phase::Stopping { forced, .. } if !*forced => {
+                *forced = true;
                 warn!(
                     event = "stopping_now",
                     workers = self.pool.workers().count(),
@@ -90,14 +90,14 @@ impl Master {
                 }
                 self.kill_templates();
             }
-            Some(_) => {}
+            Phase::Stopping { .. } => {}
         }
     }
 
     /// SIGHUP: re-read the config; if it is valid, replace every worker by one of a new
     /// generation, gracefully; if not, say why and keep running as before.
     fn reload(&mut self) {
-        if self.stopping.is_some() {
+        if self.phase.is_stopping() {
             info!(
                 event = "signal_ignored",
                 signal = "SIGHUP",
@@ -200,7 +200,7 @@ impl Master {
     /// SIGTTIN/SIGTTOU: one HTTP worker more or fewer, never fewer than one.
     fn scale_http(&mut self, delta: i32) {
         let signal = if delta > 0 { "SIGTTIN" } else { "SIGTTOU" };
-        if self.stopping.is_some() {
+        if self.phase.is_stopping() {
             info!(
                 event = "signal_ignored",
                 signal, "{signal} ignored: the server is stopping"
@@ -248,7 +248,7 @@ impl Master {
             self.pool.generation(),
             role_line(Role::Http),
             role_line(Role::Cron),
-            if self.stopping.is_some() {
+            if self.phase.is_stopping() {
                 ", stopping"
             } else {
                 ""

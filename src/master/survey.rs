@@ -209,7 +209,7 @@ impl Master {
                 generation: self.pool.generation(),
                 config: self.config_path.display().to_string(),
                 uptime_seconds: uptime.as_secs_f64(),
-                stopping: self.stopping.is_some(),
+                stopping: self.phase.is_stopping(),
                 rss_bytes: crate::proctree::memory(self.pid, false).map(|memory| memory.rss),
             },
             limits: LimitSurvey {

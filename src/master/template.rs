@@ -209,7 +209,7 @@ impl Master {
                 && self.config.cron.iter().any(|job| job.call.is_some()));
         if !self.preloads()
             || !needed
-            || self.stopping.is_some()
+            || self.phase.is_stopping()
             || self.templates.of_generation(generation).is_some()
             || self
                 .templates
@@ -590,7 +590,7 @@ impl Master {
         let ending = exit.ending;
         let current = template.generation == self.pool.generation();
         match template.state {
-            TemplateState::Leaving { .. } if !current || self.stopping.is_some() => {
+            TemplateState::Leaving { .. } if !current || self.phase.is_stopping() => {
                 info!(
                     event = "template_ended",
                     pid = pid.as_raw(),

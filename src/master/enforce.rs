@@ -9,7 +9,7 @@ use nix::unistd::Pid;
 
 use super::Master;
 use super::exec::Markers;
-use super::pool::{self, Departure, Lifecycle, RetireReason, Worker};
+use super::pool::{self, Departure, Lifecycle, RetireReason, Worker, WorkerKind};
 use super::report::{self, Facts};
 use crate::id::Role;
 use crate::limits::{
@@ -42,11 +42,10 @@ impl Master {
                 Lifecycle::Starting { ready_by } => {
                     let given = pool::ready_timeout_given(worker.started, *ready_by);
                     let waited = crate::format::seconds(given);
-                    let detail = if worker.exec.is_some() {
-                        format!("did not report READY=1 within ready_timeout ({waited})")
-                    } else {
-                        format!("did not become ready within ready_timeout ({waited})")
-                    };
+                    let detail = format!(
+                        "did not {} within ready_timeout ({waited})",
+                        worker.kind.readiness()
+                    );
                     let took = now.saturating_duration_since(worker.started);
                     due.push((
                         worker.pid,
@@ -54,7 +53,7 @@ impl Master {
                     ));
                 }
                 Lifecycle::Serving => {
-                    if let Some(exec) = &worker.exec
+                    if let Some(exec) = worker.kind.program()
                         && let Some(period) = exec.watchdog
                         && !worker.row.is_busy()
                     {
@@ -233,8 +232,8 @@ impl Master {
                 worker.row.request_stop();
                 // A program in the middle of a request gets SIGTERM once it is idle.
                 let signal_now = !(worker
-                    .exec
-                    .as_ref()
+                    .kind
+                    .program()
                     .is_some_and(|exec| exec.markers == Markers::Notified)
                     && row.busy_for.is_some());
                 if signal_now {
@@ -269,20 +268,21 @@ impl Master {
 
 /// What tells whether `worker`'s memory may have changed (see [`limits::memory_due`]).
 fn memory_activity(worker: &Worker, busy: bool) -> MemoryActivity {
-    match &worker.exec {
-        Some(exec) if !exec.counts_requests() => MemoryActivity::Opaque,
-        exec => MemoryActivity::Marked {
-            busy,
-            requests: worker.row.requests(),
-            grows_when_idle: exec.is_some(),
-        },
+    if !worker.kind.counts_requests() {
+        return MemoryActivity::Opaque;
+    }
+    MemoryActivity::Marked {
+        busy,
+        requests: worker.row.requests(),
+        // A program's memory may grow while it is idle (its own threads, its children).
+        grows_when_idle: worker.kind.program().is_some(),
     }
 }
 
 /// Reads the memory of `worker`: a built-in worker's own, plus its cron job's processes; a
 /// program's whole process tree.
 fn read_memory(worker: &mut Worker, job_parents: &[Pid], now: Instant) {
-    let tree = worker.exec.is_some();
+    let tree = worker.kind.measured_with_children();
     let Some(own) = proctree::memory(worker.pid, tree) else {
         return;
     };
@@ -299,7 +299,7 @@ fn read_memory(worker: &mut Worker, job_parents: &[Pid], now: Instant) {
 /// job; the master, once the cron worker died and the job came to it). A row is memory
 /// the worker writes: the number in it is only a claim, never acted on unchecked.
 pub(super) fn cron_job(worker: &Worker, job_parents: &[Pid]) -> Option<ProcessHandle> {
-    if worker.id.role != Role::Cron || worker.exec.is_some() {
+    if !matches!(worker.kind, WorkerKind::Cron { .. }) {
         return None;
     }
     let leader = Pid::from_raw(worker.row.job_group()?);
@@ -324,7 +324,7 @@ fn silence(
         return None;
     }
     let beats_in_row = worker.answers_limits();
-    let silent_for = match &mut worker.exec {
+    let silent_for = match worker.kind.program_mut() {
         _ if beats_in_row && worker.row.is_busy() => return None,
         _ if beats_in_row => worker.row.silent_for()?,
         None => return None,

@@ -382,7 +382,7 @@ impl Master {
         }
         for worker in self.pool.workers_mut() {
             let (id, pid) = (worker.id, worker.pid);
-            if let Some(exec) = &mut worker.exec {
+            if let Some(exec) = worker.kind.program_mut() {
                 exec.read_woken(tokens, || worker_name(id, pid));
             }
         }
@@ -392,7 +392,7 @@ impl Master {
     pub(super) fn exec_output_deadline(&self) -> Option<Instant> {
         self.pool
             .workers()
-            .filter_map(|worker| worker.exec.as_ref())
+            .filter_map(|worker| worker.kind.program())
             .chain(self.templates.iter().map(|template| &template.exec))
             .filter_map(ExecState::output_deadline)
             .min()
@@ -402,7 +402,7 @@ impl Master {
     pub(super) fn exec_output_pending(&self) -> bool {
         self.pool
             .workers()
-            .filter_map(|worker| worker.exec.as_ref())
+            .filter_map(|worker| worker.kind.program())
             .chain(self.templates.iter().map(|template| &template.exec))
             .any(ExecState::has_pending_output)
     }
@@ -451,7 +451,7 @@ impl Master {
             return;
         };
         let name = worker.name();
-        let Some(exec) = &mut worker.exec else {
+        let Some(exec) = worker.kind.program_mut() else {
             return;
         };
         exec.heard(notification);
@@ -528,7 +528,7 @@ impl Master {
             }
             return;
         }
-        let Some(exec) = &worker.exec else {
+        let Some(exec) = worker.kind.program() else {
             return;
         };
         let limit = exec.limit_request;

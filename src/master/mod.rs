@@ -58,7 +58,7 @@ use crate::scoreboard::{Board, WorkerRow, WorkerState};
 use crate::sys::{self, Exited, MASTER_SIGNALS};
 use crate::worker::{self, HandoffChannel, WorkerSpec};
 use pidfile::Pidfile;
-use pool::{Departure, PendingReport, Pool, RetireReason, Worker, WorkerProcess};
+use pool::{Departure, PendingReport, Pool, RetireReason, Worker, WorkerKind, WorkerProcess};
 use report::{Ending, Exit, Facts, Verdict};
 use strays::Strays;
 use template::Templates;
@@ -439,7 +439,7 @@ impl Master {
         }
         let job_parents = self.job_parents();
         let worker = self.pool.get_mut(pid)?;
-        if worker.exec.is_some() {
+        if worker.kind.has_process_group() {
             // What it started in its own process group goes with it; what it started
             // elsewhere comes to the master, which kills it as left behind.
             let _ = worker.process().signal(Signal::SIGKILL, true);
@@ -469,7 +469,7 @@ impl Master {
         if worker.row.counted_long() {
             self.board.forget_long_request();
         }
-        if let Some(exec) = &mut worker.exec {
+        if let Some(exec) = worker.kind.program_mut() {
             // The program's last words come before the line about its end.
             exec.close(&name, self.poll.registry());
         }
@@ -618,7 +618,7 @@ impl Master {
     fn note_ready_workers(&mut self) {
         self.note_leaving_workers();
         for worker in self.pool.workers_mut() {
-            if worker.exec.is_none()
+            if worker.kind.ready_in_row()
                 && worker.row.state() != WorkerState::Booting
                 && worker.mark_ready()
             {
@@ -885,33 +885,41 @@ impl Master {
             None => self.config.ready_timeout.duration(),
         };
         let ready_by = Some(started + ready_timeout).filter(|_| !ready_timeout.is_zero());
+        let kind = match (exec_app, pipes) {
+            (Some(_), Some(pipes)) => {
+                let tokens = self.output_tokens.pair();
+                let limit_request = crate::limits::request_limit_for_worker(&self.config);
+                WorkerKind::Program(Box::new(exec::ExecState::new(
+                    pipes,
+                    tokens,
+                    self.poll.registry(),
+                    limit_request,
+                    watchdog,
+                )?))
+            }
+            _ if id.role == Role::Cron => WorkerKind::Cron {
+                jobs: self
+                    .config
+                    .cron
+                    .iter()
+                    .map(|job| job.name.clone())
+                    .collect(),
+            },
+            _ => WorkerKind::Http,
+        };
         let mut worker = Worker::new(
             WorkerProcess::Child(pid),
             id,
+            kind,
             generation,
             started,
             row,
             ready_by,
         );
-        if id.role == Role::Cron {
-            worker.cron_jobs = self
-                .config
-                .cron
-                .iter()
-                .map(|job| job.name.clone())
-                .collect();
-        }
-        if let (Some(app), Some(pipes)) = (exec_app, pipes) {
-            let tokens = self.output_tokens.pair();
-            let limit_request = crate::limits::request_limit_for_worker(&self.config);
-            let state =
-                exec::ExecState::new(pipes, tokens, self.poll.registry(), limit_request, watchdog)?;
-            worker.exec = Some(state);
-            // A program that does not speak sd_notify (ready_timeout = 0) serves at once.
-            if !app.notifies() {
-                worker.mark_ready();
-                worker.row.set_state(WorkerState::Idle);
-            }
+        // A program that does not speak sd_notify (ready_timeout = 0) serves at once.
+        if exec_app.is_some_and(|app| !app.notifies()) {
+            worker.mark_ready();
+            worker.row.set_state(WorkerState::Idle);
         }
         self.pool.add(worker);
         Ok(Spawned::Started(pid))
@@ -1061,7 +1069,7 @@ impl Master {
         let Some(worker) = self.pool.get_mut(notification.pid) else {
             return;
         };
-        if worker.exec.is_none() {
+        if worker.kind.program().is_none() {
             return;
         }
         if worker.is_serving() && !worker.is_ready() && self.refuse_other_kit(notification) {

@@ -151,10 +151,78 @@ pub struct Worker {
     pub lifecycle: Lifecycle,
     pub row: WorkerRow,
     pub memory: MemoryReading,
-    /// Set for an exec worker (`[app]`): its output pipes and sd_notify state.
-    pub exec: Option<ExecState>,
-    /// For a cron worker: the jobs of its config, in order, whose runs its row counts.
-    pub cron_jobs: Vec<String>,
+    /// What kind of worker it is, with what the master keeps for that kind.
+    pub kind: WorkerKind,
+}
+
+/// The kinds of worker, and how each is watched: whether its row tells its readiness, who
+/// answers the per-request limits, what its memory counts, how it is signalled.
+pub enum WorkerKind {
+    /// forkwarden's own HTTP worker, forked by the master: its row tells everything, and it
+    /// answers the per-request limits itself.
+    Http,
+    /// A cron worker, forked by the master: its row also counts the runs of each job of its
+    /// config (`jobs`, in order).
+    Cron { jobs: Vec<String> },
+    /// A program (`[app]`, `[[program]]`, or a worker a template forked): its output pipes
+    /// and what it says over sd_notify.
+    Program(Box<ExecState>),
+}
+
+impl WorkerKind {
+    /// A program's state, for what only programs have (output, notifications).
+    pub fn program(&self) -> Option<&ExecState> {
+        match self {
+            Self::Program(exec) => Some(exec),
+            Self::Http | Self::Cron { .. } => None,
+        }
+    }
+
+    pub fn program_mut(&mut self) -> Option<&mut ExecState> {
+        match self {
+            Self::Program(exec) => Some(exec),
+            Self::Http | Self::Cron { .. } => None,
+        }
+    }
+
+    /// Whether it says it is ready in its row (a forked worker), rather than with READY=1.
+    pub fn ready_in_row(&self) -> bool {
+        self.program().is_none()
+    }
+
+    /// Whether it keeps its own scoreboard row and answers the per-request limits itself
+    /// (504 on SIGUSR2, 503 past RLIMIT_CPU): a built-in worker, or a program running
+    /// forkwarden's HTTP worker (the Python runner).
+    pub fn answers_limits(&self) -> bool {
+        self.program()
+            .is_none_or(|exec| exec.markers == Markers::Scoreboard)
+    }
+
+    /// Whether its row counts its requests (a program that says nothing of them: no).
+    pub fn counts_requests(&self) -> bool {
+        self.program().is_none_or(ExecState::counts_requests)
+    }
+
+    /// Whether it leads a process group of its own, which goes with it (a program, whose
+    /// children may be anywhere below it).
+    pub fn has_process_group(&self) -> bool {
+        self.program().is_some()
+    }
+
+    /// Whether its memory is that of its whole process tree (a program's, with its
+    /// children), not its own process's.
+    pub fn measured_with_children(&self) -> bool {
+        self.program().is_some()
+    }
+
+    /// What a worker of this kind does to show it is ready, for the line that kills it for
+    /// not doing so in time.
+    pub fn readiness(&self) -> &'static str {
+        match self {
+            Self::Program(_) => "report READY=1",
+            Self::Http | Self::Cron { .. } => "become ready",
+        }
+    }
 }
 
 impl Worker {
@@ -162,6 +230,7 @@ impl Worker {
     pub fn new(
         process: WorkerProcess,
         id: WorkerId,
+        kind: WorkerKind,
         generation: u64,
         started: Instant,
         row: WorkerRow,
@@ -176,18 +245,25 @@ impl Worker {
             lifecycle: Lifecycle::Starting { ready_by },
             row,
             memory: MemoryReading::default(),
-            exec: None,
-            cron_jobs: Vec::new(),
+            kind,
         }
     }
 
     /// The runs of each job of its config that its row says ended (a cron worker's).
     pub fn cron_runs(&self) -> impl Iterator<Item = (&str, CronRuns)> + '_ {
-        let counts = self.row.job_counts(self.cron_jobs.len());
-        self.cron_jobs
-            .iter()
+        let jobs = self.cron_jobs();
+        let counts = self.row.job_counts(jobs.len());
+        jobs.iter()
             .zip(counts)
             .map(|(job, (succeeded, failed))| (job.as_str(), CronRuns { succeeded, failed }))
+    }
+
+    /// The jobs of its config, if it is a cron worker.
+    fn cron_jobs(&self) -> &[String] {
+        match &self.kind {
+            WorkerKind::Cron { jobs } => jobs,
+            WorkerKind::Http | WorkerKind::Program(_) => &[],
+        }
     }
 
     /// The cron job it is running now, as its row says (`job NAME`).
@@ -195,8 +271,7 @@ impl Worker {
         let busy = row.busy_for.is_some() && row.state == WorkerState::Busy;
         let job = row.request.strip_prefix("job ")?;
         // Only a job of its config: the row is the worker's to write.
-        (busy && self.id.role == Role::Cron && self.cron_jobs.iter().any(|name| name == job))
-            .then(|| job.to_string())
+        (busy && self.cron_jobs().iter().any(|name| name == job)).then(|| job.to_string())
     }
 
     /// `http worker 2 (pid 4312)`, the worker's name in log lines.
@@ -209,13 +284,9 @@ impl Worker {
         &self.process
     }
 
-    /// Whether it keeps its own scoreboard row and answers the per-request limits itself
-    /// (504 on SIGUSR2, 503 past RLIMIT_CPU): a built-in worker, or a program running
-    /// forkwarden's HTTP worker (the Python runner).
+    /// See [`WorkerKind::answers_limits`].
     pub fn answers_limits(&self) -> bool {
-        self.exec
-            .as_ref()
-            .is_none_or(|exec| exec.markers == Markers::Scoreboard)
+        self.kind.answers_limits()
     }
 
     /// Sends `signal` to the worker: to its whole process group for an exec worker, whose
@@ -223,7 +294,8 @@ impl Worker {
     /// itself: the others are requests to its worker loop). One that is already gone will
     /// be reaped anyway.
     pub fn signal(&self, signal: Signal) {
-        let group = self.exec.is_some() && (signal == Signal::SIGKILL || !self.answers_limits());
+        let group =
+            self.kind.has_process_group() && (signal == Signal::SIGKILL || !self.answers_limits());
         let sent = self.process.signal(signal, group);
         if let Err(error) = sent
             && error.raw_os_error() != Some(libc::ESRCH)
@@ -282,7 +354,7 @@ impl Worker {
     pub fn deadline(&self) -> Option<Instant> {
         match &self.lifecycle {
             Lifecycle::Starting { ready_by } => *ready_by,
-            Lifecycle::Serving => self.exec.as_ref().and_then(ExecState::watchdog_deadline),
+            Lifecycle::Serving => self.kind.program().and_then(ExecState::watchdog_deadline),
             Lifecycle::Leaving(leaving) => match &leaving.departure {
                 Departure::Retire { deadline, .. } => Some(*deadline),
                 Departure::Kill { sigkill_at, .. } => *sigkill_at,
@@ -558,6 +630,7 @@ mod tests {
         let mut worker = Worker::new(
             WorkerProcess::Child(Pid::from_raw(pid)),
             id,
+            WorkerKind::Http,
             pool.generation(),
             Instant::now(),
             WorkerRow::new().unwrap(),

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::exec::ExecState;
 use super::pool::{Departure, FAST_FAILURE, RetireReason, Worker};
 use crate::format::mib;
 use crate::id::Role;
@@ -259,8 +258,7 @@ pub fn failed_start(
     if !ending.is_some_and(ended_on_its_own) {
         return false;
     }
-    let counts_requests = worker.exec.as_ref().is_none_or(ExecState::counts_requests);
-    if counts_requests {
+    if worker.kind.counts_requests() {
         row.requests == 0 && row.busy_for.is_none()
     } else {
         // A program that says nothing of its requests: only its uptime can tell.
@@ -294,8 +292,8 @@ fn memory_hint(worker: &Worker, ending: Ending, limits: &MasterLimits) -> String
         return String::new();
     };
     if worker
-        .exec
-        .as_ref()
+        .kind
+        .program()
         .is_some_and(|exec| exec.memory_error_seen)
     {
         return format!(
@@ -389,7 +387,16 @@ mod tests {
             slot: 1,
         };
         let process = super::super::pool::WorkerProcess::Child(Pid::from_raw(4312));
-        let mut worker = Worker::new(process, id, 1, now - age, WorkerRow::new().unwrap(), None);
+        let kind = super::super::pool::WorkerKind::Http;
+        let mut worker = Worker::new(
+            process,
+            id,
+            kind,
+            1,
+            now - age,
+            WorkerRow::new().unwrap(),
+            None,
+        );
         if ready {
             worker.mark_ready();
         }

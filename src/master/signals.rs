@@ -234,7 +234,11 @@ impl Master {
         }
         // Exec workers write to the master's pipes, and SIGUSR1 would kill a program that
         // does not expect it.
-        for worker in self.pool.workers().filter(|worker| worker.exec.is_none()) {
+        for worker in self
+            .pool
+            .workers()
+            .filter(|worker| worker.kind.program().is_none())
+        {
             worker.signal(Signal::SIGUSR1);
         }
     }
@@ -292,8 +296,8 @@ impl Master {
                 .map(|rss| format!(", rss {}", crate::format::mib(rss)))
                 .unwrap_or_default();
             let status = worker
-                .exec
-                .as_ref()
+                .kind
+                .program()
                 .and_then(|exec| exec.status.as_deref())
                 .map(|status| format!(", status {status:?}"))
                 .unwrap_or_default();

@@ -184,13 +184,16 @@ impl Master {
                     request: busy.map(|_| row.request.clone()),
                     busy_seconds: busy.map(|busy| busy.as_secs_f64()),
                     // Read now: the master reads idle workers' memory seldom.
-                    rss_bytes: crate::proctree::memory(worker.pid, worker.exec.is_some())
-                        .map(|memory| memory.rss)
-                        .or(worker.memory.rss),
+                    rss_bytes: crate::proctree::memory(
+                        worker.pid,
+                        worker.kind.measured_with_children(),
+                    )
+                    .map(|memory| memory.rss)
+                    .or(worker.memory.rss),
                     cpu_seconds: cpu_seconds(worker.pid.as_raw()),
                     requests: row.requests,
                     uptime_seconds: now.saturating_duration_since(worker.started).as_secs_f64(),
-                    status: worker.exec.as_ref().and_then(|exec| exec.status.clone()),
+                    status: worker.kind.program().and_then(|exec| exec.status.clone()),
                 }
             })
             .collect();

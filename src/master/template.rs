@@ -39,7 +39,7 @@ use nix::unistd::Pid;
 use tracing::{debug, info, warn};
 
 use super::exec::{ExecPipes, ExecState};
-use super::pool::{Worker, WorkerProcess, backoff, ready_timeout_given};
+use super::pool::{Worker, WorkerKind, WorkerProcess, backoff, ready_timeout_given};
 use super::report::Exit;
 use super::{Master, Spawned};
 use crate::format::{elapsed, seconds};
@@ -501,23 +501,24 @@ impl Master {
         let pid = process.pid();
         let ready_timeout = self.fork_answer_timeout();
         let ready_by = Some(request.asked_at + ready_timeout).filter(|_| !ready_timeout.is_zero());
-        let mut worker = Worker::new(
-            WorkerProcess::Adopted(process),
-            request.id,
-            request.generation,
-            request.asked_at,
-            request.row,
-            ready_by,
-        );
         let tokens = self.output_tokens.pair();
         let limit_request = crate::limits::request_limit_for_worker(&self.config);
-        worker.exec = Some(ExecState::new(
+        let program = ExecState::new(
             request.pipes,
             tokens,
             self.poll.registry(),
             limit_request,
             self.limits.heartbeat,
-        )?);
+        )?;
+        let worker = Worker::new(
+            WorkerProcess::Adopted(process),
+            request.id,
+            WorkerKind::Program(Box::new(program)),
+            request.generation,
+            request.asked_at,
+            request.row,
+            ready_by,
+        );
         let hard = self.config.limit_memory_hard.bytes();
         if hard > 0
             && self.config.limit_memory_hard_rlimit

@@ -1,21 +1,12 @@
-//! The application interface: what an HTTP worker runs for each request.
+//! The application interface: what an HTTP worker runs for each request, and how each
+//! worker builds its application.
 
-pub use crate::http::{
-    Body, BodyStream, Header, Part, Request, RequestBody, Response, StreamError, is_header_field,
+pub use forkwarden_worker::app::{
+    App, Body, BodyStream, Header, Part, Request, RequestBody, Response, StreamError,
+    is_header_field,
 };
 
 use crate::config::Config;
-
-/// An application served by forkwarden's HTTP workers.
-///
-/// Each worker builds its own instance after it is forked (see [`AppFactory`]), so an
-/// application may keep per-process state (caches, connections) without sharing it, and a
-/// bug or leak in it can only ever cost the one worker it runs in.
-pub trait App {
-    /// Answers one request. A worker calls it for one request at a time. A panic is caught:
-    /// the client gets a 500 and the worker is replaced after the response.
-    fn handle(&mut self, request: &Request) -> Response;
-}
 
 /// What a worker tells the application factory about itself.
 #[derive(Clone, Copy, Debug)]

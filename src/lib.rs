@@ -24,30 +24,33 @@
 //! std::process::exit(i32::from(status));
 //! ```
 //!
+//! This crate is the supervisor; what runs inside a worker (the HTTP worker, the scoreboard,
+//! the worker kit, every `unsafe` call) is the `forkwarden-worker` crate, which the Python
+//! runner links alone. See docs/architecture.md.
+//!
 //! Layout: [`config`] (schema, defaults, units, validation); `limits` (every per-worker
-//! limit); `master` (the loop, the pool, death reports); `worker` (what a forked process
-//! runs); `http` (the protocol); `scoreboard` (per-worker shared memory); `notify`
-//! (worker-to-master messages); `id` (who a worker is); `proctree` (what /proc says about a
-//! process tree); `sys` (every `unsafe` call); `log`; [`demo`] (the built-in app).
+//! limit the master checks); `master` (the loop, the pool, death reports); `worker` (what a
+//! forked process runs before it serves, execs or runs cron jobs); [`cron`] (schedules,
+//! claims, the store); `notify` (programs' sd_notify messages); `proctree` (what /proc says
+//! about a process tree); [`status`]; [`demo`] (the built-in app).
 
 pub mod app;
 pub mod config;
 pub mod cron;
 mod data_dir;
 pub mod demo;
-pub mod format;
-mod http;
-mod id;
 mod limits;
-mod log;
 mod master;
 mod notify;
 mod output;
 mod proctree;
-mod scoreboard;
 pub mod status;
-mod sys;
 mod worker;
+
+// The worker side, shared with the programs that run forkwarden's worker (the Python
+// runner's wheel links that crate alone), under the names the supervisor's modules use.
+pub use forkwarden_worker::format;
+use forkwarden_worker::{doorbell, id, log, scoreboard, sys};
 
 use std::path::Path;
 
@@ -56,13 +59,6 @@ pub use app::{
     WorkerInfo, is_header_field,
 };
 
-/// forkwarden's HTTP worker inside a program forkwarden started for an HTTP worker slot
-/// (the Python runner): the same loop as the built-in workers, serving the program's own
-/// [`App`]. See the README, "The worker kit".
-pub mod program {
-    pub use crate::scoreboard::KIT_VERSION;
-    pub use crate::worker::kit::{KIT_ROW, KitError, serve};
-}
 pub use config::{Config, ConfigError};
 pub use master::{EXIT_STATUS_CRITICAL, EXIT_STATUS_FAILURE, MasterError};
 
@@ -87,7 +83,7 @@ pub fn serve(config: Config, config_path: &Path, app: Box<AppFactory>) -> Result
     // A master started with its standard streams closed must not hand a socket out as one.
     sys::ensure_standard_fds()
         .map_err(|error| ServeError::Master(MasterError::EventLoop(error)))?;
-    let logging = log::init(&config)?;
+    let logging = log::init(&config.log_settings(), config.log_owner())?;
     if let Some(error) = title_error {
         tracing::warn!("process titles will not be set: {error}");
     }

@@ -1,11 +1,12 @@
-//! Every per-worker limit, in one place: what a worker sets up for itself, and what the
-//! master checks. (The signal handlers that answer 503/504 live in `sys::signals`.)
+//! Every per-worker limit, in one place: what the master checks, and where each limit a
+//! worker holds itself to is (`forkwarden_worker::limits`; the signal handlers that answer
+//! 503/504 live in `forkwarden_worker::sys::limit_signals`).
 //!
 //! | key | how it is enforced |
 //! |---|---|
-//! | `limit_memory_hard` | RLIMIT_AS in the worker ([`apply_at_worker_start`], unless `limit_memory_hard_rlimit = false`), and the master's RSS polling ([`memory_due`]): SIGKILL at once |
+//! | `limit_memory_hard` | RLIMIT_AS in the worker ([`forkwarden_worker::limits::WorkerLimits::apply_at_start`], unless `limit_memory_hard_rlimit = false`), and the master's RSS polling ([`memory_due`]): SIGKILL at once |
 //! | `limit_memory_soft` | the master's RSS polling: the worker finishes its request and leaves; its replacement starts at once |
-//! | `limit_time_cpu` | a per-request CPU-time timer, with RLIMIT_CPU re-armed before each request as the kernel's backstop ([`CpuBudget`]); SIGXCPU answers 503 and ends the worker |
+//! | `limit_time_cpu` | a per-request CPU-time timer, with RLIMIT_CPU re-armed before each request as the kernel's backstop ([`forkwarden_worker::limits::CpuBudget`]); SIGXCPU answers 503 and ends the worker |
 //! | `limit_time_real` | the master, from the scoreboard's request start: SIGUSR2 (the worker answers 504 and leaves), SIGKILL after at most [`EXPIRY_GRACE`] |
 //! | `limit_time_real_cron`, a job's `timeout` | the cron worker kills the job's process group at the limit; the master steps in [`CRON_BACKSTOP`] later if it has not |
 //! | `limit_request`, `limit_request_jitter` | the worker counts its requests and leaves ([`request_limit_for_worker`]) |
@@ -21,16 +22,13 @@
 //! is a program that does not say when it is busy), otherwise once a second (see
 //! [`memory_due`] and [`IDLE_SCAN`]), so that an idle server costs next to nothing.
 
-use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::time::Duration;
 
-use nix::sys::resource::{Resource, getrlimit, setrlimit};
-use nix::sys::signal::{SigEvent, SigevNotify, Signal};
-use nix::sys::time::TimeSpec;
-use nix::sys::timer::{Expiration, Timer, TimerSetTimeFlags};
 use nix::time::{ClockId, clock_gettime};
 use nix::unistd::Pid;
+
+use forkwarden_worker::limits::cpu_soft_limit;
 
 use crate::config::Config;
 use crate::format::{measured, mib, seconds};
@@ -52,93 +50,13 @@ pub const IDLE_SCAN: Duration = Duration::from_secs(1);
 pub const IDLE_PROGRAM_MEMORY: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------
-// In the worker
+// For the worker
 // ---------------------------------------------------------------------------------------
 
-/// Limits a worker sets on itself once, before its application starts: RLIMIT_AS for
-/// `limit_memory_hard` (Odoo's mechanism: past it, allocations fail inside the worker).
-pub fn apply_at_worker_start(config: &Config) -> nix::Result<()> {
-    let hard = config.limit_memory_hard.bytes();
-    if hard > 0 && config.limit_memory_hard_rlimit {
-        setrlimit(Resource::RLIMIT_AS, hard, hard)?;
-    }
-    Ok(())
-}
-
-/// This worker's `limit_request`, with its share of `limit_request_jitter` so that workers
-/// started together do not all recycle at once (0: no limit).
+/// This worker's `limit_request`, with its share of `limit_request_jitter` (0: no limit);
+/// see [`forkwarden_worker::limits::WorkerLimits::request_limit`].
 pub fn request_limit_for_worker(config: &Config) -> u64 {
-    if config.limit_request == 0 || config.limit_request_jitter == 0 {
-        return config.limit_request;
-    }
-    // RandomState is seeded from the OS once per process and varies per instance.
-    let random = RandomState::new().hash_one(std::process::id());
-    config.limit_request + random % (config.limit_request_jitter + 1)
-}
-
-/// `limit_time_cpu` for one worker. Before each request:
-/// - a timer on the process's CPU clock is set to fire SIGXCPU after `limit_time_cpu` more
-///   CPU time: precise to the scheduler tick;
-/// - RLIMIT_CPU's soft limit is moved to the CPU used so far plus the limit (Odoo's
-///   per-request reset), the kernel's own backstop, in whole seconds. Its hard limit is left
-///   as it was: an unprivileged process could not raise it again.
-pub struct CpuBudget {
-    limit: Duration,
-    hard: u64,
-    /// The soft limit now in force, in whole seconds.
-    armed: Option<u64>,
-    timer: Timer,
-}
-
-impl CpuBudget {
-    /// None when `limit_time_cpu` is off.
-    pub fn new(config: &Config) -> nix::Result<Option<Self>> {
-        let limit = config.limit_time_cpu.duration();
-        if limit.is_zero() {
-            return Ok(None);
-        }
-        let (_, hard) = getrlimit(Resource::RLIMIT_CPU)?;
-        let timer = Timer::new(
-            ClockId::CLOCK_PROCESS_CPUTIME_ID,
-            SigEvent::new(SigevNotify::SigevSignal {
-                signal: Signal::SIGXCPU,
-                si_value: 0,
-            }),
-        )?;
-        Ok(Some(Self {
-            limit,
-            hard,
-            armed: None,
-            timer,
-        }))
-    }
-
-    /// Gives the next request its budget; returns the CPU time used so far.
-    ///
-    /// Two system calls: a clock read and the timer. RLIMIT_CPU's soft limit, rounded up to
-    /// the second, only changes when the used time crosses a second. The timer is not
-    /// disarmed after the request: SIGXCPU outside a request is ignored, and the next
-    /// request sets it again.
-    pub fn arm(&mut self) -> nix::Result<Duration> {
-        let used = process_cpu_time()?;
-        self.timer.set(
-            Expiration::OneShot(TimeSpec::from(self.limit)),
-            TimerSetTimeFlags::empty(),
-        )?;
-        let soft = cpu_soft_limit(used, self.limit);
-        if self.armed != Some(soft) {
-            setrlimit(Resource::RLIMIT_CPU, soft, self.hard.max(soft))?;
-            self.armed = Some(soft);
-        }
-        Ok(used)
-    }
-}
-
-/// RLIMIT_CPU's soft limit for a request that starts after `used` of CPU and may use `limit`
-/// more: the sum, rounded up to the whole seconds RLIMIT_CPU counts in.
-fn cpu_soft_limit(used: Duration, limit: Duration) -> u64 {
-    let budget = used + limit;
-    budget.as_secs() + u64::from(budget.subsec_nanos() > 0)
+    config.worker_limits().request_limit()
 }
 
 /// `limit_time_cpu` for an exec worker's program, from outside it, at each `BUSY=1`: its
@@ -153,12 +71,6 @@ pub fn arm_program_cpu_limit(
     let used = Duration::from(clock_gettime(ClockId::pid_cpu_clock_id(pid)?)?);
     row.set_request_cpu(used);
     crate::sys::set_cpu_limit_of(pid, cpu_soft_limit(used, limit), hard)
-}
-
-/// CPU time this process has used.
-fn process_cpu_time() -> nix::Result<Duration> {
-    let now = clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID)?;
-    Ok(Duration::from(now))
 }
 
 // ---------------------------------------------------------------------------------------

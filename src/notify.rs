@@ -1,9 +1,5 @@
-//! How workers tell the master about themselves.
-//!
-//! A built-in worker writes its state into its scoreboard row and rings the master's
-//! [`Doorbell`] (an eventfd): the row is the truth, the bell only wakes the master up to read
-//! it. A ring cannot be lost, whatever the number of workers ringing at once (an eventfd is
-//! a counter, not a queue).
+//! How programs tell the master about themselves (a built-in worker rings the master's
+//! doorbell instead: see `forkwarden_worker::doorbell`).
 //!
 //! A program run under `[app]` speaks systemd's notification protocol instead (`READY=1`,
 //! sd_notify) on a datagram socket whose address it gets as `NOTIFY_SOCKET`. The kernel stamps
@@ -12,13 +8,12 @@
 //! programs run as), not an abstract address that any local user could fill up.
 
 use std::io::{self, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{self, ControlMessageOwned, MsgFlags, sockopt};
 use nix::unistd::Pid;
 
@@ -61,42 +56,6 @@ impl ServiceManager {
         if let Err(error) = self.socket.send_to_addr(message.as_bytes(), &self.address) {
             tracing::warn!("cannot notify the service manager ({message:?}): {error}");
         }
-    }
-}
-
-/// Rung by workers when their scoreboard row has news for the master (they are ready, or
-/// start work while it rests); the master reads the rows when it hears it. An eventfd.
-pub struct Doorbell {
-    bell: OwnedFd,
-}
-
-impl Doorbell {
-    pub fn new() -> io::Result<Self> {
-        let bell = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
-        Ok(Self { bell: bell.into() })
-    }
-
-    /// The master's doorbell, handed to a program as `bell`.
-    pub fn from_fd(bell: OwnedFd) -> Self {
-        Self { bell }
-    }
-
-    /// Wakes the master. Never blocks and cannot be lost: the count saturates only after
-    /// 2^64 - 2 rings that the master has not read.
-    pub fn ring(&self) {
-        let _ = nix::unistd::write(&self.bell, &1u64.to_ne_bytes());
-    }
-
-    /// Resets the bell (the master, before it reads the rows).
-    pub fn silence(&self) {
-        let mut count = [0u8; 8];
-        let _ = nix::unistd::read(&self.bell, &mut count);
-    }
-}
-
-impl AsFd for Doorbell {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.bell.as_fd()
     }
 }
 
@@ -210,20 +169,5 @@ mod tests {
         assert_eq!(message.get("READY"), Some("1"));
         assert_eq!(message.get("STATUS"), Some("serving"));
         assert_eq!(message.get("WATCHDOG"), None);
-    }
-
-    #[test]
-    fn rings_add_up_until_the_bell_is_silenced() {
-        let bell = Doorbell::new().unwrap();
-        for _ in 0..1000 {
-            bell.ring();
-        }
-        let mut count = [0u8; 8];
-        assert_eq!(nix::unistd::read(&bell.bell, &mut count), Ok(8));
-        assert_eq!(u64::from_ne_bytes(count), 1000);
-        assert!(
-            nix::unistd::read(&bell.bell, &mut count).is_err(),
-            "silent after a read"
-        );
     }
 }

@@ -260,7 +260,7 @@ fn the_program_inherits_only_its_standard_streams_the_socket_and_the_worker_kit(
     // The listening socket on 3, the worker kit from 4 on (nine, see src/worker/kit.rs).
     server.wait_for_log("): descriptors [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]");
     server.wait_for_log("): LISTEN_FDS 1 True");
-    server.wait_for_log("): KIT 4 /memfd:forkwarden-config");
+    server.wait_for_log("): KIT 4 /memfd:forkwarden-settings");
 }
 
 #[test]

@@ -426,7 +426,7 @@ fn a_worker_kit_of_another_version_is_refused_on_both_sides() {
     let stderr = String::from_utf8_lossy(&runner.stderr);
     assert!(!runner.status.success());
     assert!(
-        stderr.contains("the server hands worker kit version 1, this worker speaks version 2"),
+        stderr.contains("the server hands worker kit version 1, this worker speaks version 3"),
         "{stderr}"
     );
     // A program that says it runs forkwarden's worker with another kit is killed, and
@@ -437,7 +437,7 @@ fn a_worker_kit_of_another_version_is_refused_on_both_sides() {
          b'READY=1\\\\nSCOREBOARD=1\\\\nKIT_VERSION=1', os.environ['NOTIFY_SOCKET']); \
          time.sleep(60)\"]\n",
     );
-    let line = server.wait_for_log("its worker kit is version 1, the server's is 2");
+    let line = server.wait_for_log("its worker kit is version 1, the server's is 3");
     assert!(line.contains("killed"), "{line}");
     server.wait_for_log("failed starts in a row");
 }

@@ -2,7 +2,7 @@
 
 use std::os::fd::AsRawFd;
 
-use forkwarden::{Request, RequestBody};
+use forkwarden_worker::app::{Request, RequestBody};
 use percent_encoding::percent_decode_str;
 use pyo3::intern;
 use pyo3::prelude::*;

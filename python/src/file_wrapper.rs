@@ -1,6 +1,6 @@
 //! `wsgi.file_wrapper`.
 
-use forkwarden::Part;
+use forkwarden_worker::app::Part;
 use pyo3::intern;
 use pyo3::prelude::*;
 

@@ -3,7 +3,7 @@
 //!
 //! The worker loop, the HTTP reading and writing, keep-alive, the deadlines, the limits and
 //! the scoreboard row are forkwarden's, the very code its built-in workers run
-//! (`forkwarden::program::serve`). This module only turns a request into a WSGI environ,
+//! (`forkwarden_worker::kit::serve`). This module only turns a request into a WSGI environ,
 //! calls the application, and turns what it returns into a response. The GIL is held for
 //! that alone: the worker waits for connections, reads and writes without it.
 //!
@@ -16,7 +16,7 @@ mod response;
 
 use std::collections::HashMap;
 
-use forkwarden::{App, Part, Request, Response};
+use forkwarden_worker::app::{App, Part, Request, Response};
 use pyo3::exceptions::{PyKeyboardInterrupt, PyMemoryError, PyRuntimeError, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
@@ -33,7 +33,7 @@ const KEY_CACHE: usize = 256;
 #[pyfunction]
 fn serve(py: Python<'_>, app: Py<PyAny>, describe: String) -> PyResult<i32> {
     let wsgi = Wsgi::new(py, app)?;
-    py.detach(move || forkwarden::program::serve(Box::new(wsgi), &describe))
+    py.detach(move || forkwarden_worker::kit::serve(Box::new(wsgi), &describe))
         .map_err(|error| PyRuntimeError::new_err(error.to_string()))
 }
 
@@ -42,8 +42,8 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(serve, module)?)?;
     // Where the kit's descriptors are, as the worker this module runs reads them: the
     // template puts a forked worker's row there.
-    module.add("KIT_ROW", forkwarden::program::KIT_ROW)?;
-    module.add("KIT_VERSION", forkwarden::program::KIT_VERSION)?;
+    module.add("KIT_ROW", forkwarden_worker::kit::KIT_ROW)?;
+    module.add("KIT_VERSION", forkwarden_worker::scoreboard::KIT_VERSION)?;
     module.add_class::<FileWrapper>()?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! What a WSGI application returns, turned into a response: `start_response`, the body's
 //! first parts, and the rest of it sent part by part.
 
-use forkwarden::{BodyStream, Part, Response, StreamError};
+use forkwarden_worker::app::{BodyStream, Part, Response, StreamError};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -236,7 +236,7 @@ pub(crate) fn status_code(status: &str) -> PyResult<u16> {
 /// Refuses a header that would break the response's framing (CR, LF), whose name is not a
 /// token, or whose value is not ISO-8859-1 text (PEP 3333: header strings are latin-1).
 pub(crate) fn check_header(name: &str, value: &str) -> PyResult<()> {
-    if !forkwarden::is_header_field(name, value.as_bytes()) {
+    if !forkwarden_worker::app::is_header_field(name, value.as_bytes()) {
         return Err(PyValueError::new_err(format!(
             "invalid response header {name:?}: {value:?}"
         )));

@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 use serde_path_to_error::Segment;
 
 pub use account::RunAs;
+use forkwarden_worker::limits::WorkerLimits;
+pub use forkwarden_worker::log::{LogFormat, LogLevel};
+use forkwarden_worker::log::{LogOwner, LogSettings};
+use forkwarden_worker::settings::HttpSettings;
 pub use schedule::CronExpression;
 pub use store_url::{CronStoreUrl, PASSWORD_VARIABLES};
 pub use units::{ByteSize, CronTimeLimit, TimeSpan};
@@ -346,23 +350,6 @@ pub const RESTART_ONLY_KEYS: &[&str] = &[
     "group",
 ];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogLevel {
-    Error,
-    Warn,
-    Info,
-    Debug,
-    Trace,
-}
-
 /// A config file that cannot be used; the server does not start (exit status 2).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -419,16 +406,49 @@ impl Config {
         Ok(config)
     }
 
-    /// The config as the master hands it to a program that runs forkwarden's HTTP worker
-    /// (`worker::kit`): what it holds in memory for the program's generation, validated and
-    /// with its paths resolved, whatever the file on disk says by now.
-    pub(crate) fn to_handed_text(&self) -> Result<String, toml::ser::Error> {
-        toml::to_string(self)
+    /// What an HTTP worker needs of this config: a built-in worker's, and what the master
+    /// hands a program that runs forkwarden's HTTP worker (`kit`), validated and with its
+    /// paths resolved, whatever the file on disk says by now.
+    pub fn http_settings(&self) -> HttpSettings {
+        HttpSettings {
+            socket_timeout: self.socket_timeout(),
+            request_timeout: self.request_timeout(),
+            max_body_size: Some(self.http_max_body_size.bytes()).filter(|max| *max > 0),
+            proxy_mode: self.proxy_mode,
+            access_log: self.access_log,
+            limits: self.worker_limits(),
+            log: self.log_settings(),
+        }
     }
 
-    /// The config a program was handed (see [`Config::to_handed_text`]).
-    pub(crate) fn from_handed_text(text: &str) -> Result<Self, toml::de::Error> {
-        toml::from_str(text)
+    /// The limits every worker applies to itself.
+    pub fn worker_limits(&self) -> WorkerLimits {
+        WorkerLimits {
+            address_space: Some(self.limit_memory_hard.bytes())
+                .filter(|bytes| *bytes > 0 && self.limit_memory_hard_rlimit),
+            requests: self.limit_request,
+            requests_jitter: self.limit_request_jitter,
+            cpu_per_request: Some(self.limit_time_cpu.duration()).filter(|limit| !limit.is_zero()),
+        }
+    }
+
+    /// `logfile`, `log_format` and `log_level`.
+    pub fn log_settings(&self) -> LogSettings {
+        LogSettings {
+            format: self.log_format,
+            level: self.log_level,
+            file: self.logfile.clone(),
+        }
+    }
+
+    /// Who opens the log file: the workers' user when the master runs as root (None: this
+    /// process, as it is).
+    pub fn log_owner(&self) -> Option<LogOwner> {
+        let run_as = self.run_as.as_ref()?;
+        Some(LogOwner {
+            user: run_as.user.clone(),
+            identity: run_as.fs_identity()?,
+        })
     }
 
     /// Parses and validates `source`, read from `path` (used in messages and to resolve
@@ -1018,17 +1038,41 @@ fn job_name_in(source: &str, key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_config_handed_to_a_program_is_the_one_in_memory() {
-        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/etc/forkwarden.toml"));
-        let config = Config::load(path).unwrap();
-        let handed = Config::from_handed_text(&config.to_handed_text().unwrap()).unwrap();
+    fn the_settings_handed_to_a_program_are_those_in_memory() {
+        let config = Config {
+            http_socket_timeout: TimeSpan::secs(7),
+            http_max_body_size: ByteSize::mib(3),
+            limit_memory_hard: ByteSize::mib(512),
+            limit_time_cpu: TimeSpan::secs(60),
+            limit_request: 100,
+            limit_request_jitter: 10,
+            access_log: true,
+            logfile: Some(PathBuf::from("/var/log/forkwarden.log")),
+            log_format: LogFormat::Json,
+            ..Config::default()
+        };
+        let settings = config.http_settings();
+        assert_eq!(settings.socket_timeout, Some(Duration::from_secs(7)));
+        assert_eq!(settings.max_body_size, Some(3 << 20));
+        assert_eq!(settings.limits.address_space, Some(512 << 20));
         assert_eq!(
-            handed,
-            Config {
-                run_as: None,
-                ..config
-            }
+            settings.limits.cpu_per_request,
+            Some(Duration::from_secs(60))
         );
+        let handed = HttpSettings::from_json(&settings.to_json().unwrap()).unwrap();
+        assert_eq!(handed, settings);
+        // Off is None, not zero.
+        let off = Config {
+            limit_memory_hard_rlimit: false,
+            ..config
+        }
+        .http_settings();
+        assert_eq!(off.limits.address_space, None);
+        let unbounded = Config {
+            http_request_timeout: TimeSpan::secs(0),
+            ..Config::default()
+        };
+        assert_eq!(unbounded.http_settings().request_timeout, None);
     }
 
     use super::*;

@@ -49,14 +49,17 @@ pub use pidfile::PidfileError;
 
 use crate::app::AppFactory;
 use crate::config::Config;
+use crate::doorbell::Doorbell;
 use crate::format::elapsed;
 use crate::id::{Role, WorkerId};
 use crate::limits::MasterLimits;
 use crate::log::Logging;
-use crate::notify::{Doorbell, Notification, NotifyReceiver};
+use crate::notify::{Notification, NotifyReceiver};
 use crate::scoreboard::{Board, WorkerRow, WorkerState};
 use crate::sys::{self, Exited, MASTER_SIGNALS};
-use crate::worker::{self, HandoffChannel, WorkerSpec};
+use crate::worker::{self, ProgramSpec, WorkerRun, WorkerSpec};
+use forkwarden_worker::context::{HandoffChannel, WorkerContext};
+use forkwarden_worker::kit::KitParts;
 use pidfile::Pidfile;
 use pool::{Departure, PendingReport, Pool, RetireReason, Worker, WorkerKind, WorkerProcess};
 use report::{Ending, Exit, Facts, Verdict};
@@ -134,7 +137,7 @@ pub struct Master {
     config: Config,
     /// `config` as a sealed memfd (read with pread: its offset does not matter), lent to
     /// every HTTP program of the current generation as part of its worker kit.
-    handed_config: std::os::fd::OwnedFd,
+    handed_settings: std::os::fd::OwnedFd,
     config_path: PathBuf,
     pid: Pid,
     app: Box<AppFactory>,
@@ -210,7 +213,7 @@ impl Master {
         give_to_workers_user(&config, notifications.path())?;
         poll.registry()
             .register(notifications.source(), NOTIFICATIONS, Interest::READABLE)?;
-        let handed_config = crate::worker::kit::config_file(&config)?;
+        let handed_settings = forkwarden_worker::kit::settings_file(&config.http_settings())?;
         let doorbell = Doorbell::new()?;
         let bell = doorbell.as_fd().as_raw_fd();
         poll.registry()
@@ -248,7 +251,7 @@ impl Master {
             next_scan: None,
             next_request_deadline: None,
             config,
-            handed_config,
+            handed_settings,
             config_path,
             pid: nix::unistd::getpid(),
             app,
@@ -843,28 +846,48 @@ impl Master {
         }
         let pipes = exec_app.map(|_| exec::ExecPipes::new()).transpose()?;
         let watchdog = self.limits.heartbeat;
+        let http_settings = self.config.http_settings();
+        let run = match (exec_app, &pipes, listener) {
+            (Some(app), Some(pipes), listener) => WorkerRun::Program(ProgramSpec {
+                app,
+                output: pipes.for_child(),
+                listener,
+                notify_path: self.notifications.path(),
+                watchdog,
+                // The worker kit, for an HTTP worker's program that runs forkwarden's own loop.
+                kit: (id.role == Role::Http).then(|| KitParts {
+                    settings: self.handed_settings.as_fd(),
+                    board: &self.board,
+                    doorbell: &self.doorbell,
+                    handoff: &self.handoff,
+                    row: &row,
+                }),
+                template: None,
+            }),
+            (None, _, Some(listener)) if id.role == Role::Http => WorkerRun::Http {
+                listener,
+                handoff: &self.handoff,
+                settings: &http_settings,
+                app: &*self.app,
+            },
+            (None, _, _) if id.role == Role::Cron => WorkerRun::Cron {
+                calls_path: &self.calls_path,
+                server_started: self.started_at,
+            },
+            _ => return Err(io::Error::other(format!("{id}: nothing to run"))),
+        };
         let spec = WorkerSpec {
-            id,
-            generation,
-            master_pid: self.pid,
+            context: WorkerContext {
+                id,
+                generation,
+                master_pid: self.pid,
+                doorbell: &self.doorbell,
+                row: &row,
+                board: &self.board,
+                middle_parent: std::cell::Cell::new(None),
+            },
             config: &self.config,
-            listener,
-            handoff: Some(&self.handoff).filter(|_| id.role == Role::Http),
-            doorbell: &self.doorbell,
-            row: &row,
-            board: &self.board,
-            app: &*self.app,
-            notify_path: self.notifications.path(),
-            exec_app,
-            exec_output: pipes.as_ref().map(exec::ExecPipes::for_child),
-            template: None,
-            calls_path: &self.calls_path,
-            // The worker kit, for an HTTP worker's program that runs forkwarden's own loop.
-            config_file: Some(self.handed_config.as_fd())
-                .filter(|_| id.role == Role::Http && exec_app.is_some()),
-            watchdog,
-            server_started: self.started_at,
-            middle_parent: std::cell::Cell::new(None),
+            run,
         };
         let keep = spec.inherited_descriptors();
         let started = Instant::now();
@@ -1162,7 +1185,7 @@ fn bind_http(config: &Config) -> Result<TcpListener, MasterError> {
     let address = SocketAddr::new(config.http_interface, config.http_port);
     listener::bind(address, config.listen_backlog)
         .and_then(|listener| {
-            crate::http::configure_listener(&listener, config.socket_timeout())?;
+            forkwarden_worker::http::configure_listener(&listener, config.socket_timeout())?;
             Ok(listener)
         })
         .map_err(|source| MasterError::Bind { address, source })

@@ -11,7 +11,7 @@ use crate::format::mib;
 use crate::id::Role;
 use crate::limits::{self, Breach, MasterLimits};
 use crate::scoreboard::{ExitReason, RowSnapshot};
-use crate::worker::{EXIT_CRITICAL, EXIT_OK};
+use forkwarden_worker::context::{EXIT_CRITICAL, EXIT_OK};
 
 /// How a child process ended, as waitpid(2) reported it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

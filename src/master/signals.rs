@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use forkwarden_worker::kit::settings_file;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
@@ -133,27 +134,31 @@ impl Master {
             }
         }
         new.keep_restart_only_values(&self.config);
-        let handed_config = match crate::worker::kit::config_file(&new) {
-            Ok(file) => file,
-            Err(error) => {
-                error!(
-                    event = "reload_refused",
-                    "SIGHUP: the config was not reloaded: it cannot be handed to the programs \
-                     ({error}); the running config stays in force"
-                );
-                return;
-            }
+        let refused = |error: std::io::Error| {
+            error!(
+                event = "reload_refused",
+                "SIGHUP: the config was not reloaded: its HTTP worker settings cannot be \
+                 handed to the programs ({error}); the running config stays in force"
+            );
         };
-        if let Err(error) = self.logging.apply(&new) {
+        if let Err(error) = settings_file(&new.http_settings()) {
+            return refused(error);
+        }
+        if let Err(error) = self.logging.apply(&new.log_settings(), new.log_owner()) {
             error!("SIGHUP: {error}; logging goes on as before");
             new.logfile.clone_from(&self.config.logfile);
         }
+        // Made again: the log file may be the old one.
+        let handed_settings = match settings_file(&new.http_settings()) {
+            Ok(file) => file,
+            Err(error) => return refused(error),
+        };
         self.config = new;
-        self.handed_config = handed_config;
+        self.handed_settings = handed_settings;
         self.limits = MasterLimits::from_config(&self.config);
         if let Some(listener) = &self.listener
             && let Err(error) =
-                crate::http::configure_listener(listener, self.config.socket_timeout())
+                forkwarden_worker::http::configure_listener(listener, self.config.socket_timeout())
         {
             error!("SIGHUP: cannot apply http_socket_timeout to the listening socket: {error}");
         }

@@ -47,7 +47,9 @@ use crate::id::{Role, TEMPLATE, WorkerId, template_name};
 use crate::notify::Notification;
 use crate::scoreboard::WorkerRow;
 use crate::sys::{self, ProcessHandle};
-use crate::worker::{TemplateChannels, WorkerSpec};
+use crate::worker::{ProgramSpec, TemplateChannels, WorkerRun, WorkerSpec};
+use forkwarden_worker::context::WorkerContext;
+use forkwarden_worker::kit::KitParts;
 
 /// The notification by which a worker forked by a template says which request it answers.
 pub const FORK_KEY: &str = "FORKWARDEN_FORK";
@@ -264,31 +266,37 @@ impl Master {
         // it forks put theirs in its place in the kit).
         let row = WorkerRow::new()?;
         let spec = WorkerSpec {
-            id: WorkerId {
-                role: Role::Http,
-                slot: 0,
+            context: WorkerContext {
+                id: WorkerId {
+                    role: Role::Http,
+                    slot: 0,
+                },
+                generation,
+                master_pid: self.pid,
+                doorbell: &self.doorbell,
+                row: &row,
+                board: &self.board,
+                middle_parent: std::cell::Cell::new(None),
             },
-            generation,
-            master_pid: self.pid,
             config: &self.config,
-            listener,
-            handoff: Some(&self.handoff),
-            doorbell: &self.doorbell,
-            row: &row,
-            board: &self.board,
-            app: &*self.app,
-            notify_path: self.notifications.path(),
-            exec_app: Some(app),
-            exec_output: Some(pipes.for_child()),
-            template: Some(TemplateChannels {
-                control: template_end.as_fd(),
-                calls: calls.as_fd(),
+            run: WorkerRun::Program(ProgramSpec {
+                app,
+                output: pipes.for_child(),
+                listener,
+                notify_path: self.notifications.path(),
+                watchdog: self.limits.heartbeat,
+                kit: Some(KitParts {
+                    settings: self.handed_settings.as_fd(),
+                    board: &self.board,
+                    doorbell: &self.doorbell,
+                    handoff: &self.handoff,
+                    row: &row,
+                }),
+                template: Some(TemplateChannels {
+                    control: template_end.as_fd(),
+                    calls: calls.as_fd(),
+                }),
             }),
-            calls_path: &self.calls_path,
-            config_file: Some(self.handed_config.as_fd()),
-            watchdog: self.limits.heartbeat,
-            server_started: self.started_at,
-            middle_parent: std::cell::Cell::new(None),
         };
         let keep = spec.inherited_descriptors();
         let started = Instant::now();

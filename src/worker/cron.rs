@@ -10,6 +10,7 @@
 //! lock is released. A job never runs twice at once, with all its processes.
 
 use std::os::fd::AsFd;
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::poll::{PollFd, PollFlags};
@@ -18,7 +19,9 @@ use nix::sys::timer::{Expiration, TimerSetTimeFlags};
 use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
 use tracing::{debug, error, info, warn};
 
-use super::{BEAT_INTERVAL, Outcome, WorkerSpec, reopen_log_if_asked, stop_reason};
+use forkwarden_worker::context::{BEAT_INTERVAL, Outcome, WorkerContext};
+
+use crate::config::Config;
 use crate::cron::{self, Claim, Scheduler, Turn, describe_time, to_ms};
 use crate::scoreboard::ExitReason;
 use crate::sys::WorkerSignals;
@@ -30,20 +33,36 @@ const STORE_ERROR_RETRY: Duration = Duration::from_secs(60);
 /// scheduled work yields the CPU to requests; its jobs inherit it.
 const CRON_NICENESS: i32 = 10;
 
-pub(super) fn run(spec: &WorkerSpec<'_>, signals: &WorkerSignals) -> Outcome {
+/// What a cron worker gets from the master.
+pub(super) struct CronSpec<'a> {
+    pub context: WorkerContext<'a>,
+    pub config: &'a Config,
+    /// Where it asks the preload template to run a `call` job.
+    pub calls_path: &'a Path,
+    /// When the server started (runs due before it were missed while it was down).
+    pub server_started: SystemTime,
+}
+
+pub(super) fn run(spec: &CronSpec<'_>, signals: &WorkerSignals) -> Outcome {
     if let Err(errno) = nix::sys::prctl::set_child_subreaper(true) {
-        error!("{}: cannot become a child subreaper: {errno}", spec.name());
+        error!(
+            "{}: cannot become a child subreaper: {errno}",
+            spec.context.name()
+        );
         return Outcome::BootFailed;
     }
     if let Err(errno) = crate::sys::lower_priority(CRON_NICENESS) {
-        warn!("{}: cannot lower its priority: {errno}", spec.name());
+        warn!(
+            "{}: cannot lower its priority: {errno}",
+            spec.context.name()
+        );
     }
     let scheduler = match Scheduler::new(spec.config, spec.server_started, true) {
         Ok(scheduler) => scheduler,
         Err(error) => {
             error!(
                 "{}: cannot use data_dir {}: {error}",
-                spec.name(),
+                spec.context.name(),
                 spec.config.data_dir.display()
             );
             return Outcome::BootFailed;
@@ -55,20 +74,20 @@ pub(super) fn run(spec: &WorkerSpec<'_>, signals: &WorkerSignals) -> Outcome {
     ) {
         Ok(alarm) => alarm,
         Err(errno) => {
-            error!("{}: cannot create its timer: {errno}", spec.name());
+            error!("{}: cannot create its timer: {errno}", spec.context.name());
             return Outcome::BootFailed;
         }
     };
-    spec.report_ready();
+    spec.context.report_ready();
     if spec.config.cron.is_empty() {
-        debug!("{}: no [[cron]] jobs are configured", spec.name());
+        debug!("{}: no [[cron]] jobs are configured", spec.context.name());
     }
     let claim_deadline = match crate::sys::ClaimDeadline::install() {
         Ok(deadline) => deadline,
         Err(error) => {
             error!(
                 "{}: cannot set up its jobs' claim deadline: {error}",
-                spec.name()
+                spec.context.name()
             );
             return Outcome::BootFailed;
         }
@@ -84,7 +103,7 @@ pub(super) fn run(spec: &WorkerSpec<'_>, signals: &WorkerSignals) -> Outcome {
 }
 
 struct CronWorker<'a> {
-    spec: &'a WorkerSpec<'a>,
+    spec: &'a CronSpec<'a>,
     signals: &'a WorkerSignals,
     scheduler: Scheduler<'a>,
     alarm: TimerFd,
@@ -96,12 +115,12 @@ struct CronWorker<'a> {
 impl CronWorker<'_> {
     fn serve(&self) -> ExitReason {
         loop {
-            if let Some(reason) = stop_reason(self.spec, self.signals) {
+            if let Some(reason) = self.spec.context.stop_reason(self.signals) {
                 return reason;
             }
-            reopen_log_if_asked(self.spec, self.signals);
+            self.spec.context.reopen_log_if_asked(self.signals);
             let next = self.run_due_jobs();
-            if stop_reason(self.spec, self.signals).is_none() {
+            if self.spec.context.stop_reason(self.signals).is_none() {
                 self.sleep_until(next);
             }
         }
@@ -111,7 +130,7 @@ impl CronWorker<'_> {
     fn run_due_jobs(&self) -> Option<SystemTime> {
         let mut earliest: Option<SystemTime> = None;
         for index in 0..self.spec.config.cron.len() {
-            if stop_reason(self.spec, self.signals).is_some() {
+            if self.spec.context.stop_reason(self.signals).is_some() {
                 break;
             }
             let now = SystemTime::now();
@@ -137,9 +156,9 @@ impl CronWorker<'_> {
     /// Runs the claimed run of job `index` (in the config).
     fn run_claimed(&self, index: usize, claim: Claim<'_>) -> Option<SystemTime> {
         let job = claim.job;
-        let row = self.spec.row;
+        let row = self.spec.context.row;
         let limit = self.scheduler.limit_of(job);
-        self.spec.begin_work("job", &job.name);
+        self.spec.context.begin_work("job", &job.name);
         row.set_work_limit(limit.map(|(limit, _)| limit));
         let started = Instant::now();
         let mut job_pid = None;
@@ -169,10 +188,10 @@ impl CronWorker<'_> {
                     job = job.name.as_str(),
                     pid = pid.as_raw(),
                     run = claim.runs(),
-                    slot = self.spec.id.slot,
+                    slot = self.spec.context.id.slot,
                     "cron job {} started as pid {pid} by {} (run {})",
                     job.name,
-                    self.spec.name(),
+                    self.spec.context.name(),
                     claim.runs()
                 );
             },
@@ -243,22 +262,22 @@ impl CronWorker<'_> {
         if let Some(Err(errno)) = armed {
             warn!(
                 "{}: cannot set its timer ({errno}); checking again in a second",
-                self.spec.name()
+                self.spec.context.name()
             );
             let _ = self.signals.poll(&mut [], Some(Duration::from_secs(1)));
             return;
         }
         loop {
-            self.spec.row.beat();
+            self.spec.context.row.beat();
             let mut fds = [PollFd::new(self.alarm.as_fd(), PollFlags::POLLIN)];
             let woken = self.signals.poll(&mut fds, Some(BEAT_INTERVAL));
             if !matches!(woken, Ok(0))
-                || stop_reason(self.spec, self.signals).is_some()
+                || self.spec.context.stop_reason(self.signals).is_some()
                 || self.scheduler.any_run_asked()
             {
                 break;
             }
-            reopen_log_if_asked(self.spec, self.signals);
+            self.spec.context.reopen_log_if_asked(self.signals);
         }
         // Consume the expiry (ECANCELED when the clock was set; EAGAIN when a signal woke us).
         let _ = self.alarm.wait();

@@ -8,8 +8,10 @@ use std::os::unix::ffi::OsStringExt;
 
 use nix::unistd::{Pid, setpgid};
 
-use super::{EXIT_BOOT_FAILED, WorkerSpec};
-use crate::config::ExecApp;
+use forkwarden_worker::context::{EXIT_BOOT_FAILED, WorkerContext};
+
+use super::ProgramSpec;
+use crate::config::Config;
 use crate::id::Role;
 use crate::sys;
 
@@ -18,12 +20,15 @@ const TEMPLATE_CONTROL_FD: i32 = 4;
 /// The descriptor a template accepts cron workers' `call` requests on (`FORKWARDEN_CALLS_FD`).
 const TEMPLATE_CALLS_FD: i32 = 5;
 
-/// Becomes the program; returns (an exit status) only if it could not be started.
-pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
-    let Some(output) = spec.exec_output.as_ref() else {
-        eprintln!("forkwarden: {}: no output pipes", spec.name());
-        return EXIT_BOOT_FAILED;
-    };
+/// Becomes the program; returns (an exit status) only if it could not be started. `name`
+/// names this process in messages.
+pub(super) fn run(
+    context: &WorkerContext<'_>,
+    config: &Config,
+    spec: &ProgramSpec<'_>,
+    name: &str,
+) -> i32 {
+    let (app, output) = (spec.app, &spec.output);
     let program = &app.command[0];
     let mut extra: Vec<std::os::fd::BorrowedFd<'_>> = spec
         .template
@@ -33,22 +38,22 @@ pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
     let kit_fd = sys::LISTEN_FD + 1 + extra.len() as i32;
     // Where the master's log goes, for the kit: standard error is about to become a pipe.
     let log = match spec
-        .config_file
+        .kit
+        .as_ref()
         .map(|_| crate::log::duplicate_destination())
     {
         Some(Ok(log)) => Some(log),
         Some(Err(error)) => {
-            eprintln!(
-                "forkwarden: {}: cannot copy the log's descriptor: {error}",
-                spec.name()
-            );
+            eprintln!("forkwarden: {name}: cannot copy the log's descriptor: {error}");
             return EXIT_BOOT_FAILED;
         }
         None => None,
     };
-    let kit = log
+    let kit = spec
+        .kit
         .as_ref()
-        .and_then(|log| super::kit::descriptors(spec, log.as_fd()));
+        .zip(log.as_ref())
+        .and_then(|(kit, log)| kit.descriptors(log.as_fd()));
     extra.extend(kit.iter().flatten());
     // Its own process group, so that a kill reaches the program's children too; and the
     // reaper of whatever it starts, however that detaches itself, so that it all comes to
@@ -64,7 +69,9 @@ pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
                 .map_err(|errno| format!("cannot become a child subreaper: {errno}"))
         })
         .and_then(|()| {
-            crate::limits::apply_at_worker_start(spec.config)
+            config
+                .worker_limits()
+                .apply_at_start()
                 .map_err(|errno| format!("cannot apply limit_memory_hard as RLIMIT_AS: {errno}"))
         })
         .and_then(|()| match &app.cwd {
@@ -82,13 +89,13 @@ pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
             let args = strings(&app.command)?;
             Ok((
                 args,
-                environment(spec, app, kit.is_some().then_some(kit_fd))?,
+                environment(context, config, spec, kit.is_some().then_some(kit_fd))?,
             ))
         });
     let (args, env) = match prepared {
         Ok(prepared) => prepared,
         Err(why) => {
-            eprintln!("forkwarden: {}: {why}", spec.name());
+            eprintln!("forkwarden: {name}: {why}");
             return EXIT_BOOT_FAILED;
         }
     };
@@ -109,27 +116,32 @@ pub(super) fn run(spec: &WorkerSpec<'_>, app: &ExecApp) -> i32 {
 /// The program's environment: forkwarden's own, the `[app]` additions, and the
 /// socket-activation and notification variables.
 fn environment(
-    spec: &WorkerSpec<'_>,
-    app: &ExecApp,
+    context: &WorkerContext<'_>,
+    config: &Config,
+    spec: &ProgramSpec<'_>,
     kit_fd: Option<i32>,
 ) -> Result<Vec<CString>, String> {
+    let app = spec.app;
     let mut vars: BTreeMap<OsString, OsString> = std::env::vars_os()
         .filter(|(key, _)| crate::config::passed_to_children(key))
         .collect();
-    vars.extend(super::account_variables(spec.config));
+    vars.extend(super::account_variables(config));
     for (key, value) in &app.env {
         vars.insert(key.into(), value.into());
     }
     let pid = std::process::id().to_string();
     let own = [
         ("NOTIFY_SOCKET", spec.notify_path.as_os_str().to_owned()),
-        ("FORKWARDEN_GENERATION", spec.generation.to_string().into()),
+        (
+            "FORKWARDEN_GENERATION",
+            context.generation.to_string().into(),
+        ),
     ];
     for (key, value) in own {
         vars.insert(key.into(), value);
     }
     if spec.listener.is_some() {
-        let name = match spec.id.role {
+        let name = match context.id.role {
             Role::Program(name) => name,
             _ => "http",
         };
@@ -145,7 +157,7 @@ fn environment(
         );
         vars.insert(
             "FORKWARDEN_MASTER_PID".into(),
-            spec.master_pid.to_string().into(),
+            context.master_pid.to_string().into(),
         );
     }
     // A worker knows its slot; a template learns each worker's in the fork request.
@@ -159,7 +171,7 @@ fn environment(
             TEMPLATE_CALLS_FD.to_string().into(),
         );
     } else {
-        vars.insert("FORKWARDEN_SLOT".into(), spec.id.slot.to_string().into());
+        vars.insert("FORKWARDEN_SLOT".into(), context.id.slot.to_string().into());
     }
     // systemd's watchdog convention: a program that supports it sends WATCHDOG=1 at least
     // every half period; the master holds it to the period once it does.

@@ -4,120 +4,127 @@
 //! death signal, signal handlers), then hands over to the role's loop: [`http`] or [`cron`].
 //! It returns the exit status; the process then ends at once, without running the master's exit code (see [`crate::sys::fork_process`]).
 
-mod access;
 mod cron;
 mod exec;
-mod http;
-pub mod kit;
-mod send;
 
 use std::ffi::OsString;
 use std::net::TcpListener;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use forkwarden_worker::context::{
+    EXIT_BOOT_FAILED, EXIT_OK, HandoffChannel, Outcome, WorkerContext,
+};
+use forkwarden_worker::http_worker::{self, HttpSpec};
+use forkwarden_worker::kit::KitParts;
+use forkwarden_worker::settings::HttpSettings;
 use nix::sys::signal::Signal;
-use nix::unistd::{Pid, getppid};
 use tracing::error;
 
-use crate::app::AppFactory;
-use crate::config::{Config, RunAs};
-use crate::id::{Role, WorkerId};
-use crate::notify::Doorbell;
-use crate::scoreboard::{Board, ExitReason, WorkerRow, WorkerState};
+use crate::app::{AppFactory, WorkerInfo};
+use crate::config::{Config, ExecApp, RunAs};
+use crate::scoreboard::ExitReason;
 use crate::sys::{self, RequestLimitSignals, WorkerSignals};
-
-/// Exit status of a worker that left normally (the reason is in its scoreboard row).
-pub const EXIT_OK: i32 = 0;
-/// Exit status of a worker that could not boot (its application failed to start).
-pub const EXIT_BOOT_FAILED: i32 = 1;
-/// Exit status by which a worker reports a critical error: the server stops (Odoo's rule).
-pub const EXIT_CRITICAL: i32 = 3;
-
-/// How often an idle worker wakes to show it is alive (its heartbeat, which
-/// `heartbeat_timeout` watches) and to check that its master is still there, in case the
-/// death signal did not arrive; the longest any wait of a worker lasts.
-const BEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Everything a new worker gets from the master.
 pub struct WorkerSpec<'a> {
-    pub id: WorkerId,
-    pub generation: u64,
-    pub master_pid: Pid,
+    /// Who it is, its row, the master's doorbell.
+    pub context: WorkerContext<'a>,
+    /// The config of its generation.
     pub config: &'a Config,
-    /// The shared listening socket (HTTP workers only).
+    /// What the forked child runs.
+    pub run: WorkerRun<'a>,
+}
+
+/// What a forked child runs, with what only that kind of worker gets.
+pub enum WorkerRun<'a> {
+    /// A built-in HTTP worker: forkwarden's loop, serving the application `app` builds.
+    Http {
+        /// The listening socket all HTTP workers share.
+        listener: &'a TcpListener,
+        /// Where HTTP workers pass client connections to one another.
+        handoff: &'a HandoffChannel,
+        settings: &'a HttpSettings,
+        app: &'a AppFactory,
+    },
+    /// A cron worker.
+    Cron {
+        /// Where it asks the preload template to run a `call` job.
+        calls_path: &'a Path,
+        /// When the server started (runs due before it were missed while it was down).
+        server_started: SystemTime,
+    },
+    /// A program the child becomes (`[app]`, a `[[program]]`, or the preload template).
+    Program(ProgramSpec<'a>),
+}
+
+/// What a program is started with.
+pub struct ProgramSpec<'a> {
+    pub app: &'a ExecApp,
+    /// Its output pipes (write ends), read by the master.
+    pub output: ExecOutput<'a>,
+    /// The listening socket it is handed as descriptor 3 (an HTTP worker's, or a
+    /// `[[program]]`'s with `listen`).
     pub listener: Option<&'a TcpListener>,
-    /// Where HTTP workers pass client connections to one another (built-in HTTP workers).
-    pub handoff: Option<&'a HandoffChannel>,
-    /// Rung once the worker's row says it is ready, and when it starts work while the
-    /// master rests.
-    pub doorbell: &'a Doorbell,
-    pub row: &'a WorkerRow,
-    /// What all workers share with the master.
-    pub board: &'a Board,
-    pub app: &'a AppFactory,
-    /// `NOTIFY_SOCKET` for programs: the master's notification socket.
+    /// `NOTIFY_SOCKET`: the master's notification socket.
     pub notify_path: &'a Path,
-    /// Where a cron worker asks the preload template to run a `call` job.
-    pub calls_path: &'a Path,
-    /// The program an exec worker becomes (`[app]`, or a `[[program]]`).
-    pub exec_app: Option<&'a crate::config::ExecApp>,
-    /// The output pipes of an exec worker (write ends), read by the master.
-    pub exec_output: Option<ExecOutput<'a>>,
+    /// `WATCHDOG_USEC` (`heartbeat_timeout`; None: off).
+    pub watchdog: Option<Duration>,
+    /// The worker kit, for an HTTP worker's program that runs forkwarden's own loop (see
+    /// `forkwarden_worker::kit`).
+    pub kit: Option<KitParts<'a>>,
     /// Set when this process is not a worker but the preload template workers are forked
     /// from (`[app] preload = true`).
     pub template: Option<TemplateChannels<'a>>,
-    /// The config of this worker's generation as a sealed memfd, for a program that runs
-    /// forkwarden's HTTP worker (see [`kit`]).
-    pub config_file: Option<std::os::fd::BorrowedFd<'a>>,
-    /// `WATCHDOG_USEC` for programs (`heartbeat_timeout`; None: off).
-    pub watchdog: Option<Duration>,
-    /// When the server started (cron runs due before it were missed while it was down).
-    pub server_started: std::time::SystemTime,
-    /// A worker forked by a preload template starts as the child of a middle process that
-    /// is exiting (see `kit`): that process while it lives, whose exit makes the master the
-    /// parent. The worker serves meanwhile, and binds its parent-death signal once it is.
-    pub middle_parent: std::cell::Cell<Option<Pid>>,
 }
 
 impl WorkerSpec<'_> {
     /// Every descriptor the worker uses from what it inherits (the forked child closes the
-    /// rest): the listener, the doorbell, a program's output pipes, and the log file.
+    /// rest): the doorbell, the listener, the hand-off channel, a program's output pipes and
+    /// kit, and the log file.
     pub fn inherited_descriptors(&self) -> Vec<RawFd> {
-        let mut fds = vec![self.doorbell.as_fd().as_raw_fd()];
-        fds.extend(self.listener.map(|listener| listener.as_raw_fd()));
-        if let Some(handoff) = self.handoff {
-            fds.extend(handoff.descriptors());
-        }
-        if let Some(output) = &self.exec_output {
-            fds.extend([output.stdout.as_raw_fd(), output.stderr.as_raw_fd()]);
-        }
-        if let Some(template) = &self.template {
-            fds.extend([template.control.as_raw_fd(), template.calls.as_raw_fd()]);
-        }
-        if let Some(config_file) = self.config_file {
-            fds.push(config_file.as_raw_fd());
-            fds.extend(self.board.descriptor().map(|fd| fd.as_raw_fd()));
-            fds.extend(self.row.descriptor().map(|fd| fd.as_raw_fd()));
+        let mut fds = vec![self.context.doorbell.as_fd().as_raw_fd()];
+        match &self.run {
+            WorkerRun::Http {
+                listener, handoff, ..
+            } => {
+                fds.push(listener.as_raw_fd());
+                fds.extend(handoff.descriptors());
+            }
+            WorkerRun::Cron { .. } => {}
+            WorkerRun::Program(program) => {
+                fds.extend(program.listener.map(AsRawFd::as_raw_fd));
+                fds.extend([
+                    program.output.stdout.as_raw_fd(),
+                    program.output.stderr.as_raw_fd(),
+                ]);
+                if let Some(template) = &program.template {
+                    fds.extend([template.control.as_raw_fd(), template.calls.as_raw_fd()]);
+                }
+                if let Some(kit) = &program.kit {
+                    fds.push(kit.settings.as_raw_fd());
+                    fds.extend(kit.handoff.descriptors());
+                    fds.extend(kit.board.descriptor().map(|fd| fd.as_raw_fd()));
+                    fds.extend(kit.row.descriptor().map(|fd| fd.as_raw_fd()));
+                }
+            }
         }
         fds.extend(crate::log::descriptor());
         fds
     }
 
-    /// Marks the worker ready in its row and wakes the master to read it.
-    fn report_ready(&self) {
-        self.row.set_state(WorkerState::Idle);
-        self.doorbell.ring();
+    /// Whether this process is the preload template rather than a worker.
+    fn is_template(&self) -> bool {
+        matches!(&self.run, WorkerRun::Program(program) if program.template.is_some())
     }
 
-    /// Marks the worker busy with `method target`, waking the master if it rests (one
-    /// atomic load on the per-request path; a system call only for the first request after
-    /// a quiet spell).
-    fn begin_work(&self, method: &str, target: &str) {
-        self.row.begin_request(method, target);
-        if self.board.take_master_resting() {
-            self.doorbell.ring();
+    /// What this process is: `http worker 2`, or `app template`.
+    fn what(&self) -> String {
+        if self.is_template() {
+            crate::id::TEMPLATE.to_string()
+        } else {
+            self.context.id.to_string()
         }
     }
 
@@ -125,112 +132,20 @@ impl WorkerSpec<'_> {
     fn name(&self) -> String {
         format!("{} (pid {})", self.what(), std::process::id())
     }
-
-    /// What this process is: `http worker 2`, or `app template`.
-    fn what(&self) -> String {
-        match self.template {
-            Some(_) => crate::id::TEMPLATE.to_string(),
-            None => self.id.to_string(),
-        }
-    }
-
-    /// Whether the master that forked this worker is gone.
-    fn orphaned(&self) -> bool {
-        let parent = getppid();
-        parent != self.master_pid && Some(parent) != self.middle_parent.get()
-    }
-
-    /// Once a worker forked by a template is the master's child, binds its parent-death
-    /// signal to the master (a system call per turn of its loop until then, none after).
-    fn bind_to_master_once_adopted(&self) {
-        if self.middle_parent.get().is_none() || getppid() != self.master_pid {
-            return;
-        }
-        if let Err(errno) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
-            error!(
-                "{}: cannot set the parent-death signal: {errno}",
-                self.name()
-            );
-        }
-        // The master may have died between the two calls: `orphaned` then says so.
-        self.middle_parent.set(None);
-    }
-}
-
-/// Where HTTP workers pass client connections to one another (see `sys::send_connection`):
-/// two lanes, each a channel a worker sends on and an idle one takes from. `waiting`:
-/// connections with a request waiting, which idle workers take first; `returning`: idle
-/// ones, and clients whose last request ran long, which take their turn behind. The master
-/// creates them and keeps every end for the server's life, reading none.
-pub struct HandoffChannel {
-    pub waiting: Lane,
-    pub returning: Lane,
-}
-
-/// Which lane of the hand-off channel a connection goes to.
-#[derive(Clone, Copy)]
-enum HandoffLane {
-    /// It has a request waiting: idle workers take it first.
-    Waiting,
-    /// It is idle, or its last request ran long: it takes its turn behind.
-    Returning,
-}
-
-/// One lane of the hand-off channel: connections are sent on `send`, taken from `receive`.
-pub struct Lane {
-    pub send: std::os::fd::OwnedFd,
-    pub receive: std::os::fd::OwnedFd,
-}
-
-impl HandoffChannel {
-    pub fn new() -> std::io::Result<Self> {
-        let lane = || -> std::io::Result<Lane> {
-            let (send, receive) = sys::handoff_channel()?;
-            Ok(Lane { send, receive })
-        };
-        Ok(Self {
-            waiting: lane()?,
-            returning: lane()?,
-        })
-    }
-
-    fn lane(&self, lane: HandoffLane) -> &Lane {
-        match lane {
-            HandoffLane::Waiting => &self.waiting,
-            HandoffLane::Returning => &self.returning,
-        }
-    }
-
-    fn descriptors(&self) -> [RawFd; 4] {
-        [
-            self.waiting.send.as_raw_fd(),
-            self.waiting.receive.as_raw_fd(),
-            self.returning.send.as_raw_fd(),
-            self.returning.receive.as_raw_fd(),
-        ]
-    }
 }
 
 /// What a preload template gets besides what any program gets.
 pub struct TemplateChannels<'a> {
     /// Its end of the channel the master asks for workers on (descriptor 4).
-    pub control: std::os::fd::BorrowedFd<'a>,
+    pub control: BorrowedFd<'a>,
     /// The listening socket cron workers ask for `call` jobs on (descriptor 5).
-    pub calls: std::os::fd::BorrowedFd<'a>,
+    pub calls: BorrowedFd<'a>,
 }
 
 /// Where an exec worker's program writes: pipes whose other ends the master reads.
 pub struct ExecOutput<'a> {
-    pub stdout: std::os::fd::BorrowedFd<'a>,
-    pub stderr: std::os::fd::BorrowedFd<'a>,
-}
-
-/// How a worker's loop ended.
-enum Outcome {
-    /// Left on purpose, for this reason.
-    Left(ExitReason),
-    /// Could not start; the master will retry with backoff.
-    BootFailed,
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
 }
 
 /// Runs a worker in the freshly forked child; returns its exit status.
@@ -258,33 +173,80 @@ pub fn run(spec: WorkerSpec<'_>) -> i32 {
         );
         return EXIT_BOOT_FAILED;
     }
-    if spec.orphaned() {
+    if spec.context.orphaned() {
         return EXIT_OK;
     }
-    if let Some(app) = spec.exec_app {
-        return exec::run(&spec, app);
+    let name = spec.name();
+    let WorkerSpec {
+        context,
+        config,
+        run,
+    } = spec;
+    match run {
+        WorkerRun::Program(program) => exec::run(&context, config, &program, &name),
+        WorkerRun::Http {
+            listener,
+            handoff,
+            settings,
+            app,
+        } => built_in(context, config, &name, |context, signals, limit_signals| {
+            let info = WorkerInfo {
+                slot: context.id.slot,
+                generation: context.generation,
+                config,
+            };
+            let build_app = || app(&info);
+            let http = HttpSpec {
+                context,
+                listener,
+                handoff,
+                settings,
+                build_app: &build_app,
+            };
+            http_worker::run(&http, signals, limit_signals)
+        }),
+        WorkerRun::Cron {
+            calls_path,
+            server_started,
+        } => built_in(context, config, &name, |context, signals, _| {
+            let cron = cron::CronSpec {
+                context,
+                config,
+                calls_path,
+                server_started,
+            };
+            cron::run(&cron, signals)
+        }),
     }
+}
+
+/// Runs a built-in worker's loop `serve` once its signal handlers and RLIMIT_AS are in
+/// place; returns the exit status.
+fn built_in<'a>(
+    context: WorkerContext<'a>,
+    config: &Config,
+    name: &str,
+    serve: impl FnOnce(WorkerContext<'a>, &WorkerSignals, &RequestLimitSignals<'_>) -> Outcome,
+) -> i32 {
     let signals = match WorkerSignals::install() {
         Ok(signals) => signals,
         Err(errno) => {
-            error!("{}: cannot install signal handlers: {errno}", spec.name());
+            error!("{name}: cannot install signal handlers: {errno}");
             return EXIT_BOOT_FAILED;
         }
     };
-    if let Err(errno) = crate::limits::apply_at_worker_start(spec.config) {
-        error!(
-            "{}: cannot apply limit_memory_hard as RLIMIT_AS: {errno}",
-            spec.name()
-        );
+    if let Err(errno) = config.worker_limits().apply_at_start() {
+        error!("{name}: cannot apply limit_memory_hard as RLIMIT_AS: {errno}");
         return EXIT_BOOT_FAILED;
     }
+    let row = context.row;
     #[allow(unsafe_code)]
     // SAFETY: the handlers point at this worker's scoreboard row, which stays mapped until
     // the process exits (a forked worker never unmaps the rows it inherited: it ends in
     // `exit_now`), and `limit_signals` is dropped normally at the end of this function.
     let installed = unsafe {
         RequestLimitSignals::install(
-            spec.row.exit_reason_word(),
+            row.exit_reason_word(),
             ExitReason::LimitTimeCpu.as_word(),
             ExitReason::LimitTimeReal.as_word(),
         )
@@ -292,28 +254,11 @@ pub fn run(spec: WorkerSpec<'_>) -> i32 {
     let limit_signals = match installed {
         Ok(limit_signals) => limit_signals,
         Err(errno) => {
-            error!(
-                "{}: cannot install limit signal handlers: {errno}",
-                spec.name()
-            );
+            error!("{name}: cannot install limit signal handlers: {errno}");
             return EXIT_BOOT_FAILED;
         }
     };
-    let outcome = match spec.id.role {
-        Role::Http => http::run(&spec, &signals, &limit_signals),
-        Role::Cron => cron::run(&spec, &signals),
-        Role::Program(name) => {
-            error!("{}: no command given for program {name:?}", spec.name());
-            Outcome::BootFailed
-        }
-    };
-    match outcome {
-        Outcome::Left(reason) => {
-            spec.row.set_exit_reason(reason);
-            EXIT_OK
-        }
-        Outcome::BootFailed => EXIT_BOOT_FAILED,
-    }
+    serve(context, &signals, &limit_signals).exit_status(row)
 }
 
 /// Drops root for `run_as`: supplementary groups, then group, then user (after which none
@@ -342,30 +287,4 @@ fn account_variables(config: &crate::config::Config) -> Vec<(OsString, OsString)
             ]
         })
         .collect()
-}
-
-/// Common checks between two units of work: should this worker leave now, and why?
-fn stop_reason(spec: &WorkerSpec<'_>, signals: &WorkerSignals) -> Option<ExitReason> {
-    if told_to_stop(spec, signals) {
-        Some(ExitReason::Stopped)
-    } else if spec.orphaned() {
-        Some(ExitReason::MasterGone)
-    } else {
-        None
-    }
-}
-
-/// Whether the master told this worker to leave (SIGTERM, or its scoreboard flag). Only
-/// memory reads: cheap enough for the per-request path, unlike the parent check.
-fn told_to_stop(spec: &WorkerSpec<'_>, signals: &WorkerSignals) -> bool {
-    signals.stop_requested() || spec.row.stop_requested()
-}
-
-/// Reopens the log file if the master asked (SIGUSR1).
-fn reopen_log_if_asked(spec: &WorkerSpec<'_>, signals: &WorkerSignals) {
-    if signals.take_reopen_log()
-        && let Err(error) = crate::log::reopen()
-    {
-        error!("{}: {error}", spec.name());
-    }
 }

@@ -13,29 +13,30 @@
 //! A program that does not know the kit ignores those descriptors, as it would any it did
 //! not ask for.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::TcpListener;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use nix::sys::signal::Signal;
 use nix::unistd::{Pid, getppid};
 
-use super::{EXIT_BOOT_FAILED, EXIT_OK, HandoffChannel, Lane, Outcome, WorkerSpec};
-use crate::app::{App, AppFactory};
-use crate::config::Config;
+use crate::app::App;
+use crate::context::{EXIT_OK, HandoffChannel, Lane, WorkerContext};
+use crate::doorbell::Doorbell;
+use crate::http_worker::HttpSpec;
 use crate::id::{Role, WorkerId};
-use crate::notify::Doorbell;
 use crate::scoreboard::{Board, ExitReason, KIT_VERSION, WorkerRow};
+use crate::settings::HttpSettings;
 use crate::sys::{self, RequestLimitSignals, WorkerSignals};
 
 /// The kit's descriptors, from `FORKWARDEN_KIT_FD` on, in this order.
 #[derive(Clone, Copy)]
 enum KitFd {
-    /// A sealed memfd: the config of the program's generation (TOML).
-    Config,
+    /// A sealed memfd: the HTTP worker's settings for the program's generation (JSON,
+    /// [`HttpSettings`]).
+    Settings,
     /// The board all workers share (shared memory).
     Board,
     /// The master's doorbell (eventfd).
@@ -59,31 +60,40 @@ pub const KIT_LEN: usize = 9;
 /// the row of its fork request there: the Python runner reads this from its core).
 pub const KIT_ROW: usize = KitFd::Row as usize;
 
-/// Names the kit's descriptors for a program to run forkwarden's worker with (in
-/// [`KitFd`] order), from what the master lends a worker and `log`, a copy of the log's
-/// destination.
-pub(super) fn descriptors<'a>(
-    spec: &WorkerSpec<'a>,
-    log: BorrowedFd<'a>,
-) -> Option<[BorrowedFd<'a>; KIT_LEN]> {
-    let (config, handoff) = (spec.config_file?, spec.handoff?);
-    Some([
-        config,
-        spec.board.descriptor()?,
-        spec.doorbell.as_fd(),
-        handoff.waiting.send.as_fd(),
-        handoff.waiting.receive.as_fd(),
-        handoff.returning.send.as_fd(),
-        handoff.returning.receive.as_fd(),
-        spec.row.descriptor()?,
-        log,
-    ])
+/// What the master lends a program started for an HTTP worker slot, to run forkwarden's
+/// worker with.
+pub struct KitParts<'a> {
+    /// The generation's settings (see [`settings_file`]).
+    pub settings: BorrowedFd<'a>,
+    pub board: &'a Board,
+    pub doorbell: &'a Doorbell,
+    pub handoff: &'a HandoffChannel,
+    pub row: &'a WorkerRow,
 }
 
-/// The config for a program's kit, as a sealed memfd.
-pub fn config_file(config: &Config) -> std::io::Result<OwnedFd> {
-    let text = config.to_handed_text().map_err(std::io::Error::other)?;
-    sys::sealed_text_file(c"forkwarden-config", &text)
+impl<'a> KitParts<'a> {
+    /// The kit's descriptors (in [`KitFd`] order), `log` being a copy of the log's
+    /// destination; None if the board or the row has no descriptor to lend.
+    pub fn descriptors(&self, log: BorrowedFd<'a>) -> Option<[BorrowedFd<'a>; KIT_LEN]> {
+        let handoff = self.handoff;
+        Some([
+            self.settings,
+            self.board.descriptor()?,
+            self.doorbell.as_fd(),
+            handoff.waiting.send.as_fd(),
+            handoff.waiting.receive.as_fd(),
+            handoff.returning.send.as_fd(),
+            handoff.returning.receive.as_fd(),
+            self.row.descriptor()?,
+            log,
+        ])
+    }
+}
+
+/// A generation's HTTP worker settings for the programs' kits, as a sealed memfd.
+pub fn settings_file(settings: &HttpSettings) -> std::io::Result<OwnedFd> {
+    let text = settings.to_json().map_err(std::io::Error::other)?;
+    sys::sealed_text_file(c"forkwarden-settings", &text)
 }
 
 /// Why a program cannot run forkwarden's worker.
@@ -98,8 +108,8 @@ pub enum KitError {
         what: &'static str,
         error: std::io::Error,
     },
-    #[error("the config handed over cannot be read: {0}")]
-    Config(String),
+    #[error("the settings handed over cannot be read: {0}")]
+    Settings(String),
     #[error(
         "descriptor 3 is blocking: forkwarden's worker waits for connections in epoll, as all \
          workers do, so set `nonblocking = true` in [app]"
@@ -202,9 +212,9 @@ pub fn serve(app: Box<dyn App>, describe: &str) -> Result<i32, KitError> {
             error,
         }
     })?);
-    let text = read_config(here.take(KitFd::Config, "config")?)?;
-    let config =
-        Config::from_handed_text(&text).map_err(|error| KitError::Config(error.to_string()))?;
+    let text = read_settings(here.take(KitFd::Settings, "settings")?)?;
+    let settings =
+        HttpSettings::from_json(&text).map_err(|error| KitError::Settings(error.to_string()))?;
     // Mapped for the rest of the process's life: signal handlers point into them.
     let board: &'static Board = Box::leak(Box::new(here.take_as(
         KitFd::Board,
@@ -229,7 +239,7 @@ pub fn serve(app: Box<dyn App>, describe: &str) -> Result<i32, KitError> {
     };
     // Exec'd by a forked child of the master, or forked by a template through a middle
     // process that is exiting: then the worker serves at once and binds its parent-death
-    // signal once the master is its parent (`WorkerSpec::middle_parent`).
+    // signal once the master is its parent (`WorkerContext::middle_parent`).
     let middle_parent = middle_parent(getppid(), here.master, here.middle);
     if middle_parent.is_none() {
         let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
@@ -250,7 +260,7 @@ pub fn serve(app: Box<dyn App>, describe: &str) -> Result<i32, KitError> {
         return Err(KitError::Blocking);
     }
     let log = here.take(KitFd::Log, "log destination")?;
-    crate::log::init_for_program(&config, std::fs::File::from(log));
+    crate::log::init_for_program(&settings.log, std::fs::File::from(log));
     let signals = WorkerSignals::install().map_err(KitError::Signals)?;
     #[allow(unsafe_code)]
     // SAFETY: `row` is leaked above: it stays mapped until the process exits, so the
@@ -263,52 +273,39 @@ pub fn serve(app: Box<dyn App>, describe: &str) -> Result<i32, KitError> {
         )
     }
     .map_err(KitError::Signals)?;
-    // The factory hands the one application over once: `http::run` builds it once.
+    // The one application is handed over once: `http_worker::run` builds it once.
     let app = RefCell::new(Some(app));
-    let factory = move |_: &crate::app::WorkerInfo<'_>| -> anyhow::Result<Box<dyn App>> {
+    let build_app = move || -> anyhow::Result<Box<dyn App>> {
         app.borrow_mut()
             .take()
             .ok_or_else(|| anyhow::anyhow!("the application was already taken"))
     };
-    let factory: &AppFactory = &factory;
-    let spec = WorkerSpec {
-        id: WorkerId {
-            role: Role::Http,
-            slot: here.slot,
+    let spec = HttpSpec {
+        context: WorkerContext {
+            id: WorkerId {
+                role: Role::Http,
+                slot: here.slot,
+            },
+            generation: here.generation,
+            master_pid: here.master,
+            doorbell: &doorbell,
+            row,
+            board,
+            middle_parent: Cell::new(middle_parent),
         },
-        generation: here.generation,
-        master_pid: here.master,
-        config: &config,
-        listener: Some(&listener),
-        handoff: Some(&handoff),
-        doorbell: &doorbell,
-        row,
-        board,
-        app: factory,
-        notify_path: &here.notify_path,
-        calls_path: Path::new(""),
-        exec_app: None,
-        exec_output: None,
-        template: None,
-        config_file: None,
-        watchdog: None,
-        server_started: SystemTime::now(),
-        middle_parent: std::cell::Cell::new(middle_parent),
+        listener: &listener,
+        handoff: &handoff,
+        settings: &settings,
+        build_app: &build_app,
     };
     // Ready as soon as the loop runs; the master reads the row from then on.
     say(
         &here.notify_path,
         &format!("READY=1\nSCOREBOARD=1\nKIT_VERSION={KIT_VERSION}\nSTATUS=serving {describe}"),
     );
-    let outcome = super::http::run(&spec, &signals, &limit_signals);
+    let outcome = crate::http_worker::run(&spec, &signals, &limit_signals);
     say(&here.notify_path, "STOPPING=1");
-    Ok(match outcome {
-        Outcome::Left(reason) => {
-            row.set_exit_reason(reason);
-            EXIT_OK
-        }
-        Outcome::BootFailed => EXIT_BOOT_FAILED,
-    })
+    Ok(outcome.exit_status(row))
 }
 
 /// The worker's parent while it waits to be adopted by the master: its middle process, when
@@ -319,17 +316,17 @@ fn middle_parent(parent: Pid, master: Pid, middle: Option<Pid>) -> Option<Pid> {
     middle.filter(|middle| *middle == parent && parent != master)
 }
 
-/// The text of the config memfd, read from its start whatever its offset (the master wrote
-/// it through the same file description; a template's workers share theirs).
-fn read_config(file: OwnedFd) -> Result<String, KitError> {
+/// The text of the settings memfd, read from its start whatever its offset (the master
+/// wrote it through the same file description; a template's workers share theirs).
+fn read_settings(file: OwnedFd) -> Result<String, KitError> {
     use std::os::unix::fs::FileExt;
     let file = std::fs::File::from(file);
-    let unreadable = |error: std::io::Error| KitError::Config(error.to_string());
+    let unreadable = |error: std::io::Error| KitError::Settings(error.to_string());
     let length = usize::try_from(file.metadata().map_err(unreadable)?.len())
-        .map_err(|_| KitError::Config("too large".to_string()))?;
+        .map_err(|_| KitError::Settings("too large".to_string()))?;
     let mut text = vec![0; length];
     file.read_exact_at(&mut text, 0).map_err(unreadable)?;
-    String::from_utf8(text).map_err(|error| KitError::Config(error.to_string()))
+    String::from_utf8(text).map_err(|error| KitError::Settings(error.to_string()))
 }
 
 /// Sends one sd_notify message to the master; a lost one costs nothing worse than its

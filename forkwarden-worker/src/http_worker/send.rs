@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
-use super::BEAT_INTERVAL;
+use crate::context::BEAT_INTERVAL;
 use crate::http::Framing;
 use crate::scoreboard::WorkerRow;
 

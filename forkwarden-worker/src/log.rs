@@ -18,8 +18,44 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Registry, reload};
 
-use crate::config::{Config, LogFormat, LogLevel};
+use serde::{Deserialize, Serialize};
+
 use crate::sys::FsIdentity;
+
+/// Where log lines go and which: the config's `logfile`, `log_format` and `log_level`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: LogLevel,
+    /// None: standard error.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// Who opens the log file when the master runs as root: the workers' user (`user`), by
+/// name for messages and as the identity file operations take.
+#[derive(Clone)]
+pub struct LogOwner {
+    pub user: String,
+    pub identity: FsIdentity,
+}
 
 /// Where log lines go. A process-wide static so that the subscriber's writer, the master's
 /// SIGUSR1 handling and the workers' reopen all reach the same place. The master is
@@ -30,7 +66,7 @@ static SINK: Mutex<Sink> = Mutex::new(Sink::Stderr);
 /// The file is then that user's, so that workers can reopen it after a rotation, and no
 /// symbolic link or file planted where that user can write can make root open, create or
 /// own a file that user could not.
-static OPENED_AS: Mutex<Option<(String, FsIdentity)>> = Mutex::new(None);
+static OPENED_AS: Mutex<Option<LogOwner>> = Mutex::new(None);
 
 enum Sink {
     Stderr,
@@ -72,11 +108,12 @@ pub struct Logging {
     level: reload::Handle<LevelFilter, Registry>,
 }
 
-/// Installs the global subscriber for `config`: call once, before the first fork.
-pub fn init(config: &Config) -> Result<Logging, LogError> {
-    set_opener(config);
-    point_sink_at(config.logfile.as_deref())?;
-    let level = install(config)?;
+/// Installs the global subscriber for `settings`, the file opened by `owner` (see
+/// [`LogOwner`]): call once, before the first fork.
+pub fn init(settings: &LogSettings, owner: Option<LogOwner>) -> Result<Logging, LogError> {
+    set_owner(owner);
+    point_sink_at(settings.file.as_deref())?;
+    let level = install(settings)?;
     std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
     Ok(Logging { level })
 }
@@ -85,26 +122,26 @@ pub fn init(config: &Config) -> Result<Logging, LogError> {
 /// where the master's go, `destination` (the log file, reopened at its path after a
 /// rotation, or the master's standard error), formatted as a built-in worker's. A program
 /// that set up its own subscriber keeps it.
-pub fn init_for_program(config: &Config, destination: File) {
-    *sink() = match &config.logfile {
+pub fn init_for_program(settings: &LogSettings, destination: File) {
+    *sink() = match &settings.file {
         Some(path) => Sink::File {
             path: path.clone(),
             file: destination,
         },
         None => Sink::Handed(destination),
     };
-    let _ = install(config);
+    let _ = install(settings);
 }
 
-/// Installs the subscriber that writes `config`'s format to the sink, at its level (which
+/// Installs the subscriber that writes `settings`' format to the sink, at its level (which
 /// the handle changes).
-fn install(config: &Config) -> Result<reload::Handle<LevelFilter, Registry>, LogError> {
-    let (level, handle) = reload::Layer::new(level_filter(config.log_level));
+fn install(settings: &LogSettings) -> Result<reload::Handle<LevelFilter, Registry>, LogError> {
+    let (level, handle) = reload::Layer::new(level_filter(settings.level));
     let lines = tracing_subscriber::fmt::layer()
         .with_writer(|| SinkWriter)
         .with_ansi(false)
         .with_target(false);
-    let installed = match config.log_format {
+    let installed = match settings.format {
         // A line of text says everything in its sentence; the fields are for JSON.
         LogFormat::Text => tracing_subscriber::registry()
             .with(level)
@@ -137,13 +174,13 @@ pub fn write_line(line: &[u8]) {
 }
 
 impl Logging {
-    /// Applies a reloaded config's `log_level` and `logfile`.
-    pub fn apply(&self, config: &Config) -> Result<(), LogError> {
-        set_opener(config);
+    /// Applies a reloaded config's `log_level` and `logfile` (opened by `owner`).
+    pub fn apply(&self, settings: &LogSettings, owner: Option<LogOwner>) -> Result<(), LogError> {
+        set_owner(owner);
         let _ = self
             .level
-            .modify(|filter| *filter = level_filter(config.log_level));
-        let unchanged = match (&*sink(), config.logfile.as_deref()) {
+            .modify(|filter| *filter = level_filter(settings.level));
+        let unchanged = match (&*sink(), settings.file.as_deref()) {
             (Sink::Stderr, None) => true,
             (Sink::File { path, .. }, Some(new)) => path == new,
             _ => false,
@@ -151,7 +188,7 @@ impl Logging {
         if unchanged {
             Ok(())
         } else {
-            point_sink_at(config.logfile.as_deref())
+            point_sink_at(settings.file.as_deref())
         }
     }
 }
@@ -173,15 +210,10 @@ pub fn descriptor() -> Option<RawFd> {
     }
 }
 
-fn set_opener(config: &Config) {
-    let opener = config.run_as.as_ref().and_then(|run_as| {
-        run_as
-            .fs_identity()
-            .map(|identity| (run_as.user.clone(), identity))
-    });
+fn set_owner(owner: Option<LogOwner>) {
     *OPENED_AS
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner()) = opener;
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = owner;
 }
 
 fn point_sink_at(path: Option<&Path>) -> Result<(), LogError> {
@@ -209,11 +241,11 @@ pub fn open_log(path: &Path) -> Result<std::os::fd::OwnedFd, LogError> {
             path: path.to_path_buf(),
             source,
         }),
-        Some((user, identity)) => crate::sys::as_user(&identity, open)
+        Some(owner) => crate::sys::as_user(&owner.identity, open)
             .and_then(|opened| opened)
             .map_err(|source| LogError::OpenAsUser {
                 path: path.to_path_buf(),
-                user,
+                user: owner.user,
                 source,
             }),
     }

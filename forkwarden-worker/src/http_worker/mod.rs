@@ -37,17 +37,30 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use slab::Slab;
 use tracing::{debug, error, warn};
 
-use super::access::{AccessLog, Served};
-use super::send::Sending;
-use super::{
-    BEAT_INTERVAL, HandoffChannel, HandoffLane, Outcome, WorkerSpec, reopen_log_if_asked,
-    told_to_stop,
-};
-use crate::app::{App, Request, Response, WorkerInfo};
+use self::access::{AccessLog, Served};
+use self::send::Sending;
+use crate::app::{App, BuildApp, Request, Response};
+use crate::context::{BEAT_INTERVAL, HandoffChannel, HandoffLane, Outcome, WorkerContext};
 use crate::http::{self, Body, BodyStream, Framing, Part, Reject, RequestReader, is_disconnect};
-use crate::limits::{self, CpuBudget};
+use crate::limits::CpuBudget;
 use crate::scoreboard::ExitReason;
+use crate::settings::HttpSettings;
 use crate::sys::{self, HandoffAlarm, RequestLimitSignals, WorkerSignals};
+
+mod access;
+mod send;
+
+/// Everything an HTTP worker gets: from the master that forked it, or from the kit.
+pub struct HttpSpec<'a> {
+    pub context: WorkerContext<'a>,
+    /// The listening socket all HTTP workers share.
+    pub listener: &'a TcpListener,
+    /// Where HTTP workers pass client connections to one another.
+    pub handoff: &'a HandoffChannel,
+    pub settings: &'a HttpSettings,
+    /// Builds the application, once, when the worker starts.
+    pub build_app: &'a BuildApp<'a>,
+}
 
 /// Epoll keys of the listening socket and the hand-off lanes; clients use their slab key.
 const LISTENER: u64 = u64::MAX;
@@ -73,19 +86,24 @@ const MAX_SLOW_SKIPS: u32 = 64;
 /// Descriptors a worker keeps for itself (log, epoll, timers, the application's files).
 const RESERVED_DESCRIPTORS: u64 = 64;
 
-pub(super) fn run(
-    spec: &WorkerSpec<'_>,
+/// Runs the HTTP worker's loop until it leaves (told to stop, recycled, its master gone)
+/// or cannot start; `signals` and `limit_signals` are its installed handlers.
+pub fn run(
+    spec: &HttpSpec<'_>,
     signals: &WorkerSignals,
     limit_signals: &RequestLimitSignals<'_>,
 ) -> Outcome {
-    let (Some(listener), Some(handoff)) = (spec.listener, spec.handoff) else {
-        error!("{}: no listening socket", spec.name());
-        return Outcome::BootFailed;
-    };
-    let cpu_budget = match CpuBudget::new(spec.config) {
+    let (listener, handoff) = (spec.listener, spec.handoff);
+    let cpu_budget = match spec
+        .settings
+        .limits
+        .cpu_per_request
+        .map(CpuBudget::new)
+        .transpose()
+    {
         Ok(budget) => budget,
         Err(errno) => {
-            error!("{}: cannot read RLIMIT_CPU: {errno}", spec.name());
+            error!("{}: cannot read RLIMIT_CPU: {errno}", spec.context.name());
             return Outcome::BootFailed;
         }
     };
@@ -99,21 +117,27 @@ pub(super) fn run(
     let installed = unsafe {
         HandoffAlarm::install(
             handoff.waiting.send.as_fd(),
-            spec.board.handoff_words(),
-            spec.row.long_counted_word(),
+            spec.context.board.handoff_words(),
+            spec.context.row.long_counted_word(),
         )
     };
     let alarm = match installed {
         Ok(alarm) => alarm,
         Err(error) => {
-            error!("{}: cannot set up its hand-off alarm: {error}", spec.name());
+            error!(
+                "{}: cannot set up its hand-off alarm: {error}",
+                spec.context.name()
+            );
             return Outcome::BootFailed;
         }
     };
     let epoll = match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) {
         Ok(epoll) => epoll,
         Err(errno) => {
-            error!("{}: cannot create its epoll set: {errno}", spec.name());
+            error!(
+                "{}: cannot create its epoll set: {errno}",
+                spec.context.name()
+            );
             return Outcome::BootFailed;
         }
     };
@@ -127,8 +151,8 @@ pub(super) fn run(
         epoll,
         app,
         cpu_budget,
-        limit_request: limits::request_limit_for_worker(spec.config),
-        access_log: AccessLog::new(spec.config, spec.id),
+        limit_request: spec.settings.limits.request_limit(),
+        access_log: AccessLog::new(spec.settings, spec.context.id),
         leave_after: None,
         clients: Slab::new(),
         turns: VecDeque::new(),
@@ -149,29 +173,30 @@ pub(super) fn run(
     if let Err(errno) = worker.watch_shared_sockets() {
         error!(
             "{}: cannot watch the listening socket: {errno}",
-            spec.name()
+            spec.context.name()
         );
         return Outcome::BootFailed;
     }
-    spec.report_ready();
+    spec.context.report_ready();
     Outcome::Left(worker.serve())
 }
 
 /// Builds the application; logs why not when it cannot.
-fn build_app(spec: &WorkerSpec<'_>) -> Option<Box<dyn App>> {
-    let info = WorkerInfo {
-        slot: spec.id.slot,
-        generation: spec.generation,
-        config: spec.config,
-    };
-    match panic::catch_unwind(AssertUnwindSafe(|| (spec.app)(&info))) {
+fn build_app(spec: &HttpSpec<'_>) -> Option<Box<dyn App>> {
+    match panic::catch_unwind(AssertUnwindSafe(|| (spec.build_app)())) {
         Ok(Ok(app)) => Some(app),
         Ok(Err(why)) => {
-            error!("{}: the application failed to start: {why:#}", spec.name());
+            error!(
+                "{}: the application failed to start: {why:#}",
+                spec.context.name()
+            );
             None
         }
         Err(_) => {
-            error!("{}: the application panicked while starting", spec.name());
+            error!(
+                "{}: the application panicked while starting",
+                spec.context.name()
+            );
             None
         }
     }
@@ -248,7 +273,7 @@ enum Accepting {
 }
 
 struct HttpWorker<'a> {
-    spec: &'a WorkerSpec<'a>,
+    spec: &'a HttpSpec<'a>,
     signals: &'a WorkerSignals,
     limit_signals: &'a RequestLimitSignals<'a>,
     listener: &'a TcpListener,
@@ -333,8 +358,8 @@ impl HttpWorker<'_> {
                     if !matches!(reason, ExitReason::Stopped | ExitReason::MasterGone) {
                         // Its replacement may start now: what is left here may take a while
                         // (a long last request, a thread of the application's at exit).
-                        self.spec.row.set_leaving(reason);
-                        self.spec.doorbell.ring();
+                        self.spec.context.row.set_leaving(reason);
+                        self.spec.context.doorbell.ring();
                     }
                     self.drain();
                 }
@@ -342,9 +367,9 @@ impl HttpWorker<'_> {
                     return reason;
                 }
             }
-            reopen_log_if_asked(self.spec, self.signals);
-            self.spec.bind_to_master_once_adopted();
-            self.spec.row.beat();
+            self.spec.context.reopen_log_if_asked(self.signals);
+            self.spec.context.bind_to_master_once_adopted();
+            self.spec.context.row.beat();
             if !self.turns.is_empty() {
                 // What became readable meanwhile queues behind the turns already here, in
                 // order: a client whose next request is always there by the time its answer
@@ -357,7 +382,7 @@ impl HttpWorker<'_> {
                     if let Err(errno) = self.take_events(&mut events, Duration::ZERO) {
                         error!(
                             "{}: polling its connections failed: {errno}",
-                            self.spec.name()
+                            self.spec.context.name()
                         );
                         return ExitReason::Unknown;
                     }
@@ -367,7 +392,7 @@ impl HttpWorker<'_> {
                 }
                 // A connection that waited behind another worker's long request goes first
                 // (to an idle worker, if there is one: the kernel wakes it for it).
-                let board = self.spec.board;
+                let board = self.spec.context.board;
                 if board.handed_waiting() > 0 && board.idle_http_workers() == 0 {
                     self.take_handed_client(HandoffLane::Waiting);
                 }
@@ -392,21 +417,21 @@ impl HttpWorker<'_> {
                 });
             let idle = !self.is_draining();
             if idle {
-                self.spec.board.enter_idle(self.spec.row);
+                self.spec.context.board.enter_idle(self.spec.context.row);
             }
             let woken = self.take_events(&mut events, wait);
             if idle {
-                self.spec.board.leave_idle(self.spec.row);
+                self.spec.context.board.leave_idle(self.spec.context.row);
             }
             match woken {
-                Ok(0) if self.clients.is_empty() && self.spec.orphaned() => {
+                Ok(0) if self.clients.is_empty() && self.spec.context.orphaned() => {
                     return ExitReason::MasterGone;
                 }
                 Ok(_) => self.expire(Instant::now()),
                 Err(errno) => {
                     error!(
                         "{}: waiting for connections failed: {errno}",
-                        self.spec.name()
+                        self.spec.context.name()
                     );
                     return ExitReason::Unknown;
                 }
@@ -418,7 +443,7 @@ impl HttpWorker<'_> {
     fn take_events(&mut self, events: &mut [EpollEvent], wait: Duration) -> nix::Result<usize> {
         let count = self.signals.epoll_wait(&self.epoll, events, wait)?;
         // Idle workers that may take a new request off this one's hands this turn.
-        self.spare = self.spec.board.idle_http_workers();
+        self.spare = self.spec.context.board.idle_http_workers();
         // With turns waiting here, shared connections are left to the idle workers the
         // kernel woke for them, if there are any.
         let take_shared = self.turns.is_empty() || self.spare == 0;
@@ -456,7 +481,10 @@ impl HttpWorker<'_> {
             return Some(ExitReason::LimitRequest);
         }
         // The parent check (a system call) is left to idle wake-ups, see `serve`.
-        told_to_stop(self.spec, self.signals).then_some(ExitReason::Stopped)
+        self.spec
+            .context
+            .told_to_stop(self.signals)
+            .then_some(ExitReason::Stopped)
     }
 
     /// Whether this worker begins no new request: it leaves, or has begun all that
@@ -471,7 +499,7 @@ impl HttpWorker<'_> {
     /// exactly that many (but for requests a client pipelined in one packet). Counting the
     /// connections is enough while they are fewer than what is left.
     fn committed_requests(&self) -> u64 {
-        let served = self.spec.row.requests();
+        let served = self.spec.context.row.requests();
         if served.saturating_add(self.clients.len() as u64) < self.limit_request {
             return served;
         }
@@ -519,7 +547,7 @@ impl HttpWorker<'_> {
             for sys::Handed { stream, ran_long } in pending {
                 let sent = sys::send_connection(channel.send.as_fd(), stream.as_fd(), ran_long);
                 if waiting && sent.is_err() {
-                    self.spec.board.count_taken();
+                    self.spec.context.board.count_taken();
                 }
                 if sent.is_err() {
                     // The lane is full: this worker answers its next request, then closes.
@@ -546,7 +574,7 @@ impl HttpWorker<'_> {
             Err(errno) => {
                 warn!(
                     "{}: cannot watch the listening socket: {errno}",
-                    self.spec.name()
+                    self.spec.context.name()
                 );
                 Accepting::PausedUntil(Some(now + ACCEPT_PAUSE))
             }
@@ -597,7 +625,11 @@ impl HttpWorker<'_> {
             .is_none_or(|said| now.saturating_duration_since(said) >= ACCEPT_PAUSE)
         {
             self.paused_said = Some(now);
-            warn!(pid = std::process::id(), "{}: {why}", self.spec.name());
+            warn!(
+                pid = std::process::id(),
+                "{}: {why}",
+                self.spec.context.name()
+            );
         }
     }
 
@@ -626,7 +658,7 @@ impl HttpWorker<'_> {
                         // first, before this worker's own (unless its own last request ran
                         // long: then it takes its turn behind them).
                         HandoffLane::Waiting => {
-                            self.spec.board.count_taken();
+                            self.spec.context.board.count_taken();
                             self.read_client(key);
                             if !ran_long && self.turns.back() == Some(&key) {
                                 self.turns.pop_back();
@@ -643,7 +675,7 @@ impl HttpWorker<'_> {
                 Err(error) => {
                     debug!(
                         "{}: taking a handed-over connection failed: {error}",
-                        self.spec.name()
+                        self.spec.context.name()
                     );
                     return;
                 }
@@ -654,8 +686,8 @@ impl HttpWorker<'_> {
     /// Holds `stream`, connected from `peer`; returns its key, None if it cannot be watched
     /// (it is closed).
     fn add_client(&mut self, stream: TcpStream, peer: Option<SocketAddr>) -> Option<usize> {
-        let config = self.spec.config;
-        let max_body = Some(config.http_max_body_size.bytes()).filter(|max| *max > 0);
+        let settings = self.spec.settings;
+        let max_body = settings.max_body_size;
         let entry = self.clients.vacant_entry();
         let key = entry.key();
         let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET;
@@ -663,7 +695,10 @@ impl HttpWorker<'_> {
             .epoll
             .add(stream.as_fd(), EpollEvent::new(flags, key as u64))
         {
-            debug!("{}: cannot watch a connection: {errno}", self.spec.name());
+            debug!(
+                "{}: cannot watch a connection: {errno}",
+                self.spec.context.name()
+            );
             return None;
         }
         // The listener's own address, unless it listens on every interface (no system call
@@ -677,8 +712,8 @@ impl HttpWorker<'_> {
             reader: RequestReader::new(max_body),
             ready: None,
             queued: false,
-            deadline: config
-                .socket_timeout()
+            deadline: settings
+                .socket_timeout
                 .map(|timeout| Instant::now() + timeout),
             request_deadline: None,
             ran_long: false,
@@ -704,13 +739,13 @@ impl HttpWorker<'_> {
         match sys::send_connection(channel.send.as_fd(), client.stream.as_fd(), client.ran_long) {
             Ok(()) => {
                 if matches!(lane, HandoffLane::Waiting) {
-                    self.spec.board.count_handed();
+                    self.spec.context.board.count_handed();
                 }
             }
             Err(error) => {
                 debug!(
                     "{}: cannot hand a connection over: {error}",
-                    self.spec.name()
+                    self.spec.context.name()
                 );
                 if let Some(key) = self.add_client(client.stream, client.addresses.0) {
                     if let Some(kept) = self.clients.get_mut(key) {
@@ -806,8 +841,8 @@ impl HttpWorker<'_> {
 
     /// Reads what client `key` sent, until it has nothing more or a whole request is read.
     fn read_client(&mut self, key: usize) {
-        let socket_timeout = self.spec.config.socket_timeout();
-        let request_timeout = self.spec.config.request_timeout();
+        let socket_timeout = self.spec.settings.socket_timeout;
+        let request_timeout = self.spec.settings.request_timeout;
         let mut chunk = [0u8; READ_CHUNK];
         // What is buffered first (a pipelined request), then what the socket has.
         while self.parse(key) {
@@ -876,7 +911,7 @@ impl HttpWorker<'_> {
             Err(_) => {
                 error!(
                     "{}: reading a request panicked; this worker will be replaced",
-                    self.spec.name()
+                    self.spec.context.name()
                 );
                 self.leave_after = Some(ExitReason::HttpPanicked);
                 Reject {
@@ -896,7 +931,7 @@ impl HttpWorker<'_> {
         };
         debug!(
             "{}: rejected a request with {}: {}",
-            self.spec.name(),
+            self.spec.context.name(),
             reject.status,
             reject.reason
         );
@@ -947,7 +982,7 @@ impl HttpWorker<'_> {
             return;
         };
         request.set_addresses(peer, local);
-        if self.spec.config.proxy_mode {
+        if self.spec.settings.proxy_mode {
             request.trust_forwarded_headers();
         }
         // The other connections this worker holds idle, which the alarm may hand over
@@ -968,7 +1003,9 @@ impl HttpWorker<'_> {
             self.alarm.arm(&fds);
         }
         let started = Instant::now();
-        self.spec.begin_work(request.method(), request.target());
+        self.spec
+            .context
+            .begin_work(request.method(), request.target());
         self.arm_cpu_limit();
         let fd = self.clients.get(key).map(|client| client.stream.as_fd());
         self.limit_signals.answer_to(fd);
@@ -1011,12 +1048,15 @@ impl HttpWorker<'_> {
             }
         }
         (self.alarm_keys, self.alarm_fds) = (idle, fds);
-        self.spec.row.end_request();
+        self.spec.context.row.end_request();
         let keep_alive = match sent.reusable {
             Ok(reusable) => keep_alive && reusable,
             Err(error) => {
                 if !is_disconnect(&error) && !http::is_timeout(&error) {
-                    debug!("{}: writing a response failed: {error}", self.spec.name());
+                    debug!(
+                        "{}: writing a response failed: {error}",
+                        self.spec.context.name()
+                    );
                 }
                 false
             }
@@ -1046,8 +1086,8 @@ impl HttpWorker<'_> {
         if let Some(client) = self.clients.get_mut(key) {
             client.deadline = self
                 .spec
-                .config
-                .socket_timeout()
+                .settings
+                .socket_timeout
                 .map(|timeout| Instant::now() + timeout);
         }
         // A pipelined request may be buffered, or waiting in the socket: read now if no
@@ -1094,8 +1134,8 @@ impl HttpWorker<'_> {
     ) -> Sent {
         let mut sending = Sending::new(
             stream,
-            self.spec.config.socket_timeout(),
-            self.spec.row,
+            self.spec.settings.socket_timeout,
+            self.spec.context.row,
             head,
             framing,
         );
@@ -1132,7 +1172,7 @@ impl HttpWorker<'_> {
         if panic::catch_unwind(AssertUnwindSafe(|| parts.finish())).is_err() {
             error!(
                 "{}: the application panicked closing a response; this worker will be replaced",
-                self.spec.name()
+                self.spec.context.name()
             );
             app_panicked = true;
         }
@@ -1157,7 +1197,7 @@ impl HttpWorker<'_> {
                 Ok(Err(error)) => {
                     debug!(
                         "{}: a response body ended early after {} bytes: {error}",
-                        self.spec.name(),
+                        self.spec.context.name(),
                         sending.sent()
                     );
                     return Err(StreamStop::AppFailed);
@@ -1166,7 +1206,7 @@ impl HttpWorker<'_> {
                     error!(
                         "{}: the application panicked producing a response body; this \
                          worker will be replaced",
-                        self.spec.name()
+                        self.spec.context.name()
                     );
                     return Err(StreamStop::AppPanicked);
                 }
@@ -1182,8 +1222,9 @@ impl HttpWorker<'_> {
     /// Whether this worker will serve another request after the current one.
     /// No system call: this runs on every request.
     fn will_serve_another(&self) -> bool {
-        let last = self.limit_request > 0 && self.spec.row.requests() + 1 >= self.limit_request;
-        !last && self.leave_after.is_none() && !told_to_stop(self.spec, self.signals)
+        let last =
+            self.limit_request > 0 && self.spec.context.row.requests() + 1 >= self.limit_request;
+        !last && self.leave_after.is_none() && !self.spec.context.told_to_stop(self.signals)
     }
 
     /// Gives the request about to run its `limit_time_cpu` budget.
@@ -1192,8 +1233,11 @@ impl HttpWorker<'_> {
             return;
         };
         match budget.arm() {
-            Ok(used) => self.spec.row.set_request_cpu(used),
-            Err(errno) => warn!("{}: cannot arm limit_time_cpu: {errno}", self.spec.name()),
+            Ok(used) => self.spec.context.row.set_request_cpu(used),
+            Err(errno) => warn!(
+                "{}: cannot arm limit_time_cpu: {errno}",
+                self.spec.context.name()
+            ),
         }
     }
 
@@ -1208,7 +1252,7 @@ impl HttpWorker<'_> {
             Err(_) => {
                 error!(
                     "{}: the application panicked serving {} {}; this worker will be replaced",
-                    self.spec.name(),
+                    self.spec.context.name(),
                     request.method(),
                     request.target()
                 );

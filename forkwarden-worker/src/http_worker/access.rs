@@ -16,9 +16,9 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::config::{Config, LogFormat};
 use crate::http::Request;
 use crate::id::WorkerId;
+use crate::settings::HttpSettings;
 
 /// Writes the access lines of one worker.
 pub(super) struct AccessLog {
@@ -43,9 +43,9 @@ pub(super) struct Served<'a> {
 
 impl AccessLog {
     /// The access log of worker `id`, if `access_log` is on.
-    pub(super) fn new(config: &Config, id: WorkerId) -> Option<Self> {
-        config.access_log.then(|| Self {
-            json: config.log_format == LogFormat::Json,
+    pub(super) fn new(settings: &HttpSettings, id: WorkerId) -> Option<Self> {
+        settings.access_log.then(|| Self {
+            json: settings.json_log(),
             worker: format!("{}-{}", id.role.as_str(), id.slot),
             pid: std::process::id(),
         })
@@ -168,17 +168,30 @@ mod tests {
     }
 
     fn log(json: bool) -> AccessLog {
-        let config = Config {
+        let settings = HttpSettings {
+            socket_timeout: None,
+            request_timeout: None,
+            max_body_size: None,
+            proxy_mode: false,
             access_log: true,
-            log_format: if json {
-                LogFormat::Json
-            } else {
-                LogFormat::Text
+            limits: crate::limits::WorkerLimits {
+                address_space: None,
+                requests: 0,
+                requests_jitter: 0,
+                cpu_per_request: None,
             },
-            ..Config::default()
+            log: crate::log::LogSettings {
+                format: if json {
+                    crate::log::LogFormat::Json
+                } else {
+                    crate::log::LogFormat::Text
+                },
+                level: crate::log::LogLevel::Info,
+                file: None,
+            },
         };
         AccessLog::new(
-            &config,
+            &settings,
             WorkerId {
                 role: Role::Http,
                 slot: 3,

@@ -90,8 +90,9 @@ impl WorkerSignals {
         })
     }
 
-    /// Waits that do not touch the signal mask, for unit tests (no handlers installed).
-    #[cfg(test)]
+    /// Waits that do not touch the signal mask, for unit tests (no handlers installed);
+    /// the supervisor's tests get it with the `test-support` feature.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn for_tests() -> Self {
         Self {
             wait_mask: SigSet::thread_get_mask().unwrap_or_else(|_| SigSet::empty()),

@@ -177,6 +177,20 @@ impl Surroundings {
         self.take_as(which, what, Ok)
     }
 
+    /// The hand-off channel's four ends.
+    fn take_handoff(&self) -> Result<HandoffChannel, KitError> {
+        let lane = |send, receive| -> Result<Lane, KitError> {
+            Ok(Lane {
+                send: self.take(send, "hand-off channel")?,
+                receive: self.take(receive, "hand-off channel")?,
+            })
+        };
+        Ok(HandoffChannel {
+            waiting: lane(KitFd::WaitingSend, KitFd::WaitingReceive)?,
+            returning: lane(KitFd::ReturningSend, KitFd::ReturningReceive)?,
+        })
+    }
+
     /// The kit's descriptor `which` made into what `make` makes of it (a mapping).
     fn take_as<T>(
         &self,
@@ -227,16 +241,7 @@ pub fn serve(app: Box<dyn App>, describe: &str) -> Result<i32, KitError> {
         WorkerRow::from_fd,
     )?));
     let doorbell = Doorbell::from_fd(here.take(KitFd::Doorbell, "doorbell")?);
-    let lane = |send, receive| -> Result<Lane, KitError> {
-        Ok(Lane {
-            send: here.take(send, "hand-off channel")?,
-            receive: here.take(receive, "hand-off channel")?,
-        })
-    };
-    let handoff = HandoffChannel {
-        waiting: lane(KitFd::WaitingSend, KitFd::WaitingReceive)?,
-        returning: lane(KitFd::ReturningSend, KitFd::ReturningReceive)?,
-    };
+    let handoff = here.take_handoff()?;
     // Exec'd by a forked child of the master, or forked by a template through a middle
     // process that is exiting: then the worker serves at once and binds its parent-death
     // signal once the master is its parent (`WorkerContext::middle_parent`).
@@ -247,18 +252,7 @@ pub fn serve(app: Box<dyn App>, describe: &str) -> Result<i32, KitError> {
             return Ok(EXIT_OK);
         }
     }
-    // O_NONBLOCK belongs to the file description every worker shares, and the master sets
-    // it at each spawn as `[app] nonblocking` says: a worker that set it for itself would
-    // find it cleared by the next spawn, and block in accept() after losing a race.
-    let flags = nix::fcntl::fcntl(&listener, nix::fcntl::FcntlArg::F_GETFL).map_err(|errno| {
-        KitError::Descriptor {
-            what: "listening socket",
-            error: errno.into(),
-        }
-    })?;
-    if !nix::fcntl::OFlag::from_bits_truncate(flags).contains(nix::fcntl::OFlag::O_NONBLOCK) {
-        return Err(KitError::Blocking);
-    }
+    check_nonblocking(&listener)?;
     let log = here.take(KitFd::Log, "log destination")?;
     crate::log::init_for_program(&settings.log, std::fs::File::from(log));
     let signals = WorkerSignals::install().map_err(KitError::Signals)?;
@@ -306,6 +300,24 @@ pub fn serve(app: Box<dyn App>, describe: &str) -> Result<i32, KitError> {
     let outcome = crate::http_worker::run(&spec, &signals, &limit_signals);
     say(&here.notify_path, "STOPPING=1");
     Ok(outcome.exit_status(row))
+}
+
+/// Refuses a blocking listening socket. O_NONBLOCK belongs to the file description every
+/// worker shares, and the master sets it at each spawn as `[app] nonblocking` says: a worker
+/// that set it for itself would find it cleared by the next spawn, and block in accept()
+/// after losing a race.
+fn check_nonblocking(listener: &TcpListener) -> Result<(), KitError> {
+    let flags = nix::fcntl::fcntl(listener, nix::fcntl::FcntlArg::F_GETFL).map_err(|errno| {
+        KitError::Descriptor {
+            what: "listening socket",
+            error: errno.into(),
+        }
+    })?;
+    if nix::fcntl::OFlag::from_bits_truncate(flags).contains(nix::fcntl::OFlag::O_NONBLOCK) {
+        Ok(())
+    } else {
+        Err(KitError::Blocking)
+    }
 }
 
 /// The worker's parent while it waits to be adopted by the master: its middle process, when

@@ -48,7 +48,7 @@ pub use control::socket_path as control_socket_path;
 pub use pidfile::PidfileError;
 
 use crate::app::AppFactory;
-use crate::config::Config;
+use crate::config::{Config, ExecApp};
 use crate::doorbell::Doorbell;
 use crate::format::elapsed;
 use crate::id::{Role, WorkerId};
@@ -60,6 +60,7 @@ use crate::sys::{self, Exited, MASTER_SIGNALS};
 use crate::worker::{self, ProgramSpec, WorkerRun, WorkerSpec};
 use forkwarden_worker::context::{HandoffChannel, WorkerContext};
 use forkwarden_worker::kit::KitParts;
+use forkwarden_worker::settings::HttpSettings;
 use pidfile::Pidfile;
 use pool::{Departure, PendingReport, Pool, RetireReason, Worker, WorkerKind, WorkerProcess};
 use report::{Ending, Exit, Facts, Verdict};
@@ -135,8 +136,9 @@ impl Phase {
 
 pub struct Master {
     config: Config,
-    /// `config` as a sealed memfd (read with pread: its offset does not matter), lent to
-    /// every HTTP program of the current generation as part of its worker kit.
+    /// The HTTP worker settings of `config` as a sealed memfd (read with pread: its offset
+    /// does not matter), lent to every HTTP program of the current generation as part of
+    /// its worker kit.
     handed_settings: std::os::fd::OwnedFd,
     config_path: PathBuf,
     pid: Pid,
@@ -845,37 +847,8 @@ impl Master {
             listener.set_nonblocking(exec_app.is_none_or(|app| app.nonblocking))?;
         }
         let pipes = exec_app.map(|_| exec::ExecPipes::new()).transpose()?;
-        let watchdog = self.limits.heartbeat;
         let http_settings = self.config.http_settings();
-        let run = match (exec_app, &pipes, listener) {
-            (Some(app), Some(pipes), listener) => WorkerRun::Program(ProgramSpec {
-                app,
-                output: pipes.for_child(),
-                listener,
-                notify_path: self.notifications.path(),
-                watchdog,
-                // The worker kit, for an HTTP worker's program that runs forkwarden's own loop.
-                kit: (id.role == Role::Http).then(|| KitParts {
-                    settings: self.handed_settings.as_fd(),
-                    board: &self.board,
-                    doorbell: &self.doorbell,
-                    handoff: &self.handoff,
-                    row: &row,
-                }),
-                template: None,
-            }),
-            (None, _, Some(listener)) if id.role == Role::Http => WorkerRun::Http {
-                listener,
-                handoff: &self.handoff,
-                settings: &http_settings,
-                app: &*self.app,
-            },
-            (None, _, _) if id.role == Role::Cron => WorkerRun::Cron {
-                calls_path: &self.calls_path,
-                server_started: self.started_at,
-            },
-            _ => return Err(io::Error::other(format!("{id}: nothing to run"))),
-        };
+        let run = self.worker_run(id, exec_app, pipes.as_ref(), listener, &row, &http_settings)?;
         let spec = WorkerSpec {
             context: WorkerContext {
                 id,
@@ -908,28 +881,9 @@ impl Master {
             None => self.config.ready_timeout.duration(),
         };
         let ready_by = Some(started + ready_timeout).filter(|_| !ready_timeout.is_zero());
-        let kind = match (exec_app, pipes) {
-            (Some(_), Some(pipes)) => {
-                let tokens = self.output_tokens.pair();
-                let limit_request = crate::limits::request_limit_for_worker(&self.config);
-                WorkerKind::Program(Box::new(exec::ExecState::new(
-                    pipes,
-                    tokens,
-                    self.poll.registry(),
-                    limit_request,
-                    watchdog,
-                )?))
-            }
-            _ if id.role == Role::Cron => WorkerKind::Cron {
-                jobs: self
-                    .config
-                    .cron
-                    .iter()
-                    .map(|job| job.name.clone())
-                    .collect(),
-            },
-            _ => WorkerKind::Http,
-        };
+        // A program that does not speak sd_notify (ready_timeout = 0) serves at once.
+        let serves_at_once = exec_app.is_some_and(|app| !app.notifies());
+        let kind = self.watched_as(id, pipes)?;
         let mut worker = Worker::new(
             WorkerProcess::Child(pid),
             id,
@@ -939,13 +893,85 @@ impl Master {
             row,
             ready_by,
         );
-        // A program that does not speak sd_notify (ready_timeout = 0) serves at once.
-        if exec_app.is_some_and(|app| !app.notifies()) {
+        if serves_at_once {
             worker.mark_ready();
             worker.row.set_state(WorkerState::Idle);
         }
         self.pool.add(worker);
         Ok(Spawned::Started(pid))
+    }
+
+    /// What the child forked for slot `id` runs: `exec_app` (with its output `pipes`), or
+    /// the built-in HTTP or cron loop; `row` is its scoreboard row.
+    fn worker_run<'a>(
+        &'a self,
+        id: WorkerId,
+        exec_app: Option<&'a ExecApp>,
+        pipes: Option<&'a exec::ExecPipes>,
+        listener: Option<&'a TcpListener>,
+        row: &'a WorkerRow,
+        http_settings: &'a HttpSettings,
+    ) -> io::Result<WorkerRun<'a>> {
+        Ok(match (exec_app, pipes, listener) {
+            (Some(app), Some(pipes), listener) => WorkerRun::Program(ProgramSpec {
+                app,
+                output: pipes.for_child(),
+                listener,
+                notify_path: self.notifications.path(),
+                watchdog: self.limits.heartbeat,
+                // The worker kit, for an HTTP worker's program that runs forkwarden's own loop.
+                kit: (id.role == Role::Http).then(|| KitParts {
+                    settings: self.handed_settings.as_fd(),
+                    board: &self.board,
+                    doorbell: &self.doorbell,
+                    handoff: &self.handoff,
+                    row,
+                }),
+                template: None,
+            }),
+            (None, _, Some(listener)) if id.role == Role::Http => WorkerRun::Http {
+                listener,
+                handoff: &self.handoff,
+                settings: http_settings,
+                app: &*self.app,
+            },
+            (None, _, _) if id.role == Role::Cron => WorkerRun::Cron {
+                calls_path: &self.calls_path,
+                server_started: self.started_at,
+            },
+            _ => return Err(io::Error::other(format!("{id}: nothing to run"))),
+        })
+    }
+
+    /// How the master watches the worker it just forked for slot `id`: a program through
+    /// its output `pipes` (now in the poll), a cron worker with its jobs' counts.
+    fn watched_as(
+        &mut self,
+        id: WorkerId,
+        pipes: Option<exec::ExecPipes>,
+    ) -> io::Result<WorkerKind> {
+        Ok(match pipes {
+            Some(pipes) => {
+                let tokens = self.output_tokens.pair();
+                let limit_request = crate::limits::request_limit_for_worker(&self.config);
+                WorkerKind::Program(Box::new(exec::ExecState::new(
+                    pipes,
+                    tokens,
+                    self.poll.registry(),
+                    limit_request,
+                    self.limits.heartbeat,
+                )?))
+            }
+            None if id.role == Role::Cron => WorkerKind::Cron {
+                jobs: self
+                    .config
+                    .cron
+                    .iter()
+                    .map(|job| job.name.clone())
+                    .collect(),
+            },
+            None => WorkerKind::Http,
+        })
     }
 
     /// Tells workers to stop whose slot is gone or whose replacement is ready, and

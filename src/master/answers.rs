@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use mio::event::Source;
 use mio::{Interest, Registry, Token};
+
+use super::tokens::EventSource;
 use slab::Slab;
 
 /// How long a connection has to ask and take its answer.
@@ -30,9 +32,9 @@ pub(super) enum Reply {
     Answer(Vec<u8>),
 }
 
-/// The open connections of one socket; their poll tokens are `first_token + key`.
+/// The open connections of one socket; each one's poll token is `source(key)`'s.
 pub(super) struct Conversations<S> {
-    first_token: usize,
+    source: fn(usize) -> EventSource,
     open: Slab<Conversation<S>>,
 }
 
@@ -57,16 +59,12 @@ enum Progress {
 }
 
 impl<S: Source + Read + Write> Conversations<S> {
-    pub(super) fn new(first_token: usize) -> Self {
+    /// No connection yet; `source` names a connection's event source from its key.
+    pub(super) fn new(source: fn(usize) -> EventSource) -> Self {
         Self {
-            first_token,
+            source,
             open: Slab::new(),
         }
-    }
-
-    /// Whether `token` is one of these connections'.
-    pub(super) fn owns(&self, token: Token) -> bool {
-        (self.first_token..self.first_token + MAX_OPEN).contains(&token.0)
     }
 
     /// Whether another connection may be taken.
@@ -90,7 +88,8 @@ impl<S: Source + Read + Write> Conversations<S> {
             return;
         }
         let entry = self.open.vacant_entry();
-        let token = Token(self.first_token + entry.key());
+        let key = entry.key();
+        let token = (self.source)(key).token();
         let interest = match stage {
             Stage::Asking(_) => Interest::READABLE,
             Stage::Answering { .. } => Interest::WRITABLE,
@@ -112,19 +111,19 @@ impl<S: Source + Read + Write> Conversations<S> {
             // What the socket takes now needs no wait for the poll. (An asking one is read
             // when the poll says so: registering a socket that holds bytes already makes
             // it readable.)
-            self.progress(token, registry, |_| Reply::NeedMore);
+            self.progress(key, registry, |_| Reply::NeedMore);
         }
     }
 
-    /// The poll says connection `token` is ready: reads its request (`ask` makes the
-    /// answer once it is whole) or writes more of its answer.
+    /// The poll says connection `key` is ready: reads its request (`ask` makes the answer
+    /// once it is whole) or writes more of its answer.
     pub(super) fn progress(
         &mut self,
-        token: Token,
+        key: usize,
         registry: &Registry,
         ask: impl FnOnce(&[u8]) -> Reply,
     ) {
-        let key = token.0 - self.first_token;
+        let token = (self.source)(key).token();
         let Some(conversation) = self.open.get_mut(key) else {
             return;
         };

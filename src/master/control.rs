@@ -13,17 +13,13 @@ use nix::sys::stat::Mode;
 use nix::unistd::UnlinkatFlags;
 
 use mio::net::{UnixListener, UnixStream};
-use mio::{Interest, Registry, Token};
+use mio::{Interest, Registry};
 use tracing::{debug, warn};
 
 use super::Master;
 use super::answers::Conversations;
+use super::tokens::EventSource;
 use crate::data_dir::DataDir;
-
-/// The listening socket's poll token.
-pub(super) const CONTROL: Token = Token(3);
-/// Readers' poll tokens, from here on (far above the output pipes' tokens).
-const FIRST_READER: usize = usize::MAX / 2;
 
 /// The control socket's path for a config: `data_dir/forkwarden.sock`.
 pub fn socket_path(config: &crate::config::Config) -> PathBuf {
@@ -89,11 +85,15 @@ impl ControlSocket {
         let bound = UnixListener::bind(&at);
         nix::sys::stat::umask(umask);
         let mut listener = bound?;
-        registry.register(&mut listener, CONTROL, Interest::READABLE)?;
+        registry.register(
+            &mut listener,
+            EventSource::ControlListener.token(),
+            Interest::READABLE,
+        )?;
         Ok(Some(Self {
             listener,
             dir,
-            readers: Conversations::new(FIRST_READER),
+            readers: Conversations::new(EventSource::ControlReader),
         }))
     }
 
@@ -122,15 +122,10 @@ impl ControlSocket {
         }
     }
 
-    /// Whether `token` is a reader's.
-    pub(super) fn is_reader(&self, token: Token) -> bool {
-        self.readers.owns(token)
-    }
-
-    /// Reader `token`'s socket has room: sends it more of its answer.
-    pub(super) fn write_to(&mut self, token: Token, registry: &Registry) {
+    /// Reader `key`'s socket has room: sends it more of its answer.
+    pub(super) fn write_to(&mut self, key: usize, registry: &Registry) {
         self.readers
-            .progress(token, registry, |_| super::answers::Reply::NeedMore);
+            .progress(key, registry, |_| super::answers::Reply::NeedMore);
     }
 
     /// Drops the readers past their deadline.
@@ -204,8 +199,8 @@ mod tests {
         while control.readers.len() > 0 {
             poll.poll(&mut events, Some(DEADLINE)).unwrap();
             for event in &events {
-                if control.is_reader(event.token()) {
-                    control.write_to(event.token(), poll.registry());
+                if let EventSource::ControlReader(key) = EventSource::of(event.token()) {
+                    control.write_to(key, poll.registry());
                 }
             }
         }

@@ -9,7 +9,8 @@ use nix::unistd::Pid;
 
 use super::Master;
 use super::exec::Markers;
-use super::pool::{self, Departure, Lifecycle, RetireReason, Worker, WorkerKind};
+use super::lifecycle::{Departure, Lifecycle, RetireReason};
+use super::pool::{self, Worker, WorkerKind};
 use super::report::{self, Facts};
 use crate::id::Role;
 use crate::limits::{

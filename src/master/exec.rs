@@ -22,7 +22,7 @@ use nix::unistd::Pid;
 use tracing::{debug, warn};
 
 use super::Master;
-use super::pool::{Departure, Leaving, Lifecycle};
+use super::lifecycle::{Departure, Leaving, Lifecycle};
 use crate::id::worker_name;
 use crate::notify::Notification;
 use crate::output::{LineSplitter, Stream, log_program_line};
@@ -92,22 +92,6 @@ impl ExecPipes {
             stdout: self.stdout.as_fd(),
             stderr: self.stderr.as_fd(),
         }
-    }
-}
-
-/// Hands out the poll tokens of programs' output pipes, two per program, never reused.
-pub struct OutputTokens(usize);
-
-impl OutputTokens {
-    pub fn starting_at(first: usize) -> Self {
-        Self(first)
-    }
-
-    /// The tokens for a new program's stdout and stderr.
-    pub fn pair(&mut self) -> [Token; 2] {
-        let pair = [Token(self.0), Token(self.0 + 1)];
-        self.0 += 2;
-        pair
     }
 }
 

@@ -12,19 +12,15 @@ use std::io;
 use std::net::SocketAddr;
 
 use mio::net::{TcpListener, TcpStream};
-use mio::{Interest, Registry, Token};
+use mio::{Interest, Registry};
 use tracing::{debug, info};
 
 use super::Master;
 use super::answers::{self, Conversations, Reply};
 use super::exposition::{Exposition, Format, Labels};
 use super::survey::{Survey, WorkerStateName};
+use super::tokens::EventSource;
 use crate::scoreboard::DURATION_BOUNDS;
-
-/// The listener's poll token (between the output pipes' tokens and the control readers').
-pub(super) const METRICS: Token = Token(usize::MAX / 2 - 1);
-/// Its connections' poll tokens, from here on (after the control readers').
-const FIRST_CONNECTION: usize = usize::MAX / 2 + answers::MAX_OPEN;
 
 /// The status page: one file, no external assets; it reads `/status.json` every second.
 const STATUS_PAGE: &str = include_str!("status_page.html");
@@ -40,7 +36,11 @@ impl MetricsListener {
     /// Listens on `address` (`metrics_listen`).
     pub(super) fn bind(address: SocketAddr, registry: &Registry) -> io::Result<Self> {
         let mut listener = TcpListener::bind(address)?;
-        registry.register(&mut listener, METRICS, Interest::READABLE)?;
+        registry.register(
+            &mut listener,
+            EventSource::MetricsListener.token(),
+            Interest::READABLE,
+        )?;
         let bound = listener.local_addr()?;
         info!(
             address = %bound,
@@ -48,7 +48,7 @@ impl MetricsListener {
         );
         Ok(Self {
             listener,
-            connections: Conversations::new(FIRST_CONNECTION),
+            connections: Conversations::new(EventSource::MetricsConnection),
         })
     }
 
@@ -71,10 +71,6 @@ impl MetricsListener {
         }
     }
 
-    pub(super) fn owns(&self, token: Token) -> bool {
-        self.connections.owns(token)
-    }
-
     pub(super) fn expire(&mut self, now: std::time::Instant, registry: &Registry) {
         self.connections.expire(now, registry);
     }
@@ -85,15 +81,15 @@ impl MetricsListener {
 }
 
 impl Master {
-    /// Connection `token` of the metrics listener is ready: reads its request, or writes
+    /// Connection `key` of the metrics listener is ready: reads its request, or writes
     /// more of its answer.
-    pub(super) fn serve_metrics_connection(&mut self, token: Token) {
+    pub(super) fn serve_metrics_connection(&mut self, key: usize) {
         let Some(mut metrics) = self.metrics.take() else {
             return;
         };
         metrics
             .connections
-            .progress(token, self.poll.registry(), |request| {
+            .progress(key, self.poll.registry(), |request| {
                 self.metrics_reply(request)
             });
         self.metrics = Some(metrics);

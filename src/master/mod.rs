@@ -18,6 +18,7 @@ mod control;
 mod enforce;
 mod exec;
 mod exposition;
+mod lifecycle;
 mod listener;
 mod metrics;
 mod pidfile;
@@ -28,6 +29,7 @@ mod strays;
 mod survey;
 mod tally;
 mod template;
+mod tokens;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -36,7 +38,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitStatus, waitpid};
@@ -61,17 +63,13 @@ use crate::worker::{self, ProgramSpec, WorkerRun, WorkerSpec};
 use forkwarden_worker::context::{HandoffChannel, WorkerContext};
 use forkwarden_worker::kit::KitParts;
 use forkwarden_worker::settings::HttpSettings;
+use lifecycle::{Departure, RetireReason};
 use pidfile::Pidfile;
-use pool::{Departure, PendingReport, Pool, RetireReason, Worker, WorkerKind, WorkerProcess};
-use report::{Ending, Exit, Facts, Verdict};
+use pool::{Pool, Worker, WorkerKind, WorkerProcess};
+use report::{Ending, Exit, Facts, PendingReport, PendingReports, Verdict};
 use strays::Strays;
 use template::Templates;
-
-const SIGNALS: Token = Token(0);
-const NOTIFICATIONS: Token = Token(1);
-const DOORBELL: Token = Token(2);
-/// Exec workers' output pipes get tokens from here on.
-const FIRST_OUTPUT_TOKEN: usize = 4;
+use tokens::{EventSource, OutputTokens};
 
 /// How long a slot waits before another attempt when fork() itself failed.
 const SPAWN_RETRY: Duration = Duration::from_secs(1);
@@ -172,7 +170,7 @@ pub struct Master {
     /// When this server started: cron runs due before it fell while the server was down.
     started_at: std::time::SystemTime,
     /// Poll tokens for programs' output pipes.
-    output_tokens: exec::OutputTokens,
+    output_tokens: OutputTokens,
     /// RLIMIT_CPU's hard limit, which workers inherit; exec workers' soft limit stays below.
     cpu_hard_limit: u64,
     limits: MasterLimits,
@@ -190,6 +188,8 @@ pub struct Master {
     metrics: Option<metrics::MetricsListener>,
     /// What happened to workers since the start, for `forkwarden status`.
     tally: tally::Tally,
+    /// Death lines waiting for the pid of the worker that replaces theirs.
+    pending_reports: PendingReports,
     /// Dropped (and so removed) when the master returns from [`Master::run`].
     _pidfile: Option<Pidfile>,
 }
@@ -208,18 +208,27 @@ impl Master {
         nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)?;
         let poll = Poll::new()?;
         let mut signals = Signals::new(MASTER_SIGNALS.map(|signal| signal as i32))?;
-        poll.registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        poll.registry().register(
+            &mut signals,
+            EventSource::Signals.token(),
+            Interest::READABLE,
+        )?;
         let runtime_dir = runtime_dir(&config)?;
         let mut notifications = NotifyReceiver::bind(runtime_dir.path())?;
         give_to_workers_user(&config, notifications.path())?;
-        poll.registry()
-            .register(notifications.source(), NOTIFICATIONS, Interest::READABLE)?;
+        poll.registry().register(
+            notifications.source(),
+            EventSource::Notifications.token(),
+            Interest::READABLE,
+        )?;
         let handed_settings = forkwarden_worker::kit::settings_file(&config.http_settings())?;
         let doorbell = Doorbell::new()?;
         let bell = doorbell.as_fd().as_raw_fd();
-        poll.registry()
-            .register(&mut SourceFd(&bell), DOORBELL, Interest::READABLE)?;
+        poll.registry().register(
+            &mut SourceFd(&bell),
+            EventSource::Doorbell.token(),
+            Interest::READABLE,
+        )?;
         let listener = if config.workers > 0 {
             Some(bind_http(&config)?)
         } else {
@@ -247,7 +256,7 @@ impl Master {
             strays: Strays::default(),
             limits: MasterLimits::from_config(&config),
             started_at: std::time::SystemTime::now(),
-            output_tokens: exec::OutputTokens::starting_at(FIRST_OUTPUT_TOKEN),
+            output_tokens: OutputTokens::new(),
             cpu_hard_limit: nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_CPU)
                 .map_or(libc::RLIM_INFINITY, |(_, hard)| hard),
             next_scan: None,
@@ -274,6 +283,7 @@ impl Master {
             control,
             metrics,
             tally: tally::Tally::default(),
+            pending_reports: PendingReports::default(),
             _pidfile: pidfile,
         })
     }
@@ -532,7 +542,7 @@ impl Master {
                     Some(current),
                     &format!("{}; respawned as pid {current}", report.line),
                 ),
-                None => self.pool.set_pending_report(
+                None => self.pending_reports.set(
                     worker.id,
                     PendingReport {
                         line: report.line,
@@ -589,7 +599,7 @@ impl Master {
         } else {
             let delay = self.pool.record_exit(id, failed_start, now);
             if delay.is_zero() {
-                self.pool.set_pending_report(
+                self.pending_reports.set(
                     id,
                     PendingReport {
                         line,
@@ -705,7 +715,7 @@ impl Master {
                 Ok(Spawned::Waiting) => {
                     // The template may take long to load (or fail to): the end of the
                     // worker being replaced is told now, not when its replacement comes.
-                    if let Some(report) = self.pool.take_pending_report(id) {
+                    if let Some(report) = self.pending_reports.take(id) {
                         log_worker(
                             report.level(),
                             &report.facts,
@@ -719,7 +729,7 @@ impl Master {
                     }
                 }
                 Err(error) => {
-                    if let Some(report) = self.pool.take_pending_report(id) {
+                    if let Some(report) = self.pending_reports.take(id) {
                         log_worker(Level::WARN, &report.facts, None, &report.line);
                     }
                     error!(
@@ -737,7 +747,7 @@ impl Master {
 
     /// Logs that `pid` now serves slot `id`: with the end of the worker it replaces, if any.
     fn log_spawned(&mut self, id: WorkerId, pid: Pid) {
-        match self.pool.take_pending_report(id) {
+        match self.pending_reports.take(id) {
             Some(report) => log_worker(
                 report.level(),
                 &report.facts,
@@ -1046,38 +1056,27 @@ impl Master {
         let mut output = Vec::new();
         let mut status_asked = false;
         for event in events.iter() {
-            match event.token() {
-                DOORBELL => {
+            match EventSource::of(event.token()) {
+                EventSource::Doorbell => {
                     self.doorbell.silence();
                     // A worker is ready, or woke the master from rest: look at once.
                     self.next_scan = Some(Instant::now());
                 }
-                control::CONTROL => status_asked = true,
-                token
-                    if self
-                        .control
-                        .as_ref()
-                        .is_some_and(|control| control.is_reader(token)) =>
-                {
+                EventSource::ControlListener => status_asked = true,
+                EventSource::ControlReader(key) => {
                     if let Some(control) = &mut self.control {
-                        control.write_to(token, self.poll.registry());
+                        control.write_to(key, self.poll.registry());
                     }
                 }
-                metrics::METRICS => {
+                EventSource::MetricsListener => {
                     if let Some(metrics) = &mut self.metrics {
                         metrics.accept(self.poll.registry());
                     }
                 }
-                token
-                    if self
-                        .metrics
-                        .as_ref()
-                        .is_some_and(|metrics| metrics.owns(token)) =>
-                {
-                    self.serve_metrics_connection(token);
-                }
-                token if token.0 >= FIRST_OUTPUT_TOKEN => output.push(token),
-                _ => {}
+                EventSource::MetricsConnection(key) => self.serve_metrics_connection(key),
+                EventSource::Output(_) => output.push(event.token()),
+                // Read at the top of every turn, woken or not.
+                EventSource::Signals | EventSource::Notifications => {}
             }
         }
         if let Some(control) = &mut self.control {

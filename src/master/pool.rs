@@ -6,7 +6,6 @@
 //! and does it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
@@ -14,85 +13,29 @@ use nix::unistd::Pid;
 use tracing::warn;
 
 use super::exec::{ExecState, Markers};
-use super::tally::CronRuns;
+use super::lifecycle::{Departure, Leaving, Lifecycle, RetireReason};
 use crate::config::Program;
 use crate::id::{Role, WorkerId, worker_name};
 use crate::scoreboard::{RowSnapshot, WorkerRow, WorkerState};
 use crate::sys::ProcessHandle;
 
-/// A program without request markers that ends on its own this soon after it was started
-/// counts as a failed start (for other workers, requests served tell).
-pub const FAST_FAILURE: Duration = Duration::from_secs(1);
 /// Delay before the second consecutive failed start is retried; doubled at each further one.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 /// Longest delay between two starts of a slot that keeps failing.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// Why the master told a worker to stop.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RetireReason {
-    /// The server is stopping.
-    Shutdown,
-    /// A worker of the new config generation is ready in its slot.
-    Replaced,
-    /// Its slot is no longer wanted (SIGTTOU, or fewer workers after a reload).
-    ScaledDown,
-    /// It crossed a graceful limit (`limit_memory_soft`, `limit_time_worker_cron`,
-    /// `limit_request` of a program): what and by how much.
-    Limit(String),
-    /// It said it leaves on its own (`limit_request` reached, the application asked): its
-    /// replacement starts at once; it finishes its last requests meanwhile.
-    OnItsOwn(String),
+/// Runs of one cron job that ended: well, or not (an interrupted one included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CronRuns {
+    pub succeeded: u64,
+    pub failed: u64,
 }
 
-impl fmt::Display for RetireReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Shutdown => "server stopping",
-            Self::Replaced => "replaced after reload",
-            Self::ScaledDown => "scaled down",
-            Self::Limit(detail) | Self::OnItsOwn(detail) => detail,
-        })
+impl CronRuns {
+    pub fn add(&mut self, other: CronRuns) {
+        self.succeeded = self.succeeded.saturating_add(other.succeeded);
+        self.failed = self.failed.saturating_add(other.failed);
     }
-}
-
-/// Where a worker is in its life, as the master sees it.
-#[derive(Clone, Debug)]
-pub enum Lifecycle {
-    /// Forked, not ready yet; killed as a failed start if still not ready at `ready_by`.
-    Starting { ready_by: Option<Instant> },
-    /// Ready: it serves.
-    Serving,
-    /// The master decided it is to go.
-    Leaving(Leaving),
-}
-
-/// A worker on its way out.
-#[derive(Clone, Debug)]
-pub struct Leaving {
-    pub departure: Departure,
-    /// It had become ready before it was told to go.
-    pub was_ready: bool,
-    /// Its end was logged when the master decided it (a limit enforced, with the
-    /// replacement's pid): its reaping only confirms it.
-    pub reported: bool,
-}
-
-/// How a worker is made to go.
-#[derive(Clone, Debug)]
-pub enum Departure {
-    /// Told to finish its work and exit (SIGTERM; for a program in a request, deferred
-    /// until it says it is idle: `signalled` false); killed at `deadline` if it has not.
-    Retire {
-        reason: RetireReason,
-        deadline: Instant,
-        signalled: bool,
-    },
-    /// Killed: SIGKILL sent, or due at `sigkill_at` after a gentler signal.
-    Kill {
-        reason: String,
-        sigkill_at: Option<Instant>,
-    },
 }
 
 /// What the master last measured of a worker's memory.
@@ -366,25 +309,10 @@ impl Worker {
 /// What the pool remembers about a slot across its workers.
 #[derive(Default)]
 struct SlotHistory {
-    /// Failed starts in a row (see [`super::report::describe`]).
+    /// Failed starts in a row (the report says how many).
     failures_in_a_row: u32,
     /// Not before this instant is the slot started again.
     respawn_at: Option<Instant>,
-    /// The death line of the worker being replaced, logged once the new pid is known.
-    pending_report: Option<PendingReport>,
-}
-
-/// A death report waiting for the replacement's pid.
-pub struct PendingReport {
-    pub line: String,
-    pub facts: super::report::Facts,
-    pub unexpected: bool,
-}
-
-impl PendingReport {
-    pub fn level(&self) -> tracing::Level {
-        super::report::level(self.unexpected)
-    }
 }
 
 pub struct Pool {
@@ -572,14 +500,6 @@ impl Pool {
     /// Keeps slot `id` from being started before `at` (e.g. after fork failed).
     pub fn delay_slot(&mut self, id: WorkerId, at: Instant) {
         self.slots.entry(id).or_default().respawn_at = Some(at);
-    }
-
-    pub fn set_pending_report(&mut self, id: WorkerId, report: PendingReport) {
-        self.slots.entry(id).or_default().pending_report = Some(report);
-    }
-
-    pub fn take_pending_report(&mut self, id: WorkerId) -> Option<PendingReport> {
-        self.slots.get_mut(&id)?.pending_report.take()
     }
 
     /// The earliest instant at which the pool has something to do: a worker's own deadline

@@ -1,17 +1,51 @@
 //! What a worker's end means, and the one log line that says so:
 //! `http worker 1 (pid 4312) died: killed by SIGKILL after 12.3s, 57 requests served`.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::pool::{Departure, FAST_FAILURE, RetireReason, Worker};
+use super::lifecycle::{Departure, RetireReason};
+use super::pool::Worker;
 use crate::format::mib;
-use crate::id::Role;
+use crate::id::{Role, WorkerId};
 use crate::limits::{self, Breach, MasterLimits};
 use crate::scoreboard::{ExitReason, RowSnapshot};
 use forkwarden_worker::context::{EXIT_CRITICAL, EXIT_OK};
+
+/// A program without request markers that ends on its own this soon after it was started
+/// counts as a failed start (for other workers, requests served tell).
+pub const FAST_FAILURE: Duration = Duration::from_secs(1);
+
+/// A death report waiting for the replacement's pid.
+pub struct PendingReport {
+    pub line: String,
+    pub facts: Facts,
+    pub unexpected: bool,
+}
+
+impl PendingReport {
+    pub fn level(&self) -> tracing::Level {
+        level(self.unexpected)
+    }
+}
+
+/// The death reports waiting for their replacement's pid, by slot: a worker's end is logged
+/// in one line with the pid that replaces it.
+#[derive(Default)]
+pub struct PendingReports(HashMap<WorkerId, PendingReport>);
+
+impl PendingReports {
+    pub fn set(&mut self, id: WorkerId, report: PendingReport) {
+        self.0.insert(id, report);
+    }
+
+    pub fn take(&mut self, id: WorkerId) -> Option<PendingReport> {
+        self.0.remove(&id)
+    }
+}
 
 /// How a child process ended, as waitpid(2) reported it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,7 +7,8 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
-use super::pool::{Departure, Lifecycle, RetireReason, Worker};
+use super::lifecycle::{Departure, Lifecycle, RetireReason};
+use super::pool::Worker;
 use super::template::TemplateState;
 use super::{Master, Phase, signal_name};
 use crate::config::{Config, RESTART_ONLY_KEYS};

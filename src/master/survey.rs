@@ -9,8 +9,8 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 
 use super::Master;
-use super::pool::{Departure, Lifecycle};
-use super::tally::CronRuns;
+use super::lifecycle::{Departure, Lifecycle};
+use super::pool::CronRuns;
 use crate::id::Role;
 use crate::scoreboard::{Durations, WorkerState};
 

@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::SystemTime;
 
-use super::pool::RetireReason;
+use super::lifecycle::RetireReason;
+use super::pool::CronRuns;
 use super::report::{Verdict, limit_named};
 use crate::id::Role;
 use crate::scoreboard::Durations;
@@ -34,20 +35,6 @@ pub struct Tally {
     pub served_by_ended: BTreeMap<&'static str, Durations>,
     /// Runs of each cron job that ended, counted by cron workers that have ended.
     pub cron_runs_by_ended: BTreeMap<String, CronRuns>,
-}
-
-/// Runs of one cron job that ended: well, or not (an interrupted one included).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CronRuns {
-    pub succeeded: u64,
-    pub failed: u64,
-}
-
-impl CronRuns {
-    pub fn add(&mut self, other: CronRuns) {
-        self.succeeded = self.succeeded.saturating_add(other.succeeded);
-        self.failed = self.failed.saturating_add(other.failed);
-    }
 }
 
 impl Tally {

@@ -28,6 +28,9 @@
 //! - [`title`]: the process title shown by `ps`.
 //! - [`net`]: accepting straight into non-blocking mode, handing a client connection from
 //!   one worker to another (SCM_RIGHTS), and the channel to a preload template.
+//!
+//! A raw call that fails with a negative value and errno goes through [`errno_result`]
+//! (an `io::Result`), or nix's `Errno::result` where the function returns a `nix::Result`.
 #![allow(unsafe_code)]
 
 mod claim_deadline;
@@ -60,3 +63,31 @@ pub use process::{
 pub use shm::{SharedWords, sealed_text_file};
 pub use signals::{MASTER_SIGNALS, WorkerSignals};
 pub use title::{init_process_title, set_process_title};
+
+/// A raw system call's return value that is negative on failure, with errno saying why.
+pub(crate) trait SyscallReturn: Copy {
+    fn failed(self) -> bool;
+}
+
+impl SyscallReturn for libc::c_int {
+    fn failed(self) -> bool {
+        self < 0
+    }
+}
+
+impl SyscallReturn for libc::c_long {
+    fn failed(self) -> bool {
+        self < 0
+    }
+}
+
+/// `result`, or the error errno names if it says the call failed. Call it at once on the
+/// call's value, before anything else can change errno. Allocates nothing: safe between
+/// fork and exec.
+pub(crate) fn errno_result<T: SyscallReturn>(result: T) -> std::io::Result<T> {
+    if result.failed() {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(result)
+    }
+}

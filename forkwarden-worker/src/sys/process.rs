@@ -238,9 +238,7 @@ pub fn supervise_job(command: &mut std::process::Command) {
         // between fork and exec; no allocation (io::Error from an errno number allocates
         // nothing), no lock.
         unsafe {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            super::errno_result(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
             if libc::getppid() != parent {
                 // The cron worker is gone: as if the job had been killed with it.
                 return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
@@ -394,10 +392,7 @@ pub fn duplicate_descriptor(fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: fcntl with F_DUPFD_CLOEXEC takes a descriptor number and returns a new one;
     // no memory is passed, and `fd` is left as it was.
-    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if copy < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let copy = super::errno_result(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })?;
     // SAFETY: `copy` was just created by fcntl and is owned by nothing else.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(copy) })
 }
@@ -410,10 +405,7 @@ pub fn adopt_inherited(fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: fcntl with F_DUPFD_CLOEXEC takes a descriptor number and returns a new one;
     // no memory is passed, and the number's owner (if any) keeps its descriptor as it was.
-    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if copy < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let copy = super::errno_result(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) })?;
     // SAFETY: as above; F_SETFD changes only the close-on-exec flag of the number.
     unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     // SAFETY: the kernel just made this descriptor for us; nothing else owns it.

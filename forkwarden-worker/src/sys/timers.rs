@@ -3,6 +3,8 @@
 use std::io;
 use std::time::Duration;
 
+use super::errno_result;
+
 /// Arms `timer` to fire once `after` from now (async-signal-safe).
 pub(super) fn arm_timer(timer: *mut libc::c_void, after: Duration) {
     if !timer.is_null() {
@@ -45,9 +47,7 @@ pub(super) unsafe fn signal_timer(
     event.sigev_signo = signal;
     let mut timer: libc::timer_t = std::ptr::null_mut();
     // SAFETY: `event` and `timer` are live locals of the types timer_create expects.
-    if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    errno_result(unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) })?;
     // SAFETY: sigaction is a plain C struct, for which all-zero bytes are a valid value.
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
     action.sa_sigaction = handler as libc::sighandler_t;
@@ -58,8 +58,7 @@ pub(super) unsafe fn signal_timer(
         libc::sigfillset(&mut action.sa_mask);
         libc::sigaction(signal, &action, std::ptr::null_mut())
     };
-    if installed != 0 {
-        let error = io::Error::last_os_error();
+    if let Err(error) = errno_result(installed) {
         // SAFETY: the timer was just created, and is deleted once.
         unsafe { libc::timer_delete(timer) };
         return Err(error);

@@ -429,7 +429,7 @@ impl Master {
 
     /// The sd_notify messages only exec workers send (see the table above).
     pub(super) fn on_exec_notification(&mut self, notification: &Notification) {
-        let time_cpu = self.limits.time_cpu;
+        let time_cpu = self.enforcer.limits().time_cpu;
         let cpu_hard_limit = self.cpu_hard_limit;
         let Some(worker) = self.pool.get_mut(notification.pid) else {
             return;
@@ -468,8 +468,7 @@ impl Master {
             worker.row.begin_request(method, target);
             // A request may allocate: memory is watched closely from now on, even if the
             // master rested (built-in workers wake it through the board instead).
-            let soon = Instant::now() + self.limits.poll_interval;
-            self.next_scan = Some(self.next_scan.map_or(soon, |at| at.min(soon)));
+            self.enforcer.scan_soon();
             if !time_cpu.is_zero()
                 && let Err(error) = crate::limits::arm_program_cpu_limit(
                     worker.pid,

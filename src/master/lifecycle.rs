@@ -56,7 +56,7 @@ pub struct Leaving {
 }
 
 /// How a worker is made to go.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Departure {
     /// Told to finish its work and exit (SIGTERM; for a program in a request, deferred
     /// until it says it is idle: `signalled` false); killed at `deadline` if it has not.

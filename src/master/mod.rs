@@ -19,12 +19,12 @@ mod enforce;
 mod exec;
 mod exposition;
 mod lifecycle;
-mod listener;
 mod metrics;
 mod pidfile;
 mod pool;
 mod report;
 mod signals;
+mod sockets;
 mod strays;
 mod survey;
 mod tally;
@@ -60,7 +60,7 @@ use crate::notify::{Notification, NotifyReceiver};
 use crate::scoreboard::{Board, WorkerRow, WorkerState};
 use crate::sys::{self, Exited, MASTER_SIGNALS};
 use crate::worker::{self, ProgramSpec, WorkerRun, WorkerSpec};
-use forkwarden_worker::context::{HandoffChannel, WorkerContext};
+use forkwarden_worker::context::WorkerContext;
 use forkwarden_worker::kit::KitParts;
 use forkwarden_worker::settings::HttpSettings;
 use lifecycle::{Departure, RetireReason};
@@ -156,12 +156,8 @@ pub struct Master {
     /// Where preload templates take cron workers' `call` jobs (bound with the first one).
     calls_path: PathBuf,
     calls: Option<std::os::fd::OwnedFd>,
-    listener: Option<TcpListener>,
-    /// The sockets of companion programs that listen (`[[program]]` with `listen`), with
-    /// the address each was bound for.
-    program_listeners: std::collections::BTreeMap<&'static str, (SocketAddr, TcpListener)>,
-    /// Where HTTP workers pass client connections to one another; never read here.
-    handoff: HandoffChannel,
+    /// The listening sockets and the hand-off channel, lent to workers.
+    sockets: sockets::Sockets,
     pool: Pool,
     /// The preload templates HTTP workers are forked from (`[app] preload = true`).
     templates: Templates,
@@ -173,11 +169,8 @@ pub struct Master {
     output_tokens: OutputTokens,
     /// RLIMIT_CPU's hard limit, which workers inherit; exec workers' soft limit stays below.
     cpu_hard_limit: u64,
-    limits: MasterLimits,
-    /// When the workers' memory and liveness are next looked at.
-    next_scan: Option<Instant>,
-    /// The earliest moment a request in flight crosses its wall-clock limit.
-    next_request_deadline: Option<Instant>,
+    /// Decides which limits and deadlines are crossed (step 4).
+    enforcer: enforce::Enforcer,
     phase: Phase,
     /// systemd (`Type=notify`), told `READY=1` once the first population is ready.
     service_manager: Option<crate::notify::ServiceManager>,
@@ -254,13 +247,11 @@ impl Master {
             pool: Pool::new(config.workers, config.max_cron_threads, &config.program),
             templates: Templates::default(),
             strays: Strays::default(),
-            limits: MasterLimits::from_config(&config),
+            enforcer: enforce::Enforcer::new(MasterLimits::from_config(&config)),
             started_at: std::time::SystemTime::now(),
             output_tokens: OutputTokens::new(),
             cpu_hard_limit: nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_CPU)
                 .map_or(libc::RLIM_INFINITY, |(_, hard)| hard),
-            next_scan: None,
-            next_request_deadline: None,
             config,
             handed_settings,
             config_path,
@@ -275,9 +266,7 @@ impl Master {
             calls_path: runtime_dir.path().join("calls"),
             calls: None,
             _runtime_dir: runtime_dir,
-            listener,
-            program_listeners: std::collections::BTreeMap::new(),
-            handoff: HandoffChannel::new()?,
+            sockets: sockets::Sockets::new(listener)?,
             phase: Phase::Starting,
             service_manager: crate::notify::ServiceManager::from_environment(),
             control,
@@ -376,7 +365,7 @@ impl Master {
     }
 
     fn announce_listening(&self) {
-        if let Some(Ok(address)) = self.listener.as_ref().map(TcpListener::local_addr) {
+        if let Some(Ok(address)) = self.sockets.http().map(TcpListener::local_addr) {
             info!(address = %address, "listening on http://{address}");
         }
     }
@@ -488,7 +477,7 @@ impl Master {
             // The program's last words come before the line about its end.
             exec.close(&name, self.poll.registry());
         }
-        let mut report = report::report(&worker, exit, &row, &self.limits, now);
+        let mut report = report::report(&worker, exit, &row, self.enforcer.limits(), now);
         if let Some(group) = job_killed {
             report
                 .line
@@ -782,36 +771,16 @@ impl Master {
 
     /// The listening socket, bound again if a scale-down to no HTTP worker closed it.
     fn http_listener(&mut self) -> io::Result<&TcpListener> {
-        if self.listener.is_none() {
-            let listener = bind_http(&self.config).map_err(io::Error::other)?;
-            self.listener = Some(listener);
+        let config = &self.config;
+        let (_, bound_now) = self
+            .sockets
+            .http_or_bind(|| bind_http(config).map_err(io::Error::other))?;
+        if bound_now {
             self.announce_listening();
         }
-        self.listener
-            .as_ref()
+        self.sockets
+            .http()
             .ok_or_else(|| io::Error::other("no listening socket"))
-    }
-
-    /// The socket of companion program `name`, bound on first use (and again when a
-    /// reload gave it another address).
-    fn program_listener(&mut self, name: &'static str, address: SocketAddr) -> io::Result<()> {
-        if self
-            .program_listeners
-            .get(name)
-            .is_some_and(|(bound, _)| *bound == address)
-        {
-            return Ok(());
-        }
-        let listener = listener::bind(address, self.config.listen_backlog)?;
-        if let Ok(actual) = listener.local_addr() {
-            info!(
-                program = name,
-                address = %actual,
-                "{name} programs listen on {actual}"
-            );
-        }
-        self.program_listeners.insert(name, (address, listener));
-        Ok(())
     }
 
     /// Forks a worker for slot `id`, or (with preload) asks the template for one.
@@ -829,7 +798,8 @@ impl Master {
                     .ok_or_else(|| io::Error::other(format!("no program {name:?} configured")))?;
                 let (listen, app) = (program.listen, program.exec_app());
                 if let Some(address) = listen {
-                    self.program_listener(name, address)?;
+                    self.sockets
+                        .bind_program(name, address, self.config.listen_backlog)?;
                 }
                 Some(app)
             }
@@ -841,13 +811,8 @@ impl Master {
         };
         let generation = self.pool.generation();
         let (exec_app, listener) = match id.role {
-            Role::Http => (self.config.app.as_ref(), self.listener.as_ref()),
-            Role::Program(name) => (
-                program.as_ref(),
-                self.program_listeners
-                    .get(name)
-                    .map(|(_, listener)| listener),
-            ),
+            Role::Http => (self.config.app.as_ref(), self.sockets.http()),
+            Role::Program(name) => (program.as_ref(), self.sockets.program(name)),
             Role::Cron => (None, None),
         };
         if let Some(listener) = listener {
@@ -928,20 +893,20 @@ impl Master {
                 output: pipes.for_child(),
                 listener,
                 notify_path: self.notifications.path(),
-                watchdog: self.limits.heartbeat,
+                watchdog: self.enforcer.limits().heartbeat,
                 // The worker kit, for an HTTP worker's program that runs forkwarden's own loop.
                 kit: (id.role == Role::Http).then(|| KitParts {
                     settings: self.handed_settings.as_fd(),
                     board: &self.board,
                     doorbell: &self.doorbell,
-                    handoff: &self.handoff,
+                    handoff: self.sockets.handoff(),
                     row,
                 }),
                 template: None,
             }),
             (None, _, Some(listener)) if id.role == Role::Http => WorkerRun::Http {
                 listener,
-                handoff: &self.handoff,
+                handoff: self.sockets.handoff(),
                 settings: http_settings,
                 app: &*self.app,
             },
@@ -969,7 +934,7 @@ impl Master {
                     tokens,
                     self.poll.registry(),
                     limit_request,
-                    self.limits.heartbeat,
+                    self.enforcer.limits().heartbeat,
                 )?))
             }
             None if id.role == Role::Cron => WorkerKind::Cron {
@@ -1018,9 +983,9 @@ impl Master {
     /// earliest deadline.
     fn wait(&mut self, events: &mut Events) -> io::Result<()> {
         let include_respawns = !self.phase.is_stopping();
-        let limit_checks = [self.next_scan, self.next_request_deadline]
-            .into_iter()
-            .flatten()
+        let limit_checks = self
+            .enforcer
+            .next_deadline()
             .filter(|_| !self.pool.is_empty());
         let timeout = self
             .pool
@@ -1060,7 +1025,7 @@ impl Master {
                 EventSource::Doorbell => {
                     self.doorbell.silence();
                     // A worker is ready, or woke the master from rest: look at once.
-                    self.next_scan = Some(Instant::now());
+                    self.enforcer.scan_now();
                 }
                 EventSource::ControlListener => status_asked = true,
                 EventSource::ControlReader(key) => {
@@ -1208,7 +1173,7 @@ fn give_to_workers_user(config: &Config, path: &std::path::Path) -> io::Result<(
 /// Binds the HTTP socket of `config`.
 fn bind_http(config: &Config) -> Result<TcpListener, MasterError> {
     let address = SocketAddr::new(config.http_interface, config.http_port);
-    listener::bind(address, config.listen_backlog)
+    sockets::bind(address, config.listen_backlog)
         .and_then(|listener| {
             forkwarden_worker::http::configure_listener(&listener, config.socket_timeout())?;
             Ok(listener)

@@ -274,6 +274,14 @@ impl Worker {
         }
     }
 
+    /// How it is being made to go, if it is.
+    pub fn departure_mut(&mut self) -> Option<&mut Departure> {
+        match &mut self.lifecycle {
+            Lifecycle::Leaving(leaving) => Some(&mut leaving.departure),
+            _ => None,
+        }
+    }
+
     /// Records that it is ready; false if it already was (or is leaving).
     pub fn mark_ready(&mut self) -> bool {
         if matches!(self.lifecycle, Lifecycle::Starting { .. }) {

@@ -56,9 +56,7 @@ impl Master {
                 if let Some(manager) = &self.service_manager {
                     manager.send("STOPPING=1");
                 }
-                // Close the master's copy of the socket; each worker closes its own on exit.
-                self.listener = None;
-                self.program_listeners.clear();
+                self.sockets.close_listeners();
                 let running: Vec<Pid> = self
                     .pool
                     .workers()
@@ -156,8 +154,9 @@ impl Master {
         };
         self.config = new;
         self.handed_settings = handed_settings;
-        self.limits = MasterLimits::from_config(&self.config);
-        if let Some(listener) = &self.listener
+        self.enforcer
+            .reload(MasterLimits::from_config(&self.config));
+        if let Some(listener) = self.sockets.http()
             && let Err(error) =
                 forkwarden_worker::http::configure_listener(listener, self.config.socket_timeout())
         {

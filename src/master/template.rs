@@ -248,7 +248,7 @@ impl Master {
         let Some(app) = self.config.app.as_ref() else {
             return Err(io::Error::other("no [app] to preload"));
         };
-        let listener = self.listener.as_ref();
+        let listener = self.sockets.http();
         if let Some(listener) = listener {
             listener.set_nonblocking(app.nonblocking)?;
         }
@@ -284,12 +284,12 @@ impl Master {
                 output: pipes.for_child(),
                 listener,
                 notify_path: self.notifications.path(),
-                watchdog: self.limits.heartbeat,
+                watchdog: self.enforcer.limits().heartbeat,
                 kit: Some(KitParts {
                     settings: self.handed_settings.as_fd(),
                     board: &self.board,
                     doorbell: &self.doorbell,
-                    handoff: &self.handoff,
+                    handoff: self.sockets.handoff(),
                     row: &row,
                 }),
                 template: Some(TemplateChannels {
@@ -313,7 +313,7 @@ impl Master {
             tokens,
             self.poll.registry(),
             0,
-            self.limits.heartbeat,
+            self.enforcer.limits().heartbeat,
         )?;
         self.templates.running.push(Template {
             pid,
@@ -367,7 +367,7 @@ impl Master {
             "{FORK_KEY}={token}\nFORKWARDEN_SLOT={}\nFORKWARDEN_GENERATION={generation}\n",
             id.slot
         );
-        if let Some(period) = self.limits.heartbeat {
+        if let Some(period) = self.enforcer.limits().heartbeat {
             text.push_str(&format!("WATCHDOG_USEC={}\n", period.as_micros()));
         }
         let output = pipes.for_child();
@@ -516,7 +516,7 @@ impl Master {
             tokens,
             self.poll.registry(),
             limit_request,
-            self.limits.heartbeat,
+            self.enforcer.limits().heartbeat,
         )?;
         let worker = Worker::new(
             WorkerProcess::Adopted(process),

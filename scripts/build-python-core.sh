@@ -2,7 +2,7 @@
 # Builds the Python runner's core (python/: a PyO3 extension module) and lays the package
 # out beside it, importable with PYTHONPATH set to the directory this prints, without
 # installing anything: what the tests and the comparison scripts use. A user installs it
-# with `pip install ./python` (maturin). `--release` for benchmarks.
+# with `pip install forkwarden` or `pip install .` (maturin). `--release` for benchmarks.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 profile=debug
@@ -12,7 +12,10 @@ if [[ "${1:-}" == "--release" ]]; then
     flags=(--release)
 fi
 cargo build --quiet --manifest-path "$root/Cargo.toml" -p forkwarden-wsgi "${flags[@]}"
-package="$root/target/$profile/python/forkwarden_wsgi"
+# Wherever cargo puts its output (CARGO_TARGET_DIR, a config's build.target-dir), not target/.
+target="$(cargo metadata --quiet --manifest-path "$root/Cargo.toml" --no-deps --format-version 1 \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+package="$target/$profile/python/forkwarden_wsgi"
 mkdir -p "$package"
 # Each link replaced in one rename: a test importing the package meanwhile sees a whole one.
 link() {
@@ -21,5 +24,5 @@ link() {
 }
 link "$root/python/forkwarden_wsgi/__init__.py" "$package/__init__.py"
 link "$root/python/forkwarden_wsgi/__main__.py" "$package/__main__.py"
-link "$root/target/$profile/lib_core.so" "$package/_core.abi3.so"
-echo "$root/target/$profile/python"
+link "$target/$profile/lib_core.so" "$package/_core.abi3.so"
+echo "$target/$profile/python"

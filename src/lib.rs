@@ -8,7 +8,7 @@
 //! Serve your own [`App`] with forkwarden's supervision:
 //!
 //! ```no_run
-//! use forkwarden::{App, Config, Request, Response, WorkerInfo};
+//! use forkwarden::{App, ConfigSource, Request, Response, WorkerInfo};
 //!
 //! struct Hello;
 //! impl App for Hello {
@@ -17,10 +17,10 @@
 //!     }
 //! }
 //!
-//! let path = std::path::Path::new("forkwarden.toml");
-//! let config = Config::load(path).expect("valid config");
+//! let source = ConfigSource::File("forkwarden.toml".into());
+//! let config = source.load_checked().expect("valid config");
 //! let factory = |_: &WorkerInfo<'_>| -> anyhow::Result<Box<dyn App>> { Ok(Box::new(Hello)) };
-//! let status = forkwarden::serve(config, path, Box::new(factory)).expect("server ran");
+//! let status = forkwarden::serve(config, source, Box::new(factory)).expect("server ran");
 //! std::process::exit(i32::from(status));
 //! ```
 //!
@@ -35,6 +35,7 @@
 //! about a process tree); [`status`]; [`demo`] (the built-in app).
 
 pub mod app;
+pub mod app_check;
 pub mod config;
 pub mod cron;
 mod data_dir;
@@ -52,14 +53,12 @@ mod worker;
 pub use forkwarden_worker::format;
 use forkwarden_worker::{doorbell, id, log, scoreboard, sys};
 
-use std::path::Path;
-
 pub use app::{
     App, AppFactory, Body, BodyStream, Header, Part, Request, RequestBody, Response, StreamError,
     WorkerInfo, is_header_field,
 };
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, ConfigSource};
 pub use master::{EXIT_STATUS_CRITICAL, EXIT_STATUS_FAILURE, MasterError};
 
 /// Why the server could not start.
@@ -71,13 +70,13 @@ pub enum ServeError {
     Master(#[from] MasterError),
 }
 
-/// Runs the server described by `config` (read from `config_path`, which SIGHUP re-reads)
+/// Runs the server described by `config` (read from `source`, which SIGHUP reads again)
 /// in the foreground until it is stopped, serving the application `app` builds in each HTTP
 /// worker. Returns the exit status for the process: 0 after a normal stop,
 /// [`EXIT_STATUS_CRITICAL`] when a worker reported a critical error.
 ///
 /// Call it from a single-threaded process, before starting any thread: it forks.
-pub fn serve(config: Config, config_path: &Path, app: Box<AppFactory>) -> Result<u8, ServeError> {
+pub fn serve(config: Config, source: ConfigSource, app: Box<AppFactory>) -> Result<u8, ServeError> {
     // Before anything else reads the environment: the title may reuse its memory.
     let title_error = sys::init_process_title().err();
     // A master started with its standard streams closed must not hand a socket out as one.
@@ -87,7 +86,7 @@ pub fn serve(config: Config, config_path: &Path, app: Box<AppFactory>) -> Result
     if let Some(error) = title_error {
         tracing::warn!("process titles will not be set: {error}");
     }
-    let master = master::Master::new(config, config_path.to_path_buf(), app, logging)
+    let master = master::Master::new(config, source, app, logging)
         .inspect_err(|error| tracing::error!("{error}"))?;
     Ok(master.run())
 }

@@ -1,11 +1,15 @@
 //! The `forkwarden` command: run the server, or check a config.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use forkwarden::Config;
+use forkwarden::config::{ServeOptions, TimeSpan};
+use forkwarden::{Config, ConfigSource};
 
+/// The config file read when `--config` is not given.
+const DEFAULT_CONFIG: &str = "forkwarden.toml";
 /// Exit status for a config that cannot be used.
 const EXIT_CONFIG: u8 = 2;
 /// Exit status when the server could not start for another reason.
@@ -17,15 +21,10 @@ const EXIT_START: u8 = 1;
 #[derive(Parser)]
 #[command(name = "forkwarden", version, about, long_about)]
 struct Cli {
-    /// Config file (TOML, Odoo option names).
-    #[arg(
-        short,
-        long,
-        global = true,
-        value_name = "PATH",
-        default_value = "forkwarden.toml"
-    )]
-    config: PathBuf,
+    /// Config file (TOML, Odoo option names) [default: forkwarden.toml; `serve` needs
+    /// none].
+    #[arg(short, long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -33,6 +32,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve a Python WSGI application (`module:callable`, imported from the current
+    /// directory) with the Python of the environment forkwarden was installed in, no config
+    /// file needed; the flags are gunicorn's. With `--config`, start from that file: the
+    /// flags override it.
+    Serve(ServeArgs),
     /// Validate the config, and that this machine can run it (programs found, places
     /// writable, the workers' user usable, the `cron_store` database reachable); print the
     /// effective settings, defaults filled in (exit status 0 when the server would start
@@ -53,6 +57,79 @@ enum Command {
         #[command(subcommand)]
         command: CronCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The WSGI application: `module:callable`, e.g. `myproject.wsgi:application`.
+    #[arg(value_name = "MODULE:APP")]
+    app: String,
+    /// HTTP workers (`workers`) [default: 2].
+    #[arg(short, long, value_name = "N")]
+    workers: Option<u32>,
+    /// Where to listen: HOST:PORT, [IPv6]:PORT, or a PORT on 127.0.0.1 (`http_interface`,
+    /// `http_port`) [default: 127.0.0.1:8000].
+    #[arg(short, long, value_name = "ADDRESS", value_parser = parse_bind)]
+    bind: Option<SocketAddr>,
+    /// Load the application once and fork the workers from it (`[app] preload`).
+    #[arg(long)]
+    preload: bool,
+    /// Wall-clock time a request may take before its worker answers 504 and is replaced
+    /// (`limit_time_real`): seconds, or a duration such as "2m" [default: 120].
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<TimeSpan>,
+    /// Requests a worker serves before it is replaced (`limit_request`) [default: 65536].
+    #[arg(long, value_name = "N")]
+    max_requests: Option<u64>,
+    /// The Python to run the application with [default: the python3 beside forkwarden,
+    /// else python3 from PATH].
+    #[arg(long, value_name = "PATH")]
+    python: Option<PathBuf>,
+    /// Load the application as a worker would, print the effective settings, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+impl ServeArgs {
+    fn source(self, file: Option<PathBuf>) -> (ConfigSource, bool) {
+        let options = ServeOptions {
+            app: self.app,
+            workers: self.workers,
+            bind: self.bind,
+            preload: self.preload,
+            timeout: self.timeout,
+            max_requests: self.max_requests,
+            python: self
+                .python
+                .unwrap_or_else(forkwarden::config::default_python),
+        };
+        (ConfigSource::Serve { file, options }, self.check)
+    }
+}
+
+/// `--bind`: HOST:PORT (`localhost` is 127.0.0.1), [IPv6]:PORT, or a port alone.
+fn parse_bind(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    let text_with_ip = match text.strip_prefix("localhost:") {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => text.to_string(),
+    };
+    text_with_ip.parse().map_err(|_| {
+        format!(
+            "{text:?} is not an address to listen on; expected HOST:PORT with an IP address \
+             (\"127.0.0.1:8000\", \"0.0.0.0:8000\", \"[::]:8000\") or a port alone"
+        )
+    })
+}
+
+/// `--timeout`: whole seconds, as gunicorn takes, or a duration with a unit.
+fn parse_duration(text: &str) -> Result<TimeSpan, String> {
+    match text.parse::<u64>() {
+        Ok(seconds) => Ok(TimeSpan::secs(seconds)),
+        Err(_) => TimeSpan::parse(text),
+    }
 }
 
 #[derive(Subcommand)]
@@ -81,19 +158,26 @@ enum CronCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let file = cli.config.clone();
+    let path = cli.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let from_file = || ConfigSource::File(path.clone());
     match cli.command {
-        None => run(&cli.config),
-        Some(Command::Check) => check(&cli.config),
-        Some(Command::Status { json, watch }) => status(&cli.config, json, watch),
+        None => run(from_file()),
+        Some(Command::Serve(args)) => match args.source(file) {
+            (source, true) => check(&source),
+            (source, false) => run(source),
+        },
+        Some(Command::Check) => check(&from_file()),
+        Some(Command::Status { json, watch }) => status(&path, json, watch),
         Some(Command::Cron {
             command: CronCommand::List,
-        }) => cron_list(&cli.config),
+        }) => cron_list(&path),
         Some(Command::Cron {
             command: CronCommand::History { name, last, json },
-        }) => cron_history(&cli.config, &name, last, json),
+        }) => cron_history(&path, &name, last, json),
         Some(Command::Cron {
             command: CronCommand::Run { name },
-        }) => cron_show(&cli.config, |config| {
+        }) => cron_show(&path, |config| {
             forkwarden::cron::command::ask_run(config, &name)
         }),
     }
@@ -102,10 +186,14 @@ fn main() -> ExitCode {
 /// The config at `path`; `checked`: also what it needs from this machine (programs, writable
 /// places, the workers' user), as a start would find it.
 fn load(path: &Path, checked: bool) -> Result<Config, ExitCode> {
+    load_from(&ConfigSource::File(path.to_path_buf()), checked)
+}
+
+fn load_from(source: &ConfigSource, checked: bool) -> Result<Config, ExitCode> {
     let loaded = if checked {
-        Config::load_checked(path)
+        source.load_checked()
     } else {
-        Config::load(path)
+        source.load()
     };
     loaded.map_err(|error| {
         eprintln!("forkwarden: invalid configuration: {error}");
@@ -113,12 +201,12 @@ fn load(path: &Path, checked: bool) -> Result<Config, ExitCode> {
     })
 }
 
-fn run(path: &Path) -> ExitCode {
-    let config = match load(path, true) {
+fn run(source: ConfigSource) -> ExitCode {
+    let config = match load_from(&source, true) {
         Ok(config) => config,
         Err(status) => return status,
     };
-    match forkwarden::serve(config, path, Box::new(forkwarden::demo::factory)) {
+    match forkwarden::serve(config, source, Box::new(forkwarden::demo::factory)) {
         Ok(status) => ExitCode::from(status),
         Err(error) => {
             eprintln!("forkwarden: {error}");
@@ -127,17 +215,27 @@ fn run(path: &Path) -> ExitCode {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
-    match load(path, true) {
+fn check(source: &ConfigSource) -> ExitCode {
+    match load_from(source, true) {
         Ok(config) => {
             let store = forkwarden::cron::command::check_store(&config);
             if let Some(Err(problem)) = &store {
                 eprintln!("forkwarden: {problem}");
                 return ExitCode::from(EXIT_CONFIG);
             }
-            println!("# {}: valid; effective settings:", path.display());
+            let loaded = match forkwarden::app_check::check_app(&config) {
+                Ok(loaded) => loaded,
+                Err(problem) => {
+                    eprintln!("forkwarden: {problem}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            println!("# {}: valid; effective settings:", source.describe());
             if let Some(Ok(found)) = &store {
                 println!("# {found}");
+            }
+            if let Some(loaded) = &loaded {
+                println!("# {loaded}");
             }
             print!("{}", config.effective_toml());
             ExitCode::SUCCESS

@@ -2,7 +2,7 @@
 //! (`data_dir/forkwarden.sock`, see `master::control`) and shows the answer, as a table or
 //! as the JSON the master sent.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IsTerminal, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -67,8 +67,9 @@ pub fn run(config: &Config, json: bool, watch: bool) -> Result<(), StatusError> 
             crate::format::escape_controls(&render(&status), true).into_owned()
         };
         let mut out = io::stdout().lock();
-        if watch {
-            // Clear the terminal and go home, as `watch` does.
+        if watch && out.is_terminal() {
+            // Clear the terminal and go home, as `watch` does; into a pipe or a file, each
+            // snapshot simply follows the last one.
             out.write_all(b"\x1b[2J\x1b[H")
                 .map_err(StatusError::Write)?;
         }

@@ -28,7 +28,12 @@ fn assert_rejected(config: &str, key: &str, line: usize, also: &str) {
 
 #[test]
 fn unknown_keys_are_rejected_with_what_is_accepted() {
-    assert_rejected("workers = 2\nwrkers = 3\n", "wrkers", 2, "expected one of");
+    assert_rejected(
+        "workers = 2\nwrkers = 3\n",
+        "wrkers",
+        2,
+        "unknown key `wrkers`; did you mean `workers`?",
+    );
 }
 
 #[test]
@@ -194,7 +199,7 @@ fn each_bad_cron_job_is_rejected_with_its_name() {
     assert_job_rejected(
         "name = \"typo\"\ninterval = \"1m\"\ncomand = [\"true\"]\n",
         "cron[0].comand",
-        "cron job \"typo\": unknown field `comand`",
+        "cron job \"typo\": unknown key `comand`; did you mean `command`?",
     );
     assert_job_rejected(
         "name = \"bad-schedule\"\nschedule = \"61 * * * *\"\ncommand = [\"true\"]\n",

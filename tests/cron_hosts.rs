@@ -30,7 +30,7 @@ impl Cluster {
     /// programs on this machine.
     fn start() -> Option<Cluster> {
         let Some(bin) = postgres_bin() else {
-            eprintln!("skipped: no PostgreSQL server programs (initdb) on this machine");
+            common::cannot_check("no PostgreSQL server programs (initdb) on this machine");
             return None;
         };
         let dir = tempfile::tempdir().expect("temp dir");

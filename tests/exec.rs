@@ -154,15 +154,50 @@ fn limit_request_counts_idle_markers() {
 }
 
 #[test]
-fn a_program_crashing_at_import_is_backed_off() {
-    let server = Server::spawn(&format!(
+fn an_application_that_cannot_start_ends_the_first_start_with_its_error() {
+    // Before: "listening on", then failed starts with backoff for ever and requests that
+    // hang. Now: three failed starts before any worker was ever ready stop the server,
+    // quoting the program's last words, with status 1 (gunicorn: "Worker failed to boot").
+    let mut server = Server::spawn(&format!(
+        "workers = 2\n{}",
+        wsgi_app("COMPARE_APP_CRASH_AT_BOOT = \"1\"")
+    ));
+    let status = server.wait_exit(Duration::from_secs(30));
+    assert_eq!(
+        status.and_then(|status| status.code()),
+        Some(1),
+        "{}",
+        server.log_text()
+    );
+    let line = server.wait_for_log("the application cannot start");
+    assert!(
+        line.contains("3 failed starts in a row and no http worker has ever been ready"),
+        "{line}"
+    );
+    assert!(
+        line.contains("its last output: ")
+            && line.contains("RuntimeError: COMPARE_APP_CRASH_AT_BOOT=1"),
+        "{line}"
+    );
+    assert!(line.contains(" ERROR "), "{line}");
+    server.wait_for_log("stopping: fix what the lines above say");
+}
+
+#[test]
+fn a_program_crashing_at_import_after_serving_is_backed_off() {
+    // Once the server has served, a failed start is retried with backoff (the database
+    // may come back): a reload to code that cannot start keeps the old worker serving.
+    let server = wsgi_server("", 1);
+    let serving = server.get("/pid").body;
+    server.rewrite_config(&format!(
         "workers = 1\n{}",
         wsgi_app("COMPARE_APP_CRASH_AT_BOOT = \"1\"")
     ));
+    server.signal(Signal::SIGHUP);
     server.wait_for_log("[stderr]: RuntimeError: COMPARE_APP_CRASH_AT_BOOT=1");
-    server.wait_for_log("failed to start: exited with status 1");
-    server.wait_for_log("restarting in 0.10s (2 failed starts in a row)");
+    server.wait_for_log("restarting in 0.20s (3 failed starts in a row)");
     assert!(is_alive(server.pid()));
+    assert_eq!(server.get("/pid").body, serving);
 }
 
 #[test]
@@ -318,7 +353,7 @@ fn a_program_that_cannot_get_memory_at_start_is_told_about_rlimit_as() {
         .output()
         .is_err()
     {
-        eprintln!("skipped: node is not installed");
+        common::cannot_check("node is not installed");
         return;
     }
     // Node reserves far more virtual memory than it uses: RLIMIT_AS at 256 MiB stops it.

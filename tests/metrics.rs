@@ -191,7 +191,9 @@ fn metrics_count_requests_durations_ends_limits_and_cron_runs() {
     assert!(body.ends_with("# EOF\n"), "{body}");
     // The classic text format passes Prometheus's own linter.
     if !has_command("promtool") {
-        eprintln!("promtool not installed (Debian package prometheus): metrics not linted");
+        common::cannot_check(
+            "promtool not installed (Debian package prometheus): metrics not linted",
+        );
         return;
     }
     let mut promtool = Command::new("promtool")
@@ -221,6 +223,16 @@ fn the_listener_answers_only_its_paths_and_methods() {
     let server = Server::start("workers = 1\nmetrics_listen = \"127.0.0.1:0\"");
     let address = metrics_address(&server);
     assert_eq!(get(&address, "/nope", "").0, 404);
+    // The root links what the port offers.
+    let (status, _, index) = get(&address, "/", "");
+    assert_eq!(status, 200);
+    for link in [
+        "href=\"/status\"",
+        "href=\"/metrics\"",
+        "href=\"/status.json\"",
+    ] {
+        assert!(index.contains(link), "{index}");
+    }
     let (status, head, body) = get(&address, "/status.json", "");
     assert_eq!(status, 200, "{head}");
     let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
@@ -266,7 +278,9 @@ fn the_status_page_shows_each_worker_live_in_a_real_browser() {
         .into_iter()
         .find(|name| has_command(name))
     else {
-        eprintln!("no chromium installed (Debian package chromium): status page not rendered");
+        common::cannot_check(
+            "no chromium installed (Debian package chromium): status page not rendered",
+        );
         return;
     };
     let server =

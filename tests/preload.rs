@@ -248,6 +248,36 @@ fn sighup_loads_the_new_code_in_a_new_template_without_a_failed_request() {
 }
 
 #[test]
+fn a_template_that_cannot_load_at_the_first_start_stops_the_server() {
+    let code = code("1");
+    std::fs::write(
+        code.path().join("version.py"),
+        "raise ImportError('a broken first deploy')\n",
+    )
+    .unwrap();
+    let mut server = Server::spawn(&preload_config(code.path(), "workers = 2", ""));
+    let status = server.wait_exit(Duration::from_secs(30));
+    assert_eq!(
+        status.and_then(|status| status.code()),
+        Some(1),
+        "{}",
+        server.log_text()
+    );
+    let line = server.wait_for_log("the application cannot start");
+    assert!(
+        line.contains("app template") && line.contains("ImportError: a broken first deploy"),
+        "{line}"
+    );
+    // Loaded three times, never forked a worker.
+    assert_eq!(
+        server.log_matching("failed to load the application").len(),
+        3,
+        "{}",
+        server.log_text()
+    );
+}
+
+#[test]
 fn a_template_that_fails_to_load_keeps_the_old_generation_serving() {
     let code = code("1");
     let server = preload_server(code.path(), "", 2);
@@ -361,9 +391,9 @@ fn database_available() -> bool {
 #[test]
 fn the_post_fork_hook_gives_each_worker_a_database_connection_of_its_own() {
     if !database_available() {
-        eprintln!(
-            "skipped: no PostgreSQL database forkwarden_test reachable with pg8000 \
-             (scripts/ensure-postgres.sh sets it up; .ci/run runs it)"
+        common::cannot_check(
+            "no PostgreSQL database forkwarden_test reachable with pg8000 \
+             (scripts/ensure-postgres.sh sets it up; .ci/run runs it)",
         );
         return;
     }

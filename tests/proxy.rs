@@ -7,7 +7,9 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use common::{SOON, Server, wait_until};
+use common::{SOON, Server, cannot_check, wait_until};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -32,9 +34,16 @@ fn nginx() -> Option<PathBuf> {
 struct Nginx(Child);
 
 impl Drop for Nginx {
+    /// SIGTERM, nginx's fast shutdown: its master stops its workers, then exits. A SIGKILL
+    /// would leave the workers behind, holding the test's ports.
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let pid = Pid::from_raw(i32::try_from(self.0.id()).expect("a pid"));
+        let _ = kill(pid, Signal::SIGTERM);
+        let exited = wait_until(SOON, || self.0.try_wait().ok().flatten().is_some());
+        if !exited {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
@@ -78,7 +87,7 @@ fn runnable_config(dir: &Path, upstream: u16, tls: u16, plain: u16) -> PathBuf {
 #[test]
 fn the_shipped_nginx_config_serves_forkwarden_over_tls() {
     let Some(nginx) = nginx() else {
-        eprintln!("skipped: nginx is not installed (.ci/run installs it)");
+        cannot_check("nginx is not installed (.ci/run installs it)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();

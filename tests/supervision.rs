@@ -441,7 +441,7 @@ fn data_dir_is_private_and_a_held_lock_is_reported() {
 fn workers_programs_and_jobs_run_as_user() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: switching users needs root");
+        common::cannot_check("switching users needs root");
         return;
     }
     // A directory the unprivileged user can reach (the test's own temp dirs are 0700).

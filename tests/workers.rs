@@ -111,7 +111,11 @@ fn a_crash_in_a_request_is_logged_with_the_request() {
 
 #[test]
 fn a_worker_failing_at_boot_is_backed_off_not_respawned_in_a_loop() {
-    let server = Server::spawn("workers = 1\ndemo_crash_at_boot = true");
+    // After the server has served (a first start that cannot succeed stops it instead).
+    let server = Server::start("workers = 1");
+    server.wait_for_workers("http worker", 1);
+    server.rewrite_config("workers = 1\ndemo_crash_at_boot = true");
+    server.signal(Signal::SIGHUP);
     let first = server.wait_for_log("failed to start: exited with status 1");
     // Failures 2..5 wait 0.1 + 0.2 + 0.4 + 0.8 s before the next start; a tight respawn loop
     // would reach the sixth failure within milliseconds. The master's own timestamps say.
@@ -131,6 +135,18 @@ fn a_worker_failing_at_boot_is_backed_off_not_respawned_in_a_loop() {
     let reasons = server.log_matching("the application failed to start: demo_crash_at_boot");
     assert!(reasons.len() >= 6, "each failure says why");
     assert!(is_alive(server.pid()), "the master keeps running");
+}
+
+#[test]
+fn a_worker_that_never_starts_stops_the_first_start() {
+    let mut server = Server::spawn("workers = 1\ndemo_crash_at_boot = true");
+    let status = server.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.and_then(|status| status.code()), Some(1));
+    let failures = server
+        .log_matching("failed to start: exited with status 1")
+        .len();
+    assert_eq!(failures, 3, "{}", server.log_text());
+    server.wait_for_log("the application cannot start: 3 failed starts in a row");
 }
 
 #[test]

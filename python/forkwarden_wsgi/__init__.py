@@ -6,17 +6,18 @@ listening socket on file descriptor 3 (systemd socket activation) and forkwarden
 forkwarden's own HTTP worker, in Rust (the `_core` extension module): it reads requests,
 keeps connections alive, enforces limit_request, limit_time_cpu (503) and limit_time_real
 (504), and writes its state into its scoreboard row; Python is entered only to call the
-application. See forkwarden's README, "Python: the WSGI runner".
+application. See forkwarden's docs/python.md and docs/programs.md.
 
     python3 -m forkwarden_wsgi [--preload] [--post-fork module:function] myproject.wsgi:application
 
 The current directory is put on sys.path, as gunicorn does.
 
---preload, with `preload = true` in forkwarden's [app]: this process is the template. It
+With `preload = true` in forkwarden's [app] (--preload says so on the command line, and is
+otherwise optional), this process is the template. It
 imports the application once, freezes what it loaded out of the garbage collector's sight
 (gc.freeze(), so the pages stay shared copy-on-write), says READY=1, and forks a worker each
-time forkwarden asks on FORKWARDEN_CONTROL_FD (the protocol is in forkwarden's README,
-"Preloading"). --post-fork names a function called in each new worker before it serves,
+time forkwarden asks on FORKWARDEN_CONTROL_FD (the protocol is in forkwarden's
+docs/programs.md, "Preloading"). --post-fork names a function called in each new worker before it serves,
 with no argument: close and reopen there what must not be shared between processes, such as
 a database connection the application opened while loading. Without a template (no
 FORKWARDEN_CONTROL_FD), the function is called once before serving, so an application
@@ -33,6 +34,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 
 try:
     from . import _core
@@ -93,7 +95,7 @@ def serve(target, app):
     daemon) would otherwise keep it from exiting, and the worker from ever leaving."""
     if _core is None:
         sys.exit(f"forkwarden_wsgi: its core is not built ({_CORE_ERROR}); install it with "
-                 "`pip install ./python` from forkwarden's source")
+                 "`pip install forkwarden`, or `pip install .` in forkwarden's source")
     status = _core.serve(app, target)
     exit_now(status)
 
@@ -159,7 +161,7 @@ def onto_standard_streams(fds):
 
 
 class Template:
-    """The preload template (forkwarden's README, "Preloading"): hands a worker over for each
+    """The preload template (forkwarden's docs/programs.md, "Preloading"): hands a worker over for each
     request the master sends on FORKWARDEN_CONTROL_FD.
 
     A worker must become the master's child, so it is the child of a short-lived middle
@@ -458,15 +460,48 @@ class Template:
         serve(self.target, self.app)
 
 
+def check(target, post_fork):
+    """`--check`: whether `target` (and `post_fork`) load and can be served; says why not
+    on standard error. Returns the exit status."""
+    if _core is None:
+        print(f"forkwarden_wsgi: its core is not built ({_CORE_ERROR}); this Python "
+              f"({sys.executable}) has the package without it: install forkwarden into it "
+              "with pip", file=sys.stderr)
+        return 1
+    for name, what in ((target, "the application"), (post_fork, "the post-fork function")):
+        if name is None:
+            continue
+        try:
+            loaded = load(name)
+        except BaseException:
+            traceback.print_exc()
+            print(f"forkwarden_wsgi: cannot load {what} {name!r} (from {os.getcwd()}, "
+                  f"with {sys.executable})", file=sys.stderr)
+            return 1
+        if not callable(loaded):
+            print(f"forkwarden_wsgi: {name!r} is a {type(loaded).__name__}, not a callable "
+                  f"{what}", file=sys.stderr)
+            return 1
+    print(f"forkwarden_wsgi: {target} loads with {sys.executable}", file=sys.stderr)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python3 -m forkwarden_wsgi",
                                      description="Serve a WSGI application under forkwarden.")
     parser.add_argument("--preload", action="store_true",
-                        help="be the template workers are forked from ([app] preload = true)")
+                        help="say that this is the template workers are forked from ([app] "
+                             "preload = true makes it one)")
     parser.add_argument("--post-fork", metavar="MODULE:FUNCTION",
                         help="called in each worker before it serves (reopen connections here)")
+    parser.add_argument("--check", action="store_true",
+                        help="load the application as a worker would, then exit: 0 if it "
+                             "loads (what `forkwarden check` runs)")
     parser.add_argument("app", metavar="MODULE:CALLABLE")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.check:
+        sys.path.insert(0, os.getcwd())
+        sys.exit(check(args.app, args.post_fork))
     stopping = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.append(True))
@@ -475,9 +510,8 @@ def main(argv=None):
     post_fork = load(args.post_fork) if args.post_fork else None
     control = os.environ.get("FORKWARDEN_CONTROL_FD")
     if control is not None:
-        if not args.preload:
-            sys.exit("forkwarden_wsgi: started as a template (preload = true in [app]) "
-                     "without --preload")
+        # `preload = true` in [app] is what makes this process the template (the master
+        # hands it the control channel); --preload only says so on the command line.
         Template(int(control), args.app, app, post_fork, stopping).run()
         return
     if post_fork is not None:

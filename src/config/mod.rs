@@ -1,13 +1,14 @@
 //! The configuration file: schema, defaults, units and validation, in one place.
 //!
 //! Keys are top-level and use Odoo's option names, so each field below is named exactly as
-//! it is written in the TOML file and documented in README.md. A config that fails to parse
+//! it is written in the TOML file and documented in docs/configuration.md. A config that fails to parse
 //! or to validate is reported with the file, line, key, bad value and what is accepted, and
 //! nothing is bound or forked.
 
 mod account;
 mod environment;
 mod schedule;
+mod source;
 mod store_url;
 mod units;
 
@@ -26,6 +27,7 @@ pub use forkwarden_worker::log::{LogFormat, LogLevel};
 use forkwarden_worker::log::{LogOwner, LogSettings};
 use forkwarden_worker::settings::HttpSettings;
 pub use schedule::CronExpression;
+pub use source::{ConfigSource, SERVE_PORT, ServeOptions, default_python};
 pub use store_url::{CronStoreUrl, PASSWORD_VARIABLES};
 pub use units::{ByteSize, CronTimeLimit, TimeSpan};
 
@@ -168,12 +170,20 @@ pub struct ExecApp {
     #[serde(default)]
     pub nonblocking: bool,
     /// Start the program once as a template that loads the application and forks every
-    /// worker on the master's request (see README, "Preloading").
+    /// worker on the master's request (see docs/programs.md, "Preloading").
     #[serde(default)]
     pub preload: bool,
 }
 
 impl ExecApp {
+    /// Whether the program is forkwarden's Python runner (`python3 -m forkwarden_wsgi`),
+    /// which needs `nonblocking = true`.
+    pub fn runs_forkwarden_wsgi(&self) -> bool {
+        self.command
+            .windows(2)
+            .any(|pair| pair[0] == "-m" && pair[1] == "forkwarden_wsgi")
+    }
+
     /// Whether the program reports `READY=1` (`ready_timeout` is not set to 0).
     pub fn notifies(&self) -> bool {
         self.ready_timeout.is_none_or(|timeout| !timeout.is_zero())
@@ -358,10 +368,14 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A value given on `forkwarden serve`'s command line that the config cannot take.
+    #[error("{flag}: {message}")]
+    Flag { flag: &'static str, message: String },
     #[error("{}", describe_invalid(path, *line, key, message, excerpt))]
     Invalid {
         path: PathBuf,
-        /// 1-based line of the offending key or value.
+        /// 1-based line of the offending key or value; 0 when the file does not set the key
+        /// (its default is at fault).
         line: usize,
         /// The offending key's path, e.g. `limit_memory_soft` (empty for syntax errors).
         key: String,
@@ -372,6 +386,12 @@ pub enum ConfigError {
 }
 
 fn describe_invalid(path: &Path, line: usize, key: &str, message: &str, excerpt: &str) -> String {
+    if line == 0 {
+        return format!(
+            "{}: {key} (not set in this file: its default): {message}",
+            path.display()
+        );
+    }
     let location = format!("{}:{line}", path.display());
     let head = if key.is_empty() {
         format!("{location}: {message}")
@@ -454,6 +474,17 @@ impl Config {
     /// Parses and validates `source`, read from `path` (used in messages and to resolve
     /// relative file names).
     pub fn parse(source: &str, path: &Path) -> Result<Self, ConfigError> {
+        Self::parse_with(source, path, |_| Vec::new())
+    }
+
+    /// [`Config::parse`], with `adjust` changing what was read before it is validated
+    /// (`forkwarden serve`'s flags); `adjust` returns the keys it set, each with the flag
+    /// that set it, so that an error about one of them names the flag.
+    pub(crate) fn parse_with(
+        source: &str,
+        path: &Path,
+        adjust: impl FnOnce(&mut Config) -> Vec<(&'static str, &'static str)>,
+    ) -> Result<Self, ConfigError> {
         let invalid = |span: Option<std::ops::Range<usize>>, key: String, message: String| {
             error_at(source, path, span, key, message)
         };
@@ -468,7 +499,28 @@ impl Config {
             };
             invalid(inner.span(), key, message)
         })?;
+        let written = |key: &str| is_written(source, key);
+        config.follow_written_memory_limits(
+            written("limit_memory_soft"),
+            written("limit_memory_hard"),
+        );
+        if let Some(app) = &mut config.app
+            && app.runs_forkwarden_wsgi()
+            && !written("app.nonblocking")
+        {
+            // The runner waits for the socket in epoll: it needs it, so it is the default.
+            app.nonblocking = true;
+        }
+        if !written("data_dir")
+            && let Some(state) = systemd_state_directory()
+        {
+            config.data_dir = state;
+        }
+        let set_by_flags = adjust(&mut config);
         if let Err((key, message)) = config.validate() {
+            if let Some((_, flag)) = set_by_flags.iter().find(|(set, _)| *set == key) {
+                return Err(ConfigError::Flag { flag, message });
+            }
             return Err(invalid(span_of_path(source, &key), key, message));
         }
         config.run_as = RunAs::resolve(config.user.as_deref(), config.group.as_deref())
@@ -495,7 +547,48 @@ impl Config {
                 *file = base.join(&*file);
             }
         }
+        // A program without `cwd` runs in the config file's directory, so that the names
+        // in its command (`./run.sh`, `myapp:app`) mean what they mean beside the config,
+        // wherever the server was started from.
+        let here = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+        let unset_cwds = config
+            .app
+            .iter_mut()
+            .map(|app| &mut app.cwd)
+            .chain(config.program.iter_mut().map(|program| &mut program.cwd))
+            .chain(
+                config
+                    .cron
+                    .iter_mut()
+                    .filter(|job| job.call.is_none())
+                    .map(|job| &mut job.cwd),
+            )
+            .filter(|cwd| cwd.is_none());
+        for cwd in unset_cwds {
+            *cwd = Some(here.clone());
+        }
         Ok(config)
+    }
+
+    /// Odoo's defaults keep `limit_memory_soft` at 4/5 of `limit_memory_hard`. A memory
+    /// limit the user left out follows the one they set, so that setting one never makes
+    /// the pair invalid: `limit_memory_hard = "1GiB"` alone brings the soft default down to
+    /// 819MiB; `limit_memory_soft = "3GiB"` alone brings the hard one up to 3.75GiB.
+    fn follow_written_memory_limits(&mut self, soft_written: bool, hard_written: bool) {
+        let (soft, hard) = (
+            self.limit_memory_soft.bytes(),
+            self.limit_memory_hard.bytes(),
+        );
+        if soft == 0 || hard == 0 || soft <= hard {
+            return;
+        }
+        match (soft_written, hard_written) {
+            (false, true) => self.limit_memory_soft = ByteSize(hard / 5 * 4),
+            (true, false) => {
+                self.limit_memory_hard = ByteSize(soft.saturating_add(soft / 4));
+            }
+            _ => {}
+        }
     }
 
     /// Checks what each value alone cannot: combinations and the meaning of values.
@@ -547,6 +640,17 @@ impl Config {
                     "{address} is the HTTP workers' address; give the metrics listener a \
                      port of its own (e.g. \"127.0.0.1:9169\")"
                 ),
+            ));
+        }
+        if let Some(app) = &self.app
+            && app.runs_forkwarden_wsgi()
+            && !app.nonblocking
+        {
+            return Err((
+                "app.nonblocking".into(),
+                "forkwarden_wsgi waits for the listening socket in epoll and needs \
+                 nonblocking = true, its default: remove this line or set it to true"
+                    .into(),
             ));
         }
         if let Some(app) = &self.app
@@ -910,10 +1014,36 @@ fn key_path(path: &serde_path_to_error::Path) -> String {
 
 /// serde's messages name Rust types ("expected u32"); say what an admin may write instead.
 fn friendly(message: &str) -> String {
+    if let Some(unknown) = unknown_key(message) {
+        return unknown;
+    }
     message
         .replace("expected u16", "expected a port number from 0 to 65535")
         .replace("expected u32", "expected a whole number, 0 or more")
         .replace("expected u64", "expected a whole number, 0 or more")
+}
+
+/// serde's "unknown field `wrkers`, expected one of `http_interface`, ... " (every key of
+/// the table) as "unknown key `wrkers`; did you mean `workers`?", or without the
+/// suggestion when no key is close.
+fn unknown_key(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (name, rest) = rest.split_once('`')?;
+    let known = rest
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|key| !key.is_empty());
+    let closest = known
+        .map(|key| (strsim::jaro_winkler(name, key), key))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    Some(match closest {
+        Some((_, key)) => format!("unknown key `{name}`; did you mean `{key}`?"),
+        None => {
+            format!("unknown key `{name}`; see docs/configuration.md for the keys this table takes")
+        }
+    })
 }
 
 /// An IP address, with an error that shows the value and what is accepted.
@@ -957,9 +1087,18 @@ fn error_at(
     key: String,
     message: String,
 ) -> ConfigError {
-    let line = span.map_or(1, |span| line_of(source, span.start));
+    // A key the file does not set is its default (line 0): no line of the file is to blame.
+    let defaulted = span.is_none() && !key.is_empty() && !key.contains('[');
+    let defaulted = defaulted && !is_written(source, &key);
+    let line = match span {
+        Some(span) => line_of(source, span.start),
+        None if defaulted => 0,
+        None => 1,
+    };
     // A refused `cron_store` may hold a password: its line is not echoed.
-    let excerpt = if key == "cron_store" {
+    let excerpt = if line == 0 {
+        String::new()
+    } else if key == "cron_store" {
         "cron_store = (not shown: it may hold a password)".to_string()
     } else {
         source
@@ -985,6 +1124,39 @@ fn line_of(source: &str, offset: usize) -> usize {
 
 /// Where the key at `path` (`workers`, `app.command`, `cron[2].schedule`) is written in
 /// `source`, if it is; for a missing key inside a table, where that table starts.
+/// The directory systemd made for the service's state (`StateDirectory=`, given as
+/// `$STATE_DIRECTORY`; the first one if several), the default data_dir under systemd: the
+/// directory beside the config file (/etc) is not the service's to write.
+fn systemd_state_directory() -> Option<PathBuf> {
+    let value = std::env::var_os("STATE_DIRECTORY")?;
+    let first = value.to_str()?.split(':').next()?;
+    let path = PathBuf::from(first);
+    path.is_absolute().then_some(path)
+}
+
+/// Whether `source` sets the key at dotted `path` (`limit_memory_soft`, `app.nonblocking`),
+/// rather than leaving it to its default.
+fn is_written(source: &str, path: &str) -> bool {
+    let Ok(document) = toml::de::DeTable::parse(source) else {
+        return false;
+    };
+    let mut table = document.get_ref();
+    let mut segments = path.split('.').peekable();
+    while let Some(segment) = segments.next() {
+        let Some((_, value)) = table.iter().find(|(name, _)| name.get_ref() == segment) else {
+            return false;
+        };
+        if segments.peek().is_none() {
+            return true;
+        }
+        match value.get_ref().as_table() {
+            Some(inner) => table = inner,
+            None => return false,
+        }
+    }
+    false
+}
+
 fn span_of_path(source: &str, path: &str) -> Option<std::ops::Range<usize>> {
     let document = toml::de::DeTable::parse(source).ok()?;
     let mut table = document.get_ref();
@@ -1118,10 +1290,45 @@ mod tests {
     fn unknown_key_is_named_with_its_line() {
         let text = error_text("workers = 2\nwrkers = 3\n");
         assert!(
-            text.starts_with("/etc/fw/test.toml:2: wrkers: unknown field `wrkers`"),
+            text.starts_with(
+                "/etc/fw/test.toml:2: wrkers: unknown key `wrkers`; did you mean `workers`?"
+            ),
             "{text}"
         );
-        assert!(text.contains("`workers`"), "{text}");
+        // Not the list of every key.
+        assert!(!text.contains("http_interface"), "{text}");
+        let far = error_text("[app]\ncommand = [\"x\"]\nzzz = 1\n");
+        assert!(
+            far.contains("unknown key `zzz`; see docs/configuration.md"),
+            "{far}"
+        );
+    }
+
+    #[test]
+    fn a_memory_limit_left_out_follows_the_one_written() {
+        let config = parse("limit_memory_hard = \"1GiB\"\n").unwrap();
+        assert_eq!(config.limit_memory_hard, ByteSize(1 << 30));
+        assert_eq!(config.limit_memory_soft, ByteSize((1 << 30) / 5 * 4));
+        let config = parse("limit_memory_soft = \"4GiB\"\n").unwrap();
+        assert_eq!(config.limit_memory_hard, ByteSize(5 << 30));
+        // Below the other default: nothing moves.
+        let config = parse("limit_memory_hard = \"3GiB\"\n").unwrap();
+        assert_eq!(config.limit_memory_soft, ByteSize::mib(2048));
+        // Both written and at odds: refused, naming the user's two values.
+        let text = error_text("limit_memory_soft = \"2GiB\"\nlimit_memory_hard = \"1GiB\"\n");
+        assert!(
+            text.contains(
+                "limit_memory_soft = \"2GiB\" is larger than limit_memory_hard = \"1GiB\""
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_program_without_cwd_runs_beside_the_config_file() {
+        let config = parse("[app]\ncommand = [\"./run.sh\"]\n").unwrap();
+        let app = config.app.unwrap();
+        assert_eq!(app.cwd, Some(PathBuf::from("/etc/fw")));
     }
 
     #[test]

@@ -150,10 +150,17 @@ const MEMORY_ERROR_SIGNS: [&str; 6] = [
     "bad_alloc",
 ];
 
+/// How many of a program's last lines per stream are kept, to quote when it cannot start.
+const TAIL_LINES: usize = 3;
+/// How much of each kept line: enough for an exception and its message.
+const TAIL_LINE_CHARS: usize = 300;
+
 struct OutputPipe {
     pipe: Receiver,
     token: Token,
     lines: LineSplitter,
+    /// Its last lines, control characters escaped, each cut to [`TAIL_LINE_CHARS`].
+    tail: std::collections::VecDeque<String>,
     stream: Stream,
     open: bool,
     /// More was waiting when the budget ran out.
@@ -179,6 +186,7 @@ impl ExecState {
             pipe,
             token,
             lines: LineSplitter::default(),
+            tail: std::collections::VecDeque::with_capacity(TAIL_LINES),
             stream,
             open: true,
             pending: true,
@@ -270,12 +278,25 @@ impl ExecState {
                 self.memory_error_seen |= output.read(name, CLOSING_BUDGET, &mut unpaced);
                 if let Some(line) = output.lines.finish() {
                     log_program_line(name, output.stream, &line);
+                    keep_in_tail(&mut output.tail, &line);
                 }
                 output.open = false;
                 output.pending = false;
             }
             let _ = registry.deregister(&mut output.pipe);
         }
+    }
+
+    /// Its last lines on standard error (on standard output if it wrote nothing there),
+    /// oldest first: what to quote when it could not start.
+    pub fn last_lines(&self) -> Vec<String> {
+        let [stdout, stderr] = &self.outputs;
+        let chosen = if stderr.tail.is_empty() {
+            stdout
+        } else {
+            stderr
+        };
+        chosen.tail.iter().cloned().collect()
     }
 
     /// When a silent program is to be killed: past its watchdog period since its last
@@ -310,10 +331,12 @@ impl OutputPipe {
         let mut read_so_far = 0;
         let mut memory_error = false;
         let stream = self.stream;
+        let tail = &mut self.tail;
         let mut log = |line: &str, pace: &mut OutputPace| {
             let lower = line.to_ascii_lowercase();
             memory_error |= MEMORY_ERROR_SIGNS.iter().any(|sign| lower.contains(sign));
             log_program_line(name, stream, line);
+            keep_in_tail(tail, line);
             pace.lines = pace.lines.saturating_add(1);
         };
         while read_so_far < budget {
@@ -352,6 +375,18 @@ impl OutputPipe {
         self.pending = true;
         memory_error
     }
+}
+
+/// Keeps `line` among the last [`TAIL_LINES`] of `tail`, escaped and cut short.
+fn keep_in_tail(tail: &mut std::collections::VecDeque<String>, line: &str) {
+    if line.trim().is_empty() {
+        return;
+    }
+    if tail.len() == TAIL_LINES {
+        tail.pop_front();
+    }
+    let cut: String = line.chars().take(TAIL_LINE_CHARS).collect();
+    tail.push_back(crate::format::escape_controls_owned(&cut));
 }
 
 impl Master {

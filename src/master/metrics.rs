@@ -122,6 +122,11 @@ impl Master {
             header.name.eq_ignore_ascii_case("accept")
                 && String::from_utf8_lossy(header.value).contains("application/openmetrics-text")
         });
+        /// What the metrics port offers, for whoever opens it in a browser.
+        const INDEX_PAGE: &str = "<!doctype html><title>forkwarden</title><h1>forkwarden</h1>\
+            <ul><li><a href=\"/status\">/status</a>: the workers, live</li>\
+            <li><a href=\"/status.json\">/status.json</a>: the same as JSON</li>\
+            <li><a href=\"/metrics\">/metrics</a>: for Prometheus</li></ul>\n";
         let (content_type, body) = match path {
             "/metrics" if wants_openmetrics => (
                 OPENMETRICS,
@@ -133,6 +138,7 @@ impl Master {
             ),
             "/status" => ("text/html; charset=utf-8", STATUS_PAGE.as_bytes().to_vec()),
             "/status.json" => ("application/json", self.status_json()),
+            "/" => ("text/html; charset=utf-8", INDEX_PAGE.as_bytes().to_vec()),
             _ => return Reply::Answer(plain(404, "Not Found", head_only)),
         };
         Reply::Answer(response(200, "OK", content_type, &body, head_only))

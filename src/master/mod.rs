@@ -50,7 +50,7 @@ pub use control::socket_path as control_socket_path;
 pub use pidfile::PidfileError;
 
 use crate::app::AppFactory;
-use crate::config::{Config, ExecApp};
+use crate::config::{Config, ConfigSource, ExecApp};
 use crate::doorbell::Doorbell;
 use crate::format::elapsed;
 use crate::id::{Role, WorkerId};
@@ -76,8 +76,16 @@ const SPAWN_RETRY: Duration = Duration::from_secs(1);
 
 /// The master's exit status after a worker reported a critical error (it exited with 3).
 pub const EXIT_STATUS_CRITICAL: u8 = 3;
-/// The master's exit status when its event loop broke down.
+/// The master's exit status when its event loop broke down, or when the application
+/// could not start at all (see [`FIRST_START_ATTEMPTS`]).
 pub const EXIT_STATUS_FAILURE: u8 = 1;
+
+/// Failed starts in a row, before any worker of its role was ever ready, after which
+/// the server stops instead of retrying for ever: an application that cannot be imported
+/// or a program that is missing will not start by itself (gunicorn stops at the first).
+/// More than one, so that one unlucky start (a port still taken, a database restarting)
+/// does not stop a server; once it has served, failed starts are retried with backoff.
+const FIRST_START_ATTEMPTS: u32 = 3;
 
 /// Why the master could not start.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +146,8 @@ pub struct Master {
     /// does not matter), lent to every HTTP program of the current generation as part of
     /// its worker kit.
     handed_settings: std::os::fd::OwnedFd,
-    config_path: PathBuf,
+    /// Where the config is read again from on SIGHUP.
+    source: ConfigSource,
     pid: Pid,
     app: Box<AppFactory>,
     logging: Logging,
@@ -193,7 +202,7 @@ impl Master {
     /// is forked yet.
     pub fn new(
         config: Config,
-        config_path: PathBuf,
+        source: ConfigSource,
         app: Box<AppFactory>,
         logging: Logging,
     ) -> Result<Self, MasterError> {
@@ -242,7 +251,7 @@ impl Master {
                     .map_err(|source| MasterError::Metrics { address, source })
             })
             .transpose()?;
-        sys::set_process_title(&format!("forkwarden: master ({})", config_path.display()));
+        sys::set_process_title(&format!("forkwarden: master ({})", source.describe()));
         Ok(Self {
             pool: Pool::new(config.workers, config.max_cron_threads, &config.program),
             templates: Templates::default(),
@@ -254,7 +263,7 @@ impl Master {
                 .map_or(libc::RLIM_INFINITY, |(_, hard)| hard),
             config,
             handed_settings,
-            config_path,
+            source,
             pid: nix::unistd::getpid(),
             app,
             logging,
@@ -286,7 +295,7 @@ impl Master {
             self.pid,
             self.config.workers,
             self.config.max_cron_threads,
-            self.config_path.display()
+            self.source.describe()
         );
         for program in &self.config.program {
             info!(
@@ -314,14 +323,16 @@ impl Master {
             );
         }
         if let Some(app) = &self.config.app {
+            let how = if app.runs_forkwarden_wsgi() {
+                "forkwarden's worker through the worker kit"
+            } else {
+                "a program (limits it cannot see need the kit or BUSY=1/IDLE=1: see \
+                 docs/programs.md)"
+            };
             info!(
-                "[app] {:?}: each http worker runs it with the socket as fd 3, the worker kit \
-                 from fd 4 and NOTIFY_SOCKET={}; memory limits, ready_timeout, \
-                 heartbeat_timeout and respawn apply to any program; limit_time_real, \
-                 limit_time_cpu, limit_request and a graceful limit_memory_soft recycle need \
-                 it to run forkwarden's worker with the kit (forkwarden_wsgi does) or to send \
-                 BUSY=1/IDLE=1 around each request",
-                app.command,
+                "http workers run {}: {how} (NOTIFY_SOCKET={}; the socket is fd 3, the kit \
+                 from fd 4)",
+                app.command.join(" "),
                 self.notifications.path().display()
             );
         }
@@ -466,6 +477,7 @@ impl Master {
         if row.state != WorkerState::Booting {
             worker.mark_ready();
         }
+        self.pool.note_ended(&worker);
         let name = worker.name();
         if worker.row.counted_idle() {
             self.board.forget_idle();
@@ -542,6 +554,23 @@ impl Master {
             }
         } else if self.phase.is_stopping() || leaving.is_some() {
             log_worker(level, &report.facts, None, &report.line);
+        } else if report.failed_start
+            && self.cannot_start(
+                worker.id.role,
+                self.pool.failures_in_a_row(worker.id).saturating_add(1),
+            )
+        {
+            let last_lines = worker
+                .kind
+                .program()
+                .map(exec::ExecState::last_lines)
+                .unwrap_or_default();
+            self.give_up_starting(
+                worker.id.role,
+                &report.line,
+                Some(&report.facts),
+                &last_lines,
+            );
         } else {
             self.replace(
                 worker.id,
@@ -613,6 +642,48 @@ impl Master {
                 );
             }
         }
+    }
+
+    /// Whether `failures` failed starts in a row of a worker of `role` mean that it cannot
+    /// start at all: the server is starting, no worker of that role has ever been ready,
+    /// and that is the limit.
+    fn cannot_start(&self, role: Role, failures: u32) -> bool {
+        matches!(self.phase, Phase::Starting)
+            && !self.pool.has_served(role)
+            && failures >= FIRST_START_ATTEMPTS
+    }
+
+    /// Stops the server after the last of [`FIRST_START_ATTEMPTS`] failed starts, whose
+    /// report is `line`, quoting the program's `last_lines` (an import error's last
+    /// lines say why better than anything the master knows).
+    /// `facts`: the worker's, for the log's fields (none for a preload template).
+    fn give_up_starting(
+        &mut self,
+        role: Role,
+        line: &str,
+        facts: Option<&Facts>,
+        last_lines: &[String],
+    ) {
+        let quoted = if last_lines.is_empty() {
+            String::new()
+        } else {
+            format!("; its last output: {}", last_lines.join(" | "))
+        };
+        let line = format!(
+            "{line}; the application cannot start: {FIRST_START_ATTEMPTS} failed starts in a \
+             row and no {} worker has ever been ready{quoted}",
+            role.as_str()
+        );
+        match facts {
+            Some(facts) => log_worker(Level::ERROR, facts, None, &line),
+            None => error!(event = "template_load_failed", "{line}"),
+        }
+        error!(
+            event = "start_failed",
+            "stopping: fix what the lines above say and start again (a server that has \
+             served retries failed starts with backoff instead)"
+        );
+        self.begin_stop("the application cannot start", EXIT_STATUS_FAILURE);
     }
 
     // ---- step 3: readiness ----

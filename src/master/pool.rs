@@ -5,7 +5,7 @@
 //! pool what to do (which slots to fill, which workers to retire, when the next deadline is)
 //! and does it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
@@ -329,6 +329,9 @@ pub struct Pool {
     /// How many workers each role wants (a role absent wants none).
     wanted: BTreeMap<Role, u32>,
     generation: u64,
+    /// The roles of which a worker of this server has been ready once (one that is gone
+    /// included).
+    served: BTreeSet<Role>,
 }
 
 impl Pool {
@@ -338,6 +341,7 @@ impl Pool {
             slots: HashMap::new(),
             wanted: BTreeMap::from([(Role::Http, wanted_http), (Role::Cron, wanted_cron)]),
             generation: 1,
+            served: BTreeSet::new(),
         };
         pool.set_programs(programs);
         pool
@@ -419,6 +423,24 @@ impl Pool {
     pub fn take(&mut self, pid: Pid) -> Option<Worker> {
         let index = self.workers.iter().position(|worker| worker.pid == pid)?;
         Some(self.workers.swap_remove(index))
+    }
+
+    /// Remembers that a worker taken out had become ready (see [`Pool::has_served`]).
+    pub fn note_ended(&mut self, worker: &Worker) {
+        if worker.is_ready() {
+            self.served.insert(worker.id.role);
+        }
+    }
+
+    /// Whether a worker of `role` has ever become ready on this server: until then, a
+    /// failed start may mean that its program or application cannot start at all (cron
+    /// workers that start say nothing of an HTTP application that cannot be imported).
+    pub fn has_served(&self, role: Role) -> bool {
+        self.served.contains(&role)
+            || self
+                .workers
+                .iter()
+                .any(|worker| worker.id.role == role && worker.is_ready())
     }
 
     /// The running worker of the current generation in slot `id`, if any.

@@ -1,4 +1,4 @@
-//! Step 1 of the master's loop: what each signal does (see the table in README.md).
+//! Step 1 of the master's loop: what each signal does (see the table in docs/operations.md, "Signals").
 
 use std::time::Instant;
 
@@ -11,7 +11,7 @@ use super::lifecycle::{Departure, Lifecycle, RetireReason};
 use super::pool::Worker;
 use super::template::TemplateState;
 use super::{Master, Phase, signal_name};
-use crate::config::{Config, RESTART_ONLY_KEYS};
+use crate::config::RESTART_ONLY_KEYS;
 use crate::format::elapsed;
 use crate::id::Role;
 use crate::limits::MasterLimits;
@@ -105,7 +105,7 @@ impl Master {
             );
             return;
         }
-        let mut new = match Config::load_checked(&self.config_path) {
+        let mut new = match self.source.load_checked() {
             Ok(config) => config,
             Err(error) => {
                 error!(

@@ -20,7 +20,8 @@ pub(super) struct Survey {
     pub limits: LimitSurvey,
     pub http_workers: Headcount,
     pub cron_workers: Headcount,
-    /// Requests (and cron jobs) served since the start, by workers alive or ended.
+    /// Requests served since the start, by HTTP workers and programs alive or ended (cron
+    /// runs are counted per job instead).
     pub requests: u64,
     /// Worker ends by cause.
     pub ends: BTreeMap<String, u64>,
@@ -197,10 +198,12 @@ impl Master {
                 }
             })
             .collect();
-        // Workers alive and ended, every role.
+        // Workers alive and ended, every role that serves requests: a cron worker's runs
+        // are counted per job (`cron_runs`), not as requests.
         let requests = served
-            .values()
-            .fold(0, |sum: u64, served| sum.saturating_add(served.count));
+            .iter()
+            .filter(|(role, _)| **role != Role::Cron.as_str())
+            .fold(0, |sum: u64, (_, served)| sum.saturating_add(served.count));
         let tally = &self.tally;
         let headcount = |role| Headcount {
             wanted: self.pool.wanted(role),
@@ -210,7 +213,7 @@ impl Master {
             master: MasterSurvey {
                 pid: self.pid.as_raw(),
                 generation: self.pool.generation(),
-                config: self.config_path.display().to_string(),
+                config: self.source.describe(),
                 uptime_seconds: uptime.as_secs_f64(),
                 stopping: self.phase.is_stopping(),
                 rss_bytes: crate::proctree::memory(self.pid, false).map(|memory| memory.rss),

@@ -3,7 +3,7 @@
 //! a fork, not a cold start, and the loaded memory is shared copy-on-write. The master never
 //! runs application code: it only asks, and supervises what comes back.
 //!
-//! The protocol (README, "Preloading"), in the order things happen:
+//! The protocol (docs/programs.md, "The template protocol"), in the order things happen:
 //! 1. The master starts the program as for an exec worker (the listening socket on fd 3,
 //!    `NOTIFY_SOCKET`, its output logged), plus its end of a SEQPACKET channel on fd 4
 //!    (`FORKWARDEN_CONTROL_FD=4`), and not as a child subreaper. It loads the application
@@ -614,6 +614,17 @@ impl Master {
                     template.generation,
                     self.pool.generation()
                 );
+            }
+            TemplateState::Loading { .. }
+                if self.cannot_start(
+                    Role::Http,
+                    self.templates.failures_in_a_row.saturating_add(1),
+                ) =>
+            {
+                let line = format!(
+                    "{name} failed to load the application: {ending} before it said READY=1"
+                );
+                self.give_up_starting(Role::Http, &line, None, &template.exec.last_lines());
             }
             TemplateState::Loading { .. } => {
                 self.templates.failures_in_a_row += 1;

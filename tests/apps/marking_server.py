@@ -2,7 +2,7 @@
 the worker kit would (another language's server): socket activation on descriptor 3, READY=1,
 BUSY=1 / REQUEST= / IDLE=1 around each request, WATCHDOG=1 while idle when WATCHDOG_USEC asks.
 It serves scripts/compare_app.py's endpoints with the standard library's wsgiref, one request
-at a time. The fixture that keeps that protocol (forkwarden's README, "Running any program")
+at a time. The fixture that keeps that protocol (forkwarden's docs/programs.md, "Running any program")
 tested, now that forkwarden_wsgi runs forkwarden's own worker. Needs `nonblocking = true`:
 every worker waits in select() on the shared socket and must not then block in accept().
 

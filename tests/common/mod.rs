@@ -30,6 +30,24 @@ const BASE_CONFIG: &[(&str, &str)] = &[
     ("graceful_timeout", "\"10s\""),
 ];
 
+/// For a test that cannot do its check because a tool or a privilege (`what`) is missing:
+/// under CI (`CI=true`, where .ci/run installs every tool the tests use) that fails the
+/// test; elsewhere the test passes having checked nothing, and says so where `cargo test`
+/// shows it (straight to standard error: libtest captures only the print macros).
+pub fn cannot_check(what: &str) {
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    if std::env::var("CI").is_ok_and(|value| value == "true" || value == "1") {
+        panic!("{name}: cannot check: {what}; under CI every tool the tests need is there");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {name}: {what} (checked nothing; CI=true makes this a failure)"
+    );
+}
+
 /// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -140,10 +158,45 @@ impl Server {
         Self::spawn_command(dir, config_path, command)
     }
 
+    /// Starts `forkwarden serve` with `args` (a config file only if they name one), in a
+    /// temporary directory that `files` (name, text) are written to first, with `env` added;
+    /// does not wait for anything.
+    pub fn serve(args: &[&str], files: &[(&str, &str)], env: &[(&str, String)]) -> Server {
+        Self::serve_with(Path::new(BINARY), args, files, env)
+    }
+
+    /// [`Server::serve`] with the `forkwarden` at `binary` (one a wheel installed).
+    pub fn serve_with(
+        binary: &Path,
+        args: &[&str],
+        files: &[(&str, &str)],
+        env: &[(&str, String)],
+    ) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).expect("write a file of the test");
+        }
+        let mut command = Command::new(binary);
+        command
+            .arg("serve")
+            .args(args)
+            .current_dir(dir.path())
+            .envs(env.iter().map(|(key, value)| (*key, value.as_str())));
+        let config_path = dir.path().join("forkwarden.toml");
+        Self::spawn_configured(dir, config_path, command)
+    }
+
     fn spawn_command(dir: tempfile::TempDir, config_path: PathBuf, mut command: Command) -> Server {
+        command.arg("--config").arg(&config_path);
+        Self::spawn_configured(dir, config_path, command)
+    }
+
+    fn spawn_configured(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        mut command: Command,
+    ) -> Server {
         let mut child = command
-            .arg("--config")
-            .arg(&config_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -258,6 +258,38 @@ pub fn supervise_job(command: &mut std::process::Command) {
     }
 }
 
+/// Prepares `command` to run as another account (`forkwarden check` loading the
+/// application as its workers would): between fork and exec the child takes `groups` as
+/// its supplementary groups, then `gid`, then `uid`, so that nothing of root is left, and
+/// dies with its parent. Only for a process that runs as root; the calls fail otherwise.
+pub fn run_as_account(
+    command: &mut std::process::Command,
+    uid: nix::unistd::Uid,
+    gid: nix::unistd::Gid,
+    groups: &[nix::unistd::Gid],
+) {
+    use std::os::unix::process::CommandExt;
+    // Made before the fork: the hook must not allocate.
+    let groups: Vec<libc::gid_t> = groups.iter().map(|group| group.as_raw()).collect();
+    let (uid, gid) = (uid.as_raw(), gid.as_raw());
+    let hook = move || -> std::io::Result<()> {
+        // SAFETY: only async-signal-safe calls (setgroups, setgid, setuid, prctl) on values
+        // made before the fork, as required between fork and exec; `groups` outlives the
+        // call and its length is the number of entries passed.
+        unsafe {
+            super::errno_result(libc::setgroups(groups.len(), groups.as_ptr()))?;
+            super::errno_result(libc::setgid(gid))?;
+            super::errno_result(libc::setuid(uid))?;
+            super::errno_result(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
+        }
+        Ok(())
+    };
+    // SAFETY: the hook above only makes async-signal-safe calls.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
 /// Lowers this process's scheduling priority by `increment` (`nice(2)`); its future
 /// children inherit the new value.
 pub fn lower_priority(increment: i32) -> nix::Result<()> {

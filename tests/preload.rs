@@ -90,16 +90,16 @@ fn template_of(server: &Server) -> i32 {
     pid_after(&line, "started as pid ")
 }
 
-/// The master's live children that are not a template: its HTTP workers.
+/// The master's live children that are its HTTP workers: those whose process title says
+/// so (a worker sets it as it starts to serve). Not "every child but the templates the log
+/// named": a template just forked is a child before its line reaches the log.
 fn workers_of(server: &Server) -> Vec<i32> {
-    let templates: BTreeSet<i32> = server
-        .log_matching("app template started as pid ")
-        .iter()
-        .map(|line| pid_after(line, "started as pid "))
-        .collect();
     children_of(server.pid())
         .into_iter()
-        .filter(|pid| !templates.contains(pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline.starts_with(b"forkwarden: http worker"))
+        })
         .collect()
 }
 

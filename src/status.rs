@@ -100,11 +100,14 @@ pub fn render(status: &Value) -> String {
         )
     };
     let mut text = format!(
-        "forkwarden master pid {}, config generation {}, up {}, rss {}{}\n",
+        "forkwarden master pid {}, config generation {}, up {}, rss {}{}{}\n",
         master["pid"],
         master["generation"],
         seconds(&master["uptime_seconds"]),
         bytes(&master["rss_bytes"]),
+        master["listening"]
+            .as_str()
+            .map_or_else(String::new, |address| format!(", listening on {address}")),
         if master["stopping"].as_bool() == Some(true) {
             ", stopping"
         } else {
@@ -141,7 +144,11 @@ pub fn render(status: &Value) -> String {
             other => other.to_string(),
         };
         table.push([
-            text("role"),
+            // A companion program by its name (`websocket`), others by their role.
+            match &worker["program"] {
+                Value::String(name) => name.clone(),
+                _ => text("role"),
+            },
             text("slot"),
             text("pid"),
             text("generation"),
@@ -157,6 +164,27 @@ pub fn render(status: &Value) -> String {
             text("requests"),
             seconds(&worker["uptime_seconds"]),
         ]);
+    }
+    let jobs: Vec<String> = status["cron_jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|job| {
+            format!(
+                "{} ({} ok, {} failed{})",
+                job["name"].as_str().unwrap_or("?"),
+                job["succeeded"],
+                job["failed"],
+                if job["running"].as_bool() == Some(true) {
+                    ", running"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
+    if !jobs.is_empty() {
+        text.push_str(&format!("cron jobs: {}\n", jobs.join(", ")));
     }
     text.push('\n');
     text.push_str(&columns(&table));
@@ -197,7 +225,7 @@ mod tests {
     fn the_table_shows_each_worker_and_the_tallies() {
         let status = serde_json::json!({
             "master": {"pid": 10, "generation": 2, "uptime_seconds": 75.0, "stopping": false,
-                       "rss_bytes": 3_670_016},
+                       "rss_bytes": 3_670_016, "listening": "http://127.0.0.1:8069"},
             "limits": {"limit_memory_soft": 0, "limit_memory_hard": 2_684_354_560_u64,
                        "limit_time_real": 120.0, "limit_time_cpu": 60.0},
             "http_workers": {"wanted": 2, "running": 2},
@@ -212,8 +240,17 @@ mod tests {
                  "cpu_seconds": 0.25, "requests": 40, "uptime_seconds": 60.0},
                 {"role": "http", "slot": 1, "pid": 12, "generation": 2, "state": "idle",
                  "request": null, "busy_seconds": null, "rss_bytes": null,
-                 "cpu_seconds": null, "requests": 2, "uptime_seconds": 1.0}
-            ]
+                 "cpu_seconds": null, "requests": 2, "uptime_seconds": 1.0},
+                {"role": "program", "program": "websocket", "slot": 0, "pid": 13,
+                 "generation": 2, "state": "idle", "request": null, "busy_seconds": null,
+                 "rss_bytes": null, "cpu_seconds": null, "requests": 0, "uptime_seconds": 1.0},
+                {"role": "template", "program": null, "slot": 0, "pid": 14,
+                 "generation": 2, "state": "idle", "request": null, "busy_seconds": null,
+                 "rss_bytes": 115_343_360, "cpu_seconds": 1.5, "requests": 0,
+                 "uptime_seconds": 70.0}
+            ],
+            "cron_jobs": [{"name": "report", "runs": 3, "succeeded": 2, "failed": 1,
+                           "running": true}]
         });
         let text = render(&status);
         assert!(
@@ -228,9 +265,22 @@ mod tests {
         assert!(text.contains("workers ended: replaced 2"), "{text}");
         assert!(text.contains("limits enforced: none"), "{text}");
         assert!(
-            text.contains("busy   1.5s  GET /slow  20 MiB  0.25s  40"),
+            text.contains("busy   1.5s  GET /slow  20 MiB   0.25s  40"),
             "{text}"
         );
         assert!(text.contains("http worker 1 (pid 9) died"), "{text}");
+        assert!(
+            text.contains(", listening on http://127.0.0.1:8069"),
+            "{text}"
+        );
+        assert!(text.contains("\nwebsocket  0"), "{text}");
+        assert!(
+            text.contains("\ntemplate   0     14   2    idle   -     -          110 MiB"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cron jobs: report (2 ok, 1 failed, running)"),
+            "{text}"
+        );
     }
 }

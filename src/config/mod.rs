@@ -790,108 +790,18 @@ impl Config {
     /// Each `[[cron]]` job: a usable name, a command, exactly one of schedule and interval.
     fn validate_cron(&self) -> Result<(), (String, String)> {
         let mut names = BTreeSet::new();
+        let preloads = self.app.as_ref().is_some_and(|app| app.preload);
         for (index, job) in self.cron.iter().enumerate() {
-            let at = |key: &str| format!("cron[{index}].{key}");
-            let name = &job.name;
-            let valid_name = !name.is_empty()
-                && name.len() <= MAX_JOB_NAME
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-                && !name.starts_with('.');
-            if !valid_name {
-                return Err((
-                    at("name"),
-                    format!(
-                        "cron job name {name:?} is not usable: expected 1 to {MAX_JOB_NAME} \
-                         letters, digits, '.', '_' or '-' (it names the job's files), not \
-                         starting with '.'"
-                    ),
-                ));
+            let at = |(key, message): (&str, String)| (format!("cron[{index}].{key}"), message);
+            validate_job_name(&job.name).map_err(at)?;
+            if !names.insert(job.name.as_str()) {
+                return Err(at((
+                    "name",
+                    format!("cron job {:?} is declared twice", job.name),
+                )));
             }
-            if !names.insert(name.as_str()) {
-                return Err((at("name"), format!("cron job {name:?} is declared twice")));
-            }
-            match (&job.call, job.command.is_empty()) {
-                (Some(_), false) => {
-                    return Err((
-                        at("call"),
-                        format!("cron job {name:?}: give either command or call, not both"),
-                    ));
-                }
-                (Some(call), true) => {
-                    let usable = call.split_once(':').is_some_and(|(module, function)| {
-                        !module.is_empty() && !function.is_empty()
-                    });
-                    if !usable {
-                        return Err((
-                            at("call"),
-                            format!(
-                                "cron job {name:?}: call {call:?} is not usable; expected \
-                                 module:function, e.g. \"myapp.tasks:nightly\""
-                            ),
-                        ));
-                    }
-                    if job.cwd.is_some() {
-                        return Err((
-                            at("cwd"),
-                            format!(
-                                "cron job {name:?}: cwd cannot be used with call: the function \
-                                 runs in the preloaded application, in its directory"
-                            ),
-                        ));
-                    }
-                    if !self.app.as_ref().is_some_and(|app| app.preload) {
-                        return Err((
-                            at("call"),
-                            format!(
-                                "cron job {name:?}: call needs the application preloaded \
-                                 ([app] with preload = true): the function runs in a process \
-                                 forked from it"
-                            ),
-                        ));
-                    }
-                }
-                (None, _) => {
-                    if job.command.first().is_none_or(|program| program.is_empty()) {
-                        return Err((
-                            at("command"),
-                            format!(
-                                "cron job {name:?}: command is empty; expected the program and \
-                                 its arguments, e.g. [\"/usr/local/bin/report\", \"--yesterday\"], \
-                                 or call = \"module:function\" with a preloaded [app]"
-                            ),
-                        ));
-                    }
-                }
-            }
-            match (&job.schedule, &job.interval) {
-                (Some(_), Some(_)) | (None, None) => {
-                    return Err((
-                        at(if job.schedule.is_some() {
-                            "schedule"
-                        } else {
-                            "name"
-                        }),
-                        format!(
-                            "cron job {name:?}: give exactly one of schedule (e.g. \"0 2 * * *\") \
-                             and interval (e.g. \"15m\")"
-                        ),
-                    ));
-                }
-                (Some(expression), None) => {
-                    expression
-                        .cron()
-                        .map_err(|why| (at("schedule"), format!("cron job {name:?}: {why}")))?;
-                }
-                (None, Some(interval)) if interval.is_zero() => {
-                    return Err((
-                        at("interval"),
-                        format!("cron job {name:?}: interval must be longer than 0"),
-                    ));
-                }
-                (None, Some(_)) => {}
-            }
+            validate_job_action(job, preloads).map_err(at)?;
+            validate_job_timing(job).map_err(at)?;
         }
         Ok(())
     }
@@ -1013,6 +923,106 @@ fn key_path(path: &serde_path_to_error::Path) -> String {
 }
 
 /// serde's messages name Rust types ("expected u32"); say what an admin may write instead.
+/// A job's name names its files: a few plain characters, no leading dot.
+fn validate_job_name(name: &str) -> Result<(), (&'static str, String)> {
+    let usable = !name.is_empty()
+        && name.len() <= MAX_JOB_NAME
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && !name.starts_with('.');
+    if usable {
+        return Ok(());
+    }
+    Err((
+        "name",
+        format!(
+            "cron job name {name:?} is not usable: expected 1 to {MAX_JOB_NAME} letters, \
+             digits, '.', '_' or '-' (it names the job's files), not starting with '.'"
+        ),
+    ))
+}
+
+/// What a job runs: a command, or (`preloads`: the application is preloaded) a call.
+fn validate_job_action(job: &CronJob, preloads: bool) -> Result<(), (&'static str, String)> {
+    let name = &job.name;
+    match (&job.call, job.command.is_empty()) {
+        (Some(_), false) => Err((
+            "call",
+            format!("cron job {name:?}: give either command or call, not both"),
+        )),
+        (Some(call), true) => {
+            let usable = call
+                .split_once(':')
+                .is_some_and(|(module, function)| !module.is_empty() && !function.is_empty());
+            if !usable {
+                return Err((
+                    "call",
+                    format!(
+                        "cron job {name:?}: call {call:?} is not usable; expected \
+                         module:function, e.g. \"myapp.tasks:nightly\""
+                    ),
+                ));
+            }
+            if job.cwd.is_some() {
+                return Err((
+                    "cwd",
+                    format!(
+                        "cron job {name:?}: cwd cannot be used with call: the function runs \
+                         in the preloaded application, in its directory"
+                    ),
+                ));
+            }
+            if !preloads {
+                return Err((
+                    "call",
+                    format!(
+                        "cron job {name:?}: call needs the application preloaded ([app] with \
+                         preload = true): the function runs in a process forked from it"
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        (None, _) if job.command.first().is_none_or(|program| program.is_empty()) => Err((
+            "command",
+            format!(
+                "cron job {name:?}: command is empty; expected the program and its \
+                 arguments, e.g. [\"/usr/local/bin/report\", \"--yesterday\"], or call = \
+                 \"module:function\" with a preloaded [app]"
+            ),
+        )),
+        (None, _) => Ok(()),
+    }
+}
+
+/// When a job runs: exactly one of a usable schedule and an interval longer than 0.
+fn validate_job_timing(job: &CronJob) -> Result<(), (&'static str, String)> {
+    let name = &job.name;
+    match (&job.schedule, &job.interval) {
+        (Some(_), Some(_)) | (None, None) => Err((
+            if job.schedule.is_some() {
+                "schedule"
+            } else {
+                "name"
+            },
+            format!(
+                "cron job {name:?}: give exactly one of schedule (e.g. \"0 2 * * *\") and \
+                 interval (e.g. \"15m\")"
+            ),
+        )),
+        (Some(expression), None) => expression
+            .cron()
+            .map(|_| ())
+            .map_err(|why| ("schedule", format!("cron job {name:?}: {why}"))),
+        (None, Some(interval)) if interval.is_zero() => Err((
+            "interval",
+            format!("cron job {name:?}: interval must be longer than 0"),
+        )),
+        (None, Some(_)) => Ok(()),
+    }
+}
+
 fn friendly(message: &str) -> String {
     if let Some(unknown) = unknown_key(message) {
         return unknown;

@@ -392,107 +392,16 @@ impl PgStore {
                 return Ok((Claimed::Contended, None));
             };
             let (next_run, asked): (Option<SystemTime>, bool) = (row.get(0), row.get(1));
-            let open = tx
-                .query_opt(
-                    "SELECT id, host, worker_pid, started_at, lease_until, \
-                     EXTRACT(EPOCH FROM lease_until - now())::float8 \
-                     FROM forkwarden.cron_run WHERE job = $1 AND ended_at IS NULL",
-                    &[&job],
-                )
-                .map_err(refused)?;
-            let mut interrupted = None;
-            if let Some(open) = open {
-                let (id, host, worker_pid, started): (i64, String, i32, SystemTime) =
-                    (open.get(0), open.get(1), open.get(2), open.get(3));
-                let lease_until: Option<SystemTime> = open.get(4);
-                // Seconds the lease has left, on the database's clock.
-                let lease_left = open.get::<_, Option<f64>>(5).unwrap_or(0.0);
-                if lease_left > 0.0 {
+            let interrupted = match close_lapsed_run(&mut tx, job, now).map_err(refused)? {
+                OpenRun::Held(holder) => {
                     tx.commit().map_err(refused)?;
-                    return Ok((
-                        Claimed::Held(Holder {
-                            host,
-                            worker_pid,
-                            lease_until: lease_until.unwrap_or(now),
-                            lease_left: Duration::try_from_secs_f64(lease_left)
-                                .unwrap_or(Duration::ZERO),
-                        }),
-                        None,
-                    ));
+                    return Ok((Claimed::Held(holder), None));
                 }
-                let result = format!(
-                    "interrupted: its cron worker (pid {worker_pid} on {host}) stopped renewing \
-                     its lease (until {})",
-                    describe_time(lease_until.map(to_ms))
-                );
-                tx.execute(
-                    "UPDATE forkwarden.cron_run SET ended_at = $2, lease_until = NULL, \
-                     succeeded = false, result = $3 WHERE id = $1",
-                    &[&id, &now, &result],
-                )
-                .map_err(refused)?;
-                tx.execute(
-                    "UPDATE forkwarden.cron_job SET failed = failed + 1, \
-                     consecutive_failures = consecutive_failures + 1 WHERE name = $1",
-                    &[&job],
-                )
-                .map_err(refused)?;
-                interrupted = Some(RunRecord {
-                    host,
-                    pid: Some(worker_pid),
-                    start_ms: to_ms(started),
-                    end_ms: to_ms(now),
-                    result,
-                    ..RunRecord::default()
-                });
-            }
-            let decision = decide(next_run, asked);
-            let claimed = match decision {
-                Decision::Wait { store: None, .. } => Claimed::Written(decision),
-                Decision::Wait {
-                    store: next @ Some(_),
-                    ..
-                }
-                | Decision::Skip { next, .. } => {
-                    tx.execute(
-                        "UPDATE forkwarden.cron_job SET next_run = $2 WHERE name = $1",
-                        &[&job, &next],
-                    )
-                    .map_err(refused)?;
-                    Claimed::Written(decision)
-                }
-                Decision::Run { next, .. } => {
-                    let run: i64 = tx
-                        .query_one(
-                            "INSERT INTO forkwarden.cron_run \
-                             (job, host, worker_pid, started_at, lease_until) \
-                             VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) \
-                             RETURNING id",
-                            &[
-                                &job,
-                                &claimant.host,
-                                &claimant.worker_pid,
-                                &now,
-                                &claimant.lease.as_secs_f64(),
-                            ],
-                        )
-                        .map_err(refused)?
-                        .get(0);
-                    let runs: i64 = tx
-                        .query_one(
-                            "UPDATE forkwarden.cron_job SET next_run = $2, run_asked = false, \
-                             runs = runs + 1 WHERE name = $1 RETURNING runs",
-                            &[&job, &next],
-                        )
-                        .map_err(refused)?
-                        .get(0);
-                    Claimed::Run {
-                        decision,
-                        run,
-                        runs: u64::try_from(runs).unwrap_or(0),
-                    }
-                }
+                OpenRun::Interrupted(record) => Some(record),
+                OpenRun::None => None,
             };
+            let decision = decide(next_run, asked);
+            let claimed = write_decision(&mut tx, job, now, claimant, decision).map_err(refused)?;
             tx.commit().map_err(refused)?;
             Ok((claimed, interrupted))
         })
@@ -759,4 +668,121 @@ fn describe(error: &postgres::Error) -> String {
         cause = inner.source();
     }
     text
+}
+
+/// A job's open run, as a claim finds it.
+enum OpenRun {
+    /// None is open.
+    None,
+    /// One is, under a lease that has not passed: its holder.
+    Held(Holder),
+    /// One was, whose lease had passed: now recorded as interrupted (for the log).
+    Interrupted(RunRecord),
+}
+
+/// In the claim's transaction (the job's row locked): the job's open run, recorded as
+/// interrupted if its lease has passed on the database's clock.
+fn close_lapsed_run(
+    tx: &mut postgres::Transaction<'_>,
+    job: &str,
+    now: SystemTime,
+) -> Result<OpenRun, postgres::Error> {
+    let Some(open) = tx.query_opt(
+        "SELECT id, host, worker_pid, started_at, lease_until, \
+         EXTRACT(EPOCH FROM lease_until - now())::float8 \
+         FROM forkwarden.cron_run WHERE job = $1 AND ended_at IS NULL",
+        &[&job],
+    )?
+    else {
+        return Ok(OpenRun::None);
+    };
+    let (id, host, worker_pid, started): (i64, String, i32, SystemTime) =
+        (open.get(0), open.get(1), open.get(2), open.get(3));
+    let lease_until: Option<SystemTime> = open.get(4);
+    // Seconds the lease has left, on the database's clock.
+    let lease_left = open.get::<_, Option<f64>>(5).unwrap_or(0.0);
+    if lease_left > 0.0 {
+        return Ok(OpenRun::Held(Holder {
+            host,
+            worker_pid,
+            lease_until: lease_until.unwrap_or(now),
+            lease_left: Duration::try_from_secs_f64(lease_left).unwrap_or(Duration::ZERO),
+        }));
+    }
+    let result = format!(
+        "interrupted: its cron worker (pid {worker_pid} on {host}) stopped renewing its lease \
+         (until {})",
+        describe_time(lease_until.map(to_ms))
+    );
+    tx.execute(
+        "UPDATE forkwarden.cron_run SET ended_at = $2, lease_until = NULL, \
+         succeeded = false, result = $3 WHERE id = $1",
+        &[&id, &now, &result],
+    )?;
+    tx.execute(
+        "UPDATE forkwarden.cron_job SET failed = failed + 1, \
+         consecutive_failures = consecutive_failures + 1 WHERE name = $1",
+        &[&job],
+    )?;
+    Ok(OpenRun::Interrupted(RunRecord {
+        host,
+        pid: Some(worker_pid),
+        start_ms: to_ms(started),
+        end_ms: to_ms(now),
+        result,
+        ..RunRecord::default()
+    }))
+}
+
+/// In the claim's transaction: writes what `decision` says (a first due time, a skipped
+/// run, or a new run under `claimant`'s lease).
+fn write_decision(
+    tx: &mut postgres::Transaction<'_>,
+    job: &str,
+    now: SystemTime,
+    claimant: &Claimant<'_>,
+    decision: Decision,
+) -> Result<Claimed, postgres::Error> {
+    match decision {
+        Decision::Wait { store: None, .. } => Ok(Claimed::Written(decision)),
+        Decision::Wait {
+            store: next @ Some(_),
+            ..
+        }
+        | Decision::Skip { next, .. } => {
+            tx.execute(
+                "UPDATE forkwarden.cron_job SET next_run = $2 WHERE name = $1",
+                &[&job, &next],
+            )?;
+            Ok(Claimed::Written(decision))
+        }
+        Decision::Run { next, .. } => {
+            let run: i64 = tx
+                .query_one(
+                    "INSERT INTO forkwarden.cron_run \
+                     (job, host, worker_pid, started_at, lease_until) \
+                     VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) RETURNING id",
+                    &[
+                        &job,
+                        &claimant.host,
+                        &claimant.worker_pid,
+                        &now,
+                        &claimant.lease.as_secs_f64(),
+                    ],
+                )?
+                .get(0);
+            let runs: i64 = tx
+                .query_one(
+                    "UPDATE forkwarden.cron_job SET next_run = $2, run_asked = false, \
+                     runs = runs + 1 WHERE name = $1 RETURNING runs",
+                    &[&job, &next],
+                )?
+                .get(0);
+            Ok(Claimed::Run {
+                decision,
+                run,
+                runs: u64::try_from(runs).unwrap_or(0),
+            })
+        }
+    }
 }

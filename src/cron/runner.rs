@@ -221,43 +221,7 @@ fn run_call(
     tail: &OutputTail,
     started: impl FnOnce(Pid),
 ) -> RunEnding {
-    let prepared = (|| -> io::Result<(OwnedFd, [Output<'_>; 2])> {
-        let connection = sys::connect_calls(calls).map_err(|error| {
-            io::Error::new(
-                error.kind(),
-                format!(
-                    "cannot reach the app template ({}): {error}",
-                    calls.display()
-                ),
-            )
-        })?;
-        let (out_read, out_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-        let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-        let mut text = format!("CALL={call}\nJOB={}\n", job.name);
-        let variables = account
-            .iter()
-            .map(|(key, value)| (key.to_string_lossy(), value.to_string_lossy()))
-            .chain(
-                job.env
-                    .iter()
-                    .map(|(key, value)| (key.into(), value.into())),
-            );
-        for (key, value) in variables {
-            if !key.contains(['=', '\n']) && !value.contains('\n') {
-                text.push_str(&format!("{key}={value}\n"));
-            }
-        }
-        sys::send_with_descriptors(
-            connection.as_fd(),
-            text.as_bytes(),
-            &[out_write.as_fd(), err_write.as_fd()],
-        )?;
-        let output = [
-            Output::new(&job.name, Stream::Stdout, out_read, tail)?,
-            Output::new(&job.name, Stream::Stderr, err_read, tail)?,
-        ];
-        Ok((connection, output))
-    })();
+    let prepared = ask_template(job, call, account, calls, tail);
     let (connection, mut output) = match prepared {
         Ok(prepared) => prepared,
         Err(error) => return RunEnding::CouldNotStart(error),
@@ -311,6 +275,53 @@ fn run_call(
     let _ = killpg(pid, Signal::SIGKILL);
     drain(&mut output);
     ending
+}
+
+/// Asks the preload template on `calls` to fork a process that calls `call` for `job`,
+/// handing it the job's output pipes and environment (`account` and the job's `env`):
+/// the connection the template answers on, and the read ends of the output.
+fn ask_template<'a>(
+    job: &'a CronJob,
+    call: &str,
+    account: &[(OsString, OsString)],
+    calls: &Path,
+    tail: &'a OutputTail,
+) -> io::Result<(OwnedFd, [Output<'a>; 2])> {
+    let connection = sys::connect_calls(calls).map_err(|error| {
+        io::Error::new(
+            error.kind(),
+            format!(
+                "cannot reach the app template ({}): {error}",
+                calls.display()
+            ),
+        )
+    })?;
+    let (out_read, out_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let mut text = format!("CALL={call}\nJOB={}\n", job.name);
+    let variables = account
+        .iter()
+        .map(|(key, value)| (key.to_string_lossy(), value.to_string_lossy()))
+        .chain(
+            job.env
+                .iter()
+                .map(|(key, value)| (key.into(), value.into())),
+        );
+    for (key, value) in variables {
+        if !key.contains(['=', '\n']) && !value.contains('\n') {
+            text.push_str(&format!("{key}={value}\n"));
+        }
+    }
+    sys::send_with_descriptors(
+        connection.as_fd(),
+        text.as_bytes(),
+        &[out_write.as_fd(), err_write.as_fd()],
+    )?;
+    let output = [
+        Output::new(&job.name, Stream::Stdout, out_read, tail)?,
+        Output::new(&job.name, Stream::Stderr, err_read, tail)?,
+    ];
+    Ok((connection, output))
 }
 
 /// What the template says about a `call` job: `PID=<n>` once forked, then `EXIT=<status>`

@@ -183,6 +183,14 @@ fn plain(status: u16, reason: &str, head_only: bool) -> Vec<u8> {
 /// between).
 fn metrics_text(survey: &Survey, format: Format) -> String {
     let mut metrics = Exposition::new(format);
+    request_metrics(&mut metrics, survey);
+    worker_metrics(&mut metrics, survey);
+    event_metrics(&mut metrics, survey);
+    metrics.finish()
+}
+
+/// Requests served, and how long HTTP requests took.
+fn request_metrics(metrics: &mut Exposition, survey: &Survey) {
     metrics.counter(
         "forkwarden_requests",
         "Requests served (by cron workers: jobs run), workers that ended included.",
@@ -209,6 +217,10 @@ fn metrics_text(survey: &Survey, format: Format) -> String {
             http.count,
         );
     }
+}
+
+/// The workers: how many by role and state, and each one's memory and CPU.
+fn worker_metrics(metrics: &mut Exposition, survey: &Survey) {
     metrics.gauge(
         "forkwarden_workers",
         "Workers by role and state.",
@@ -264,6 +276,10 @@ fn metrics_text(survey: &Survey, format: Format) -> String {
             .iter()
             .filter_map(|worker| Some((worker_labels(worker), worker.cpu_seconds?))),
     );
+}
+
+/// What happened since the start (ends, limits, cron runs), and the master itself.
+fn event_metrics(metrics: &mut Exposition, survey: &Survey) {
     metrics.counter(
         "forkwarden_worker_ends",
         "Workers that ended since the start, by cause (each was replaced unless stopping).",
@@ -312,5 +328,4 @@ fn metrics_text(survey: &Survey, format: Format) -> String {
         "Config generation (1 at start, one more per reload).",
         [(Labels::new(), survey.master.generation)],
     );
-    metrics.finish()
 }

@@ -122,6 +122,23 @@ enum Spawned {
     Waiting,
 }
 
+/// What follows the end of a worker (see `Master::after_exit`).
+enum AfterExit {
+    /// It reported a critical error (exit status 3): the server stops.
+    StopServer,
+    /// Its end was logged when a limit was enforced on it.
+    AlreadyReported,
+    /// It left on its own and its replacement was started then: this pid, or none yet (a
+    /// template was asked for it).
+    AlreadyReplaced(Option<Pid>),
+    /// It was told to go (or the server stops): its end is logged, nothing replaces it here.
+    Log,
+    /// Its slot failed its first starts and no worker of its role was ever ready.
+    GiveUpStarting,
+    /// A replacement starts, at once or after a backoff.
+    Replace,
+}
+
 /// Where the server is in its life.
 enum Phase {
     /// The first population is starting: the service manager is told READY=1 once it is
@@ -162,9 +179,6 @@ pub struct Master {
     notifications: NotifyReceiver,
     /// The private directory that holds the notification socket; removed on exit.
     _runtime_dir: tempfile::TempDir,
-    /// Where preload templates take cron workers' `call` jobs (bound with the first one).
-    calls_path: PathBuf,
-    calls: Option<std::os::fd::OwnedFd>,
     /// The listening sockets and the hand-off channel, lent to workers.
     sockets: sockets::Sockets,
     pool: Pool,
@@ -254,7 +268,7 @@ impl Master {
         sys::set_process_title(&format!("forkwarden: master ({})", source.describe()));
         Ok(Self {
             pool: Pool::new(config.workers, config.max_cron_threads, &config.program),
-            templates: Templates::default(),
+            templates: Templates::new(runtime_dir.path().join("calls")),
             strays: Strays::default(),
             enforcer: enforce::Enforcer::new(MasterLimits::from_config(&config)),
             started_at: std::time::SystemTime::now(),
@@ -272,8 +286,6 @@ impl Master {
             doorbell,
             board: Board::new()?,
             notifications,
-            calls_path: runtime_dir.path().join("calls"),
-            calls: None,
             _runtime_dir: runtime_dir,
             sockets: sockets::Sockets::new(listener)?,
             phase: Phase::Starting,
@@ -466,11 +478,68 @@ impl Master {
 
     /// Handles the end of process `pid`; returns the worker's name if it was a worker.
     fn on_worker_exit(&mut self, pid: Pid, exit: Exit, job_killed: Option<Pid>) -> Option<String> {
-        let Some(mut worker) = self.pool.take(pid) else {
+        let Some(worker) = self.pool.take(pid) else {
             self.strays.reaped(pid, exit.ending);
             return None;
         };
         let now = Instant::now();
+        let (worker, report) = self.account_for_exit(worker, exit, job_killed, now);
+        let name = worker.name();
+        let unexpected = report.verdict.is_unexpected();
+        let level = report::level(unexpected);
+        let id = worker.id;
+        match self.after_exit(&worker, &report) {
+            AfterExit::StopServer => {
+                let line = format!("{}; stopping the server", report.line);
+                log_worker(Level::ERROR, &report.facts, None, &line);
+                self.begin_stop("critical error in a worker", EXIT_STATUS_CRITICAL);
+            }
+            AfterExit::AlreadyReported => {
+                debug!("{} (reported when the limit was enforced)", report.line);
+            }
+            AfterExit::AlreadyReplaced(Some(current)) => log_worker(
+                level,
+                &report.facts,
+                Some(current),
+                &format!("{}; respawned as pid {current}", report.line),
+            ),
+            AfterExit::AlreadyReplaced(None) => {
+                // Its replacement, asked of the template, is named when it comes.
+                let pending = PendingReport {
+                    line: report.line,
+                    facts: report.facts,
+                    unexpected,
+                };
+                self.pending_reports.set(id, pending);
+            }
+            AfterExit::Log => log_worker(level, &report.facts, None, &report.line),
+            AfterExit::GiveUpStarting => {
+                let last_lines = worker
+                    .kind
+                    .program()
+                    .map(exec::ExecState::last_lines)
+                    .unwrap_or_default();
+                let facts = Some(&report.facts);
+                self.give_up_starting(id.role, &report.line, facts, &last_lines);
+            }
+            AfterExit::Replace => {
+                let failed_start = report.failed_start;
+                self.replace(id, report.line, report.facts, unexpected, failed_start, now);
+            }
+        }
+        Some(name)
+    }
+
+    /// The books kept on a worker that ended: what its row says (it may have become ready
+    /// unseen), the board's counts it held, its program's last output, its report (with
+    /// the cron job killed with it) and the tally.
+    fn account_for_exit(
+        &mut self,
+        mut worker: Worker,
+        exit: Exit,
+        job_killed: Option<Pid>,
+        now: Instant,
+    ) -> (Worker, report::Report) {
         let row = worker.row.snapshot();
         // A worker whose row left Booting had become ready, even if the master had not
         // looked at the row yet.
@@ -478,13 +547,13 @@ impl Master {
             worker.mark_ready();
         }
         self.pool.note_ended(&worker);
-        let name = worker.name();
         if worker.row.counted_idle() {
             self.board.forget_idle();
         }
         if worker.row.counted_long() {
             self.board.forget_long_request();
         }
+        let name = worker.name();
         if let Some(exec) = worker.kind.program_mut() {
             // The program's last words come before the line about its end.
             exec.close(&name, self.poll.registry());
@@ -495,35 +564,31 @@ impl Master {
                 .line
                 .push_str(&format!("; its job's process group {group} was killed"));
         }
+        let durations = worker.row.durations();
+        let pid = worker.pid.as_raw();
         self.tally.ended(
             &report.verdict,
-            pid.as_raw(),
+            pid,
             worker.id.role,
-            &worker.row.durations(),
+            &durations,
             &report.line,
         );
         if worker.id.role == Role::Cron {
-            let runs = worker
+            let runs: Vec<_> = worker
                 .cron_runs()
-                .map(|(job, runs)| (job.to_string(), runs));
-            let runs: Vec<_> = runs.collect();
+                .map(|(job, runs)| (job.to_string(), runs))
+                .collect();
             self.tally
                 .cron_worker_ended(runs, worker.running_job(&row).as_deref());
         }
-        let unexpected = report.verdict.is_unexpected();
+        (worker, report)
+    }
+
+    /// What follows the end of `worker`, reported by `report`.
+    fn after_exit(&self, worker: &Worker, report: &report::Report) -> AfterExit {
+        let stopping = self.phase.is_stopping();
         let leaving = worker.leaving();
-        let level = report::level(unexpected);
-        if report.verdict == Verdict::Critical && !self.phase.is_stopping() {
-            log_worker(
-                Level::ERROR,
-                &report.facts,
-                None,
-                &format!("{}; stopping the server", report.line),
-            );
-            self.begin_stop("critical error in a worker", EXIT_STATUS_CRITICAL);
-        } else if leaving.is_some_and(|leaving| leaving.reported) {
-            debug!("{} (reported when the limit was enforced)", report.line);
-        } else if leaving.is_some_and(|leaving| {
+        let left_on_its_own = leaving.is_some_and(|leaving| {
             matches!(
                 leaving.departure,
                 Departure::Retire {
@@ -531,57 +596,26 @@ impl Master {
                     ..
                 }
             )
-        }) && !self.phase.is_stopping()
-            && self.pool.is_wanted(worker.id)
-        {
-            // Its replacement was started when it said it would leave: named here, or, not
-            // there yet (asked of the template), when it comes.
-            match self.pool.current(worker.id).map(|current| current.pid) {
-                Some(current) => log_worker(
-                    level,
-                    &report.facts,
-                    Some(current),
-                    &format!("{}; respawned as pid {current}", report.line),
-                ),
-                None => self.pending_reports.set(
-                    worker.id,
-                    PendingReport {
-                        line: report.line,
-                        facts: report.facts,
-                        unexpected,
-                    },
-                ),
-            }
-        } else if self.phase.is_stopping() || leaving.is_some() {
-            log_worker(level, &report.facts, None, &report.line);
+        });
+        if report.verdict == Verdict::Critical && !stopping {
+            AfterExit::StopServer
+        } else if leaving.is_some_and(|leaving| leaving.reported) {
+            AfterExit::AlreadyReported
+        } else if left_on_its_own && !stopping && self.pool.is_wanted(worker.id) {
+            // Its replacement was started when it said it would leave.
+            AfterExit::AlreadyReplaced(self.pool.current(worker.id).map(|current| current.pid))
+        } else if stopping || leaving.is_some() {
+            AfterExit::Log
         } else if report.failed_start
             && self.cannot_start(
                 worker.id.role,
                 self.pool.failures_in_a_row(worker.id).saturating_add(1),
             )
         {
-            let last_lines = worker
-                .kind
-                .program()
-                .map(exec::ExecState::last_lines)
-                .unwrap_or_default();
-            self.give_up_starting(
-                worker.id.role,
-                &report.line,
-                Some(&report.facts),
-                &last_lines,
-            );
+            AfterExit::GiveUpStarting
         } else {
-            self.replace(
-                worker.id,
-                report.line,
-                report.facts,
-                unexpected,
-                report.failed_start,
-                now,
-            );
+            AfterExit::Replace
         }
-        Some(name)
     }
 
     /// Decides what follows the end of a worker in slot `id` (reported by `line`): a
@@ -982,7 +1016,7 @@ impl Master {
                 app: &*self.app,
             },
             (None, _, _) if id.role == Role::Cron => WorkerRun::Cron {
-                calls_path: &self.calls_path,
+                calls_path: self.templates.calls_path(),
                 server_started: self.started_at,
             },
             _ => return Err(io::Error::other(format!("{id}: nothing to run"))),

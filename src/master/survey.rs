@@ -10,9 +10,10 @@ use serde::Serialize;
 
 use super::Master;
 use super::lifecycle::{Departure, Lifecycle};
-use super::pool::CronRuns;
+use super::pool::{CronRuns, Worker};
+use super::template::{Template, TemplateState};
 use crate::id::Role;
-use crate::scoreboard::{Durations, WorkerState};
+use crate::scoreboard::{Durations, RowSnapshot, WorkerState};
 
 #[derive(Debug, Serialize)]
 pub(super) struct Survey {
@@ -45,6 +46,8 @@ pub(super) struct MasterSurvey {
     pub uptime_seconds: f64,
     pub stopping: bool,
     pub rss_bytes: Option<u64>,
+    /// Where HTTP workers are reached (`http://127.0.0.1:8069`), while the socket is open.
+    pub listening: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -134,6 +137,69 @@ pub(super) struct CronJobSurvey {
     pub running: bool,
 }
 
+/// A preload template as it is now, as a row of the workers' table (role `template`):
+/// its memory is what the workers forked from it share.
+fn template_survey(template: &Template, now: Instant) -> WorkerSurvey {
+    let state = match template.state {
+        TemplateState::Loading { .. } => WorkerStateName::Booting,
+        TemplateState::Ready => WorkerStateName::Idle,
+        TemplateState::Leaving { .. } => WorkerStateName::Retiring,
+    };
+    WorkerSurvey {
+        role: "template",
+        program: None,
+        slot: 0,
+        pid: template.pid.as_raw(),
+        generation: template.generation,
+        state,
+        request: None,
+        busy_seconds: None,
+        rss_bytes: crate::proctree::memory(template.pid, false).map(|memory| memory.rss),
+        cpu_seconds: cpu_seconds(template.pid.as_raw()),
+        requests: 0,
+        uptime_seconds: now
+            .saturating_duration_since(template.started)
+            .as_secs_f64(),
+        status: template.exec.status.clone(),
+    }
+}
+
+/// One worker as it is now, its row read as `row`.
+fn worker_survey(worker: &Worker, row: RowSnapshot, now: Instant) -> WorkerSurvey {
+    let state = match (&worker.lifecycle, row.state) {
+        (Lifecycle::Leaving(leaving), _) => match leaving.departure {
+            Departure::Kill { .. } => WorkerStateName::Killed,
+            Departure::Retire { .. } => WorkerStateName::Retiring,
+        },
+        (_, WorkerState::Booting) => WorkerStateName::Booting,
+        (_, WorkerState::Busy) => WorkerStateName::Busy,
+        (_, _) => WorkerStateName::Idle,
+    };
+    let busy = row.busy_for.filter(|_| row.state == WorkerState::Busy);
+    // Read now: the master reads idle workers' memory seldom.
+    let rss_bytes = crate::proctree::memory(worker.pid, worker.kind.measured_with_children())
+        .map(|memory| memory.rss)
+        .or(worker.memory.rss);
+    WorkerSurvey {
+        role: worker.id.role.as_str(),
+        program: match worker.id.role {
+            Role::Program(name) => Some(name),
+            _ => None,
+        },
+        slot: worker.id.slot,
+        pid: worker.pid.as_raw(),
+        generation: worker.generation,
+        state,
+        request: busy.map(|_| row.request.clone()),
+        busy_seconds: busy.map(|busy| busy.as_secs_f64()),
+        rss_bytes,
+        cpu_seconds: cpu_seconds(worker.pid.as_raw()),
+        requests: row.requests,
+        uptime_seconds: now.saturating_duration_since(worker.started).as_secs_f64(),
+        status: worker.kind.program().and_then(|exec| exec.status.clone()),
+    }
+}
+
 impl Master {
     /// The server as it is now.
     pub(super) fn survey(&self) -> Survey {
@@ -142,7 +208,7 @@ impl Master {
         let uptime = SystemTime::now()
             .duration_since(self.started_at)
             .unwrap_or_default();
-        let mut workers: Vec<&super::pool::Worker> = self.pool.workers().collect();
+        let mut workers: Vec<&Worker> = self.pool.workers().collect();
         workers.sort_by_key(|worker| (worker.id, worker.generation));
         let mut served = BTreeMap::new();
         for (role, ended) in &self.tally.served_by_ended {
@@ -158,46 +224,19 @@ impl Master {
                     .entry(worker.id.role.as_str())
                     .or_insert_with(Durations::default)
                     .add(&worker.row.durations());
-                let state = match (&worker.lifecycle, row.state) {
-                    (Lifecycle::Leaving(leaving), _) => match leaving.departure {
-                        Departure::Kill { .. } => WorkerStateName::Killed,
-                        Departure::Retire { .. } => WorkerStateName::Retiring,
-                    },
-                    (_, WorkerState::Booting) => WorkerStateName::Booting,
-                    (_, WorkerState::Busy) => WorkerStateName::Busy,
-                    (_, _) => WorkerStateName::Idle,
-                };
-                let busy = row.busy_for.filter(|_| row.state == WorkerState::Busy);
                 running_jobs.extend(worker.running_job(&row));
                 for (job, runs) in worker.cron_runs() {
                     cron_runs.entry(job.to_string()).or_default().add(runs);
                 }
-                WorkerSurvey {
-                    role: worker.id.role.as_str(),
-                    program: match worker.id.role {
-                        Role::Program(name) => Some(name),
-                        _ => None,
-                    },
-                    slot: worker.id.slot,
-                    pid: worker.pid.as_raw(),
-                    generation: worker.generation,
-                    state,
-                    request: busy.map(|_| row.request.clone()),
-                    busy_seconds: busy.map(|busy| busy.as_secs_f64()),
-                    // Read now: the master reads idle workers' memory seldom.
-                    rss_bytes: crate::proctree::memory(
-                        worker.pid,
-                        worker.kind.measured_with_children(),
-                    )
-                    .map(|memory| memory.rss)
-                    .or(worker.memory.rss),
-                    cpu_seconds: cpu_seconds(worker.pid.as_raw()),
-                    requests: row.requests,
-                    uptime_seconds: now.saturating_duration_since(worker.started).as_secs_f64(),
-                    status: worker.kind.program().and_then(|exec| exec.status.clone()),
-                }
+                worker_survey(worker, row, now)
             })
             .collect();
+        let mut rows = rows;
+        rows.extend(
+            self.templates
+                .iter()
+                .map(|template| template_survey(template, now)),
+        );
         // Workers alive and ended, every role that serves requests: a cron worker's runs
         // are counted per job (`cron_runs`), not as requests.
         let requests = served
@@ -217,6 +256,11 @@ impl Master {
                 uptime_seconds: uptime.as_secs_f64(),
                 stopping: self.phase.is_stopping(),
                 rss_bytes: crate::proctree::memory(self.pid, false).map(|memory| memory.rss),
+                listening: self
+                    .sockets
+                    .http()
+                    .and_then(|listener| listener.local_addr().ok())
+                    .map(|address| format!("http://{address}")),
             },
             limits: LimitSurvey {
                 limit_memory_soft: config.limit_memory_soft.bytes(),

@@ -32,6 +32,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
@@ -134,10 +135,14 @@ struct ForkRequest {
 }
 
 /// The templates (the current generation's, and older ones on their way out), the fork
-/// requests in flight, and the current template's crash-loop backoff.
-#[derive(Default)]
+/// requests in flight, the current template's crash-loop backoff, and the socket cron
+/// workers' `call` jobs reach the templates on.
 pub struct Templates {
     running: Vec<Template>,
+    /// Where preload templates take cron workers' `call` jobs (bound with the first
+    /// template; cron workers connect to it by path).
+    calls_path: PathBuf,
+    calls: Option<OwnedFd>,
     requests: Vec<ForkRequest>,
     next_request: u64,
     /// Templates in a row that ended before they were ready.
@@ -147,6 +152,24 @@ pub struct Templates {
 }
 
 impl Templates {
+    /// No template yet; `calls_path`: where the `call` socket is to be bound.
+    pub fn new(calls_path: PathBuf) -> Self {
+        Self {
+            running: Vec::new(),
+            calls_path,
+            calls: None,
+            requests: Vec::new(),
+            next_request: 0,
+            failures_in_a_row: 0,
+            start_at: None,
+        }
+    }
+
+    /// Where cron workers reach the templates for `call` jobs.
+    pub fn calls_path(&self) -> &Path {
+        &self.calls_path
+    }
+
     pub fn is_empty(&self) -> bool {
         self.running.is_empty()
     }
@@ -252,14 +275,14 @@ impl Master {
         if let Some(listener) = listener {
             listener.set_nonblocking(app.nonblocking)?;
         }
-        if self.calls.is_none() {
-            let calls = sys::calls_listener(&self.calls_path)?;
-            super::give_to_workers_user(&self.config, &self.calls_path)?;
-            self.calls = Some(calls);
+        if self.templates.calls.is_none() {
+            let calls = sys::calls_listener(&self.templates.calls_path)?;
+            super::give_to_workers_user(&self.config, &self.templates.calls_path)?;
+            self.templates.calls = Some(calls);
         }
         let pipes = ExecPipes::new()?;
         let (control, template_end) = sys::template_channel()?;
-        let Some(calls) = self.calls.as_ref() else {
+        let Some(calls) = self.templates.calls.as_ref() else {
             return Err(io::Error::other("no socket for call jobs"));
         };
         // Never read: a template has no scoreboard row, but a spec lends one (the workers

@@ -81,6 +81,112 @@ enum Chunk {
     Trailers { line: usize, total: usize, cr: bool },
 }
 
+impl Chunk {
+    /// A chunk-size line at its start.
+    const SIZE_LINE: Chunk = Chunk::Size {
+        size: 0,
+        digits: 0,
+        length: 0,
+        extension: false,
+        cr: false,
+    };
+
+    /// One byte of a chunk-size line (in state `Size`), with `body_len` bytes of body so
+    /// far: the size's hex digits, an extension (skipped), then CRLF, after which the
+    /// chunk's data (refused past `max_body`) or, for size 0, the trailers follow.
+    fn size_line_byte(
+        &mut self,
+        byte: u8,
+        body_len: u64,
+        max_body: Option<u64>,
+    ) -> Result<(), Reject> {
+        let Chunk::Size {
+            size,
+            digits,
+            length,
+            extension,
+            cr,
+        } = self
+        else {
+            return Ok(());
+        };
+        let malformed = || reject(400, "malformed chunked body");
+        *length += 1;
+        if *length > MAX_CHUNK_LINE {
+            return Err(reject(400, "chunk-size line too long"));
+        }
+        if *cr {
+            if byte != b'\n' || *digits == 0 {
+                return Err(malformed());
+            }
+            let size = *size;
+            if size == 0 {
+                *self = Chunk::Trailers {
+                    line: 0,
+                    total: 0,
+                    cr: false,
+                };
+                return Ok(());
+            }
+            let total = body_len.checked_add(size);
+            if total.is_none_or(|total| max_body.is_some_and(|max| total > max)) {
+                return Err(reject(413, "request body too large"));
+            }
+            *self = Chunk::Data { left: size };
+        } else if byte == b'\r' {
+            *cr = true;
+        } else if *extension {
+            // chunk-ext: skipped, but no control character may hide in it.
+            if byte != b'\t' && (byte < 0x20 || byte == 0x7f) {
+                return Err(malformed());
+            }
+        } else if let Some(value) = (byte as char).to_digit(16) {
+            *digits += 1;
+            if *digits > MAX_CHUNK_DIGITS {
+                return Err(reject(400, "chunk size too large"));
+            }
+            *size = size
+                .checked_mul(16)
+                .and_then(|size| size.checked_add(u64::from(value)))
+                .ok_or(reject(400, "chunk size too large"))?;
+        } else if matches!(byte, b';' | b' ' | b'\t') && *digits > 0 {
+            *extension = true;
+        } else {
+            return Err(malformed());
+        }
+        Ok(())
+    }
+
+    /// One byte of the trailer section (in state `Trailers`); true once it has ended (an
+    /// empty line).
+    fn trailer_byte(&mut self, byte: u8) -> Result<bool, Reject> {
+        let Chunk::Trailers { line, total, cr } = self else {
+            return Ok(false);
+        };
+        *total += 1;
+        if *total > MAX_HEAD_BYTES {
+            return Err(reject(431, "trailer fields too large"));
+        }
+        if *cr {
+            if byte != b'\n' {
+                return Err(reject(400, "malformed chunked body"));
+            }
+            if *line == 0 {
+                return Ok(true);
+            }
+            *line = 0;
+            *cr = false;
+        } else if byte == b'\r' {
+            *cr = true;
+        } else if byte == b'\n' {
+            return Err(reject(400, "a trailer line ends in a bare LF"));
+        } else {
+            *line += 1;
+        }
+        Ok(false)
+    }
+}
+
 impl RequestReader {
     /// A reader for a new connection; bodies larger than `max_body` are refused (None: no
     /// limit).
@@ -330,57 +436,9 @@ fn read_chunked(
     while at < buffer.len() {
         let byte = buffer[at];
         match chunk {
-            Chunk::Size {
-                size,
-                digits,
-                length,
-                extension,
-                cr,
-            } => {
+            Chunk::Size { .. } => {
                 at += 1;
-                *length += 1;
-                if *length > MAX_CHUNK_LINE {
-                    return Err(reject(400, "chunk-size line too long"));
-                }
-                if *cr {
-                    if byte != b'\n' || *digits == 0 {
-                        return Err(malformed);
-                    }
-                    let size = *size;
-                    if size == 0 {
-                        *chunk = Chunk::Trailers {
-                            line: 0,
-                            total: 0,
-                            cr: false,
-                        };
-                        continue;
-                    }
-                    let total = body.len().checked_add(size);
-                    if total.is_none_or(|total| max_body.is_some_and(|max| total > max)) {
-                        return Err(reject(413, "request body too large"));
-                    }
-                    *chunk = Chunk::Data { left: size };
-                } else if byte == b'\r' {
-                    *cr = true;
-                } else if *extension {
-                    // chunk-ext: skipped, but no control character may hide in it.
-                    if byte != b'\t' && (byte < 0x20 || byte == 0x7f) {
-                        return Err(malformed);
-                    }
-                } else if let Some(value) = (byte as char).to_digit(16) {
-                    *digits += 1;
-                    if *digits > MAX_CHUNK_DIGITS {
-                        return Err(reject(400, "chunk size too large"));
-                    }
-                    *size = size
-                        .checked_mul(16)
-                        .and_then(|size| size.checked_add(u64::from(value)))
-                        .ok_or(reject(400, "chunk size too large"))?;
-                } else if matches!(byte, b';' | b' ' | b'\t') && *digits > 0 {
-                    *extension = true;
-                } else {
-                    return Err(malformed);
-                }
+                chunk.size_line_byte(byte, body.len(), max_body)?;
             }
             Chunk::Data { left } => {
                 let take = usize::try_from(*left)
@@ -398,39 +456,14 @@ fn read_chunked(
                 at += 1;
                 match (*cr, byte) {
                     (false, b'\r') => *cr = true,
-                    (true, b'\n') => {
-                        *chunk = Chunk::Size {
-                            size: 0,
-                            digits: 0,
-                            length: 0,
-                            extension: false,
-                            cr: false,
-                        };
-                    }
+                    (true, b'\n') => *chunk = Chunk::SIZE_LINE,
                     _ => return Err(malformed),
                 }
             }
-            Chunk::Trailers { line, total, cr } => {
+            Chunk::Trailers { .. } => {
                 at += 1;
-                *total += 1;
-                if *total > MAX_HEAD_BYTES {
-                    return Err(reject(431, "trailer fields too large"));
-                }
-                if *cr {
-                    if byte != b'\n' {
-                        return Err(malformed);
-                    }
-                    if *line == 0 {
-                        return Ok((at, true));
-                    }
-                    *line = 0;
-                    *cr = false;
-                } else if byte == b'\r' {
-                    *cr = true;
-                } else if byte == b'\n' {
-                    return Err(reject(400, "a trailer line ends in a bare LF"));
-                } else {
-                    *line += 1;
+                if chunk.trailer_byte(byte)? {
+                    return Ok((at, true));
                 }
             }
         }

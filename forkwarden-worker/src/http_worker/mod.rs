@@ -985,23 +985,7 @@ impl HttpWorker<'_> {
         if self.spec.settings.proxy_mode {
             request.trust_forwarded_headers();
         }
-        // The other connections this worker holds idle, which the alarm may hand over
-        // (buffers kept across requests: nothing allocated per request).
-        let mut idle = std::mem::take(&mut self.alarm_keys);
-        let mut fds = std::mem::take(&mut self.alarm_fds);
-        idle.clear();
-        fds.clear();
-        for (other, client) in &self.clients {
-            // Not those whose last request ran long: another worker would serve their next
-            // (probably long) one first, ahead of fast ones.
-            if other != key && client.is_idle() && !client.ran_long {
-                idle.push(other);
-                fds.push(client.stream.as_raw_fd());
-            }
-        }
-        if !fds.is_empty() {
-            self.alarm.arm(&fds);
-        }
+        let idle = self.arm_handoff(key);
         let started = Instant::now();
         self.spec
             .context
@@ -1041,13 +1025,7 @@ impl HttpWorker<'_> {
             started,
         );
         self.limit_signals.answer_to(None);
-        if !idle.is_empty() {
-            // Those handed over while the request ran belong to other workers now.
-            for handed in self.alarm.disarm() {
-                self.remove(idle[handed]);
-            }
-        }
-        (self.alarm_keys, self.alarm_fds) = (idle, fds);
+        self.disarm_handoff(idle);
         self.spec.context.row.end_request();
         let keep_alive = match sent.reusable {
             Ok(reusable) => keep_alive && reusable,
@@ -1061,11 +1039,51 @@ impl HttpWorker<'_> {
                 false
             }
         };
+        self.after_response(key, keep_alive, started.elapsed());
+    }
+
+    /// Arms the hand-off alarm over the other connections this worker holds idle while
+    /// client `key`'s request runs; returns their keys (buffers kept across requests:
+    /// nothing allocated per request).
+    fn arm_handoff(&mut self, key: usize) -> Vec<usize> {
+        let mut idle = std::mem::take(&mut self.alarm_keys);
+        let mut fds = std::mem::take(&mut self.alarm_fds);
+        idle.clear();
+        fds.clear();
+        for (other, client) in &self.clients {
+            // Not those whose last request ran long: another worker would serve their next
+            // (probably long) one first, ahead of fast ones.
+            if other != key && client.is_idle() && !client.ran_long {
+                idle.push(other);
+                fds.push(client.stream.as_raw_fd());
+            }
+        }
+        if !fds.is_empty() {
+            self.alarm.arm(&fds);
+        }
+        self.alarm_fds = fds;
+        idle
+    }
+
+    /// After the request: the connections handed over while it ran (of `idle`) belong to
+    /// other workers now.
+    fn disarm_handoff(&mut self, idle: Vec<usize>) {
+        if !idle.is_empty() {
+            for handed in self.alarm.disarm() {
+                self.remove(idle[handed]);
+            }
+        }
+        self.alarm_keys = idle;
+    }
+
+    /// What becomes of client `key`'s connection after a response that took `took`:
+    /// closed, handed to another worker, or kept for its next request.
+    fn after_response(&mut self, key: usize, keep_alive: bool, took: Duration) {
         if !keep_alive {
             self.remove(key);
             return;
         }
-        let long = started.elapsed() >= sys::HANDOFF_AFTER;
+        let long = took >= sys::HANDOFF_AFTER;
         if let Some(client) = self.clients.get_mut(key) {
             client.ran_long = long;
         }

@@ -131,6 +131,61 @@ pub fn render(status: &Value) -> String {
         counts(&status["ends"]),
         counts(&status["limits_enforced"]),
     ));
+    text.push_str(&cron_jobs_line(status));
+    text.push('\n');
+    text.push_str(&worker_table(status));
+    let deaths = status["recent_deaths"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !deaths.is_empty() {
+        text.push_str("\nrecent ends (newest first):\n");
+        for death in deaths {
+            let at = death["at"]
+                .as_i64()
+                .and_then(|at| chrono::DateTime::from_timestamp(at, 0))
+                .map_or_else(String::new, |at| {
+                    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+                });
+            text.push_str(&format!(
+                "  {at}  {}\n",
+                death["line"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    text
+}
+
+/// `cron jobs: report (2 ok, 1 failed, running)`, or nothing without jobs.
+fn cron_jobs_line(status: &Value) -> String {
+    let jobs: Vec<String> = status["cron_jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|job| {
+            format!(
+                "{} ({} ok, {} failed{})",
+                job["name"].as_str().unwrap_or("?"),
+                job["succeeded"],
+                job["failed"],
+                if job["running"].as_bool() == Some(true) {
+                    ", running"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
+    if jobs.is_empty() {
+        return String::new();
+    }
+    format!("cron jobs: {}\n", jobs.join(", "))
+}
+
+/// One row per worker (and per preload template), in columns.
+fn worker_table(status: &Value) -> String {
+    let seconds = |value: &Value| elapsed(Duration::from_secs_f64(value.as_f64().unwrap_or(0.0)));
+    let bytes = |value: &Value| value.as_u64().map_or_else(|| "-".to_string(), mib);
     let mut table = vec![
         [
             "ROLE", "SLOT", "PID", "GEN", "STATE", "FOR", "REQUEST", "RSS", "CPU", "SERVED", "UP",
@@ -165,49 +220,7 @@ pub fn render(status: &Value) -> String {
             seconds(&worker["uptime_seconds"]),
         ]);
     }
-    let jobs: Vec<String> = status["cron_jobs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|job| {
-            format!(
-                "{} ({} ok, {} failed{})",
-                job["name"].as_str().unwrap_or("?"),
-                job["succeeded"],
-                job["failed"],
-                if job["running"].as_bool() == Some(true) {
-                    ", running"
-                } else {
-                    ""
-                }
-            )
-        })
-        .collect();
-    if !jobs.is_empty() {
-        text.push_str(&format!("cron jobs: {}\n", jobs.join(", ")));
-    }
-    text.push('\n');
-    text.push_str(&columns(&table));
-    let deaths = status["recent_deaths"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    if !deaths.is_empty() {
-        text.push_str("\nrecent ends (newest first):\n");
-        for death in deaths {
-            let at = death["at"]
-                .as_i64()
-                .and_then(|at| chrono::DateTime::from_timestamp(at, 0))
-                .map_or_else(String::new, |at| {
-                    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
-                });
-            text.push_str(&format!(
-                "  {at}  {}\n",
-                death["line"].as_str().unwrap_or("")
-            ));
-        }
-    }
-    text
+    columns(&table)
 }
 
 fn limit_bytes(value: &Value) -> String {

@@ -22,7 +22,8 @@ link() {
     ln -sfn "$1" "$2.new.$$"
     mv -fT "$2.new.$$" "$2"
 }
-link "$root/python/forkwarden_wsgi/__init__.py" "$package/__init__.py"
-link "$root/python/forkwarden_wsgi/__main__.py" "$package/__main__.py"
+for module in "$root"/python/forkwarden_wsgi/*.py; do
+    link "$module" "$package/$(basename "$module")"
+done
 link "$target/$profile/lib_core.so" "$package/_core.abi3.so"
 echo "$target/$profile/python"

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use forkwarden::config::{ServeOptions, TimeSpan};
+use forkwarden::config::{OdooOptions, ServeOptions, TimeSpan};
 use forkwarden::{Config, ConfigSource};
 
 /// The config file read when `--config` is not given.
@@ -37,6 +37,10 @@ enum Command {
     /// file needed; the flags are gunicorn's. With `--config`, start from that file: the
     /// flags override it.
     Serve(ServeArgs),
+    /// Run a whole Odoo deployment from Odoo's own config file, given with -c/--config as
+    /// to odoo-bin: preloaded HTTP workers, cron workers running its scheduled actions, its
+    /// websocket server, each held to odoo.conf's limits (docs/odoo.md).
+    Odoo(OdooArgs),
     /// Validate the config, and that this machine can run it (programs found, places
     /// writable, the workers' user usable, the `cron_store` database reachable); print the
     /// effective settings, defaults filled in (exit status 0 when the server would start
@@ -132,6 +136,25 @@ fn parse_duration(text: &str) -> Result<TimeSpan, String> {
     }
 }
 
+#[derive(clap::Args)]
+struct OdooArgs {
+    /// forkwarden's own TOML, whose keys override what odoo.conf implies.
+    #[arg(long, value_name = "PATH")]
+    overrides: Option<PathBuf>,
+    /// The Python of the environment that holds Odoo's requirements [default: the python3
+    /// beside forkwarden, else python3 from PATH].
+    #[arg(long, value_name = "PATH")]
+    python: Option<PathBuf>,
+    /// The directory that holds the `odoo` package (a source checkout, where odoo-bin is),
+    /// when that Python cannot import it by itself.
+    #[arg(long, value_name = "DIR")]
+    odoo_path: Option<PathBuf>,
+    /// Load Odoo as a worker would, print the effective settings (the TOML to take over
+    /// from), and exit.
+    #[arg(long)]
+    check: bool,
+}
+
 #[derive(Subcommand)]
 enum CronCommand {
     /// Print every job with its schedule, next run and last result.
@@ -167,6 +190,27 @@ fn main() -> ExitCode {
             (source, true) => check(&source),
             (source, false) => run(source),
         },
+        Some(Command::Odoo(args)) => {
+            let Some(odoo_conf) = file else {
+                eprintln!("forkwarden: odoo: name Odoo's config file with -c/--config");
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let source = ConfigSource::Odoo {
+                file: args.overrides,
+                options: OdooOptions {
+                    odoo_conf,
+                    python: args
+                        .python
+                        .unwrap_or_else(forkwarden::config::default_python),
+                    odoo_path: args.odoo_path,
+                },
+            };
+            if args.check {
+                check(&source)
+            } else {
+                run(source)
+            }
+        }
         Some(Command::Check) => check(&from_file()),
         Some(Command::Status { json, watch }) => status(&path, json, watch),
         Some(Command::Cron {

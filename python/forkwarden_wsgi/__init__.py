@@ -460,19 +460,22 @@ class Template:
         serve(self.target, self.app)
 
 
-def check(target, post_fork):
+def check(target, post_fork, loader=None):
     """`--check`: whether `target` (and `post_fork`) load and can be served; says why not
-    on standard error. Returns the exit status."""
+    on standard error. `loader` loads the application (default: `load(target)`). Returns
+    the exit status."""
     if _core is None:
         print(f"forkwarden_wsgi: its core is not built ({_CORE_ERROR}); this Python "
               f"({sys.executable}) has the package without it: install forkwarden into it "
               "with pip", file=sys.stderr)
         return 1
-    for name, what in ((target, "the application"), (post_fork, "the post-fork function")):
+    loaders = ((target, "the application", loader or (lambda: load(target))),
+               (post_fork, "the post-fork function", lambda: load(post_fork)))
+    for name, what, load_it in loaders:
         if name is None:
             continue
         try:
-            loaded = load(name)
+            loaded = load_it()
         except BaseException:
             traceback.print_exc()
             print(f"forkwarden_wsgi: cannot load {what} {name!r} (from {os.getcwd()}, "
@@ -487,6 +490,12 @@ def check(target, post_fork):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `--odoo -- ODOO-OPTIONS`: what follows `--` is odoo-bin's.
+    odoo_args = None
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, odoo_args = argv[:cut], argv[cut + 1:]
     parser = argparse.ArgumentParser(prog="python3 -m forkwarden_wsgi",
                                      description="Serve a WSGI application under forkwarden.")
     parser.add_argument("--preload", action="store_true",
@@ -497,24 +506,39 @@ def main(argv=None):
     parser.add_argument("--check", action="store_true",
                         help="load the application as a worker would, then exit: 0 if it "
                              "loads (what `forkwarden check` runs)")
-    parser.add_argument("app", metavar="MODULE:CALLABLE")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    parser.add_argument("--odoo", action="store_true",
+                        help="serve Odoo, loaded as odoo-bin loads it; odoo-bin's server "
+                             "options follow `--` (e.g. -- -c /etc/odoo/odoo.conf)")
+    parser.add_argument("app", metavar="MODULE:CALLABLE", nargs="?")
+    args = parser.parse_args(argv)
+    if args.odoo == (args.app is not None):
+        parser.error("name the application (MODULE:CALLABLE), or give --odoo, not both")
+    if odoo_args is not None and not args.odoo:
+        parser.error("options after `--` are Odoo's: give --odoo")
+    if args.odoo:
+        from . import odoo as odoo_support
+        target = "odoo"
+        loader = lambda: odoo_support.load(odoo_args or [])  # noqa: E731
+        post_fork_name = args.post_fork or "forkwarden_wsgi.odoo:post_fork"
+    else:
+        target = args.app
+        loader = lambda: load(args.app)  # noqa: E731
+        post_fork_name = args.post_fork
     if args.check:
         sys.path.insert(0, os.getcwd())
-        sys.exit(check(args.app, args.post_fork))
+        sys.exit(check(target, post_fork_name, loader))
     stopping = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.append(True))
     sys.path.insert(0, os.getcwd())
-    app = load(args.app)
-    post_fork = load(args.post_fork) if args.post_fork else None
+    app = loader()
+    post_fork = load(post_fork_name) if post_fork_name else None
     control = os.environ.get("FORKWARDEN_CONTROL_FD")
     if control is not None:
         # `preload = true` in [app] is what makes this process the template (the master
         # hands it the control channel); --preload only says so on the command line.
-        Template(int(control), args.app, app, post_fork, stopping).run()
+        Template(int(control), target, app, post_fork, stopping).run()
         return
     if post_fork is not None:
         post_fork()
-    serve(args.app, app)
-
+    serve(target, app)

@@ -7,6 +7,7 @@
 
 mod account;
 mod environment;
+mod odoo;
 mod schedule;
 mod source;
 mod store_url;
@@ -26,6 +27,7 @@ use forkwarden_worker::limits::WorkerLimits;
 pub use forkwarden_worker::log::{LogFormat, LogLevel};
 use forkwarden_worker::log::{LogOwner, LogSettings};
 use forkwarden_worker::settings::HttpSettings;
+pub use odoo::OdooOptions;
 pub use schedule::CronExpression;
 pub use source::{ConfigSource, SERVE_PORT, ServeOptions, default_python};
 pub use store_url::{CronStoreUrl, PASSWORD_VARIABLES};
@@ -371,6 +373,13 @@ pub enum ConfigError {
     /// A value given on `forkwarden serve`'s command line that the config cannot take.
     #[error("{flag}: {message}")]
     Flag { flag: &'static str, message: String },
+    /// An option of Odoo's config file (`forkwarden odoo`) that forkwarden cannot take.
+    #[error("{}: [options] {option}: {message}", path.display())]
+    Odoo {
+        path: PathBuf,
+        option: String,
+        message: String,
+    },
     #[error("{}", describe_invalid(path, *line, key, message, excerpt))]
     Invalid {
         path: PathBuf,
@@ -474,16 +483,20 @@ impl Config {
     /// Parses and validates `source`, read from `path` (used in messages and to resolve
     /// relative file names).
     pub fn parse(source: &str, path: &Path) -> Result<Self, ConfigError> {
-        Self::parse_with(source, path, |_| Vec::new())
+        Self::parse_with(source, path, |_, _| Ok(Vec::new()))
     }
 
     /// [`Config::parse`], with `adjust` changing what was read before it is validated
-    /// (`forkwarden serve`'s flags); `adjust` returns the keys it set, each with the flag
-    /// that set it, so that an error about one of them names the flag.
+    /// (`forkwarden serve`'s flags, odoo.conf's options), told which keys `source` writes;
+    /// `adjust` returns the keys it set, each with the flag or option that set it, so that
+    /// an error about one of them names that instead.
     pub(crate) fn parse_with(
         source: &str,
         path: &Path,
-        adjust: impl FnOnce(&mut Config) -> Vec<(&'static str, &'static str)>,
+        adjust: impl FnOnce(
+            &mut Config,
+            &dyn Fn(&str) -> bool,
+        ) -> Result<Vec<(&'static str, &'static str)>, ConfigError>,
     ) -> Result<Self, ConfigError> {
         let invalid = |span: Option<std::ops::Range<usize>>, key: String, message: String| {
             error_at(source, path, span, key, message)
@@ -516,7 +529,7 @@ impl Config {
         {
             config.data_dir = state;
         }
-        let set_by_flags = adjust(&mut config);
+        let set_by_flags = adjust(&mut config, &written)?;
         if let Err((key, message)) = config.validate() {
             if let Some((_, flag)) = set_by_flags.iter().find(|(set, _)| *set == key) {
                 return Err(ConfigError::Flag { flag, message });

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use super::odoo::{OdooOptions, parse_options};
 use super::{Config, ConfigError, ExecApp, TimeSpan, invalid_at};
 
 /// The port `forkwarden serve` listens on without `--bind` or a config file (gunicorn's).
@@ -20,6 +21,12 @@ pub enum ConfigSource {
     Serve {
         file: Option<PathBuf>,
         options: ServeOptions,
+    },
+    /// `forkwarden odoo`: Odoo's config file, under `file` (TOML) if one was given, whose
+    /// keys override what odoo.conf implies.
+    Odoo {
+        file: Option<PathBuf>,
+        options: OdooOptions,
     },
 }
 
@@ -47,7 +54,7 @@ impl ConfigSource {
     pub fn file(&self) -> Option<&Path> {
         match self {
             Self::File(path) => Some(path),
-            Self::Serve { file, .. } => file.as_deref(),
+            Self::Serve { file, .. } | Self::Odoo { file, .. } => file.as_deref(),
         }
     }
 
@@ -63,6 +70,18 @@ impl ConfigSource {
                 file: None,
                 options,
             } => format!("serve {}", options.app),
+            Self::Odoo {
+                file: Some(path),
+                options,
+            } => format!(
+                "odoo {} under {}",
+                options.odoo_conf.display(),
+                path.display()
+            ),
+            Self::Odoo {
+                file: None,
+                options,
+            } => format!("odoo {}", options.odoo_conf.display()),
         }
     }
 
@@ -101,7 +120,34 @@ impl ConfigSource {
             Self::File(_) => Config::parse(&text, &path)?,
             Self::Serve { file, options } => {
                 let over_defaults = file.is_none();
-                Config::parse_with(&text, &path, |config| options.apply(config, over_defaults))?
+                Config::parse_with(&text, &path, |config, _| {
+                    Ok(options.apply(config, over_defaults))
+                })?
+            }
+            Self::Odoo { options, .. } => {
+                let odoo_conf = &options.odoo_conf;
+                let invalid = |option: String, message: String| ConfigError::Odoo {
+                    path: odoo_conf.clone(),
+                    option,
+                    message,
+                };
+                let odoo_text =
+                    std::fs::read_to_string(odoo_conf).map_err(|source| ConfigError::Read {
+                        path: odoo_conf.clone(),
+                        source,
+                    })?;
+                let values = parse_options(&odoo_text)
+                    .map_err(|error| invalid(error.option, error.message))?;
+                Config::parse_with(&text, &path, |config, written| {
+                    options
+                        .apply(&values, config, written)
+                        .map_err(|error| invalid(error.option, error.message))
+                })
+                .map_err(|error| match error {
+                    // A value odoo.conf set: named as its option.
+                    ConfigError::Flag { flag, message } => invalid(flag.to_string(), message),
+                    other => other,
+                })?
             }
         };
         Ok((config, text))
@@ -110,8 +156,16 @@ impl ConfigSource {
     /// The file, or for a command line alone a name in the current directory (relative
     /// names are then relative to it, as gunicorn's are).
     fn path_in_messages(&self) -> PathBuf {
-        self.file()
-            .map_or_else(|| PathBuf::from("forkwarden serve"), Path::to_path_buf)
+        match (self.file(), self) {
+            (Some(file), _) => file.to_path_buf(),
+            // Relative names are relative to odoo.conf's directory, as Odoo's own.
+            (None, Self::Odoo { options, .. }) => options
+                .odoo_conf
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("forkwarden odoo"),
+            (None, _) => PathBuf::from("forkwarden serve"),
+        }
     }
 }
 

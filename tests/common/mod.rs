@@ -172,14 +172,29 @@ impl Server {
         files: &[(&str, &str)],
         env: &[(&str, String)],
     ) -> Server {
+        let mut line = vec!["serve"];
+        line.extend_from_slice(args);
+        Self::spawn_line(binary, &line, files, env)
+    }
+
+    /// Starts `binary` with `args` (its whole command line: a subcommand and its flags) in
+    /// a temporary directory that `files` (name, text; `{dir}` in a text stands for that
+    /// directory) are written to first, with `env` added; does not wait for anything.
+    pub fn spawn_line(
+        binary: &Path,
+        args: &[&str],
+        files: &[(&str, &str)],
+        env: &[(&str, String)],
+    ) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
+        let here = dir.path().display().to_string();
         for (name, text) in files {
-            std::fs::write(dir.path().join(name), text).expect("write a file of the test");
+            std::fs::write(dir.path().join(name), text.replace("{dir}", &here))
+                .expect("write a file of the test");
         }
         let mut command = Command::new(binary);
         command
-            .arg("serve")
-            .args(args)
+            .args(args.iter().map(|arg| arg.replace("{dir}", &here)))
             .current_dir(dir.path())
             .envs(env.iter().map(|(key, value)| (*key, value.as_str())));
         let config_path = dir.path().join("forkwarden.toml");

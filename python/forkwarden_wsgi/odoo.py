@@ -1,0 +1,116 @@
+"""Odoo under forkwarden, with no glue: `python -m forkwarden_wsgi --odoo -- ODOO-OPTIONS`.
+
+ODOO-OPTIONS are odoo-bin's server options (`-c /etc/odoo/odoo.conf`, `-d DB`, ...). This
+module does what odoo-bin does around the forks of its prefork master (odoo/cli/server.py
+`main`, odoo/service/server.py `PreforkServer.run` and `Worker.start`), so that forkwarden
+plays the master:
+
+- before the workers are forked (in the preload template, or in each worker without
+  preload): Odoo's options parsed (its logging set up with them), the server-wide modules
+  loaded, each database of `db_name` created if missing and its registry loaded, a warm-up
+  request to `/web/login` of each database (what the first request would otherwise build:
+  the routing map, the assets' attachments), and Odoo's connection pool emptied, so that no
+  two workers ever share a PostgreSQL connection (without it they fail with "server closed
+  the connection unexpectedly");
+- in each worker, before it serves: `random` reseeded, as Odoo's workers do;
+- `cron_pass`, the scheduled actions of each database once (Odoo's `WorkerCron`), for a
+  `[[cron]]` job with `call = "forkwarden_wsgi.odoo:cron_pass"`.
+
+`forkwarden odoo -c odoo.conf` writes the whole config (HTTP workers, cron, the websocket
+server) from odoo.conf; see forkwarden's docs/odoo.md.
+"""
+
+import csv
+import io
+import logging
+import random
+
+_logger = logging.getLogger("forkwarden_wsgi.odoo")
+
+
+def _database_names():
+    import odoo
+
+    names = odoo.tools.config["db_name"]
+    return [name for name in (names or "").split(",") if name]
+
+
+def load(argv):
+    """Odoo's WSGI application, loaded as odoo-bin's master loads it, ready to fork."""
+    import odoo
+    from odoo.service import server
+
+    odoo.tools.config.parse_config(list(argv))
+    # odoo-bin's: CSV fields large enough to import images.
+    csv.field_size_limit(500 * 1024 * 1024)
+    # Registries tell one another about changes through the database, as between the
+    # processes of Odoo's own prefork server.
+    odoo.multi_process = True
+    server.load_server_wide_modules()
+    databases = _database_names()
+    for name in databases:
+        try:
+            odoo.service.db._create_empty_database(name)
+            odoo.tools.config["init"]["base"] = True
+        except odoo.service.db.DatabaseExists:
+            pass
+    if server.preload_registries(databases):
+        raise SystemExit(f"forkwarden_wsgi: Odoo could not load database(s) {databases}")
+    for name in databases:
+        _warm_up(odoo.http.root, name)
+    # Nothing of the pool may be shared with a forked worker (odoo's PreforkServer.run).
+    odoo.sql_db.close_all()
+    return odoo.http.root
+
+
+def _warm_up(app, database):
+    """Serves one GET /web/login of `database` in this process, as its first visitor
+    would, so that what it builds (the routing map, the login page's assets) is built once,
+    before the workers are forked from here."""
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/web/login",
+        "QUERY_STRING": f"db={database}",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_HOST": "localhost",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": io.StringIO(),
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    statuses = []
+    try:
+        body = app(environ, lambda status, headers, exc_info=None: statuses.append(status))
+        for _ in body:
+            pass
+        if hasattr(body, "close"):
+            body.close()
+    except Exception:  # a warm-up that fails costs the first visitor its time, no more
+        _logger.warning("warm-up of database %s failed", database, exc_info=True)
+        return
+    _logger.info("warmed up database %s: GET /web/login answered %s", database,
+                 statuses[0] if statuses else "nothing")
+
+
+def post_fork():
+    """In each new worker, before it serves: what Odoo's Worker.start does."""
+    random.seed()
+
+
+def cron_pass():
+    """The scheduled actions of each database of `db_name` (all databases if unset), once:
+    what one turn of Odoo's WorkerCron does for every database."""
+    import odoo
+    from odoo.addons.base.models.ir_cron import ir_cron
+
+    databases = _database_names() or odoo.service.db.list_dbs(True)
+    for name in databases:
+        ir_cron._process_jobs(name)
+        if len(databases) > 1:
+            odoo.sql_db.close_db(name)

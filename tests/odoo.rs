@@ -1,0 +1,195 @@
+//! Real Odoo 17 (../shared/odoo17) under `forkwarden odoo -c odoo.conf`: no glue, Odoo's own
+//! config file. scripts/ensure-odoo.sh (run by .ci/run) makes its venv and database.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{
+    BINARY, SOON, Server, cannot_check, http_get, pid_after, python_runner_path, wait_until,
+};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+const DATABASE: &str = "forkwarden_odoo";
+
+/// Odoo's source and the venv with its requirements; None (said why) when they are not set
+/// up on this machine.
+fn odoo() -> Option<(PathBuf, PathBuf)> {
+    // Where scripts/ensure-odoo.sh found it.
+    let source = std::env::var_os("FORKWARDEN_ODOO")
+        .map_or_else(|| Path::new(REPO).join("../shared/odoo17"), PathBuf::from);
+    let python = Path::new(REPO).join("target/odoo-venv/bin/python");
+    if !source.join("odoo-bin").is_file() || !python.is_file() {
+        cannot_check("real Odoo is not set up (scripts/ensure-odoo.sh; .ci/run runs it)");
+        return None;
+    }
+    let source = source.canonicalize().expect("odoo17's path");
+    Some((source, python))
+}
+
+/// A free loopback port (held until the caller binds it: a small window).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("bound").port()
+}
+
+/// An odoo.conf serving the test database on `http` and `gevent`, with `extra` options.
+fn odoo_conf(source: &Path, http: u16, gevent: u16, extra: &str) -> String {
+    format!(
+        "[options]\naddons_path = {}/odoo/addons\ndb_name = {DATABASE}\n\
+         dbfilter = ^{DATABASE}$\nhttp_interface = 127.0.0.1\nhttp_port = {http}\n\
+         gevent_port = {gevent}\nworkers = 2\nmax_cron_threads = 1\nlog_level = warn\n{extra}",
+        source.display()
+    )
+}
+
+/// `forkwarden odoo -c odoo.conf` with the test's venv and Odoo's source.
+fn odoo_server(source: &Path, python: &Path, conf: &str) -> Server {
+    let source = source.display().to_string();
+    let python = python.display().to_string();
+    Server::spawn_line(
+        Path::new(BINARY),
+        &[
+            "odoo",
+            "-c",
+            "{dir}/odoo.conf",
+            "--python",
+            &python,
+            "--odoo-path",
+            &source,
+        ],
+        &[("odoo.conf", conf)],
+        &[("PYTHONPATH", python_runner_path().to_string())],
+    )
+}
+
+/// The status line of a websocket handshake with Odoo's server on `port`.
+fn websocket_handshake(port: u16) -> String {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+    let request = format!(
+        "GET /websocket HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1\r\n\
+         Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut head = [0u8; 64];
+    let read = stream.read(&mut head).unwrap_or(0);
+    String::from_utf8_lossy(&head[..read])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn odoo_runs_from_its_own_config_with_workers_cron_and_websocket() {
+    let Some((source, python)) = odoo() else {
+        return;
+    };
+    let (http, gevent) = (free_port(), free_port());
+    let server = odoo_server(&source, &python, &odoo_conf(&source, http, gevent, ""));
+    server.wait_for_log("listening on http://127.0.0.1:");
+    // Loaded once in the template (its registry, a warm-up of /web/login), then forked.
+    server.wait_for_log("loaded the application in");
+    let login = wait_until(Duration::from_secs(60), || {
+        http_get(server.port, "/web/login").status == 200
+    });
+    assert!(login, "{}", server.log_text());
+    // The websocket server, supervised as a program on odoo.conf's gevent_port.
+    assert!(
+        wait_until(Duration::from_secs(30), || websocket_handshake(gevent)
+            .contains(" 101 ")),
+        "{}",
+        server.log_text()
+    );
+    // Odoo's scheduled actions, a `call` into the preloaded Odoo.
+    server.wait_for_log_all(&["cron job odoo", "exited with status 0"]);
+
+    // A worker killed: replaced, and the new one serves.
+    let line = server.wait_for_log("http worker 0 started as pid ");
+    let worker = pid_after(&line, "started as pid ");
+    kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
+    let died = server.wait_for_log(&format!("(pid {worker}) died: killed by SIGKILL"));
+    let replacement = pid_after(&died, "respawned as pid ");
+    assert_ne!(replacement, worker);
+    assert!(wait_until(SOON, || {
+        http_get(server.port, "/web/login").status == 200
+    }));
+}
+
+#[test]
+fn odoo_check_prints_the_deployment_it_infers() {
+    let Some((source, python)) = odoo() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("odoo.conf");
+    std::fs::write(
+        &conf,
+        odoo_conf(
+            &source,
+            8069,
+            8072,
+            "limit_time_real = 5\nproxy_mode = True\n",
+        ),
+    )
+    .unwrap();
+    let output = Command::new(BINARY)
+        .arg("odoo")
+        .arg("-c")
+        .arg(&conf)
+        .arg("--python")
+        .arg(&python)
+        .arg("--odoo-path")
+        .arg(&source)
+        .arg("--check")
+        .env("PYTHONPATH", python_runner_path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("forkwarden odoo --check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    for expected in [
+        "# the application loads",
+        "limit_time_real = \"5s\"",
+        "proxy_mode = true",
+        "\"--odoo\", \"--preload\", \"--\", \"-c\"",
+        "name = \"websocket\"",
+        "call = \"forkwarden_wsgi.odoo:cron_pass\"",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} in:\n{stdout}");
+    }
+
+    // A value forkwarden cannot take is named as odoo.conf's option.
+    std::fs::write(
+        &conf,
+        odoo_conf(&source, 8069, 8072, "limit_time_cpu = soon\n"),
+    )
+    .unwrap();
+    let output = Command::new(BINARY)
+        .arg("odoo")
+        .arg("-c")
+        .arg(&conf)
+        .arg("--check")
+        .stdin(Stdio::null())
+        .output()
+        .expect("forkwarden odoo --check");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("odoo.conf: [options] limit_time_cpu: \"soon\" is not a whole number"),
+        "{stderr}"
+    );
+}

@@ -71,8 +71,9 @@ fn odoo_server(source: &Path, python: &Path, conf: &str) -> Server {
 
 /// The status line of a websocket handshake with Odoo's server on `port`.
 fn websocket_handshake(port: u16) -> String {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
+    let mut stream = match TcpStream::connect(("127.0.0.1", port)) {
+        Ok(stream) => stream,
+        Err(error) => return format!("connect: {error}"),
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
     let request = format!(
@@ -80,11 +81,15 @@ fn websocket_handshake(port: u16) -> String {
          Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     );
-    if stream.write_all(request.as_bytes()).is_err() {
-        return String::new();
+    if let Err(error) = stream.write_all(request.as_bytes()) {
+        return format!("write: {error}");
     }
     let mut head = [0u8; 64];
-    let read = stream.read(&mut head).unwrap_or(0);
+    let read = match stream.read(&mut head) {
+        Ok(0) => return "closed without an answer".to_string(),
+        Ok(read) => read,
+        Err(error) => return format!("read: {error}"),
+    };
     String::from_utf8_lossy(&head[..read])
         .lines()
         .next()
@@ -191,5 +196,52 @@ fn odoo_check_prints_the_deployment_it_infers() {
     assert!(
         stderr.contains("odoo.conf: [options] limit_time_cpu: \"soon\" is not a whole number"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn the_websocket_server_answers_through_a_reload() {
+    // Odoo's own gevent server binds its port itself: every reload refused clients for
+    // seconds. On forkwarden's socket, the new instance serves before the old one goes.
+    let Some((source, python)) = odoo() else {
+        return;
+    };
+    let (http, gevent) = (free_port(), free_port());
+    let server = odoo_server(&source, &python, &odoo_conf(&source, http, gevent, ""));
+    assert!(
+        wait_until(Duration::from_secs(60), || websocket_handshake(gevent)
+            .contains(" 101 ")),
+        "{}",
+        server.log_text()
+    );
+    let first = server.wait_for_log("websocket program 0 started as pid ");
+    let old = pid_after(&first, "started as pid ");
+    server.signal(Signal::SIGHUP);
+    let mut failures = Vec::new();
+    let mut handshakes = 0;
+    // Bounded: until the old instance is gone (then a few more), or 2000 handshakes.
+    let mut after_gone = 0;
+    while handshakes < 2000 && after_gone < 20 {
+        let status = websocket_handshake(gevent);
+        handshakes += 1;
+        if !status.contains(" 101 ") {
+            failures.push(status);
+        }
+        if !server
+            .log_matching(&format!("(pid {old}) stopped"))
+            .is_empty()
+        {
+            after_gone += 1;
+        }
+    }
+    assert!(
+        after_gone > 0,
+        "the old instance never left: {}",
+        server.log_text()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {handshakes} handshakes failed during the reload: {failures:?}",
+        failures.len()
     );
 }

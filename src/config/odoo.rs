@@ -8,7 +8,7 @@
 //! a `[[program]]`. A TOML file given beside it (`--config`) overrides any of these keys.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use super::{ByteSize, Config, CronJob, ExecApp, Program, TimeSpan};
@@ -238,29 +238,29 @@ impl OdooOptions {
                 catch_up: false,
             }];
         }
-        if !written("program") && gevent_port > 0 {
-            let interface = config.http_interface.to_string();
+        if !written("program")
+            && let Ok(gevent_port) = u16::try_from(gevent_port)
+            && gevent_port > 0
+        {
             config.program = vec![Program {
                 name: "websocket".into(),
                 command: vec![
                     python,
                     "-m".into(),
-                    "odoo".into(),
-                    "gevent".into(),
+                    "forkwarden_wsgi.odoo_websocket".into(),
+                    "--".into(),
                     "-c".into(),
                     odoo_conf,
-                    // Where forkwarden listens, not every interface: odoo.conf's own
-                    // http_interface may be empty.
-                    "--http-interface".into(),
-                    interface,
                 ],
                 count: 1,
-                listen: None,
+                // forkwarden binds it, on the HTTP workers' interface, and keeps it across
+                // instances: a reload has the new one serve before the old one goes.
+                listen: Some(SocketAddr::new(config.http_interface, gevent_port)),
                 cwd: None,
                 env,
-                // It does not speak sd_notify: ready once it runs.
-                ready_timeout: Some(TimeSpan::secs(0)),
-                nonblocking: false,
+                ready_timeout: Some(TimeSpan::secs(120)),
+                // gevent waits for the socket in its loop.
+                nonblocking: true,
             }];
         }
         if !written("data_dir")

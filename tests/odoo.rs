@@ -118,8 +118,9 @@ fn odoo_runs_from_its_own_config_with_workers_cron_and_websocket() {
         "{}",
         server.log_text()
     );
-    // Odoo's scheduled actions, a `call` into the preloaded Odoo.
-    server.wait_for_log_all(&["cron job odoo", "exited with status 0"]);
+    // Odoo's scheduled actions, a `call` into the preloaded Odoo, listening for triggers
+    // (a_triggered_scheduled_action_runs_without_waiting_for_the_next_pass).
+    server.wait_for_log("cron job odoo started as pid ");
 
     // A worker killed: replaced, and the new one serves.
     let line = server.wait_for_log("http worker 0 started as pid ");
@@ -243,5 +244,62 @@ fn the_websocket_server_answers_through_a_reload() {
         failures.is_empty(),
         "{} of {handshakes} handshakes failed during the reload: {failures:?}",
         failures.len()
+    );
+}
+
+/// The value of Odoo's system parameter `key` in the test database, if set.
+fn parameter(key: &str) -> Option<String> {
+    let output = Command::new("psql")
+        .args(["-d", DATABASE, "-tAc"])
+        .arg(format!(
+            "SELECT value FROM ir_config_parameter WHERE key = '{key}'"
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let value = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    (!value.is_empty()).then_some(value)
+}
+
+#[test]
+fn a_triggered_scheduled_action_runs_without_waiting_for_the_next_pass() {
+    // Odoo's cron workers wake on NOTIFY cron_trigger (a mail queued, an action
+    // triggered); a pass of forkwarden's cron job listens for it too.
+    let Some((source, python)) = odoo() else {
+        return;
+    };
+    let (http, gevent) = (free_port(), free_port());
+    let server = odoo_server(&source, &python, &odoo_conf(&source, http, gevent, ""));
+    server.wait_for_log_all(&["cron job odoo started as pid"]);
+    let key = format!("forkwarden.test.triggered.{}", std::process::id());
+    let conf = server.dir.path().join("odoo.conf");
+    let created = Command::new(&python)
+        .arg(Path::new(REPO).join("tests/apps/odoo_trigger.py"))
+        .arg(&conf)
+        .arg(DATABASE)
+        .arg(&key)
+        .env("PYTHONPATH", &source)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run odoo_trigger.py");
+    let id = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    // Well before the pass ends (50 s) and the next starts: the notification woke it.
+    let ran = wait_until(SOON, || parameter(&key).is_some());
+    let _ = Command::new("psql")
+        .args(["-d", DATABASE, "-qc"])
+        .arg(format!(
+            "DELETE FROM ir_cron WHERE id = {id}; DELETE FROM ir_config_parameter WHERE key = '{key}'"
+        ))
+        .stdin(Stdio::null())
+        .output();
+    assert!(
+        ran,
+        "the triggered action did not run: {}",
+        server.log_text()
     );
 }

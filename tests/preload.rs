@@ -503,9 +503,11 @@ fn a_cron_job_can_call_a_function_of_the_preloaded_application() {
     let job_pid = pid_after(&line, "tick in ");
     assert!(
         line.contains(&format!(
-            "parent {template} loaded_by {template} post_fork {job_pid} job ticker env given"
+            "parent {template} loaded_by {template} post_fork {job_pid} job ticker env given \
+             nice 10"
         )),
-        "forked from the template, post-fork hook run, environment given: {line}"
+        "forked from the template, post-fork hook run, environment given, at the cron \
+         worker's niceness: {line}"
     );
     // It runs again, each time in a new process.
     let second = server.wait_for_log_count("cron job ticker: tick in ", 2)[1].clone();

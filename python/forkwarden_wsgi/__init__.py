@@ -300,6 +300,11 @@ class Template:
             return
         request = assignments(message)
         call, job = request.pop("CALL", None), request.pop("JOB", "?")
+        try:
+            # The cron worker's niceness, which a job forked from here must have too.
+            nice = min(max(int(request.pop("NICE", "0")), 0), 19)
+        except ValueError:
+            nice = 0
         if call is None or len(fds) != 2:
             for fd in fds:
                 os.close(fd)
@@ -308,7 +313,7 @@ class Template:
             return
         pid = fork()
         if pid == 0:
-            in_forked_process(lambda: self.run_job(job, call, request, fds))
+            in_forked_process(lambda: self.run_job(job, call, request, fds, nice))
         for fd in fds:
             os.close(fd)
         self.answer(connection, f"PID={pid}")
@@ -336,9 +341,11 @@ class Template:
             os.close(pidfd)
             connection.close()
 
-    def run_job(self, job, call, environment, fds):
-        """In the job's process: calls the function."""
+    def run_job(self, job, call, environment, fds, nice=0):
+        """In the job's process: calls the function, `nice` lower in priority."""
         os.setpgid(0, 0)  # its process group is what a time limit kills
+        if nice:
+            os.nice(nice)
         self.close_template_descriptors()
         onto_standard_streams(fds)
         os.environ.update(environment)

@@ -13,8 +13,9 @@ plays the master:
   two workers ever share a PostgreSQL connection (without it they fail with "server closed
   the connection unexpectedly");
 - in each worker, before it serves: `random` reseeded, as Odoo's workers do;
-- `cron_pass`, the scheduled actions of each database once (Odoo's `WorkerCron`), for a
-  `[[cron]]` job with `call = "forkwarden_wsgi.odoo:cron_pass"`.
+- `cron_pass`, the scheduled actions of each database, at once and again whenever Odoo
+  notifies `cron_trigger`, for about a minute (Odoo's `WorkerCron` loop), for a `[[cron]]`
+  job with `call = "forkwarden_wsgi.odoo:cron_pass"` run back to back.
 
 `forkwarden odoo -c odoo.conf` writes the whole config (HTTP workers, cron, the websocket
 server) from odoo.conf; see forkwarden's docs/odoo.md.
@@ -104,13 +105,45 @@ def post_fork():
 
 
 def cron_pass():
-    """The scheduled actions of each database of `db_name` (all databases if unset), once:
-    what one turn of Odoo's WorkerCron does for every database."""
+    """Odoo's scheduled actions, as Odoo's cron workers run them: every database of
+    `db_name` (all of them if unset) at once, then again each time Odoo says a job was
+    triggered (`NOTIFY cron_trigger`, whose payload is the database), until
+    FORKWARDEN_CRON_PASS_SECONDS (50) have passed; then the process ends, and forkwarden's
+    next run (a fresh process forked from the loaded template) takes over at once."""
+    import os
+    import select
+    import time
+
     import odoo
     from odoo.addons.base.models.ir_cron import ir_cron
 
+    seconds = float(os.environ.get("FORKWARDEN_CRON_PASS_SECONDS", "50"))
+    deadline = time.monotonic() + seconds
     databases = _database_names() or odoo.service.db.list_dbs(True)
-    for name in databases:
-        ir_cron._process_jobs(name)
-        if len(databases) > 1:
-            odoo.sql_db.close_db(name)
+    # Odoo notifies on the `postgres` database, as its own cron workers listen.
+    listener = odoo.sql_db.db_connect("postgres").cursor()
+    listener.execute("SELECT pg_is_in_recovery()")
+    if listener.fetchone()[0]:
+        _logger.warning("PostgreSQL is in recovery: cron_trigger is not listened to")
+    else:
+        listener.execute("LISTEN cron_trigger")
+    listener.commit()
+    due = list(databases)
+    try:
+        while True:
+            for name in due:
+                ir_cron._process_jobs(name)
+                if len(databases) > 1:
+                    odoo.sql_db.close_db(name)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            connection = listener._cnx
+            if not select.select([connection], [], [], left)[0]:
+                return
+            connection.poll()
+            triggered = {notify.payload for notify in connection.notifies}
+            connection.notifies.clear()
+            due = [name for name in databases if name in triggered]
+    finally:
+        listener.close()

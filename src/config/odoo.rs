@@ -10,8 +10,13 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::{ByteSize, Config, CronJob, ExecApp, Program, TimeSpan};
+
+/// How long one pass of Odoo's scheduled actions listens for `cron_trigger` before the
+/// next takes over (Odoo's cron workers look at least once a minute too).
+const CRON_PASS: Duration = Duration::from_secs(50);
 
 /// What `forkwarden odoo` was told besides odoo.conf.
 #[derive(Clone, Debug, PartialEq)]
@@ -225,16 +230,24 @@ impl OdooOptions {
             });
         }
         if !written("cron") && config.max_cron_threads > 0 {
+            // A pass listens for Odoo's cron_trigger for CRON_PASS, then ends; the next,
+            // due at once, runs in a fresh process: an action triggered at any moment
+            // starts within the time a notification takes. Each pass may take its whole
+            // length plus the cron time limit.
+            let cron_limit = config.cron_time_limit();
+            let timeout = (!cron_limit.is_zero()).then(|| TimeSpan(CRON_PASS + cron_limit));
             config.cron = vec![CronJob {
                 name: "odoo".into(),
                 schedule: None,
-                // Odoo's cron workers look for due actions every minute too.
-                interval: Some(TimeSpan::secs(60)),
+                interval: Some(TimeSpan::secs(1)),
                 command: Vec::new(),
                 call: Some("forkwarden_wsgi.odoo:cron_pass".into()),
                 cwd: None,
-                env: BTreeMap::new(),
-                timeout: None,
+                env: BTreeMap::from([(
+                    "FORKWARDEN_CRON_PASS_SECONDS".to_string(),
+                    CRON_PASS.as_secs().to_string(),
+                )]),
+                timeout: timeout.or(Some(TimeSpan::secs(0))),
                 catch_up: false,
             }];
         }

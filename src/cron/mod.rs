@@ -36,6 +36,11 @@ pub use store::{JobLock, JobState, JobStore, RunRecord, from_ms, to_ms};
 use crate::config::{Config, CronJob};
 use postgres::{Claimant, Claimed, PgStore, StoreError};
 
+/// How much lower a cron worker's priority is than an HTTP worker's (Odoo's +10), so that
+/// scheduled work yields the CPU to requests; its jobs inherit it, and a `call` job forked by
+/// the preload template is given it (`NICE=` in the request).
+pub const CRON_NICENESS: i32 = 10;
+
 /// How soon to look again at a due job whose lock is held: the holder is most likely between
 /// taking the lock and writing its claim (microseconds). Doubled while it stays held, up to
 /// [`HELD_LOCK_RETRY_MAX`]: a run longer than the job's schedule, or a stuck holder.

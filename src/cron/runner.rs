@@ -298,7 +298,12 @@ fn ask_template<'a>(
     })?;
     let (out_read, out_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-    let mut text = format!("CALL={call}\nJOB={}\n", job.name);
+    // The template runs at the HTTP workers' priority; the job runs at the cron worker's.
+    let mut text = format!(
+        "CALL={call}\nJOB={}\nNICE={}\n",
+        job.name,
+        super::CRON_NICENESS
+    );
     let variables = account
         .iter()
         .map(|(key, value)| (key.to_string_lossy(), value.to_string_lossy()))

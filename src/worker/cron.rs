@@ -29,10 +29,6 @@ use crate::sys::WorkerSignals;
 /// How long to wait before looking again at a job whose state could not be read or written.
 const STORE_ERROR_RETRY: Duration = Duration::from_secs(60);
 
-/// How much lower a cron worker's priority is than an HTTP worker's (Odoo's +10), so that
-/// scheduled work yields the CPU to requests; its jobs inherit it.
-const CRON_NICENESS: i32 = 10;
-
 /// What a cron worker gets from the master.
 pub(super) struct CronSpec<'a> {
     pub context: WorkerContext<'a>,
@@ -51,7 +47,7 @@ pub(super) fn run(spec: &CronSpec<'_>, signals: &WorkerSignals) -> Outcome {
         );
         return Outcome::BootFailed;
     }
-    if let Err(errno) = crate::sys::lower_priority(CRON_NICENESS) {
+    if let Err(errno) = crate::sys::lower_priority(crate::cron::CRON_NICENESS) {
         warn!(
             "{}: cannot lower its priority: {errno}",
             spec.context.name()

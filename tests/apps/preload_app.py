@@ -33,7 +33,7 @@ def tick():
     """A cron job's function (`call = "preload_app:tick"`): says where it runs."""
     print(f"tick in {os.getpid()} parent {os.getppid()} loaded_by {LOADED_BY} "
           f"post_fork {POST_FORK_PID} job {os.environ.get('FORKWARDEN_JOB')} "
-          f"env {os.environ.get('TICK_ENV')}", flush=True)
+          f"env {os.environ.get('TICK_ENV')} nice {os.nice(0)}", flush=True)
 
 
 def fail():

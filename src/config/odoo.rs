@@ -353,11 +353,26 @@ mod tests {
             config.cron[0].call.as_deref(),
             Some("forkwarden_wsgi.odoo:cron_pass")
         );
+        // Odoo's websocket server on forkwarden's socket, on the HTTP interface.
         assert_eq!(
-            config.program[0].command.last().map(String::as_str),
-            Some("0.0.0.0")
+            config.program[0].listen,
+            Some("0.0.0.0:9072".parse().unwrap())
         );
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/odoo/forkwarden"));
+    }
+
+    #[test]
+    fn the_shipped_example_odoo_conf_is_read_whole() {
+        let config = applied(include_str!("../../etc/odoo/odoo.conf"), &[]).unwrap();
+        assert_eq!(config.workers, 4);
+        assert_eq!(config.max_cron_threads, 1);
+        assert_eq!(config.http_interface, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert!(config.proxy_mode);
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/odoo/forkwarden"));
+        assert_eq!(
+            config.program[0].listen,
+            Some("127.0.0.1:8072".parse().unwrap())
+        );
     }
 
     #[test]

@@ -111,6 +111,9 @@ fn odoo_runs_from_its_own_config_with_workers_cron_and_websocket() {
         http_get(server.port, "/web/login").status == 200
     });
     assert!(login, "{}", server.log_text());
+    // Odoo's own line per request, with its query count and times.
+    let line = server.wait_for_log("\"GET /web/login HTTP/1.1\" 200 - ");
+    assert!(line.contains("werkzeug: 127.0.0.1 - - ["), "{line}");
     // The websocket server, supervised as a program on odoo.conf's gevent_port.
     assert!(
         wait_until(Duration::from_secs(30), || websocket_handshake(gevent)

@@ -103,7 +103,11 @@ fn odoo_runs_from_its_own_config_with_workers_cron_and_websocket() {
         return;
     };
     let (http, gevent) = (free_port(), free_port());
-    let server = odoo_server(&source, &python, &odoo_conf(&source, http, gevent, ""));
+    let server = odoo_server(
+        &source,
+        &python,
+        &odoo_conf(&source, http, gevent, "log_handler = werkzeug:INFO\n"),
+    );
     server.wait_for_log("listening on http://127.0.0.1:");
     // Loaded once in the template (its registry, a warm-up of /web/login), then forked.
     server.wait_for_log("loaded the application in");

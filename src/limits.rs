@@ -81,6 +81,8 @@ pub fn arm_program_cpu_limit(
 #[derive(Clone, Debug, PartialEq)]
 pub struct MasterLimits {
     pub memory_soft: Option<u64>,
+    /// What `memory_soft` is compared with.
+    pub memory_soft_measure: crate::config::MemoryMeasure,
     pub memory_hard: Option<u64>,
     pub time_real: Option<Duration>,
     /// There are `[[cron]]` jobs, whose time limits the master backs up.
@@ -101,6 +103,7 @@ impl MasterLimits {
         let span = |time: Duration| Some(time).filter(|t| !t.is_zero());
         Self {
             memory_soft: bytes(config.limit_memory_soft),
+            memory_soft_measure: config.limit_memory_soft_measure,
             memory_hard: bytes(config.limit_memory_hard),
             time_real: span(config.limit_time_real.duration()),
             cron_jobs: !config.cron.is_empty(),
@@ -201,6 +204,8 @@ pub struct Observation {
     pub work_limit: Option<Duration>,
     /// Resident memory, when it was read this time.
     pub rss: Option<u64>,
+    /// Virtual size (address space), when it was read this time.
+    pub virtual_size: Option<u64>,
     /// The worker is already leaving gracefully (no point recycling it again).
     pub leaving: bool,
 }
@@ -304,16 +309,20 @@ pub fn check(limits: &MasterLimits, worker: &Observation) -> Option<Enforcement>
     if worker.leaving {
         return None;
     }
-    if let (Some(rss), Some(soft)) = (worker.rss, limits.memory_soft)
-        && rss > soft
+    let (soft_measured, measure) = match limits.memory_soft_measure {
+        crate::config::MemoryMeasure::Rss => (worker.rss, "rss"),
+        crate::config::MemoryMeasure::Virtual => (worker.virtual_size, "virtual size"),
+    };
+    if let (Some(measured), Some(soft)) = (soft_measured, limits.memory_soft)
+        && measured > soft
     {
         return Some(Enforcement::Recycle(Breach::memory(
             "limit_memory_soft",
-            rss,
+            measured,
             soft,
             format!(
-                "limit_memory_soft exceeded (rss {} > {})",
-                mib(rss),
+                "limit_memory_soft exceeded ({measure} {} > {})",
+                mib(measured),
                 mib(soft)
             ),
         )));
@@ -389,8 +398,29 @@ mod tests {
             busy_for: busy_secs.map(Duration::from_secs),
             work_limit: None,
             rss: rss_mib.map(|m| m << 20),
+            // Python's address space is several times what it uses.
+            virtual_size: rss_mib.map(|m| (m * 4) << 20),
             leaving: false,
         }
+    }
+
+    #[test]
+    fn the_soft_limit_can_compare_the_virtual_size_as_odoo_does() {
+        let odoo_like = MasterLimits {
+            memory_soft_measure: crate::config::MemoryMeasure::Virtual,
+            ..limits()
+        };
+        // 100 MiB resident is under 256 MiB; its 400 MiB of address space is not.
+        assert_eq!(check(&limits(), &http(Some(100), None)), None);
+        assert_eq!(
+            check(&odoo_like, &http(Some(100), None)),
+            Some(Enforcement::Recycle(Breach::memory(
+                "limit_memory_soft",
+                400 << 20,
+                256 << 20,
+                "limit_memory_soft exceeded (virtual size 400 MiB > 256 MiB)".into()
+            )))
+        );
     }
 
     #[test]

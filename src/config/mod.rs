@@ -33,6 +33,17 @@ pub use source::{ConfigSource, SERVE_PORT, ServeOptions, default_python};
 pub use store_url::{CronStoreUrl, PASSWORD_VARIABLES};
 pub use units::{ByteSize, CronTimeLimit, TimeSpan};
 
+/// What a memory limit is compared with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryMeasure {
+    /// Resident memory (RSS): what the worker really uses.
+    #[default]
+    Rss,
+    /// The virtual size (address space), as Odoo measures `limit_memory_soft`.
+    Virtual,
+}
+
 /// Everything forkwarden reads from its config file, with Odoo's defaults filled in.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -53,6 +64,10 @@ pub struct Config {
     pub limit_request_jitter: u64,
     /// Resident memory past which a worker finishes its request and is recycled (0: off).
     pub limit_memory_soft: ByteSize,
+    /// What `limit_memory_soft` is compared with: resident memory (`"rss"`, forkwarden's
+    /// default), or the virtual size (`"virtual"`, Odoo's: the same number recycles a worker
+    /// much sooner).
+    pub limit_memory_soft_measure: MemoryMeasure,
     /// Memory past which a worker is killed at once (0: off).
     pub limit_memory_hard: ByteSize,
     /// Also cap each worker's address space at `limit_memory_hard` (RLIMIT_AS, as Odoo does).
@@ -287,6 +302,7 @@ impl Default for Config {
             limit_memory_soft: ByteSize::mib(2048),
             limit_memory_hard: ByteSize::mib(2560),
             limit_memory_hard_rlimit: true,
+            limit_memory_soft_measure: MemoryMeasure::Rss,
             memory_poll_interval: TimeSpan(Duration::from_millis(100)),
             limit_time_cpu: TimeSpan::secs(60),
             limit_time_real: TimeSpan::secs(120),

@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{ByteSize, Config, CronJob, ExecApp, Program, TimeSpan};
+use super::{ByteSize, Config, CronJob, ExecApp, MemoryMeasure, Program, TimeSpan};
 
 /// How long one pass of Odoo's scheduled actions listens for `cron_trigger` before the
 /// next takes over (Odoo's cron workers look at least once a minute too).
@@ -132,6 +132,11 @@ impl OdooOptions {
                     config.limit_memory_hard = size;
                 }
             }
+        }
+        // Odoo compares limit_memory_soft with the virtual size: the numbers in odoo.conf
+        // were chosen for that.
+        if take("limit_memory_soft_measure", "limit_memory_soft") {
+            config.limit_memory_soft_measure = MemoryMeasure::Virtual;
         }
         for (key, option) in [
             ("limit_time_cpu", "limit_time_cpu"),
@@ -328,6 +333,7 @@ mod tests {
         assert_eq!(config.workers, 3);
         assert_eq!(config.max_cron_threads, 1);
         assert_eq!(config.limit_memory_soft, ByteSize(671_088_640));
+        assert_eq!(config.limit_memory_soft_measure, MemoryMeasure::Virtual);
         assert_eq!(config.limit_time_real, TimeSpan::secs(5));
         assert_eq!(config.http_port, 9069);
         // Odoo's empty http_interface: every interface.

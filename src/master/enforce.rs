@@ -299,6 +299,10 @@ impl Enforcer {
                     .work_limit()
                     .filter(|_| worker.id.role == Role::Cron),
                 rss: worker.memory.rss.filter(|_| worker.memory.at == Some(now)),
+                virtual_size: worker
+                    .memory
+                    .address_space
+                    .filter(|_| worker.memory.at == Some(now)),
                 leaving: !worker.is_serving(),
             };
             match limits::check(limits, &observation) {

@@ -41,6 +41,10 @@ def main():
     import gevent
     import gevent.pywsgi
 
+    # Odoo's GeventServer.stop calls gevent.shutdown(), which gevent no longer has: its
+    # server would end in a traceback (and a failure status) each time it stops.
+    if not hasattr(gevent, "shutdown"):
+        gevent.shutdown = lambda: None
     listener = inherited_socket()
     notifier = Notifier()
     base = gevent.pywsgi.WSGIServer

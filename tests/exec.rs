@@ -162,14 +162,7 @@ fn an_application_that_cannot_start_ends_the_first_start_with_its_error() {
         "workers = 2\n{}",
         wsgi_app("COMPARE_APP_CRASH_AT_BOOT = \"1\"")
     ));
-    let status = server.wait_exit(Duration::from_secs(30));
-    assert_eq!(
-        status.and_then(|status| status.code()),
-        Some(1),
-        "{}",
-        server.log_text()
-    );
-    let line = server.wait_for_log("the application cannot start");
+    let line = server.wait_start_failure();
     assert!(
         line.contains("3 failed starts in a row and no http worker has ever been ready"),
         "{line}"

@@ -256,14 +256,7 @@ fn a_template_that_cannot_load_at_the_first_start_stops_the_server() {
     )
     .unwrap();
     let mut server = Server::spawn(&preload_config(code.path(), "workers = 2", ""));
-    let status = server.wait_exit(Duration::from_secs(30));
-    assert_eq!(
-        status.and_then(|status| status.code()),
-        Some(1),
-        "{}",
-        server.log_text()
-    );
-    let line = server.wait_for_log("the application cannot start");
+    let line = server.wait_start_failure();
     assert!(
         line.contains("app template") && line.contains("ImportError: a broken first deploy"),
         "{line}"

@@ -4,7 +4,6 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::{BINARY, SOON, Server, http_get, python_runner_path, run_binary, wait_until};
 use nix::sys::signal::Signal;
@@ -97,9 +96,7 @@ fn serve_of_an_app_that_cannot_be_imported_exits_naming_the_error() {
         &[],
         &python_env(),
     );
-    let status = server.wait_exit(Duration::from_secs(30));
-    assert_eq!(status.and_then(|status| status.code()), Some(1));
-    let line = server.wait_for_log("the application cannot start");
+    let line = server.wait_start_failure();
     assert!(
         line.contains("ModuleNotFoundError: No module named 'nosuchmodule'"),
         "{line}"

@@ -140,13 +140,15 @@ fn a_worker_failing_at_boot_is_backed_off_not_respawned_in_a_loop() {
 #[test]
 fn a_worker_that_never_starts_stops_the_first_start() {
     let mut server = Server::spawn("workers = 1\ndemo_crash_at_boot = true");
-    let status = server.wait_exit(Duration::from_secs(30));
-    assert_eq!(status.and_then(|status| status.code()), Some(1));
+    let line = server.wait_start_failure();
+    assert!(
+        line.contains("the application cannot start: 3 failed starts in a row"),
+        "{line}"
+    );
     let failures = server
         .log_matching("failed to start: exited with status 1")
         .len();
     assert_eq!(failures, 3, "{}", server.log_text());
-    server.wait_for_log("the application cannot start: 3 failed starts in a row");
 }
 
 #[test]

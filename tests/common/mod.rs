@@ -418,6 +418,19 @@ impl Server {
     pub fn get(&self, path: &str) -> Reply {
         http_get(self.port, path)
     }
+
+    /// Asserts that the server stops as a first start that cannot succeed does: status 1
+    /// within 30 s. Returns the line that says why.
+    pub fn wait_start_failure(&mut self) -> String {
+        let status = self.wait_exit(Duration::from_secs(30));
+        assert_eq!(
+            status.and_then(|status| status.code()),
+            Some(1),
+            "{}",
+            self.log_text()
+        );
+        self.wait_for_log("the application cannot start")
+    }
 }
 
 impl Drop for Server {

@@ -427,30 +427,6 @@ fn describe_invalid(path: &Path, line: usize, key: &str, message: &str, excerpt:
 }
 
 impl Config {
-    /// Reads, parses and validates the config file at `path`.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&source, path)
-    }
-
-    /// [`Config::load`], then checks that the server can start with it on this machine: the
-    /// programs exist and can be run, the directories and files it writes are writable, the
-    /// workers' user can be switched to. What `check`, a start and a reload all do.
-    pub fn load_checked(path: &Path) -> Result<Self, ConfigError> {
-        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let config = Self::parse(&source, path)?;
-        config
-            .check_environment()
-            .map_err(|(key, message)| invalid_at(&source, path, &key, message))?;
-        Ok(config)
-    }
-
     /// What an HTTP worker needs of this config: a built-in worker's, and what the master
     /// hands a program that runs forkwarden's HTTP worker (`kit`), validated and with its
     /// paths resolved, whatever the file on disk says by now.
@@ -1176,39 +1152,29 @@ fn systemd_state_directory() -> Option<PathBuf> {
 /// Whether `source` sets the key at dotted `path` (`limit_memory_soft`, `app.nonblocking`),
 /// rather than leaving it to its default.
 fn is_written(source: &str, path: &str) -> bool {
-    let Ok(document) = toml::de::DeTable::parse(source) else {
-        return false;
-    };
-    let mut table = document.get_ref();
-    let mut segments = path.split('.').peekable();
-    while let Some(segment) = segments.next() {
-        let Some((_, value)) = table.iter().find(|(name, _)| name.get_ref() == segment) else {
-            return false;
-        };
-        if segments.peek().is_none() {
-            return true;
-        }
-        match value.get_ref().as_table() {
-            Some(inner) => table = inner,
-            None => return false,
-        }
-    }
-    false
+    locate(source, path).is_some_and(|(_, whole)| whole)
 }
 
+/// The span of `source` an error about the key at `path` points at: the key, or the part
+/// of its path that is there (the enclosing table of a missing key, e.g. a required one).
 fn span_of_path(source: &str, path: &str) -> Option<std::ops::Range<usize>> {
+    locate(source, path).map(|(span, _)| span)
+}
+
+/// Where the key at dotted `path` (`cron[2].schedule`) is in `source`: its span, and
+/// whether the whole path is there (else the span of the deepest part that is).
+fn locate(source: &str, path: &str) -> Option<(std::ops::Range<usize>, bool)> {
     let document = toml::de::DeTable::parse(source).ok()?;
     let mut table = document.get_ref();
     let mut found = None;
-    for segment in path.split('.') {
-        let table_here = table;
+    let mut segments = path.split('.').peekable();
+    while let Some(segment) = segments.next() {
         let (key, index) = match segment.split_once('[') {
             Some((key, rest)) => (key, rest.trim_end_matches(']').parse::<usize>().ok()),
             None => (segment, None),
         };
-        let Some((name, value)) = table_here.iter().find(|(name, _)| name.get_ref() == key) else {
-            // The key is missing (e.g. a required one): point at the enclosing table.
-            return found;
+        let Some((name, value)) = table.iter().find(|(name, _)| name.get_ref() == key) else {
+            return found.map(|span| (span, false));
         };
         found = Some(name.span());
         let value = match index {
@@ -1219,12 +1185,15 @@ fn span_of_path(source: &str, path: &str) -> Option<std::ops::Range<usize>> {
             }
             None => value,
         };
+        if segments.peek().is_none() {
+            return found.map(|span| (span, true));
+        }
         match value.get_ref().as_table() {
             Some(inner) => table = inner,
-            None => break,
+            None => return found.map(|span| (span, false)),
         }
     }
-    found
+    found.map(|span| (span, false))
 }
 
 /// The name of the `[[cron]]` job a key path such as `cron[2].comand` points into.

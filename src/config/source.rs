@@ -91,7 +91,9 @@ impl ConfigSource {
     }
 
     /// [`ConfigSource::load`], then checks that the server can start with it on this
-    /// machine (see [`Config::load_checked`]).
+    /// machine: the programs exist and can be run, the directories and files it writes are
+    /// writable, the workers' user can be switched to. What `check`, a start and a reload
+    /// all do.
     pub fn load_checked(&self) -> Result<Config, ConfigError> {
         let (config, source) = self.read()?;
         if let Err((key, message)) = config.check_environment() {

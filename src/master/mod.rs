@@ -888,6 +888,25 @@ impl Master {
             .ok_or_else(|| io::Error::other("no listening socket"))
     }
 
+    /// What a process forked for slot `id` of `generation` shares with the master, with
+    /// its scoreboard `row`.
+    fn worker_context<'a>(
+        &'a self,
+        id: WorkerId,
+        generation: u64,
+        row: &'a WorkerRow,
+    ) -> WorkerContext<'a> {
+        WorkerContext {
+            id,
+            generation,
+            master_pid: self.pid,
+            doorbell: &self.doorbell,
+            row,
+            board: &self.board,
+            middle_parent: std::cell::Cell::new(None),
+        }
+    }
+
     /// Forks a worker for slot `id`, or (with preload) asks the template for one.
     fn spawn(&mut self, id: WorkerId) -> io::Result<Spawned> {
         if id.role == Role::Http {
@@ -930,15 +949,7 @@ impl Master {
         let http_settings = self.config.http_settings();
         let run = self.worker_run(id, exec_app, pipes.as_ref(), listener, &row, &http_settings)?;
         let spec = WorkerSpec {
-            context: WorkerContext {
-                id,
-                generation,
-                master_pid: self.pid,
-                doorbell: &self.doorbell,
-                row: &row,
-                board: &self.board,
-                middle_parent: std::cell::Cell::new(None),
-            },
+            context: self.worker_context(id, generation, &row),
             config: &self.config,
             run,
         };

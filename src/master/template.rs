@@ -49,7 +49,6 @@ use crate::notify::Notification;
 use crate::scoreboard::WorkerRow;
 use crate::sys::{self, ProcessHandle};
 use crate::worker::{ProgramSpec, TemplateChannels, WorkerRun, WorkerSpec};
-use forkwarden_worker::context::WorkerContext;
 use forkwarden_worker::kit::KitParts;
 
 /// The notification by which a worker forked by a template says which request it answers.
@@ -289,18 +288,14 @@ impl Master {
         // it forks put theirs in its place in the kit).
         let row = WorkerRow::new()?;
         let spec = WorkerSpec {
-            context: WorkerContext {
-                id: WorkerId {
+            context: self.worker_context(
+                WorkerId {
                     role: Role::Http,
                     slot: 0,
                 },
                 generation,
-                master_pid: self.pid,
-                doorbell: &self.doorbell,
-                row: &row,
-                board: &self.board,
-                middle_parent: std::cell::Cell::new(None),
-            },
+                &row,
+            ),
             config: &self.config,
             run: WorkerRun::Program(ProgramSpec {
                 app,

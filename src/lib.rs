@@ -39,13 +39,16 @@ pub mod app_check;
 pub mod config;
 pub mod cron;
 mod data_dir;
+mod database;
 pub mod demo;
+pub mod jobs;
 mod limits;
 mod master;
 mod notify;
 mod output;
 mod proctree;
 pub mod status;
+mod task;
 mod worker;
 
 // The worker side, shared with the programs that run forkwarden's worker (the Python

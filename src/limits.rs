@@ -85,8 +85,10 @@ pub struct MasterLimits {
     pub memory_soft_measure: crate::config::MemoryMeasure,
     pub memory_hard: Option<u64>,
     pub time_real: Option<Duration>,
-    /// There are `[[cron]]` jobs, whose time limits the master backs up.
+    /// There are `[[cron]]` jobs or `[[job]]` kinds, whose time limits the master backs up.
     pub cron_jobs: bool,
+    /// Each `[[job]]` kind's own `limit_memory_hard`, in order (None: the top-level one).
+    pub job_memory_hard: Vec<Option<u64>>,
     pub worker_cron_age: Option<Duration>,
     pub time_cpu: Duration,
     pub poll_interval: Duration,
@@ -106,7 +108,12 @@ impl MasterLimits {
             memory_soft_measure: config.limit_memory_soft_measure,
             memory_hard: bytes(config.limit_memory_hard),
             time_real: span(config.limit_time_real.duration()),
-            cron_jobs: !config.cron.is_empty(),
+            cron_jobs: !config.cron.is_empty() || !config.job.is_empty(),
+            job_memory_hard: config
+                .job
+                .iter()
+                .map(|kind| kind.limit_memory_hard.and_then(bytes))
+                .collect(),
             worker_cron_age: span(config.limit_time_worker_cron.duration()),
             time_cpu: config.limit_time_cpu.duration(),
             poll_interval: config.memory_poll_interval.duration(),
@@ -118,7 +125,17 @@ impl MasterLimits {
 
     /// Whether the master must poll RSS.
     pub fn watches_memory(&self) -> bool {
-        self.memory_soft.is_some() || self.memory_hard.is_some()
+        self.memory_soft.is_some()
+            || self.memory_hard.is_some()
+            || self.job_memory_hard.iter().any(Option::is_some)
+    }
+
+    /// The hard memory limit of `worker`: its job kind's, when it runs one that has its own.
+    fn memory_hard_for(&self, worker: &Observation) -> Option<u64> {
+        worker
+            .work_kind
+            .and_then(|kind| self.job_memory_hard.get(kind).copied().flatten())
+            .or(self.memory_hard)
     }
 
     /// Whether the master must look at its workers periodically at all.
@@ -135,7 +152,7 @@ impl MasterLimits {
         match worker.role.unwrap_or(Role::Http) {
             // A companion program is held to limit_time_real if it marks its requests.
             Role::Http | Role::Program(_) => self.time_real,
-            Role::Cron => worker
+            Role::Cron | Role::Job => worker
                 .work_limit
                 .map(|limit| limit.saturating_add(CRON_BACKSTOP)),
         }
@@ -202,6 +219,8 @@ pub struct Observation {
     pub busy_for: Option<Duration>,
     /// The limit of its current unit of work, when it has its own (a cron job's).
     pub work_limit: Option<Duration>,
+    /// The `[[job]]` kind (its index) of the job a job worker runs now.
+    pub work_kind: Option<usize>,
     /// Resident memory, when it was read this time.
     pub rss: Option<u64>,
     /// Virtual size (address space), when it was read this time.
@@ -270,7 +289,7 @@ impl Breach {
 /// memory, then wall-clock time, then the graceful ones.
 pub fn check(limits: &MasterLimits, worker: &Observation) -> Option<Enforcement> {
     let role = worker.role.unwrap_or(Role::Http);
-    if let (Some(rss), Some(hard)) = (worker.rss, limits.memory_hard)
+    if let (Some(rss), Some(hard)) = (worker.rss, limits.memory_hard_for(worker))
         && rss > hard
     {
         return Some(Enforcement::Kill(Breach::memory(
@@ -293,7 +312,7 @@ pub fn check(limits: &MasterLimits, worker: &Observation) -> Option<Enforcement>
                 measured(busy),
                 seconds(limit)
             ),
-            Role::Cron => format!(
+            Role::Cron | Role::Job => format!(
                 "its job ran past its time limit and was not stopped (running {} > {} + {})",
                 measured(busy),
                 seconds(limit - CRON_BACKSTOP),
@@ -302,6 +321,7 @@ pub fn check(limits: &MasterLimits, worker: &Observation) -> Option<Enforcement>
         };
         let key = match role {
             Role::Cron => "limit_time_real_cron",
+            Role::Job => "limit_time_real",
             Role::Http | Role::Program(_) => "limit_time_real",
         };
         return Some(Enforcement::Expire(Breach::time(key, busy, limit, detail)));
@@ -397,6 +417,7 @@ mod tests {
             age: Duration::from_secs(10),
             busy_for: busy_secs.map(Duration::from_secs),
             work_limit: None,
+            work_kind: None,
             rss: rss_mib.map(|m| m << 20),
             // Python's address space is several times what it uses.
             virtual_size: rss_mib.map(|m| (m * 4) << 20),

@@ -61,6 +61,61 @@ enum Command {
         #[command(subcommand)]
         command: CronCommand,
     },
+    /// The job queue in the `cron_store` database (`[[job]]` kinds; docs/jobs.md).
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Enqueue a job of a `[[job]]` kind; prints its id.
+    Enqueue {
+        /// The kind's name.
+        kind: String,
+        /// Its args, as JSON.
+        #[arg(long, default_value = "{}")]
+        args: String,
+        /// Lower runs first [default: 10].
+        #[arg(long)]
+        priority: Option<i32>,
+        /// Not before this long from now (`90s`, `5m`).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        delay: Option<TimeSpan>,
+        /// Another channel than the kind's.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Not enqueued again while a job with this key is pending or running: its id is
+        /// printed instead.
+        #[arg(long)]
+        identity_key: Option<String>,
+        /// Another number of attempts than the kind's.
+        #[arg(long)]
+        max_attempts: Option<i32>,
+    },
+    /// Print the newest jobs (100 at most).
+    List {
+        /// Only jobs in this state: pending, running, done, failed, cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only jobs of this channel.
+        #[arg(long)]
+        channel: Option<String>,
+        /// One JSON object per job.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a job: its args, and each attempt with how it ended and its last lines.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a done, failed or cancelled job pending again, with one more attempt.
+    Retry { id: i64 },
+    /// Cancel a pending job, or stop a running one (SIGTERM, then SIGKILL after 5 s).
+    Cancel { id: i64 },
 }
 
 #[derive(clap::Args)]
@@ -224,6 +279,57 @@ fn main() -> ExitCode {
         }) => cron_show(&path, |config| {
             forkwarden::cron::command::ask_run(config, &name)
         }),
+        Some(Command::Job { command }) => job(&path, command),
+    }
+}
+
+/// Runs a `forkwarden job` command on the queue of the config at `path`.
+fn job(path: &Path, command: JobCommand) -> ExitCode {
+    use forkwarden::jobs::command as jobs;
+    let config = match load(path, false) {
+        Ok(config) => config,
+        Err(status) => return status,
+    };
+    let done = match command {
+        JobCommand::Enqueue {
+            kind,
+            args,
+            priority,
+            delay,
+            channel,
+            identity_key,
+            max_attempts,
+        } => jobs::enqueue(
+            &config,
+            &jobs::EnqueueRequest {
+                kind,
+                args,
+                priority,
+                delay: delay.map(TimeSpan::duration),
+                channel,
+                identity_key,
+                max_attempts,
+            },
+        ),
+        JobCommand::List {
+            state,
+            channel,
+            json,
+        } => jobs::list(&config, state.as_deref(), channel.as_deref(), json),
+        JobCommand::Show { id, json } => jobs::show(&config, id, json),
+        JobCommand::Retry { id } => jobs::retry(&config, id),
+        JobCommand::Cancel { id } => jobs::cancel(&config, id),
+    };
+    match done {
+        Ok(text) => {
+            // What jobs wrote (their last lines) is shown, not obeyed by the terminal.
+            print!("{}", forkwarden::format::escape_controls(&text, true));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("forkwarden: {error}");
+            ExitCode::from(EXIT_START)
+        }
     }
 }
 

@@ -116,13 +116,20 @@ pub fn render(status: &Value) -> String {
     );
     let limits = &status["limits"];
     text.push_str(&format!(
-        "http workers {}/{}, cron workers {}/{}; requests served: {}\n\
+        "http workers {}/{}, cron workers {}/{}{}; requests served: {}\n\
          limits: memory soft {}, hard {}; time real {}, cpu {}\n\
          workers ended: {}\nlimits enforced: {}\n",
         status["http_workers"]["running"],
         status["http_workers"]["wanted"],
         status["cron_workers"]["running"],
         status["cron_workers"]["wanted"],
+        match status["job_workers"]["wanted"].as_u64() {
+            Some(wanted) if wanted > 0 => format!(
+                ", job workers {}/{wanted}",
+                status["job_workers"]["running"]
+            ),
+            _ => String::new(),
+        },
         status["requests"],
         limit_bytes(&limits["limit_memory_soft"]),
         limit_bytes(&limits["limit_memory_hard"]),

@@ -10,6 +10,8 @@ use std::sync::{Mutex, PoisonError};
 pub enum Role {
     Http,
     Cron,
+    /// A job worker: runs jobs from the queue (`[[job]]`).
+    Job,
     /// An instance of the companion program of this name (`[[program]]`).
     Program(&'static str),
 }
@@ -19,8 +21,15 @@ impl Role {
         match self {
             Self::Http => "http",
             Self::Cron => "cron",
+            Self::Job => "job",
             Self::Program(_) => "program",
         }
+    }
+
+    /// Whether its work is a task in a process group of its own, with its own time limit
+    /// (a cron run, a job's attempt), which goes with the worker when it dies.
+    pub fn runs_tasks(self) -> bool {
+        matches!(self, Self::Cron | Self::Job)
     }
 
     /// The role of the companion program named `name`. Names are interned, so that a role

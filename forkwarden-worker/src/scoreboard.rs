@@ -384,6 +384,15 @@ impl WorkerRow {
         })
     }
 
+    /// A job worker's row: room to count the attempts of `kinds` kinds (as a cron worker's
+    /// counts runs), then one word for the kind of the job it runs now (see
+    /// [`WorkerRow::set_work_kind`]).
+    pub fn for_jobs(kinds: usize) -> io::Result<Self> {
+        Ok(Self {
+            shared: stamped(JOB_COUNTS + 2 * kinds + 1, ROW_MAGIC)?,
+        })
+    }
+
     /// The row a program was handed as `file` (see `worker::kit`).
     pub fn from_fd(file: OwnedFd) -> io::Result<Self> {
         Ok(Self {
@@ -516,6 +525,30 @@ impl WorkerRow {
         if let Some(count) = self.shared.words().get(word) {
             count.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Records the kind (its index in the config's `[[job]]`) of the job now running, in
+    /// a job worker's row (None: none): the master holds the worker to that kind's limits.
+    /// The last word of the row, whose length the master knows from its config.
+    pub fn set_work_kind(&self, kind: Option<usize>) {
+        let word = kind.map_or(0, |index| {
+            u64::try_from(index).unwrap_or(u64::MAX).saturating_add(1)
+        });
+        if let Some(last) = self.shared.words().last() {
+            last.store(word, Ordering::Release);
+        }
+    }
+
+    /// The kind a job worker says it runs now, if it is one of the first `kinds`: a claim
+    /// that only ever selects among the config's own kinds.
+    pub fn work_kind(&self, kinds: usize) -> Option<usize> {
+        if self.shared.words().len() != JOB_COUNTS + 2 * kinds + 1 {
+            return None;
+        }
+        let word = self.shared.words().last()?.load(Ordering::Acquire);
+        usize::try_from(word.checked_sub(1)?)
+            .ok()
+            .filter(|index| *index < kinds)
     }
 
     /// The runs of each of the first `jobs` jobs that ended: (well, failed). Zeros for a job

@@ -183,8 +183,9 @@ class Template:
             # accepts first takes a request, and the other must not block in accept().
             os.set_blocking(int(calls), False)
         self.calls = socket.socket(fileno=int(calls)) if calls else None
-        self.requests = set()  # cron workers' connections, before their request
+        self.requests = set()  # cron and job workers' connections, before their request
         self.jobs = {}  # pidfd -> (pid, connection) of each running call job
+        self.askers = {}  # connection -> pid of each running call job whose asker is there
 
     def run(self):
         # What loading created is never collected, so the garbage collector's visits do
@@ -202,7 +203,7 @@ class Template:
                     self.spare = self.fork_spare()
                 else:
                     timeout = spare_due - time.monotonic()
-            waiting = list(self.jobs)
+            waiting = list(self.jobs) + list(self.askers)
             if not self.stopping:
                 waiting += [self.control, *self.requests]
                 if self.calls is not None:
@@ -216,6 +217,8 @@ class Template:
             for ready in readable:
                 if ready in self.jobs:
                     self.end_job(ready)
+                elif ready in self.askers:
+                    self.asker_left(ready)
                 elif ready is self.calls:
                     self.accept_call()
                 elif ready in self.requests:
@@ -283,13 +286,13 @@ class Template:
         self.requests.add(connection)
 
     def start_job(self, connection):
-        """A cron worker's request: `CALL=module:function`, `JOB=name` and environment
-        lines, with the job's stdout and stderr. Forks the process that calls the function
-        (in its own process group, dying with the template), answers `PID=<pid>`, and later
-        how it ended."""
+        """A cron or job worker's request: `CALL=module:function`, `JOB=name` and
+        environment lines, with the job's stdout and stderr (and its args, for a queued
+        job). Forks the process that calls the function (in its own process group, dying
+        with the template), answers `PID=<pid>`, and later how it ended."""
         self.requests.discard(connection)
         try:
-            message, fds, _, _ = socket.recv_fds(connection, 65536, 2)
+            message, fds, _, _ = socket.recv_fds(connection, 65536, 3)
         except OSError:
             connection.close()
             return
@@ -305,7 +308,7 @@ class Template:
             nice = min(max(int(request.pop("NICE", "0")), 0), 19)
         except ValueError:
             nice = 0
-        if call is None or len(fds) != 2:
+        if call is None or len(fds) not in (2, 3):
             for fd in fds:
                 os.close(fd)
             self.answer(connection, "ERROR=malformed call request")
@@ -318,6 +321,22 @@ class Template:
             os.close(fd)
         self.answer(connection, f"PID={pid}")
         self.jobs[os.pidfd_open(pid)] = (pid, connection)
+        self.askers[connection] = pid
+
+    def asker_left(self, connection):
+        """The worker that asked for a running job is gone (it sends nothing after its
+        request): the job must not run on unsupervised, nor beside its next attempt."""
+        try:
+            if connection.recv(64):
+                return  # not a hang-up: nothing is expected, and nothing is done
+        except OSError:
+            pass
+        pid = self.askers.pop(connection)
+        for kill in (os.killpg, os.kill):  # its group, or itself before it made the group
+            try:
+                kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     @staticmethod
     def answer(connection, message):
@@ -340,14 +359,17 @@ class Template:
         for pidfd, (_, connection) in self.jobs.items():
             os.close(pidfd)
             connection.close()
+        self.askers.clear()
 
     def run_job(self, job, call, environment, fds, nice=0):
-        """In the job's process: calls the function, `nice` lower in priority."""
+        """In the job's process: calls the function, `nice` lower in priority, with the
+        job's args when a third descriptor brought them."""
         os.setpgid(0, 0)  # its process group is what a time limit kills
         if nice:
             os.nice(nice)
         self.close_template_descriptors()
-        onto_standard_streams(fds)
+        args_fd = fds[2] if len(fds) == 3 else None
+        onto_standard_streams(fds[:2])
         os.environ.update(environment)
         os.environ["FORKWARDEN_JOB"] = job
         prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -358,10 +380,15 @@ class Template:
             signal.signal(signum, signal.SIG_DFL)
         if self.post_fork is not None:
             self.post_fork()
-        load(call)()
+        if args_fd is None:
+            load(call)()
+            return
+        from . import jobs
+        jobs.call_with_args(load(call), jobs.read_args(args_fd))
 
     def end_job(self, pidfd):
         pid, connection = self.jobs.pop(pidfd)
+        self.askers.pop(connection, None)
         os.close(pidfd)
         _, status = os.waitpid(pid, 0)
         if os.WIFSIGNALED(status):

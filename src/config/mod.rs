@@ -7,6 +7,7 @@
 
 mod account;
 mod environment;
+mod jobs;
 mod odoo;
 mod schedule;
 mod source;
@@ -27,6 +28,7 @@ use forkwarden_worker::limits::WorkerLimits;
 pub use forkwarden_worker::log::{LogFormat, LogLevel};
 use forkwarden_worker::log::{LogOwner, LogSettings};
 use forkwarden_worker::settings::HttpSettings;
+pub use jobs::{JobAction, JobChannel, JobKind, ROOT_CHANNEL, default_retry_delay};
 pub use odoo::OdooOptions;
 pub use schedule::CronExpression;
 pub use source::{ConfigSource, SERVE_PORT, ServeOptions, default_python};
@@ -161,6 +163,17 @@ pub struct Config {
     /// Scheduled jobs, run by the cron workers (`[[cron]]` tables).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cron: Vec<CronJob>,
+    /// Job worker processes on this host, when `[[job]]` kinds are declared (queue_job's
+    /// job runner; the channels bound how many run at once across hosts).
+    pub job_workers: u32,
+    /// How long done, failed and cancelled jobs are kept in the queue.
+    pub job_retention: TimeSpan,
+    /// Kinds of job run from the queue in `cron_store` (`[[job]]` tables).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub job: Vec<JobKind>,
+    /// Channels with a capacity across hosts (`[[channel]]` tables).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub channel: Vec<JobChannel>,
 }
 
 /// `[app]`: the program every HTTP worker slot runs. It gets the listening socket by
@@ -331,6 +344,10 @@ impl Default for Config {
             data_dir: PathBuf::from("forkwarden-data"),
             cron_store: None,
             cron_lease: TimeSpan::secs(60),
+            job_workers: 1,
+            job_retention: TimeSpan::secs(7 * 86_400),
+            job: Vec::new(),
+            channel: Vec::new(),
             app: None,
             program: Vec::new(),
             cron: Vec::new(),
@@ -451,6 +468,21 @@ impl Config {
             requests_jitter: self.limit_request_jitter,
             cpu_per_request: Some(self.limit_time_cpu.duration()).filter(|limit| !limit.is_zero()),
         }
+    }
+
+    /// A job worker's limits: a worker's, but room in its address space for the largest
+    /// `limit_memory_hard` of a `[[job]]` kind (the master holds each job to its own).
+    pub fn job_worker_limits(&self) -> WorkerLimits {
+        let largest = self
+            .job
+            .iter()
+            .filter_map(|kind| kind.limit_memory_hard)
+            .map(ByteSize::bytes)
+            .max()
+            .unwrap_or(0);
+        let mut limits = self.worker_limits();
+        limits.address_space = limits.address_space.map(|bytes| bytes.max(largest));
+        limits
     }
 
     /// `logfile`, `log_format` and `log_level`.
@@ -602,6 +634,7 @@ impl Config {
         for (key, count) in [
             ("workers", self.workers),
             ("max_cron_threads", self.max_cron_threads),
+            ("job_workers", self.job_workers),
         ] {
             if count > MAX_WORKERS {
                 return Err((
@@ -613,11 +646,15 @@ impl Config {
                 ));
             }
         }
-        if self.workers == 0 && (self.max_cron_threads == 0 || self.cron.is_empty()) {
+        if self.workers == 0
+            && (self.max_cron_threads == 0 || self.cron.is_empty())
+            && self.wanted_job_workers() == 0
+        {
             return Err((
                 "workers".into(),
-                "workers = 0 leaves nothing to run without cron workers and [[cron]] jobs; \
-                 set workers to 1 or more (or declare jobs and set max_cron_threads)"
+                "workers = 0 leaves nothing to run without cron workers and [[cron]] jobs (or \
+                 job workers and [[job]] kinds); set workers to 1 or more (or declare jobs \
+                 and set max_cron_threads)"
                     .into(),
             ));
         }
@@ -680,7 +717,23 @@ impl Config {
             ));
         }
         self.validate_programs()?;
-        self.validate_cron()
+        self.validate_cron()?;
+        let preloads = self.app.as_ref().is_some_and(|app| app.preload);
+        jobs::validate(
+            &self.job,
+            &self.channel,
+            preloads,
+            self.cron_store.is_some(),
+        )
+    }
+
+    /// Job workers to run: `job_workers`, when any `[[job]]` kind is declared.
+    pub fn wanted_job_workers(&self) -> u32 {
+        if self.job.is_empty() {
+            0
+        } else {
+            self.job_workers
+        }
     }
 
     /// Each `[[program]]`: a usable, unique name, a command, a count, its own address.

@@ -4,9 +4,9 @@
 use std::io;
 use std::time::SystemTime;
 
-use super::postgres::SchemaStatus;
 use super::{Scheduler, describe_time};
 use crate::config::Config;
+use crate::database::{SCHEMA_VERSION, SchemaStatus};
 use crate::format::{columns, elapsed};
 
 #[derive(Debug, thiserror::Error)]
@@ -200,7 +200,7 @@ pub fn history(
 pub fn check_store(config: &Config) -> Option<Result<String, String>> {
     let url = config.cron_store.as_ref()?;
     let store = super::postgres::PgStore::new(url, None, false);
-    let version = super::postgres::SCHEMA_VERSION;
+    let version = SCHEMA_VERSION;
     Some(match store.schema_status() {
         Ok(SchemaStatus::Current) => Ok(format!(
             "cron_store {url}: reachable; its tables are current (schema forkwarden, version \

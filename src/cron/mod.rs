@@ -16,9 +16,7 @@
 //!   `catch_up = true` (the default, Odoo's behaviour), and is skipped (logged) otherwise.
 
 pub mod command;
-mod pgpass;
 pub mod postgres;
-mod runner;
 mod schedule;
 mod store;
 
@@ -29,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, info, warn};
 
-pub use runner::{OutputTail, RunEnding, Upkeep, run};
+pub use crate::task::{OutputTail, Renewal, RunEnding, Task, TaskAction, Upkeep};
 pub use schedule::Schedule;
 pub use store::{JobLock, JobState, JobStore, RunRecord, from_ms, to_ms};
 
@@ -40,6 +38,25 @@ use postgres::{Claimant, Claimed, PgStore, StoreError};
 /// scheduled work yields the CPU to requests; its jobs inherit it, and a `call` job forked by
 /// the preload template is given it (`NICE=` in the request).
 pub const CRON_NICENESS: i32 = 10;
+
+/// What one run of `job` runs.
+pub fn task(job: &CronJob) -> Task<'_> {
+    Task {
+        label: format!("cron job {}", job.name),
+        name: &job.name,
+        action: match &job.call {
+            Some(call) => TaskAction::Call(call),
+            None => TaskAction::Command(&job.command),
+        },
+        cwd: job.cwd.as_deref(),
+        env: job
+            .env
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect(),
+        input: None,
+    }
+}
 
 /// How soon to look again at a due job whose lock is held: the holder is most likely between
 /// taking the lock and writing its claim (microseconds). Doubled while it stays held, up to
@@ -589,24 +606,24 @@ impl<'a> Scheduler<'a> {
     /// None when this one failed but the claim still holds; an error (why) when it no longer
     /// holds, or may soon not (unrenewed for [`Self::claim_holds_for`]): the run must be
     /// stopped, since another host may take the job over once the lease has passed.
-    pub fn renew(&self, claim: &Claim<'_>) -> Result<Option<Instant>, String> {
+    pub fn renew(&self, claim: &Claim<'_>) -> Renewal {
         let (Store::Postgres(store), Hold::Lease { run, renewed }) = (&self.store, &claim.hold)
         else {
-            return Ok(None);
+            return Renewal::Holds;
         };
         let asked_at = Instant::now();
         match store.renew(*run, self.lease) {
             Ok(true) => {
                 renewed.set(asked_at);
-                Ok(Some(asked_at))
+                Renewal::Renewed(asked_at)
             }
-            Ok(false) => Err(LEASE_TAKEN.to_string()),
+            Ok(false) => Renewal::Lost(LEASE_TAKEN.to_string()),
             Err(error) => {
                 let unrenewed = renewed.get().elapsed();
                 if unrenewed < self.claim_holds_for() {
-                    return Ok(None);
+                    return Renewal::Holds;
                 }
-                Err(format!(
+                Renewal::Lost(format!(
                     "its lease could not be renewed for {} ({error}); past cron_lease ({}) \
                      another host may take the job over",
                     crate::format::elapsed(unrenewed),
@@ -762,7 +779,8 @@ impl<'a> Scheduler<'a> {
 }
 
 /// This machine's name, for the runs' records.
-fn host_name() -> String {
+/// This machine's name, in the records of runs and attempts.
+pub fn host_name() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|name| name.into_string().ok())

@@ -14,61 +14,16 @@
 //!   passed since its last renewal, before any other host may take the job over: a network
 //!   cut cannot make a job run twice at once. The database refuses it too: at most one open
 //!   run per job (a unique index).
-//! - **The database going away** is logged once; every use then waits for a retry time that
-//!   doubles up to `RETRY_MAX`, and its return is logged once. Only cron workers and the
-//!   `forkwarden cron` commands ever connect: never the master, never an HTTP worker.
+//! - **The connection** (its bounds, its outages, the tables' versions) is
+//!   [`crate::database`]'s.
 
-use std::cell::RefCell;
-use std::time::{Duration, Instant, SystemTime};
-
-use postgres::{Client, NoTls};
-use tracing::{debug, info, warn};
+use std::time::{Duration, SystemTime};
 
 use super::store::{JobState, RunRecord, to_ms};
 use super::{Decision, describe_time};
 use crate::config::CronStoreUrl;
-
-/// The version of the tables below; a database with a newer one is left alone.
-pub const SCHEMA_VERSION: i32 = 1;
-
-/// The tables of schema version 1, in their own schema `forkwarden`.
-const SCHEMA_V1: &str = "
-CREATE TABLE forkwarden.cron_job (
-    name text PRIMARY KEY,
-    -- When the job is next due (the clock of the host that claimed its last run).
-    next_run timestamptz,
-    -- `forkwarden cron run NAME` asked for a run now.
-    run_asked boolean NOT NULL DEFAULT false,
-    runs bigint NOT NULL DEFAULT 0,
-    succeeded bigint NOT NULL DEFAULT 0,
-    failed bigint NOT NULL DEFAULT 0,
-    consecutive_failures integer NOT NULL DEFAULT 0
-);
-CREATE TABLE forkwarden.cron_run (
-    id bigserial PRIMARY KEY,
-    job text NOT NULL REFERENCES forkwarden.cron_job (name) ON DELETE CASCADE,
-    host text NOT NULL,
-    -- The cron worker that claimed it, and the job's own process once it ended.
-    worker_pid integer NOT NULL,
-    pid integer,
-    started_at timestamptz NOT NULL,
-    ended_at timestamptz,
-    -- Until when the claim holds unless renewed (the database's clock); NULL once ended.
-    lease_until timestamptz,
-    result text,
-    succeeded boolean,
-    exit_status integer,
-    signal integer,
-    output_tail text[] NOT NULL DEFAULT '{}'
-);
-CREATE INDEX cron_run_by_job ON forkwarden.cron_run (job, id);
--- At most one open run per job: the database itself refuses a second one.
-CREATE UNIQUE INDEX cron_run_one_open ON forkwarden.cron_run (job) WHERE ended_at IS NULL;
-";
-
-/// Key of the transaction-scoped advisory lock under which the schema is created, so that
-/// hosts starting together do not race.
-const SCHEMA_LOCK: i64 = 0x666f_726b_7761_7264; // "forkward"
+pub use crate::database::StoreError;
+use crate::database::{Database, SchemaStatus, StoreUse};
 
 /// Where `forkwarden cron run` wakes the cron workers of every host.
 const CHANNEL: &str = "forkwarden_cron";
@@ -79,42 +34,6 @@ const NOTIFICATION_PEEK: Duration = Duration::from_millis(10);
 
 /// Runs of a job kept in its history.
 const HISTORY_KEPT: i64 = 1000;
-
-/// Bounds on one connection attempt and on one statement, so that a cron worker never hangs
-/// on an unreachable database: it would miss its heartbeat (a third of `heartbeat_timeout`
-/// when that is shorter, down to the least below).
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
-const IO_TIMEOUT_LEAST: Duration = Duration::from_millis(500);
-/// The first retry after the database went away, doubled on each failure up to the last.
-const RETRY_FIRST: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(15);
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// Not connected; the next attempt is at `retry_at` (the outage is already logged).
-    #[error("cannot reach the cron store {url}: {reason}")]
-    Unreachable {
-        url: String,
-        reason: String,
-        retry_at: Instant,
-    },
-    #[error("the cron store {url} refused: {reason}")]
-    Refused { url: String, reason: String },
-}
-
-/// The state of the connection: a lifecycle, one at a time.
-enum Link {
-    /// Never tried.
-    Idle,
-    Up(Box<Client>),
-    /// Lost or never reached: tried again at `retry_at`.
-    Down {
-        since: Instant,
-        retry_at: Instant,
-        backoff: Duration,
-        reason: String,
-    },
-}
 
 /// What holds a due job back, as a claim found it.
 #[derive(Debug)]
@@ -156,208 +75,36 @@ pub struct StoredJob {
     pub running_on: Option<String>,
 }
 
-/// Whether the database holds forkwarden's tables (`forkwarden check`).
-pub enum SchemaStatus {
-    Absent,
-    Current,
-    Older(i32),
-    Newer(i32),
-}
-
 pub struct PgStore {
-    url: CronStoreUrl,
-    /// The bound on one connection attempt and on one statement.
-    io_timeout: Duration,
-    /// Whether this connection waits for `forkwarden cron run` (a cron worker's does).
-    listens: bool,
-    link: RefCell<Link>,
+    db: Database,
 }
 
 impl PgStore {
     /// A store on `url`, whose waits stay well inside `heartbeat` (None: no heartbeat is
-    /// watched); nothing is connected until first used.
+    /// watched); `listens`: waits for `forkwarden cron run` (a cron worker does). Nothing is
+    /// connected until first used.
     pub fn new(url: &CronStoreUrl, heartbeat: Option<Duration>, listens: bool) -> Self {
-        let io_timeout = heartbeat.map_or(IO_TIMEOUT, |heartbeat| {
-            (heartbeat / 3).clamp(IO_TIMEOUT_LEAST, IO_TIMEOUT)
-        });
+        let listen: &'static [&'static str] = if listens { &[CHANNEL] } else { &[] };
         Self {
-            url: url.clone(),
-            io_timeout,
-            listens,
-            link: RefCell::new(Link::Idle),
+            db: Database::new(url, StoreUse::Cron, heartbeat, listen),
         }
-    }
-
-    /// Runs `operation` on the connection, connecting first if needed (and it is time to
-    /// try). A lost connection is logged once, when it goes, and once when it is back.
-    fn with<T>(
-        &self,
-        operation: impl FnOnce(&mut Client) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut link = self.link.borrow_mut();
-        if let Link::Down {
-            retry_at, reason, ..
-        } = &*link
-            && Instant::now() < *retry_at
-        {
-            return Err(self.unreachable(reason.clone(), *retry_at));
-        }
-        if !matches!(*link, Link::Up(_)) {
-            match self.connect(true) {
-                Ok(client) => {
-                    if let Link::Down { since, .. } = &*link {
-                        info!(
-                            event = "cron_store_back",
-                            store = self.url.as_str(),
-                            "the cron store {} is reachable again after {}; cron jobs go on",
-                            self.url,
-                            crate::format::elapsed(since.elapsed())
-                        );
-                    }
-                    *link = Link::Up(Box::new(client));
-                }
-                Err(error) => return Err(self.went_down(&mut link, error)),
-            }
-        }
-        let Link::Up(client) = &mut *link else {
-            unreachable!("connected just above");
-        };
-        match operation(client) {
-            Err(StoreError::Refused { reason, .. }) if client.is_closed() => {
-                Err(self.went_down(&mut link, reason))
-            }
-            Err(StoreError::Unreachable { reason, .. }) => Err(self.went_down(&mut link, reason)),
-            result => result,
-        }
-    }
-
-    fn unreachable(&self, reason: String, retry_at: Instant) -> StoreError {
-        StoreError::Unreachable {
-            url: self.url.to_string(),
-            reason,
-            retry_at,
-        }
-    }
-
-    /// The connection is gone (or never came): the next try waits, longer each time.
-    fn went_down(&self, link: &mut Link, reason: String) -> StoreError {
-        let now = Instant::now();
-        let (since, backoff) = match &*link {
-            Link::Down { since, backoff, .. } => (*since, (*backoff * 2).min(RETRY_MAX)),
-            _ => {
-                warn!(
-                    event = "cron_store_unreachable",
-                    store = self.url.as_str(),
-                    reason = reason.as_str(),
-                    "cannot reach the cron store {}: {reason}; cron jobs wait (a run in \
-                     progress goes on), trying again every {}s at most",
-                    self.url,
-                    RETRY_MAX.as_secs()
-                );
-                (now, RETRY_FIRST)
-            }
-        };
-        debug!(
-            "cron store {}: next try in {:?} ({reason})",
-            self.url, backoff
-        );
-        let retry_at = now + backoff;
-        *link = Link::Down {
-            since,
-            retry_at,
-            backoff,
-            reason: reason.clone(),
-        };
-        self.unreachable(reason, retry_at)
-    }
-
-    /// Opens a connection with bounded waits and the password from the environment or the
-    /// password file; `prepare`: creates the tables if absent (and listens, for a worker).
-    fn connect(&self, prepare: bool) -> Result<Client, String> {
-        let mut settings = self.url.settings().clone();
-        let bounds = format!(
-            "-c statement_timeout={ms} -c lock_timeout={ms}",
-            ms = self.io_timeout.as_millis()
-        );
-        let options = match settings.get_options() {
-            Some(own) => format!("{own} {bounds}"),
-            None => bounds,
-        };
-        settings
-            .options(&options)
-            .connect_timeout(self.io_timeout)
-            .tcp_user_timeout(self.io_timeout)
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(10))
-            .keepalives_interval(Duration::from_secs(5))
-            .keepalives_retries(3)
-            // The server's notices ("schema already exists, skipping") are not news.
-            .notice_callback(|notice| debug!("cron store notice: {notice}"));
-        if settings.get_application_name().is_none() {
-            settings.application_name("forkwarden");
-        }
-        if let Some(password) = super::pgpass::password_for(&settings) {
-            settings.password(password);
-        }
-        let mut client = settings.connect(NoTls).map_err(|error| describe(&error))?;
-        if prepare {
-            create_schema(&mut client)?;
-            if self.listens {
-                client
-                    .batch_execute(&format!("LISTEN {CHANNEL}"))
-                    .map_err(|error| describe(&error))?;
-            }
-        }
-        Ok(client)
     }
 
     /// Whether the tables are there and of this version, without creating them.
     pub fn schema_status(&self) -> Result<SchemaStatus, StoreError> {
-        let mut client = self
-            .connect(false)
-            .map_err(|reason| self.unreachable(reason, Instant::now()))?;
-        let present: bool = client
-            .query_one(
-                "SELECT to_regclass('forkwarden.schema_version') IS NOT NULL",
-                &[],
-            )
-            .map(|row| row.get(0))
-            .map_err(|error| self.refused(&error))?;
-        if !present {
-            return Ok(SchemaStatus::Absent);
-        }
-        let version: Option<i32> = client
-            .query_one("SELECT max(version) FROM forkwarden.schema_version", &[])
-            .map(|row| row.get(0))
-            .map_err(|error| self.refused(&error))?;
-        Ok(match version {
-            None => SchemaStatus::Absent,
-            Some(SCHEMA_VERSION) => SchemaStatus::Current,
-            Some(older) if older < SCHEMA_VERSION => SchemaStatus::Older(older),
-            Some(newer) => SchemaStatus::Newer(newer),
-        })
-    }
-
-    fn refused(&self, error: &postgres::Error) -> StoreError {
-        if error.as_db_error().is_none() {
-            return self.unreachable(describe(error), Instant::now());
-        }
-        StoreError::Refused {
-            url: self.url.to_string(),
-            reason: describe(error),
-        }
+        self.db.schema_status()
     }
 
     /// The job's next due time and whether a run was asked for, read without a lock (to
     /// decide whether a claim is worth trying).
     pub fn next_due(&self, job: &str) -> Result<(Option<SystemTime>, bool), StoreError> {
-        self.with(|client| {
+        self.db.with(|client| {
             let row = client
                 .query_opt(
                     "SELECT next_run, run_asked FROM forkwarden.cron_job WHERE name = $1",
                     &[&job],
                 )
-                .map_err(|error| self.refused(&error))?;
+                .map_err(|error| self.db.refused(&error))?;
             Ok(row.map_or((None, false), |row| (row.get(0), row.get(1))))
         })
     }
@@ -373,8 +120,8 @@ impl PgStore {
         claimant: &Claimant<'_>,
         decide: impl FnOnce(Option<SystemTime>, bool) -> Decision,
     ) -> Result<(Claimed, Option<RunRecord>), StoreError> {
-        self.with(|client| {
-            let refused = |error: postgres::Error| self.refused(&error);
+        self.db.with(|client| {
+            let refused = |error: postgres::Error| self.db.refused(&error);
             let mut tx = client.transaction().map_err(refused)?;
             tx.execute(
                 "INSERT INTO forkwarden.cron_job (name) VALUES ($1) ON CONFLICT DO NOTHING",
@@ -410,7 +157,7 @@ impl PgStore {
     /// Renews the lease of run `run` for `lease`; false when the run is no longer open
     /// (another host recorded it as interrupted: its lease had passed).
     pub fn renew(&self, run: i64, lease: Duration) -> Result<bool, StoreError> {
-        self.with(|client| {
+        self.db.with(|client| {
             client
                 .execute(
                     "UPDATE forkwarden.cron_run SET lease_until = now() + make_interval(secs => $2) \
@@ -418,7 +165,7 @@ impl PgStore {
                     &[&run, &lease.as_secs_f64()],
                 )
                 .map(|updated| updated == 1)
-                .map_err(|error| self.refused(&error))
+                .map_err(|error| self.db.refused(&error))
         })
     }
 
@@ -430,8 +177,8 @@ impl PgStore {
         run: i64,
         record: &RunRecord,
     ) -> Result<Option<Option<SystemTime>>, StoreError> {
-        self.with(|client| {
-            let refused = |error: postgres::Error| self.refused(&error);
+        self.db.with(|client| {
+            let refused = |error: postgres::Error| self.db.refused(&error);
             let mut tx = client.transaction().map_err(refused)?;
             let ended = super::store::from_ms(record.end_ms);
             let updated = tx
@@ -481,8 +228,8 @@ impl PgStore {
     /// Asks for a run of `job` now: marked in its row (a host that is down sees it when it
     /// is back), and announced to the cron workers of every host.
     pub fn ask_run(&self, job: &str) -> Result<(), StoreError> {
-        self.with(|client| {
-            let refused = |error: postgres::Error| self.refused(&error);
+        self.db.with(|client| {
+            let refused = |error: postgres::Error| self.db.refused(&error);
             let mut tx = client.transaction().map_err(refused)?;
             tx.execute(
                 "INSERT INTO forkwarden.cron_job (name, run_asked) VALUES ($1, true) \
@@ -496,32 +243,18 @@ impl PgStore {
         })
     }
 
-    /// Whether `forkwarden cron run` announced a run since last asked (never waits); also
-    /// true when the connection closed (the database restarted), so that the sleeping cron
-    /// worker looks at once and learns of asks made meanwhile, once reconnected.
+    /// Whether `forkwarden cron run` announced a run since last asked (never waits
+    /// long); also true when the connection closed (the database restarted), so that the
+    /// sleeping cron worker looks at once and learns of asks made meanwhile, once
+    /// reconnected.
     pub fn run_announced(&self) -> bool {
-        let mut link = self.link.borrow_mut();
-        let Link::Up(client) = &mut *link else {
-            return false;
-        };
-        if client.is_closed() {
-            return true;
-        }
-        // A wait, however short, and not a bare poll: only while the driver's runtime waits
-        // does it learn that the socket has something to read.
-        let mut notifications = client.notifications();
-        let mut pending = notifications.timeout_iter(NOTIFICATION_PEEK);
-        let mut any = false;
-        while let Ok(Some(_)) = postgres::fallible_iterator::FallibleIterator::next(&mut pending) {
-            any = true;
-        }
-        any
+        self.db.notified(NOTIFICATION_PEEK)
     }
 
     /// The job's last `count` runs, oldest first (a run in progress included).
     pub fn history(&self, job: &str, count: usize) -> Result<Vec<RunRecord>, StoreError> {
         let limit = i64::try_from(count).unwrap_or(i64::MAX);
-        self.with(|client| {
+        self.db.with(|client| {
             let rows = client
                 .query(
                     "SELECT host, worker_pid, pid, started_at, ended_at, result, succeeded, \
@@ -529,7 +262,7 @@ impl PgStore {
                      FROM forkwarden.cron_run WHERE job = $1 ORDER BY id DESC LIMIT $2",
                     &[&job, &limit],
                 )
-                .map_err(|error| self.refused(&error))?;
+                .map_err(|error| self.db.refused(&error))?;
             let mut runs: Vec<RunRecord> = rows
                 .iter()
                 .map(|row| {
@@ -567,7 +300,7 @@ impl PgStore {
 
     /// The job's state (as the file store keeps it), with where it runs now.
     pub fn job(&self, job: &str) -> Result<StoredJob, StoreError> {
-        self.with(|client| {
+        self.db.with(|client| {
             let row = client
                 .query_opt(
                     "SELECT j.next_run, j.runs, j.succeeded, j.failed, j.consecutive_failures, \
@@ -578,7 +311,7 @@ impl PgStore {
                      WHERE j.name = $1",
                     &[&job],
                 )
-                .map_err(|error| self.refused(&error))?;
+                .map_err(|error| self.db.refused(&error))?;
             let Some(row) = row else {
                 return Ok(StoredJob {
                     state: JobState::default(),
@@ -614,60 +347,6 @@ impl PgStore {
             Ok(StoredJob { state, running_on })
         })
     }
-}
-
-/// Creates the schema and its tables when absent, under a transaction-scoped advisory lock
-/// (hosts that start together wait for one another); refuses a newer schema.
-fn create_schema(client: &mut Client) -> Result<(), String> {
-    let describe = |error: postgres::Error| describe(&error);
-    let mut tx = client.transaction().map_err(describe)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
-        .map_err(describe)?;
-    tx.batch_execute(
-        "CREATE SCHEMA IF NOT EXISTS forkwarden; CREATE TABLE IF NOT EXISTS \
-         forkwarden.schema_version (version integer NOT NULL)",
-    )
-    .map_err(describe)?;
-    let version: Option<i32> = tx
-        .query_one("SELECT max(version) FROM forkwarden.schema_version", &[])
-        .map_err(describe)?
-        .get(0);
-    match version {
-        None => {
-            tx.batch_execute(SCHEMA_V1).map_err(describe)?;
-            tx.execute(
-                "INSERT INTO forkwarden.schema_version (version) VALUES ($1)",
-                &[&SCHEMA_VERSION],
-            )
-            .map_err(describe)?;
-            info!(
-                event = "cron_store_created",
-                version = SCHEMA_VERSION,
-                "created forkwarden's cron tables (schema forkwarden, version {SCHEMA_VERSION})"
-            );
-        }
-        Some(SCHEMA_VERSION) => {}
-        Some(found) => {
-            return Err(format!(
-                "its forkwarden schema has version {found}, which this forkwarden (version \
-                 {SCHEMA_VERSION}) does not know: run the forkwarden that made it"
-            ));
-        }
-    }
-    tx.commit().map_err(describe)
-}
-
-/// An error with its causes (the driver's own text says only "db error", "error connecting
-/// to server").
-fn describe(error: &postgres::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
 }
 
 /// A job's open run, as a claim finds it.

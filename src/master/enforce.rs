@@ -7,6 +7,7 @@
 //! ([`deadline_step`]) and how a crossed limit is answered ([`respond`]), are pure
 //! functions, unit-tested below; whether a limit is crossed is [`crate::limits::check`].
 
+use crate::id::Role;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -18,7 +19,6 @@ use super::lifecycle::{Departure, Lifecycle, RetireReason};
 use super::pool::{self, Pool, Worker, WorkerKind};
 use super::report::{self, Facts};
 use crate::config::TimeSpan;
-use crate::id::Role;
 use crate::limits::{
     self, Breach, EXPIRY_GRACE, Enforcement, IDLE_SCAN, MasterLimits, MemoryActivity, Observation,
 };
@@ -293,11 +293,17 @@ impl Enforcer {
                 role: Some(worker.id.role),
                 age: now.saturating_duration_since(worker.started),
                 busy_for: if busy { worker.row.busy_for() } else { None },
-                // A cron job's own `timeout`, which only a cron worker's row may carry.
+                // A cron job's own `timeout` or a job kind's `limit_time_real`, which only
+                // a cron or job worker's row may carry.
                 work_limit: worker
                     .row
                     .work_limit()
-                    .filter(|_| worker.id.role == Role::Cron),
+                    .filter(|_| worker.id.role.runs_tasks()),
+                // Chosen among the config's own kinds: a row can name no other limit.
+                work_kind: match &worker.kind {
+                    WorkerKind::Job { kinds } => worker.row.work_kind(*kinds),
+                    _ => None,
+                },
                 rss: worker.memory.rss.filter(|_| worker.memory.at == Some(now)),
                 virtual_size: worker
                     .memory
@@ -391,6 +397,7 @@ impl Master {
     /// loop).
     pub(super) fn enforce(&mut self, pid: Pid, enforcement: Enforcement, now: Instant) {
         let graceful = self.config.graceful_timeout.duration();
+        let job_parents = self.job_parents();
         let Some(worker) = self.pool.get_mut(pid) else {
             return;
         };
@@ -403,6 +410,8 @@ impl Master {
         if let Some(signal) = response.signal {
             worker.signal(signal);
         }
+        let killed_job_worker =
+            worker.id.role == Role::Job && response.signal == Some(Signal::SIGKILL);
         worker.depart(response.departure, true);
         let line = report::describe(worker, &response.what, true, &row, now);
         let facts = Facts::of(
@@ -416,6 +425,17 @@ impl Master {
         let unexpected = response.unexpected;
         let failed_start = unexpected && report::failed_start(worker, None, &row, now);
         let id = worker.id;
+        if killed_job_worker {
+            // Its replacement starts now, and records how its job ended: the job goes first.
+            if let Some(job) = cron_job(worker, &job_parents) {
+                let _ = job.signal_group(Signal::SIGKILL);
+            }
+            self.pool.note_job_death(crate::jobs::JobDeath {
+                worker_pid: pid.as_raw(),
+                cause: response.what.clone(),
+                limit: Some(breach.limit.to_string()),
+            });
+        }
         self.replace(id, line, facts, unexpected, failed_start, now);
     }
 }
@@ -453,7 +473,10 @@ fn read_memory(worker: &mut Worker, job_parents: &[Pid], now: Instant) {
 /// job; the master, once the cron worker died and the job came to it). A row is memory
 /// the worker writes: the number in it is only a claim, never acted on unchecked.
 pub(super) fn cron_job(worker: &Worker, job_parents: &[Pid]) -> Option<ProcessHandle> {
-    if !matches!(worker.kind, WorkerKind::Cron { .. }) {
+    if !matches!(
+        worker.kind,
+        WorkerKind::Cron { .. } | WorkerKind::Job { .. }
+    ) {
         return None;
     }
     let leader = Pid::from_raw(worker.row.job_group()?);

@@ -247,6 +247,7 @@ fn worker_metrics(metrics: &mut Exposition, survey: &Survey) {
         [
             ("http", survey.http_workers.wanted),
             ("cron", survey.cron_workers.wanted),
+            ("job", survey.job_workers.wanted),
         ]
         .map(|(role, wanted)| (vec![("role", role.to_string())], i64::from(wanted))),
     );

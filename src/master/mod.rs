@@ -267,7 +267,12 @@ impl Master {
             .transpose()?;
         sys::set_process_title(&format!("forkwarden: master ({})", source.describe()));
         Ok(Self {
-            pool: Pool::new(config.workers, config.max_cron_threads, &config.program),
+            pool: Pool::new(
+                config.workers,
+                config.max_cron_threads,
+                config.wanted_job_workers(),
+                &config.program,
+            ),
             templates: Templates::new(runtime_dir.path().join("calls")),
             strays: Strays::default(),
             enforcer: enforce::Enforcer::new(MasterLimits::from_config(&config)),
@@ -302,11 +307,15 @@ impl Master {
     pub fn run(mut self) -> u8 {
         info!(
             pid = self.pid.as_raw(),
-            "forkwarden {} master (pid {}) starting {} http and {} cron workers; config {}",
+            "forkwarden {} master (pid {}) starting {} http and {} cron workers{}; config {}",
             env!("CARGO_PKG_VERSION"),
             self.pid,
             self.config.workers,
             self.config.max_cron_threads,
+            match self.config.wanted_job_workers() {
+                0 => String::new(),
+                count => format!(", {count} job workers"),
+            },
             self.source.describe()
         );
         for program in &self.config.program {
@@ -573,6 +582,16 @@ impl Master {
             &durations,
             &report.line,
         );
+        if worker.id.role == Role::Job {
+            // Its successor records how its job's attempt ended, with this cause.
+            self.pool.note_job_death(crate::jobs::JobDeath {
+                worker_pid: pid,
+                cause: report.ending.clone(),
+                limit: report::limit_named(report.ending.trim_start_matches("killed: "))
+                    .map(str::to_string),
+            });
+            self.pool.forget_job_death(pid);
+        }
         if worker.id.role == Role::Cron {
             let runs: Vec<_> = worker
                 .cron_runs()
@@ -927,17 +946,18 @@ impl Master {
                 }
                 Some(app)
             }
-            Role::Http | Role::Cron => None,
+            Role::Http | Role::Cron | Role::Job => None,
         };
         let mut row = match id.role {
             Role::Cron => WorkerRow::for_cron(self.config.cron.len())?,
+            Role::Job => WorkerRow::for_jobs(self.config.job.len())?,
             Role::Http | Role::Program(_) => WorkerRow::new()?,
         };
         let generation = self.pool.generation();
         let (exec_app, listener) = match id.role {
             Role::Http => (self.config.app.as_ref(), self.sockets.http()),
             Role::Program(name) => (program.as_ref(), self.sockets.program(name)),
-            Role::Cron => (None, None),
+            Role::Cron | Role::Job => (None, None),
         };
         if let Some(listener) = listener {
             // O_NONBLOCK belongs to the file description all workers of a role share.
@@ -947,7 +967,20 @@ impl Master {
         }
         let pipes = exec_app.map(|_| exec::ExecPipes::new()).transpose()?;
         let http_settings = self.config.http_settings();
+        // The ends of the job workers that died, for this one to record (see `jobs`).
+        let job_deaths = if id.role == Role::Job {
+            self.pool.take_job_deaths()
+        } else {
+            Vec::new()
+        };
         let run = self.worker_run(id, exec_app, pipes.as_ref(), listener, &row, &http_settings)?;
+        let run = match run {
+            WorkerRun::Job { calls_path, .. } => WorkerRun::Job {
+                calls_path,
+                deaths: &job_deaths,
+            },
+            run => run,
+        };
         let spec = WorkerSpec {
             context: self.worker_context(id, generation, &row),
             config: &self.config,
@@ -1030,6 +1063,10 @@ impl Master {
                 calls_path: self.templates.calls_path(),
                 server_started: self.started_at,
             },
+            (None, _, _) if id.role == Role::Job => WorkerRun::Job {
+                calls_path: self.templates.calls_path(),
+                deaths: &[],
+            },
             _ => return Err(io::Error::other(format!("{id}: nothing to run"))),
         })
     }
@@ -1053,6 +1090,9 @@ impl Master {
                     self.enforcer.limits().heartbeat,
                 )?))
             }
+            None if id.role == Role::Job => WorkerKind::Job {
+                kinds: self.config.job.len(),
+            },
             None if id.role == Role::Cron => WorkerKind::Cron {
                 jobs: self
                     .config

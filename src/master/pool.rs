@@ -107,6 +107,9 @@ pub enum WorkerKind {
     /// A cron worker, forked by the master: its row also counts the runs of each job of its
     /// config (`jobs`, in order).
     Cron { jobs: Vec<String> },
+    /// A job worker, forked by the master: its row says which of the config's `kinds` kinds
+    /// it runs now.
+    Job { kinds: usize },
     /// A program (`[app]`, `[[program]]`, or a worker a template forked): its output pipes
     /// and what it says over sd_notify.
     Program(Box<ExecState>),
@@ -117,14 +120,14 @@ impl WorkerKind {
     pub fn program(&self) -> Option<&ExecState> {
         match self {
             Self::Program(exec) => Some(exec),
-            Self::Http | Self::Cron { .. } => None,
+            Self::Http | Self::Cron { .. } | Self::Job { .. } => None,
         }
     }
 
     pub fn program_mut(&mut self) -> Option<&mut ExecState> {
         match self {
             Self::Program(exec) => Some(exec),
-            Self::Http | Self::Cron { .. } => None,
+            Self::Http | Self::Cron { .. } | Self::Job { .. } => None,
         }
     }
 
@@ -137,8 +140,13 @@ impl WorkerKind {
     /// (504 on SIGUSR2, 503 past RLIMIT_CPU): a built-in worker, or a program running
     /// forkwarden's HTTP worker (the Python runner).
     pub fn answers_limits(&self) -> bool {
-        self.program()
-            .is_none_or(|exec| exec.markers == Markers::Scoreboard)
+        match self {
+            // Its job cannot be answered for: a limit kills it with its job.
+            Self::Job { .. } => false,
+            _ => self
+                .program()
+                .is_none_or(|exec| exec.markers == Markers::Scoreboard),
+        }
     }
 
     /// Whether its row counts its requests (a program that says nothing of them: no).
@@ -163,7 +171,7 @@ impl WorkerKind {
     pub fn readiness(&self) -> &'static str {
         match self {
             Self::Program(_) => "report READY=1",
-            Self::Http | Self::Cron { .. } => "become ready",
+            Self::Http | Self::Cron { .. } | Self::Job { .. } => "become ready",
         }
     }
 }
@@ -205,7 +213,7 @@ impl Worker {
     fn cron_jobs(&self) -> &[String] {
         match &self.kind {
             WorkerKind::Cron { jobs } => jobs,
-            WorkerKind::Http | WorkerKind::Program(_) => &[],
+            WorkerKind::Http | WorkerKind::Job { .. } | WorkerKind::Program(_) => &[],
         }
     }
 
@@ -332,16 +340,27 @@ pub struct Pool {
     /// The roles of which a worker of this server has been ready once (one that is gone
     /// included).
     served: BTreeSet<Role>,
+    /// Job workers that ended, whose job's end the next job worker started records.
+    job_deaths: Vec<crate::jobs::JobDeath>,
+    /// Job workers whose end was noted when the master killed them, not to be noted again
+    /// when they are reaped.
+    job_deaths_noted: BTreeSet<i32>,
 }
 
 impl Pool {
-    pub fn new(wanted_http: u32, wanted_cron: u32, programs: &[Program]) -> Self {
+    pub fn new(wanted_http: u32, wanted_cron: u32, wanted_job: u32, programs: &[Program]) -> Self {
         let mut pool = Self {
             workers: Vec::new(),
             slots: HashMap::new(),
-            wanted: BTreeMap::from([(Role::Http, wanted_http), (Role::Cron, wanted_cron)]),
+            wanted: BTreeMap::from([
+                (Role::Http, wanted_http),
+                (Role::Cron, wanted_cron),
+                (Role::Job, wanted_job),
+            ]),
             generation: 1,
             served: BTreeSet::new(),
+            job_deaths: Vec::new(),
+            job_deaths_noted: BTreeSet::new(),
         };
         pool.set_programs(programs);
         pool
@@ -423,6 +442,25 @@ impl Pool {
     pub fn take(&mut self, pid: Pid) -> Option<Worker> {
         let index = self.workers.iter().position(|worker| worker.pid == pid)?;
         Some(self.workers.swap_remove(index))
+    }
+
+    /// Remembers a job worker that ended, for the next one started to record its job's end.
+    /// Once per worker: noted when the master kills it (its replacement starts at once),
+    /// else when it is reaped.
+    pub fn note_job_death(&mut self, death: crate::jobs::JobDeath) {
+        if self.job_deaths_noted.insert(death.worker_pid) {
+            self.job_deaths.push(death);
+        }
+    }
+
+    /// Job worker `pid` is reaped: its end is noted for good.
+    pub fn forget_job_death(&mut self, pid: i32) {
+        self.job_deaths_noted.remove(&pid);
+    }
+
+    /// The job workers that ended since the last job worker was started.
+    pub fn take_job_deaths(&mut self) -> Vec<crate::jobs::JobDeath> {
+        std::mem::take(&mut self.job_deaths)
     }
 
     /// Remembers that a worker taken out had become ready (see [`Pool::has_served`]).
@@ -603,7 +641,7 @@ mod tests {
 
     #[test]
     fn a_failing_slot_backs_off_and_a_healthy_exit_resets_it() {
-        let mut pool = Pool::new(1, 0, &[]);
+        let mut pool = Pool::new(1, 0, 0, &[]);
         let now = Instant::now();
         assert_eq!(pool.record_exit(http(0), true, now), Duration::ZERO);
         assert_eq!(
@@ -631,7 +669,7 @@ mod tests {
 
     #[test]
     fn old_generation_is_retired_only_once_its_replacement_is_ready() {
-        let mut pool = Pool::new(2, 0, &[]);
+        let mut pool = Pool::new(2, 0, 0, &[]);
         let old = worker(&pool, 10, http(0), true);
         pool.add(old);
         let old1 = worker(&pool, 11, http(1), true);
@@ -651,7 +689,7 @@ mod tests {
 
     #[test]
     fn scaling_down_retires_the_highest_slots() {
-        let mut pool = Pool::new(3, 0, &[]);
+        let mut pool = Pool::new(3, 0, 0, &[]);
         for slot in 0..3 {
             let added = worker(&pool, 10 + slot as i32, http(slot), true);
             pool.add(added);

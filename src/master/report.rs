@@ -200,6 +200,9 @@ impl Facts {
 pub struct Report {
     pub verdict: Verdict,
     pub line: String,
+    /// How it ended, in the line's words (`killed: limit_memory_hard exceeded (rss 612 MiB >
+    /// 512 MiB)`), without who and when.
+    pub ending: String,
     pub facts: Facts,
     /// It counts as a failed start (see [`failed_start`]): a crash loop if it keeps
     /// happening.
@@ -241,6 +244,7 @@ pub fn report(
         failed_start: unexpected && failed_start(worker, Some(exit.ending), row, now),
         verdict,
         line,
+        ending: what,
         facts,
     }
 }
@@ -258,14 +262,16 @@ pub fn describe(
         (Some(_), Role::Http | Role::Program(_)) if unexpected => {
             format!(" while serving {}", row.request)
         }
-        (Some(_), Role::Cron) if unexpected => format!(" while running {}", row.request),
+        (Some(_), Role::Cron | Role::Job) if unexpected => {
+            format!(" while running {}", row.request)
+        }
         _ => String::new(),
     };
     let work = match (worker.id.role, row.requests) {
         (Role::Http | Role::Program(_), 1) => "1 request served".to_string(),
         (Role::Http | Role::Program(_), n) => format!("{n} requests served"),
-        (Role::Cron, 1) => "1 job run".to_string(),
-        (Role::Cron, n) => format!("{n} jobs run"),
+        (Role::Cron | Role::Job, 1) => "1 job run".to_string(),
+        (Role::Cron | Role::Job, n) => format!("{n} jobs run"),
     };
     format!(
         "{} {what}{during} after {}, {work}",

@@ -167,15 +167,22 @@ impl Master {
         self.pool.set_wanted(Role::Http, self.config.workers);
         self.pool
             .set_wanted(Role::Cron, self.config.max_cron_threads);
+        self.pool
+            .set_wanted(Role::Job, self.config.wanted_job_workers());
         self.pool.set_programs(&self.config.program);
         info!(
             event = "reloaded",
             generation,
             http_workers = self.config.workers,
             cron_workers = self.config.max_cron_threads,
-            "SIGHUP: config reloaded; starting generation {generation} ({} http, {} cron workers) to replace the running workers",
+            job_workers = self.config.wanted_job_workers(),
+            "SIGHUP: config reloaded; starting generation {generation} ({} http, {} cron workers{}) to replace the running workers",
             self.config.workers,
-            self.config.max_cron_threads
+            self.config.max_cron_threads,
+            match self.config.wanted_job_workers() {
+                0 => String::new(),
+                count => format!(", {count} job workers"),
+            }
         );
     }
 

@@ -21,8 +21,9 @@ pub(super) struct Survey {
     pub limits: LimitSurvey,
     pub http_workers: Headcount,
     pub cron_workers: Headcount,
+    pub job_workers: Headcount,
     /// Requests served since the start, by HTTP workers and programs alive or ended (cron
-    /// runs are counted per job instead).
+    /// runs and job attempts are counted per job instead).
     pub requests: u64,
     /// Worker ends by cause.
     pub ends: BTreeMap<String, u64>,
@@ -241,7 +242,7 @@ impl Master {
         // are counted per job (`cron_runs`), not as requests.
         let requests = served
             .iter()
-            .filter(|(role, _)| **role != Role::Cron.as_str())
+            .filter(|(role, _)| ![Role::Cron.as_str(), Role::Job.as_str()].contains(role))
             .fold(0, |sum: u64, (_, served)| sum.saturating_add(served.count));
         let tally = &self.tally;
         let headcount = |role| Headcount {
@@ -272,6 +273,7 @@ impl Master {
             },
             http_workers: headcount(Role::Http),
             cron_workers: headcount(Role::Cron),
+            job_workers: headcount(Role::Job),
             requests,
             ends: tally.ends.clone(),
             limits_enforced: tally.limits.clone(),

@@ -230,7 +230,9 @@ impl Master {
         let generation = self.pool.generation();
         let needed = self.pool.wanted(Role::Http) > 0
             || (self.pool.wanted(Role::Cron) > 0
-                && self.config.cron.iter().any(|job| job.call.is_some()));
+                && self.config.cron.iter().any(|job| job.call.is_some()))
+            || (self.pool.wanted(Role::Job) > 0
+                && self.config.job.iter().any(|kind| kind.call.is_some()));
         if !self.preloads()
             || !needed
             || self.phase.is_stopping()

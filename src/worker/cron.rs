@@ -168,8 +168,9 @@ impl CronWorker<'_> {
             deadline: &self.claim_deadline,
             renew: &mut renew,
         });
-        let ending = cron::run(
-            job,
+        let task = cron::task(job);
+        let ending = crate::task::run(
+            &task,
             limit,
             upkeep,
             &account,

@@ -6,6 +6,7 @@
 
 mod cron;
 mod exec;
+mod job;
 
 use std::ffi::OsString;
 use std::net::TcpListener;
@@ -55,6 +56,13 @@ pub enum WorkerRun<'a> {
         /// When the server started (runs due before it were missed while it was down).
         server_started: SystemTime,
     },
+    /// A job worker.
+    Job {
+        /// Where it asks the preload template to run a `call` job.
+        calls_path: &'a Path,
+        /// Job workers that ended since the last one started: their jobs' ends to record.
+        deaths: &'a [crate::jobs::JobDeath],
+    },
     /// A program the child becomes (`[app]`, a `[[program]]`, or the preload template).
     Program(ProgramSpec<'a>),
 }
@@ -92,7 +100,7 @@ impl WorkerSpec<'_> {
                 fds.push(listener.as_raw_fd());
                 fds.extend(handoff.descriptors());
             }
-            WorkerRun::Cron { .. } => {}
+            WorkerRun::Cron { .. } | WorkerRun::Job { .. } => {}
             WorkerRun::Program(program) => {
                 fds.extend(program.listener.map(AsRawFd::as_raw_fd));
                 fds.extend([
@@ -189,34 +197,58 @@ pub fn run(spec: WorkerSpec<'_>) -> i32 {
             handoff,
             settings,
             app,
-        } => built_in(context, config, &name, |context, signals, limit_signals| {
-            let info = WorkerInfo {
-                slot: context.id.slot,
-                generation: context.generation,
-                config,
-            };
-            let build_app = || app(&info);
-            let http = HttpSpec {
-                context,
-                listener,
-                handoff,
-                settings,
-                build_app: &build_app,
-            };
-            http_worker::run(&http, signals, limit_signals)
-        }),
+        } => built_in(
+            context,
+            config.worker_limits(),
+            &name,
+            |context, signals, limit_signals| {
+                let info = WorkerInfo {
+                    slot: context.id.slot,
+                    generation: context.generation,
+                    config,
+                };
+                let build_app = || app(&info);
+                let http = HttpSpec {
+                    context,
+                    listener,
+                    handoff,
+                    settings,
+                    build_app: &build_app,
+                };
+                http_worker::run(&http, signals, limit_signals)
+            },
+        ),
         WorkerRun::Cron {
             calls_path,
             server_started,
-        } => built_in(context, config, &name, |context, signals, _| {
-            let cron = cron::CronSpec {
-                context,
-                config,
-                calls_path,
-                server_started,
-            };
-            cron::run(&cron, signals)
-        }),
+        } => built_in(
+            context,
+            config.worker_limits(),
+            &name,
+            |context, signals, _| {
+                let cron = cron::CronSpec {
+                    context,
+                    config,
+                    calls_path,
+                    server_started,
+                };
+                cron::run(&cron, signals)
+            },
+        ),
+        WorkerRun::Job { calls_path, deaths } => built_in(
+            context,
+            config.job_worker_limits(),
+            &name,
+            |context, signals, _| {
+                let spec = job::JobSpec {
+                    context,
+                    config,
+                    calls_path,
+                    deaths,
+                };
+                job::run(&spec, signals)
+            },
+        ),
     }
 }
 
@@ -224,7 +256,7 @@ pub fn run(spec: WorkerSpec<'_>) -> i32 {
 /// place; returns the exit status.
 fn built_in<'a>(
     context: WorkerContext<'a>,
-    config: &Config,
+    limits: forkwarden_worker::limits::WorkerLimits,
     name: &str,
     serve: impl FnOnce(WorkerContext<'a>, &WorkerSignals, &RequestLimitSignals<'_>) -> Outcome,
 ) -> i32 {
@@ -235,7 +267,7 @@ fn built_in<'a>(
             return EXIT_BOOT_FAILED;
         }
     };
-    if let Err(errno) = config.worker_limits().apply_at_start() {
+    if let Err(errno) = limits.apply_at_start() {
         error!("{name}: cannot apply limit_memory_hard as RLIMIT_AS: {errno}");
         return EXIT_BOOT_FAILED;
     }

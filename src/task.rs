@@ -1,7 +1,9 @@
-//! Running one job: its own process group, its output logged line by line, a wall-clock
-//! limit that kills the whole group, and at the end of the run, whatever it ended or not,
-//! every process it left behind killed and reaped (the cron worker is their subreaper), so
-//! that no part of a run outlives it and the next run starts alone.
+//! Running one task (a cron run, or an attempt of a job from the queue): its own process
+//! group, its output logged line by line, a wall-clock limit that kills the whole group, a
+//! claim kept while it runs (a lost claim kills it; a stop asked through the claim ends it
+//! with SIGTERM, then SIGKILL after a grace), and at the end, whatever it ended or not,
+//! every process it left behind killed and reaped (the worker is their subreaper), so that
+//! no part of a run outlives it and the next run starts alone.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -19,7 +21,6 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tracing::warn;
 
-use crate::config::CronJob;
 use crate::output::{LineSplitter, Stream, log_program_line};
 use crate::sys::{self, WorkerSignals};
 
@@ -56,6 +57,32 @@ impl OutputTail {
     }
 }
 
+/// What one run runs.
+pub struct Task<'a> {
+    /// How its log lines name it: `cron job nightly`, `job send_mail #12`.
+    pub label: String,
+    /// Its name in the template's request (`JOB=`).
+    pub name: &'a str,
+    pub action: TaskAction<'a>,
+    /// A command's working directory.
+    pub cwd: Option<&'a Path>,
+    /// Variables added to its environment (after the account's).
+    pub env: Vec<(String, String)>,
+    /// Bytes given on a command's standard input, or to a `call` as its arguments (a job's
+    /// args, as JSON); a command without gets /dev/null.
+    pub input: Option<&'a [u8]>,
+}
+
+/// What runs a task: a program, or a function of the preloaded application.
+#[derive(Clone, Copy, Debug)]
+pub enum TaskAction<'a> {
+    Command(&'a [String]),
+    Call(&'a str),
+}
+
+/// How long a task asked to stop (SIGTERM) has before its process group is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// How a run ended.
 #[derive(Debug)]
 pub enum RunEnding {
@@ -73,17 +100,36 @@ pub enum RunEnding {
     /// Its claim no longer held (why): the whole process group was killed, so that it does
     /// not run beside the run another host may start.
     ClaimLost(String),
+    /// Asked to stop through its claim (why: cancelled): SIGTERM, then SIGKILL after
+    /// [`STOP_GRACE`]; `signal` is what ended it, if a signal did.
+    Stopped {
+        why: String,
+        signal: Option<i32>,
+    },
 }
 
-/// Keeping a run's claim while it runs: `renew` is called every `every`, and says when the
-/// claim was renewed (None: not this time, but it still holds); an error (why) means it is
-/// lost, and the run is stopped. The claim holds for `holds_for` past its last renewal:
-/// `deadline` kills the run then, whatever `renew` is doing (waiting on a cut link).
+/// Keeping a run's claim while it runs: `renew` is called every `every`, and says what
+/// became of the claim ([`Renewal`]). The claim holds for `holds_for` past its last
+/// renewal: `deadline` kills the run then, whatever `renew` is doing (waiting on a cut link).
 pub struct Upkeep<'a> {
     pub every: Duration,
     pub holds_for: Duration,
     pub deadline: &'a sys::ClaimDeadline,
-    pub renew: &'a mut dyn FnMut() -> Result<Option<Instant>, String>,
+    pub renew: &'a mut dyn FnMut() -> Renewal,
+}
+
+/// What one renewal of a run's claim found.
+#[derive(Debug)]
+pub enum Renewal {
+    /// Renewed by a request sent at this instant.
+    Renewed(Instant),
+    /// Not renewed this time, but it still holds.
+    Holds,
+    /// Lost (why): the run is killed at once.
+    Lost(String),
+    /// Renewed, but whoever owns the claim asks the run to stop (why): SIGTERM, then
+    /// SIGKILL after a grace.
+    StopAsked(String),
 }
 
 impl RunEnding {
@@ -104,6 +150,7 @@ impl RunEnding {
         match self {
             Self::Signaled(signal) => Some(*signal),
             Self::TimedOut { .. } | Self::ClaimLost(_) => Some(Signal::SIGKILL as i32),
+            Self::Stopped { signal, .. } => *signal,
             _ => None,
         }
     }
@@ -128,19 +175,26 @@ impl fmt::Display for RunEnding {
                 "ended without a word from the app template, which went away during the run",
             ),
             Self::ClaimLost(why) => write!(f, "killed with its process group: {why}"),
+            Self::Stopped { why, signal } => {
+                let how = match signal.and_then(|signal| Signal::try_from(signal).ok()) {
+                    Some(Signal::SIGKILL) => "killed with SIGKILL after the grace",
+                    Some(signal) => signal.as_str(),
+                    None => "it exited",
+                };
+                write!(f, "stopped ({why}; SIGTERM, then {how})")
+            }
         }
     }
 }
 
-/// Runs `job` to its end. `limit` is its wall-clock limit (`timeout`, or
-/// `limit_time_real_cron`; `key` names which); `account` are the variables of the user it
-/// runs as (`USER`, `HOME`...; the job's own `env` wins); `calls` is where the preload
-/// template takes `call` jobs; `started` learns the job's pid (which is also its process
-/// group) as soon as it runs; `tail` keeps the last lines it writes; `upkeep` keeps the
-/// run's claim meanwhile (a lost claim kills it).
+/// Runs `task` to its end. `limit` is its wall-clock limit (`key` names the setting);
+/// `account` are the variables of the user it runs as (`USER`, `HOME`...; the task's own
+/// `env` wins); `calls` is where the preload template takes `call` tasks; `started` learns
+/// the task's pid (which is also its process group) as soon as it runs; `tail` keeps the
+/// last lines it writes; `upkeep` keeps the run's claim meanwhile (a lost claim kills it).
 #[allow(clippy::too_many_arguments)]
 pub fn run(
-    job: &CronJob,
+    task: &Task<'_>,
     limit: Option<(Duration, &'static str)>,
     upkeep: Option<Upkeep<'_>>,
     account: &[(OsString, OsString)],
@@ -149,26 +203,37 @@ pub fn run(
     tail: &OutputTail,
     started: impl FnOnce(Pid),
 ) -> RunEnding {
-    if let Some(call) = &job.call {
-        return run_call(
-            job, call, limit, upkeep, account, calls, signals, tail, started,
-        );
-    }
-    let mut command = Command::new(&job.command[0]);
+    let program = match task.action {
+        TaskAction::Call(call) => {
+            return run_call(
+                task, call, limit, upkeep, account, calls, signals, tail, started,
+            );
+        }
+        TaskAction::Command(program) => program,
+    };
+    let Some((first, arguments)) = program.split_first() else {
+        return RunEnding::CouldNotStart(io::Error::other("an empty command"));
+    };
+    let mut command = Command::new(first);
     for (variable, _) in std::env::vars_os() {
         if !crate::config::passed_to_children(&variable) {
             command.env_remove(variable);
         }
     }
+    let stdin = match task.input.map(input_file).transpose() {
+        Ok(Some(file)) => Stdio::from(file),
+        Ok(None) => Stdio::null(),
+        Err(error) => return RunEnding::CouldNotStart(error),
+    };
     command
-        .args(&job.command[1..])
+        .args(arguments)
         .envs(account.iter().map(|(key, value)| (key, value)))
-        .envs(&job.env)
-        .stdin(Stdio::null())
+        .envs(task.env.iter().map(|(key, value)| (key, value)))
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    if let Some(cwd) = &job.cwd {
+    if let Some(cwd) = task.cwd {
         command.current_dir(cwd);
     }
     sys::supervise_job(&mut command);
@@ -178,7 +243,7 @@ pub fn run(
     };
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     started(pid);
-    let ending = match Watch::new(job, &mut child, tail) {
+    let ending = match Watch::new(task, &mut child, tail) {
         Ok(mut watch) => watch.until_exit(&mut child, pid, limit, upkeep, signals),
         Err(error) => {
             let _ = killpg(pid, Signal::SIGKILL);
@@ -189,15 +254,25 @@ pub fn run(
     let left_behind = end_of_run(pid);
     if !left_behind.is_empty() {
         warn!(
-            job = job.name.as_str(),
+            task = task.name,
             count = left_behind.len(),
-            "cron job {}: {} process(es) it left behind were killed: {}",
-            job.name,
+            "{}: {} process(es) it left behind were killed: {}",
+            task.label,
             left_behind.len(),
             left_behind.join(", ")
         );
     }
     ending
+}
+
+/// `input` in a sealed memory file, read from its start: a task's standard input (or a
+/// call's arguments), which never blocks the worker however large it is and whenever the
+/// task reads it.
+fn input_file(input: &[u8]) -> io::Result<OwnedFd> {
+    let text = std::str::from_utf8(input).map_err(io::Error::other)?;
+    let file = sys::sealed_text_file(c"forkwarden-task-input", text)?;
+    nix::unistd::lseek(&file, 0, nix::unistd::Whence::SeekSet)?;
+    Ok(file)
 }
 
 /// How long a `call` job waits for the template to say it started the job.
@@ -211,7 +286,7 @@ const CALL_END_WAIT: Duration = Duration::from_secs(5);
 /// for a command; what the process leaves behind comes to the master, which kills it.
 #[allow(clippy::too_many_arguments)]
 fn run_call(
-    job: &CronJob,
+    task: &Task<'_>,
     call: &str,
     limit: Option<(Duration, &'static str)>,
     upkeep: Option<Upkeep<'_>>,
@@ -221,7 +296,7 @@ fn run_call(
     tail: &OutputTail,
     started: impl FnOnce(Pid),
 ) -> RunEnding {
-    let prepared = ask_template(job, call, account, calls, tail);
+    let prepared = ask_template(task, call, account, calls, tail);
     let (connection, mut output) = match prepared {
         Ok(prepared) => prepared,
         Err(error) => return RunEnding::CouldNotStart(error),
@@ -247,7 +322,7 @@ fn run_call(
     let mut bounds = Bounds::new(limit, upkeep, pid);
     let ending = loop {
         if let Some(ending) = report.ending.take() {
-            break bounds.expired().unwrap_or(ending);
+            break bounds.expired().unwrap_or_else(|| bounds.ended(ending));
         }
         if let Some(stop) = bounds.reached(pid) {
             let _ = killpg(pid, Signal::SIGKILL);
@@ -281,7 +356,7 @@ fn run_call(
 /// handing it the job's output pipes and environment (`account` and the job's `env`):
 /// the connection the template answers on, and the read ends of the output.
 fn ask_template<'a>(
-    job: &'a CronJob,
+    task: &'a Task<'a>,
     call: &str,
     account: &[(OsString, OsString)],
     calls: &Path,
@@ -301,14 +376,14 @@ fn ask_template<'a>(
     // The template runs at the HTTP workers' priority; the job runs at the cron worker's.
     let mut text = format!(
         "CALL={call}\nJOB={}\nNICE={}\n",
-        job.name,
-        super::CRON_NICENESS
+        task.name,
+        crate::cron::CRON_NICENESS
     );
     let variables = account
         .iter()
         .map(|(key, value)| (key.to_string_lossy(), value.to_string_lossy()))
         .chain(
-            job.env
+            task.env
                 .iter()
                 .map(|(key, value)| (key.into(), value.into())),
         );
@@ -317,14 +392,14 @@ fn ask_template<'a>(
             text.push_str(&format!("{key}={value}\n"));
         }
     }
-    sys::send_with_descriptors(
-        connection.as_fd(),
-        text.as_bytes(),
-        &[out_write.as_fd(), err_write.as_fd()],
-    )?;
+    // A job's args go as a third descriptor, read by the template as the call's arguments.
+    let input = task.input.map(input_file).transpose()?;
+    let mut lent = vec![out_write.as_fd(), err_write.as_fd()];
+    lent.extend(input.as_ref().map(AsFd::as_fd));
+    sys::send_with_descriptors(connection.as_fd(), text.as_bytes(), &lent)?;
     let output = [
-        Output::new(&job.name, Stream::Stdout, out_read, tail)?,
-        Output::new(&job.name, Stream::Stderr, err_read, tail)?,
+        Output::new(&task.label, Stream::Stdout, out_read, tail)?,
+        Output::new(&task.label, Stream::Stderr, err_read, tail)?,
     ];
     Ok((connection, output))
 }
@@ -434,7 +509,7 @@ struct Watch<'a> {
 }
 
 impl<'a> Watch<'a> {
-    fn new(job: &'a CronJob, child: &mut Child, tail: &'a OutputTail) -> io::Result<Self> {
+    fn new(task: &'a Task<'a>, child: &mut Child, tail: &'a OutputTail) -> io::Result<Self> {
         let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
         let stdout = child.stdout.take().map(OwnedFd::from);
         let stderr = child.stderr.take().map(OwnedFd::from);
@@ -444,8 +519,8 @@ impl<'a> Watch<'a> {
         Ok(Self {
             exited: sys::pidfd_open(pid)?,
             output: [
-                Output::new(&job.name, Stream::Stdout, stdout, tail)?,
-                Output::new(&job.name, Stream::Stderr, stderr, tail)?,
+                Output::new(&task.label, Stream::Stdout, stdout, tail)?,
+                Output::new(&task.label, Stream::Stderr, stderr, tail)?,
             ],
         })
     }
@@ -485,7 +560,7 @@ impl<'a> Watch<'a> {
                     let _ = child.wait();
                     return expired;
                 }
-                return match child.wait() {
+                let ending = match child.wait() {
                     Ok(status) => match (status.code(), status.signal()) {
                         (Some(code), _) => RunEnding::Exited(code),
                         (None, Some(signal)) => RunEnding::Signaled(signal),
@@ -493,6 +568,7 @@ impl<'a> Watch<'a> {
                     },
                     Err(error) => RunEnding::CouldNotStart(error),
                 };
+                return bounds.ended(ending);
             }
         }
     }
@@ -502,13 +578,16 @@ impl<'a> Watch<'a> {
     }
 }
 
-/// What may end a running job early: its wall-clock limit, and the loss of its claim.
+/// What may end a running job early: its wall-clock limit, the loss of its claim, and a
+/// stop asked through the claim.
 struct Bounds<'a> {
     limit: Option<(Duration, &'static str)>,
     upkeep: Option<Upkeep<'a>>,
     start: Instant,
     /// When a renewal was last tried (or the run started).
     tried: Instant,
+    /// Why it was asked to stop, and when SIGTERM was sent.
+    stopping: Option<(String, Instant)>,
 }
 
 impl<'a> Bounds<'a> {
@@ -528,6 +607,18 @@ impl<'a> Bounds<'a> {
             upkeep,
             start,
             tried: start,
+            stopping: None,
+        }
+    }
+
+    /// How a run that ended by itself (`ending`) is told: as stopped, if it was asked to.
+    fn ended(&self, ending: RunEnding) -> RunEnding {
+        match &self.stopping {
+            Some((why, _)) => RunEnding::Stopped {
+                why: why.clone(),
+                signal: ending.signal(),
+            },
+            None => ending,
         }
     }
 
@@ -543,6 +634,14 @@ impl<'a> Bounds<'a> {
         {
             return Some(RunEnding::TimedOut { ran, limit, key });
         }
+        if let Some((why, since)) = &self.stopping
+            && since.elapsed() >= STOP_GRACE
+        {
+            return Some(RunEnding::Stopped {
+                why: why.clone(),
+                signal: Some(Signal::SIGKILL as i32),
+            });
+        }
         let renewed = {
             let upkeep = self.upkeep.as_mut()?;
             if !upkeep.every.saturating_sub(self.tried.elapsed()).is_zero() {
@@ -555,16 +654,29 @@ impl<'a> Bounds<'a> {
             return Some(expired);
         }
         match renewed {
-            Ok(Some(at)) => {
-                if let Some(upkeep) = &self.upkeep {
-                    upkeep
-                        .deadline
-                        .set(group, upkeep.holds_for.saturating_sub(at.elapsed()));
+            Renewal::Renewed(at) => {
+                self.extend_deadline(group, at);
+                None
+            }
+            Renewal::StopAsked(why) => {
+                self.extend_deadline(group, Instant::now());
+                if self.stopping.is_none() {
+                    let _ = killpg(group, Signal::SIGTERM);
+                    self.stopping = Some((why, Instant::now()));
                 }
                 None
             }
-            Ok(None) => None,
-            Err(why) => Some(RunEnding::ClaimLost(why)),
+            Renewal::Holds => None,
+            Renewal::Lost(why) => Some(RunEnding::ClaimLost(why)),
+        }
+    }
+
+    /// The claim was renewed by a request sent at `at`: its deadline moves.
+    fn extend_deadline(&self, group: Pid, at: Instant) {
+        if let Some(upkeep) = &self.upkeep {
+            upkeep
+                .deadline
+                .set(group, upkeep.holds_for.saturating_sub(at.elapsed()));
         }
     }
 
@@ -589,10 +701,11 @@ impl<'a> Bounds<'a> {
             .upkeep
             .as_ref()
             .map(|upkeep| upkeep.every.saturating_sub(self.tried.elapsed()));
-        match (to_limit, to_renewal) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let to_kill = self
+            .stopping
+            .as_ref()
+            .map(|(_, since)| STOP_GRACE.saturating_sub(since.elapsed()));
+        [to_limit, to_renewal, to_kill].into_iter().flatten().min()
     }
 }
 
@@ -613,7 +726,8 @@ fn drain(output: &mut [Output<'_>]) {
 
 /// One output pipe of a job, logged line by line as it arrives.
 struct Output<'a> {
-    job: &'a str,
+    /// The task's label.
+    task: &'a str,
     stream: Stream,
     /// None once the job closed it.
     pipe: Option<File>,
@@ -622,10 +736,10 @@ struct Output<'a> {
 }
 
 impl<'a> Output<'a> {
-    fn new(job: &'a str, stream: Stream, pipe: OwnedFd, tail: &'a OutputTail) -> io::Result<Self> {
+    fn new(task: &'a str, stream: Stream, pipe: OwnedFd, tail: &'a OutputTail) -> io::Result<Self> {
         fcntl(&pipe, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
         Ok(Self {
-            job,
+            task,
             stream,
             pipe: Some(File::from(pipe)),
             lines: LineSplitter::default(),
@@ -652,7 +766,7 @@ impl<'a> Output<'a> {
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) => {
-                    warn!("cron job {}: reading its output failed: {error}", self.job);
+                    warn!("{}: reading its output failed: {error}", self.task);
                     self.pipe = None;
                 }
             }
@@ -660,7 +774,7 @@ impl<'a> Output<'a> {
     }
 
     fn log(&self, line: &str) {
-        log_program_line(&format!("cron job {}", self.job), self.stream, line);
+        log_program_line(self.task, self.stream, line);
         self.tail.push(self.stream, line);
     }
 }
@@ -669,18 +783,19 @@ impl<'a> Output<'a> {
 mod tests {
     use super::*;
 
-    fn job(command: &[&str]) -> CronJob {
-        CronJob {
-            name: "test".into(),
-            schedule: None,
-            interval: None,
-            command: command.iter().map(|part| part.to_string()).collect(),
-            call: None,
+    fn job<'a>(command: &'a [String]) -> Task<'a> {
+        Task {
+            label: "cron job test".into(),
+            name: "test",
+            action: TaskAction::Command(command),
             cwd: None,
-            env: [("FW_TEST".to_string(), "yes".to_string())].into(),
-            timeout: None,
-            catch_up: true,
+            env: vec![("FW_TEST".to_string(), "yes".to_string())],
+            input: None,
         }
+    }
+
+    fn words(command: &[&str]) -> Vec<String> {
+        command.iter().map(|part| part.to_string()).collect()
     }
 
     #[test]
@@ -703,7 +818,7 @@ mod tests {
     fn a_missing_program_cannot_start() {
         let signals = WorkerSignals::for_tests();
         let ending = run(
-            &job(&["/nonexistent/program"]),
+            &job(&words(&["/nonexistent/program"])),
             None,
             None,
             &[],
@@ -720,7 +835,7 @@ mod tests {
         let signals = WorkerSignals::for_tests();
         let mut pid = None;
         let ending = run(
-            &job(&["sh", "-c", "test \"$FW_TEST\" = yes && exit 7"]),
+            &job(&words(&["sh", "-c", "test \"$FW_TEST\" = yes && exit 7"])),
             None,
             None,
             &[],
@@ -739,7 +854,7 @@ mod tests {
         let tail = OutputTail::default();
         let script = "for i in $(seq 1 30); do echo line $i; done; echo oops >&2";
         let ending = run(
-            &job(&["sh", "-c", script]),
+            &job(&words(&["sh", "-c", script])),
             None,
             None,
             &[],
@@ -769,9 +884,9 @@ mod tests {
         let mut renew = || {
             renewals += 1;
             if renewals < 3 {
-                Ok(Some(Instant::now()))
+                Renewal::Renewed(Instant::now())
             } else {
-                Err("lost for the test".to_string())
+                Renewal::Lost("lost for the test".to_string())
             }
         };
         let upkeep = Upkeep {
@@ -782,7 +897,7 @@ mod tests {
         };
         let started = Instant::now();
         let ending = run(
-            &job(&["sleep", "30"]),
+            &job(&words(&["sleep", "30"])),
             Some((Duration::from_secs(20), "timeout")),
             Some(upkeep),
             &[],
@@ -827,7 +942,7 @@ mod tests {
                 })
             });
             gone_when_renewal_returned.set(Some(gone));
-            Ok(Some(Instant::now()))
+            Renewal::Renewed(Instant::now())
         };
         let upkeep = Upkeep {
             every: Duration::from_millis(50),
@@ -836,7 +951,7 @@ mod tests {
             renew: &mut renew,
         };
         let ending = run(
-            &job(&["sleep", "30"]),
+            &job(&words(&["sleep", "30"])),
             None,
             Some(upkeep),
             &[],
@@ -863,7 +978,7 @@ mod tests {
         let script = format!("sleep 30 & echo $! > {}; wait", child_pid.display());
         let limit = Some((Duration::from_millis(300), "timeout"));
         let ending = run(
-            &job(&["sh", "-c", &script]),
+            &job(&words(&["sh", "-c", &script])),
             limit,
             None,
             &[],

@@ -1,0 +1,542 @@
+//! Job workers on a PostgreSQL queue: jobs enqueued in a transaction run exactly once across
+//! hosts, within their channel's capacity, in priority order; a job worker killed mid-job
+//! has its attempt recorded at once with the cause and the job retried; limits, cancels and
+//! `call` kinds. Each test starts a PostgreSQL cluster of its own.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::postgres::{Cluster, PASSWORD};
+use common::{SOON, Server, python_runner_path, wait_until};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A host with `job_workers` job workers on `cluster`'s queue beside one HTTP worker, and
+/// `kinds` (`[[job]]` and `[[channel]]` tables, which come last).
+fn host(cluster: &Cluster, job_workers: u32, kinds: &str) -> Server {
+    let config = format!(
+        "workers = 1\njob_workers = {job_workers}\ncron_store = \"{}\"\ncron_lease = \"10s\"\n{kinds}",
+        cluster.url()
+    );
+    let server = Server::spawn_with_env(&config, &[("PGPASSWORD", PASSWORD.to_string())]);
+    assert!(
+        wait_until(SOON, || server.workers("job worker").len()
+            == job_workers as usize),
+        "{}",
+        server.log_text()
+    );
+    wait_for_kinds(cluster, &server);
+    server
+}
+
+/// Waits until a job worker of `server` has written its kinds to the database (what
+/// `forkwarden.enqueue` accepts).
+fn wait_for_kinds(cluster: &Cluster, server: &Server) {
+    let mut client = cluster.client();
+    let known = wait_until(SOON, || {
+        client
+            .query_one("SELECT count(*) FROM forkwarden.job_kind", &[])
+            .is_ok_and(|row| row.get::<_, i64>(0) > 0)
+    });
+    assert!(known, "no kind registered; log:\n{}", server.log_text());
+}
+
+/// A host preloading tests/apps/job_app.py, with one HTTP worker and `job_workers` job
+/// workers, and `kinds`.
+fn preloading_host(cluster: &Cluster, job_workers: u32, kinds: &str) -> Server {
+    let config = format!(
+        "workers = 1\njob_workers = {job_workers}\ncron_store = \"{url}\"\ncron_lease = \"10s\"\n\
+         [app]\ncommand = [\"python3\", \"-m\", \"forkwarden_wsgi\", \"job_app:app\"]\n\
+         env = {{ PYTHONPATH = \"{runner}:{REPO}/tests/apps\" }}\n\
+         preload = true\nready_timeout = \"20s\"\n{kinds}",
+        url = cluster.url(),
+        runner = python_runner_path(),
+    );
+    let server = Server::spawn_with_env(&config, &[("PGPASSWORD", PASSWORD.to_string())]);
+    server.wait_for_log("loaded the application in");
+    assert!(
+        wait_until(SOON, || server.workers("job worker").len()
+            == job_workers as usize),
+        "{}",
+        server.log_text()
+    );
+    wait_for_kinds(cluster, &server);
+    server
+}
+
+/// `forkwarden job ARGS` on `server`'s config: (success, stdout, stderr).
+fn job_command(server: &Server, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(common::BINARY)
+        .arg("job")
+        .args(args)
+        .arg("--config")
+        .arg(&server.config_path)
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .expect("run forkwarden");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `forkwarden job show ID --json`: the job and its attempts.
+fn show(server: &Server, id: i64) -> serde_json::Value {
+    let (ok, stdout, stderr) = job_command(server, &["show", &id.to_string(), "--json"]);
+    assert!(ok, "job show failed: {stderr}");
+    serde_json::from_str(&stdout).expect("a JSON job")
+}
+
+/// Waits until job `id` is in `state`; returns it as `job show` tells.
+fn wait_for_state(server: &Server, id: i64, state: &str, within: Duration) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    let reached = wait_until(within, || {
+        last = show(server, id);
+        last["job"]["state"] == state
+    });
+    assert!(
+        reached,
+        "job #{id} never became {state}: {last:#}\nlog:\n{}",
+        server.log_text()
+    );
+    last
+}
+
+/// The lines of a marks file, split into words.
+fn marks(path: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| line.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+fn stop(mut server: Server) {
+    server.signal(Signal::SIGTERM);
+    assert!(
+        server.wait_exit(SOON).is_some(),
+        "the server stops; its log:\n{}",
+        server.log_text()
+    );
+}
+
+/// A kind that appends its job id to `marks` (its args come on standard input).
+fn marking_kind(name: &str, marks: &Path, extra: &str) -> String {
+    format!(
+        "[[job]]\nname = \"{name}\"\n{extra}\ncommand = [\"sh\", \"-c\", \
+         \"cat > /dev/null; echo $FORKWARDEN_JOB_ID >> {}\"]\n",
+        marks.display()
+    )
+}
+
+#[test]
+fn jobs_enqueued_in_transactions_run_exactly_once_across_two_hosts() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let marks_file = dir.path().join("marks");
+    let kinds = marking_kind("mark", &marks_file, "");
+    let a = host(&cluster, 2, &kinds);
+    let b = host(&cluster, 2, &kinds);
+    // The schema and the kinds are written by the first job worker to start.
+    let mut client = cluster.client();
+    assert!(
+        wait_until(SOON, || client
+            .query_one(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'forkwarden' \
+                 AND tablename = 'job_kind'",
+                &[]
+            )
+            .is_ok_and(|row| row.get::<_, i64>(0) == 1)
+            && client
+                .query_one("SELECT count(*) FROM forkwarden.job_kind", &[])
+                .is_ok_and(|row| row.get::<_, i64>(0) == 1)),
+        "{}",
+        a.log_text()
+    );
+    // An unknown kind is refused, naming the known ones.
+    let refused = client
+        .query_one("SELECT forkwarden.enqueue('nope')", &[])
+        .expect_err("an unknown kind");
+    let text = refused
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(
+        text.contains("unknown job kind \"nope\"") && text.contains("mark"),
+        "{text}"
+    );
+    // A rolled-back enqueue leaves no job.
+    let mut tx = client.transaction().unwrap();
+    tx.query_one("SELECT forkwarden.enqueue('mark', '{}')", &[])
+        .unwrap();
+    tx.rollback().unwrap();
+    // 2,000 jobs, from two connections (as two hosts' applications), in batches.
+    const JOBS: i64 = 2000;
+    let mut other = cluster.client();
+    for batch in 0..20 {
+        let client = if batch % 2 == 0 {
+            &mut client
+        } else {
+            &mut other
+        };
+        let mut tx = client.transaction().unwrap();
+        tx.execute(
+            "SELECT forkwarden.enqueue('mark', jsonb_build_object('n', n)) \
+             FROM generate_series(1, 100) AS n",
+            &[],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let done = |client: &mut postgres::Client| -> i64 {
+        client
+            .query_one(
+                "SELECT count(*) FROM forkwarden.job WHERE state = 'done'",
+                &[],
+            )
+            .map(|row| row.get(0))
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(180), || done(&mut client) == JOBS),
+        "{} of {JOBS} done; log of a:\n{}",
+        done(&mut client),
+        a.log_text()
+    );
+    let total: i64 = client
+        .query_one("SELECT count(*) FROM forkwarden.job", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(total, JOBS, "the rolled-back enqueue left a job");
+    // Each job ran once: its id marked once, none missing.
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for line in marks(&marks_file) {
+        *seen.entry(line[0].clone()).or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(twice.is_empty(), "jobs run twice: {twice:?}");
+    assert_eq!(seen.len() as i64, JOBS, "jobs missing");
+    // Both hosts took their share.
+    let hosts: i64 = client
+        .query_one(
+            "SELECT count(DISTINCT worker_pid) FROM forkwarden.job_attempt",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        hosts >= 3,
+        "the job workers of both hosts ran jobs ({hosts} workers)"
+    );
+    stop(a);
+    stop(b);
+}
+
+#[test]
+fn an_identity_key_enqueues_one_job_however_many_ask_at_once() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Never due for an hour: the jobs stay pending while the test looks.
+    let server = host(
+        &cluster,
+        1,
+        &marking_kind("mark", &dir.path().join("marks"), ""),
+    );
+    let mut first = cluster.client();
+    assert!(wait_until(SOON, || first
+        .query_one("SELECT count(*) FROM forkwarden.job_kind", &[])
+        .is_ok_and(|row| row.get::<_, i64>(0) == 1)));
+    let mut tx = first.transaction().unwrap();
+    let id: i64 = tx
+        .query_one(
+            "SELECT forkwarden.enqueue('mark', eta => now() + interval '1 hour', \
+             identity_key => 'invoice-42')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    // A second enqueue of the key, from another connection, waits for the first
+    // transaction, then sees its job.
+    let url_port = cluster.port;
+    let second = std::thread::spawn(move || {
+        let settings = format!(
+            "host=127.0.0.1 port={url_port} user=forkwarden password={PASSWORD} dbname=postgres"
+        );
+        let mut client = postgres::Client::connect(&settings, postgres::NoTls).unwrap();
+        client
+            .query_one(
+                "SELECT forkwarden.enqueue('mark', identity_key => 'invoice-42')",
+                &[],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+    });
+    std::thread::sleep(Duration::from_millis(200)); // let the second one wait on the key
+    tx.commit().unwrap();
+    assert_eq!(
+        second.join().unwrap(),
+        id,
+        "the second enqueue returns the first job"
+    );
+    let (ok, stdout, stderr) = job_command(
+        &server,
+        &["enqueue", "mark", "--identity-key", "invoice-42"],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), id.to_string());
+    let count: i64 = first
+        .query_one("SELECT count(*) FROM forkwarden.job", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 1);
+    stop(server);
+}
+
+#[test]
+fn a_channel_of_capacity_one_runs_one_job_at_a_time_across_hosts_in_priority_order() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let marks_file = dir.path().join("marks");
+    let kinds = format!(
+        "[[channel]]\nname = \"root.csv\"\ncapacity = 1\n\
+         [[job]]\nname = \"csv\"\nchannel = \"root.csv\"\ncommand = [\"sh\", \"-c\", \
+         \"cat > /dev/null; echo start $FORKWARDEN_JOB_ID $(date +%s.%N) >> {m}; sleep 0.2; \
+         echo end $FORKWARDEN_JOB_ID $(date +%s.%N) >> {m}\"]\n",
+        m = marks_file.display()
+    );
+    let a = host(&cluster, 2, &kinds);
+    let b = host(&cluster, 2, &kinds);
+    let mut client = cluster.client();
+    assert!(wait_until(SOON, || client
+        .query_one("SELECT count(*) FROM forkwarden.job_channel", &[])
+        .is_ok_and(|row| row.get::<_, i64>(0) == 1)));
+    // Enqueued in one transaction: priorities 30, 20, 10 (lower first), then five at 40.
+    let mut tx = client.transaction().unwrap();
+    let mut ids = Vec::new();
+    for priority in [30, 20, 10, 40, 40, 40, 40, 40] {
+        ids.push(
+            tx.query_one(
+                "SELECT forkwarden.enqueue('csv', priority => $1)",
+                &[&priority],
+            )
+            .unwrap()
+            .get::<_, i64>(0),
+        );
+    }
+    tx.commit().unwrap();
+    let last = *ids.last().unwrap();
+    wait_for_state(&a, last, "done", Duration::from_secs(60));
+    for id in &ids {
+        wait_for_state(&a, *id, "done", SOON);
+    }
+    let lines = marks(&marks_file);
+    let mut runs: Vec<(String, f64, f64)> = Vec::new();
+    for line in &lines {
+        let time: f64 = line[2].parse().unwrap();
+        match line[0].as_str() {
+            "start" => runs.push((line[1].clone(), time, f64::INFINITY)),
+            _ => {
+                if let Some(run) = runs.iter_mut().find(|run| run.0 == line[1]) {
+                    run.2 = time;
+                }
+            }
+        }
+    }
+    assert_eq!(runs.len(), ids.len(), "{lines:?}");
+    for pair in runs.windows(2) {
+        assert!(
+            pair[1].1 >= pair[0].2,
+            "two jobs of the channel ran at once: {pair:?}"
+        );
+    }
+    let order: Vec<String> = runs.iter().take(3).map(|run| run.0.clone()).collect();
+    assert_eq!(
+        order,
+        [ids[2], ids[1], ids[0]].map(|id| id.to_string()),
+        "priority order"
+    );
+    stop(a);
+    stop(b);
+}
+
+#[test]
+fn a_job_worker_killed_mid_job_has_its_attempt_recorded_at_once_and_the_job_retried() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let marks_file = dir.path().join("marks");
+    // The first attempt hangs; the second succeeds.
+    let kinds = format!(
+        "[[job]]\nname = \"post\"\nretry_pattern = {{ 1 = \"0s\" }}\n\
+         command = [\"sh\", \"-c\", \"cat > /dev/null; echo attempt $FORKWARDEN_JOB_ATTEMPT \
+         $$ >> {m}; test $FORKWARDEN_JOB_ATTEMPT -gt 1 || sleep 60\"]\n",
+        m = marks_file.display()
+    );
+    let server = host(&cluster, 1, &kinds);
+    let (ok, stdout, stderr) = job_command(&server, &["enqueue", "post", "--args", "{\"n\": 1}"]);
+    assert!(ok, "{stderr}");
+    let id: i64 = stdout.trim().parse().unwrap();
+    server.wait_for_log(&format!("job post #{id} (attempt 1/5) started as pid"));
+    let worker = server.workers("job worker")[0];
+    let first_job_pid: i32 = marks(&marks_file)
+        .first()
+        .and_then(|line| line.get(2)?.parse().ok())
+        .expect("the first attempt's mark");
+    let killed = Instant::now();
+    kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
+    let job = wait_for_state(&server, id, "done", SOON);
+    let attempts = job["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{job:#}");
+    assert_eq!(attempts[0]["outcome"], "killed", "{job:#}");
+    let detail = attempts[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("its job worker (pid {worker})")) && detail.contains("SIGKILL"),
+        "{detail}"
+    );
+    assert_eq!(attempts[1]["outcome"], "done");
+    // Recorded within a second, not when a lease (10 s) passed.
+    let line = server.wait_for_log(&format!("job post #{id}: its job worker (pid {worker})"));
+    assert!(line.contains("retried in"), "{line}");
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "the retry waited for the lease"
+    );
+    // The first attempt's process went with its job worker.
+    assert!(
+        wait_until(SOON, || !common::is_alive(first_job_pid)),
+        "the killed attempt's process still runs"
+    );
+    stop(server);
+}
+
+#[test]
+fn a_job_past_its_kinds_limits_says_which_in_its_attempt() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let kinds = "[[job]]\nname = \"hog\"\nmax_attempts = 1\nlimit_memory_hard = \"80MiB\"\n\
+         command = [\"python3\", \"-c\", \"import time; x = bytearray(300 << 20); \
+         time.sleep(30)\"]\n\
+         [[job]]\nname = \"slow\"\nmax_attempts = 1\nlimit_time_real = \"1s\"\n\
+         command = [\"sleep\", \"30\"]\n";
+    let config_extra = "memory_poll_interval = \"100ms\"\nlimit_memory_hard_rlimit = false\n";
+    let server = host(&cluster, 2, &format!("{config_extra}{kinds}"));
+    let (_, hog, _) = job_command(&server, &["enqueue", "hog"]);
+    let (_, slow, _) = job_command(&server, &["enqueue", "slow"]);
+    let hog: i64 = hog.trim().parse().expect("an id");
+    let slow: i64 = slow.trim().parse().expect("an id");
+    let job = wait_for_state(&server, hog, "failed", SOON);
+    let attempt = &job["attempts"][0];
+    assert_eq!(attempt["outcome"], "killed", "{job:#}");
+    assert_eq!(attempt["limit"], "limit_memory_hard 80 MiB", "{job:#}");
+    assert!(
+        attempt["detail"]
+            .as_str()
+            .unwrap()
+            .contains("killed: limit_memory_hard exceeded (rss"),
+        "{job:#}"
+    );
+    let job = wait_for_state(&server, slow, "failed", SOON);
+    let attempt = &job["attempts"][0];
+    assert_eq!(attempt["outcome"], "timeout", "{job:#}");
+    assert_eq!(attempt["limit"], "limit_time_real 1s", "{job:#}");
+    stop(server);
+}
+
+#[test]
+fn a_running_job_is_cancelled_with_sigterm() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let marks_file = dir.path().join("marks");
+    let kinds = format!(
+        "[[job]]\nname = \"long\"\ncommand = [\"sh\", \"-c\", \"trap 'echo terminated >> {m}; \
+         exit 143' TERM; cat > /dev/null; sleep 60 & wait\"]\n",
+        m = marks_file.display()
+    );
+    let server = host(&cluster, 1, &kinds);
+    let (_, stdout, _) = job_command(&server, &["enqueue", "long"]);
+    let id: i64 = stdout.trim().parse().expect("an id");
+    server.wait_for_log(&format!("job long #{id} (attempt 1/5) started"));
+    let (ok, said, stderr) = job_command(&server, &["cancel", &id.to_string()]);
+    assert!(ok && said.contains("is running"), "{said} {stderr}");
+    let job = wait_for_state(&server, id, "cancelled", SOON);
+    assert_eq!(job["attempts"][0]["outcome"], "cancelled", "{job:#}");
+    assert_eq!(marks(&marks_file), [["terminated"]], "the job got SIGTERM");
+    // A pending job is cancelled at once, and can be retried.
+    let (_, stdout, _) = job_command(&server, &["enqueue", "long", "--delay", "1h"]);
+    let later: i64 = stdout.trim().parse().expect("an id");
+    let (ok, said, _) = job_command(&server, &["cancel", &later.to_string()]);
+    assert!(ok && said.contains("cancelled"), "{said}");
+    let (ok, said, _) = job_command(&server, &["retry", &later.to_string()]);
+    assert!(ok && said.contains("pending again"), "{said}");
+    // Due at once now: it runs, and is cancelled again.
+    server.wait_for_log(&format!("job long #{later} (attempt 1/5) started"));
+    let (ok, listed, _) = job_command(&server, &["list", "--state", "running"]);
+    assert!(
+        ok && listed.contains(&later.to_string()) && listed.contains("long"),
+        "{listed}"
+    );
+    job_command(&server, &["cancel", &later.to_string()]);
+    wait_for_state(&server, later, "cancelled", SOON);
+    stop(server);
+}
+
+#[test]
+fn a_call_kind_runs_in_a_process_forked_from_the_template_with_its_args() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let marks_file = dir.path().join("marks");
+    let kinds = "[[job]]\nname = \"record\"\ncall = \"job_app:record\"\n\
+         [[job]]\nname = \"flaky\"\ncall = \"job_app:flaky\"\nretry_pattern = { 1 = \"0s\" }\n\
+         [[job]]\nname = \"broken\"\ncall = \"job_app:broken\"\nmax_attempts = 1\n";
+    let server = preloading_host(&cluster, 1, kinds);
+    let path = marks_file.display().to_string();
+    let args = serde_json::json!({ "path": path, "value": "hello" }).to_string();
+    let (ok, stdout, stderr) = job_command(&server, &["enqueue", "record", "--args", &args]);
+    assert!(ok, "{stderr}");
+    let id: i64 = stdout.trim().parse().unwrap();
+    wait_for_state(&server, id, "done", SOON);
+    let template = server.log_matching("app template (pid ");
+    let lines = marks(&marks_file);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0][0], "hello");
+    assert_eq!(lines[0][1], id.to_string());
+    assert!(
+        template
+            .iter()
+            .any(|line| line.contains(&format!("(pid {})", lines[0][3]))),
+        "forked from the template (parent {}): {template:?}",
+        lines[0][3]
+    );
+    let args = serde_json::json!({ "path": path }).to_string();
+    let (_, stdout, _) = job_command(&server, &["enqueue", "flaky", "--args", &args]);
+    let flaky: i64 = stdout.trim().parse().unwrap();
+    let job = wait_for_state(&server, flaky, "done", SOON);
+    assert_eq!(job["attempts"][0]["outcome"], "retry", "{job:#}");
+    let (_, stdout, _) = job_command(&server, &["enqueue", "broken"]);
+    let broken: i64 = stdout.trim().parse().unwrap();
+    let job = wait_for_state(&server, broken, "failed", SOON);
+    assert_eq!(
+        job["attempts"][0]["detail"], "exited with status 1: ValueError: no such invoice",
+        "{job:#}"
+    );
+    stop(server);
+}

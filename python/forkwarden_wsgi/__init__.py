@@ -36,6 +36,8 @@ import sys
 import time
 import traceback
 
+from . import jobs  # imported once in the template, not again in each job's process
+
 try:
     from . import _core
 except ImportError as error:  # run from a checkout without the extension built
@@ -283,7 +285,12 @@ class Template:
             connection, _ = self.calls.accept()
         except (BlockingIOError, InterruptedError):
             return
-        self.requests.add(connection)
+        # A worker sends its request as soon as it is connected: most often it is there
+        # already, and the job starts without another turn of the loop.
+        if select.select([connection], [], [], 0)[0]:
+            self.start_job(connection)
+        else:
+            self.requests.add(connection)
 
     def start_job(self, connection):
         """A cron or job worker's request: `CALL=module:function`, `JOB=name` and
@@ -383,7 +390,6 @@ class Template:
         if args_fd is None:
             load(call)()
             return
-        from . import jobs
         jobs.call_with_args(load(call), jobs.read_args(args_fd))
 
     def end_job(self, pidfd):

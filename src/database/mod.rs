@@ -14,9 +14,10 @@ mod pgpass;
 pub mod schema;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, Statement};
 use tracing::{debug, info, warn};
 
 use crate::config::CronStoreUrl;
@@ -92,7 +93,7 @@ pub enum StoreError {
 enum Link {
     /// Never tried.
     Idle,
-    Up(Box<Client>),
+    Up(Box<Session>),
     /// Lost or never reached: tried again at `retry_at`.
     Down {
         since: Instant,
@@ -138,7 +139,7 @@ impl Database {
     /// try). A lost connection is logged once, when it goes, and once when it is back.
     pub fn with<T>(
         &self,
-        operation: impl FnOnce(&mut Client) -> Result<T, StoreError>,
+        operation: impl FnOnce(&mut Session) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut link = self.link.borrow_mut();
         if let Link::Down {
@@ -161,7 +162,10 @@ impl Database {
                             crate::format::elapsed(since.elapsed())
                         );
                     }
-                    *link = Link::Up(Box::new(client));
+                    *link = Link::Up(Box::new(Session {
+                        client,
+                        statements: HashMap::new(),
+                    }));
                 }
                 Err(error) => return Err(self.went_down(&mut link, error)),
             }
@@ -309,6 +313,39 @@ impl Database {
         let mut rest = notifications.iter();
         while let Ok(Some(_)) = rest.next() {}
         true
+    }
+}
+
+/// A connection, with the statements prepared on it: a statement run often (a claim, a
+/// renewal) is prepared once per connection, then each run is one round trip.
+pub struct Session {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl Session {
+    /// `sql`, prepared on this connection the first time it is asked for.
+    pub fn prepared(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql)?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+}
+
+impl std::ops::Deref for Session {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Session {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
     }
 }
 

@@ -178,6 +178,8 @@ impl JobQueue {
 
     /// Claims the next job of `config`'s kinds that is due and whose channel has room, for
     /// this worker (`host`, `worker_pid`) under a lease of `lease`. None: nothing to run now.
+    /// A job in a channel without a capacity (the common case) takes two round trips: the
+    /// best job found, then the claim in one statement.
     pub fn claim(
         &self,
         config: &Config,
@@ -186,40 +188,36 @@ impl JobQueue {
         lease: Duration,
     ) -> Result<Option<Claimed>, StoreError> {
         let kinds: Vec<&str> = config.job.iter().map(|kind| kind.name.as_str()).collect();
-        self.db.with(|client| {
+        self.db.with(|session| {
             let refused = |error: postgres::Error| self.db.refused(&error);
-            let mut tx = client.transaction().map_err(refused)?;
-            let Some(id) = choose(&mut tx, &kinds).map_err(refused)? else {
+            let best = session.prepared(BEST).map_err(refused)?;
+            let Some(best) = session.query_opt(&best, &[&kinds]).map_err(refused)? else {
                 return Ok(None);
             };
-            let started = tx
-                .query_one(
-                    "UPDATE forkwarden.job SET state = 'running', attempt = attempt + 1, \
-                     started_at = now(), ended_at = NULL, host = $2, worker_pid = $3, \
-                     lease_until = now() + make_interval(secs => $4), progress_done = NULL, \
-                     progress_total = NULL WHERE id = $1 \
-                     RETURNING kind, args::text, attempt, max_attempts, channel",
-                    &[&id, &host, &worker_pid, &lease.as_secs_f64()],
-                )
-                .map_err(refused)?;
-            let attempt: i32 = started.get(2);
-            let attempt_id: i64 = tx
-                .query_one(
-                    "INSERT INTO forkwarden.job_attempt (job, attempt, host, worker_pid, \
-                     started_at) VALUES ($1, $2, $3, $4, now()) RETURNING id",
-                    &[&id, &attempt, &host, &worker_pid],
-                )
-                .map_err(refused)?
-                .get(0);
-            tx.commit().map_err(refused)?;
-            Ok(Some(Claimed {
-                id,
-                kind: started.get(0),
-                args: started.get(1),
-                channel: started.get(4),
-                attempt: u32::try_from(attempt).unwrap_or(0),
-                max_attempts: u32::try_from(started.get::<_, i32>(3)).unwrap_or(1),
-                attempt_id,
+            let (channel, bounded): (String, bool) = (best.get(0), best.get(1));
+            let seconds = lease.as_secs_f64();
+            let row = if bounded {
+                let claim = session.prepared(CLAIM_IN_CHANNEL).map_err(refused)?;
+                let mut tx = session.transaction().map_err(refused)?;
+                let row =
+                    claim_in_channel(&mut tx, &claim, &kinds, &channel, host, worker_pid, seconds)
+                        .map_err(refused)?;
+                tx.commit().map_err(refused)?;
+                row
+            } else {
+                let claim = session.prepared(CLAIM_UNBOUNDED).map_err(refused)?;
+                session
+                    .query_opt(&claim, &[&kinds, &host, &worker_pid, &seconds])
+                    .map_err(refused)?
+            };
+            Ok(row.map(|row| Claimed {
+                id: row.get(0),
+                kind: row.get(1),
+                args: row.get(2),
+                attempt: u32::try_from(row.get::<_, i32>(3)).unwrap_or(0),
+                max_attempts: u32::try_from(row.get::<_, i32>(4)).unwrap_or(1),
+                channel: row.get(5),
+                attempt_id: row.get(6),
             }))
         })
     }
@@ -227,15 +225,15 @@ impl JobQueue {
     /// How long until the next pending job of `config`'s kinds is due (None: none waits).
     pub fn next_due(&self, config: &Config) -> Result<Option<Duration>, StoreError> {
         let kinds: Vec<&str> = config.job.iter().map(|kind| kind.name.as_str()).collect();
-        self.db.with(|client| {
-            let seconds: Option<f64> = client
-                .query_one(
+        self.db.with(|session| {
+            let refused = |error: postgres::Error| self.db.refused(&error);
+            let next = session
+                .prepared(
                     "SELECT EXTRACT(EPOCH FROM min(eta) - now())::float8 FROM forkwarden.job \
                      WHERE state = 'pending' AND kind = ANY($1)",
-                    &[&kinds],
                 )
-                .map_err(|error| self.db.refused(&error))?
-                .get(0);
+                .map_err(refused)?;
+            let seconds: Option<f64> = session.query_one(&next, &[&kinds]).map_err(refused)?.get(0);
             Ok(seconds.map(|seconds| Duration::try_from_secs_f64(seconds).unwrap_or_default()))
         })
     }
@@ -248,15 +246,18 @@ impl JobQueue {
         worker_pid: i32,
         lease: Duration,
     ) -> Result<Lease, StoreError> {
-        self.db.with(|client| {
-            let row = client
-                .query_opt(
+        self.db.with(|session| {
+            let refused = |error: postgres::Error| self.db.refused(&error);
+            let renew = session
+                .prepared(
                     "UPDATE forkwarden.job SET lease_until = now() + make_interval(secs => $4) \
                      WHERE id = $1 AND state = 'running' AND host = $2 AND worker_pid = $3 \
                      RETURNING cancel_asked",
-                    &[&id, &host, &worker_pid, &lease.as_secs_f64()],
                 )
-                .map_err(|error| self.db.refused(&error))?;
+                .map_err(refused)?;
+            let row = session
+                .query_opt(&renew, &[&id, &host, &worker_pid, &lease.as_secs_f64()])
+                .map_err(refused)?;
             Ok(match row.map(|row| row.get::<_, bool>(0)) {
                 None => Lease::Gone,
                 Some(true) => Lease::CancelAsked,
@@ -266,30 +267,53 @@ impl JobQueue {
     }
 
     /// Records the end of attempt `claimed` and writes the job's fate (given the kind's
-    /// retry delay); returns the fate written, or None when the attempt had already been
-    /// recorded (as lost, by a host that found its lease passed).
+    /// retry delay), in one statement; returns the fate written, or None when the attempt
+    /// had already been recorded (as lost, by a host that found its lease passed).
     pub fn finish(
         &self,
         claimed: &Claimed,
         end: &AttemptEnd,
         retry_delay: Duration,
     ) -> Result<Option<Fate>, StoreError> {
-        self.db.with(|client| {
+        let fate = fate(
+            end.outcome,
+            claimed.attempt,
+            claimed.max_attempts,
+            retry_delay,
+        );
+        let after = match fate {
+            Fate::Retry(after) => after.as_secs_f64(),
+            _ => 0.0,
+        };
+        let (limit_name, limit_value) = end
+            .limit
+            .as_ref()
+            .map_or((None, None), |(name, value)| (Some(name), Some(value)));
+        self.db.with(|session| {
             let refused = |error: postgres::Error| self.db.refused(&error);
-            let mut tx = client.transaction().map_err(refused)?;
-            if !end_attempt(&mut tx, claimed.attempt_id, end).map_err(refused)? {
-                tx.commit().map_err(refused)?;
-                return Ok(None);
-            }
-            let fate = fate(
-                end.outcome,
-                claimed.attempt,
-                claimed.max_attempts,
-                retry_delay,
-            );
-            let fate = write_fate(&mut tx, claimed.id, fate, &end.detail).map_err(refused)?;
-            tx.commit().map_err(refused)?;
-            Ok(Some(fate))
+            let finish = session.prepared(FINISH).map_err(refused)?;
+            let written = session
+                .query_opt(
+                    &finish,
+                    &[
+                        &claimed.attempt_id,
+                        &end.outcome.as_str(),
+                        &end.detail,
+                        &end.exit_status,
+                        &end.signal,
+                        &limit_name,
+                        &limit_value,
+                        &end.pid,
+                        &end.output_tail,
+                        &fate.state(),
+                        &after,
+                    ],
+                )
+                .map_err(refused)?;
+            Ok(written.map(|row| match row.get::<_, String>(0).as_str() {
+                "cancelled" => Fate::Cancelled,
+                _ => fate,
+            }))
         })
     }
 
@@ -521,40 +545,80 @@ impl JobQueue {
     }
 }
 
-/// In a claim's transaction: the job to run next of `kinds`, locked, if one is due in a
-/// channel with room. Within a channel that has a capacity, claims take turns on the
-/// channel's row (locked until the claim commits): each one counts the running jobs after
-/// the one before it committed, and none skips over the job another is about to take, so
-/// the capacity holds over every host and the channel keeps its priority order.
-fn choose(tx: &mut Transaction<'_>, kinds: &[&str]) -> Result<Option<i64>, postgres::Error> {
-    const DUE: &str = "j.state = 'pending' AND j.eta <= now() AND j.kind = ANY($1)";
-    const ORDER: &str = "ORDER BY j.priority, j.eta, j.id LIMIT 1";
-    // The best job in a channel with room, as things stand (nothing locked yet).
-    let Some(best) = tx.query_opt(
-        &format!(
-            "SELECT j.channel, c.capacity IS NOT NULL FROM forkwarden.job j \
-             LEFT JOIN forkwarden.job_channel c ON c.name = j.channel WHERE {DUE} \
-             AND (c.name IS NULL OR c.capacity > (SELECT count(*) FROM forkwarden.job r \
-                 WHERE r.channel = c.name AND r.state = 'running')) {ORDER}"
-        ),
-        &[&kinds],
-    )?
-    else {
-        return Ok(None);
-    };
-    let (channel, bounded): (String, bool) = (best.get(0), best.get(1));
-    if !bounded {
-        return Ok(tx
-            .query_opt(
-                &format!(
-                    "SELECT j.id FROM forkwarden.job j WHERE {DUE} AND NOT EXISTS \
-                     (SELECT 1 FROM forkwarden.job_channel c WHERE c.name = j.channel) \
-                     {ORDER} FOR UPDATE SKIP LOCKED"
-                ),
-                &[&kinds],
-            )?
-            .map(|row| row.get(0)));
-    }
+/// The best job to run next of the kinds `$1`, due, in a channel with room, as things stand
+/// (nothing locked): its channel, and whether the channel has a capacity.
+const BEST: &str = "SELECT j.channel, c.capacity IS NOT NULL FROM forkwarden.job j \
+    LEFT JOIN forkwarden.job_channel c ON c.name = j.channel \
+    WHERE j.state = 'pending' AND j.eta <= now() AND j.kind = ANY($1) \
+    AND (c.name IS NULL OR c.capacity > (SELECT count(*) FROM forkwarden.job r \
+        WHERE r.channel = c.name AND r.state = 'running')) \
+    ORDER BY j.priority, j.eta, j.id LIMIT 1";
+
+/// Claims, in one statement, the best due job of the kinds `$1` in a channel without a
+/// capacity for worker `$3` on host `$2` under a lease of `$4` seconds: the job marked
+/// running and its attempt inserted. Returns the claimed job's columns and the attempt's id.
+const CLAIM_UNBOUNDED: &str = "WITH next AS (SELECT j.id FROM forkwarden.job j \
+        WHERE j.state = 'pending' AND j.eta <= now() AND j.kind = ANY($1) AND NOT EXISTS \
+        (SELECT 1 FROM forkwarden.job_channel c WHERE c.name = j.channel) \
+        ORDER BY j.priority, j.eta, j.id LIMIT 1 FOR UPDATE SKIP LOCKED), \
+    started AS (UPDATE forkwarden.job j SET state = 'running', attempt = j.attempt + 1, \
+        started_at = now(), ended_at = NULL, host = $2, worker_pid = $3, \
+        lease_until = now() + make_interval(secs => $4), progress_done = NULL, \
+        progress_total = NULL FROM next WHERE j.id = next.id \
+        RETURNING j.id, j.kind, j.args::text AS args, j.attempt, j.max_attempts, j.channel), \
+    attempt AS (INSERT INTO forkwarden.job_attempt (job, attempt, host, worker_pid, started_at) \
+        SELECT id, attempt, $2, $3, now() FROM started RETURNING id) \
+    SELECT s.id, s.kind, s.args, s.attempt, s.max_attempts, s.channel, a.id \
+    FROM started s, attempt a";
+
+/// The same, for the best due job of the kinds `$1` in channel `$5` (whose row the
+/// transaction has locked, and whose capacity it found room in).
+const CLAIM_IN_CHANNEL: &str = "WITH next AS (SELECT j.id FROM forkwarden.job j \
+        WHERE j.state = 'pending' AND j.eta <= now() AND j.kind = ANY($1) AND j.channel = $5 \
+        ORDER BY j.priority, j.eta, j.id LIMIT 1 FOR UPDATE SKIP LOCKED), \
+    started AS (UPDATE forkwarden.job j SET state = 'running', attempt = j.attempt + 1, \
+        started_at = now(), ended_at = NULL, host = $2, worker_pid = $3, \
+        lease_until = now() + make_interval(secs => $4), progress_done = NULL, \
+        progress_total = NULL FROM next WHERE j.id = next.id \
+        RETURNING j.id, j.kind, j.args::text AS args, j.attempt, j.max_attempts, j.channel), \
+    attempt AS (INSERT INTO forkwarden.job_attempt (job, attempt, host, worker_pid, started_at) \
+        SELECT id, attempt, $2, $3, now() FROM started RETURNING id) \
+    SELECT s.id, s.kind, s.args, s.attempt, s.max_attempts, s.channel, a.id \
+    FROM started s, attempt a";
+
+/// Ends attempt `$1` (outcome `$2`, detail `$3`, exit status `$4`, signal `$5`, limit `$6`
+/// with value `$7`, the job's pid `$8`, its last lines `$9`) unless it had already ended,
+/// and writes its job's state `$10` (a retry: pending again in `$11` seconds; a cancel asked
+/// meanwhile makes a retry or a failure a cancel), and wakes the job workers of every host:
+/// an ended job leaves room in its channel, a retry may be due at once. Returns the state.
+const FINISH: &str = "WITH ended AS (UPDATE forkwarden.job_attempt SET ended_at = now(), \
+        outcome = $2, detail = $3, exit_status = $4, signal = $5, limit_name = $6, \
+        limit_value = $7, pid = coalesce($8, pid), output_tail = $9 \
+        WHERE id = $1 AND ended_at IS NULL RETURNING job), \
+    fated AS (UPDATE forkwarden.job j SET \
+        state = CASE WHEN j.cancel_asked AND $10::text IN ('pending', 'failed') \
+            THEN 'cancelled' ELSE $10::text END, \
+        lease_until = NULL, result = $3, \
+        eta = CASE WHEN $10::text = 'pending' AND NOT j.cancel_asked \
+            THEN now() + make_interval(secs => $11::float8) ELSE j.eta END, \
+        ended_at = CASE WHEN $10::text = 'pending' AND NOT j.cancel_asked \
+            THEN NULL ELSE now() END \
+        FROM ended WHERE j.id = ended.job RETURNING j.state) \
+    SELECT fated.state FROM fated, LATERAL (SELECT pg_notify('forkwarden_job', 'ended')) n";
+
+/// In a claim's transaction, for a channel with a capacity: claims take turns on the
+/// channel's row (locked until the claim commits), so each counts the running jobs after
+/// the one before it committed, and none skips over the job another is about to take: the
+/// capacity holds over every host and the channel keeps its priority order.
+fn claim_in_channel(
+    tx: &mut Transaction<'_>,
+    claim: &postgres::Statement,
+    kinds: &[&str],
+    channel: &str,
+    host: &str,
+    worker_pid: i32,
+    lease_seconds: f64,
+) -> Result<Option<postgres::Row>, postgres::Error> {
     let capacity: i32 = tx
         .query_one(
             "SELECT capacity FROM forkwarden.job_channel WHERE name = $1 FOR UPDATE",
@@ -570,15 +634,10 @@ fn choose(tx: &mut Transaction<'_>, kinds: &[&str]) -> Result<Option<i64>, postg
     if running >= i64::from(capacity) {
         return Ok(None);
     }
-    Ok(tx
-        .query_opt(
-            &format!(
-                "SELECT j.id FROM forkwarden.job j WHERE {DUE} AND j.channel = $2 {ORDER} \
-                 FOR UPDATE SKIP LOCKED"
-            ),
-            &[&kinds, &channel],
-        )?
-        .map(|row| row.get(0)))
+    tx.query_opt(
+        claim,
+        &[&kinds, &host, &worker_pid, &lease_seconds, &channel],
+    )
 }
 
 /// Ends attempt `attempt_id` as `end` says; false if it had already ended.

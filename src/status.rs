@@ -138,7 +138,8 @@ pub fn render(status: &Value) -> String {
         counts(&status["ends"]),
         counts(&status["limits_enforced"]),
     ));
-    text.push_str(&cron_jobs_line(status));
+    text.push_str(&tasks_line(status, "cron_jobs", "cron jobs"));
+    text.push_str(&tasks_line(status, "job_kinds", "job kinds (attempts)"));
     text.push('\n');
     text.push_str(&worker_table(status));
     let deaths = status["recent_deaths"]
@@ -163,9 +164,10 @@ pub fn render(status: &Value) -> String {
     text
 }
 
-/// `cron jobs: report (2 ok, 1 failed, running)`, or nothing without jobs.
-fn cron_jobs_line(status: &Value) -> String {
-    let jobs: Vec<String> = status["cron_jobs"]
+/// `cron jobs: report (2 ok, 1 failed, running)` (for `key` = `cron_jobs`, said as
+/// `what`), or nothing without jobs.
+fn tasks_line(status: &Value, key: &str, what: &str) -> String {
+    let jobs: Vec<String> = status[key]
         .as_array()
         .into_iter()
         .flatten()
@@ -186,7 +188,7 @@ fn cron_jobs_line(status: &Value) -> String {
     if jobs.is_empty() {
         return String::new();
     }
-    format!("cron jobs: {}\n", jobs.join(", "))
+    format!("{what}: {}\n", jobs.join(", "))
 }
 
 /// One row per worker (and per preload template), in columns.

@@ -368,6 +368,19 @@ fn a_channel_of_capacity_one_runs_one_job_at_a_time_across_hosts_in_priority_ord
         [ids[2], ids[1], ids[0]].map(|id| id.to_string()),
         "priority order"
     );
+    // Each host's status counts the attempts its job workers ran: 8 in all.
+    let attempts = |server: &Server| {
+        let output = Command::new(common::BINARY)
+            .args(["status", "--json", "--config"])
+            .arg(&server.config_path)
+            .output()
+            .expect("forkwarden status");
+        let status: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("status as JSON");
+        assert_eq!(status["job_workers"]["running"], 2, "{status:#}");
+        status["job_kinds"][0]["succeeded"].as_u64().unwrap_or(0)
+    };
+    assert_eq!(attempts(&a) + attempts(&b), 8);
     stop(a);
     stop(b);
 }
@@ -538,5 +551,125 @@ fn a_call_kind_runs_in_a_process_forked_from_the_template_with_its_args() {
         job["attempts"][0]["detail"], "exited with status 1: ValueError: no such invoice",
         "{job:#}"
     );
+    stop(server);
+}
+
+/// A kind whose jobs mark their start and end (`start|end JOB TIME`) in `marks`, taking
+/// `seconds`.
+fn timed_kind(name: &str, marks: &Path, seconds: &str) -> String {
+    format!(
+        "[[job]]\nname = \"{name}\"\nretry_pattern = {{ 1 = \"0s\" }}\ncommand = [\"sh\", \"-c\", \
+         \"cat > /dev/null; echo start $FORKWARDEN_JOB_ID $(date +%s.%N) >> {m}; sleep {seconds}; \
+         echo end $FORKWARDEN_JOB_ID $(date +%s.%N) >> {m}\"]\n",
+        m = marks.display()
+    )
+}
+
+/// The runs in `marks`: (job, start, end if it ended), by start.
+fn runs(marks_file: &Path) -> Vec<(String, f64, Option<f64>)> {
+    let mut runs: Vec<(String, f64, Option<f64>)> = Vec::new();
+    for line in marks(marks_file) {
+        let time: f64 = line[2].parse().unwrap();
+        match line[0].as_str() {
+            "start" => runs.push((line[1].clone(), time, None)),
+            _ => {
+                if let Some(run) = runs.iter_mut().rev().find(|run| run.0 == line[1]) {
+                    run.2 = Some(time);
+                }
+            }
+        }
+    }
+    runs.sort_by(|a, b| a.1.total_cmp(&b.1));
+    runs
+}
+
+#[test]
+fn a_host_killed_whole_has_its_job_resumed_by_another_after_the_lease() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let marks_file = dir.path().join("marks");
+    // A short lease: a dead host's job is taken over 3 s after its last renewal.
+    let kinds = format!(
+        "cron_lease = \"3s\"\n{}",
+        timed_kind("long", &marks_file, "2")
+    );
+    // Host a alone takes the job.
+    let mut a = host(&cluster, 1, &kinds);
+    let (_, stdout, _) = job_command(&a, &["enqueue", "long"]);
+    let id: i64 = stdout.trim().parse().expect("an id");
+    a.wait_for_log(&format!("job long #{id} (attempt 1/5) started"));
+    let b = host(&cluster, 1, &kinds);
+    // The whole host a dies at once: its master, its workers, the job with them.
+    a.signal(Signal::SIGKILL);
+    let _ = a.wait_exit(SOON);
+    let killed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let job = wait_for_state(&b, id, "done", Duration::from_secs(30));
+    let attempts = job["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{job:#}");
+    assert_eq!(attempts[0]["outcome"], "lost", "{job:#}");
+    assert!(
+        attempts[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("stopped renewing its lease"),
+        "{job:#}"
+    );
+    let runs = runs(&marks_file);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    // The first run died with its host before it ended; the second began after that.
+    assert_eq!(runs[0].2, None, "{runs:?}");
+    assert!(
+        runs[1].1 >= killed,
+        "the retry began before the host died: {runs:?}"
+    );
+    assert!(runs[1].2.is_some(), "{runs:?}");
+    stop(b);
+}
+
+#[test]
+fn the_database_away_for_five_seconds_runs_nothing_twice_and_http_goes_on() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let marks_file = dir.path().join("marks");
+    let kinds = format!(
+        "cron_lease = \"20s\"\n{}",
+        timed_kind("step", &marks_file, "1")
+    );
+    let server = host(&cluster, 2, &kinds);
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let (_, stdout, _) = job_command(&server, &["enqueue", "step"]);
+        ids.push(stdout.trim().parse::<i64>().expect("an id"));
+    }
+    server.wait_for_log("job step #");
+    cluster.stop();
+    let away = Instant::now();
+    while away.elapsed() < Duration::from_secs(5) {
+        assert_eq!(common::http_get(server.port, "/").status, 200);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.start_again();
+    for id in &ids {
+        wait_for_state(&server, *id, "done", Duration::from_secs(60));
+    }
+    let runs = runs(&marks_file);
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for run in &runs {
+        *seen.entry(run.0.as_str()).or_default() += 1;
+    }
+    assert!(
+        seen.values().all(|count| *count == 1) && seen.len() == ids.len(),
+        "each job ran once: {runs:?}\n{}",
+        server.log_text()
+    );
+    server.wait_for_log("cannot reach the job store");
+    server.wait_for_log("the job store");
     stop(server);
 }

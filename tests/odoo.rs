@@ -310,3 +310,85 @@ fn a_triggered_scheduled_action_runs_without_waiting_for_the_next_pass() {
         server.log_text()
     );
 }
+
+#[test]
+fn a_job_runs_in_the_preloaded_odoo_and_enqueues_more_with_env_cr() {
+    let Some((source, python)) = odoo() else {
+        return;
+    };
+    let (http, gevent) = (free_port(), free_port());
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map_or_else(|| "root".to_string(), |user| user.name);
+    let overrides = format!(
+        "job_workers = 1\n\
+         cron_store = \"postgresql://{user}@%2Fvar%2Frun%2Fpostgresql/{DATABASE}\"\n\
+         [[job]]\nname = \"fan_out\"\ncall = \"odoo_jobs:fan_out\"\n\
+         [[job]]\nname = \"set_parameter\"\ncall = \"odoo_jobs:set_parameter\"\n"
+    );
+    let server = Server::spawn_line(
+        Path::new(BINARY),
+        &[
+            "odoo",
+            "-c",
+            "{dir}/odoo.conf",
+            "--overrides",
+            "{dir}/jobs.toml",
+            "--python",
+            &python.display().to_string(),
+            "--odoo-path",
+            &source.display().to_string(),
+        ],
+        &[
+            ("odoo.conf", &odoo_conf(&source, http, gevent, "")),
+            ("jobs.toml", &overrides),
+        ],
+        &[(
+            "PYTHONPATH",
+            format!("{}:{REPO}/tests/apps", python_runner_path()),
+        )],
+    );
+    server.wait_for_log("loaded the application in");
+    server.wait_for_log("job worker 0 started as pid");
+    let key = format!("forkwarden.test.job.{}", std::process::id());
+    let psql = |sql: &str| {
+        let output = Command::new("psql")
+            .args(["-d", DATABASE, "-tAc", sql])
+            .stdin(Stdio::null())
+            .output()
+            .expect("psql");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    // Once the job worker has declared its kinds, an application's enqueue is accepted.
+    assert!(
+        wait_until(SOON, || psql("SELECT count(*) FROM forkwarden.job_kind")
+            == "2"),
+        "{}",
+        server.log_text()
+    );
+    let enqueued = psql(&format!(
+        "SELECT forkwarden.enqueue('fan_out', '{{\"db\": \"{DATABASE}\", \"key\": \"{key}\", \
+         \"count\": 3}}')"
+    ));
+    assert!(enqueued.parse::<i64>().is_ok(), "{enqueued}");
+    let done = wait_until(Duration::from_secs(30), || {
+        psql(&format!(
+            "SELECT count(*) FROM ir_config_parameter WHERE key LIKE '{key}.%'"
+        )) == "3"
+    });
+    let this_run = format!("args::text LIKE '%{key}%'");
+    let jobs = psql(&format!(
+        "SELECT kind, state, result FROM forkwarden.job WHERE {this_run} ORDER BY id"
+    ));
+    psql(&format!(
+        "DELETE FROM ir_config_parameter WHERE key LIKE '{key}.%'; \
+         DELETE FROM forkwarden.job WHERE {this_run}"
+    ));
+    assert!(done, "jobs: {jobs}\n{}", server.log_text());
+    assert_eq!(
+        jobs.lines().filter(|line| line.contains("|done|")).count(),
+        4,
+        "{jobs}"
+    );
+}

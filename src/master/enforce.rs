@@ -301,7 +301,7 @@ impl Enforcer {
                     .filter(|_| worker.id.role.runs_tasks()),
                 // Chosen among the config's own kinds: a row can name no other limit.
                 work_kind: match &worker.kind {
-                    WorkerKind::Job { kinds } => worker.row.work_kind(*kinds),
+                    WorkerKind::Job { kinds } => worker.row.work_kind(kinds.len()),
                     _ => None,
                 },
                 rss: worker.memory.rss.filter(|_| worker.memory.at == Some(now)),

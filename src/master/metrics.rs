@@ -317,6 +317,26 @@ fn event_metrics(metrics: &mut Exposition, survey: &Survey) {
             .iter()
             .map(|job| (vec![("job", job.name.clone())], i64::from(job.running))),
     );
+    metrics.counter(
+        "forkwarden_job_attempts",
+        "Attempts of queued jobs that this server's job workers ended since it started, by kind and result.",
+        survey.job_kinds.iter().flat_map(|kind| {
+            [("succeeded", kind.succeeded), ("failed", kind.failed)].map(|(result, count)| {
+                (
+                    vec![("kind", kind.name.clone()), ("result", result.to_string())],
+                    count,
+                )
+            })
+        }),
+    );
+    metrics.gauge(
+        "forkwarden_job_kind_running",
+        "Whether a job worker of this server runs a job of the kind now.",
+        survey
+            .job_kinds
+            .iter()
+            .map(|kind| (vec![("kind", kind.name.clone())], i64::from(kind.running))),
+    );
     if let Some(rss) = survey.master.rss_bytes {
         metrics.gauge(
             "forkwarden_master_resident_memory_bytes",

@@ -592,13 +592,13 @@ impl Master {
             });
             self.pool.forget_job_death(pid);
         }
-        if worker.id.role == Role::Cron {
+        if worker.id.role.runs_tasks() {
             let runs: Vec<_> = worker
-                .cron_runs()
+                .run_counts()
                 .map(|(job, runs)| (job.to_string(), runs))
                 .collect();
             self.tally
-                .cron_worker_ended(runs, worker.running_job(&row).as_deref());
+                .task_worker_ended(worker.id.role, runs, worker.running_job(&row).as_deref());
         }
         (worker, report)
     }
@@ -1091,7 +1091,12 @@ impl Master {
                 )?))
             }
             None if id.role == Role::Job => WorkerKind::Job {
-                kinds: self.config.job.len(),
+                kinds: self
+                    .config
+                    .job
+                    .iter()
+                    .map(|kind| kind.name.clone())
+                    .collect(),
             },
             None if id.role == Role::Cron => WorkerKind::Cron {
                 jobs: self

@@ -24,15 +24,16 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 /// Longest delay between two starts of a slot that keeps failing.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// Runs of one cron job that ended: well, or not (an interrupted one included).
+/// Runs of one cron job (or attempts of one job kind) that ended: well, or not (an
+/// interrupted one included).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CronRuns {
+pub struct RunCounts {
     pub succeeded: u64,
     pub failed: u64,
 }
 
-impl CronRuns {
-    pub fn add(&mut self, other: CronRuns) {
+impl RunCounts {
+    pub fn add(&mut self, other: RunCounts) {
         self.succeeded = self.succeeded.saturating_add(other.succeeded);
         self.failed = self.failed.saturating_add(other.failed);
     }
@@ -107,9 +108,9 @@ pub enum WorkerKind {
     /// A cron worker, forked by the master: its row also counts the runs of each job of its
     /// config (`jobs`, in order).
     Cron { jobs: Vec<String> },
-    /// A job worker, forked by the master: its row says which of the config's `kinds` kinds
-    /// it runs now.
-    Job { kinds: usize },
+    /// A job worker, forked by the master: its row counts the attempts of each kind of its
+    /// config (`kinds`, in order) and says which it runs now.
+    Job { kinds: Vec<String> },
     /// A program (`[app]`, `[[program]]`, or a worker a template forked): its output pipes
     /// and what it says over sd_notify.
     Program(Box<ExecState>),
@@ -200,29 +201,33 @@ impl Worker {
         }
     }
 
-    /// The runs of each job of its config that its row says ended (a cron worker's).
-    pub fn cron_runs(&self) -> impl Iterator<Item = (&str, CronRuns)> + '_ {
-        let jobs = self.cron_jobs();
+    /// The runs of each cron job (or attempts of each job kind) of its config that its row
+    /// says ended (a cron or job worker's).
+    pub fn run_counts(&self) -> impl Iterator<Item = (&str, RunCounts)> + '_ {
+        let jobs = self.task_names();
         let counts = self.row.job_counts(jobs.len());
         jobs.iter()
             .zip(counts)
-            .map(|(job, (succeeded, failed))| (job.as_str(), CronRuns { succeeded, failed }))
+            .map(|(job, (succeeded, failed))| (job.as_str(), RunCounts { succeeded, failed }))
     }
 
-    /// The jobs of its config, if it is a cron worker.
-    fn cron_jobs(&self) -> &[String] {
+    /// The cron jobs (or job kinds) of its config, if it is a cron (or job) worker.
+    fn task_names(&self) -> &[String] {
         match &self.kind {
             WorkerKind::Cron { jobs } => jobs,
-            WorkerKind::Http | WorkerKind::Job { .. } | WorkerKind::Program(_) => &[],
+            WorkerKind::Job { kinds } => kinds,
+            WorkerKind::Http | WorkerKind::Program(_) => &[],
         }
     }
 
-    /// The cron job it is running now, as its row says (`job NAME`).
+    /// The cron job (or job kind) it is running now, as its row says (`job NAME`, `job
+    /// KIND #ID`).
     pub fn running_job(&self, row: &RowSnapshot) -> Option<String> {
         let busy = row.busy_for.is_some() && row.state == WorkerState::Busy;
-        let job = row.request.strip_prefix("job ")?;
+        let work = row.request.strip_prefix("job ")?;
+        let job = work.split(" #").next().unwrap_or(work);
         // Only a job of its config: the row is the worker's to write.
-        (busy && self.cron_jobs().iter().any(|name| name == job)).then(|| job.to_string())
+        (busy && self.task_names().iter().any(|name| name == job)).then(|| job.to_string())
     }
 
     /// `http worker 2 (pid 4312)`, the worker's name in log lines.

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::Master;
 use super::lifecycle::{Departure, Lifecycle};
-use super::pool::{CronRuns, Worker};
+use super::pool::{RunCounts, Worker};
 use super::template::{Template, TemplateState};
 use crate::id::Role;
 use crate::scoreboard::{Durations, RowSnapshot, WorkerState};
@@ -37,6 +37,9 @@ pub(super) struct Survey {
     pub served: BTreeMap<&'static str, Durations>,
     /// The cron jobs and how their runs on this server went since it started.
     pub cron_jobs: Vec<CronJobSurvey>,
+    /// The `[[job]]` kinds, with the attempts this server's job workers ended (the queue
+    /// itself is in the database: `forkwarden job list`).
+    pub job_kinds: Vec<CronJobSurvey>,
 }
 
 #[derive(Debug, Serialize)]
@@ -216,7 +219,9 @@ impl Master {
             served.insert(*role, ended.clone());
         }
         let mut running_jobs = Vec::new();
+        let mut running_kinds = Vec::new();
         let mut cron_runs = self.tally.cron_runs_by_ended.clone();
+        let mut job_attempts = self.tally.job_attempts_by_ended.clone();
         let rows: Vec<WorkerSurvey> = workers
             .iter()
             .map(|worker| {
@@ -225,9 +230,14 @@ impl Master {
                     .entry(worker.id.role.as_str())
                     .or_insert_with(Durations::default)
                     .add(&worker.row.durations());
-                running_jobs.extend(worker.running_job(&row));
-                for (job, runs) in worker.cron_runs() {
-                    cron_runs.entry(job.to_string()).or_default().add(runs);
+                let (running, counts) = if worker.id.role == Role::Job {
+                    (&mut running_kinds, &mut job_attempts)
+                } else {
+                    (&mut running_jobs, &mut cron_runs)
+                };
+                running.extend(worker.running_job(&row));
+                for (job, runs) in worker.run_counts() {
+                    counts.entry(job.to_string()).or_default().add(runs);
                 }
                 worker_survey(worker, row, now)
             })
@@ -292,34 +302,42 @@ impl Master {
                 .collect(),
             workers: rows,
             served,
-            cron_jobs: self.cron_jobs(&running_jobs, &cron_runs),
+            cron_jobs: tasks(
+                self.config.cron.iter().map(|job| &job.name),
+                &running_jobs,
+                &cron_runs,
+            ),
+            job_kinds: tasks(
+                self.config.job.iter().map(|kind| &kind.name),
+                &running_kinds,
+                &job_attempts,
+            ),
         }
     }
+}
 
-    /// The jobs of the config with the runs this server's cron workers ended since it
-    /// started (each host counts its own), and whether one runs now. Counted in memory from
-    /// the cron workers' rows: the master never reads the job files under data_dir, which
-    /// the workers' user can write (`forkwarden cron list` reads the store).
-    fn cron_jobs(
-        &self,
-        running: &[String],
-        runs: &BTreeMap<String, CronRuns>,
-    ) -> Vec<CronJobSurvey> {
-        self.config
-            .cron
-            .iter()
-            .map(|job| {
-                let counted = runs.get(&job.name).copied().unwrap_or_default();
-                CronJobSurvey {
-                    name: job.name.clone(),
-                    runs: counted.succeeded.saturating_add(counted.failed),
-                    succeeded: counted.succeeded,
-                    failed: counted.failed,
-                    running: running.contains(&job.name),
-                }
-            })
-            .collect()
-    }
+/// The cron jobs (or job kinds) `names` of the config with the runs (attempts) this
+/// server's workers ended since it started (each host counts its own), and whether one runs
+/// now. Counted in memory from the workers' rows: the master never reads the job files under
+/// data_dir, which the workers' user can write, nor the database (`forkwarden cron list`
+/// and `forkwarden job list` read the stores).
+fn tasks<'a>(
+    names: impl Iterator<Item = &'a String>,
+    running: &[String],
+    runs: &BTreeMap<String, RunCounts>,
+) -> Vec<CronJobSurvey> {
+    names
+        .map(|name| {
+            let counted = runs.get(name).copied().unwrap_or_default();
+            CronJobSurvey {
+                name: name.clone(),
+                runs: counted.succeeded.saturating_add(counted.failed),
+                succeeded: counted.succeeded,
+                failed: counted.failed,
+                running: running.contains(name),
+            }
+        })
+        .collect()
 }
 
 /// CPU seconds (user + system) process `pid` has used, from /proc.

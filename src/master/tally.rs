@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::SystemTime;
 
 use super::lifecycle::RetireReason;
-use super::pool::CronRuns;
+use super::pool::RunCounts;
 use super::report::{Verdict, limit_named};
 use crate::id::Role;
 use crate::scoreboard::Durations;
@@ -34,7 +34,9 @@ pub struct Tally {
     /// Requests (jobs, for cron workers) served by workers that have ended, by role.
     pub served_by_ended: BTreeMap<&'static str, Durations>,
     /// Runs of each cron job that ended, counted by cron workers that have ended.
-    pub cron_runs_by_ended: BTreeMap<String, CronRuns>,
+    pub cron_runs_by_ended: BTreeMap<String, RunCounts>,
+    /// The same for the attempts of each job kind, by the job workers that ended.
+    pub job_attempts_by_ended: BTreeMap<String, RunCounts>,
 }
 
 impl Tally {
@@ -77,19 +79,25 @@ impl Tally {
         }
     }
 
-    /// A cron worker ended, having counted `runs` of the jobs of its config; `interrupted`:
-    /// the job it was running when it ended, a failed run.
-    pub fn cron_worker_ended(
+    /// A cron (or job) worker ended, having counted `runs` of the jobs (attempts of the
+    /// kinds) of its config; `interrupted`: the job it was running when it ended, a failure.
+    pub fn task_worker_ended(
         &mut self,
-        runs: impl IntoIterator<Item = (String, CronRuns)>,
+        role: Role,
+        runs: impl IntoIterator<Item = (String, RunCounts)>,
         interrupted: Option<&str>,
     ) {
+        let counts = if role == Role::Job {
+            &mut self.job_attempts_by_ended
+        } else {
+            &mut self.cron_runs_by_ended
+        };
         for (job, counted) in runs {
-            self.cron_runs_by_ended.entry(job).or_default().add(counted);
+            counts.entry(job).or_default().add(counted);
         }
         if let Some(job) = interrupted {
-            let runs = self.cron_runs_by_ended.entry(job.to_string()).or_default();
-            runs.add(CronRuns {
+            let runs = counts.entry(job.to_string()).or_default();
+            runs.add(RunCounts {
                 succeeded: 0,
                 failed: 1,
             });

@@ -519,7 +519,9 @@ fn a_call_kind_runs_in_a_process_forked_from_the_template_with_its_args() {
     let marks_file = dir.path().join("marks");
     let kinds = "[[job]]\nname = \"record\"\ncall = \"job_app:record\"\n\
          [[job]]\nname = \"flaky\"\ncall = \"job_app:flaky\"\nretry_pattern = { 1 = \"0s\" }\n\
-         [[job]]\nname = \"broken\"\ncall = \"job_app:broken\"\nmax_attempts = 1\n";
+         [[job]]\nname = \"broken\"\ncall = \"job_app:broken\"\nmax_attempts = 1\n\
+         [[job]]\nname = \"sleep\"\ncall = \"job_app:sleep\"\nmax_attempts = 1\n\
+         limit_time_real = \"1s\"\n";
     let server = preloading_host(&cluster, 1, kinds);
     let path = marks_file.display().to_string();
     let args = serde_json::json!({ "path": path, "value": "hello" }).to_string();
@@ -550,6 +552,42 @@ fn a_call_kind_runs_in_a_process_forked_from_the_template_with_its_args() {
     assert_eq!(
         job["attempts"][0]["detail"], "exited with status 1: ValueError: no such invoice",
         "{job:#}"
+    );
+    // Attempt after attempt in one process, the job worker's executor: no fork per job.
+    let record = |value: &str| {
+        let args = serde_json::json!({ "path": path, "value": value }).to_string();
+        let (_, stdout, _) = job_command(&server, &["enqueue", "record", "--args", &args]);
+        let id: i64 = stdout.trim().parse().unwrap();
+        wait_for_state(&server, id, "done", SOON);
+        marks(&marks_file).last().unwrap()[4].clone()
+    };
+    let executor = record("again");
+    assert_eq!(
+        record("again-and-again"),
+        executor,
+        "a new process for each job"
+    );
+    // Past its limit, the executor is killed with the job; the next job gets a new one.
+    let args = serde_json::json!({ "seconds": 30 }).to_string();
+    let (_, stdout, _) = job_command(&server, &["enqueue", "sleep", "--args", &args]);
+    let slow: i64 = stdout.trim().parse().unwrap();
+    let job = wait_for_state(&server, slow, "failed", SOON);
+    assert_eq!(job["attempts"][0]["outcome"], "timeout", "{job:#}");
+    assert!(wait_until(SOON, || !common::is_alive(
+        executor.parse().unwrap()
+    )));
+    let next = record("after-the-limit");
+    assert_ne!(next, executor);
+    // A job worker killed mid-call: the template kills its executor (its lifeline closed).
+    let (_, stdout, _) = job_command(&server, &["enqueue", "sleep", "--args", &args]);
+    let hung: i64 = stdout.trim().parse().unwrap();
+    server.wait_for_log(&format!("job sleep #{hung} (attempt 1/1) started"));
+    let worker = server.workers("job worker")[0];
+    kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
+    wait_for_state(&server, hung, "failed", SOON);
+    assert!(
+        wait_until(SOON, || !common::is_alive(next.parse().unwrap())),
+        "the executor outlived its job worker"
     );
     stop(server);
 }

@@ -149,6 +149,53 @@ def in_forked_process(body):
         exit_now(status)
 
 
+def call_status(call, args_fd):
+    """Calls `call` (module:function) with the args read from `args_fd` (if any); the
+    status a process ending there would have: 0 when it returns, its code on SystemExit
+    (jobs.Retry: 75), 1 (with the traceback on stderr) if it raises."""
+    try:
+        function = load(call)
+        if args_fd is None:
+            function()
+        else:
+            jobs.call_with_args(function, jobs.read_args(args_fd))
+        return 0
+    except SystemExit as exit:
+        return exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def serve_calls(connection, call, args_fd):
+    """A job worker's executor: makes the call it was forked for, says `DONE=<status>`,
+    and takes the next `CALL=`/`JOB=` request (its args as a descriptor, its environment
+    as lines) from the same connection, until the job worker lets it go."""
+    while True:
+        status = call_status(call, args_fd)
+        try:
+            connection.send(f"DONE={status}".encode())
+            message, fds, _, _ = socket.recv_fds(connection, 65536, 1)
+        except OSError:
+            return
+        if not message:
+            for fd in fds:
+                os.close(fd)
+            return
+        request = assignments(message)
+        call = request.pop("CALL", None)
+        os.environ["FORKWARDEN_JOB"] = request.pop("JOB", "?")
+        os.environ.update(request)
+        args_fd = fds[0] if fds else None
+        if call is None:
+            print("forkwarden_wsgi: executor: a request without CALL=", file=sys.stderr,
+                  flush=True)
+            call = "forkwarden_wsgi.jobs:malformed"
+
+
 def assignments(message):
     """The `KEY=VALUE` lines of a message, as a dict."""
     return dict(line.split("=", 1) for line in message.decode().splitlines() if "=" in line)
@@ -187,7 +234,8 @@ class Template:
         self.calls = socket.socket(fileno=int(calls)) if calls else None
         self.requests = set()  # cron and job workers' connections, before their request
         self.jobs = {}  # pidfd -> (pid, connection) of each running call job
-        self.askers = {}  # connection -> pid of each running call job whose asker is there
+        self.askers = {}  # connection or lifeline -> pid of each running call job
+        self.lifelines = {}  # pid -> lifeline of each executor (a job worker's)
 
     def run(self):
         # What loading created is never collected, so the garbage collector's visits do
@@ -296,10 +344,13 @@ class Template:
         """A cron or job worker's request: `CALL=module:function`, `JOB=name` and
         environment lines, with the job's stdout and stderr (and its args, for a queued
         job). Forks the process that calls the function (in its own process group, dying
-        with the template), answers `PID=<pid>`, and later how it ended."""
+        with the template), answers `PID=<pid>`, and later how it ended. With `SERVE=1` (a
+        job worker's executor, which also brings its args and a lifeline), the process
+        stays for the next calls on the same connection; it is killed once the lifeline
+        closes."""
         self.requests.discard(connection)
         try:
-            message, fds, _, _ = socket.recv_fds(connection, 65536, 3)
+            message, fds, _, _ = socket.recv_fds(connection, 65536, 4)
         except OSError:
             connection.close()
             return
@@ -315,7 +366,8 @@ class Template:
             nice = min(max(int(request.pop("NICE", "0")), 0), 19)
         except ValueError:
             nice = 0
-        if call is None or len(fds) not in (2, 3):
+        serve = request.pop("SERVE", None) == "1"
+        if call is None or len(fds) not in ((4,) if serve else (2, 3)):
             for fd in fds:
                 os.close(fd)
             self.answer(connection, "ERROR=malformed call request")
@@ -323,16 +375,23 @@ class Template:
             return
         pid = fork()
         if pid == 0:
-            in_forked_process(lambda: self.run_job(job, call, request, fds, nice))
-        for fd in fds:
+            in_forked_process(lambda: self.run_job(job, call, request, fds, nice,
+                                                   connection if serve else None))
+        for fd in fds[:3]:
             os.close(fd)
         self.answer(connection, f"PID={pid}")
         self.jobs[os.pidfd_open(pid)] = (pid, connection)
-        self.askers[connection] = pid
+        if serve:
+            lifeline = socket.socket(fileno=fds[3])
+            self.lifelines[pid] = lifeline
+            self.askers[lifeline] = pid
+        else:
+            self.askers[connection] = pid
 
     def asker_left(self, connection):
-        """The worker that asked for a running job is gone (it sends nothing after its
-        request): the job must not run on unsupervised, nor beside its next attempt."""
+        """The worker that asked for a running job (or holds an executor's lifeline) is
+        gone, or let it go (it sends nothing after its request): the job must not run on
+        unsupervised, nor beside its next attempt."""
         try:
             if connection.recv(64):
                 return  # not a hang-up: nothing is expected, and nothing is done
@@ -366,16 +425,22 @@ class Template:
         for pidfd, (_, connection) in self.jobs.items():
             os.close(pidfd)
             connection.close()
+        for lifeline in self.lifelines.values():
+            lifeline.close()
         self.askers.clear()
+        self.lifelines.clear()
 
-    def run_job(self, job, call, environment, fds, nice=0):
+    def run_job(self, job, call, environment, fds, nice=0, serve=None):
         """In the job's process: calls the function, `nice` lower in priority, with the
-        job's args when a third descriptor brought them."""
+        job's args when a third descriptor brought them; `serve`: the connection to take
+        the next calls from (an executor)."""
         os.setpgid(0, 0)  # its process group is what a time limit kills
         if nice:
             os.nice(nice)
         self.close_template_descriptors()
-        args_fd = fds[2] if len(fds) == 3 else None
+        if len(fds) == 4:
+            os.close(fds[3])  # the lifeline is the template's to watch
+        args_fd = fds[2] if len(fds) >= 3 else None
         onto_standard_streams(fds[:2])
         os.environ.update(environment)
         os.environ["FORKWARDEN_JOB"] = job
@@ -387,6 +452,8 @@ class Template:
             signal.signal(signum, signal.SIG_DFL)
         if self.post_fork is not None:
             self.post_fork()
+        if serve is not None:
+            return serve_calls(serve, call, args_fd)
         if args_fd is None:
             load(call)()
             return
@@ -395,13 +462,18 @@ class Template:
     def end_job(self, pidfd):
         pid, connection = self.jobs.pop(pidfd)
         self.askers.pop(connection, None)
+        lifeline = self.lifelines.pop(pid, None)
+        if lifeline is not None:
+            self.askers.pop(lifeline, None)
+            lifeline.close()
         os.close(pidfd)
         _, status = os.waitpid(pid, 0)
         if os.WIFSIGNALED(status):
             answer = f"SIGNAL={os.WTERMSIG(status)}"
         else:
             answer = f"EXIT={os.waitstatus_to_exitcode(status)}"
-        if not self.answer(connection, answer):
+        # An executor's job worker may have let it go (it ends then): not news.
+        if not self.answer(connection, answer) and lifeline is None:
             print(f"forkwarden_wsgi: template: call job pid {pid} ended ({answer}) after its "
                   "cron worker was gone", file=sys.stderr, flush=True)
         connection.close()

@@ -76,3 +76,8 @@ def call_with_args(function, args):
         import sys
         print(f"forkwarden: retry asked: {retry}", file=sys.stderr, flush=True)
         raise SystemExit(RETRY_STATUS) from None
+
+
+def malformed():
+    """What an executor calls for a request that named no function: a failure."""
+    raise ValueError("a call request without CALL=")

@@ -19,7 +19,7 @@ use crate::database::StoreError;
 use crate::jobs::{AttemptEnd, Claimed, Fate, JobDeath, JobQueue};
 use crate::scoreboard::ExitReason;
 use crate::sys::WorkerSignals;
-use crate::task::{OutputTail, Renewal, RunEnding, Task, TaskAction, Upkeep};
+use crate::task::{Executor, OutputTail, Renewal, RunEnding, Task, TaskAction, Upkeep};
 
 /// How often a running job's lease is renewed at most: each renewal also learns whether
 /// the job was cancelled, so this bounds how long a cancel takes to reach it.
@@ -74,6 +74,7 @@ pub(super) fn run(spec: &JobSpec<'_>, signals: &WorkerSignals) -> Outcome {
         lapsed_at: None,
         limit_request: spec.config.worker_limits().request_limit(),
         refusal: None,
+        executor: std::cell::RefCell::new(None),
     };
     spec.context.report_ready();
     Outcome::Left(worker.serve())
@@ -98,6 +99,9 @@ struct JobWorker<'a> {
     limit_request: u64,
     /// The last refusal of the database, said once until it changes.
     refusal: Option<String>,
+    /// The process forked from the preload template that runs its `call` jobs, one after
+    /// the other (see [`crate::task::run_in_executor`]).
+    executor: std::cell::RefCell<Option<Executor>>,
 }
 
 impl JobWorker<'_> {
@@ -235,30 +239,45 @@ impl JobWorker<'_> {
             renew: &mut renew,
         };
         let account = super::account_variables(self.spec.config);
-        let ending = crate::task::run(
-            &task,
-            limit,
-            Some(upkeep),
-            &account,
-            self.spec.calls_path,
-            self.signals,
-            &tail,
-            |pid| {
-                row.set_job_group(Some(pid.as_raw()));
-                job_pid = Some(pid.as_raw());
-                info!(
-                    event = "job_attempt_started",
-                    job = claimed.id,
-                    kind = kind.name.as_str(),
-                    attempt = claimed.attempt,
-                    pid = pid.as_raw(),
-                    "{label} (attempt {}/{}) started as pid {pid} by {}",
-                    claimed.attempt,
-                    claimed.max_attempts,
-                    context.name()
-                );
-            },
-        );
+        let started_as = |pid: nix::unistd::Pid| {
+            row.set_job_group(Some(pid.as_raw()));
+            job_pid = Some(pid.as_raw());
+            info!(
+                event = "job_attempt_started",
+                job = claimed.id,
+                kind = kind.name.as_str(),
+                attempt = claimed.attempt,
+                pid = pid.as_raw(),
+                "{label} (attempt {}/{}) started as pid {pid} by {}",
+                claimed.attempt,
+                claimed.max_attempts,
+                context.name()
+            );
+        };
+        let ending = match task.action {
+            TaskAction::Call(call) => crate::task::run_in_executor(
+                &task,
+                call,
+                &mut self.executor.borrow_mut(),
+                limit,
+                Some(upkeep),
+                &account,
+                self.spec.calls_path,
+                self.signals,
+                &tail,
+                started_as,
+            ),
+            TaskAction::Command(_) => crate::task::run(
+                &task,
+                limit,
+                Some(upkeep),
+                &account,
+                self.spec.calls_path,
+                self.signals,
+                &tail,
+                started_as,
+            ),
+        };
         row.set_job_group(None);
         row.set_work_limit(None);
         row.set_work_kind(None);

@@ -13,10 +13,11 @@ def app(environ, start_response):
 
 
 def record(path, value):
-    """Appends `value`, the job's id and attempt, and this process's parent to `path`."""
+    """Appends `value`, the job's id and attempt, this process's parent and this process
+    to `path`."""
     job = jobs.current()
     with open(path, "a") as marks:
-        marks.write(f"{value} {job['id']} {job['attempt']} {os.getppid()}\n")
+        marks.write(f"{value} {job['id']} {job['attempt']} {os.getppid()} {os.getpid()}\n")
 
 
 def flaky(path):

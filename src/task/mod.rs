@@ -24,6 +24,10 @@ use tracing::warn;
 use crate::output::{LineSplitter, Stream, log_program_line};
 use crate::sys::{self, WorkerSignals};
 
+mod call;
+
+pub use call::{Executor, run_in_executor};
+
 /// The last lines a job wrote (both streams, in the order they came), for its run history.
 #[derive(Debug, Default)]
 pub struct OutputTail {
@@ -205,7 +209,7 @@ pub fn run(
 ) -> RunEnding {
     let program = match task.action {
         TaskAction::Call(call) => {
-            return run_call(
+            return call::run_call(
                 task, call, limit, upkeep, account, calls, signals, tail, started,
             );
         }
@@ -275,182 +279,6 @@ fn input_file(input: &[u8]) -> io::Result<OwnedFd> {
     Ok(file)
 }
 
-/// How long a `call` job waits for the template to say it started the job.
-const CALL_START_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a killed `call` job's template has to say how it ended.
-const CALL_END_WAIT: Duration = Duration::from_secs(5);
-
-/// Runs a `call` job: asks the preload template (on `calls`) to fork a process that calls
-/// `call`, with the job's output pipes and environment; the template answers the process's
-/// pid (its process group), then how it ended. The time limit kills the process group, as
-/// for a command; what the process leaves behind comes to the master, which kills it.
-#[allow(clippy::too_many_arguments)]
-fn run_call(
-    task: &Task<'_>,
-    call: &str,
-    limit: Option<(Duration, &'static str)>,
-    upkeep: Option<Upkeep<'_>>,
-    account: &[(OsString, OsString)],
-    calls: &Path,
-    signals: &WorkerSignals,
-    tail: &OutputTail,
-    started: impl FnOnce(Pid),
-) -> RunEnding {
-    let prepared = ask_template(task, call, account, calls, tail);
-    let (connection, mut output) = match prepared {
-        Ok(prepared) => prepared,
-        Err(error) => return RunEnding::CouldNotStart(error),
-    };
-    let mut report = TemplateReport::default();
-    let asked = Instant::now();
-    while report.pid.is_none() && report.ending.is_none() {
-        let left = CALL_START_TIMEOUT.saturating_sub(asked.elapsed());
-        if left.is_zero() {
-            return RunEnding::CouldNotStart(io::Error::other(format!(
-                "the app template did not start it within {}s",
-                CALL_START_TIMEOUT.as_secs()
-            )));
-        }
-        let mut fds = [PollFd::new(connection.as_fd(), PollFlags::POLLIN)];
-        let _ = signals.poll(&mut fds, Some(left));
-        report.read(connection.as_fd());
-    }
-    let Some(pid) = report.pid else {
-        return report.ending.unwrap_or(RunEnding::Lost);
-    };
-    started(pid);
-    let mut bounds = Bounds::new(limit, upkeep, pid);
-    let ending = loop {
-        if let Some(ending) = report.ending.take() {
-            break bounds.expired().unwrap_or_else(|| bounds.ended(ending));
-        }
-        if let Some(stop) = bounds.reached(pid) {
-            let _ = killpg(pid, Signal::SIGKILL);
-            // The template reaps it and says so; the run is over either way.
-            let waited = Instant::now();
-            while report.ending.is_none() && waited.elapsed() < CALL_END_WAIT {
-                let mut fds = [PollFd::new(connection.as_fd(), PollFlags::POLLIN)];
-                let _ = signals.poll(&mut fds, Some(CALL_END_WAIT));
-                report.read(connection.as_fd());
-            }
-            break stop;
-        }
-        let mut fds = vec![PollFd::new(connection.as_fd(), PollFlags::POLLIN)];
-        fds.extend(
-            output
-                .iter()
-                .filter_map(|output| output.pipe.as_ref())
-                .map(|pipe| PollFd::new(pipe.as_fd(), PollFlags::POLLIN)),
-        );
-        let _ = signals.poll(&mut fds, bounds.next_wake());
-        drop(fds);
-        drain(&mut output);
-        report.read(connection.as_fd());
-    };
-    let _ = killpg(pid, Signal::SIGKILL);
-    drain(&mut output);
-    ending
-}
-
-/// Asks the preload template on `calls` to fork a process that calls `call` for `job`,
-/// handing it the job's output pipes and environment (`account` and the job's `env`):
-/// the connection the template answers on, and the read ends of the output.
-fn ask_template<'a>(
-    task: &'a Task<'a>,
-    call: &str,
-    account: &[(OsString, OsString)],
-    calls: &Path,
-    tail: &'a OutputTail,
-) -> io::Result<(OwnedFd, [Output<'a>; 2])> {
-    let connection = sys::connect_calls(calls).map_err(|error| {
-        io::Error::new(
-            error.kind(),
-            format!(
-                "cannot reach the app template ({}): {error}",
-                calls.display()
-            ),
-        )
-    })?;
-    let (out_read, out_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-    let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-    // The template runs at the HTTP workers' priority; the job runs at the cron worker's.
-    let mut text = format!(
-        "CALL={call}\nJOB={}\nNICE={}\n",
-        task.name,
-        crate::cron::CRON_NICENESS
-    );
-    let variables = account
-        .iter()
-        .map(|(key, value)| (key.to_string_lossy(), value.to_string_lossy()))
-        .chain(
-            task.env
-                .iter()
-                .map(|(key, value)| (key.into(), value.into())),
-        );
-    for (key, value) in variables {
-        if !key.contains(['=', '\n']) && !value.contains('\n') {
-            text.push_str(&format!("{key}={value}\n"));
-        }
-    }
-    // A job's args go as a third descriptor, read by the template as the call's arguments.
-    let input = task.input.map(input_file).transpose()?;
-    let mut lent = vec![out_write.as_fd(), err_write.as_fd()];
-    lent.extend(input.as_ref().map(AsFd::as_fd));
-    sys::send_with_descriptors(connection.as_fd(), text.as_bytes(), &lent)?;
-    let output = [
-        Output::new(&task.label, Stream::Stdout, out_read, tail)?,
-        Output::new(&task.label, Stream::Stderr, err_read, tail)?,
-    ];
-    Ok((connection, output))
-}
-
-/// What the template says about a `call` job: `PID=<n>` once forked, then `EXIT=<status>`
-/// or `SIGNAL=<number>`; the end of the connection before that means it went away.
-#[derive(Default)]
-struct TemplateReport {
-    pid: Option<Pid>,
-    ending: Option<RunEnding>,
-}
-
-impl TemplateReport {
-    /// Reads every message waiting on `connection`.
-    fn read(&mut self, connection: std::os::fd::BorrowedFd<'_>) {
-        loop {
-            match sys::receive_message(connection) {
-                Ok(Some(message)) if message.is_empty() => {
-                    self.ending.get_or_insert(RunEnding::Lost);
-                    return;
-                }
-                Ok(Some(message)) => {
-                    for line in message.lines() {
-                        let number = |value: &str| value.trim().parse::<i32>().ok();
-                        match line.split_once('=') {
-                            Some(("PID", value)) => self.pid = number(value).map(Pid::from_raw),
-                            Some(("EXIT", value)) => {
-                                self.ending = number(value).map(RunEnding::Exited);
-                            }
-                            Some(("SIGNAL", value)) => {
-                                self.ending = number(value).map(RunEnding::Signaled);
-                            }
-                            Some(("ERROR", value)) => {
-                                self.ending = Some(RunEnding::CouldNotStart(io::Error::other(
-                                    value.to_string(),
-                                )));
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                Ok(None) => return,
-                Err(_) => {
-                    self.ending.get_or_insert(RunEnding::Lost);
-                    return;
-                }
-            }
-        }
-    }
-}
-
 /// How long the end of a run waits for the processes it killed to be gone.
 const LEFT_BEHIND_WAIT: Duration = Duration::from_secs(5);
 
@@ -505,11 +333,12 @@ fn end_of_run(job: Pid) -> Vec<String> {
 /// A running job: the descriptor that tells when it exits, and its two output pipes.
 struct Watch<'a> {
     exited: OwnedFd,
-    output: [Output<'a>; 2],
+    output: [Output; 2],
+    tail: &'a OutputTail,
 }
 
 impl<'a> Watch<'a> {
-    fn new(task: &'a Task<'a>, child: &mut Child, tail: &'a OutputTail) -> io::Result<Self> {
+    fn new(task: &Task<'_>, child: &mut Child, tail: &'a OutputTail) -> io::Result<Self> {
         let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
         let stdout = child.stdout.take().map(OwnedFd::from);
         let stderr = child.stderr.take().map(OwnedFd::from);
@@ -519,9 +348,10 @@ impl<'a> Watch<'a> {
         Ok(Self {
             exited: sys::pidfd_open(pid)?,
             output: [
-                Output::new(&task.label, Stream::Stdout, stdout, tail)?,
-                Output::new(&task.label, Stream::Stderr, stderr, tail)?,
+                Output::new(&task.label, Stream::Stdout, stdout)?,
+                Output::new(&task.label, Stream::Stderr, stderr)?,
             ],
+            tail,
         })
     }
 
@@ -574,7 +404,7 @@ impl<'a> Watch<'a> {
     }
 
     fn drain(&mut self) {
-        drain(&mut self.output);
+        drain(&mut self.output, self.tail);
     }
 }
 
@@ -717,65 +547,64 @@ impl Drop for Bounds<'_> {
     }
 }
 
-/// Logs what a job's pipes hold now, without waiting.
-fn drain(output: &mut [Output<'_>]) {
+/// Logs what a task's pipes hold now, without waiting.
+fn drain(output: &mut [Output], tail: &OutputTail) {
     for pipe in output {
-        pipe.read_available();
+        pipe.read_available(tail);
     }
 }
 
-/// One output pipe of a job, logged line by line as it arrives.
-struct Output<'a> {
-    /// The task's label.
-    task: &'a str,
+/// One output pipe of a task (or of an executor, task after task), logged line by line as
+/// it arrives, each line named by the task's label.
+struct Output {
+    label: String,
     stream: Stream,
-    /// None once the job closed it.
+    /// None once the process closed it.
     pipe: Option<File>,
     lines: LineSplitter,
-    tail: &'a OutputTail,
 }
 
-impl<'a> Output<'a> {
-    fn new(task: &'a str, stream: Stream, pipe: OwnedFd, tail: &'a OutputTail) -> io::Result<Self> {
+impl Output {
+    fn new(label: &str, stream: Stream, pipe: OwnedFd) -> io::Result<Self> {
         fcntl(&pipe, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
         Ok(Self {
-            task,
+            label: label.to_string(),
             stream,
             pipe: Some(File::from(pipe)),
             lines: LineSplitter::default(),
-            tail,
         })
     }
 
-    /// Reads what the job wrote so far and logs each complete line; never blocks.
-    fn read_available(&mut self) {
+    /// Reads what was written so far and logs each complete line (kept in `tail` too);
+    /// never blocks.
+    fn read_available(&mut self, tail: &OutputTail) {
         let mut chunk = [0u8; 8192];
         while let Some(pipe) = self.pipe.as_mut() {
             match pipe.read(&mut chunk) {
                 Ok(0) => {
                     self.pipe = None;
                     if let Some(line) = self.lines.finish() {
-                        self.log(&line);
+                        self.log(&line, tail);
                     }
                 }
                 Ok(read) => {
                     for line in self.lines.push(&chunk[..read]) {
-                        self.log(&line);
+                        self.log(&line, tail);
                     }
                 }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) => {
-                    warn!("{}: reading its output failed: {error}", self.task);
+                    warn!("{}: reading its output failed: {error}", self.label);
                     self.pipe = None;
                 }
             }
         }
     }
 
-    fn log(&self, line: &str) {
-        log_program_line(self.task, self.stream, line);
-        self.tail.push(self.stream, line);
+    fn log(&self, line: &str, tail: &OutputTail) {
+        log_program_line(&self.label, self.stream, line);
+        tail.push(self.stream, line);
     }
 }
 

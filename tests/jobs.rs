@@ -521,7 +521,9 @@ fn a_call_kind_runs_in_a_process_forked_from_the_template_with_its_args() {
          [[job]]\nname = \"flaky\"\ncall = \"job_app:flaky\"\nretry_pattern = { 1 = \"0s\" }\n\
          [[job]]\nname = \"broken\"\ncall = \"job_app:broken\"\nmax_attempts = 1\n\
          [[job]]\nname = \"sleep\"\ncall = \"job_app:sleep\"\nmax_attempts = 1\n\
-         limit_time_real = \"1s\"\n";
+         limit_time_real = \"1s\"\n\
+         [[job]]\nname = \"steps\"\ncall = \"job_app:steps\"\n\
+         [[job]]\nname = \"later\"\ncall = \"job_app:later\"\nretry_pattern = { 1 = \"0s\" }\n";
     let server = preloading_host(&cluster, 1, kinds);
     let path = marks_file.display().to_string();
     let args = serde_json::json!({ "path": path, "value": "hello" }).to_string();
@@ -553,6 +555,35 @@ fn a_call_kind_runs_in_a_process_forked_from_the_template_with_its_args() {
         job["attempts"][0]["detail"], "exited with status 1: ValueError: no such invoice",
         "{job:#}"
     );
+    // A job reports its progress: seen while it runs (written at each renewal), and at its end.
+    let args = serde_json::json!({ "total": 2, "pause": 1.5 }).to_string();
+    let (_, stdout, _) = job_command(&server, &["enqueue", "steps", "--args", &args]);
+    let steps: i64 = stdout.trim().parse().unwrap();
+    assert!(
+        wait_until(SOON, || {
+            let job = show(&server, steps);
+            job["job"]["state"] == "running" && job["job"]["progress"] == "1/2"
+        }),
+        "{:#}",
+        show(&server, steps)
+    );
+    let job = wait_for_state(&server, steps, "done", SOON);
+    assert_eq!(job["job"]["progress"], "2/2", "{job:#}");
+    // A job asks to be retried later than its kind would (0 s here): after 2 s.
+    let args = serde_json::json!({ "seconds": 2 }).to_string();
+    let (_, stdout, _) = job_command(&server, &["enqueue", "later", "--args", &args]);
+    let later: i64 = stdout.trim().parse().unwrap();
+    wait_for_state(&server, later, "done", SOON);
+    let waited: f64 = cluster
+        .client()
+        .query_one(
+            "SELECT EXTRACT(EPOCH FROM max(started_at) - min(ended_at))::float8 \
+             FROM forkwarden.job_attempt WHERE job = $1",
+            &[&later],
+        )
+        .unwrap()
+        .get(0);
+    assert!((2.0..5.0).contains(&waited), "retried after {waited}s");
     // Attempt after attempt in one process, the job worker's executor: no fork per job.
     let record = |value: &str| {
         let args = serde_json::json!({ "path": path, "value": value }).to_string();

@@ -174,6 +174,7 @@ def serve_calls(connection, call, args_fd):
     """A job worker's executor: makes the call it was forked for, says `DONE=<status>`,
     and takes the next `CALL=`/`JOB=` request (its args as a descriptor, its environment
     as lines) from the same connection, until the job worker lets it go."""
+    jobs._job_worker = connection  # for jobs.progress() and jobs.Retry(after=...)
     while True:
         status = call_status(call, args_fd)
         try:

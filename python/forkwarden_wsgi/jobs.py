@@ -15,9 +15,32 @@ import os
 RETRY_STATUS = 75
 
 
+#: The connection to the job worker, in a job worker's executor (set by forkwarden_wsgi).
+_job_worker = None
+
+
 class Retry(Exception):
     """Raised by a `call` job: this attempt did not succeed, try again after the kind's
-    retry delay (as many attempts as `max_attempts` allows)."""
+    retry delay, or `after` seconds (as many attempts as `max_attempts` allows)."""
+
+    def __init__(self, message="", after=None):
+        super().__init__(message)
+        self.after = after
+
+
+def progress(done, total):
+    """Reports a `call` job's progress (`done` of `total`), shown by `forkwarden job show`
+    and kept in the job's row; True if it could be told (in a job worker's executor)."""
+    if _job_worker is None:
+        return False
+    done, total = int(done), int(total)
+    if not 0 <= done <= total:
+        raise ValueError(f"progress {done}/{total}: expected 0 <= done <= total")
+    try:
+        _job_worker.send(f"PROGRESS={done}/{total}".encode())
+        return True
+    except OSError:
+        return False
 
 
 def enqueue(cursor, kind, args=None, *, priority=None, eta=None, channel=None,
@@ -74,7 +97,13 @@ def call_with_args(function, args):
         return function(args)
     except Retry as retry:
         import sys
-        print(f"forkwarden: retry asked: {retry}", file=sys.stderr, flush=True)
+        after = "" if retry.after is None else f" after {retry.after}s"
+        print(f"forkwarden: retry asked{after}: {retry}", file=sys.stderr, flush=True)
+        if retry.after is not None and _job_worker is not None:
+            try:
+                _job_worker.send(f"RETRY_AFTER={float(retry.after)}".encode())
+            except OSError:
+                pass
         raise SystemExit(RETRY_STATUS) from None
 
 

@@ -238,25 +238,33 @@ impl JobQueue {
         })
     }
 
-    /// Renews the lease of job `id`, run by this worker, for `lease`.
+    /// Renews the lease of job `id`, run by this worker, for `lease`, writing the
+    /// `progress` (done, total) it last reported.
     pub fn renew(
         &self,
         id: i64,
         host: &str,
         worker_pid: i32,
         lease: Duration,
+        progress: Option<(i64, i64)>,
     ) -> Result<Lease, StoreError> {
+        let (done, total) = progress.unzip();
         self.db.with(|session| {
             let refused = |error: postgres::Error| self.db.refused(&error);
             let renew = session
                 .prepared(
-                    "UPDATE forkwarden.job SET lease_until = now() + make_interval(secs => $4) \
+                    "UPDATE forkwarden.job SET lease_until = now() + make_interval(secs => $4), \
+                     progress_done = coalesce($5, progress_done), \
+                     progress_total = coalesce($6, progress_total) \
                      WHERE id = $1 AND state = 'running' AND host = $2 AND worker_pid = $3 \
                      RETURNING cancel_asked",
                 )
                 .map_err(refused)?;
             let row = session
-                .query_opt(&renew, &[&id, &host, &worker_pid, &lease.as_secs_f64()])
+                .query_opt(
+                    &renew,
+                    &[&id, &host, &worker_pid, &lease.as_secs_f64(), &done, &total],
+                )
                 .map_err(refused)?;
             Ok(match row.map(|row| row.get::<_, bool>(0)) {
                 None => Lease::Gone,
@@ -274,7 +282,9 @@ impl JobQueue {
         claimed: &Claimed,
         end: &AttemptEnd,
         retry_delay: Duration,
+        progress: Option<(i64, i64)>,
     ) -> Result<Option<Fate>, StoreError> {
+        let (done, total) = progress.unzip();
         let fate = fate(
             end.outcome,
             claimed.attempt,
@@ -307,6 +317,8 @@ impl JobQueue {
                         &end.output_tail,
                         &fate.state(),
                         &after,
+                        &done,
+                        &total,
                     ],
                 )
                 .map_err(refused)?;
@@ -589,7 +601,8 @@ const CLAIM_IN_CHANNEL: &str = "WITH next AS (SELECT j.id FROM forkwarden.job j 
 /// Ends attempt `$1` (outcome `$2`, detail `$3`, exit status `$4`, signal `$5`, limit `$6`
 /// with value `$7`, the job's pid `$8`, its last lines `$9`) unless it had already ended,
 /// and writes its job's state `$10` (a retry: pending again in `$11` seconds; a cancel asked
-/// meanwhile makes a retry or a failure a cancel), and wakes the job workers of every host:
+/// meanwhile makes a retry or a failure a cancel) and its last progress (`$12` of `$13`),
+/// and wakes the job workers of every host:
 /// an ended job leaves room in its channel, a retry may be due at once. Returns the state.
 const FINISH: &str = "WITH ended AS (UPDATE forkwarden.job_attempt SET ended_at = now(), \
         outcome = $2, detail = $3, exit_status = $4, signal = $5, limit_name = $6, \
@@ -602,7 +615,9 @@ const FINISH: &str = "WITH ended AS (UPDATE forkwarden.job_attempt SET ended_at 
         eta = CASE WHEN $10::text = 'pending' AND NOT j.cancel_asked \
             THEN now() + make_interval(secs => $11::float8) ELSE j.eta END, \
         ended_at = CASE WHEN $10::text = 'pending' AND NOT j.cancel_asked \
-            THEN NULL ELSE now() END \
+            THEN NULL ELSE now() END, \
+        progress_done = coalesce($12, j.progress_done), \
+        progress_total = coalesce($13, j.progress_total) \
         FROM ended WHERE j.id = ended.job RETURNING j.state) \
     SELECT fated.state FROM fated, LATERAL (SELECT pg_notify('forkwarden_job', 'ended')) n";
 

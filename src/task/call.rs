@@ -22,6 +22,19 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::unistd::Pid;
 
 use super::{Bounds, Output, OutputTail, RunEnding, Task, Upkeep, drain, input_file};
+
+/// The longest retry delay a job may ask for (`jobs.Retry(after=...)`).
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(30 * 86_400);
+
+/// What a call said of itself while it ran (an executor's, through `forkwarden_wsgi.jobs`):
+/// read by its job worker, which writes it to the job's row.
+#[derive(Debug, Default)]
+pub struct CallNotes {
+    /// `PROGRESS=<done>/<total>`: the last progress it reported.
+    pub progress: std::cell::Cell<Option<(i64, i64)>>,
+    /// `RETRY_AFTER=<seconds>`: the delay it asked for before its next attempt.
+    pub retry_after: std::cell::Cell<Option<Duration>>,
+}
 use crate::output::Stream;
 use crate::sys::{self, WorkerSignals};
 
@@ -91,6 +104,7 @@ pub fn run_in_executor(
     task: &Task<'_>,
     call: &str,
     executor: &mut Option<Executor>,
+    notes: &CallNotes,
     limit: Option<(Duration, &'static str)>,
     upkeep: Option<Upkeep<'_>>,
     account: &[(OsString, OsString)],
@@ -126,6 +140,7 @@ pub fn run_in_executor(
     }
     let pid = current.pid;
     started(pid);
+    report.notes = Some(notes);
     let (ending, alive) = follow(
         &current.connection,
         pid,
@@ -358,17 +373,19 @@ fn push_variables<'a>(
 /// What the template (and an executor) say about a `call`: `PID=<n>` once forked,
 /// `DONE=<status>` after each call an executor made, then `EXIT=<status>` or
 /// `SIGNAL=<number>` once the process ended; the end of the connection before that means
-/// the template went away.
+/// the template went away. An executor may also say `PROGRESS=<done>/<total>` and
+/// `RETRY_AFTER=<seconds>` (kept in `notes`): words of the job's code, checked and bounded.
 #[derive(Default)]
-struct TemplateReport {
+struct TemplateReport<'a> {
     pid: Option<Pid>,
     done: Option<i32>,
     ending: Option<RunEnding>,
     /// The connection ended without a word of how the process ended.
     gone: bool,
+    notes: Option<&'a CallNotes>,
 }
 
-impl TemplateReport {
+impl TemplateReport<'_> {
     /// Reads every message waiting on `connection`.
     fn read(&mut self, connection: BorrowedFd<'_>) {
         loop {
@@ -383,6 +400,8 @@ impl TemplateReport {
                         match line.split_once('=') {
                             Some(("PID", value)) => self.pid = number(value).map(Pid::from_raw),
                             Some(("DONE", value)) => self.done = number(value),
+                            Some(("PROGRESS", value)) => self.note_progress(value),
+                            Some(("RETRY_AFTER", value)) => self.note_retry_after(value),
                             Some(("EXIT", value)) => {
                                 self.ending = number(value).map(RunEnding::Exited);
                             }
@@ -404,6 +423,27 @@ impl TemplateReport {
                     return;
                 }
             }
+        }
+    }
+
+    /// `<done>/<total>`, both counts that fit (0 <= done <= total).
+    fn note_progress(&self, value: &str) {
+        let Some(notes) = self.notes else { return };
+        let parsed = value.trim().split_once('/').and_then(|(done, total)| {
+            Some((done.parse::<i64>().ok()?, total.parse::<i64>().ok()?))
+        });
+        if let Some((done, total)) = parsed.filter(|(done, total)| (0..=*total).contains(done)) {
+            notes.progress.set(Some((done, total)));
+        }
+    }
+
+    /// Seconds, finite, not negative, at most [`RETRY_AFTER_MAX`].
+    fn note_retry_after(&self, value: &str) {
+        let Some(notes) = self.notes else { return };
+        if let Ok(seconds) = value.trim().parse::<f64>()
+            && let Ok(after) = Duration::try_from_secs_f64(seconds)
+        {
+            notes.retry_after.set(Some(after.min(RETRY_AFTER_MAX)));
         }
     }
 }

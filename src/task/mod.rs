@@ -26,7 +26,7 @@ use crate::sys::{self, WorkerSignals};
 
 mod call;
 
-pub use call::{Executor, run_in_executor};
+pub use call::{CallNotes, Executor, run_in_executor};
 
 /// The last lines a job wrote (both streams, in the order they came), for its run history.
 #[derive(Debug, Default)]

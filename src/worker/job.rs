@@ -19,7 +19,7 @@ use crate::database::StoreError;
 use crate::jobs::{AttemptEnd, Claimed, Fate, JobDeath, JobQueue};
 use crate::scoreboard::ExitReason;
 use crate::sys::WorkerSignals;
-use crate::task::{Executor, OutputTail, Renewal, RunEnding, Task, TaskAction, Upkeep};
+use crate::task::{CallNotes, Executor, OutputTail, Renewal, RunEnding, Task, TaskAction, Upkeep};
 
 /// How often a running job's lease is renewed at most: each renewal also learns whether
 /// the job was cancelled, so this bounds how long a cancel takes to reach it.
@@ -231,7 +231,8 @@ impl JobWorker<'_> {
         let tail = OutputTail::default();
         let task = job_task(kind, claimed, label.clone());
         let renewed_at = std::cell::Cell::new(Instant::now());
-        let mut renew = || self.renew(claimed, &renewed_at);
+        let notes = CallNotes::default();
+        let mut renew = || self.renew(claimed, &renewed_at, notes.progress.get());
         let upkeep = Upkeep {
             every: (self.lease / 4).min(RENEWAL_MAX),
             holds_for: self.lease * 3 / 4,
@@ -259,6 +260,7 @@ impl JobWorker<'_> {
                 &task,
                 call,
                 &mut self.executor.borrow_mut(),
+                &notes,
                 limit,
                 Some(upkeep),
                 &account,
@@ -285,17 +287,26 @@ impl JobWorker<'_> {
         row.end_request();
         let took = crate::format::elapsed(started.elapsed());
         let end = AttemptEnd::of_run(&ending, job_pid, tail.take());
-        let delay = kind.retry_delay(claimed.id, claimed.attempt);
-        let fate = self.record(claimed, &end, delay);
+        let delay = notes
+            .retry_after
+            .get()
+            .unwrap_or_else(|| kind.retry_delay(claimed.id, claimed.attempt));
+        let fate = self.record(claimed, &end, delay, notes.progress.get());
         log_end(&label, claimed, &ending, &end, fate, &took);
     }
 
-    /// Renews the running job's lease: what the runner must do about it.
-    fn renew(&self, claimed: &Claimed, renewed_at: &std::cell::Cell<Instant>) -> Renewal {
+    /// Renews the running job's lease, with the progress it last reported: what the runner
+    /// must do about it.
+    fn renew(
+        &self,
+        claimed: &Claimed,
+        renewed_at: &std::cell::Cell<Instant>,
+        progress: Option<(i64, i64)>,
+    ) -> Renewal {
         let asked = Instant::now();
         match self
             .queue
-            .renew(claimed.id, &self.host, self.pid, self.lease)
+            .renew(claimed.id, &self.host, self.pid, self.lease, progress)
         {
             Ok(crate::jobs::Lease::Renewed) => {
                 renewed_at.set(asked);
@@ -325,10 +336,16 @@ impl JobWorker<'_> {
     /// Records the attempt's end, trying again while the lease still holds (the database
     /// may be back in a moment); the fate written, None if it could not be (the lease then
     /// passes, and another claim records the attempt as lost: the job is retried).
-    fn record(&self, claimed: &Claimed, end: &AttemptEnd, delay: Duration) -> Option<Fate> {
+    fn record(
+        &self,
+        claimed: &Claimed,
+        end: &AttemptEnd,
+        delay: Duration,
+        progress: Option<(i64, i64)>,
+    ) -> Option<Fate> {
         let since = Instant::now();
         loop {
-            match self.queue.finish(claimed, end, delay) {
+            match self.queue.finish(claimed, end, delay, progress) {
                 Ok(fate) => return fate,
                 Err(error) if since.elapsed() < self.lease / 2 => {
                     debug!(

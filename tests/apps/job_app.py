@@ -33,3 +33,17 @@ def broken():
 
 def sleep(seconds):
     time.sleep(seconds)
+
+
+def steps(total, pause):
+    """Reports its progress, step after step."""
+    for step in range(total):
+        jobs.progress(step, total)
+        time.sleep(pause)
+    jobs.progress(total, total)
+
+
+def later(seconds):
+    """Asks to be retried after `seconds` the first time."""
+    if jobs.current()["attempt"] == 1:
+        raise jobs.Retry("come back later", after=seconds)

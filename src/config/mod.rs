@@ -145,6 +145,18 @@ pub struct Config {
     pub demo_boot_delay: TimeSpan,
     /// Where cron job state and locks are kept (relative to the config file's directory).
     pub data_dir: PathBuf,
+    /// An Odoo deployment: Odoo's config file (relative to this file's directory), read as
+    /// `forkwarden odoo -c` reads it; the other keys of this file override what it implies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub odoo_config: Option<PathBuf>,
+    /// With `odoo_config`: the directory that holds the `odoo` package (a source checkout's),
+    /// when the Python cannot import it by itself (`forkwarden odoo --odoo-path`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub odoo_path: Option<PathBuf>,
+    /// With `odoo_config`: the Python of the environment that holds Odoo's requirements
+    /// (`forkwarden odoo --python`; default: the one beside forkwarden, else `python3`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub odoo_python: Option<PathBuf>,
     /// Where cron runs are claimed and recorded. Unset: files under `data_dir` (shared by the
     /// servers that share it). `postgresql://USER@HOST:PORT/DBNAME`: a PostgreSQL database
     /// shared by every host that runs these jobs, so each due run runs once across them all.
@@ -342,6 +354,9 @@ impl Default for Config {
             demo_crash_at_boot: false,
             demo_boot_delay: TimeSpan::secs(0),
             data_dir: PathBuf::from("forkwarden-data"),
+            odoo_config: None,
+            odoo_path: None,
+            odoo_python: None,
             cron_store: None,
             cron_lease: TimeSpan::secs(60),
             job_workers: 1,

@@ -119,38 +119,17 @@ impl ConfigSource {
         };
         let path = self.path_in_messages();
         let config = match self {
-            Self::File(_) => Config::parse(&text, &path)?,
+            Self::File(file) => match odoo_config_of(&text, file) {
+                Some(options) => read_odoo(&options, &text, &path)?,
+                None => Config::parse(&text, &path)?,
+            },
             Self::Serve { file, options } => {
                 let over_defaults = file.is_none();
                 Config::parse_with(&text, &path, |config, _| {
                     Ok(options.apply(config, over_defaults))
                 })?
             }
-            Self::Odoo { options, .. } => {
-                let odoo_conf = &options.odoo_conf;
-                let invalid = |option: String, message: String| ConfigError::Odoo {
-                    path: odoo_conf.clone(),
-                    option,
-                    message,
-                };
-                let odoo_text =
-                    std::fs::read_to_string(odoo_conf).map_err(|source| ConfigError::Read {
-                        path: odoo_conf.clone(),
-                        source,
-                    })?;
-                let values = parse_options(&odoo_text)
-                    .map_err(|error| invalid(error.option, error.message))?;
-                Config::parse_with(&text, &path, |config, written| {
-                    options
-                        .apply(&values, config, written)
-                        .map_err(|error| invalid(error.option, error.message))
-                })
-                .map_err(|error| match error {
-                    // A value odoo.conf set: named as its option.
-                    ConfigError::Flag { flag, message } => invalid(flag.to_string(), message),
-                    other => other,
-                })?
-            }
+            Self::Odoo { options, .. } => read_odoo(options, &text, &path)?,
         };
         Ok((config, text))
     }
@@ -169,6 +148,50 @@ impl ConfigSource {
             (None, _) => PathBuf::from("forkwarden serve"),
         }
     }
+}
+
+/// The Odoo deployment a config file names with `odoo_config` (with `odoo_path` and
+/// `odoo_python`), relative to its directory; None when it names none (or is not TOML:
+/// parsing says so).
+fn odoo_config_of(text: &str, file: &Path) -> Option<OdooOptions> {
+    let table: toml::Table = text.parse().ok()?;
+    let here = file.parent().unwrap_or(Path::new("."));
+    let path = |key: &str| table.get(key)?.as_str().map(|value| here.join(value));
+    Some(OdooOptions {
+        odoo_conf: path("odoo_config")?,
+        // A bare name (`python3.12`) is looked up on PATH, as a command is.
+        python: match table.get("odoo_python").and_then(|value| value.as_str()) {
+            Some(name) if !name.contains('/') => PathBuf::from(name),
+            _ => path("odoo_python").unwrap_or_else(default_python),
+        },
+        odoo_path: path("odoo_path"),
+    })
+}
+
+/// The config of an Odoo deployment: odoo.conf's options (`options`), under `text` (the
+/// TOML at `path`, whose keys override them).
+fn read_odoo(options: &OdooOptions, text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let odoo_conf = &options.odoo_conf;
+    let invalid = |option: String, message: String| ConfigError::Odoo {
+        path: odoo_conf.clone(),
+        option,
+        message,
+    };
+    let odoo_text = std::fs::read_to_string(odoo_conf).map_err(|source| ConfigError::Read {
+        path: odoo_conf.clone(),
+        source,
+    })?;
+    let values = parse_options(&odoo_text).map_err(|error| invalid(error.option, error.message))?;
+    Config::parse_with(text, path, |config, written| {
+        options
+            .apply(&values, config, written)
+            .map_err(|error| invalid(error.option, error.message))
+    })
+    .map_err(|error| match error {
+        // A value odoo.conf set: named as its option.
+        ConfigError::Flag { flag, message } => invalid(flag.to_string(), message),
+        other => other,
+    })
 }
 
 impl ServeOptions {

@@ -405,10 +405,18 @@ fn a_job_worker_killed_mid_job_has_its_attempt_recorded_at_once_and_the_job_retr
     let id: i64 = stdout.trim().parse().unwrap();
     server.wait_for_log(&format!("job post #{id} (attempt 1/5) started as pid"));
     let worker = server.workers("job worker")[0];
-    let first_job_pid: i32 = marks(&marks_file)
-        .first()
-        .and_then(|line| line.get(2)?.parse().ok())
-        .expect("the first attempt's mark");
+    // Its mark comes once its shell has read its args: a moment after it started.
+    let mut first_job_pid = None;
+    assert!(
+        wait_until(SOON, || {
+            first_job_pid = marks(&marks_file)
+                .first()
+                .and_then(|line| line.get(2)?.parse::<i32>().ok());
+            first_job_pid.is_some()
+        }),
+        "the first attempt's mark"
+    );
+    let first_job_pid = first_job_pid.unwrap_or_default();
     let killed = Instant::now();
     kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
     let job = wait_for_state(&server, id, "done", SOON);
@@ -479,18 +487,24 @@ fn a_running_job_is_cancelled_with_sigterm() {
     let marks_file = dir.path().join("marks");
     let kinds = format!(
         "[[job]]\nname = \"long\"\ncommand = [\"sh\", \"-c\", \"trap 'echo terminated >> {m}; \
-         exit 143' TERM; cat > /dev/null; sleep 60 & wait\"]\n",
+         exit 143' TERM; echo ready >> {m}; cat > /dev/null; sleep 60 & wait\"]\n",
         m = marks_file.display()
     );
     let server = host(&cluster, 1, &kinds);
     let (_, stdout, _) = job_command(&server, &["enqueue", "long"]);
     let id: i64 = stdout.trim().parse().expect("an id");
     server.wait_for_log(&format!("job long #{id} (attempt 1/5) started"));
+    // Once its shell listens for SIGTERM (it says so).
+    assert!(wait_until(SOON, || !marks(&marks_file).is_empty()));
     let (ok, said, stderr) = job_command(&server, &["cancel", &id.to_string()]);
     assert!(ok && said.contains("is running"), "{said} {stderr}");
     let job = wait_for_state(&server, id, "cancelled", SOON);
     assert_eq!(job["attempts"][0]["outcome"], "cancelled", "{job:#}");
-    assert_eq!(marks(&marks_file), [["terminated"]], "the job got SIGTERM");
+    assert_eq!(
+        marks(&marks_file),
+        [["ready"], ["terminated"]],
+        "the job got SIGTERM"
+    );
     // A pending job is cancelled at once, and can be retried.
     let (_, stdout, _) = job_command(&server, &["enqueue", "long", "--delay", "1h"]);
     let later: i64 = stdout.trim().parse().expect("an id");
@@ -669,6 +683,8 @@ fn a_host_killed_whole_has_its_job_resumed_by_another_after_the_lease() {
     let (_, stdout, _) = job_command(&a, &["enqueue", "long"]);
     let id: i64 = stdout.trim().parse().expect("an id");
     a.wait_for_log(&format!("job long #{id} (attempt 1/5) started"));
+    // Once its shell has marked its start.
+    assert!(wait_until(SOON, || !marks(&marks_file).is_empty()));
     let b = host(&cluster, 1, &kinds);
     // The whole host a dies at once: its master, its workers, the job with them.
     a.signal(Signal::SIGKILL);

@@ -655,14 +655,25 @@ impl HttpWorker<'_> {
                     }
                     match lane {
                         // It waited behind another worker's long request: read, and served
-                        // first, before this worker's own (unless its own last request ran
-                        // long: then it takes its turn behind them).
+                        // before this worker's own that wait unread (unless its own last
+                        // request ran long: then it takes its turn behind them). Not before
+                        // those already read: they can only be served here, and if its
+                        // request is slow (a new client's first one may be), they would
+                        // wait for all of it.
                         HandoffLane::Waiting => {
                             self.spec.context.board.count_taken();
                             self.read_client(key);
                             if !ran_long && self.turns.back() == Some(&key) {
                                 self.turns.pop_back();
-                                self.turns.push_front(key);
+                                let clients = &self.clients;
+                                let after_read = self
+                                    .turns
+                                    .iter()
+                                    .rposition(|turn| {
+                                        clients.get(*turn).is_some_and(|c| c.ready.is_some())
+                                    })
+                                    .map_or(0, |last| last + 1);
+                                self.turns.insert(after_read, key);
                             }
                         }
                         // An idle connection, or one whose last request ran long: read now

@@ -555,7 +555,8 @@ fn a_cron_worker_killed_during_a_call_job_takes_the_job_and_not_the_template() {
     let job = pid_after(&line, "started as pid ");
     let cron_worker = pid_after(&line, "by cron worker 0 (pid ");
     kill(Pid::from_raw(cron_worker), Signal::SIGKILL).unwrap();
-    server.wait_for_log(&format!("its job's process group {job} was killed"));
+    // Killed by whichever comes first: the template, once the cron worker's connection
+    // closed, or the master, which kills the job's process group as it reaps the worker.
     assert!(
         wait_until(SOON, || !is_alive(job)),
         "the job outlived its cron worker"

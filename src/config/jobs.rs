@@ -155,7 +155,14 @@ pub fn validate(
                 ),
             ));
         }
-        validate_action(kind, preloads).map_err(|(key, message)| at(key, message))?;
+        let action = super::Action {
+            command: &kind.command,
+            call: kind.call.as_deref(),
+            has_cwd: kind.cwd.is_some(),
+        };
+        action
+            .validate(&format!("job kind {name:?}"), preloads)
+            .map_err(|(key, message)| at(key, message))?;
         if !usable_name(&kind.channel) {
             return Err(at(
                 "channel",
@@ -220,65 +227,6 @@ fn usable_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-}
-
-fn validate_action(kind: &JobKind, preloads: bool) -> Result<(), (&'static str, String)> {
-    let name = &kind.name;
-    match (&kind.call, kind.command.is_empty()) {
-        (Some(_), false) => Err((
-            "call",
-            format!("job kind {name:?}: give either command or call, not both"),
-        )),
-        (Some(call), true) => {
-            let usable = call
-                .split_once(':')
-                .is_some_and(|(module, function)| !module.is_empty() && !function.is_empty());
-            if !usable {
-                return Err((
-                    "call",
-                    format!(
-                        "job kind {name:?}: call {call:?} is not usable; expected \
-                         module:function, e.g. \"myapp.tasks:send_invoice\""
-                    ),
-                ));
-            }
-            if kind.cwd.is_some() {
-                return Err((
-                    "cwd",
-                    format!(
-                        "job kind {name:?}: cwd cannot be used with call: the function runs \
-                         in the preloaded application, in its directory"
-                    ),
-                ));
-            }
-            if !preloads {
-                return Err((
-                    "call",
-                    format!(
-                        "job kind {name:?}: call needs the application preloaded ([app] with \
-                         preload = true): the function runs in a process forked from it"
-                    ),
-                ));
-            }
-            Ok(())
-        }
-        (None, _)
-            if kind
-                .command
-                .first()
-                .is_none_or(|program| program.is_empty()) =>
-        {
-            Err((
-                "command",
-                format!(
-                    "job kind {name:?}: command is empty; expected the program and its \
-                 arguments, e.g. [\"/usr/local/bin/import\"], or call = \"module:function\" \
-                 with a preloaded [app]"
-                ),
-            ))
-        }
-        (None, _) => Ok(()),
-    }
 }
 
 #[cfg(test)]

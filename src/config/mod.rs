@@ -1016,56 +1016,87 @@ fn validate_job_name(name: &str) -> Result<(), (&'static str, String)> {
     ))
 }
 
-/// What a job runs: a command, or (`preloads`: the application is preloaded) a call.
+/// What a cron job runs: a command, or (`preloads`: the application is preloaded) a call.
 fn validate_job_action(job: &CronJob, preloads: bool) -> Result<(), (&'static str, String)> {
-    let name = &job.name;
-    match (&job.call, job.command.is_empty()) {
-        (Some(_), false) => Err((
-            "call",
-            format!("cron job {name:?}: give either command or call, not both"),
-        )),
-        (Some(call), true) => {
-            let usable = call
-                .split_once(':')
-                .is_some_and(|(module, function)| !module.is_empty() && !function.is_empty());
-            if !usable {
-                return Err((
-                    "call",
-                    format!(
-                        "cron job {name:?}: call {call:?} is not usable; expected \
-                         module:function, e.g. \"myapp.tasks:nightly\""
-                    ),
-                ));
+    let action = Action {
+        command: &job.command,
+        call: job.call.as_deref(),
+        has_cwd: job.cwd.is_some(),
+    };
+    action.validate(&format!("cron job {:?}", job.name), preloads)
+}
+
+/// What a cron job or a job kind runs, as written: `command` or `call` (and `cwd`).
+pub(crate) struct Action<'a> {
+    pub command: &'a [String],
+    pub call: Option<&'a str>,
+    pub has_cwd: bool,
+}
+
+impl Action<'_> {
+    /// Exactly one of a command and a usable `module:function` call, the call only with
+    /// the application preloaded (`preloads`) and without `cwd`; `what` names the job in
+    /// the message (`cron job "report"`).
+    pub(crate) fn validate(
+        &self,
+        what: &str,
+        preloads: bool,
+    ) -> Result<(), (&'static str, String)> {
+        match (self.call, self.command.is_empty()) {
+            (Some(_), false) => Err((
+                "call",
+                format!("{what}: give either command or call, not both"),
+            )),
+            (Some(call), true) => {
+                let usable = call
+                    .split_once(':')
+                    .is_some_and(|(module, function)| !module.is_empty() && !function.is_empty());
+                if !usable {
+                    return Err((
+                        "call",
+                        format!(
+                            "{what}: call {call:?} is not usable; expected module:function, \
+                             e.g. \"myapp.tasks:nightly\""
+                        ),
+                    ));
+                }
+                if self.has_cwd {
+                    return Err((
+                        "cwd",
+                        format!(
+                            "{what}: cwd cannot be used with call: the function runs in the \
+                             preloaded application, in its directory"
+                        ),
+                    ));
+                }
+                if !preloads {
+                    return Err((
+                        "call",
+                        format!(
+                            "{what}: call needs the application preloaded ([app] with \
+                             preload = true): the function runs in a process forked from it"
+                        ),
+                    ));
+                }
+                Ok(())
             }
-            if job.cwd.is_some() {
-                return Err((
-                    "cwd",
+            (None, _)
+                if self
+                    .command
+                    .first()
+                    .is_none_or(|program| program.is_empty()) =>
+            {
+                Err((
+                    "command",
                     format!(
-                        "cron job {name:?}: cwd cannot be used with call: the function runs \
-                         in the preloaded application, in its directory"
+                        "{what}: command is empty; expected the program and its arguments, e.g. \
+                     [\"/usr/local/bin/report\", \"--yesterday\"], or call = \
+                     \"module:function\" with a preloaded [app]"
                     ),
-                ));
+                ))
             }
-            if !preloads {
-                return Err((
-                    "call",
-                    format!(
-                        "cron job {name:?}: call needs the application preloaded ([app] with \
-                         preload = true): the function runs in a process forked from it"
-                    ),
-                ));
-            }
-            Ok(())
+            (None, _) => Ok(()),
         }
-        (None, _) if job.command.first().is_none_or(|program| program.is_empty()) => Err((
-            "command",
-            format!(
-                "cron job {name:?}: command is empty; expected the program and its \
-                 arguments, e.g. [\"/usr/local/bin/report\", \"--yesterday\"], or call = \
-                 \"module:function\" with a preloaded [app]"
-            ),
-        )),
-        (None, _) => Ok(()),
     }
 }
 

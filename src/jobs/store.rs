@@ -490,14 +490,7 @@ impl JobQueue {
         self.db.with(|client| {
             let refused = |error: postgres::Error| self.db.refused(&error);
             let mut tx = client.transaction().map_err(refused)?;
-            let Some(state) = tx
-                .query_opt(
-                    "SELECT state FROM forkwarden.job WHERE id = $1 FOR UPDATE",
-                    &[&id],
-                )
-                .map_err(refused)?
-                .map(|row| row.get::<_, String>(0))
-            else {
+            let Some(state) = locked_state(&mut tx, id).map_err(refused)? else {
                 return Ok(None);
             };
             if matches!(state.as_str(), "done" | "failed" | "cancelled") {
@@ -523,14 +516,7 @@ impl JobQueue {
         self.db.with(|client| {
             let refused = |error: postgres::Error| self.db.refused(&error);
             let mut tx = client.transaction().map_err(refused)?;
-            let Some(state) = tx
-                .query_opt(
-                    "SELECT state FROM forkwarden.job WHERE id = $1 FOR UPDATE",
-                    &[&id],
-                )
-                .map_err(refused)?
-                .map(|row| row.get::<_, String>(0))
-            else {
+            let Some(state) = locked_state(&mut tx, id).map_err(refused)? else {
                 return Ok(None);
             };
             match state.as_str() {
@@ -653,6 +639,17 @@ fn claim_in_channel(
         claim,
         &[&kinds, &host, &worker_pid, &lease_seconds, &channel],
     )
+}
+
+/// In a command's transaction: job `id`'s state, its row locked until the transaction
+/// ends (None: no such job).
+fn locked_state(tx: &mut Transaction<'_>, id: i64) -> Result<Option<String>, postgres::Error> {
+    Ok(tx
+        .query_opt(
+            "SELECT state FROM forkwarden.job WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )?
+        .map(|row| row.get(0)))
 }
 
 /// Ends attempt `attempt_id` as `end` says; false if it had already ended.

@@ -655,25 +655,27 @@ impl HttpWorker<'_> {
                     }
                     match lane {
                         // It waited behind another worker's long request: read, and served
-                        // before this worker's own that wait unread (unless its own last
-                        // request ran long: then it takes its turn behind them). Not before
-                        // those already read: they can only be served here, and if its
-                        // request is slow (a new client's first one may be), they would
-                        // wait for all of it.
+                        // before this worker's own (unless its own last request ran long:
+                        // then it takes its turn behind them). Not before a request already
+                        // read of a client whose last one was short: that one can only be
+                        // served here, and if this request is slow (a new client's first
+                        // one may be), it would wait for all of it.
                         HandoffLane::Waiting => {
                             self.spec.context.board.count_taken();
                             self.read_client(key);
                             if !ran_long && self.turns.back() == Some(&key) {
                                 self.turns.pop_back();
                                 let clients = &self.clients;
-                                let after_read = self
+                                let after_read_fast = self
                                     .turns
                                     .iter()
                                     .rposition(|turn| {
-                                        clients.get(*turn).is_some_and(|c| c.ready.is_some())
+                                        clients
+                                            .get(*turn)
+                                            .is_some_and(|c| c.ready.is_some() && !c.ran_long)
                                     })
                                     .map_or(0, |last| last + 1);
-                                self.turns.insert(after_read, key);
+                                self.turns.insert(after_read_fast, key);
                             }
                         }
                         // An idle connection, or one whose last request ran long: read now

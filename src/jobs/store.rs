@@ -196,8 +196,8 @@ impl JobQueue {
             };
             let (channel, bounded): (String, bool) = (best.get(0), best.get(1));
             let seconds = lease.as_secs_f64();
+            let claim = session.prepared(CLAIM).map_err(refused)?;
             let row = if bounded {
-                let claim = session.prepared(CLAIM_IN_CHANNEL).map_err(refused)?;
                 let mut tx = session.transaction().map_err(refused)?;
                 let row =
                     claim_in_channel(&mut tx, &claim, &kinds, &channel, host, worker_pid, seconds)
@@ -205,9 +205,12 @@ impl JobQueue {
                 tx.commit().map_err(refused)?;
                 row
             } else {
-                let claim = session.prepared(CLAIM_UNBOUNDED).map_err(refused)?;
+                let any_channel: Option<&str> = None;
                 session
-                    .query_opt(&claim, &[&kinds, &host, &worker_pid, &seconds])
+                    .query_opt(
+                        &claim,
+                        &[&kinds, &host, &worker_pid, &seconds, &any_channel],
+                    )
                     .map_err(refused)?
             };
             Ok(row.map(|row| Claimed {
@@ -552,27 +555,16 @@ const BEST: &str = "SELECT j.channel, c.capacity IS NOT NULL FROM forkwarden.job
         WHERE r.channel = c.name AND r.state = 'running')) \
     ORDER BY j.priority, j.eta, j.id LIMIT 1";
 
-/// Claims, in one statement, the best due job of the kinds `$1` in a channel without a
-/// capacity for worker `$3` on host `$2` under a lease of `$4` seconds: the job marked
-/// running and its attempt inserted. Returns the claimed job's columns and the attempt's id.
-const CLAIM_UNBOUNDED: &str = "WITH next AS (SELECT j.id FROM forkwarden.job j \
-        WHERE j.state = 'pending' AND j.eta <= now() AND j.kind = ANY($1) AND NOT EXISTS \
-        (SELECT 1 FROM forkwarden.job_channel c WHERE c.name = j.channel) \
-        ORDER BY j.priority, j.eta, j.id LIMIT 1 FOR UPDATE SKIP LOCKED), \
-    started AS (UPDATE forkwarden.job j SET state = 'running', attempt = j.attempt + 1, \
-        started_at = now(), ended_at = NULL, host = $2, worker_pid = $3, \
-        lease_until = now() + make_interval(secs => $4), progress_done = NULL, \
-        progress_total = NULL FROM next WHERE j.id = next.id \
-        RETURNING j.id, j.kind, j.args::text AS args, j.attempt, j.max_attempts, j.channel), \
-    attempt AS (INSERT INTO forkwarden.job_attempt (job, attempt, host, worker_pid, started_at) \
-        SELECT id, attempt, $2, $3, now() FROM started RETURNING id) \
-    SELECT s.id, s.kind, s.args, s.attempt, s.max_attempts, s.channel, a.id \
-    FROM started s, attempt a";
-
-/// The same, for the best due job of the kinds `$1` in channel `$5` (whose row the
-/// transaction has locked, and whose capacity it found room in).
-const CLAIM_IN_CHANNEL: &str = "WITH next AS (SELECT j.id FROM forkwarden.job j \
-        WHERE j.state = 'pending' AND j.eta <= now() AND j.kind = ANY($1) AND j.channel = $5 \
+/// Claims, in one statement, the best due job of the kinds `$1` for worker `$3` on host
+/// `$2` under a lease of `$4` seconds: in channel `$5` (whose row the transaction has
+/// locked, and whose capacity it found room in), or with `$5` NULL in any channel without a
+/// capacity. The job is marked running and its attempt inserted; returns the claimed job's
+/// columns and the attempt's id.
+const CLAIM: &str = "WITH next AS (SELECT j.id FROM forkwarden.job j \
+        WHERE j.state = 'pending' AND j.eta <= now() AND j.kind = ANY($1) \
+        AND CASE WHEN $5::text IS NULL THEN NOT EXISTS \
+            (SELECT 1 FROM forkwarden.job_channel c WHERE c.name = j.channel) \
+            ELSE j.channel = $5::text END \
         ORDER BY j.priority, j.eta, j.id LIMIT 1 FOR UPDATE SKIP LOCKED), \
     started AS (UPDATE forkwarden.job j SET state = 'running', attempt = j.attempt + 1, \
         started_at = now(), ended_at = NULL, host = $2, worker_pid = $3, \

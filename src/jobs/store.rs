@@ -287,48 +287,24 @@ impl JobQueue {
         retry_delay: Duration,
         progress: Option<(i64, i64)>,
     ) -> Result<Option<Fate>, StoreError> {
-        let (done, total) = progress.unzip();
         let fate = fate(
             end.outcome,
             claimed.attempt,
             claimed.max_attempts,
             retry_delay,
         );
-        let after = match fate {
-            Fate::Retry(after) => after.as_secs_f64(),
-            _ => 0.0,
-        };
-        let (limit_name, limit_value) = end
-            .limit
-            .as_ref()
-            .map_or((None, None), |(name, value)| (Some(name), Some(value)));
         self.db.with(|session| {
             let refused = |error: postgres::Error| self.db.refused(&error);
             let finish = session.prepared(FINISH).map_err(refused)?;
-            let written = session
-                .query_opt(
-                    &finish,
-                    &[
-                        &claimed.attempt_id,
-                        &end.outcome.as_str(),
-                        &end.detail,
-                        &end.exit_status,
-                        &end.signal,
-                        &limit_name,
-                        &limit_value,
-                        &end.pid,
-                        &end.output_tail,
-                        &fate.state(),
-                        &after,
-                        &done,
-                        &total,
-                    ],
-                )
-                .map_err(refused)?;
-            Ok(written.map(|row| match row.get::<_, String>(0).as_str() {
-                "cancelled" => Fate::Cancelled,
-                _ => fate,
-            }))
+            end_attempt(
+                &mut **session,
+                &finish,
+                claimed.attempt_id,
+                end,
+                fate,
+                progress,
+            )
+            .map_err(refused)
         })
     }
 
@@ -364,7 +340,6 @@ impl JobQueue {
                 .as_deref()
                 .and_then(|limit| limit_value(config, &kind, limit));
             let end = AttemptEnd::of_death(death, value);
-            end_attempt(&mut tx, attempt_id, &end).map_err(refused)?;
             let attempt = u32::try_from(open.get::<_, i32>(3)).unwrap_or(0);
             let delay = retry_delay(config, &kind, job, attempt);
             let fate = fate(
@@ -373,9 +348,10 @@ impl JobQueue {
                 u32::try_from(open.get::<_, i32>(4)).unwrap_or(1),
                 delay,
             );
-            let fate = write_fate(&mut tx, job, fate, &end.detail).map_err(refused)?;
+            let written =
+                end_attempt(&mut tx, FINISH, attempt_id, &end, fate, None).map_err(refused)?;
             tx.commit().map_err(refused)?;
-            Ok(Some((job, kind, fate)))
+            Ok(written.map(|fate| (job, kind, fate)))
         })
     }
 
@@ -644,20 +620,29 @@ fn locked_state(tx: &mut Transaction<'_>, id: i64) -> Result<Option<String>, pos
         .map(|row| row.get(0)))
 }
 
-/// Ends attempt `attempt_id` as `end` says; false if it had already ended.
-fn end_attempt(
-    tx: &mut Transaction<'_>,
+/// Ends attempt `attempt_id` as `end` says and writes its job's `fate` with the `progress`
+/// it last reported, through `statement` ([`FINISH`], prepared or not); returns the fate
+/// written (a cancel asked meanwhile makes a retry or a failure a cancel), or None when the
+/// attempt had already ended.
+fn end_attempt<T: postgres::ToStatement + ?Sized>(
+    client: &mut impl postgres::GenericClient,
+    statement: &T,
     attempt_id: i64,
     end: &AttemptEnd,
-) -> Result<bool, postgres::Error> {
+    fate: Fate,
+    progress: Option<(i64, i64)>,
+) -> Result<Option<Fate>, postgres::Error> {
+    let (done, total) = progress.unzip();
+    let after = match fate {
+        Fate::Retry(after) => after.as_secs_f64(),
+        _ => 0.0,
+    };
     let (limit_name, limit_value) = end
         .limit
         .as_ref()
         .map_or((None, None), |(name, value)| (Some(name), Some(value)));
-    let updated = tx.execute(
-        "UPDATE forkwarden.job_attempt SET ended_at = now(), outcome = $2, detail = $3, \
-         exit_status = $4, signal = $5, limit_name = $6, limit_value = $7, pid = coalesce($8, pid), \
-         output_tail = $9 WHERE id = $1 AND ended_at IS NULL",
+    let written = client.query_opt(
+        statement,
         &[
             &attempt_id,
             &end.outcome.as_str(),
@@ -668,43 +653,16 @@ fn end_attempt(
             &limit_value,
             &end.pid,
             &end.output_tail,
+            &fate.state(),
+            &after,
+            &done,
+            &total,
         ],
     )?;
-    Ok(updated == 1)
-}
-
-/// Writes `fate` to job `id` (a cancel asked meanwhile turns a retry into a cancel);
-/// returns the fate written.
-fn write_fate(
-    tx: &mut Transaction<'_>,
-    id: i64,
-    fate: Fate,
-    result: &str,
-) -> Result<Fate, postgres::Error> {
-    let cancel_asked: bool = tx
-        .query_one(
-            "SELECT cancel_asked FROM forkwarden.job WHERE id = $1",
-            &[&id],
-        )?
-        .get(0);
-    let fate = match fate {
-        Fate::Retry(_) | Fate::Failed if cancel_asked => Fate::Cancelled,
-        fate => fate,
-    };
-    let after = match fate {
-        Fate::Retry(after) => after.as_secs_f64(),
-        _ => 0.0,
-    };
-    tx.execute(
-        "UPDATE forkwarden.job SET state = $2, lease_until = NULL, result = $3, \
-         eta = CASE WHEN $2 = 'pending' THEN now() + make_interval(secs => $4) ELSE eta END, \
-         ended_at = CASE WHEN $2 = 'pending' THEN NULL ELSE now() END WHERE id = $1",
-        &[&id, &fate.state(), &result, &after],
-    )?;
-    // Wakes the job workers of every host: a retry may be due at once, and an ended job
-    // leaves room in its channel.
-    tx.execute("SELECT pg_notify($1, 'ended')", &[&CHANNEL])?;
-    Ok(fate)
+    Ok(written.map(|row| match row.get::<_, String>(0).as_str() {
+        "cancelled" => Fate::Cancelled,
+        _ => fate,
+    }))
 }
 
 /// How long `config`'s kind `kind` waits before the attempt after `failed` of job `job`
@@ -747,9 +705,10 @@ fn limit_value(config: &Config, kind: &str, limit: &str) -> Option<String> {
 fn record_lapsed(tx: &mut Transaction<'_>, config: &Config) -> Result<(), postgres::Error> {
     let lapsed = tx.query(
         "SELECT j.id, j.kind, j.attempt, j.max_attempts, j.host, j.worker_pid, \
-         to_char(j.lease_until, 'YYYY-MM-DD HH24:MI:SS TZ') FROM forkwarden.job j \
+         to_char(j.lease_until, 'YYYY-MM-DD HH24:MI:SS TZ'), a.id FROM forkwarden.job j \
+         JOIN forkwarden.job_attempt a ON a.job = j.id AND a.ended_at IS NULL \
          WHERE j.state = 'running' AND j.lease_until < now() \
-         ORDER BY j.lease_until LIMIT $1 FOR UPDATE SKIP LOCKED",
+         ORDER BY j.lease_until LIMIT $1 FOR UPDATE OF j SKIP LOCKED",
         &[&LAPSED_PER_CLAIM],
     )?;
     for row in lapsed {
@@ -758,6 +717,7 @@ fn record_lapsed(tx: &mut Transaction<'_>, config: &Config) -> Result<(), postgr
         let host: Option<String> = row.get(4);
         let worker_pid: Option<i32> = row.get(5);
         let until: Option<String> = row.get(6);
+        let attempt_id: i64 = row.get(7);
         let end = AttemptEnd {
             outcome: Outcome::Lost,
             detail: format!(
@@ -773,11 +733,6 @@ fn record_lapsed(tx: &mut Transaction<'_>, config: &Config) -> Result<(), postgr
             output_tail: Vec::new(),
         };
         let attempt = u32::try_from(attempt).unwrap_or(0);
-        tx.execute(
-            "UPDATE forkwarden.job_attempt SET ended_at = now(), outcome = $2, detail = $3 \
-             WHERE job = $1 AND ended_at IS NULL",
-            &[&job, &end.outcome.as_str(), &end.detail],
-        )?;
         let delay = retry_delay(config, &kind, job, attempt);
         let fate = fate(
             end.outcome,
@@ -785,7 +740,9 @@ fn record_lapsed(tx: &mut Transaction<'_>, config: &Config) -> Result<(), postgr
             u32::try_from(max_attempts).unwrap_or(1),
             delay,
         );
-        write_fate(tx, job, fate, &end.detail)?;
+        let Some(fate) = end_attempt(tx, FINISH, attempt_id, &end, fate, None)? else {
+            continue;
+        };
         tracing::warn!(
             event = "job_lease_lapsed",
             job,

@@ -755,6 +755,6 @@ fn the_database_away_for_five_seconds_runs_nothing_twice_and_http_goes_on() {
         server.log_text()
     );
     server.wait_for_log("cannot reach the job store");
-    server.wait_for_log("the job store");
+    server.wait_for_log("is reachable again after");
     stop(server);
 }

@@ -17,7 +17,6 @@ const LAPSED_PER_CLAIM: i64 = 10;
 pub struct Claimed {
     pub id: i64,
     pub kind: String,
-    pub channel: String,
     /// Its args, as JSON text.
     pub args: String,
     /// This attempt's number (1 for the first).
@@ -219,8 +218,7 @@ impl JobQueue {
                 args: row.get(2),
                 attempt: u32::try_from(row.get::<_, i32>(3)).unwrap_or(0),
                 max_attempts: u32::try_from(row.get::<_, i32>(4)).unwrap_or(1),
-                channel: row.get(5),
-                attempt_id: row.get(6),
+                attempt_id: row.get(5),
             }))
         })
     }
@@ -546,10 +544,10 @@ const CLAIM: &str = "WITH next AS (SELECT j.id FROM forkwarden.job j \
         started_at = now(), ended_at = NULL, host = $2, worker_pid = $3, \
         lease_until = now() + make_interval(secs => $4), progress_done = NULL, \
         progress_total = NULL FROM next WHERE j.id = next.id \
-        RETURNING j.id, j.kind, j.args::text AS args, j.attempt, j.max_attempts, j.channel), \
+        RETURNING j.id, j.kind, j.args::text AS args, j.attempt, j.max_attempts), \
     attempt AS (INSERT INTO forkwarden.job_attempt (job, attempt, host, worker_pid, started_at) \
         SELECT id, attempt, $2, $3, now() FROM started RETURNING id) \
-    SELECT s.id, s.kind, s.args, s.attempt, s.max_attempts, s.channel, a.id \
+    SELECT s.id, s.kind, s.args, s.attempt, s.max_attempts, a.id \
     FROM started s, attempt a";
 
 /// Ends attempt `$1` (outcome `$2`, detail `$3`, exit status `$4`, signal `$5`, limit `$6`

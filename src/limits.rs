@@ -89,6 +89,8 @@ pub struct MasterLimits {
     pub cron_jobs: bool,
     /// Each `[[job]]` kind's own `limit_memory_hard`, in order (None: the top-level one).
     pub job_memory_hard: Vec<Option<u64>>,
+    /// The same for `limit_memory_soft`.
+    pub job_memory_soft: Vec<Option<u64>>,
     pub worker_cron_age: Option<Duration>,
     pub time_cpu: Duration,
     pub poll_interval: Duration,
@@ -114,6 +116,11 @@ impl MasterLimits {
                 .iter()
                 .map(|kind| kind.limit_memory_hard.and_then(bytes))
                 .collect(),
+            job_memory_soft: config
+                .job
+                .iter()
+                .map(|kind| kind.limit_memory_soft.and_then(bytes))
+                .collect(),
             worker_cron_age: span(config.limit_time_worker_cron.duration()),
             time_cpu: config.limit_time_cpu.duration(),
             poll_interval: config.memory_poll_interval.duration(),
@@ -128,6 +135,15 @@ impl MasterLimits {
         self.memory_soft.is_some()
             || self.memory_hard.is_some()
             || self.job_memory_hard.iter().any(Option::is_some)
+            || self.job_memory_soft.iter().any(Option::is_some)
+    }
+
+    /// The soft memory limit of `worker`: its job kind's, when it runs one that has its own.
+    fn memory_soft_for(&self, worker: &Observation) -> Option<u64> {
+        worker
+            .work_kind
+            .and_then(|kind| self.job_memory_soft.get(kind).copied().flatten())
+            .or(self.memory_soft)
     }
 
     /// The hard memory limit of `worker`: its job kind's, when it runs one that has its own.
@@ -333,7 +349,7 @@ pub fn check(limits: &MasterLimits, worker: &Observation) -> Option<Enforcement>
         crate::config::MemoryMeasure::Rss => (worker.rss, "rss"),
         crate::config::MemoryMeasure::Virtual => (worker.virtual_size, "virtual size"),
     };
-    if let (Some(measured), Some(soft)) = (soft_measured, limits.memory_soft)
+    if let (Some(measured), Some(soft)) = (soft_measured, limits.memory_soft_for(worker))
         && measured > soft
     {
         return Some(Enforcement::Recycle(Breach::memory(
@@ -442,6 +458,36 @@ mod tests {
                 "limit_memory_soft exceeded (virtual size 400 MiB > 256 MiB)".into()
             )))
         );
+    }
+
+    #[test]
+    fn a_job_is_held_to_its_kinds_memory_limits_while_it_runs() {
+        let limits = MasterLimits {
+            job_memory_soft: vec![None, Some(1024 << 20)],
+            job_memory_hard: vec![None, Some(2048 << 20)],
+            ..limits()
+        };
+        let job_worker = |rss_mib: u64, kind: Option<usize>| Observation {
+            role: Some(Role::Job),
+            work_kind: kind,
+            ..http(Some(rss_mib), None)
+        };
+        // Past the top-level soft limit, within the kind's: left to run.
+        assert_eq!(check(&limits, &job_worker(700, Some(1))), None);
+        let breach = |enforcement: Option<Enforcement>| enforcement.map(|e| e.breach().clone());
+        assert_eq!(
+            breach(check(&limits, &job_worker(1100, Some(1)))).map(|b| (b.limit, b.limit_value)),
+            Some(("limit_memory_soft", 1024 << 20))
+        );
+        // The same worker between jobs, or running a kind without its own: the top level's.
+        assert!(matches!(
+            check(&limits, &job_worker(700, None)),
+            Some(Enforcement::Kill(_))
+        ));
+        assert!(matches!(
+            check(&limits, &job_worker(300, Some(0))),
+            Some(Enforcement::Recycle(_))
+        ));
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub struct NotifyReceiver {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Notification {
     pub pid: Pid,
+    /// The sender's user id, as the kernel stamped it (None without credentials).
+    pub uid: Option<u32>,
     pub text: String,
 }
 
@@ -98,6 +100,26 @@ impl NotifyReceiver {
         })
     }
 
+    /// Binds the socket at the abstract address `name` (no file to remove: it goes with
+    /// the socket); `NOTIFY_SOCKET` is then `@name`. Anyone on the host can send to it:
+    /// the receiver decides whom to believe by the sender's credentials.
+    pub fn bind_abstract(name: &str) -> io::Result<Self> {
+        let address = SocketAddr::from_abstract_name(name.as_bytes())?;
+        let receiver = UnixDatagram::bind_addr(&address)?;
+        socket::setsockopt(&receiver, sockopt::PassCred, &true).map_err(io::Error::from)?;
+        receiver.set_nonblocking(true)?;
+        Ok(Self {
+            socket: mio::net::UnixDatagram::from_std(receiver),
+            path: PathBuf::from(format!("@{name}")),
+        })
+    }
+
+    /// The descriptor to wait on.
+    pub fn descriptor(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.socket.as_fd()
+    }
+
     /// The socket's path, for `NOTIFY_SOCKET`.
     pub fn path(&self) -> &Path {
         &self.path
@@ -112,7 +134,7 @@ impl NotifyReceiver {
     pub fn recv(&self) -> io::Result<Option<Notification>> {
         let mut buffer = [0u8; MAX_MESSAGE];
         let mut control = nix::cmsg_space!(socket::UnixCredentials);
-        let (length, pid) = {
+        let (length, sender) = {
             let mut iov = [IoSliceMut::new(&mut buffer)];
             let message = match socket::recvmsg::<()>(
                 self.socket.as_raw_fd(),
@@ -124,11 +146,11 @@ impl NotifyReceiver {
                 Err(Errno::EAGAIN) => return Ok(None),
                 Err(errno) => return Err(errno.into()),
             };
-            let mut pid = None;
+            let mut sender = None;
             for control in message.cmsgs().into_iter().flatten() {
                 match control {
                     ControlMessageOwned::ScmCredentials(credentials) => {
-                        pid = Some(Pid::from_raw(credentials.pid()));
+                        sender = Some((Pid::from_raw(credentials.pid()), credentials.uid()));
                     }
                     // Descriptors nobody asked for (the buffer has room for credentials
                     // only, so the kernel drops them; should one get through): closed, so
@@ -141,13 +163,17 @@ impl NotifyReceiver {
                     _ => {}
                 }
             }
-            (message.bytes, pid)
+            (message.bytes, sender)
         };
         let text = String::from_utf8_lossy(&buffer[..length]).into_owned();
         // Without credentials (never expected with SO_PASSCRED) the sender is unknown:
         // pid 0 matches no worker, so the message is ignored.
-        let pid = pid.unwrap_or(Pid::from_raw(0));
-        Ok(Some(Notification { pid, text }))
+        let pid = sender.map_or(Pid::from_raw(0), |(pid, _)| pid);
+        Ok(Some(Notification {
+            pid,
+            uid: sender.map(|(_, uid)| uid),
+            text,
+        }))
     }
 }
 
@@ -169,5 +195,18 @@ mod tests {
         assert_eq!(message.get("READY"), Some("1"));
         assert_eq!(message.get("STATUS"), Some("serving"));
         assert_eq!(message.get("WATCHDOG"), None);
+        assert_eq!(message.uid, Some(nix::unistd::getuid().as_raw()));
+    }
+
+    #[test]
+    fn an_abstract_receiver_leaves_no_file() {
+        let name = format!("forkwarden-test/{}", std::process::id());
+        let receiver = NotifyReceiver::bind_abstract(&name).unwrap();
+        assert_eq!(receiver.path(), Path::new(&format!("@{name}")));
+        let sender = UnixDatagram::unbound().unwrap();
+        let address = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        sender.send_to_addr(b"PROGRESS=1/2", &address).unwrap();
+        let message = receiver.recv().unwrap().unwrap();
+        assert_eq!(message.get("PROGRESS"), Some("1/2"));
     }
 }

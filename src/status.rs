@@ -140,6 +140,7 @@ pub fn render(status: &Value) -> String {
     ));
     text.push_str(&tasks_line(status, "cron_jobs", "cron jobs"));
     text.push_str(&tasks_line(status, "job_kinds", "job kinds (attempts)"));
+    text.push_str(&channels_line(status));
     text.push('\n');
     text.push_str(&worker_table(status));
     let deaths = status["recent_deaths"]
@@ -191,6 +192,31 @@ fn tasks_line(status: &Value, key: &str, what: &str) -> String {
     format!("{what}: {}\n", jobs.join(", "))
 }
 
+/// `job channels: root (4 waiting, 2 running), csv (capacity 1: 0 waiting, 1 running)`,
+/// as a job worker last counted them, or nothing without job kinds.
+fn channels_line(status: &Value) -> String {
+    let channels: Vec<String> = status["job_channels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|channel| {
+            let name = channel["name"].as_str().unwrap_or("other channels");
+            let capacity = channel["capacity"]
+                .as_u64()
+                .map_or_else(String::new, |capacity| format!("capacity {capacity}: "));
+            let jobs = match (channel["waiting"].as_u64(), channel["running"].as_u64()) {
+                (Some(waiting), Some(running)) => format!("{waiting} waiting, {running} running"),
+                _ => "not counted yet".to_string(),
+            };
+            format!("{name} ({capacity}{jobs})")
+        })
+        .collect();
+    if channels.is_empty() {
+        return String::new();
+    }
+    format!("job channels: {}\n", channels.join(", "))
+}
+
 /// One row per worker (and per preload template), in columns.
 fn worker_table(status: &Value) -> String {
     let seconds = |value: &Value| elapsed(Duration::from_secs_f64(value.as_f64().unwrap_or(0.0)));
@@ -220,7 +246,15 @@ fn worker_table(status: &Value) -> String {
             worker["busy_seconds"]
                 .as_f64()
                 .map_or_else(|| "-".to_string(), |_| seconds(&worker["busy_seconds"])),
-            text("request"),
+            // A job's progress after its name: `job export #12 (3/10)`.
+            match (&worker["request"], &worker["progress"]) {
+                (Value::String(request), Value::Object(progress)) => format!(
+                    "{request} ({}/{})",
+                    progress.get("done").unwrap_or(&Value::Null),
+                    progress.get("total").unwrap_or(&Value::Null)
+                ),
+                _ => text("request"),
+            },
             bytes(&worker["rss_bytes"]),
             worker["cpu_seconds"]
                 .as_f64()
@@ -302,6 +336,33 @@ mod tests {
         );
         assert!(
             text.contains("cron jobs: report (2 ok, 1 failed, running)"),
+            "{text}"
+        );
+        assert!(!text.contains("job channels"), "{text}");
+    }
+
+    #[test]
+    fn job_workers_show_their_jobs_progress_and_the_channels() {
+        let status = serde_json::json!({
+            "workers": [
+                {"role": "job", "slot": 0, "pid": 11, "generation": 1, "state": "busy",
+                 "request": "job export #12", "busy_seconds": 1.5, "rss_bytes": null,
+                 "cpu_seconds": null, "requests": 3, "uptime_seconds": 60.0,
+                 "progress": {"done": 3, "total": 10}}
+            ],
+            "job_channels": [
+                {"name": "csv", "capacity": 1, "waiting": 4, "running": 1},
+                {"name": "root", "capacity": null, "waiting": null, "running": null},
+                {"name": null, "capacity": null, "waiting": 2, "running": 0}
+            ]
+        });
+        let text = render(&status);
+        assert!(text.contains("job export #12 (3/10)"), "{text}");
+        assert!(
+            text.contains(
+                "job channels: csv (capacity 1: 4 waiting, 1 running), root (not counted \
+                 yet), other channels (2 waiting, 0 running)\n"
+            ),
             "{text}"
         );
     }

@@ -478,6 +478,136 @@ fn a_job_past_its_kinds_limits_says_which_in_its_attempt() {
     stop(server);
 }
 
+/// `forkwarden status --json` of `server`.
+fn status_json(server: &Server) -> serde_json::Value {
+    let output = Command::new(common::BINARY)
+        .args(["status", "--json", "--config"])
+        .arg(&server.config_path)
+        .output()
+        .expect("forkwarden status");
+    serde_json::from_slice(&output.stdout).expect("status as JSON")
+}
+
+#[test]
+fn a_job_past_its_kinds_cpu_limit_is_ended_by_the_kernel_and_counted_by_outcome() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let kinds = "metrics_listen = \"127.0.0.1:0\"\n\
+         [[job]]\nname = \"spin\"\nmax_attempts = 1\nlimit_time_cpu = \"1s\"\n\
+         channel = \"cpu\"\ncommand = [\"python3\", \"-c\", \"while True: pass\"]\n\
+         [[job]]\nname = \"idle\"\ncommand = [\"true\"]\n\
+         [[channel]]\nname = \"cpu\"\ncapacity = 1\n";
+    let server = host(&cluster, 1, kinds);
+    let (_, spin, _) = job_command(&server, &["enqueue", "spin"]);
+    let spin: i64 = spin.trim().parse().expect("an id");
+    let job = wait_for_state(&server, spin, "failed", SOON);
+    let attempt = &job["attempts"][0];
+    assert_eq!(attempt["outcome"], "timeout", "{job:#}");
+    assert_eq!(attempt["limit"], "limit_time_cpu 1s", "{job:#}");
+    assert!(
+        attempt["detail"]
+            .as_str()
+            .unwrap()
+            .contains("killed by SIGXCPU: limit_time_cpu exceeded"),
+        "{job:#}"
+    );
+    // Ten jobs wait in the root channel (due in an hour): the next count of the queue shows
+    // them, and the attempts are counted by outcome.
+    for _ in 0..10 {
+        job_command(&server, &["enqueue", "idle", "--delay", "1h"]);
+    }
+    let counted = wait_until(SOON, || {
+        let status = status_json(&server);
+        status["job_channels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|channel| channel["name"] == "root" && channel["waiting"] == 10)
+    });
+    let status = status_json(&server);
+    assert!(counted, "{status:#}");
+    let spin_kind = &status["job_kinds"][0];
+    assert_eq!(spin_kind["name"], "spin", "{status:#}");
+    assert_eq!(spin_kind["outcomes"]["timeout"], 1, "{status:#}");
+    assert_eq!(spin_kind["failed"], 1, "{status:#}");
+    let line = server.wait_for_log("metrics on http://");
+    let address = line
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("the metrics address");
+    let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
+    let metrics = common::http_get(port, "/metrics").body;
+    for expected in [
+        "forkwarden_job_attempts_total{kind=\"spin\",outcome=\"timeout\"} 1",
+        "forkwarden_jobs{state=\"pending\",channel=\"root\"} 10",
+        "forkwarden_job_channel_capacity{channel=\"cpu\"} 1",
+        "forkwarden_job_run_seconds_count{kind=\"spin\"} 1",
+        "forkwarden_job_wait_seconds_bucket{kind=\"spin\",le=\"+Inf\"} 1",
+    ] {
+        assert!(metrics.contains(expected), "{expected} in:\n{metrics}");
+    }
+    stop(server);
+}
+
+#[test]
+fn a_command_job_reports_progress_and_its_own_retry_delay_on_notify_socket() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let marks_file = dir.path().join("marks");
+    // Says 2 of 5 done, marks that it did, holds on until the test has seen it, then asks
+    // for its next attempt in an hour and exits 75.
+    let script = format!(
+        "import os, socket, time\n\
+         address = os.environ['NOTIFY_SOCKET']\n\
+         address = '\\0' + address[1:] if address.startswith('@') else address\n\
+         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         s.sendto(b'PROGRESS=2/5', address)\n\
+         open('{m}', 'a').write('sent\\n')\n\
+         while not os.path.exists('{m}.go'): time.sleep(0.05)\n\
+         s.sendto(b'RETRY_AFTER=3600', address)\n\
+         raise SystemExit(75)\n",
+        m = marks_file.display()
+    );
+    let kinds = format!("[[job]]\nname = \"steps\"\ncommand = [\"python3\", \"-c\", {script:?}]\n");
+    let server = host(&cluster, 1, &kinds);
+    let (_, id, _) = job_command(&server, &["enqueue", "steps"]);
+    let id: i64 = id.trim().parse().expect("an id");
+    assert!(wait_until(SOON, || !marks(&marks_file).is_empty()));
+    // Shown by status (from the job worker's row) and written to the job's row at the next
+    // lease renewal.
+    let shown = wait_until(SOON, || {
+        status_json(&server)["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|worker| worker["progress"]["done"] == 2 && worker["progress"]["total"] == 5)
+    });
+    assert!(shown, "{:#}", status_json(&server));
+    let written = wait_until(SOON, || show(&server, id)["job"]["progress"] == "2/5");
+    assert!(written, "{:#}", show(&server, id));
+    std::fs::write(format!("{}.go", marks_file.display()), "").unwrap();
+    let job = wait_for_state(&server, id, "pending", SOON);
+    assert_eq!(job["attempts"][0]["outcome"], "retry", "{job:#}");
+    let (_, listed, _) = job_command(&server, &["show", &id.to_string()]);
+    assert!(listed.contains("progress: 2/5"), "{listed}");
+    // Its own delay, not the kind's (half a second): not due for about an hour.
+    server.wait_for_log(&format!(
+        "job steps #{id} (attempt 1/5) exited with status 75"
+    ));
+    let line = server
+        .log_text()
+        .lines()
+        .find(|line| line.contains(&format!("job steps #{id} (attempt 1/5) exited")))
+        .unwrap_or_default()
+        .to_string();
+    assert!(line.contains("retried in 1h"), "{line}");
+    stop(server);
+}
+
 #[test]
 fn a_running_job_is_cancelled_with_sigterm() {
     let Some(cluster) = Cluster::start() else {
@@ -537,7 +667,9 @@ fn a_call_kind_runs_in_a_process_forked_from_the_template_with_its_args() {
          [[job]]\nname = \"sleep\"\ncall = \"job_app:sleep\"\nmax_attempts = 1\n\
          limit_time_real = \"1s\"\n\
          [[job]]\nname = \"steps\"\ncall = \"job_app:steps\"\n\
-         [[job]]\nname = \"later\"\ncall = \"job_app:later\"\nretry_pattern = { 1 = \"0s\" }\n";
+         [[job]]\nname = \"later\"\ncall = \"job_app:later\"\nretry_pattern = { 1 = \"0s\" }\n\
+         [[job]]\nname = \"spin\"\ncall = \"job_app:spin\"\nmax_attempts = 1\n\
+         limit_time_cpu = \"1s\"\n";
     let server = preloading_host(&cluster, 1, kinds);
     let path = marks_file.display().to_string();
     let args = serde_json::json!({ "path": path, "value": "hello" }).to_string();
@@ -623,6 +755,14 @@ fn a_call_kind_runs_in_a_process_forked_from_the_template_with_its_args() {
     )));
     let next = record("after-the-limit");
     assert_ne!(next, executor);
+    // Past its kind's CPU time, the executor is ended by the kernel (SIGXCPU), however much
+    // CPU its earlier calls used; the next job gets a new one.
+    let (_, stdout, _) = job_command(&server, &["enqueue", "spin"]);
+    let spin: i64 = stdout.trim().parse().unwrap();
+    let job = wait_for_state(&server, spin, "failed", SOON);
+    assert_eq!(job["attempts"][0]["outcome"], "timeout", "{job:#}");
+    assert_eq!(job["attempts"][0]["limit"], "limit_time_cpu 1s", "{job:#}");
+    assert_ne!(record("after-the-cpu-limit"), next);
     // A job worker killed mid-call: the template kills its executor (its lifeline closed).
     let (_, stdout, _) = job_command(&server, &["enqueue", "sleep", "--args", &args]);
     let hung: i64 = stdout.trim().parse().unwrap();

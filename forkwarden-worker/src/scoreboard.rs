@@ -86,6 +86,118 @@ pub const DURATION_BOUNDS: [Duration; 11] = [
     Duration::from_secs(10),
 ];
 
+/// Outcomes of a job attempt a job worker's row counts, one word each (the job queue's
+/// `Outcome`s, in their order).
+pub const JOB_OUTCOMES: usize = 8;
+/// A histogram in a row: one word per bound of [`DURATION_BOUNDS`], the count, the sum (us).
+const HISTOGRAM_WORDS: usize = DURATION_BOUNDS.len() + 2;
+/// Per kind in a job worker's row: attempts by outcome, then how long they waited to start
+/// and how long they ran.
+const KIND_WORDS: usize = JOB_OUTCOMES + 2 * HISTOGRAM_WORDS;
+
+/// How a job worker's row is laid out, from its config: after the words every row has, for
+/// each kind the attempts it ended ([`KIND_WORDS`]); for each channel of the config plus
+/// one for the channels it does not name, the jobs waiting and running over every host as
+/// the worker last read them, then when it read them (Unix ms, 0: never); its job's progress
+/// (done, total); the kind of its job (see [`WorkerRow::set_work_kind`]). The master knows
+/// the shape from its own config: a row of another length is read as empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobRowShape {
+    pub kinds: usize,
+    /// The config's channels plus one (the others).
+    pub channels: usize,
+}
+
+impl JobRowShape {
+    fn kind_first(self, kind: usize) -> usize {
+        ROW_WORDS + kind * KIND_WORDS
+    }
+
+    fn queue_first(self) -> usize {
+        self.kind_first(self.kinds)
+    }
+
+    fn progress_first(self) -> usize {
+        self.queue_first() + 2 * self.channels + 1
+    }
+
+    fn work_kind(self) -> usize {
+        self.progress_first() + 2
+    }
+
+    pub fn words(self) -> usize {
+        self.work_kind() + 1
+    }
+}
+
+/// Jobs of one channel, over every host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChannelCount {
+    pub waiting: u64,
+    pub running: u64,
+}
+
+/// The queue as a job worker last read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueReading {
+    pub read_at_ms: u64,
+    /// In the order of [`JobRowShape`]'s channels.
+    pub channels: Vec<ChannelCount>,
+}
+
+/// The attempts of one kind a job worker ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KindFigures {
+    pub outcomes: [u64; JOB_OUTCOMES],
+    /// From due to start.
+    pub waited: Durations,
+    pub ran: Durations,
+}
+
+impl KindFigures {
+    pub fn add(&mut self, other: &KindFigures) {
+        for (mine, theirs) in self.outcomes.iter_mut().zip(other.outcomes) {
+            *mine = mine.saturating_add(theirs);
+        }
+        self.waited.add(&other.waited);
+        self.ran.add(&other.ran);
+    }
+}
+
+/// What a job worker's row counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobFigures {
+    /// In the order of the config's kinds.
+    pub kinds: Vec<KindFigures>,
+    pub queue: Option<QueueReading>,
+    pub progress: Option<(u64, u64)>,
+}
+
+/// Adds `took` to the histogram in `words` ([`HISTOGRAM_WORDS`] of them).
+fn count_duration(words: &[AtomicU64], took: Duration) {
+    let bounds = DURATION_BOUNDS.len();
+    if let Some(bucket) = DURATION_BOUNDS.iter().position(|bound| took <= *bound) {
+        words[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+    words[bounds].fetch_add(1, Ordering::Relaxed);
+    let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+    words[bounds + 1].fetch_add(micros, Ordering::Relaxed);
+}
+
+/// The histogram in `words`, made consistent (the worker wrote it).
+fn read_durations(words: &[AtomicU64]) -> Durations {
+    let bounds = DURATION_BOUNDS.len();
+    let mut durations = Durations {
+        count: words[bounds].load(Ordering::Relaxed),
+        sum_us: words[bounds + 1].load(Ordering::Relaxed),
+        ..Durations::default()
+    };
+    for (bucket, word) in durations.buckets.iter_mut().zip(words) {
+        *bucket = word.load(Ordering::Relaxed);
+    }
+    durations.consistent()
+}
+
 /// How long the requests (or jobs) a worker served took: a histogram over
 /// [`DURATION_BOUNDS`]. The master adds up those of the workers that ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -384,12 +496,10 @@ impl WorkerRow {
         })
     }
 
-    /// A job worker's row: room to count the attempts of `kinds` kinds (as a cron worker's
-    /// counts runs), then one word for the kind of the job it runs now (see
-    /// [`WorkerRow::set_work_kind`]).
-    pub fn for_jobs(kinds: usize) -> io::Result<Self> {
+    /// A job worker's row, laid out as `shape` says (see [`JobRowShape`]).
+    pub fn for_jobs(shape: JobRowShape) -> io::Result<Self> {
         Ok(Self {
-            shared: stamped(JOB_COUNTS + 2 * kinds + 1, ROW_MAGIC)?,
+            shared: stamped(shape.words(), ROW_MAGIC)?,
         })
     }
 
@@ -527,28 +637,126 @@ impl WorkerRow {
         }
     }
 
+    /// The words of a job worker's row from `first`, `count` of them; none when the row is
+    /// not laid out as `shape` says (a master reading a row of another config).
+    fn job_words(&self, shape: JobRowShape, first: usize, count: usize) -> &[AtomicU64] {
+        let words = self.shared.words();
+        if words.len() != shape.words() {
+            return &[];
+        }
+        words.get(first..first.saturating_add(count)).unwrap_or(&[])
+    }
+
     /// Records the kind (its index in the config's `[[job]]`) of the job now running, in
     /// a job worker's row (None: none): the master holds the worker to that kind's limits.
-    /// The last word of the row, whose length the master knows from its config.
-    pub fn set_work_kind(&self, kind: Option<usize>) {
+    pub fn set_work_kind(&self, shape: JobRowShape, kind: Option<usize>) {
         let word = kind.map_or(0, |index| {
             u64::try_from(index).unwrap_or(u64::MAX).saturating_add(1)
         });
-        if let Some(last) = self.shared.words().last() {
-            last.store(word, Ordering::Release);
+        if let [slot] = self.job_words(shape, shape.work_kind(), 1) {
+            slot.store(word, Ordering::Release);
         }
     }
 
-    /// The kind a job worker says it runs now, if it is one of the first `kinds`: a claim
-    /// that only ever selects among the config's own kinds.
-    pub fn work_kind(&self, kinds: usize) -> Option<usize> {
-        if self.shared.words().len() != JOB_COUNTS + 2 * kinds + 1 {
+    /// The kind a job worker says it runs now, if it is one of its config's: a claim that
+    /// only ever selects among the config's own kinds.
+    pub fn work_kind(&self, shape: JobRowShape) -> Option<usize> {
+        let [slot] = self.job_words(shape, shape.work_kind(), 1) else {
             return None;
-        }
-        let word = self.shared.words().last()?.load(Ordering::Acquire);
-        usize::try_from(word.checked_sub(1)?)
+        };
+        usize::try_from(slot.load(Ordering::Acquire).checked_sub(1)?)
             .ok()
-            .filter(|index| *index < kinds)
+            .filter(|index| *index < shape.kinds)
+    }
+
+    /// Counts an attempt of kind `kind` that this job worker ended: its outcome (an index
+    /// below [`JOB_OUTCOMES`]), how long the job waited from due to start, and how long the
+    /// attempt ran.
+    pub fn count_attempt(
+        &self,
+        shape: JobRowShape,
+        kind: usize,
+        outcome: usize,
+        waited: Duration,
+        ran: Duration,
+    ) {
+        if kind >= shape.kinds || outcome >= JOB_OUTCOMES {
+            return;
+        }
+        let words = self.job_words(shape, shape.kind_first(kind), KIND_WORDS);
+        if words.len() != KIND_WORDS {
+            return;
+        }
+        words[outcome].fetch_add(1, Ordering::Relaxed);
+        count_duration(&words[JOB_OUTCOMES..JOB_OUTCOMES + HISTOGRAM_WORDS], waited);
+        count_duration(&words[JOB_OUTCOMES + HISTOGRAM_WORDS..], ran);
+    }
+
+    /// Writes the jobs waiting and running in each channel of the config (and in channels
+    /// it does not name, last), as the job worker read them from the database just now.
+    pub fn set_queue(&self, shape: JobRowShape, channels: &[ChannelCount], read_at_ms: u64) {
+        let words = self.job_words(shape, shape.queue_first(), 2 * shape.channels + 1);
+        for (pair, count) in words.chunks_exact(2).zip(channels) {
+            pair[0].store(count.waiting, Ordering::Relaxed);
+            pair[1].store(count.running, Ordering::Relaxed);
+        }
+        if let Some(at) = words.last() {
+            at.store(read_at_ms, Ordering::Release);
+        }
+    }
+
+    /// The progress its job last reported (done, total); None clears it.
+    pub fn set_progress(&self, shape: JobRowShape, progress: Option<(u64, u64)>) {
+        if let [done, total] = self.job_words(shape, shape.progress_first(), 2) {
+            let (d, t) = progress.unwrap_or((0, 0));
+            done.store(d, Ordering::Relaxed);
+            total.store(t, Ordering::Relaxed);
+        }
+    }
+
+    /// What a job worker's row counts (all zero for a row not laid out as `shape` says).
+    pub fn job_figures(&self, shape: JobRowShape) -> JobFigures {
+        let load = |word: &AtomicU64| word.load(Ordering::Relaxed);
+        let kinds = (0..shape.kinds)
+            .map(|kind| {
+                let words = self.job_words(shape, shape.kind_first(kind), KIND_WORDS);
+                if words.len() != KIND_WORDS {
+                    return KindFigures::default();
+                }
+                let mut outcomes = [0; JOB_OUTCOMES];
+                for (count, word) in outcomes.iter_mut().zip(words) {
+                    *count = load(word);
+                }
+                KindFigures {
+                    outcomes,
+                    waited: read_durations(&words[JOB_OUTCOMES..JOB_OUTCOMES + HISTOGRAM_WORDS]),
+                    ran: read_durations(&words[JOB_OUTCOMES + HISTOGRAM_WORDS..]),
+                }
+            })
+            .collect();
+        let queue_words = self.job_words(shape, shape.queue_first(), 2 * shape.channels + 1);
+        let queue = match queue_words.split_last() {
+            Some((at, pairs)) if at.load(Ordering::Acquire) != 0 => Some(QueueReading {
+                read_at_ms: at.load(Ordering::Acquire),
+                channels: pairs
+                    .chunks_exact(2)
+                    .map(|pair| ChannelCount {
+                        waiting: load(&pair[0]),
+                        running: load(&pair[1]),
+                    })
+                    .collect(),
+            }),
+            _ => None,
+        };
+        let progress = match self.job_words(shape, shape.progress_first(), 2) {
+            [done, total] if load(total) > 0 => Some((load(done), load(total))),
+            _ => None,
+        };
+        JobFigures {
+            kinds,
+            queue,
+            progress,
+        }
     }
 
     /// The runs of each of the first `jobs` jobs that ended: (well, failed). Zeros for a job
@@ -804,6 +1012,62 @@ mod tests {
         row.count_job_end(7, true);
         assert_eq!(row.job_counts(3), [(1, 0), (0, 2), (0, 0)]);
         assert_eq!(WorkerRow::new().unwrap().job_counts(1), [(0, 0)]);
+    }
+
+    #[test]
+    fn a_job_row_counts_attempts_and_is_read_only_in_its_own_shape() {
+        let shape = JobRowShape {
+            kinds: 2,
+            channels: 2,
+        };
+        let row = WorkerRow::for_jobs(shape).unwrap();
+        row.set_work_kind(shape, Some(1));
+        row.count_attempt(
+            shape,
+            1,
+            0,
+            Duration::from_millis(3),
+            Duration::from_secs(2),
+        );
+        row.count_attempt(
+            shape,
+            1,
+            3,
+            Duration::from_millis(30),
+            Duration::from_secs(20),
+        );
+        row.count_attempt(shape, 5, 0, Duration::ZERO, Duration::ZERO);
+        row.count_attempt(shape, 0, JOB_OUTCOMES, Duration::ZERO, Duration::ZERO);
+        let queue = [
+            ChannelCount {
+                waiting: 7,
+                running: 1,
+            },
+            ChannelCount::default(),
+        ];
+        row.set_queue(shape, &queue, 1234);
+        row.set_progress(shape, Some((3, 10)));
+        let figures = row.job_figures(shape);
+        assert_eq!(figures.kinds[0], KindFigures::default());
+        assert_eq!(figures.kinds[1].outcomes, [1, 0, 0, 1, 0, 0, 0, 0]);
+        assert_eq!(figures.kinds[1].waited.buckets[0], 1);
+        assert_eq!(figures.kinds[1].waited.count, 2);
+        assert_eq!(figures.kinds[1].ran.sum_us, 22_000_000);
+        assert_eq!(figures.queue.unwrap().channels, queue);
+        assert_eq!(figures.progress, Some((3, 10)));
+        assert_eq!(row.work_kind(shape), Some(1));
+        // Read with another config's shape: nothing, and no kind to hold it to.
+        let other = JobRowShape {
+            kinds: 3,
+            channels: 2,
+        };
+        assert_eq!(row.work_kind(other), None);
+        assert_eq!(
+            row.job_figures(other).kinds,
+            vec![KindFigures::default(); 3]
+        );
+        row.set_work_kind(shape, Some(9));
+        assert_eq!(row.work_kind(shape), None);
     }
 
     #[test]

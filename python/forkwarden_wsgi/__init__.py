@@ -449,7 +449,8 @@ class Template:
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != self.template_pid:
             exit_now(1)
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        # SIGXCPU too: a job's limit_time_cpu (RLIMIT_CPU) must end it.
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGXCPU):
             signal.signal(signum, signal.SIG_DFL)
         if self.post_fork is not None:
             self.post_fork()

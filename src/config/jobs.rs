@@ -55,10 +55,18 @@ pub struct JobKind {
     /// Wall-clock limit of one attempt (default: the top-level `limit_time_real`; 0: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_time_real: Option<TimeSpan>,
+    /// CPU time one attempt's process may use (default: the top-level `limit_time_cpu`; 0:
+    /// none); past it the kernel ends it (RLIMIT_CPU, SIGXCPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_time_cpu: Option<TimeSpan>,
     /// Resident memory of the job worker with its job past which the attempt is killed
     /// (default: the top-level `limit_memory_hard`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_memory_hard: Option<ByteSize>,
+    /// Memory past which the job worker is replaced once the attempt has ended (default:
+    /// the top-level `limit_memory_soft`, measured as it says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_memory_soft: Option<ByteSize>,
 }
 
 fn root_channel() -> String {
@@ -110,6 +118,17 @@ pub fn default_retry_delay(job: i64, failed: u32) -> Duration {
     // A factor in [0.75, 1.25).
     let factor = 0.75 + (hasher.finish() % 1000) as f64 / 2000.0;
     base.mul_f64(factor)
+}
+
+/// The channels a job worker's row counts jobs of: each `[[channel]]` and each kind's
+/// channel, once, in name order (jobs enqueued in a channel of no kind are counted apart).
+pub fn channel_names<'a>(kinds: &'a [JobKind], channels: &'a [JobChannel]) -> Vec<&'a str> {
+    let names: std::collections::BTreeSet<&str> = kinds
+        .iter()
+        .map(|kind| kind.channel.as_str())
+        .chain(channels.iter().map(|channel| channel.name.as_str()))
+        .collect();
+    names.into_iter().collect()
 }
 
 /// `[[channel]]`: never more than `capacity` running jobs of this channel at once, over
@@ -175,6 +194,24 @@ pub fn validate(
                 format!(
                     "{} is not usable: expected 1 to {MAX_ATTEMPTS_BOUND}",
                     kind.max_attempts
+                ),
+            ));
+        }
+        if let Some(cpu) = kind.limit_time_cpu
+            && cpu.duration().subsec_nanos() != 0
+        {
+            return Err(at(
+                "limit_time_cpu",
+                format!("\"{cpu}\" is not usable: the kernel counts CPU time in whole seconds"),
+            ));
+        }
+        if let (Some(soft), Some(hard)) = (kind.limit_memory_soft, kind.limit_memory_hard)
+            && soft.bytes() > hard.bytes()
+        {
+            return Err(at(
+                "limit_memory_soft",
+                format!(
+                    "limit_memory_soft = \"{soft}\" is larger than limit_memory_hard = \"{hard}\""
                 ),
             ));
         }
@@ -247,7 +284,9 @@ mod tests {
                 .map(|(from, secs)| (from.to_string(), TimeSpan::secs(*secs)))
                 .collect(),
             limit_time_real: None,
+            limit_time_cpu: None,
             limit_memory_hard: None,
+            limit_memory_soft: None,
         }
     }
 

@@ -500,6 +500,19 @@ impl Config {
         limits
     }
 
+    /// The channels a job worker's row counts the jobs of (see [`jobs::channel_names`]).
+    pub fn job_channels(&self) -> Vec<&str> {
+        jobs::channel_names(&self.job, &self.channel)
+    }
+
+    /// How a job worker's row is laid out: its kinds, its channels and one for the others.
+    pub fn job_row_shape(&self) -> crate::scoreboard::JobRowShape {
+        crate::scoreboard::JobRowShape {
+            kinds: self.job.len(),
+            channels: self.job_channels().len() + 1,
+        }
+    }
+
     /// `logfile`, `log_format` and `log_level`.
     pub fn log_settings(&self) -> LogSettings {
         LogSettings {

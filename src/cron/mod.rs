@@ -55,6 +55,7 @@ pub fn task(job: &CronJob) -> Task<'_> {
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect(),
         input: None,
+        notes: None,
     }
 }
 

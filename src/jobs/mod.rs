@@ -47,7 +47,7 @@ pub enum Outcome {
     RetryAsked,
     /// A signal ended it, or its job worker was killed with it.
     Killed,
-    /// Past its kind's `limit_time_real`.
+    /// Past its kind's `limit_time_real` or `limit_time_cpu`.
     TimedOut,
     /// Its lease passed, or its claim was lost: no one knows how it ended.
     Lost,
@@ -58,6 +58,26 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in the order a job worker's row counts them.
+    pub const ALL: [Self; crate::scoreboard::JOB_OUTCOMES] = [
+        Self::Done,
+        Self::Error,
+        Self::RetryAsked,
+        Self::Killed,
+        Self::TimedOut,
+        Self::Lost,
+        Self::Cancelled,
+        Self::NotStarted,
+    ];
+
+    /// Its place in [`Outcome::ALL`].
+    pub fn index(self) -> usize {
+        Self::ALL
+            .iter()
+            .position(|outcome| *outcome == self)
+            .unwrap_or(0)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Done => "done",
@@ -181,6 +201,20 @@ impl AttemptEnd {
         }
     }
 
+    /// The same end, told as the kernel's `limit_time_cpu` when SIGXCPU ended the job
+    /// (its RLIMIT_CPU was set to `limit` past the CPU it had used when the attempt began).
+    pub fn past_cpu_limit(mut self, limit: Option<Duration>) -> Self {
+        if let Some(limit) = limit
+            && self.signal == Some(nix::sys::signal::Signal::SIGXCPU as i32)
+        {
+            let value = crate::config::TimeSpan(limit).to_string();
+            self.outcome = Outcome::TimedOut;
+            self.detail = format!("killed by SIGXCPU: limit_time_cpu exceeded (cpu > {value})");
+            self.limit = Some(("limit_time_cpu".to_string(), value));
+        }
+        self
+    }
+
     /// The end of an attempt whose job worker died: what the master said of it, and the
     /// value of the limit it names (`limit_value`, as the successor's config has it).
     pub fn of_death(death: &JobDeath, limit_value: Option<String>) -> Self {
@@ -243,6 +277,14 @@ mod tests {
             Outcome::of(&RunEnding::Exited(RETRY_STATUS)),
             Outcome::RetryAsked
         );
+        let xcpu = RunEnding::Signaled(nix::sys::signal::Signal::SIGXCPU as i32);
+        let end = AttemptEnd::of_run(&xcpu, Some(42), Vec::new())
+            .past_cpu_limit(Some(Duration::from_secs(3)));
+        assert_eq!(end.outcome, Outcome::TimedOut);
+        assert_eq!(end.limit, Some(("limit_time_cpu".into(), "3s".into())));
+        let killed = AttemptEnd::of_run(&RunEnding::Signaled(9), None, Vec::new())
+            .past_cpu_limit(Some(Duration::from_secs(3)));
+        assert_eq!((killed.outcome, killed.limit), (Outcome::Killed, None));
         let death = JobDeath {
             worker_pid: 7,
             cause: "killed: limit_memory_hard exceeded (rss 300 MiB > 200 MiB)".into(),

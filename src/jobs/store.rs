@@ -8,6 +8,7 @@ use postgres::Transaction;
 use super::{AttemptEnd, CHANNEL, Fate, JobDeath, Outcome, fate};
 use crate::config::{Config, CronStoreUrl, JobKind, default_retry_delay};
 use crate::database::{Database, StoreError, StoreUse};
+use crate::scoreboard::ChannelCount;
 
 /// How many lapsed leases one claim records at most (the rest go to the next claims).
 const LAPSED_PER_CLAIM: i64 = 10;
@@ -24,6 +25,8 @@ pub struct Claimed {
     pub max_attempts: u32,
     /// Its attempt's row.
     pub attempt_id: i64,
+    /// How long it waited from due (enqueued, its eta, or its retry's time) to this claim.
+    pub waited: Duration,
 }
 
 /// What a renewal of a running job's lease found.
@@ -219,7 +222,31 @@ impl JobQueue {
                 attempt: u32::try_from(row.get::<_, i32>(3)).unwrap_or(0),
                 max_attempts: u32::try_from(row.get::<_, i32>(4)).unwrap_or(1),
                 attempt_id: row.get(5),
+                waited: Duration::try_from_secs_f64(row.get(6)).unwrap_or_default(),
             }))
+        })
+    }
+
+    /// The jobs waiting (pending, due or not) and running over every host, in each of
+    /// `channels` and, last, in all the others together.
+    pub fn count_by_channel(&self, channels: &[&str]) -> Result<Vec<ChannelCount>, StoreError> {
+        self.db.with(|session| {
+            let refused = |error: postgres::Error| self.db.refused(&error);
+            let count = session.prepared(COUNT_BY_CHANNEL).map_err(refused)?;
+            let rows = session.query(&count, &[]).map_err(refused)?;
+            let mut counts = vec![ChannelCount::default(); channels.len() + 1];
+            for row in rows {
+                let channel: &str = row.get(0);
+                let index = channels
+                    .iter()
+                    .position(|name| *name == channel)
+                    .unwrap_or(channels.len());
+                let number = |column: usize| u64::try_from(row.get::<_, i64>(column)).unwrap_or(0);
+                let slot = &mut counts[index];
+                slot.waiting = slot.waiting.saturating_add(number(1));
+                slot.running = slot.running.saturating_add(number(2));
+            }
+            Ok(counts)
         })
     }
 
@@ -520,6 +547,12 @@ impl JobQueue {
     }
 }
 
+/// Pending and running jobs by channel: two partial indexes (`job_waiting`,
+/// `job_running`) hold exactly those rows, so the count never reads the ended ones.
+const COUNT_BY_CHANNEL: &str = "SELECT channel, count(*) FILTER (WHERE state = 'pending'), \
+    count(*) FILTER (WHERE state = 'running') FROM forkwarden.job \
+    WHERE state IN ('pending', 'running') GROUP BY channel";
+
 /// The best job to run next of the kinds `$1`, due, in a channel with room, as things stand
 /// (nothing locked): its channel, and whether the channel has a capacity.
 const BEST: &str = "SELECT j.channel, c.capacity IS NOT NULL FROM forkwarden.job j \
@@ -544,10 +577,11 @@ const CLAIM: &str = "WITH next AS (SELECT j.id FROM forkwarden.job j \
         started_at = now(), ended_at = NULL, host = $2, worker_pid = $3, \
         lease_until = now() + make_interval(secs => $4), progress_done = NULL, \
         progress_total = NULL FROM next WHERE j.id = next.id \
-        RETURNING j.id, j.kind, j.args::text AS args, j.attempt, j.max_attempts), \
+        RETURNING j.id, j.kind, j.args::text AS args, j.attempt, j.max_attempts, \
+            greatest(extract(epoch FROM now() - j.eta), 0)::float8 AS waited), \
     attempt AS (INSERT INTO forkwarden.job_attempt (job, attempt, host, worker_pid, started_at) \
         SELECT id, attempt, $2, $3, now() FROM started RETURNING id) \
-    SELECT s.id, s.kind, s.args, s.attempt, s.max_attempts, a.id \
+    SELECT s.id, s.kind, s.args, s.attempt, s.max_attempts, a.id, s.waited \
     FROM started s, attempt a";
 
 /// Ends attempt `$1` (outcome `$2`, detail `$3`, exit status `$4`, signal `$5`, limit `$6`

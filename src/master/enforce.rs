@@ -300,10 +300,9 @@ impl Enforcer {
                     .work_limit()
                     .filter(|_| worker.id.role.runs_tasks()),
                 // Chosen among the config's own kinds: a row can name no other limit.
-                work_kind: match &worker.kind {
-                    WorkerKind::Job { kinds } => worker.row.work_kind(kinds.len()),
-                    _ => None,
-                },
+                work_kind: worker
+                    .job_shape()
+                    .and_then(|shape| worker.row.work_kind(shape)),
                 rss: worker.memory.rss.filter(|_| worker.memory.at == Some(now)),
                 virtual_size: worker
                     .memory

@@ -22,6 +22,33 @@ pub struct Exposition {
     text: String,
 }
 
+/// One histogram of a family: its labels, (upper bound, observations in that bucket alone),
+/// the sum of the observations and their count.
+pub struct Histogram {
+    pub labels: Labels,
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    /// Seconds, from a row's histogram over `DURATION_BOUNDS`.
+    pub fn of_durations(labels: Labels, durations: &crate::scoreboard::Durations) -> Self {
+        // Sums of many workers' counts may have saturated unevenly.
+        let durations = durations.clone().consistent();
+        Self {
+            labels,
+            buckets: crate::scoreboard::DURATION_BOUNDS
+                .iter()
+                .zip(durations.buckets)
+                .map(|(bound, count)| (bound.as_secs_f64(), count))
+                .collect(),
+            sum: durations.sum_us as f64 / 1e6,
+            count: durations.count,
+        }
+    }
+}
+
 impl Exposition {
     pub fn new(format: Format) -> Self {
         Self {
@@ -61,27 +88,22 @@ impl Exposition {
         }
     }
 
-    /// A histogram of one label set: `buckets` are (upper bound, observations in that bucket
-    /// alone); the `+Inf` bucket is `count`.
-    pub fn histogram(
-        &mut self,
-        name: &str,
-        help: &str,
-        labels: &Labels,
-        buckets: &[(f64, u64)],
-        sum: f64,
-        count: u64,
-    ) {
+    /// A histogram family, one histogram per label set: `buckets` are (upper bound,
+    /// observations in that bucket alone); the `+Inf` bucket is `count`.
+    pub fn histogram(&mut self, name: &str, help: &str, series: &[Histogram]) {
         self.describe(name, help, "histogram");
         let bucket = format!("{name}_bucket");
-        let mut cumulative = 0u64;
-        for (bound, observed) in buckets {
-            cumulative = cumulative.saturating_add(*observed);
-            self.sample(&bucket, labels, Some(&format!("{bound:?}")), cumulative);
+        for histogram in series {
+            let labels = &histogram.labels;
+            let mut cumulative = 0u64;
+            for (bound, observed) in &histogram.buckets {
+                cumulative = cumulative.saturating_add(*observed);
+                self.sample(&bucket, labels, Some(&format!("{bound:?}")), cumulative);
+            }
+            self.sample(&bucket, labels, Some("+Inf"), histogram.count);
+            self.sample(&format!("{name}_sum"), labels, None, histogram.sum);
+            self.sample(&format!("{name}_count"), labels, None, histogram.count);
         }
-        self.sample(&bucket, labels, Some("+Inf"), count);
-        self.sample(&format!("{name}_sum"), labels, None, sum);
-        self.sample(&format!("{name}_count"), labels, None, count);
     }
 
     /// The whole text.
@@ -136,10 +158,12 @@ mod tests {
         exposition.histogram(
             "a_seconds",
             "Durations.",
-            &vec![("role", "http".to_string())],
-            &[(0.5, 2), (1.0, 1)],
-            1.25,
-            4,
+            &[Histogram {
+                labels: vec![("role", "http".to_string())],
+                buckets: vec![(0.5, 2), (1.0, 1)],
+                sum: 1.25,
+                count: 4,
+            }],
         );
         exposition.finish()
     }

@@ -17,10 +17,9 @@ use tracing::{debug, info};
 
 use super::Master;
 use super::answers::{self, Conversations, Reply};
-use super::exposition::{Exposition, Format, Labels};
+use super::exposition::{Exposition, Format, Histogram, Labels};
 use super::survey::{Survey, WorkerStateName};
 use super::tokens::EventSource;
-use crate::scoreboard::DURATION_BOUNDS;
 
 /// The status page: one file, no external assets; it reads `/status.json` every second.
 const STATUS_PAGE: &str = include_str!("status_page.html");
@@ -200,21 +199,14 @@ fn request_metrics(metrics: &mut Exposition, survey: &Survey) {
             .map(|(role, served)| (vec![("role", role.to_string())], served.count)),
     );
     if let Some(http) = survey.served.get("http") {
-        // Sums of many workers' counts may have saturated unevenly.
-        let http = http.clone().consistent();
-        let buckets: Vec<(f64, u64)> = DURATION_BOUNDS
-            .iter()
-            .zip(http.buckets)
-            .map(|(bound, count)| (bound.as_secs_f64(), count))
-            .collect();
         metrics.histogram(
             "forkwarden_request_duration_seconds",
             "How long HTTP requests took, from the worker taking one (read whole) to its \
                  last byte sent.",
-            &vec![("role", "http".to_string())],
-            &buckets,
-            http.sum_us as f64 / 1e6,
-            http.count,
+            &[Histogram::of_durations(
+                vec![("role", "http".to_string())],
+                http,
+            )],
         );
     }
 }
@@ -224,7 +216,7 @@ fn worker_metrics(metrics: &mut Exposition, survey: &Survey) {
     metrics.gauge(
         "forkwarden_workers",
         "Workers by role and state.",
-        ["http", "cron"].into_iter().flat_map(|role| {
+        ["http", "cron", "job"].into_iter().flat_map(|role| {
             WorkerStateName::ALL.into_iter().map(move |state| {
                 let count = survey
                     .workers
@@ -279,6 +271,95 @@ fn worker_metrics(metrics: &mut Exposition, survey: &Survey) {
     );
 }
 
+/// The job kinds' attempts (this server's), and the queue as a job worker last read it.
+fn job_metrics(metrics: &mut Exposition, survey: &Survey) {
+    metrics.counter(
+        "forkwarden_job_attempts",
+        "Attempts of queued jobs that this server's job workers ended since it started, by \
+         kind and outcome.",
+        survey.job_kinds.iter().flat_map(|kind| {
+            kind.outcomes.iter().map(|(outcome, count)| {
+                (
+                    vec![
+                        ("kind", kind.name.clone()),
+                        ("outcome", outcome.to_string()),
+                    ],
+                    *count,
+                )
+            })
+        }),
+    );
+    metrics.gauge(
+        "forkwarden_job_kind_running",
+        "Whether a job worker of this server runs a job of the kind now.",
+        survey
+            .job_kinds
+            .iter()
+            .map(|kind| (vec![("kind", kind.name.clone())], i64::from(kind.running))),
+    );
+    if survey.job_kinds.is_empty() {
+        return;
+    }
+    let kind_label = |name: &str| vec![("kind", name.to_string())];
+    metrics.histogram(
+        "forkwarden_job_wait_seconds",
+        "How long the jobs this server's job workers started waited, from due (enqueued, \
+         their eta or their retry's time) to their start.",
+        &survey
+            .job_kinds
+            .iter()
+            .map(|kind| Histogram::of_durations(kind_label(&kind.name), &kind.waited))
+            .collect::<Vec<_>>(),
+    );
+    metrics.histogram(
+        "forkwarden_job_run_seconds",
+        "How long the attempts this server's job workers ended ran.",
+        &survey
+            .job_kinds
+            .iter()
+            .map(|kind| Histogram::of_durations(kind_label(&kind.name), &kind.ran))
+            .collect::<Vec<_>>(),
+    );
+    let channel_label =
+        |name: &Option<String>| name.clone().unwrap_or_else(|| "(other)".to_string());
+    metrics.gauge(
+        "forkwarden_job_channel_capacity",
+        "Running jobs a channel allows at once over every host ([[channel]] capacity).",
+        survey.job_channels.iter().filter_map(|channel| {
+            Some((
+                vec![("channel", channel_label(&channel.name))],
+                channel.capacity?,
+            ))
+        }),
+    );
+    let Some(read_at) = survey.job_queue_read_at else {
+        return;
+    };
+    metrics.gauge(
+        "forkwarden_jobs",
+        "Jobs waiting (pending, due or not) and running over every host, by channel, as a \
+         job worker of this server last counted them.",
+        survey.job_channels.iter().flat_map(|channel| {
+            [("pending", channel.waiting), ("running", channel.running)]
+                .into_iter()
+                .filter_map(move |(state, count)| {
+                    Some((
+                        vec![
+                            ("state", state.to_string()),
+                            ("channel", channel_label(&channel.name)),
+                        ],
+                        count?,
+                    ))
+                })
+        }),
+    );
+    metrics.gauge(
+        "forkwarden_jobs_counted_timestamp_seconds",
+        "When a job worker of this server last counted the jobs (Unix time).",
+        [(Labels::new(), read_at)],
+    );
+}
+
 /// What happened since the start (ends, limits, cron runs), and the master itself.
 fn event_metrics(metrics: &mut Exposition, survey: &Survey) {
     metrics.counter(
@@ -317,26 +398,7 @@ fn event_metrics(metrics: &mut Exposition, survey: &Survey) {
             .iter()
             .map(|job| (vec![("job", job.name.clone())], i64::from(job.running))),
     );
-    metrics.counter(
-        "forkwarden_job_attempts",
-        "Attempts of queued jobs that this server's job workers ended since it started, by kind and result.",
-        survey.job_kinds.iter().flat_map(|kind| {
-            [("succeeded", kind.succeeded), ("failed", kind.failed)].map(|(result, count)| {
-                (
-                    vec![("kind", kind.name.clone()), ("result", result.to_string())],
-                    count,
-                )
-            })
-        }),
-    );
-    metrics.gauge(
-        "forkwarden_job_kind_running",
-        "Whether a job worker of this server runs a job of the kind now.",
-        survey
-            .job_kinds
-            .iter()
-            .map(|kind| (vec![("kind", kind.name.clone())], i64::from(kind.running))),
-    );
+    job_metrics(metrics, survey);
     if let Some(rss) = survey.master.rss_bytes {
         metrics.gauge(
             "forkwarden_master_resident_memory_bytes",

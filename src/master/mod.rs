@@ -592,13 +592,16 @@ impl Master {
             });
             self.pool.forget_job_death(pid);
         }
-        if worker.id.role.runs_tasks() {
+        let interrupted = worker.running_job(&row);
+        if let Some((kinds, figures)) = worker.job_figures() {
+            self.tally
+                .job_worker_ended(kinds, &figures, interrupted.as_deref());
+        } else if worker.id.role == Role::Cron {
             let runs: Vec<_> = worker
                 .run_counts()
                 .map(|(job, runs)| (job.to_string(), runs))
                 .collect();
-            self.tally
-                .task_worker_ended(worker.id.role, runs, worker.running_job(&row).as_deref());
+            self.tally.cron_worker_ended(runs, interrupted.as_deref());
         }
         (worker, report)
     }
@@ -950,7 +953,7 @@ impl Master {
         };
         let mut row = match id.role {
             Role::Cron => WorkerRow::for_cron(self.config.cron.len())?,
-            Role::Job => WorkerRow::for_jobs(self.config.job.len())?,
+            Role::Job => WorkerRow::for_jobs(self.config.job_row_shape())?,
             Role::Http | Role::Program(_) => WorkerRow::new()?,
         };
         let generation = self.pool.generation();
@@ -1096,6 +1099,12 @@ impl Master {
                     .job
                     .iter()
                     .map(|kind| kind.name.clone())
+                    .collect(),
+                channels: self
+                    .config
+                    .job_channels()
+                    .into_iter()
+                    .map(str::to_string)
                     .collect(),
             },
             None if id.role == Role::Cron => WorkerKind::Cron {

@@ -109,8 +109,12 @@ pub enum WorkerKind {
     /// config (`jobs`, in order).
     Cron { jobs: Vec<String> },
     /// A job worker, forked by the master: its row counts the attempts of each kind of its
-    /// config (`kinds`, in order) and says which it runs now.
-    Job { kinds: Vec<String> },
+    /// config (`kinds`, in order), says which it runs now and how far it is, and carries the
+    /// jobs of each channel of the config (`channels`, then the others) as it last read them.
+    Job {
+        kinds: Vec<String>,
+        channels: Vec<String>,
+    },
     /// A program (`[app]`, `[[program]]`, or a worker a template forked): its output pipes
     /// and what it says over sd_notify.
     Program(Box<ExecState>),
@@ -201,21 +205,44 @@ impl Worker {
         }
     }
 
-    /// The runs of each cron job (or attempts of each job kind) of its config that its row
-    /// says ended (a cron or job worker's).
+    /// The runs of each cron job of its config that its row says ended (a cron worker's).
     pub fn run_counts(&self) -> impl Iterator<Item = (&str, RunCounts)> + '_ {
-        let jobs = self.task_names();
+        let jobs: &[String] = match &self.kind {
+            WorkerKind::Cron { jobs } => jobs,
+            _ => &[],
+        };
         let counts = self.row.job_counts(jobs.len());
         jobs.iter()
             .zip(counts)
             .map(|(job, (succeeded, failed))| (job.as_str(), RunCounts { succeeded, failed }))
     }
 
+    /// How its row is laid out, if it is a job worker.
+    pub fn job_shape(&self) -> Option<crate::scoreboard::JobRowShape> {
+        match &self.kind {
+            WorkerKind::Job { kinds, channels } => Some(crate::scoreboard::JobRowShape {
+                kinds: kinds.len(),
+                channels: channels.len() + 1,
+            }),
+            _ => None,
+        }
+    }
+
+    /// What a job worker's row counts: the attempts of each kind of its config (named), the
+    /// queue as it last read it, its job's progress.
+    pub fn job_figures(&self) -> Option<(&[String], crate::scoreboard::JobFigures)> {
+        let WorkerKind::Job { kinds, .. } = &self.kind else {
+            return None;
+        };
+        let shape = self.job_shape()?;
+        Some((kinds, self.row.job_figures(shape)))
+    }
+
     /// The cron jobs (or job kinds) of its config, if it is a cron (or job) worker.
     fn task_names(&self) -> &[String] {
         match &self.kind {
             WorkerKind::Cron { jobs } => jobs,
-            WorkerKind::Job { kinds } => kinds,
+            WorkerKind::Job { kinds, .. } => kinds,
             WorkerKind::Http | WorkerKind::Program(_) => &[],
         }
     }

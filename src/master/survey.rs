@@ -13,7 +13,10 @@ use super::lifecycle::{Departure, Lifecycle};
 use super::pool::{RunCounts, Worker};
 use super::template::{Template, TemplateState};
 use crate::id::Role;
-use crate::scoreboard::{Durations, RowSnapshot, WorkerState};
+use crate::jobs::Outcome;
+use crate::scoreboard::{
+    ChannelCount, Durations, KindFigures, QueueReading, RowSnapshot, WorkerState,
+};
 
 #[derive(Debug, Serialize)]
 pub(super) struct Survey {
@@ -39,7 +42,49 @@ pub(super) struct Survey {
     pub cron_jobs: Vec<CronJobSurvey>,
     /// The `[[job]]` kinds, with the attempts this server's job workers ended (the queue
     /// itself is in the database: `forkwarden job list`).
-    pub job_kinds: Vec<CronJobSurvey>,
+    pub job_kinds: Vec<JobKindSurvey>,
+    /// The channels of the config's kinds, with the jobs of each over every host as a job
+    /// worker of this server last read them.
+    pub job_channels: Vec<ChannelSurvey>,
+    /// When that was (Unix seconds); None before the first reading.
+    pub job_queue_read_at: Option<f64>,
+}
+
+/// A `[[job]]` kind and the attempts of it this server's job workers ended since it started.
+#[derive(Debug, Serialize)]
+pub(super) struct JobKindSurvey {
+    pub name: String,
+    pub attempts: u64,
+    /// Attempts that ended done; every other outcome counts as failed.
+    pub succeeded: u64,
+    pub failed: u64,
+    /// By outcome (`done`, `error`, `retry`, `killed`, `timeout`, `lost`, `cancelled`,
+    /// `not_started`).
+    pub outcomes: BTreeMap<&'static str, u64>,
+    /// How long its jobs waited from due to start, and how long its attempts ran.
+    #[serde(skip)]
+    pub waited: Durations,
+    #[serde(skip)]
+    pub ran: Durations,
+    /// Whether a job worker of this server runs one now.
+    pub running: bool,
+}
+
+/// A channel: its capacity (None: unbounded) and its jobs over every host, as last read.
+#[derive(Debug, Serialize)]
+pub(super) struct ChannelSurvey {
+    /// `None` for the jobs of channels the config does not name.
+    pub name: Option<String>,
+    pub capacity: Option<u32>,
+    pub waiting: Option<u64>,
+    pub running: Option<u64>,
+}
+
+/// A job's progress, as it last reported it.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub(super) struct Progress {
+    pub done: u64,
+    pub total: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -98,6 +143,9 @@ pub(super) struct WorkerSurvey {
     pub uptime_seconds: f64,
     /// What a program last said of itself (sd_notify STATUS=).
     pub status: Option<String>,
+    /// A job worker's job's progress.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -165,6 +213,7 @@ fn template_survey(template: &Template, now: Instant) -> WorkerSurvey {
             .saturating_duration_since(template.started)
             .as_secs_f64(),
         status: template.exec.status.clone(),
+        progress: None,
     }
 }
 
@@ -201,6 +250,10 @@ fn worker_survey(worker: &Worker, row: RowSnapshot, now: Instant) -> WorkerSurve
         requests: row.requests,
         uptime_seconds: now.saturating_duration_since(worker.started).as_secs_f64(),
         status: worker.kind.program().and_then(|exec| exec.status.clone()),
+        progress: busy
+            .and(worker.job_figures())
+            .and_then(|(_, figures)| figures.progress)
+            .map(|(done, total)| Progress { done, total }),
     }
 }
 
@@ -222,6 +275,8 @@ impl Master {
         let mut running_kinds = Vec::new();
         let mut cron_runs = self.tally.cron_runs_by_ended.clone();
         let mut job_attempts = self.tally.job_attempts_by_ended.clone();
+        // The freshest reading of the queue among the job workers.
+        let mut queue: Option<QueueReading> = None;
         let rows: Vec<WorkerSurvey> = workers
             .iter()
             .map(|worker| {
@@ -230,14 +285,23 @@ impl Master {
                     .entry(worker.id.role.as_str())
                     .or_insert_with(Durations::default)
                     .add(&worker.row.durations());
-                let (running, counts) = if worker.id.role == Role::Job {
-                    (&mut running_kinds, &mut job_attempts)
+                if let Some((kinds, figures)) = worker.job_figures() {
+                    running_kinds.extend(worker.running_job(&row));
+                    for (kind, counted) in kinds.iter().zip(&figures.kinds) {
+                        job_attempts.entry(kind.clone()).or_default().add(counted);
+                    }
+                    if let Some(reading) = figures.queue
+                        && queue
+                            .as_ref()
+                            .is_none_or(|freshest| freshest.read_at_ms < reading.read_at_ms)
+                    {
+                        queue = Some(reading);
+                    }
                 } else {
-                    (&mut running_jobs, &mut cron_runs)
-                };
-                running.extend(worker.running_job(&row));
-                for (job, runs) in worker.run_counts() {
-                    counts.entry(job.to_string()).or_default().add(runs);
+                    running_jobs.extend(worker.running_job(&row));
+                    for (job, runs) in worker.run_counts() {
+                        cron_runs.entry(job.to_string()).or_default().add(runs);
+                    }
                 }
                 worker_survey(worker, row, now)
             })
@@ -307,11 +371,17 @@ impl Master {
                 &running_jobs,
                 &cron_runs,
             ),
-            job_kinds: tasks(
-                self.config.job.iter().map(|kind| &kind.name),
-                &running_kinds,
-                &job_attempts,
-            ),
+            job_kinds: self
+                .config
+                .job
+                .iter()
+                .map(|kind| {
+                    let counted = job_attempts.remove(&kind.name).unwrap_or_default();
+                    job_kind_survey(&kind.name, counted, running_kinds.contains(&kind.name))
+                })
+                .collect(),
+            job_channels: channels(config, queue.as_ref()),
+            job_queue_read_at: queue.map(|reading| reading.read_at_ms as f64 / 1000.0),
         }
     }
 }
@@ -338,6 +408,58 @@ fn tasks<'a>(
             }
         })
         .collect()
+}
+
+/// A kind's survey from the attempts counted.
+fn job_kind_survey(name: &str, counted: KindFigures, running: bool) -> JobKindSurvey {
+    let attempts = counted
+        .outcomes
+        .iter()
+        .fold(0u64, |sum, count| sum.saturating_add(*count));
+    let succeeded = counted.outcomes[Outcome::Done.index()];
+    JobKindSurvey {
+        name: name.to_string(),
+        attempts,
+        succeeded,
+        failed: attempts.saturating_sub(succeeded),
+        outcomes: Outcome::ALL
+            .iter()
+            .map(|outcome| (outcome.as_str(), counted.outcomes[outcome.index()]))
+            .collect(),
+        waited: counted.waited,
+        ran: counted.ran,
+        running,
+    }
+}
+
+/// The config's channels with their capacity and, once read, their jobs; then the jobs of
+/// the channels it does not name, if there are any.
+fn channels(config: &crate::config::Config, queue: Option<&QueueReading>) -> Vec<ChannelSurvey> {
+    let count = |index: usize| queue.and_then(|reading| reading.channels.get(index).copied());
+    let names = config.job_channels();
+    let mut channels: Vec<ChannelSurvey> = names
+        .iter()
+        .enumerate()
+        .map(|(index, name)| ChannelSurvey {
+            name: Some((*name).to_string()),
+            capacity: config
+                .channel
+                .iter()
+                .find(|channel| channel.name == *name)
+                .map(|channel| channel.capacity),
+            waiting: count(index).map(|count| count.waiting),
+            running: count(index).map(|count| count.running),
+        })
+        .collect();
+    if let Some(others) = count(names.len()).filter(|count| *count != ChannelCount::default()) {
+        channels.push(ChannelSurvey {
+            name: None,
+            capacity: None,
+            waiting: Some(others.waiting),
+            running: Some(others.running),
+        });
+    }
+    channels
 }
 
 /// CPU seconds (user + system) process `pid` has used, from /proc.

@@ -9,7 +9,7 @@ use super::lifecycle::RetireReason;
 use super::pool::RunCounts;
 use super::report::{Verdict, limit_named};
 use crate::id::Role;
-use crate::scoreboard::Durations;
+use crate::scoreboard::{Durations, JobFigures, KindFigures};
 
 /// How many recent deaths are kept.
 const RECENT: usize = 10;
@@ -35,8 +35,8 @@ pub struct Tally {
     pub served_by_ended: BTreeMap<&'static str, Durations>,
     /// Runs of each cron job that ended, counted by cron workers that have ended.
     pub cron_runs_by_ended: BTreeMap<String, RunCounts>,
-    /// The same for the attempts of each job kind, by the job workers that ended.
-    pub job_attempts_by_ended: BTreeMap<String, RunCounts>,
+    /// The attempts of each job kind the job workers that ended counted.
+    pub job_attempts_by_ended: BTreeMap<String, KindFigures>,
 }
 
 impl Tally {
@@ -79,28 +79,48 @@ impl Tally {
         }
     }
 
-    /// A cron (or job) worker ended, having counted `runs` of the jobs (attempts of the
-    /// kinds) of its config; `interrupted`: the job it was running when it ended, a failure.
-    pub fn task_worker_ended(
+    /// A cron worker ended, having counted `runs` of the jobs of its config;
+    /// `interrupted`: the job it was running when it ended, a failure.
+    pub fn cron_worker_ended(
         &mut self,
-        role: Role,
         runs: impl IntoIterator<Item = (String, RunCounts)>,
         interrupted: Option<&str>,
     ) {
-        let counts = if role == Role::Job {
-            &mut self.job_attempts_by_ended
-        } else {
-            &mut self.cron_runs_by_ended
-        };
         for (job, counted) in runs {
-            counts.entry(job).or_default().add(counted);
+            self.cron_runs_by_ended.entry(job).or_default().add(counted);
         }
         if let Some(job) = interrupted {
-            let runs = counts.entry(job.to_string()).or_default();
-            runs.add(RunCounts {
-                succeeded: 0,
-                failed: 1,
-            });
+            self.cron_runs_by_ended
+                .entry(job.to_string())
+                .or_default()
+                .add(RunCounts {
+                    succeeded: 0,
+                    failed: 1,
+                });
+        }
+    }
+
+    /// A job worker ended, having counted `figures` of the `kinds` of its config;
+    /// `interrupted`: the kind of the job it was running when it ended, killed with it.
+    pub fn job_worker_ended(
+        &mut self,
+        kinds: &[String],
+        figures: &JobFigures,
+        interrupted: Option<&str>,
+    ) {
+        for (kind, counted) in kinds.iter().zip(&figures.kinds) {
+            self.job_attempts_by_ended
+                .entry(kind.clone())
+                .or_default()
+                .add(counted);
+        }
+        if let Some(kind) = interrupted {
+            let counts = self
+                .job_attempts_by_ended
+                .entry(kind.to_string())
+                .or_default();
+            let killed = &mut counts.outcomes[crate::jobs::Outcome::Killed.index()];
+            *killed = killed.saturating_add(1);
         }
     }
 

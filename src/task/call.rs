@@ -26,14 +26,41 @@ use super::{Bounds, Output, OutputTail, RunEnding, Task, Upkeep, drain, input_fi
 /// The longest retry delay a job may ask for (`jobs.Retry(after=...)`).
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(30 * 86_400);
 
-/// What a call said of itself while it ran (an executor's, through `forkwarden_wsgi.jobs`):
-/// read by its job worker, which writes it to the job's row.
+/// What a job said of itself while it ran (a call, through `forkwarden_wsgi.jobs` on its
+/// executor's connection; a command, on `NOTIFY_SOCKET`): read by its job worker, which
+/// writes it to the job's row. Words of the job's code, checked and bounded.
 #[derive(Debug, Default)]
-pub struct CallNotes {
+pub struct RunNotes {
     /// `PROGRESS=<done>/<total>`: the last progress it reported.
     pub progress: std::cell::Cell<Option<(i64, i64)>>,
     /// `RETRY_AFTER=<seconds>`: the delay it asked for before its next attempt.
     pub retry_after: std::cell::Cell<Option<Duration>>,
+}
+
+impl RunNotes {
+    /// Keeps `KEY=value` if it is a note a job may send: `PROGRESS=<done>/<total>` (counts
+    /// with 0 <= done <= total), `RETRY_AFTER=<seconds>` (finite, not negative, at most
+    /// [`RETRY_AFTER_MAX`]). Anything else is ignored.
+    pub fn note(&self, line: &str) {
+        match line.split_once('=') {
+            Some(("PROGRESS", value)) => {
+                let parsed = value.trim().split_once('/').and_then(|(done, total)| {
+                    Some((done.parse::<i64>().ok()?, total.parse::<i64>().ok()?))
+                });
+                if let Some(progress) = parsed.filter(|(done, total)| (0..=*total).contains(done)) {
+                    self.progress.set(Some(progress));
+                }
+            }
+            Some(("RETRY_AFTER", value)) => {
+                if let Ok(seconds) = value.trim().parse::<f64>()
+                    && let Ok(after) = Duration::try_from_secs_f64(seconds)
+                {
+                    self.retry_after.set(Some(after.min(RETRY_AFTER_MAX)));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 use crate::output::Stream;
 use crate::sys::{self, WorkerSignals};
@@ -104,7 +131,7 @@ pub fn run_in_executor(
     task: &Task<'_>,
     call: &str,
     executor: &mut Option<Executor>,
-    notes: &CallNotes,
+    notes: &RunNotes,
     limit: Option<(Duration, &'static str)>,
     upkeep: Option<Upkeep<'_>>,
     account: &[(OsString, OsString)],
@@ -382,7 +409,7 @@ struct TemplateReport<'a> {
     ending: Option<RunEnding>,
     /// The connection ended without a word of how the process ended.
     gone: bool,
-    notes: Option<&'a CallNotes>,
+    notes: Option<&'a RunNotes>,
 }
 
 impl TemplateReport<'_> {
@@ -400,8 +427,11 @@ impl TemplateReport<'_> {
                         match line.split_once('=') {
                             Some(("PID", value)) => self.pid = number(value).map(Pid::from_raw),
                             Some(("DONE", value)) => self.done = number(value),
-                            Some(("PROGRESS", value)) => self.note_progress(value),
-                            Some(("RETRY_AFTER", value)) => self.note_retry_after(value),
+                            Some(("PROGRESS" | "RETRY_AFTER", _)) => {
+                                if let Some(notes) = self.notes {
+                                    notes.note(line);
+                                }
+                            }
                             Some(("EXIT", value)) => {
                                 self.ending = number(value).map(RunEnding::Exited);
                             }
@@ -423,27 +453,6 @@ impl TemplateReport<'_> {
                     return;
                 }
             }
-        }
-    }
-
-    /// `<done>/<total>`, both counts that fit (0 <= done <= total).
-    fn note_progress(&self, value: &str) {
-        let Some(notes) = self.notes else { return };
-        let parsed = value.trim().split_once('/').and_then(|(done, total)| {
-            Some((done.parse::<i64>().ok()?, total.parse::<i64>().ok()?))
-        });
-        if let Some((done, total)) = parsed.filter(|(done, total)| (0..=*total).contains(done)) {
-            notes.progress.set(Some((done, total)));
-        }
-    }
-
-    /// Seconds, finite, not negative, at most [`RETRY_AFTER_MAX`].
-    fn note_retry_after(&self, value: &str) {
-        let Some(notes) = self.notes else { return };
-        if let Ok(seconds) = value.trim().parse::<f64>()
-            && let Ok(after) = Duration::try_from_secs_f64(seconds)
-        {
-            notes.retry_after.set(Some(after.min(RETRY_AFTER_MAX)));
         }
     }
 }

@@ -26,7 +26,9 @@ use crate::sys::{self, WorkerSignals};
 
 mod call;
 
-pub use call::{CallNotes, Executor, run_in_executor};
+pub use call::{Executor, RunNotes, run_in_executor};
+
+use crate::notify::NotifyReceiver;
 
 /// The last lines a job wrote (both streams, in the order they came), for its run history.
 #[derive(Debug, Default)]
@@ -75,6 +77,9 @@ pub struct Task<'a> {
     /// Bytes given on a command's standard input, or to a `call` as its arguments (a job's
     /// args, as JSON); a command without gets /dev/null.
     pub input: Option<&'a [u8]>,
+    /// Where a command's notes go (a job's `PROGRESS=`, `RETRY_AFTER=` on the
+    /// `NOTIFY_SOCKET` it gets); None: it gets no socket.
+    pub notes: Option<&'a RunNotes>,
 }
 
 /// What runs a task: a program, or a function of the preloaded application.
@@ -240,6 +245,13 @@ pub fn run(
     if let Some(cwd) = task.cwd {
         command.current_dir(cwd);
     }
+    let notes = match task.notes.map(notes_socket).transpose() {
+        Ok(socket) => socket.zip(task.notes),
+        Err(error) => return RunEnding::CouldNotStart(error),
+    };
+    if let Some((socket, _)) = &notes {
+        command.env("NOTIFY_SOCKET", socket.path());
+    }
     sys::supervise_job(&mut command);
     let mut child = match command.spawn() {
         Ok(child) => child,
@@ -247,7 +259,7 @@ pub fn run(
     };
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     started(pid);
-    let ending = match Watch::new(task, &mut child, tail) {
+    let ending = match Watch::new(task, &mut child, tail, notes) {
         Ok(mut watch) => watch.until_exit(&mut child, pid, limit, upkeep, signals),
         Err(error) => {
             let _ = killpg(pid, Signal::SIGKILL);
@@ -335,10 +347,25 @@ struct Watch<'a> {
     exited: OwnedFd,
     output: [Output; 2],
     tail: &'a OutputTail,
+    /// A command job's notification socket, and where its notes go.
+    notes: Option<(NotifyReceiver, &'a RunNotes)>,
+}
+
+/// A socket of its own for a command job's notes, at an abstract address (nothing left
+/// on disk): `@forkwarden-job/<job worker pid>/<n>`.
+fn notes_socket(_: &RunNotes) -> io::Result<NotifyReceiver> {
+    static SOCKETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SOCKETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    NotifyReceiver::bind_abstract(&format!("forkwarden-job/{}/{n}", std::process::id()))
 }
 
 impl<'a> Watch<'a> {
-    fn new(task: &Task<'_>, child: &mut Child, tail: &'a OutputTail) -> io::Result<Self> {
+    fn new(
+        task: &Task<'_>,
+        child: &mut Child,
+        tail: &'a OutputTail,
+        notes: Option<(NotifyReceiver, &'a RunNotes)>,
+    ) -> io::Result<Self> {
         let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
         let stdout = child.stdout.take().map(OwnedFd::from);
         let stderr = child.stderr.take().map(OwnedFd::from);
@@ -352,7 +379,22 @@ impl<'a> Watch<'a> {
                 Output::new(&task.label, Stream::Stderr, stderr)?,
             ],
             tail,
+            notes,
         })
+    }
+
+    /// Keeps the notes waiting on the socket: those of a process of the job's user (the
+    /// address is visible to every local user; the job's own processes are its user's).
+    fn read_notes(&self) {
+        let Some((socket, notes)) = &self.notes else {
+            return;
+        };
+        let own = nix::unistd::getuid().as_raw();
+        while let Ok(Some(message)) = socket.recv() {
+            if message.uid == Some(own) {
+                message.text.lines().for_each(|line| notes.note(line));
+            }
+        }
     }
 
     fn until_exit(
@@ -378,12 +420,19 @@ impl<'a> Watch<'a> {
                     .filter_map(|output| output.pipe.as_ref())
                     .map(|pipe| PollFd::new(pipe.as_fd(), PollFlags::POLLIN)),
             );
+            fds.extend(
+                self.notes
+                    .as_ref()
+                    .map(|(socket, _)| PollFd::new(socket.descriptor(), PollFlags::POLLIN)),
+            );
             // A stop request (SIGTERM) only ends this wait: the job is let finish, and the
             // master kills what is left after graceful_timeout.
             let _ = signals.poll(&mut fds, bounds.next_wake());
             let has_exited = fds[0].any().unwrap_or(false);
             drop(fds);
             self.drain();
+            // Before its end is read: a note sent just before it exited counts.
+            self.read_notes();
             if has_exited {
                 // Killed by its claim's deadline: that is how it ended.
                 if let Some(expired) = bounds.expired() {
@@ -620,6 +669,7 @@ mod tests {
             cwd: None,
             env: vec![("FW_TEST".to_string(), "yes".to_string())],
             input: None,
+            notes: None,
         }
     }
 

@@ -19,7 +19,7 @@ use crate::database::StoreError;
 use crate::jobs::{AttemptEnd, Claimed, Fate, JobDeath, JobQueue};
 use crate::scoreboard::ExitReason;
 use crate::sys::WorkerSignals;
-use crate::task::{CallNotes, Executor, OutputTail, Renewal, RunEnding, Task, TaskAction, Upkeep};
+use crate::task::{Executor, OutputTail, Renewal, RunEnding, RunNotes, Task, TaskAction, Upkeep};
 
 /// How often a running job's lease is renewed at most: each renewal also learns whether
 /// the job was cancelled, so this bounds how long a cancel takes to reach it.
@@ -28,6 +28,9 @@ const RENEWAL_MAX: Duration = Duration::from_secs(1);
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// How often it looks for attempts whose lease passed (their host died).
 const LAPSED_EVERY: Duration = Duration::from_secs(1);
+/// How often it counts the jobs of each channel for the status and the metrics (between
+/// jobs, and while one runs).
+const QUEUE_READ_EVERY: Duration = Duration::from_secs(5);
 
 /// What a job worker gets from the master.
 pub(super) struct JobSpec<'a> {
@@ -75,6 +78,8 @@ pub(super) fn run(spec: &JobSpec<'_>, signals: &WorkerSignals) -> Outcome {
         limit_request: spec.config.worker_limits().request_limit(),
         refusal: None,
         executor: std::cell::RefCell::new(None),
+        shape: spec.config.job_row_shape(),
+        queue_read_at: std::cell::Cell::new(None),
     };
     spec.context.report_ready();
     Outcome::Left(worker.serve())
@@ -102,6 +107,10 @@ struct JobWorker<'a> {
     /// The process forked from the preload template that runs its `call` jobs, one after
     /// the other (see [`crate::task::run_in_executor`]).
     executor: std::cell::RefCell<Option<Executor>>,
+    /// How its row is laid out (see [`crate::scoreboard::JobRowShape`]).
+    shape: crate::scoreboard::JobRowShape,
+    /// When it last counted the jobs of each channel into its row.
+    queue_read_at: std::cell::Cell<Option<Instant>>,
 }
 
 impl JobWorker<'_> {
@@ -194,6 +203,31 @@ impl JobWorker<'_> {
             self.queue.record_lapsed(self.spec.config)?;
             self.lapsed_at = Some(Instant::now());
         }
+        self.read_queue()
+    }
+
+    /// Counts the jobs waiting and running in each channel into its row, if the last count
+    /// is older than [`QUEUE_READ_EVERY`]: the master shows them (it never reads the
+    /// database itself).
+    fn read_queue(&self) -> Result<(), StoreError> {
+        if self
+            .queue_read_at
+            .get()
+            .is_some_and(|at| at.elapsed() < QUEUE_READ_EVERY)
+        {
+            return Ok(());
+        }
+        let counts = self
+            .queue
+            .count_by_channel(&self.spec.config.job_channels())?;
+        let read_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |now| u64::try_from(now.as_millis()).unwrap_or(u64::MAX));
+        self.spec
+            .context
+            .row
+            .set_queue(self.shape, &counts, read_at_ms);
+        self.queue_read_at.set(Some(Instant::now()));
         Ok(())
     }
 
@@ -223,15 +257,21 @@ impl JobWorker<'_> {
         };
         let label = format!("job {} #{}", kind.name, claimed.id);
         let limit = job_time_limit(self.spec.config, kind);
+        let cpu_limit = Some(
+            kind.limit_time_cpu
+                .unwrap_or(self.spec.config.limit_time_cpu)
+                .duration(),
+        )
+        .filter(|limit| !limit.is_zero());
         context.begin_work("job", &format!("{} #{}", kind.name, claimed.id));
         row.set_work_limit(limit.map(|(limit, _)| limit));
-        row.set_work_kind(Some(index));
+        row.set_work_kind(self.shape, Some(index));
         let started = Instant::now();
         let mut job_pid = None;
         let tail = OutputTail::default();
-        let task = job_task(kind, claimed, label.clone());
+        let notes = RunNotes::default();
+        let task = job_task(kind, claimed, label.clone(), &notes);
         let renewed_at = std::cell::Cell::new(Instant::now());
-        let notes = CallNotes::default();
         let mut renew = || self.renew(claimed, &renewed_at, notes.progress.get());
         let upkeep = Upkeep {
             every: (self.lease / 4).min(RENEWAL_MAX),
@@ -240,9 +280,11 @@ impl JobWorker<'_> {
             renew: &mut renew,
         };
         let account = super::account_variables(self.spec.config);
+        let command = matches!(task.action, TaskAction::Command(_));
         let started_as = |pid: nix::unistd::Pid| {
             row.set_job_group(Some(pid.as_raw()));
             job_pid = Some(pid.as_raw());
+            self.limit_job_process(pid, kind, cpu_limit, command);
             info!(
                 event = "job_attempt_started",
                 job = claimed.id,
@@ -282,17 +324,60 @@ impl JobWorker<'_> {
         };
         row.set_job_group(None);
         row.set_work_limit(None);
-        row.set_work_kind(None);
-        row.count_job_end(index, ending.succeeded());
+        row.set_work_kind(self.shape, None);
+        row.set_progress(self.shape, None);
+        let ran = started.elapsed();
+        let end = AttemptEnd::of_run(&ending, job_pid, tail.take()).past_cpu_limit(cpu_limit);
+        row.count_attempt(self.shape, index, end.outcome.index(), claimed.waited, ran);
         row.end_request();
-        let took = crate::format::elapsed(started.elapsed());
-        let end = AttemptEnd::of_run(&ending, job_pid, tail.take());
+        let took = crate::format::elapsed(ran);
         let delay = notes
             .retry_after
             .get()
             .unwrap_or_else(|| kind.retry_delay(claimed.id, claimed.attempt));
         let fate = self.record(claimed, &end, delay, notes.progress.get());
         log_end(&label, claimed, &ending, &end, fate, &took);
+    }
+
+    /// Holds the process that runs an attempt of `kind` (a command's own, or the executor
+    /// that calls the function) to the kind's CPU time and address space: RLIMIT_CPU past the
+    /// CPU it has used (SIGXCPU ends it), RLIMIT_AS at its `limit_memory_hard`. A command's
+    /// hard limits come down too (SIGKILL a second past SIGXCPU, should it ignore that); an
+    /// executor keeps its hard ones, which its next call may need above this one's.
+    fn limit_job_process(
+        &self,
+        pid: nix::unistd::Pid,
+        kind: &JobKind,
+        cpu_limit: Option<Duration>,
+        command: bool,
+    ) {
+        use crate::sys::JobLimit;
+        let name = self.spec.context.name();
+        if let Some(limit) = cpu_limit {
+            // A fresh command has used nothing; an executor what its earlier calls did.
+            let used = nix::time::ClockId::pid_cpu_clock_id(pid)
+                .and_then(nix::time::clock_gettime)
+                .map(Duration::from)
+                .unwrap_or_default();
+            let soft = forkwarden_worker::limits::cpu_soft_limit(used, limit);
+            let hard = command.then(|| soft.saturating_add(1));
+            if let Err(error) = crate::sys::set_job_limit_of(pid, JobLimit::Cpu, soft, hard) {
+                warn!("{name}: cannot apply limit_time_cpu to its job (pid {pid}): {error}");
+            }
+        }
+        let config = self.spec.config;
+        let memory = kind
+            .limit_memory_hard
+            .unwrap_or(config.limit_memory_hard)
+            .bytes();
+        if memory > 0 && config.limit_memory_hard_rlimit {
+            let hard = command.then_some(memory);
+            if let Err(error) =
+                crate::sys::set_job_limit_of(pid, JobLimit::AddressSpace, memory, hard)
+            {
+                warn!("{name}: cannot apply limit_memory_hard to its job (pid {pid}): {error}");
+            }
+        }
     }
 
     /// Renews the running job's lease, with the progress it last reported: what the runner
@@ -303,6 +388,16 @@ impl JobWorker<'_> {
         renewed_at: &std::cell::Cell<Instant>,
         progress: Option<(i64, i64)>,
     ) -> Renewal {
+        let progress_shown = progress.map(|(done, total)| {
+            let count = |n: i64| u64::try_from(n).unwrap_or(0);
+            (count(done), count(total))
+        });
+        self.spec
+            .context
+            .row
+            .set_progress(self.shape, progress_shown);
+        // Best effort: a failed count is tried again at the next renewal.
+        let _ = self.read_queue();
         let asked = Instant::now();
         match self
             .queue
@@ -375,7 +470,12 @@ fn job_time_limit(config: &Config, kind: &JobKind) -> Option<(Duration, &'static
 }
 
 /// What an attempt of `claimed` runs: its kind's command or call, with its args.
-fn job_task<'a>(kind: &'a JobKind, claimed: &'a Claimed, label: String) -> Task<'a> {
+fn job_task<'a>(
+    kind: &'a JobKind,
+    claimed: &'a Claimed,
+    label: String,
+    notes: &'a RunNotes,
+) -> Task<'a> {
     let mut env: Vec<(String, String)> = kind
         .env
         .iter()
@@ -399,6 +499,7 @@ fn job_task<'a>(kind: &'a JobKind, claimed: &'a Claimed, label: String) -> Task<
         cwd: kind.cwd.as_deref(),
         env,
         input: Some(claimed.args.as_bytes()),
+        notes: Some(notes),
     }
 }
 

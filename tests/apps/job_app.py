@@ -47,3 +47,9 @@ def later(seconds):
     """Asks to be retried after `seconds` the first time."""
     if jobs.current()["attempt"] == 1:
         raise jobs.Retry("come back later", after=seconds)
+
+
+def spin():
+    """Burns CPU until a limit ends it."""
+    while True:
+        pass

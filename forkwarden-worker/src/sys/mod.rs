@@ -56,9 +56,9 @@ pub use net::{
 };
 pub use pidfd::{ProcessHandle, pidfd_open};
 pub use process::{
-    Exited, LISTEN_FD, adopt_inherited, duplicate_descriptor, ensure_standard_fds,
+    Exited, JobLimit, LISTEN_FD, adopt_inherited, duplicate_descriptor, ensure_standard_fds,
     exec_socket_activated, exited_child, fork_process, lower_priority, reap, run_as_account,
-    set_address_space_limit_of, set_cpu_limit_of, supervise_job,
+    set_address_space_limit_of, set_cpu_limit_of, set_job_limit_of, supervise_job,
 };
 pub use shm::{SharedWords, sealed_text_file};
 pub use signals::{MASTER_SIGNALS, WorkerSignals};

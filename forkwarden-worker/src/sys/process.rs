@@ -499,9 +499,91 @@ pub fn set_address_space_limit_of(pid: Pid, bytes: u64) -> std::io::Result<()> {
         .map_err(Into::into)
 }
 
+/// A limit [`set_job_limit_of`] moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobLimit {
+    /// RLIMIT_CPU, in seconds of CPU time.
+    Cpu,
+    /// RLIMIT_AS, in bytes of address space.
+    AddressSpace,
+}
+
+/// Moves the soft `limit` of another process (a job's, run by this job worker as the same
+/// user) to `soft`, and its hard limit down to `hard` when given (a fresh process of its
+/// own), else keeps the hard limit, which an unprivileged caller could not raise back: the
+/// soft limit is then capped at it. `prlimit(2)`.
+pub fn set_job_limit_of(
+    pid: Pid,
+    limit: JobLimit,
+    soft: u64,
+    hard: Option<u64>,
+) -> std::io::Result<()> {
+    let resource = match limit {
+        JobLimit::Cpu => libc::RLIMIT_CPU,
+        JobLimit::AddressSpace => libc::RLIMIT_AS,
+    };
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: no new value (null), and `old` is a live rlimit the kernel writes into.
+    let read = unsafe { libc::prlimit(pid.as_raw(), resource, std::ptr::null(), &mut old) };
+    nix::errno::Errno::result(read)?;
+    let hard = hard.map_or(old.rlim_max, |hard| hard.min(old.rlim_max));
+    let new = libc::rlimit {
+        rlim_cur: soft.min(hard),
+        rlim_max: hard,
+    };
+    // SAFETY: `new` is a live, initialised rlimit; the old-value pointer is null.
+    let written = unsafe { libc::prlimit(pid.as_raw(), resource, &new, std::ptr::null_mut()) };
+    nix::errno::Errno::result(written)
+        .map(drop)
+        .map_err(Into::into)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_limit_moves_the_soft_limit_under_the_hard_one() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
+        set_job_limit_of(pid, JobLimit::Cpu, 7, Some(9)).unwrap();
+        set_job_limit_of(pid, JobLimit::AddressSpace, 1 << 40, None).unwrap();
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let cpu = limits
+            .lines()
+            .find(|line| line.starts_with("Max cpu time"))
+            .unwrap();
+        assert!(
+            cpu.split_whitespace().collect::<Vec<_>>()[3..5] == ["7", "9"],
+            "{cpu}"
+        );
+        // A soft limit above the hard one is capped, never an error.
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
+        set_job_limit_of(pid, JobLimit::Cpu, 20, Some(3)).unwrap();
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let cpu = limits
+            .lines()
+            .find(|line| line.starts_with("Max cpu time"))
+            .unwrap();
+        assert!(
+            cpu.split_whitespace().collect::<Vec<_>>()[3..5] == ["3", "3"],
+            "{cpu}"
+        );
+    }
 
     /// The test harness runs tests on threads: the very case `fork_process` must refuse.
     #[test]

@@ -97,6 +97,38 @@ pub fn lineage(pid: Pid) -> Option<Lineage> {
     })
 }
 
+/// The processes below `root` that stayed in its process group, parents before children (a
+/// preload template's spare pair: the jobs and workers it forks move to groups of their
+/// own). Bounded as [`memory`]'s walk is.
+pub fn same_group_below(root: Pid) -> Vec<Pid> {
+    let Some(group) = lineage(root).map(|lineage| lineage.group) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    let mut pending = children(root);
+    pending.reverse();
+    while let Some(pid) = pending.pop() {
+        if found.len() >= MAX_TREE {
+            break;
+        }
+        if lineage(pid).is_some_and(|lineage| lineage.group == group) {
+            found.push(pid);
+            let mut below = children(pid);
+            below.reverse();
+            pending.extend(below);
+        }
+    }
+    found
+}
+
+/// How long ago `pid` started; None when it is gone.
+pub fn started_ago(pid: Pid) -> Option<std::time::Duration> {
+    use procfs::Current;
+    let started = stat(pid)?.starttime as f64 / procfs::ticks_per_second() as f64;
+    let uptime = procfs::Uptime::current().ok()?.uptime;
+    std::time::Duration::try_from_secs_f64(uptime - started).ok()
+}
+
 /// Where a process sits: its parent, and its process group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lineage {
@@ -128,6 +160,15 @@ mod tests {
         assert!(!is_stopped(state(child_pid).unwrap()));
         assert_eq!(command_name(child_pid).as_deref(), Some("sleep"));
         assert_eq!(lineage(child_pid).map(|lineage| lineage.parent), Some(me));
+        assert!(same_group_below(me).contains(&child_pid));
+        assert!(started_ago(child_pid).unwrap() < std::time::Duration::from_secs(60));
+        let mut alone = std::process::Command::new("sleep");
+        std::os::unix::process::CommandExt::process_group(&mut alone, 0);
+        let mut alone = alone.arg("30").spawn().unwrap();
+        let alone_pid = Pid::from_raw(alone.id() as i32);
+        assert!(!same_group_below(me).contains(&alone_pid));
+        alone.kill().unwrap();
+        alone.wait().unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(memory(child_pid, true), None);

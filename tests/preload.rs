@@ -177,6 +177,35 @@ fn workers_are_forked_from_the_loaded_template_as_the_masters_own_children() {
     assert!(wait_until(SOON, || workers_of(&server).contains(&replacement)));
     assert_eq!(server.log_matching("app template started as pid ").len(), 1);
     assert!(is_alive(template));
+    // The status shows the template's spare pair (forked in advance for the next worker):
+    // its middle process, a child of the template, and the spare worker below it.
+    let spares = || {
+        let output = std::process::Command::new(common::BINARY)
+            .args(["status", "--json", "--config"])
+            .arg(&server.config_path)
+            .output()
+            .expect("forkwarden status");
+        let status: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("status as JSON");
+        status["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|row| row["role"] == "spare" && row["rss_bytes"].as_u64().is_some())
+            .filter_map(|row| row["pid"].as_i64().and_then(|pid| i32::try_from(pid).ok()))
+            .collect::<Vec<i32>>()
+    };
+    assert!(wait_until(SOON, || spares().len() == 2), "{:?}", spares());
+    let pair = spares();
+    let parent = |pid: i32| {
+        common::status_field(pid, "PPid:")
+            .and_then(|ppid| ppid.trim().parse::<i32>().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        pair.len() == 2 && parent(pair[0]) == template && parent(pair[1]) == pair[0],
+        "spare pair {pair:?} below template {template}"
+    );
 }
 
 #[test]

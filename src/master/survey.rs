@@ -217,6 +217,37 @@ fn template_survey(template: &Template, now: Instant) -> WorkerSurvey {
     }
 }
 
+/// The template's spare pair, as rows of the workers' table (role `spare`): the middle
+/// process and the worker forked in advance, waiting for the next fork request. Found
+/// below the template in its process group (what it forks for jobs and workers moves to
+/// groups of their own); shown, never signalled: the template owns them.
+fn spare_survey(template: &Template, now: Instant) -> Vec<WorkerSurvey> {
+    if !matches!(template.state, TemplateState::Ready) {
+        return Vec::new();
+    }
+    crate::proctree::same_group_below(template.pid)
+        .into_iter()
+        .map(|pid| WorkerSurvey {
+            role: "spare",
+            program: None,
+            slot: 0,
+            pid: pid.as_raw(),
+            generation: template.generation,
+            state: WorkerStateName::Idle,
+            request: None,
+            busy_seconds: None,
+            rss_bytes: crate::proctree::memory(pid, false).map(|memory| memory.rss),
+            cpu_seconds: cpu_seconds(pid.as_raw()),
+            requests: 0,
+            uptime_seconds: crate::proctree::started_ago(pid)
+                .unwrap_or_else(|| now.saturating_duration_since(template.started))
+                .as_secs_f64(),
+            status: None,
+            progress: None,
+        })
+        .collect()
+}
+
 /// One worker as it is now, its row read as `row`.
 fn worker_survey(worker: &Worker, row: RowSnapshot, now: Instant) -> WorkerSurvey {
     let state = match (&worker.lifecycle, row.state) {
@@ -307,11 +338,10 @@ impl Master {
             })
             .collect();
         let mut rows = rows;
-        rows.extend(
-            self.templates
-                .iter()
-                .map(|template| template_survey(template, now)),
-        );
+        for template in self.templates.iter() {
+            rows.push(template_survey(template, now));
+            rows.extend(spare_survey(template, now));
+        }
         // Workers alive and ended, every role that serves requests: a cron worker's runs
         // are counted per job (`cron_runs`), not as requests.
         let requests = served

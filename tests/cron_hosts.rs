@@ -210,21 +210,31 @@ fn two_hosts_on_one_database_run_each_due_run_once() {
     );
     // Each claimed run ran once, and is in the history, done.
     let history_runs = assert_each_run_recorded_once(&a, &runs);
-    // None skipped: each due time (a second after the previous start) had its run. From
-    // the second run on: the first waits for the hosts' first connections to a new database
-    // (its tables made), which a loaded machine took 2.3 s to give.
+    // None doubled: no run started before its due time, a second after the previous start
+    // (from the second run on: the first waits for the hosts' first connections to a new
+    // database, its tables made). None skipped: an interval is counted from the previous
+    // start, so a late run (a cron worker stalled ~2 s once with two test suites on two
+    // cores) delays the next and skips nothing; a schedule that skipped due times would
+    // show gaps of two seconds and more throughout, which the median catches.
     let starts: Vec<i64> = history_runs
         .iter()
         .map(|run| run["start_ms"].as_i64().expect("start_ms"))
         .collect();
-    for pair in starts.windows(2).skip(1) {
-        let gap = pair[1] - pair[0];
-        assert!(
-            (900..2000).contains(&gap),
-            "runs {gap} ms apart (due every 1000 ms): one was skipped or doubled; starts \
-             {starts:?}"
-        );
-    }
+    let mut gaps: Vec<i64> = starts
+        .windows(2)
+        .skip(1)
+        .map(|pair| pair[1] - pair[0])
+        .collect();
+    assert!(
+        gaps.iter().all(|gap| *gap >= 900),
+        "a run started before its due time (due every 1000 ms): starts {starts:?}"
+    );
+    gaps.sort_unstable();
+    let median = gaps[gaps.len() / 2];
+    assert!(
+        (900..1500).contains(&median),
+        "runs a median {median} ms apart (due every 1000 ms): starts {starts:?}"
+    );
     assert!(
         runs.len() as f64 >= took.as_secs_f64() - 2.0,
         "{} runs in {took:?}",

@@ -156,12 +156,29 @@ def slow_mix(start, seconds, slow_connections):
         server.stop()
 
 
+def even(start, seconds):
+    """16 keep-alive connections on /sleep?ms=15, every request alike: the fair wait for
+    one is 4 turns of 15 ms (16 clients on 4 workers); its p99 says how unfairly the
+    requests are taken (Odoo's /web/login is such a load)."""
+    server = start().ready()
+    try:
+        report = wrk(server.port, 16, seconds, "/sleep?ms=15")
+        return {
+            "p99": report["latency_p99_us"] / 1000,
+            "rate": report["requests"] / (report["duration_us"] / 1e6),
+            "errors": compare.failures(report),
+        }
+    finally:
+        server.stop()
+
+
 def measure(name, start, seconds):
     return {
         "64": keep_alive(start, 64, seconds),
         "8": keep_alive(start, 8, seconds),
         "mix2": None if name == "nginx" else slow_mix(start, seconds, 2),
         "mix8": None if name == "nginx" else slow_mix(start, seconds, 8),
+        "even": None if name == "nginx" else even(start, seconds),
     }
 
 
@@ -209,7 +226,7 @@ def main():
     names = [name for name, _ in servers]
     if args.only:
         for name in names:
-            for key in ("64", "8", "mix2", "mix8"):
+            for key in ("64", "8", "mix2", "mix8", "even"):
                 results = [result[key] for result in rows[name]]
                 if results[0] is not None:
                     print(f"{name} {key}: {summary(results, 'rate')}/s, p99 "
@@ -225,6 +242,12 @@ def main():
         if results[0] is None:
             return "n/a"
         return (f"fast p99 {summary(results, 'p99')} ms ({summary(results, 'rate')}/s); "
+                f"{sum(r['errors'] for r in results)} errors")
+
+    def even_cell(results):
+        if results[0] is None:
+            return "n/a"
+        return (f"p99 {summary(results, 'p99')} ms ({summary(results, 'rate')}/s); "
                 f"{sum(r['errors'] for r in results)} errors")
 
     def row(label, key, render):
@@ -246,13 +269,16 @@ def main():
     command = f"scripts/keepalive.sh --seconds {args.seconds} --rounds {args.rounds}"
     if args.baseline:
         command += " --baseline DIR"
+        baseline_commit = subprocess.run(
+            ["git", "-C", args.baseline, "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True).stdout.strip() or "unknown"
     lines = [
         f"Machine: {machine()}. Versions: {versions}.",
         f"Command: `{command}`. {WORKERS} workers each; wrk with 2 threads on the same "
         "machine. nginx returns a fixed body; uWSGI, Granian, gunicorn and forkwarden's "
         "Python runner serve scripts/compare_app.py; forkwarden's built-in workers its demo "
         "app. Each cell: the median of the rounds (their range)."
-        + (" \"before\": the commit before issue 28's change, in the same rounds."
+        + (f" \"before\": commit {baseline_commit}, measured in the same rounds."
            if args.baseline else ""),
         "",
         "| measure | " + " | ".join(names) + " |",
@@ -263,6 +289,8 @@ def main():
             mix_cell),
         row("8 slow in flight: 8 connections on `/sleep?ms=200` beside 16 on `/`", "mix8",
             mix_cell),
+        row("every request alike: 16 connections on `/sleep?ms=15` (fair wait 60 ms)",
+            "even", even_cell),
         "",
         f"Targets: 64 connections {rate(ours, '64') / rate('nginx', '64'):.2f}x nginx (at least "
         f"0.6x) and {rate(ours, '64') / rate('Granian', '64'):.2f}x Granian (at least 1x); 8 "

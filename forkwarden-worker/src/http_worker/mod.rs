@@ -13,7 +13,9 @@
 //! While it runs one, it is not waiting: new connections go to other workers
 //! (EPOLLEXCLUSIVE). Its own idle kept-alive connections must not wait behind that request
 //! either: if it is still running after 5 ms (`HANDOFF_FIRST`, then every `HANDOFF_AFTER`),
-//! an alarm hands those with a request waiting to the other workers through the hand-off
+//! and after twice the client's own last request (where every request takes about as long,
+//! moving clients between equally busy workers would only reorder them, unfairly), an alarm
+//! hands those with a request waiting to the other workers through the hand-off
 //! channel (see `sys::HandoffAlarm`): to any while some worker is not inside a long request
 //! itself (a worker takes from the channel between two of its requests), else to idle ones
 //! only. When it wakes with requests already queued, a kept-alive connection that has a new
@@ -168,7 +170,9 @@ pub fn run(
         spare: 0,
         alarm_keys: Vec::new(),
         alarm_fds: Vec::new(),
+        alarm_patience: Vec::new(),
         slow_skips: 0,
+        slow_skipped: Duration::ZERO,
     };
     if let Err(errno) = worker.watch_shared_sockets() {
         error!(
@@ -229,6 +233,8 @@ struct Client {
     /// Its last request ran long (here or in the worker that handed it over): its next one
     /// probably will too, so it is not handed ahead of others to a worker between requests.
     ran_long: bool,
+    /// How long its last request here took (zero: none yet).
+    last_took: Duration,
 }
 
 impl Client {
@@ -313,8 +319,11 @@ struct HttpWorker<'a> {
     /// The idle clients (and their descriptors) given to the alarm for the current request.
     alarm_keys: Vec<usize>,
     alarm_fds: Vec<RawFd>,
-    /// Turns given in a row to others ahead of a client whose last request ran long.
+    alarm_patience: Vec<Duration>,
+    /// Turns given in a row to others ahead of a client whose last request ran long, and
+    /// how long those others' last requests took, together.
     slow_skips: u32,
+    slow_skipped: Duration,
 }
 
 impl HttpWorker<'_> {
@@ -730,6 +739,7 @@ impl HttpWorker<'_> {
                 .map(|timeout| Instant::now() + timeout),
             request_deadline: None,
             ran_long: false,
+            last_took: Duration::ZERO,
         });
         Some(key)
     }
@@ -807,21 +817,37 @@ impl HttpWorker<'_> {
     }
 
     /// Whose turn it is: the first in line, unless that client's last request ran long and
-    /// one whose did not waits behind it: that one goes first (a fast request does not wait
-    /// for a slow one that merely came before it), up to [`MAX_SLOW_SKIPS`] times in a row,
-    /// so that a slow client is not kept waiting for ever.
+    /// one whose did not, and took less than half as long, waits behind it: that one goes
+    /// first (a fast request does not wait for a slow one that merely came before it). The
+    /// slow client lets others go first for about as long as its own last request took (by
+    /// their last requests), and at most [`MAX_SLOW_SKIPS`] times in a row: a 1 s request
+    /// may wait for a few hundred 1 ms ones, a 25 ms one for one or two of 10 ms, never
+    /// for seconds of requests as long as its own.
     fn next_turn(&mut self) -> Option<usize> {
-        let ran_long =
-            |worker: &Self, key: usize| worker.clients.get(key).is_some_and(|c| c.ran_long);
         let front = *self.turns.front()?;
-        if ran_long(self, front) && self.slow_skips < MAX_SLOW_SKIPS {
-            if let Some(position) = self.turns.iter().position(|key| !ran_long(self, *key)) {
+        let slow = self
+            .clients
+            .get(front)
+            .filter(|client| client.ran_long)
+            // One handed over by another worker: its request took at least this long there.
+            .map(|client| client.last_took.max(sys::HANDOFF_AFTER));
+        if let Some(slow_took) = slow {
+            let passer = self.turns.iter().position(|key| {
+                self.clients.get(*key).is_some_and(|client| {
+                    !client.ran_long && client.last_took.saturating_mul(2) <= slow_took
+                })
+            });
+            let budget_left = self.slow_skips < MAX_SLOW_SKIPS && self.slow_skipped < slow_took;
+            if let Some(position) = passer.filter(|_| budget_left) {
                 self.slow_skips += 1;
-                return self.turns.remove(position);
+                let key = self.turns.remove(position)?;
+                if let Some(client) = self.clients.get(key) {
+                    self.slow_skipped = self.slow_skipped.saturating_add(client.last_took);
+                }
+                return Some(key);
             }
-        }
-        if ran_long(self, front) {
             self.slow_skips = 0;
+            self.slow_skipped = Duration::ZERO;
         }
         self.turns.pop_front()
     }
@@ -1061,20 +1087,29 @@ impl HttpWorker<'_> {
     fn arm_handoff(&mut self, key: usize) -> Vec<usize> {
         let mut idle = std::mem::take(&mut self.alarm_keys);
         let mut fds = std::mem::take(&mut self.alarm_fds);
+        let mut patience = std::mem::take(&mut self.alarm_patience);
         idle.clear();
         fds.clear();
+        patience.clear();
         for (other, client) in &self.clients {
             // Not those whose last request ran long: another worker would serve their next
             // (probably long) one first, ahead of fast ones.
             if other != key && client.is_idle() && !client.ran_long {
                 idle.push(other);
                 fds.push(client.stream.as_raw_fd());
+                // Handed over once this request has run twice as long as the client's own
+                // last one: a fast client does not wait behind a slow request, but where
+                // requests all take about as long (15 ms each), handing waiting clients
+                // back and forth between equally busy workers would only reorder them,
+                // some waiting several turns longer than their fair share.
+                patience.push(client.last_took.saturating_mul(2));
             }
         }
         if !fds.is_empty() {
-            self.alarm.arm(&fds);
+            self.alarm.arm(&fds, &patience);
         }
         self.alarm_fds = fds;
+        self.alarm_patience = patience;
         idle
     }
 
@@ -1099,6 +1134,7 @@ impl HttpWorker<'_> {
         let long = took >= sys::HANDOFF_AFTER;
         if let Some(client) = self.clients.get_mut(key) {
             client.ran_long = long;
+            client.last_took = took;
         }
         let idle = self.clients.get(key).is_some_and(Client::is_idle);
         if idle && (self.begins_no_request() || self.exit_reason().is_some()) {

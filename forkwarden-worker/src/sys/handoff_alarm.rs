@@ -48,6 +48,12 @@ static APP_RUNNING: AtomicBool = AtomicBool::new(false);
 static IDLE_CONNECTIONS: [AtomicI32; MAX_ALARM_CONNECTIONS] =
     [const { AtomicI32::new(-1) }; MAX_ALARM_CONNECTIONS];
 static IDLE_COUNT: AtomicUsize = AtomicUsize::new(0);
+/// For each slot of [`IDLE_CONNECTIONS`]: how long (ns) the request must have run before
+/// that connection is handed over (see [`HandoffAlarm::arm`]).
+static IDLE_PATIENCE_NS: [AtomicU64; MAX_ALARM_CONNECTIONS] =
+    [const { AtomicU64::new(0) }; MAX_ALARM_CONNECTIONS];
+/// CLOCK_MONOTONIC (ns) when the alarm was armed: the request's start.
+static ARMED_AT_NS: AtomicU64 = AtomicU64::new(0);
 
 extern "C" fn on_handoff_alarm(_: libc::c_int) {
     // SAFETY: errno is thread-local and always valid; it is restored before returning, so
@@ -92,13 +98,15 @@ fn hand_over_idle_connections() {
     };
     let channel = HANDOFF_CHANNEL.load(Ordering::SeqCst);
     let count = IDLE_COUNT.load(Ordering::SeqCst).min(MAX_ALARM_CONNECTIONS);
+    let running_ns = monotonic_ns().saturating_sub(ARMED_AT_NS.load(Ordering::SeqCst));
     let mut left = 0;
-    for slot in &IDLE_CONNECTIONS[..count] {
+    for (slot, patience) in IDLE_CONNECTIONS[..count].iter().zip(&IDLE_PATIENCE_NS) {
         let fd = slot.load(Ordering::SeqCst);
         if fd < 0 {
             continue;
         }
-        if budget > 0 && is_readable(fd) && send_descriptor(channel, fd) {
+        let due = running_ns >= patience.load(Ordering::SeqCst);
+        if due && budget > 0 && is_readable(fd) && send_descriptor(channel, fd) {
             slot.store(HANDED, Ordering::SeqCst);
             if let Some(handed) = word(&HANDED_WAITING) {
                 handed.fetch_add(1, Ordering::SeqCst);
@@ -112,6 +120,22 @@ fn hand_over_idle_connections() {
     if left > 0 {
         arm_timer(ALARM_TIMER.load(Ordering::SeqCst), HANDOFF_AFTER);
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (clock_gettime is async-signal-safe); 0 if unreadable.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a live timespec the kernel writes into.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
+        return 0;
+    }
+    u64::try_from(now.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(now.tv_nsec).unwrap_or(0))
 }
 
 /// The request is over: the worker no longer counts among those inside a long request.
@@ -229,12 +253,18 @@ impl HandoffAlarm {
     }
 
     /// Before the application runs a request: `idle` (the worker's idle kept-alive
-    /// connections, at most 256 of them) may be handed over if it runs long.
-    pub fn arm(&self, idle: &[RawFd]) {
+    /// connections, at most 256 of them) may be handed over if it runs long, each once the
+    /// request has run its `patience` (the same position; none: at once). The alarm looks
+    /// after [`HANDOFF_FIRST`], then every [`HANDOFF_AFTER`].
+    pub fn arm(&self, idle: &[RawFd], patience: &[Duration]) {
         let count = idle.len().min(MAX_ALARM_CONNECTIONS);
-        for (slot, fd) in IDLE_CONNECTIONS.iter().zip(&idle[..count]) {
+        for (index, (slot, fd)) in IDLE_CONNECTIONS.iter().zip(&idle[..count]).enumerate() {
+            let wait = patience.get(index).copied().unwrap_or_default();
+            let wait_ns = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+            IDLE_PATIENCE_NS[index].store(wait_ns, Ordering::SeqCst);
             slot.store(*fd, Ordering::SeqCst);
         }
+        ARMED_AT_NS.store(monotonic_ns(), Ordering::SeqCst);
         IDLE_COUNT.store(count, Ordering::SeqCst);
         APP_RUNNING.store(true, Ordering::SeqCst);
         arm_timer(self.timer, HANDOFF_FIRST);

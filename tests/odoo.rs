@@ -141,6 +141,182 @@ fn odoo_runs_from_its_own_config_with_workers_cron_and_websocket() {
     }));
 }
 
+/// Copies directory `from` into `to` (files and directories only).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("make the copy's directory");
+    for entry in std::fs::read_dir(from).expect("read the directory") {
+        let entry = entry.expect("an entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("its type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy a file");
+        }
+    }
+}
+
+/// PostgreSQL sessions on the test database whose application name starts with `prefix`.
+fn sessions(prefix: &str) -> Option<i64> {
+    let output = Command::new("psql")
+        .args(["-d", DATABASE, "-tAc"])
+        .arg(format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE '{prefix}%'"
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout).trim().parse().ok()
+}
+
+#[test]
+fn odoo_is_held_to_its_limits_reloads_new_code_under_load_and_leaks_no_session() {
+    let Some((source, python)) = odoo() else {
+        return;
+    };
+    // tests/apps/odoo_addons/forkwarden_test, copied so that the test can change its code:
+    // a slow route and one that says which code is loaded, as a server-wide module.
+    let addons = tempfile::tempdir().expect("temp dir");
+    copy_tree(
+        &Path::new(REPO).join("tests/apps/odoo_addons"),
+        addons.path(),
+    );
+    let (http, gevent) = (free_port(), free_port());
+    let conf = odoo_conf(
+        &source,
+        http,
+        gevent,
+        "limit_time_real = 5
+",
+    )
+    .replace(
+        "/odoo/addons\n",
+        &format!(
+            "/odoo/addons,{}\nserver_wide_modules = base,web,forkwarden_test\n",
+            addons.path().display()
+        ),
+    );
+    // Every PostgreSQL session of this server's Odoo processes carries this prefix.
+    let prefix = format!("fwtest-{}-", std::process::id());
+    let source_text = source.display().to_string();
+    let python_text = python.display().to_string();
+    let server = Server::spawn_line(
+        Path::new(BINARY),
+        &[
+            "odoo",
+            "-c",
+            "{dir}/odoo.conf",
+            "--python",
+            &python_text,
+            "--odoo-path",
+            &source_text,
+        ],
+        &[("odoo.conf", &conf)],
+        &[
+            ("PYTHONPATH", python_runner_path().to_string()),
+            ("ODOO_PGAPPNAME", format!("{prefix}{{pid}}")),
+        ],
+    );
+    server.wait_for_log("loaded the application in");
+    let version = |server: &Server| http_get(server.port, "/forkwarden_test/version");
+    assert!(
+        wait_until(Duration::from_secs(60), || version(&server).body == "1"),
+        "{}",
+        server.log_text()
+    );
+
+    // An 8 s request past limit_time_real = 5: answered 504 before it would have ended.
+    let started = std::time::Instant::now();
+    let slow = http_get(server.port, "/forkwarden_test/sleep?seconds=8");
+    assert_eq!(slow.status, 504, "{}", server.log_text());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // New code on disk and SIGHUP while clients keep asking: every request answered,
+    // by the old code, then by the new.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let answers: Vec<(u16, String)> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut seen = Vec::new();
+                    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                        && std::time::Instant::now() < deadline
+                    {
+                        let reply = version(&server);
+                        seen.push((reply.status, reply.body));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        std::fs::write(
+            addons.path().join("forkwarden_test/version.py"),
+            "VERSION = \"2\"\n",
+        )
+        .expect("change the code");
+        kill(Pid::from_raw(server.pid()), Signal::SIGHUP).expect("SIGHUP");
+        let reloaded = wait_until(Duration::from_secs(60), || version(&server).body == "2");
+        // A little more load on the new generation, then the clients stop.
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let answers = clients
+            .into_iter()
+            .flat_map(|client| client.join().expect("a client"))
+            .collect();
+        assert!(reloaded, "{}", server.log_text());
+        answers
+    });
+    let failed: Vec<_> = answers
+        .iter()
+        .filter(|(status, body)| *status != 200 || !["1", "2"].contains(&body.as_str()))
+        .collect();
+    assert!(
+        failed.is_empty() && answers.len() > 20,
+        "{} of {} requests failed through the reload: {:?}",
+        failed.len(),
+        answers.len(),
+        failed.iter().take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(answers.last().map(|(_, body)| body.as_str()), Some("2"));
+
+    // 20 workers killed and replaced: their sessions go with them, none is left behind.
+    let settle = |server: &Server| {
+        for _ in 0..4 {
+            assert_eq!(http_get(server.port, "/web/login").status, 200);
+        }
+    };
+    settle(&server);
+    let before = sessions(&prefix).expect("count the sessions");
+    assert!(
+        before > 0,
+        "no session named {prefix}...: the count would prove nothing"
+    );
+    for _ in 0..20 {
+        let workers = server.wait_for_workers("http worker", 2);
+        let victim = workers[0];
+        kill(Pid::from_raw(victim), Signal::SIGKILL).expect("kill a worker");
+        server.wait_for_log(&format!("(pid {victim}) died: killed by SIGKILL"));
+        assert!(wait_until(SOON, || http_get(server.port, "/web/login")
+            .status
+            == 200));
+    }
+    settle(&server);
+    let mut after = None;
+    let settled = wait_until(SOON, || {
+        after = sessions(&prefix);
+        after.is_some_and(|after| after <= before + 2)
+    });
+    assert!(
+        settled,
+        "{before} sessions before 20 respawns, {after:?} after: sessions leaked"
+    );
+}
+
 #[test]
 fn odoo_check_prints_the_deployment_it_infers() {
     let Some((source, python)) = odoo() else {

@@ -6,14 +6,15 @@ database and venv (scripts/ensure-odoo.sh). Measured on each, in one run:
   * respawn: SIGKILL of an HTTP worker until its replacement exists and a GET /web/login
     answers 200 (--kills times; median and max);
   * memory: the PSS of each HTTP worker (what one more worker costs), after 20 requests;
-  * /web/login throughput, keep-alive (wrk, 2 threads, 8 connections, 5 s);
+  * /web/login throughput, keep-alive (wrk, 2 threads, 8 connections, 5 s), both servers
+    up at once and measured in turn, --rounds times;
   * SIGHUP under load (wrk on /web/login): requests that failed;
   * websocket during a SIGHUP: handshakes every 20 ms for 15 s, the longest time none
     succeeded;
   * cron trigger: a scheduled action created and triggered as Odoo's code does
     (`ir.cron._trigger`, NOTIFY cron_trigger at commit), until it has run.
 
-Usage: python3 scripts/compare_odoo.py [--kills 10] [--write-docs]. Only loopback traffic;
+Usage: python3 scripts/compare_odoo.py [--kills 10] [--rounds 3] [--write-docs]. Only loopback traffic;
 every process started is stopped.
 """
 
@@ -249,10 +250,6 @@ def measure(kind, python, directory, kills):
         samples = respawn(server, kills)
         result["respawn"] = (statistics.median(samples), max(samples))
         result["pss"] = memory(server)
-        report = wrk(server, 5)
-        result["throughput"] = report["requests"] / (report["duration_us"] / 1e6)
-        result["throughput errors"] = failed(report)
-        result["p99"] = report["latency_p99_us"]
         result["cron"] = cron_trigger(server, python)
     finally:
         server.stop()
@@ -270,9 +267,62 @@ def measure(kind, python, directory, kills):
     return result
 
 
+def throughput(kinds, python, directory, rounds):
+    """/web/login under keep-alive load, both servers up at once and measured in turn,
+    `rounds` times (one 5 s run is too noisy on a small machine): per server, the runs'
+    rates and p99s, and the errors in all."""
+    servers = [kind(kind.__name__.lower() + "-load", python, directory) for kind in kinds]
+    runs = [{"rates": [], "p99s": [], "errors": 0, "cpu_ms": []} for _ in servers]
+    try:
+        for server in servers:
+            server.ready()
+            for _ in range(20):  # what a first visitor builds, built before measuring
+                server.get("/web/login")
+        for _ in range(rounds):
+            for server, run in zip(servers, runs):
+                cpu_before = tree_cpu_seconds(server.process.pid)
+                report = wrk(server, 5)
+                used = tree_cpu_seconds(server.process.pid) - cpu_before
+                run["cpu_ms"].append(used * 1000 / max(report["requests"], 1))
+                run["rates"].append(report["requests"] / (report["duration_us"] / 1e6))
+                run["p99s"].append(report["latency_p99_us"] / 1000)
+                run["errors"] += failed(report)
+    finally:
+        for server in servers:
+            server.stop()
+    return runs
+
+
+def tree_cpu_seconds(root):
+    """CPU time (user and system) used so far by `root` and every process below it that
+    is alive now: a server's own processes (PostgreSQL's are not among them)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pending, total = [root], 0.0
+    while pending:
+        pid = pending.pop()
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue
+        pending.extend(children_of(pid))
+    return total
+
+
+def spread(values, unit):
+    """The median, with the range when there are several values."""
+    text = f"{statistics.median(values):.0f}"
+    if len(values) > 1:
+        text += f" ({min(values):.0f}-{max(values):.0f})"
+    return text + unit
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved throughput runs per server")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     build()
@@ -280,14 +330,24 @@ def main():
     directory = tempfile.mkdtemp(prefix="compare-odoo-")
     odoo = measure(OdooBin, python, directory, args.kills)
     forkwarden = measure(Forkwarden, python, directory, args.kills)
+    for result, run in zip((odoo, forkwarden),
+                           throughput((OdooBin, Forkwarden), python, directory, args.rounds)):
+        result["throughput"] = run
     ms = lambda s: f"{s * 1000:.0f} ms"  # noqa: E731
     rows = [
         ("kill -9 of an HTTP worker until replaced and answering, median / max",
          lambda r: f"{ms(r['respawn'][0])} / {ms(r['respawn'][1])}"),
         ("PSS of an HTTP worker (what one more costs)", lambda r: f"{r['pss']:.0f} MiB"),
-        ("/web/login, keep-alive (wrk -t2 -c8, 5 s): throughput, p99 latency",
-         lambda r: f"{r['throughput']:.0f} req/s, p99 {r['p99'] / 1000:.0f} ms "
-                   f"({r['throughput errors']} errors)"),
+        (f"/web/login, keep-alive (wrk -t2 -c8, 5 s, {args.rounds} interleaved runs: median "
+         "(range)): throughput, p99 latency",
+         lambda r: f"{spread(r['throughput']['rates'], ' req/s')}, p99 "
+                   f"{spread(r['throughput']['p99s'], ' ms')} "
+                   f"({r['throughput']['errors']} errors)"),
+        ("CPU time of the server's processes per /web/login in those runs (PostgreSQL's "
+         "not counted)",
+         lambda r: f"{statistics.median(r['throughput']['cpu_ms']):.1f} ms "
+                   f"({min(r['throughput']['cpu_ms']):.1f}-"
+                   f"{max(r['throughput']['cpu_ms']):.1f})"),
         ("SIGHUP under load (wrk, 6 s): requests served, and failed or refused",
          lambda r: f"{r['sighup failed'][1]} served, {r['sighup failed'][0]} failed "
                    f"({r['sighup failed'][2]} refused connections)"),
@@ -300,8 +360,9 @@ def main():
     lines = [
         f"Machine: {machine()}. Odoo 17.0 (../shared/odoo17: base, web, bus), one database, "
         f"PostgreSQL on the same machine. Command: `python3 scripts/compare_odoo.py "
-        f"--kills {args.kills}`. Both on the same odoo.conf options (workers = 2, "
-        "max_cron_threads = 1), the same venv (Python 3.12), one after the other.",
+        f"--kills {args.kills} --rounds {args.rounds}`. Both on the same odoo.conf options "
+        "(workers = 2, max_cron_threads = 1), the same venv (Python 3.12), one after the "
+        "other, but for the throughput runs: both up, measured in turn.",
         "",
         "| measure | odoo-bin (prefork) | forkwarden odoo |",
         "|---|---|---|",

@@ -99,14 +99,21 @@ fn hand_over_idle_connections() {
     let channel = HANDOFF_CHANNEL.load(Ordering::SeqCst);
     let count = IDLE_COUNT.load(Ordering::SeqCst).min(MAX_ALARM_CONNECTIONS);
     let running_ns = monotonic_ns().saturating_sub(ARMED_AT_NS.load(Ordering::SeqCst));
+    // An idle worker serves a waiting connection at once, ahead of no one: those need no
+    // patience (the others wait for it, see `HandoffAlarm::arm`).
+    let mut idle_left = load(&IDLE_WORKERS);
     let mut left = 0;
     for (slot, patience) in IDLE_CONNECTIONS[..count].iter().zip(&IDLE_PATIENCE_NS) {
         let fd = slot.load(Ordering::SeqCst);
         if fd < 0 {
             continue;
         }
-        let due = running_ns >= patience.load(Ordering::SeqCst);
+        let patient = running_ns >= patience.load(Ordering::SeqCst);
+        let due = patient || idle_left > 0;
         if due && budget > 0 && is_readable(fd) && send_descriptor(channel, fd) {
+            if !patient {
+                idle_left -= 1;
+            }
             slot.store(HANDED, Ordering::SeqCst);
             if let Some(handed) = word(&HANDED_WAITING) {
                 handed.fetch_add(1, Ordering::SeqCst);
@@ -253,9 +260,10 @@ impl HandoffAlarm {
     }
 
     /// Before the application runs a request: `idle` (the worker's idle kept-alive
-    /// connections, at most 256 of them) may be handed over if it runs long, each once the
-    /// request has run its `patience` (the same position; none: at once). The alarm looks
-    /// after [`HANDOFF_FIRST`], then every [`HANDOFF_AFTER`].
+    /// connections, at most 256 of them) may be handed over if it runs long: to an idle
+    /// worker at the first look, to a busy one once the request has run its `patience` (the
+    /// same position; none: at once). The alarm looks after [`HANDOFF_FIRST`], then every
+    /// [`HANDOFF_AFTER`].
     pub fn arm(&self, idle: &[RawFd], patience: &[Duration]) {
         let count = idle.len().min(MAX_ALARM_CONNECTIONS);
         for (index, (slot, fd)) in IDLE_CONNECTIONS.iter().zip(&idle[..count]).enumerate() {

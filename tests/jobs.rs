@@ -373,13 +373,7 @@ fn a_channel_of_capacity_one_runs_one_job_at_a_time_across_hosts_in_priority_ord
     );
     // Each host's status counts the attempts its job workers ran: 8 in all.
     let attempts = |server: &Server| {
-        let output = Command::new(common::BINARY)
-            .args(["status", "--json", "--config"])
-            .arg(&server.config_path)
-            .output()
-            .expect("forkwarden status");
-        let status: serde_json::Value =
-            serde_json::from_slice(&output.stdout).expect("status as JSON");
+        let status = server.status_json();
         assert_eq!(status["job_workers"]["running"], 2, "{status:#}");
         status["job_kinds"][0]["succeeded"].as_u64().unwrap_or(0)
     };
@@ -481,16 +475,6 @@ fn a_job_past_its_kinds_limits_says_which_in_its_attempt() {
     stop(server);
 }
 
-/// `forkwarden status --json` of `server`.
-fn status_json(server: &Server) -> serde_json::Value {
-    let output = Command::new(common::BINARY)
-        .args(["status", "--json", "--config"])
-        .arg(&server.config_path)
-        .output()
-        .expect("forkwarden status");
-    serde_json::from_slice(&output.stdout).expect("status as JSON")
-}
-
 #[test]
 fn a_job_past_its_kinds_cpu_limit_is_ended_by_the_kernel_and_counted_by_outcome() {
     let Some(cluster) = Cluster::start() else {
@@ -521,14 +505,14 @@ fn a_job_past_its_kinds_cpu_limit_is_ended_by_the_kernel_and_counted_by_outcome(
         job_command(&server, &["enqueue", "idle", "--delay", "1h"]);
     }
     let counted = wait_until(SOON, || {
-        let status = status_json(&server);
+        let status = server.status_json();
         status["job_channels"]
             .as_array()
             .into_iter()
             .flatten()
             .any(|channel| channel["name"] == "root" && channel["waiting"] == 10)
     });
-    let status = status_json(&server);
+    let status = server.status_json();
     assert!(counted, "{status:#}");
     let spin_kind = &status["job_kinds"][0];
     assert_eq!(spin_kind["name"], "spin", "{status:#}");
@@ -583,13 +567,13 @@ fn a_command_job_reports_progress_and_its_own_retry_delay_on_notify_socket() {
     // Shown by status (from the job worker's row) and written to the job's row at the next
     // lease renewal.
     let shown = wait_until(SOON, || {
-        status_json(&server)["workers"]
+        server.status_json()["workers"]
             .as_array()
             .into_iter()
             .flatten()
             .any(|worker| worker["progress"]["done"] == 2 && worker["progress"]["total"] == 5)
     });
-    assert!(shown, "{:#}", status_json(&server));
+    assert!(shown, "{:#}", server.status_json());
     let written = wait_until(SOON, || show(&server, id)["job"]["progress"] == "2/5");
     assert!(written, "{:#}", show(&server, id));
     std::fs::write(format!("{}.go", marks_file.display()), "").unwrap();

@@ -180,14 +180,7 @@ fn workers_are_forked_from_the_loaded_template_as_the_masters_own_children() {
     // The status shows the template's spare pair (forked in advance for the next worker):
     // its middle process, a child of the template, and the spare worker below it.
     let spares = || {
-        let output = std::process::Command::new(common::BINARY)
-            .args(["status", "--json", "--config"])
-            .arg(&server.config_path)
-            .output()
-            .expect("forkwarden status");
-        let status: serde_json::Value =
-            serde_json::from_slice(&output.stdout).expect("status as JSON");
-        status["workers"]
+        server.status_json()["workers"]
             .as_array()
             .into_iter()
             .flatten()

@@ -336,6 +336,16 @@ impl Server {
 
     /// Live (non-zombie) children of the master whose title contains `role`
     /// (`"http worker"`, `"cron worker"`).
+    /// `forkwarden status --json` on this server's config.
+    pub fn status_json(&self) -> serde_json::Value {
+        let output = Command::new(BINARY)
+            .args(["status", "--json", "--config"])
+            .arg(&self.config_path)
+            .output()
+            .expect("forkwarden status");
+        serde_json::from_slice(&output.stdout).expect("status as JSON")
+    }
+
     pub fn workers(&self, role: &str) -> Vec<i32> {
         children_of(self.pid())
             .into_iter()

@@ -545,44 +545,37 @@ pub fn set_job_limit_of(
 mod tests {
     use super::*;
 
+    /// The soft and hard RLIMIT_CPU of a fresh process after `set` moved its limits.
+    fn cpu_limits_after(set: impl FnOnce(Pid)) -> [String; 2] {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
+        set(pid);
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let cpu = limits
+            .lines()
+            .find(|line| line.starts_with("Max cpu time"))
+            .unwrap();
+        let words: Vec<&str> = cpu.split_whitespace().collect();
+        [words[3].to_string(), words[4].to_string()]
+    }
+
     #[test]
     fn a_job_limit_moves_the_soft_limit_under_the_hard_one() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
-        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
-        set_job_limit_of(pid, JobLimit::Cpu, 7, Some(9)).unwrap();
-        set_job_limit_of(pid, JobLimit::AddressSpace, 1 << 40, None).unwrap();
-        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let cpu = limits
-            .lines()
-            .find(|line| line.starts_with("Max cpu time"))
-            .unwrap();
-        assert!(
-            cpu.split_whitespace().collect::<Vec<_>>()[3..5] == ["7", "9"],
-            "{cpu}"
-        );
+        let limits = cpu_limits_after(|pid| {
+            set_job_limit_of(pid, JobLimit::Cpu, 7, Some(9)).unwrap();
+            set_job_limit_of(pid, JobLimit::AddressSpace, 1 << 40, None).unwrap();
+        });
+        assert_eq!(limits, ["7", "9"]);
         // A soft limit above the hard one is capped, never an error.
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
-        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap());
-        set_job_limit_of(pid, JobLimit::Cpu, 20, Some(3)).unwrap();
-        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let cpu = limits
-            .lines()
-            .find(|line| line.starts_with("Max cpu time"))
-            .unwrap();
-        assert!(
-            cpu.split_whitespace().collect::<Vec<_>>()[3..5] == ["3", "3"],
-            "{cpu}"
-        );
+        let limits = cpu_limits_after(|pid| {
+            set_job_limit_of(pid, JobLimit::Cpu, 20, Some(3)).unwrap();
+        });
+        assert_eq!(limits, ["3", "3"]);
     }
 
     /// The test harness runs tests on threads: the very case `fork_process` must refuse.

@@ -438,6 +438,23 @@ fn a_job_worker_killed_mid_job_has_its_attempt_recorded_at_once_and_the_job_retr
         wait_until(SOON, || !common::is_alive(first_job_pid)),
         "the killed attempt's process still runs"
     );
+    // This server counts both attempts (the killed one by the master) and what became of
+    // the job after each (by the job worker that recorded it: the death's by the new one).
+    let counted = |status: &serde_json::Value| {
+        let kind = &status["job_kinds"][0];
+        [
+            &kind["outcomes"]["killed"],
+            &kind["outcomes"]["done"],
+            &kind["fates"]["retried"],
+            &kind["fates"]["done"],
+        ]
+        .map(|count| count.as_u64().unwrap_or(0))
+    };
+    assert!(
+        wait_until(SOON, || counted(&server.status_json()) == [1, 1, 1, 1]),
+        "{:#}",
+        server.status_json()["job_kinds"]
+    );
     stop(server);
 }
 
@@ -518,6 +535,7 @@ fn a_job_past_its_kinds_cpu_limit_is_ended_by_the_kernel_and_counted_by_outcome(
     assert_eq!(spin_kind["name"], "spin", "{status:#}");
     assert_eq!(spin_kind["outcomes"]["timeout"], 1, "{status:#}");
     assert_eq!(spin_kind["failed"], 1, "{status:#}");
+    assert_eq!(spin_kind["fates"]["failed"], 1, "{status:#}");
     let line = server.wait_for_log("metrics on http://");
     let address = line
         .split("metrics on http://")
@@ -531,6 +549,7 @@ fn a_job_past_its_kinds_cpu_limit_is_ended_by_the_kernel_and_counted_by_outcome(
         "forkwarden_jobs{state=\"pending\",channel=\"root\"} 10",
         "forkwarden_job_channel_capacity{channel=\"cpu\"} 1",
         "forkwarden_job_run_seconds_count{kind=\"spin\"} 1",
+        "forkwarden_job_fates_total{kind=\"spin\",fate=\"failed\"} 1",
         "forkwarden_job_wait_seconds_bucket{kind=\"spin\",le=\"+Inf\"} 1",
     ] {
         assert!(metrics.contains(expected), "{expected} in:\n{metrics}");

@@ -89,11 +89,16 @@ pub const DURATION_BOUNDS: [Duration; 11] = [
 /// Outcomes of a job attempt a job worker's row counts, one word each (the job queue's
 /// `Outcome`s, in their order).
 pub const JOB_OUTCOMES: usize = 8;
+/// What became of the jobs whose attempts a job worker's row counts, one word each (the
+/// job queue's `Fate`s, in their order: done, retried, failed, cancelled).
+pub const JOB_FATES: usize = 4;
 /// A histogram in a row: one word per bound of [`DURATION_BOUNDS`], the count, the sum (us).
 const HISTOGRAM_WORDS: usize = DURATION_BOUNDS.len() + 2;
-/// Per kind in a job worker's row: attempts by outcome, then how long they waited to start
-/// and how long they ran.
-const KIND_WORDS: usize = JOB_OUTCOMES + 2 * HISTOGRAM_WORDS;
+/// Per kind in a job worker's row: attempts by outcome, how long they waited to start and
+/// how long they ran, then the jobs' fates.
+const KIND_WORDS: usize = JOB_OUTCOMES + 2 * HISTOGRAM_WORDS + JOB_FATES;
+/// Where the fates start among a kind's words.
+const FATES_FIRST: usize = JOB_OUTCOMES + 2 * HISTOGRAM_WORDS;
 
 /// How a job worker's row is laid out, from its config: after the words every row has, for
 /// each kind the attempts it ended ([`KIND_WORDS`]); for each channel of the config plus
@@ -149,6 +154,8 @@ pub struct QueueReading {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KindFigures {
     pub outcomes: [u64; JOB_OUTCOMES],
+    /// The fates written after those attempts (and after the deaths it recorded).
+    pub fates: [u64; JOB_FATES],
     /// From due to start.
     pub waited: Durations,
     pub ran: Durations,
@@ -157,6 +164,9 @@ pub struct KindFigures {
 impl KindFigures {
     pub fn add(&mut self, other: &KindFigures) {
         for (mine, theirs) in self.outcomes.iter_mut().zip(other.outcomes) {
+            *mine = mine.saturating_add(theirs);
+        }
+        for (mine, theirs) in self.fates.iter_mut().zip(other.fates) {
             *mine = mine.saturating_add(theirs);
         }
         self.waited.add(&other.waited);
@@ -689,7 +699,19 @@ impl WorkerRow {
         }
         words[outcome].fetch_add(1, Ordering::Relaxed);
         count_duration(&words[JOB_OUTCOMES..JOB_OUTCOMES + HISTOGRAM_WORDS], waited);
-        count_duration(&words[JOB_OUTCOMES + HISTOGRAM_WORDS..], ran);
+        count_duration(&words[JOB_OUTCOMES + HISTOGRAM_WORDS..FATES_FIRST], ran);
+    }
+
+    /// Counts what became of a job of kind `kind` once this job worker recorded an
+    /// attempt's end (a `fate` below [`JOB_FATES`]).
+    pub fn count_fate(&self, shape: JobRowShape, kind: usize, fate: usize) {
+        if kind >= shape.kinds || fate >= JOB_FATES {
+            return;
+        }
+        let words = self.job_words(shape, shape.kind_first(kind), KIND_WORDS);
+        if let Some(word) = words.get(FATES_FIRST + fate) {
+            word.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Writes the jobs waiting and running in each channel of the config (and in channels
@@ -727,10 +749,15 @@ impl WorkerRow {
                 for (count, word) in outcomes.iter_mut().zip(words) {
                     *count = load(word);
                 }
+                let mut fates = [0; JOB_FATES];
+                for (count, word) in fates.iter_mut().zip(&words[FATES_FIRST..]) {
+                    *count = load(word);
+                }
                 KindFigures {
                     outcomes,
+                    fates,
                     waited: read_durations(&words[JOB_OUTCOMES..JOB_OUTCOMES + HISTOGRAM_WORDS]),
-                    ran: read_durations(&words[JOB_OUTCOMES + HISTOGRAM_WORDS..]),
+                    ran: read_durations(&words[JOB_OUTCOMES + HISTOGRAM_WORDS..FATES_FIRST]),
                 }
             })
             .collect();
@@ -1038,6 +1065,8 @@ mod tests {
         );
         row.count_attempt(shape, 5, 0, Duration::ZERO, Duration::ZERO);
         row.count_attempt(shape, 0, JOB_OUTCOMES, Duration::ZERO, Duration::ZERO);
+        row.count_fate(shape, 1, 2);
+        row.count_fate(shape, 1, JOB_FATES);
         let queue = [
             ChannelCount {
                 waiting: 7,
@@ -1053,6 +1082,8 @@ mod tests {
         assert_eq!(figures.kinds[1].waited.buckets[0], 1);
         assert_eq!(figures.kinds[1].waited.count, 2);
         assert_eq!(figures.kinds[1].ran.sum_us, 22_000_000);
+        assert_eq!(figures.kinds[1].ran.count, 2);
+        assert_eq!(figures.kinds[1].fates, [0, 0, 1, 0]);
         assert_eq!(figures.queue.unwrap().channels, queue);
         assert_eq!(figures.progress, Some((3, 10)));
         assert_eq!(row.work_kind(shape), Some(1));

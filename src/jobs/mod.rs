@@ -133,6 +133,20 @@ impl std::fmt::Display for Fate {
 }
 
 impl Fate {
+    /// Its place among the fates a job worker's row counts (see
+    /// `scoreboard::JOB_FATES`), and its name there.
+    pub const NAMES: [&'static str; crate::scoreboard::JOB_FATES] =
+        ["done", "retried", "failed", "cancelled"];
+
+    pub fn index(self) -> usize {
+        match self {
+            Self::Done => 0,
+            Self::Retry(_) => 1,
+            Self::Failed => 2,
+            Self::Cancelled => 3,
+        }
+    }
+
     /// The job's state once this fate is written.
     pub fn state(self) -> &'static str {
         match self {

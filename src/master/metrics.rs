@@ -289,6 +289,19 @@ fn job_metrics(metrics: &mut Exposition, survey: &Survey) {
             })
         }),
     );
+    metrics.counter(
+        "forkwarden_job_fates",
+        "What became of queued jobs after the attempts this server's job workers recorded, by \
+         kind: done, retried, failed (no attempt left) or cancelled.",
+        survey.job_kinds.iter().flat_map(|kind| {
+            kind.fates.iter().map(|(fate, count)| {
+                (
+                    vec![("kind", kind.name.clone()), ("fate", fate.to_string())],
+                    *count,
+                )
+            })
+        }),
+    );
     metrics.gauge(
         "forkwarden_job_kind_running",
         "Whether a job worker of this server runs a job of the kind now.",

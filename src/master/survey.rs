@@ -61,6 +61,9 @@ pub(super) struct JobKindSurvey {
     /// By outcome (`done`, `error`, `retry`, `killed`, `timeout`, `lost`, `cancelled`,
     /// `not_started`).
     pub outcomes: BTreeMap<&'static str, u64>,
+    /// What became of its jobs after those attempts: `done`, `retried`, `failed` (no attempt
+    /// left), `cancelled`.
+    pub fates: BTreeMap<&'static str, u64>,
     /// How long its jobs waited from due to start, and how long its attempts ran.
     #[serde(skip)]
     pub waited: Durations,
@@ -455,6 +458,11 @@ fn job_kind_survey(name: &str, counted: KindFigures, running: bool) -> JobKindSu
         outcomes: Outcome::ALL
             .iter()
             .map(|outcome| (outcome.as_str(), counted.outcomes[outcome.index()]))
+            .collect(),
+        fates: crate::jobs::Fate::NAMES
+            .iter()
+            .zip(counted.fates)
+            .map(|(name, count)| (*name, count))
             .collect(),
         waited: counted.waited,
         ran: counted.ran,

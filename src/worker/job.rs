@@ -169,15 +169,23 @@ impl JobWorker<'_> {
                 .queue
                 .record_death(self.spec.config, &self.host, death)?
             {
-                Some((job, kind, fate)) => warn!(
-                    event = "job_attempt_ended",
-                    job,
-                    kind = kind.as_str(),
-                    outcome = "killed",
-                    "job {kind} #{job}: its job worker (pid {}) {}; {fate}",
-                    death.worker_pid,
-                    death.cause.trim_start_matches("died: "),
-                ),
+                Some((job, kind, fate)) => {
+                    if let Some(index) = self.spec.config.job.iter().position(|k| k.name == kind) {
+                        self.spec
+                            .context
+                            .row
+                            .count_fate(self.shape, index, fate.index());
+                    }
+                    warn!(
+                        event = "job_attempt_ended",
+                        job,
+                        kind = kind.as_str(),
+                        outcome = "killed",
+                        "job {kind} #{job}: its job worker (pid {}) {}; {fate}",
+                        death.worker_pid,
+                        death.cause.trim_start_matches("died: "),
+                    );
+                }
                 None => debug!(
                     "job worker pid {} ended running no job ({})",
                     death.worker_pid, death.cause
@@ -336,6 +344,9 @@ impl JobWorker<'_> {
             .get()
             .unwrap_or_else(|| kind.retry_delay(claimed.id, claimed.attempt));
         let fate = self.record(claimed, &end, delay, notes.progress.get());
+        if let Some(fate) = fate {
+            row.count_fate(self.shape, index, fate.index());
+        }
         log_end(&label, claimed, &ending, &end, fate, &took);
     }
 

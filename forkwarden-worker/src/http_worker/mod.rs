@@ -553,8 +553,14 @@ impl HttpWorker<'_> {
                     Ok(None) | Err(_) => break,
                 }
             }
-            for sys::Handed { stream, ran_long } in pending {
-                let sent = sys::send_connection(channel.send.as_fd(), stream.as_fd(), ran_long);
+            for sys::Handed {
+                stream,
+                ran_long,
+                took,
+            } in pending
+            {
+                let sent =
+                    sys::send_connection(channel.send.as_fd(), stream.as_fd(), ran_long, took);
                 if waiting && sent.is_err() {
                     self.spec.context.board.count_taken();
                 }
@@ -654,13 +660,18 @@ impl HttpWorker<'_> {
                 return;
             }
             match sys::receive_connection(channel.receive.as_fd()) {
-                Ok(Some(sys::Handed { stream, ran_long })) => {
+                Ok(Some(sys::Handed {
+                    stream,
+                    ran_long,
+                    took,
+                })) => {
                     let peer = stream.peer_addr().ok();
                     let Some(key) = self.add_client(stream, peer) else {
                         continue;
                     };
                     if let Some(client) = self.clients.get_mut(key) {
                         client.ran_long = ran_long;
+                        client.last_took = took;
                     }
                     match lane {
                         // It waited behind another worker's long request: read, and served
@@ -759,7 +770,12 @@ impl HttpWorker<'_> {
             return;
         };
         let channel = self.handoff.lane(lane);
-        match sys::send_connection(channel.send.as_fd(), client.stream.as_fd(), client.ran_long) {
+        match sys::send_connection(
+            channel.send.as_fd(),
+            client.stream.as_fd(),
+            client.ran_long,
+            client.last_took,
+        ) {
             Ok(()) => {
                 if matches!(lane, HandoffLane::Waiting) {
                     self.spec.context.board.count_handed();
@@ -773,6 +789,7 @@ impl HttpWorker<'_> {
                 if let Some(key) = self.add_client(client.stream, client.addresses.0) {
                     if let Some(kept) = self.clients.get_mut(key) {
                         kept.ran_long = client.ran_long;
+                        kept.last_took = client.last_took;
                     }
                     self.read_client(key);
                 }
@@ -829,7 +846,7 @@ impl HttpWorker<'_> {
             .clients
             .get(front)
             .filter(|client| client.ran_long)
-            // One handed over by another worker: its request took at least this long there.
+            // One handed over by a sender that did not say: at least this long.
             .map(|client| client.last_took.max(sys::HANDOFF_AFTER));
         if let Some(slow_took) = slow {
             let passer = self.turns.iter().position(|key| {

@@ -9,6 +9,7 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use nix::sys::socket::{
     self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
@@ -95,27 +96,35 @@ pub struct Handed {
     pub stream: TcpStream,
     /// Its last request ran long (as its sender said).
     pub ran_long: bool,
+    /// How long its last request took, to the millisecond (zero: not said).
+    pub took: Duration,
 }
 
 /// Sends `connection` on the hand-off channel `to`, saying whether its last request
-/// `ran_long`. Fails with `WouldBlock` when the channel is full: the caller keeps it.
+/// `ran_long` and how long it `took`. Fails with `WouldBlock` when the channel is full: the
+/// caller keeps it.
 pub fn send_connection(
     to: BorrowedFd<'_>,
     connection: BorrowedFd<'_>,
     ran_long: bool,
+    took: Duration,
 ) -> io::Result<()> {
-    // One byte of payload: a message that carries descriptors must carry data too; it says
-    // what the receiver should know of the connection.
-    let byte = if ran_long { [RAN_LONG] } else { *b"c" };
-    send_with_descriptors(to, &byte, &[connection])
+    // A message that carries descriptors must carry data too: a byte that says whether the
+    // last request ran long (all a worker of an earlier version reads: a sequenced packet
+    // cut short loses its tail, nothing else), then its length in milliseconds.
+    let mut payload = [0u8; 5];
+    payload[0] = if ran_long { RAN_LONG } else { b'c' };
+    let millis = u32::try_from(took.as_millis()).unwrap_or(u32::MAX);
+    payload[1..].copy_from_slice(&millis.to_le_bytes());
+    send_with_descriptors(to, &payload, &[connection])
 }
 
 /// Takes a connection from the hand-off channel `from`, if one is waiting.
 pub fn receive_connection(from: BorrowedFd<'_>) -> io::Result<Option<Handed>> {
-    let mut byte = [0u8; 1];
+    let mut byte = [0u8; 5];
     let mut payload = [IoSliceMut::new(&mut byte)];
     let mut space = nix::cmsg_space!([RawFd; 4]);
-    let received = loop {
+    let (received, length) = loop {
         match socket::recvmsg::<()>(
             from.as_raw_fd(),
             &mut payload,
@@ -132,7 +141,7 @@ pub fn receive_connection(from: BorrowedFd<'_>) -> io::Result<Option<Handed>> {
                     })
                     .flatten()
                     .collect();
-                break fds;
+                break (fds, message.bytes);
             }
             Err(nix::errno::Errno::EINTR) => {}
             Err(nix::errno::Errno::EAGAIN) => return Ok(None),
@@ -152,9 +161,17 @@ pub fn receive_connection(from: BorrowedFd<'_>) -> io::Result<Option<Handed>> {
     };
     let stream = TcpStream::from(connection);
     stream.set_nonblocking(true)?;
+    // From a sender of an earlier version (or the hand-off alarm): one byte, no length.
+    let took = match byte {
+        [_, a, b, c, d] if length == byte.len() => {
+            Duration::from_millis(u64::from(u32::from_le_bytes([a, b, c, d])))
+        }
+        _ => Duration::ZERO,
+    };
     Ok(Some(Handed {
         stream,
         ran_long: byte[0] == RAN_LONG,
+        took,
     }))
 }
 
@@ -257,10 +274,17 @@ mod tests {
         };
         let (send, receive) = handoff_channel().unwrap();
         assert!(receive_connection(receive.as_fd()).unwrap().is_none());
-        send_connection(send.as_fd(), accepted.as_fd(), true).unwrap();
+        send_connection(
+            send.as_fd(),
+            accepted.as_fd(),
+            true,
+            Duration::from_millis(1250),
+        )
+        .unwrap();
         drop(accepted);
         let handed = receive_connection(receive.as_fd()).unwrap().unwrap();
         assert!(handed.ran_long);
+        assert_eq!(handed.took, Duration::from_millis(1250));
         let mut taken = handed.stream;
         client.write_all(b"ping").unwrap();
         taken.set_nonblocking(false).unwrap();

@@ -140,18 +140,12 @@ impl MasterLimits {
 
     /// The soft memory limit of `worker`: its job kind's, when it runs one that has its own.
     fn memory_soft_for(&self, worker: &Observation) -> Option<u64> {
-        worker
-            .work_kind
-            .and_then(|kind| self.job_memory_soft.get(kind).copied().flatten())
-            .or(self.memory_soft)
+        job_kind_value(&self.job_memory_soft, worker).or(self.memory_soft)
     }
 
     /// The hard memory limit of `worker`: its job kind's, when it runs one that has its own.
     fn memory_hard_for(&self, worker: &Observation) -> Option<u64> {
-        worker
-            .work_kind
-            .and_then(|kind| self.job_memory_hard.get(kind).copied().flatten())
-            .or(self.memory_hard)
+        job_kind_value(&self.job_memory_hard, worker).or(self.memory_hard)
     }
 
     /// Whether the master must look at its workers periodically at all.
@@ -173,6 +167,14 @@ impl MasterLimits {
                 .map(|limit| limit.saturating_add(CRON_BACKSTOP)),
         }
     }
+}
+
+/// The value `per_kind` gives the `[[job]]` kind `worker` runs now, if it runs one that has
+/// its own.
+fn job_kind_value(per_kind: &[Option<u64>], worker: &Observation) -> Option<u64> {
+    worker
+        .work_kind
+        .and_then(|kind| per_kind.get(kind).copied().flatten())
 }
 
 /// What tells the master whether a worker's memory may have changed since its last reading.

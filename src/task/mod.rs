@@ -245,7 +245,7 @@ pub fn run(
     if let Some(cwd) = task.cwd {
         command.current_dir(cwd);
     }
-    let notes = match task.notes.map(notes_socket).transpose() {
+    let notes = match task.notes.map(|_| notes_socket()).transpose() {
         Ok(socket) => socket.zip(task.notes),
         Err(error) => return RunEnding::CouldNotStart(error),
     };
@@ -353,7 +353,7 @@ struct Watch<'a> {
 
 /// A socket of its own for a command job's notes, at an abstract address (nothing left
 /// on disk): `@forkwarden-job/<job worker pid>/<n>`.
-fn notes_socket(_: &RunNotes) -> io::Result<NotifyReceiver> {
+fn notes_socket() -> io::Result<NotifyReceiver> {
     static SOCKETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = SOCKETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     NotifyReceiver::bind_abstract(&format!("forkwarden-job/{}/{n}", std::process::id()))

@@ -407,8 +407,6 @@ impl JobWorker<'_> {
             .context
             .row
             .set_progress(self.shape, progress_shown);
-        // Best effort: a failed count is tried again at the next renewal.
-        let _ = self.read_queue();
         let asked = Instant::now();
         match self
             .queue
@@ -416,6 +414,9 @@ impl JobWorker<'_> {
         {
             Ok(crate::jobs::Lease::Renewed) => {
                 renewed_at.set(asked);
+                // Only once the lease holds (a count waiting on a database that is away
+                // would delay the renewal); best effort: a failed count waits for the next.
+                let _ = self.read_queue();
                 Renewal::Renewed(asked)
             }
             Ok(crate::jobs::Lease::CancelAsked) => {

@@ -230,14 +230,18 @@ struct Client {
     request_deadline: Option<Instant>,
     /// The client's and the server's address, for the application.
     addresses: (Option<SocketAddr>, Option<SocketAddr>),
-    /// Its last request ran long (here or in the worker that handed it over): its next one
-    /// probably will too, so it is not handed ahead of others to a worker between requests.
-    ran_long: bool,
-    /// How long its last request here took (zero: none yet).
+    /// How long its last request took (here or in the worker that handed it over; zero:
+    /// none yet).
     last_took: Duration,
 }
 
 impl Client {
+    /// Its last request ran long: its next one probably will too, so it is not handed ahead
+    /// of others to a worker between requests.
+    fn ran_long(&self) -> bool {
+        self.last_took >= sys::HANDOFF_AFTER
+    }
+
     fn expires(&self) -> Option<Instant> {
         self.deadline.into_iter().chain(self.request_deadline).min()
     }
@@ -553,14 +557,8 @@ impl HttpWorker<'_> {
                     Ok(None) | Err(_) => break,
                 }
             }
-            for sys::Handed {
-                stream,
-                ran_long,
-                took,
-            } in pending
-            {
-                let sent =
-                    sys::send_connection(channel.send.as_fd(), stream.as_fd(), ran_long, took);
+            for sys::Handed { stream, took } in pending {
+                let sent = sys::send_connection(channel.send.as_fd(), stream.as_fd(), took);
                 if waiting && sent.is_err() {
                     self.spec.context.board.count_taken();
                 }
@@ -660,19 +658,15 @@ impl HttpWorker<'_> {
                 return;
             }
             match sys::receive_connection(channel.receive.as_fd()) {
-                Ok(Some(sys::Handed {
-                    stream,
-                    ran_long,
-                    took,
-                })) => {
+                Ok(Some(sys::Handed { stream, took })) => {
                     let peer = stream.peer_addr().ok();
                     let Some(key) = self.add_client(stream, peer) else {
                         continue;
                     };
                     if let Some(client) = self.clients.get_mut(key) {
-                        client.ran_long = ran_long;
                         client.last_took = took;
                     }
+                    let ran_long = took >= sys::HANDOFF_AFTER;
                     match lane {
                         // It waited behind another worker's long request: read, and served
                         // before this worker's own (unless its own last request ran long:
@@ -692,7 +686,7 @@ impl HttpWorker<'_> {
                                     .rposition(|turn| {
                                         clients
                                             .get(*turn)
-                                            .is_some_and(|c| c.ready.is_some() && !c.ran_long)
+                                            .is_some_and(|c| c.ready.is_some() && !c.ran_long())
                                     })
                                     .map_or(0, |last| last + 1);
                                 self.turns.insert(after_read_fast, key);
@@ -749,7 +743,6 @@ impl HttpWorker<'_> {
                 .socket_timeout
                 .map(|timeout| Instant::now() + timeout),
             request_deadline: None,
-            ran_long: false,
             last_took: Duration::ZERO,
         });
         Some(key)
@@ -773,7 +766,6 @@ impl HttpWorker<'_> {
         match sys::send_connection(
             channel.send.as_fd(),
             client.stream.as_fd(),
-            client.ran_long,
             client.last_took,
         ) {
             Ok(()) => {
@@ -788,7 +780,6 @@ impl HttpWorker<'_> {
                 );
                 if let Some(key) = self.add_client(client.stream, client.addresses.0) {
                     if let Some(kept) = self.clients.get_mut(key) {
-                        kept.ran_long = client.ran_long;
                         kept.last_took = client.last_took;
                     }
                     self.read_client(key);
@@ -845,13 +836,12 @@ impl HttpWorker<'_> {
         let slow = self
             .clients
             .get(front)
-            .filter(|client| client.ran_long)
-            // One handed over by a sender that did not say: at least this long.
-            .map(|client| client.last_took.max(sys::HANDOFF_AFTER));
+            .filter(|client| client.ran_long())
+            .map(|client| client.last_took);
         if let Some(slow_took) = slow {
             let passer = self.turns.iter().position(|key| {
                 self.clients.get(*key).is_some_and(|client| {
-                    !client.ran_long && client.last_took.saturating_mul(2) <= slow_took
+                    !client.ran_long() && client.last_took.saturating_mul(2) <= slow_took
                 })
             });
             let budget_left = self.slow_skips < MAX_SLOW_SKIPS && self.slow_skipped < slow_took;
@@ -1111,7 +1101,7 @@ impl HttpWorker<'_> {
         for (other, client) in &self.clients {
             // Not those whose last request ran long: another worker would serve their next
             // (probably long) one first, ahead of fast ones.
-            if other != key && client.is_idle() && !client.ran_long {
+            if other != key && client.is_idle() && !client.ran_long() {
                 idle.push(other);
                 fds.push(client.stream.as_raw_fd());
                 // Handed over once this request has run twice as long as the client's own
@@ -1150,7 +1140,6 @@ impl HttpWorker<'_> {
         }
         let long = took >= sys::HANDOFF_AFTER;
         if let Some(client) = self.clients.get_mut(key) {
-            client.ran_long = long;
             client.last_took = took;
         }
         let idle = self.clients.get(key).is_some_and(Client::is_idle);

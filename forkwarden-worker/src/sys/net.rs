@@ -15,6 +15,8 @@ use nix::sys::socket::{
     self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
 };
 
+use super::handoff_alarm::HANDOFF_AFTER;
+
 /// Accepts a connection from `listener` already non-blocking and close-on-exec (accept4(2),
 /// one system call instead of two), with the peer's address as accept4 reports it (no
 /// getpeername). `Ok(None)`: none is waiting.
@@ -94,26 +96,28 @@ const RAN_LONG: u8 = b'l';
 /// A connection taken from the hand-off channel.
 pub struct Handed {
     pub stream: TcpStream,
-    /// Its last request ran long (as its sender said).
-    pub ran_long: bool,
-    /// How long its last request took, to the millisecond (zero: not said).
+    /// How long its last request took, to the millisecond, as its sender said (zero: none
+    /// said; [`HANDOFF_AFTER`] from a sender that only said it ran long).
     pub took: Duration,
 }
 
-/// Sends `connection` on the hand-off channel `to`, saying whether its last request
-/// `ran_long` and how long it `took`. Fails with `WouldBlock` when the channel is full: the
-/// caller keeps it.
+/// Sends `connection` on the hand-off channel `to`, saying how long its last request
+/// `took`. Fails with `WouldBlock` when the channel is full: the caller keeps it.
 pub fn send_connection(
     to: BorrowedFd<'_>,
     connection: BorrowedFd<'_>,
-    ran_long: bool,
     took: Duration,
 ) -> io::Result<()> {
     // A message that carries descriptors must carry data too: a byte that says whether the
-    // last request ran long (all a worker of an earlier version reads: a sequenced packet
-    // cut short loses its tail, nothing else), then its length in milliseconds.
+    // last request ran long (past HANDOFF_AFTER; all a worker of an earlier version reads: a
+    // sequenced packet cut short loses its tail, nothing else), then its length in
+    // milliseconds.
     let mut payload = [0u8; 5];
-    payload[0] = if ran_long { RAN_LONG } else { b'c' };
+    payload[0] = if took >= HANDOFF_AFTER {
+        RAN_LONG
+    } else {
+        b'c'
+    };
     let millis = u32::try_from(took.as_millis()).unwrap_or(u32::MAX);
     payload[1..].copy_from_slice(&millis.to_le_bytes());
     send_with_descriptors(to, &payload, &[connection])
@@ -166,13 +170,10 @@ pub fn receive_connection(from: BorrowedFd<'_>) -> io::Result<Option<Handed>> {
         [_, a, b, c, d] if length == byte.len() => {
             Duration::from_millis(u64::from(u32::from_le_bytes([a, b, c, d])))
         }
+        [RAN_LONG, ..] => HANDOFF_AFTER,
         _ => Duration::ZERO,
     };
-    Ok(Some(Handed {
-        stream,
-        ran_long: byte[0] == RAN_LONG,
-        took,
-    }))
+    Ok(Some(Handed { stream, took }))
 }
 
 /// The channel between the master and a preload template (`[app] preload = true`): a
@@ -274,16 +275,9 @@ mod tests {
         };
         let (send, receive) = handoff_channel().unwrap();
         assert!(receive_connection(receive.as_fd()).unwrap().is_none());
-        send_connection(
-            send.as_fd(),
-            accepted.as_fd(),
-            true,
-            Duration::from_millis(1250),
-        )
-        .unwrap();
+        send_connection(send.as_fd(), accepted.as_fd(), Duration::from_millis(1250)).unwrap();
         drop(accepted);
         let handed = receive_connection(receive.as_fd()).unwrap().unwrap();
-        assert!(handed.ran_long);
         assert_eq!(handed.took, Duration::from_millis(1250));
         let mut taken = handed.stream;
         client.write_all(b"ping").unwrap();
@@ -291,5 +285,11 @@ mod tests {
         let mut word = [0u8; 4];
         taken.read_exact(&mut word).unwrap();
         assert_eq!(&word, b"ping");
+        // A worker of an earlier version says only whether the request ran long.
+        for (said, took) in [(b"l", HANDOFF_AFTER), (b"c", Duration::ZERO)] {
+            send_with_descriptors(send.as_fd(), said, &[taken.as_fd()]).unwrap();
+            let handed = receive_connection(receive.as_fd()).unwrap().unwrap();
+            assert_eq!(handed.took, took);
+        }
     }
 }
